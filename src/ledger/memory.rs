@@ -1,0 +1,579 @@
+//! The embedded ledger: balances in process memory, no server needed.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::future::{ready, Ready};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::{
+    burn_rate_after, check_idempotency_key, check_route, check_ttl, decayed_rate, runway_secs,
+    AccountId, AccountSettings, Balance, Extended, Held, HoldId, Insufficient, Ledger, LedgerError,
+    Reserve, ReserveOutcome, RouteUsage, SettleOutcome, Settlement, TopUp, Usage, RECLAIM_LIMIT,
+};
+use crate::amount::{check_amount, checked_total};
+use crate::api_key::ApiKeyHash;
+use crate::clock::{Clock, SystemClock};
+
+/// Number of independently locked shards of accounts. Accounts in different shards never
+/// contend; a power of two keeps the shard pick a mask.
+const SHARDS: usize = 64;
+
+/// Default time settled hold ids (and tombstones) are remembered: long enough that any
+/// retried reserve or late settle finds them.
+const DEFAULT_SETTLED_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+/// Credits kept in process memory, with the same semantics as the Redis ledger.
+///
+/// Accounts live in 64 shards, each behind its own lock, so requests of different accounts
+/// rarely contend and one account's operations are serialised (that is what makes them
+/// atomic). Each account keeps an expiry index of its open holds (ordered by expiry), so
+/// reclaiming expired holds costs at most [`RECLAIM_LIMIT`] entries per call, never a scan.
+/// Expired holds are reclaimed on the account's next operation, or by the optional
+/// [sweeper](MemoryLedger::spawn_sweeper) for accounts that see no traffic.
+///
+/// Cloning is cheap and clones share the same balances. State is lost when the process
+/// exits: use [`RedisLedger`](crate::ledger::RedisLedger) to share balances between replicas
+/// or keep them across restarts.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_credits::{clock::ManualClock, AccountId, HoldId, Ledger, MemoryLedger, Reserve};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
+/// let clock = ManualClock::new();
+/// let ledger = MemoryLedger::builder().clock(clock.clone()).build();
+/// let acct = AccountId::new("acct_1")?;
+/// ledger.top_up(&acct, 10, "pay-1").await?;
+/// let hold = HoldId::generate();
+/// ledger.reserve(Reserve::new(acct.clone(), hold, 10).ttl(Duration::from_secs(5))).await?;
+/// assert_eq!(ledger.balance(&acct).await?.available, 0);
+///
+/// clock.advance(Duration::from_secs(6)); // the hold expires and comes back
+/// assert_eq!(ledger.balance(&acct).await?.available, 10);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MemoryLedger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Mutex<HashMap<AccountId, AccountState>>]>,
+    api_keys: RwLock<HashMap<ApiKeyHash, AccountId>>,
+    clock: Arc<dyn Clock>,
+    settled_retention_ms: u64,
+    max_open_holds: Option<u64>,
+}
+
+/// Builds a [`MemoryLedger`].
+pub struct MemoryLedgerBuilder {
+    clock: Arc<dyn Clock>,
+    settled_retention: Duration,
+    max_open_holds: Option<u64>,
+}
+
+impl fmt::Debug for MemoryLedgerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLedgerBuilder")
+            .field("settled_retention", &self.settled_retention)
+            .field("max_open_holds", &self.max_open_holds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryLedgerBuilder {
+    /// The clock holds expire by (default: the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How long settled hold ids and refund tombstones are remembered (default 1 hour).
+    pub fn settled_retention(mut self, retention: Duration) -> Self {
+        self.settled_retention = retention;
+        self
+    }
+
+    /// The most open holds one account may have; a reserve beyond it fails with
+    /// [`LedgerError::TooManyHolds`] (default: no limit).
+    pub fn max_open_holds(mut self, limit: u64) -> Self {
+        self.max_open_holds = Some(limit);
+        self
+    }
+
+    /// Builds the ledger.
+    pub fn build(self) -> MemoryLedger {
+        MemoryLedger {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                api_keys: RwLock::new(HashMap::new()),
+                clock: self.clock,
+                settled_retention_ms: self.settled_retention.as_millis() as u64,
+                max_open_holds: self.max_open_holds,
+            }),
+        }
+    }
+}
+
+#[derive(Default)]
+struct AccountState {
+    topped_up: u64,
+    committed: u64,
+    held: u64,
+    credit_limit: u64,
+    threshold: Option<u64>,
+    warned: bool,
+    rate: f64,
+    rate_at_ms: u64,
+    holds: HashMap<HoldId, OpenHold>,
+    /// Open holds ordered by expiry: the expiry index.
+    expiry: BTreeSet<(u64, HoldId)>,
+    /// Settled, refunded, expired and tombstoned ids, with when they closed.
+    done: HashMap<HoldId, SettleOutcome>,
+    /// `done` in closing order, so pruning by age looks only at the oldest.
+    done_order: VecDeque<(u64, HoldId)>,
+    usage: BTreeMap<String, RouteUsage>,
+    topups: HashMap<String, u64>,
+}
+
+struct OpenHold {
+    amount: u64,
+    expires_at_ms: u64,
+    route: Option<String>,
+}
+
+impl AccountState {
+    fn available(&self) -> i64 {
+        self.topped_up as i64 - self.committed as i64 - self.held as i64
+    }
+
+    fn runway(&self, now_ms: u64) -> Option<u64> {
+        runway_secs(
+            self.available(),
+            decayed_rate(self.rate, self.rate_at_ms, now_ms),
+        )
+    }
+
+    /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids past retention.
+    fn reclaim(&mut self, now_ms: u64, retention_ms: u64) {
+        for _ in 0..RECLAIM_LIMIT {
+            let Some(first) = self.expiry.first() else {
+                break;
+            };
+            if first.0 > now_ms {
+                break;
+            }
+            let (_, id) = self.expiry.pop_first().expect("checked above");
+            if let Some(hold) = self.holds.remove(&id) {
+                self.held -= hold.amount;
+                self.close(id, SettleOutcome::Expired, now_ms);
+            }
+        }
+        for _ in 0..RECLAIM_LIMIT {
+            match self.done_order.front() {
+                Some((at, _)) if now_ms.saturating_sub(*at) > retention_ms => {
+                    let (_, id) = self.done_order.pop_front().expect("checked above");
+                    self.done.remove(&id);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn close(&mut self, id: HoldId, how: SettleOutcome, now_ms: u64) {
+        self.done.insert(id.clone(), how);
+        self.done_order.push_back((now_ms, id));
+    }
+
+    /// Clears the warning flag once the balance is back at or above the threshold.
+    fn rearm_warning(&mut self) {
+        if let Some(threshold) = self.threshold {
+            if self.available() >= threshold as i64 {
+                self.warned = false;
+            }
+        }
+    }
+
+    fn settlement(&self, outcome: SettleOutcome, now_ms: u64) -> Settlement {
+        Settlement {
+            outcome,
+            committed: 0,
+            released: 0,
+            clamped: false,
+            available: Some(self.available()),
+            low_balance_threshold: self.threshold,
+            threshold_crossed: false,
+            runway_secs: self.runway(now_ms),
+        }
+    }
+}
+
+/// What a closed id answers when settled again.
+fn already(how: SettleOutcome) -> SettleOutcome {
+    match how {
+        SettleOutcome::Committed => SettleOutcome::AlreadyCommitted,
+        SettleOutcome::Refunded => SettleOutcome::AlreadyRefunded,
+        other => other,
+    }
+}
+
+fn unknown_settlement() -> Settlement {
+    Settlement {
+        outcome: SettleOutcome::Unknown,
+        committed: 0,
+        released: 0,
+        clamped: false,
+        available: None,
+        low_balance_threshold: None,
+        threshold_crossed: false,
+        runway_secs: None,
+    }
+}
+
+impl Default for MemoryLedger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLedger")
+            .field("max_open_holds", &self.inner.max_open_holds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryLedger {
+    /// A ledger on the system clock, with default settings.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Starts a [`MemoryLedgerBuilder`].
+    pub fn builder() -> MemoryLedgerBuilder {
+        MemoryLedgerBuilder {
+            clock: Arc::new(SystemClock),
+            settled_retention: DEFAULT_SETTLED_RETENTION,
+            max_open_holds: None,
+        }
+    }
+
+    /// Reclaims expired holds of every account, [`RECLAIM_LIMIT`] per account, one shard
+    /// at a time. Returns how many holds went back.
+    pub fn sweep_expired(&self) -> u64 {
+        let now = self.inner.clock.now_ms();
+        let mut reclaimed = 0;
+        for shard in self.inner.shards.iter() {
+            let mut accounts = shard.lock();
+            for state in accounts.values_mut() {
+                let before = state.holds.len();
+                state.reclaim(now, self.inner.settled_retention_ms);
+                reclaimed += (before - state.holds.len()) as u64;
+            }
+        }
+        reclaimed
+    }
+
+    /// Runs [`sweep_expired`](Self::sweep_expired) every `interval` on the current tokio
+    /// runtime, for accounts that receive no new request. The task ends when every clone of
+    /// the ledger is dropped, or when the returned handle is aborted.
+    pub fn spawn_sweeper(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let swept = MemoryLedger { inner }.sweep_expired();
+                if swept > 0 {
+                    tracing::debug!(swept, "reclaimed expired holds");
+                }
+            }
+        })
+    }
+
+    fn shard(&self, account: &AccountId) -> &Mutex<HashMap<AccountId, AccountState>> {
+        let mut hasher = DefaultHasher::new();
+        account.hash(&mut hasher);
+        &self.inner.shards[hasher.finish() as usize & (SHARDS - 1)]
+    }
+
+    /// Runs `op` on an existing account after reclaiming its expired holds.
+    fn with_account<T>(
+        &self,
+        account: &AccountId,
+        op: impl FnOnce(&mut AccountState, u64) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let now = self.inner.clock.now_ms();
+        let mut accounts = self.shard(account).lock();
+        let state = accounts
+            .get_mut(account)
+            .ok_or(LedgerError::UnknownAccount)?;
+        state.reclaim(now, self.inner.settled_retention_ms);
+        op(state, now)
+    }
+
+    fn do_reserve(&self, r: Reserve) -> Result<ReserveOutcome, LedgerError> {
+        check_amount(r.amount)?;
+        let ttl_ms = check_ttl(r.ttl)?;
+        if let Some(route) = &r.route {
+            check_route(route)?;
+        }
+        let max_open = self.inner.max_open_holds;
+        self.with_account(&r.account, |state, now| {
+            if let Some(hold) = state.holds.get(&r.hold_id) {
+                return Ok(ReserveOutcome::Held(Held {
+                    amount: hold.amount,
+                    available: state.available(),
+                    credit_limit: state.credit_limit,
+                    low_balance_threshold: state.threshold,
+                    expires_at_ms: hold.expires_at_ms,
+                    replayed: true,
+                }));
+            }
+            if let Some(how) = state.done.get(&r.hold_id) {
+                return Ok(ReserveOutcome::Closed(already(*how)));
+            }
+            let spendable = state.available() as i128 + state.credit_limit as i128;
+            if (r.amount as i128) > spendable {
+                return Ok(ReserveOutcome::Insufficient(Insufficient {
+                    required: r.amount,
+                    available: state.available(),
+                    credit_limit: state.credit_limit,
+                }));
+            }
+            if let Some(limit) = max_open {
+                if state.holds.len() as u64 >= limit {
+                    return Err(LedgerError::TooManyHolds { limit });
+                }
+            }
+            // committed + held can reach topped_up + credit_limit: keep both in range.
+            let held = checked_total(state.held, r.amount)?;
+            checked_total(state.committed, held)?;
+            let expires_at_ms = now + ttl_ms;
+            state.held = held;
+            state.expiry.insert((expires_at_ms, r.hold_id.clone()));
+            state.holds.insert(
+                r.hold_id,
+                OpenHold {
+                    amount: r.amount,
+                    expires_at_ms,
+                    route: r.route,
+                },
+            );
+            Ok(ReserveOutcome::Held(Held {
+                amount: r.amount,
+                available: state.available(),
+                credit_limit: state.credit_limit,
+                low_balance_threshold: state.threshold,
+                expires_at_ms,
+                replayed: false,
+            }))
+        })
+    }
+
+    fn do_settle(
+        &self,
+        account: &AccountId,
+        hold_id: &HoldId,
+        actual: Option<u64>,
+    ) -> Result<Settlement, LedgerError> {
+        if let Some(actual) = actual {
+            check_amount(actual)?;
+        }
+        let result = self.with_account(account, |state, now| {
+            let Some(hold) = state.holds.remove(hold_id) else {
+                if let Some(how) = state.done.get(hold_id) {
+                    return Ok(state.settlement(already(*how), now));
+                }
+                if actual.is_none() {
+                    // A refund that overtook its reserve: the tombstone keeps the reserve out.
+                    state.close(hold_id.clone(), SettleOutcome::Refunded, now);
+                }
+                return Ok(state.settlement(SettleOutcome::Unknown, now));
+            };
+            state.expiry.remove(&(hold.expires_at_ms, hold_id.clone()));
+            state.held -= hold.amount;
+            let (outcome, charged, clamped) = match actual {
+                Some(actual) => (
+                    SettleOutcome::Committed,
+                    actual.min(hold.amount),
+                    actual > hold.amount,
+                ),
+                None => (SettleOutcome::Refunded, 0, false),
+            };
+            let mut crossed = false;
+            if outcome == SettleOutcome::Committed {
+                state.committed += charged;
+                state.rate = burn_rate_after(state.rate, state.rate_at_ms, now, charged);
+                state.rate_at_ms = now;
+                let usage = state
+                    .usage
+                    .entry(hold.route.unwrap_or_default())
+                    .or_default();
+                usage.credits += charged;
+                usage.calls += 1;
+                if let Some(threshold) = state.threshold {
+                    if state.available() < threshold as i64 && !state.warned {
+                        state.warned = true;
+                        crossed = true;
+                    }
+                }
+            }
+            state.rearm_warning();
+            state.close(hold_id.clone(), outcome, now);
+            let mut settlement = state.settlement(outcome, now);
+            settlement.committed = charged;
+            settlement.released = hold.amount - charged;
+            settlement.clamped = clamped;
+            settlement.threshold_crossed = crossed;
+            Ok(settlement)
+        });
+        match result {
+            Err(LedgerError::UnknownAccount) => Ok(unknown_settlement()),
+            other => other,
+        }
+    }
+
+    fn do_extend(
+        &self,
+        account: &AccountId,
+        hold_id: &HoldId,
+        ttl: Duration,
+    ) -> Result<Extended, LedgerError> {
+        let ttl_ms = check_ttl(ttl)?;
+        let result = self.with_account(account, |state, now| {
+            let Some(hold) = state.holds.get_mut(hold_id) else {
+                let how = state.done.get(hold_id).copied().map(already);
+                return Ok(Extended::NotOpen(how.unwrap_or(SettleOutcome::Unknown)));
+            };
+            let expires_at_ms = now + ttl_ms;
+            state.expiry.remove(&(hold.expires_at_ms, hold_id.clone()));
+            hold.expires_at_ms = expires_at_ms;
+            state.expiry.insert((expires_at_ms, hold_id.clone()));
+            Ok(Extended::Until(expires_at_ms))
+        });
+        match result {
+            Err(LedgerError::UnknownAccount) => Ok(Extended::NotOpen(SettleOutcome::Unknown)),
+            other => other,
+        }
+    }
+
+    fn do_top_up(&self, account: &AccountId, amount: u64, key: &str) -> Result<TopUp, LedgerError> {
+        check_amount(amount)?;
+        check_idempotency_key(key)?;
+        let now = self.inner.clock.now_ms();
+        let mut accounts = self.shard(account).lock();
+        let state = accounts.entry(account.clone()).or_default();
+        state.reclaim(now, self.inner.settled_retention_ms);
+        if let Some(&first) = state.topups.get(key) {
+            if first != amount {
+                return Err(LedgerError::TopUpConflict {
+                    first_amount: first,
+                    amount,
+                });
+            }
+            return Ok(TopUp {
+                amount,
+                replayed: true,
+                available: state.available(),
+            });
+        }
+        state.topped_up = checked_total(state.topped_up, amount)?;
+        state.topups.insert(key.to_owned(), amount);
+        state.rearm_warning();
+        Ok(TopUp {
+            amount,
+            replayed: false,
+            available: state.available(),
+        })
+    }
+
+    fn do_configure(
+        &self,
+        account: &AccountId,
+        settings: AccountSettings,
+    ) -> Result<(), LedgerError> {
+        check_amount(settings.credit_limit)?;
+        if let Some(threshold) = settings.low_balance_threshold {
+            check_amount(threshold)?;
+        }
+        let mut accounts = self.shard(account).lock();
+        let state = accounts.entry(account.clone()).or_default();
+        state.credit_limit = settings.credit_limit;
+        state.threshold = settings.low_balance_threshold;
+        state.rearm_warning();
+        Ok(())
+    }
+}
+
+impl Ledger for MemoryLedger {
+    type Future<T: Send + 'static> = Ready<Result<T, LedgerError>>;
+
+    fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
+        ready(self.do_reserve(reserve))
+    }
+
+    fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement> {
+        ready(self.do_settle(account, hold, Some(actual)))
+    }
+
+    fn refund(&self, account: &AccountId, hold: &HoldId) -> Self::Future<Settlement> {
+        ready(self.do_settle(account, hold, None))
+    }
+
+    fn extend(&self, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self::Future<Extended> {
+        ready(self.do_extend(account, hold, ttl))
+    }
+
+    fn top_up(&self, account: &AccountId, amount: u64, key: &str) -> Self::Future<TopUp> {
+        ready(self.do_top_up(account, amount, key))
+    }
+
+    fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
+        ready(self.with_account(account, |state, now| {
+            Ok(Balance {
+                available: state.available(),
+                held: state.held,
+                committed: state.committed,
+                topped_up: state.topped_up,
+                credit_limit: state.credit_limit,
+                low_balance_threshold: state.threshold,
+                open_holds: state.holds.len() as u64,
+                runway_secs: state.runway(now),
+            })
+        }))
+    }
+
+    fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
+        ready(self.with_account(account, |state, _| {
+            Ok(Usage {
+                by_route: state.usage.clone(),
+            })
+        }))
+    }
+
+    fn configure(&self, account: &AccountId, settings: AccountSettings) -> Self::Future<()> {
+        ready(self.do_configure(account, settings))
+    }
+
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
+        self.inner.api_keys.write().insert(*key, account.clone());
+        ready(Ok(()))
+    }
+
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
+        ready(Ok(self.inner.api_keys.read().get(key).cloned()))
+    }
+
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
+        ready(Ok(self.inner.api_keys.write().remove(key).is_some()))
+    }
+}

@@ -1,0 +1,260 @@
+//! The ledger: where credits are held, committed, refunded and topped up.
+//!
+//! [`Ledger`] is the contract every store implements; [`MemoryLedger`] keeps balances in
+//! process, [`RedisLedger`](crate::ledger::RedisLedger) (feature `redis`) keeps them in
+//! Redis or Redis Cluster, shared by every replica. Both pass one conformance suite
+//! (`tests/conformance/`). [`AnyLedger`] picks one at run time.
+//!
+//! # The contract in short
+//!
+//! * [`reserve`](Ledger::reserve) holds `amount` if `available - amount >= -credit_limit`,
+//!   after lazily reclaiming the account's expired holds (bounded work per call). The caller
+//!   makes the [`HoldId`]: a retried reserve returns the first answer, and a refund of an id
+//!   never seen leaves a tombstone so a late reserve of that id never holds. A refused
+//!   reserve writes nothing.
+//! * [`commit`](Ledger::commit) charges `actual`, clamped to the hold; the rest goes back.
+//!   [`refund`](Ledger::refund) gives everything back. Settling a hold that already settled
+//!   or expired is a no-op that says so ([`SettleOutcome`]); nothing moves twice.
+//! * [`top_up`](Ledger::top_up) is idempotent by key, per account, forever: a replay with
+//!   the same amount returns the first result, another amount is
+//!   [`LedgerError::TopUpConflict`].
+//! * Every amount and total stays within [`MAX_AMOUNT`](crate::MAX_AMOUNT) (2^53 − 1).
+//! * Conservation holds at every instant: `topped_up = available + held + committed`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::api_key::ApiKeyHash;
+
+mod error;
+mod ids;
+mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+mod types;
+
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisLedger, RedisLedgerBuilder};
+pub use error::LedgerError;
+pub(crate) use ids::{check_idempotency_key, check_route};
+pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
+pub use memory::{MemoryLedger, MemoryLedgerBuilder};
+pub use types::{
+    AccountSettings, Balance, Extended, Held, Insufficient, Reserve, ReserveOutcome, RouteUsage,
+    SettleOutcome, Settlement, TopUp, Usage, DEFAULT_HOLD_TTL,
+};
+
+/// Longest hold time to live a ledger accepts.
+pub const MAX_HOLD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Most expired holds one operation reclaims, so that no call does unbounded work
+/// (the model is TigerBeetle's pulse limit). The rest are reclaimed by later calls or the
+/// sweeper.
+pub const RECLAIM_LIMIT: usize = 64;
+
+/// A store of prepaid credits. See the [module docs](self) for the contract.
+///
+/// Each operation is atomic and, for a networked store, one round trip. The futures are
+/// named by [`Ledger::Future`] so the middleware can keep them in its own state machine
+/// without boxing (the in-memory ledger answers with [`std::future::Ready`]).
+///
+/// ```
+/// use tower_credits::{AccountId, HoldId, Ledger, MemoryLedger, Reserve, ReserveOutcome};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
+/// let ledger = MemoryLedger::new();
+/// let acct = AccountId::new("acct_42")?;
+/// ledger.top_up(&acct, 100, "payment-1").await?;
+///
+/// let hold = HoldId::generate();
+/// let outcome = ledger.reserve(Reserve::new(acct.clone(), hold.clone(), 30)).await?;
+/// assert!(matches!(outcome, ReserveOutcome::Held(_)));
+///
+/// let settled = ledger.commit(&acct, &hold, 12).await?;
+/// assert_eq!(settled.committed, 12);
+/// assert_eq!(ledger.balance(&acct).await?.available, 88);
+/// # Ok(()) }
+/// ```
+pub trait Ledger: Clone + Send + Sync + 'static {
+    /// The future every operation returns.
+    type Future<T: Send + 'static>: Future<Output = Result<T, LedgerError>> + Send + 'static;
+
+    /// Holds credits; see the [module docs](self).
+    fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome>;
+
+    /// Commits `actual` credits of the hold (clamped to the hold) and releases the rest.
+    fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement>;
+
+    /// Gives the whole hold back. An id never seen leaves a tombstone.
+    fn refund(&self, account: &AccountId, hold: &HoldId) -> Self::Future<Settlement>;
+
+    /// Keeps an open hold alive for `ttl` from now.
+    fn extend(&self, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self::Future<Extended>;
+
+    /// Adds credits once per `idempotency_key` (per account, kept forever).
+    fn top_up(
+        &self,
+        account: &AccountId,
+        amount: u64,
+        idempotency_key: &str,
+    ) -> Self::Future<TopUp>;
+
+    /// The account's balance and totals.
+    fn balance(&self, account: &AccountId) -> Self::Future<Balance>;
+
+    /// The account's committed credits by route.
+    fn usage(&self, account: &AccountId) -> Self::Future<Usage>;
+
+    /// Sets the account's credit limit and low-balance threshold (creates the account).
+    fn configure(&self, account: &AccountId, settings: AccountSettings) -> Self::Future<()>;
+
+    /// Maps an API key (by its hash) to an account. Re-registering moves the key.
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()>;
+
+    /// The account an API key belongs to.
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>>;
+
+    /// Forgets an API key; `true` if it was registered.
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool>;
+}
+
+/// A ledger chosen at run time: in memory, or Redis when the `redis` feature is on.
+///
+/// ```
+/// use tower_credits::{AnyLedger, MemoryLedger};
+///
+/// let ledger: AnyLedger = MemoryLedger::new().into();
+/// # let _ = ledger;
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AnyLedger {
+    /// The embedded ledger.
+    Memory(MemoryLedger),
+    /// The Redis ledger.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    Redis(RedisLedger),
+}
+
+impl From<MemoryLedger> for AnyLedger {
+    fn from(ledger: MemoryLedger) -> Self {
+        Self::Memory(ledger)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<RedisLedger> for AnyLedger {
+    fn from(ledger: RedisLedger) -> Self {
+        Self::Redis(ledger)
+    }
+}
+
+/// The future of an [`AnyLedger`] operation.
+///
+/// Both ledgers' futures are `Unpin` (a ready value, or a boxed network call), so this
+/// enum is too and needs no pin projection.
+pub enum AnyFuture<T: Send + 'static> {
+    /// A [`MemoryLedger`] answer.
+    Memory(<MemoryLedger as Ledger>::Future<T>),
+    /// A [`RedisLedger`] call.
+    #[cfg(feature = "redis")]
+    Redis(<RedisLedger as Ledger>::Future<T>),
+}
+
+impl<T: Send + 'static> Future for AnyFuture<T> {
+    type Output = Result<T, LedgerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            AnyFuture::Memory(inner) => Pin::new(inner).poll(cx),
+            #[cfg(feature = "redis")]
+            AnyFuture::Redis(inner) => inner.as_mut().poll(cx),
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $ledger:ident => $call:expr) => {
+        match $self {
+            AnyLedger::Memory($ledger) => AnyFuture::Memory($call),
+            #[cfg(feature = "redis")]
+            AnyLedger::Redis($ledger) => AnyFuture::Redis($call),
+        }
+    };
+}
+
+impl Ledger for AnyLedger {
+    type Future<T: Send + 'static> = AnyFuture<T>;
+
+    fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
+        dispatch!(self, l => l.reserve(reserve))
+    }
+    fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement> {
+        dispatch!(self, l => l.commit(account, hold, actual))
+    }
+    fn refund(&self, account: &AccountId, hold: &HoldId) -> Self::Future<Settlement> {
+        dispatch!(self, l => l.refund(account, hold))
+    }
+    fn extend(&self, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self::Future<Extended> {
+        dispatch!(self, l => l.extend(account, hold, ttl))
+    }
+    fn top_up(&self, account: &AccountId, amount: u64, key: &str) -> Self::Future<TopUp> {
+        dispatch!(self, l => l.top_up(account, amount, key))
+    }
+    fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
+        dispatch!(self, l => l.balance(account))
+    }
+    fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
+        dispatch!(self, l => l.usage(account))
+    }
+    fn configure(&self, account: &AccountId, settings: AccountSettings) -> Self::Future<()> {
+        dispatch!(self, l => l.configure(account, settings))
+    }
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
+        dispatch!(self, l => l.register_api_key(key, account))
+    }
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
+        dispatch!(self, l => l.lookup_api_key(key))
+    }
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
+        dispatch!(self, l => l.revoke_api_key(key))
+    }
+}
+
+/// Checks a hold ttl against the accepted range.
+pub(crate) fn check_ttl(ttl: Duration) -> Result<u64, LedgerError> {
+    let ms = ttl.as_millis();
+    if ms == 0 || ttl > MAX_HOLD_TTL {
+        return Err(LedgerError::InvalidTtl { ttl });
+    }
+    Ok(ms as u64)
+}
+
+/// Time constant of the burn-rate average: spend older than a few hours barely counts.
+pub(crate) const BURN_RATE_TAU_SECS: f64 = 3600.0;
+
+/// Decays `rate` (credits/s) from `rate_at_ms` to `now_ms` and adds `spent` credits.
+pub(crate) fn burn_rate_after(rate: f64, rate_at_ms: u64, now_ms: u64, spent: u64) -> f64 {
+    decayed_rate(rate, rate_at_ms, now_ms) + spent as f64 / BURN_RATE_TAU_SECS
+}
+
+/// `rate` decayed from `rate_at_ms` to `now_ms`.
+pub(crate) fn decayed_rate(rate: f64, rate_at_ms: u64, now_ms: u64) -> f64 {
+    let dt = now_ms.saturating_sub(rate_at_ms) as f64 / 1000.0;
+    rate * (-dt / BURN_RATE_TAU_SECS).exp()
+}
+
+/// Seconds `available` lasts at `rate` credits/s; `None` when nothing is being spent.
+pub(crate) fn runway_secs(available: i64, rate: f64) -> Option<u64> {
+    if rate <= 1e-9 {
+        return None;
+    }
+    if available <= 0 {
+        return Some(0);
+    }
+    Some((available as f64 / rate).min(u64::MAX as f64 / 2.0) as u64)
+}

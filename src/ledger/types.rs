@@ -1,0 +1,263 @@
+//! What goes into and comes out of a ledger.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{AccountId, HoldId};
+
+/// Default time a hold lives before the ledger reclaims it: 60 seconds.
+pub const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(60);
+
+/// A request to hold credits. Build it with [`Reserve::new`] and the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_credits::{AccountId, HoldId, Reserve};
+///
+/// let reserve = Reserve::new(AccountId::new("acct_42")?, HoldId::generate(), 10)
+///     .ttl(Duration::from_secs(30))
+///     .route("GET /v1/echo");
+/// assert_eq!(reserve.amount(), 10);
+/// # Ok::<_, tower_credits::LedgerError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Reserve {
+    pub(crate) account: AccountId,
+    pub(crate) hold_id: HoldId,
+    pub(crate) amount: u64,
+    pub(crate) ttl: Duration,
+    pub(crate) route: Option<String>,
+}
+
+impl Reserve {
+    /// Hold `amount` credits of `account` under the caller-made `hold_id`.
+    pub fn new(account: AccountId, hold_id: HoldId, amount: u64) -> Self {
+        Self {
+            account,
+            hold_id,
+            amount,
+            ttl: DEFAULT_HOLD_TTL,
+            route: None,
+        }
+    }
+
+    /// How long the hold lives unless settled or extended (default 60 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The route the hold pays for, recorded in [`Usage`] when committed.
+    pub fn route(mut self, route: impl Into<String>) -> Self {
+        self.route = Some(route.into());
+        self
+    }
+
+    /// The account to charge.
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+
+    /// The hold's id.
+    pub fn hold_id(&self) -> &HoldId {
+        &self.hold_id
+    }
+
+    /// Credits to hold.
+    pub fn amount(&self) -> u64 {
+        self.amount
+    }
+}
+
+/// The answer to [`Ledger::reserve`](super::Ledger::reserve).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReserveOutcome {
+    /// The credits are held.
+    Held(Held),
+    /// Not enough credits: nothing was written.
+    Insufficient(Insufficient),
+    /// This hold id was already settled, refunded, expired, or refunded before it was
+    /// reserved (a tombstone): nothing was held.
+    Closed(SettleOutcome),
+}
+
+/// A hold that was placed (or found already placed, for a retried reserve).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Held {
+    /// Credits held.
+    pub amount: u64,
+    /// The account's available balance right after the hold.
+    pub available: i64,
+    /// The account's overdraft allowance.
+    pub credit_limit: u64,
+    /// The account's own low-balance threshold, if it has one.
+    pub low_balance_threshold: Option<u64>,
+    /// When the hold expires, in ms since the Unix epoch (ledger clock).
+    pub expires_at_ms: u64,
+    /// `true` when this hold id was already held and this call changed nothing.
+    pub replayed: bool,
+}
+
+/// A refused reserve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Insufficient {
+    /// The credits asked for.
+    pub required: u64,
+    /// The account's available balance (may be negative with an overdraft).
+    pub available: i64,
+    /// The account's overdraft allowance.
+    pub credit_limit: u64,
+}
+
+impl Insufficient {
+    /// How many more credits the request needs: `required - (available + credit_limit)`.
+    pub fn shortfall(&self) -> u64 {
+        let spendable = self.available as i128 + self.credit_limit as i128;
+        (self.required as i128 - spendable).max(0) as u64
+    }
+}
+
+/// How a settle call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SettleOutcome {
+    /// This call committed the hold.
+    Committed,
+    /// This call refunded the hold.
+    Refunded,
+    /// The hold had already been committed: nothing moved.
+    AlreadyCommitted,
+    /// The hold had already been refunded: nothing moved.
+    AlreadyRefunded,
+    /// The hold had expired and its credits went back: nothing moved.
+    Expired,
+    /// The hold id was never seen. A refund leaves a tombstone so a late reserve with this
+    /// id will not hold; a commit changes nothing.
+    Unknown,
+}
+
+impl SettleOutcome {
+    /// `true` when this call moved credits.
+    pub fn is_applied(self) -> bool {
+        matches!(self, Self::Committed | Self::Refunded)
+    }
+}
+
+/// The answer to a commit or refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settlement {
+    /// What happened.
+    pub outcome: SettleOutcome,
+    /// Credits committed by this call (0 unless `outcome` is `Committed`).
+    pub committed: u64,
+    /// Credits that went back to `available` by this call.
+    pub released: u64,
+    /// `true` when the actual cost asked for was more than the hold and was clamped.
+    pub clamped: bool,
+    /// The account's available balance after this call (`None` for unknown accounts).
+    pub available: Option<i64>,
+    /// The account's own low-balance threshold, if it has one.
+    pub low_balance_threshold: Option<u64>,
+    /// `true` exactly once per crossing: this commit took `available` below the account's
+    /// own threshold.
+    pub threshold_crossed: bool,
+    /// Seconds the balance lasts at the account's recent spend rate, when it spends.
+    pub runway_secs: Option<u64>,
+}
+
+/// The answer to [`Ledger::extend`](super::Ledger::extend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Extended {
+    /// The hold now expires at this time (ms since the Unix epoch).
+    Until(u64),
+    /// The hold is no longer open: it settled, expired, or was never seen.
+    NotOpen(SettleOutcome),
+}
+
+/// The answer to [`Ledger::top_up`](super::Ledger::top_up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopUp {
+    /// Credits added by the key (the first time).
+    pub amount: u64,
+    /// `true` when the key had already been credited and this call changed nothing.
+    pub replayed: bool,
+    /// Available balance after the call.
+    pub available: i64,
+}
+
+/// An account's balance and running totals.
+///
+/// Conservation: `topped_up == available + held + committed`, always.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Balance {
+    /// Credits that can be held now (negative only within the overdraft).
+    pub available: i64,
+    /// Sum of open holds.
+    pub held: u64,
+    /// Sum of all commits.
+    pub committed: u64,
+    /// Sum of all top-ups.
+    pub topped_up: u64,
+    /// Overdraft allowed.
+    pub credit_limit: u64,
+    /// The account's own low-balance threshold.
+    pub low_balance_threshold: Option<u64>,
+    /// Number of open holds.
+    pub open_holds: u64,
+    /// Seconds the balance lasts at the recent spend rate, when it spends.
+    pub runway_secs: Option<u64>,
+}
+
+/// Settings of one account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AccountSettings {
+    /// Overdraft allowed: `available` may fall to `-credit_limit`.
+    pub credit_limit: u64,
+    /// Warn when `available` falls below this; `None` uses the layer's default.
+    pub low_balance_threshold: Option<u64>,
+}
+
+impl AccountSettings {
+    /// Strictly prepaid, no own threshold.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the overdraft allowance.
+    pub fn credit_limit(mut self, credits: u64) -> Self {
+        self.credit_limit = credits;
+        self
+    }
+
+    /// Sets the low-balance threshold.
+    pub fn low_balance_threshold(mut self, credits: u64) -> Self {
+        self.low_balance_threshold = Some(credits);
+        self
+    }
+}
+
+/// Credits and calls committed for one route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteUsage {
+    /// Credits committed.
+    pub credits: u64,
+    /// Commits counted.
+    pub calls: u64,
+}
+
+/// What an account spent, by route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Committed credits and calls per route label (holds without a route count under `""`).
+    pub by_route: BTreeMap<String, RouteUsage>,
+}
