@@ -2,14 +2,33 @@
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod account;
 mod amount;
 mod api_key;
+mod body;
+mod charge;
 pub mod clock;
+mod future;
+mod headers;
+mod layer;
 pub mod ledger;
+pub mod pricing;
+pub mod problem;
+mod service;
+mod settle;
 
 pub use amount::MAX_AMOUNT;
 pub use api_key::ApiKeyHash;
+pub use body::ResponseBody;
+#[cfg(feature = "axum")]
+pub use charge::MissingCharge;
+pub use charge::{Charge, ChargeError};
+pub use future::ResponseFuture;
+pub use headers::CreditHeaders;
+pub use layer::CreditLayer;
 pub use ledger::{
     AccountId, AccountSettings, AnyLedger, Balance, Extended, Held, HoldId, Insufficient, Ledger,
     LedgerError, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
 };
+pub use service::CreditService;
+pub use settle::PendingSettlements;

@@ -59,7 +59,8 @@ pub const RECLAIM_LIMIT: usize = 64;
 ///
 /// Each operation is atomic and, for a networked store, one round trip. The futures are
 /// named by [`Ledger::Future`] so the middleware can keep them in its own state machine
-/// without boxing (the in-memory ledger answers with [`std::future::Ready`]).
+/// without boxing (the in-memory ledger answers with [`std::future::Ready`]); they are
+/// `Unpin` so a settle can be polled once in place and then moved to a background task.
 ///
 /// ```
 /// use tower_credits::{AccountId, HoldId, Ledger, MemoryLedger, Reserve, ReserveOutcome};
@@ -80,7 +81,7 @@ pub const RECLAIM_LIMIT: usize = 64;
 /// ```
 pub trait Ledger: Clone + Send + Sync + 'static {
     /// The future every operation returns.
-    type Future<T: Send + 'static>: Future<Output = Result<T, LedgerError>> + Send + 'static;
+    type Future<T: Send + 'static>: Future<Output = Result<T, LedgerError>> + Send + Unpin + 'static;
 
     /// Holds credits; see the [module docs](self).
     fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome>;

@@ -1,0 +1,424 @@
+//! Who pays: resolving the caller's account from the request.
+//!
+//! | resolver | reads | when to use |
+//! |---|---|---|
+//! | [`AccountResolver::api_key`] | `Authorization: Bearer <key>` | callers hold API keys registered in the ledger |
+//! | [`AccountResolver::api_key_header`] | a header of your choice, e.g. `Api-Key` | the same, another header |
+//! | [`AccountResolver::extension`] | an [`AccountId`] in the request extensions | an upstream auth layer already knows the account |
+//! | [`AccountResolver::trusted_header`] | a header naming the account | **only** behind a gateway that sets it |
+//! | [`AccountResolver::from_fn`] | anything, through your closure | everything else |
+//!
+//! API keys are hashed with SHA-256 as soon as they are read and looked up by hash through a
+//! bounded in-process cache, so a warm request costs no ledger call to resolve. Known keys
+//! are cached for [`DEFAULT_KEY_TTL`] and unknown ones for [`DEFAULT_UNKNOWN_KEY_TTL`]:
+//! **a revoked key keeps working for up to the known-key TTL** on each replica that cached it
+//! (set a shorter [`key_ttl`](AccountResolver::key_ttl) if that is too long), and a newly
+//! registered key may be refused for up to the unknown-key TTL.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderMap, HeaderName, Method, Uri};
+
+use crate::api_key::ApiKeyHash;
+use crate::ledger::AccountId;
+
+/// Known API keys are cached this long (so revocation takes up to this long to apply).
+pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(60);
+/// Unknown API keys are cached this long (so a new key works after at most this).
+pub const DEFAULT_UNKNOWN_KEY_TTL: Duration = Duration::from_secs(5);
+/// Most API keys the cache keeps.
+pub const DEFAULT_KEY_CACHE_CAPACITY: usize = 10_000;
+/// Longest API key accepted, in bytes; longer ones are refused without hashing.
+pub const MAX_API_KEY_LEN: usize = 256;
+
+/// What a resolver sees of a request: method, URI, headers and extensions.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The request URI.
+    pub uri: &'a Uri,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The request extensions.
+    pub extensions: &'a http::Extensions,
+}
+
+/// Why no account could be resolved. Each becomes a `401` (gRPC `UNAUTHENTICATED`) whose
+/// detail is [`Unauthorized::detail`]; none of them echoes the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unauthorized {
+    /// No credentials in the request.
+    Missing,
+    /// Credentials present but not in the expected form.
+    Malformed(&'static str),
+    /// The API key is longer than [`MAX_API_KEY_LEN`].
+    Oversized,
+    /// The API key is not registered.
+    UnknownKey,
+    /// A trusted header or closure named an account id that is not valid.
+    InvalidAccount,
+}
+
+impl Unauthorized {
+    /// A sentence for the caller saying what is wrong and how to fix it.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Missing => "No API key: send `Authorization: Bearer <your API key>`.".into(),
+            Self::Malformed(why) => format!("The API key header is malformed: {why}."),
+            Self::Oversized => format!("The API key is longer than {MAX_API_KEY_LEN} bytes."),
+            Self::UnknownKey => "This API key is not known. Check it, or create a new one.".into(),
+            Self::InvalidAccount => "The request names an invalid account.".into(),
+        }
+    }
+}
+
+type ResolveFn = dyn Fn(&RequestView<'_>) -> Result<AccountId, Unauthorized> + Send + Sync;
+
+/// How a [`CreditLayer`](crate::CreditLayer) finds the account that pays for a request.
+///
+/// ```
+/// use tower_credits::account::AccountResolver;
+///
+/// // `Authorization: Bearer <key>`, keys registered with `Ledger::register_api_key`.
+/// let resolver = AccountResolver::api_key();
+/// // Or `Api-Key: <key>`:
+/// let resolver = AccountResolver::api_key_header("api-key");
+/// # let _ = resolver;
+/// ```
+#[derive(Clone)]
+pub struct AccountResolver {
+    pub(crate) kind: Kind,
+}
+
+#[derive(Clone)]
+pub(crate) enum Kind {
+    ApiKey {
+        header: Option<HeaderName>,
+        cache: Arc<KeyCache>,
+    },
+    TrustedHeader(HeaderName),
+    Extension,
+    Fn(Arc<ResolveFn>),
+}
+
+impl fmt::Debug for AccountResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::ApiKey { header, .. } => f
+                .debug_struct("AccountResolver::ApiKey")
+                .field(
+                    "header",
+                    &header
+                        .as_ref()
+                        .map(HeaderName::as_str)
+                        .unwrap_or("authorization: bearer"),
+                )
+                .finish(),
+            Kind::TrustedHeader(h) => f
+                .debug_tuple("AccountResolver::TrustedHeader")
+                .field(h)
+                .finish(),
+            Kind::Extension => f.write_str("AccountResolver::Extension"),
+            Kind::Fn(_) => f.write_str("AccountResolver::Fn"),
+        }
+    }
+}
+
+impl Default for AccountResolver {
+    fn default() -> Self {
+        Self::api_key()
+    }
+}
+
+/// The outcome of resolving synchronously: an account, a key hash to look up, or a refusal.
+pub(crate) enum Resolution {
+    Account(AccountId),
+    LookUp(ApiKeyHash),
+    Refused(Unauthorized),
+}
+
+impl AccountResolver {
+    /// API keys from `Authorization: Bearer <key>` (the default).
+    pub fn api_key() -> Self {
+        Self::api_key_in(None)
+    }
+
+    /// API keys from the header `name` (the whole value is the key).
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a valid header name.
+    pub fn api_key_header(name: &str) -> Self {
+        Self::api_key_in(Some(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+        ))
+    }
+
+    fn api_key_in(header: Option<HeaderName>) -> Self {
+        Self {
+            kind: Kind::ApiKey {
+                header,
+                cache: Arc::new(KeyCache::new(
+                    DEFAULT_KEY_CACHE_CAPACITY,
+                    DEFAULT_KEY_TTL,
+                    DEFAULT_UNKNOWN_KEY_TTL,
+                )),
+            },
+        }
+    }
+
+    /// How long known and unknown API keys are cached (defaults [`DEFAULT_KEY_TTL`],
+    /// [`DEFAULT_UNKNOWN_KEY_TTL`]). The known-key TTL is the longest a revoked key keeps
+    /// working. No effect on other resolvers.
+    pub fn key_ttl(self, known: Duration, unknown: Duration) -> Self {
+        self.with_cache(|c| KeyCache::new(c.capacity, known, unknown))
+    }
+
+    /// The most API keys cached (default [`DEFAULT_KEY_CACHE_CAPACITY`]).
+    pub fn key_cache_capacity(self, capacity: usize) -> Self {
+        self.with_cache(|c| KeyCache::new(capacity, c.known_ttl, c.unknown_ttl))
+    }
+
+    fn with_cache(mut self, f: impl FnOnce(&KeyCache) -> KeyCache) -> Self {
+        if let Kind::ApiKey { cache, .. } = &mut self.kind {
+            *cache = Arc::new(f(cache));
+        }
+        self
+    }
+
+    /// The [`AccountId`] an upstream auth layer put in the request extensions.
+    pub fn extension() -> Self {
+        Self {
+            kind: Kind::Extension,
+        }
+    }
+
+    /// The account named by the header `name`, taken as true.
+    ///
+    /// **Warning: only use this behind a gateway that sets this header itself and strips it
+    /// from callers' requests.** Otherwise any caller can name any account and spend its
+    /// credits. Never enable it on a service callers reach directly.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a valid header name.
+    pub fn trusted_header(name: &str) -> Self {
+        Self {
+            kind: Kind::TrustedHeader(
+                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            ),
+        }
+    }
+
+    /// Your own closure.
+    ///
+    /// ```
+    /// use tower_credits::account::{AccountResolver, Unauthorized};
+    /// use tower_credits::AccountId;
+    ///
+    /// // Accounts by mTLS subject, say, put in the extensions by the TLS acceptor.
+    /// #[derive(Clone)]
+    /// struct Subject(String);
+    ///
+    /// let resolver = AccountResolver::from_fn(|req| {
+    ///     let subject = req.extensions.get::<Subject>().ok_or(Unauthorized::Missing)?;
+    ///     AccountId::new(&subject.0).map_err(|_| Unauthorized::InvalidAccount)
+    /// });
+    /// # let _ = resolver;
+    /// ```
+    pub fn from_fn(
+        f: impl Fn(&RequestView<'_>) -> Result<AccountId, Unauthorized> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            kind: Kind::Fn(Arc::new(f)),
+        }
+    }
+
+    pub(crate) fn resolve(&self, req: &RequestView<'_>) -> Resolution {
+        match &self.kind {
+            Kind::ApiKey { header, cache } => {
+                let key = match header {
+                    None => bearer_token(req.headers),
+                    Some(name) => header_key(req.headers, name),
+                };
+                match key {
+                    Err(why) => Resolution::Refused(why),
+                    Ok(key) => {
+                        let hash = ApiKeyHash::of(key);
+                        match cache.get(&hash) {
+                            Some(Some(account)) => Resolution::Account(account),
+                            Some(None) => Resolution::Refused(Unauthorized::UnknownKey),
+                            None => Resolution::LookUp(hash),
+                        }
+                    }
+                }
+            }
+            Kind::TrustedHeader(name) => match req.headers.get(name) {
+                None => Resolution::Refused(Unauthorized::Missing),
+                Some(value) => match value.to_str().ok().and_then(|v| AccountId::new(v).ok()) {
+                    Some(account) => Resolution::Account(account),
+                    None => Resolution::Refused(Unauthorized::InvalidAccount),
+                },
+            },
+            Kind::Extension => match req.extensions.get::<AccountId>() {
+                Some(account) => Resolution::Account(account.clone()),
+                None => Resolution::Refused(Unauthorized::Missing),
+            },
+            Kind::Fn(f) => match f(req) {
+                Ok(account) => Resolution::Account(account),
+                Err(why) => Resolution::Refused(why),
+            },
+        }
+    }
+
+    /// Remembers a ledger lookup's answer.
+    pub(crate) fn remember(&self, hash: ApiKeyHash, account: Option<AccountId>) {
+        if let Kind::ApiKey { cache, .. } = &self.kind {
+            cache.insert(hash, account);
+        }
+    }
+}
+
+/// Key hash → account (or `None` for unknown), each entry with its own deadline.
+pub(crate) struct KeyCache {
+    entries: quick_cache::sync::Cache<ApiKeyHash, (Option<AccountId>, Instant)>,
+    capacity: usize,
+    known_ttl: Duration,
+    unknown_ttl: Duration,
+}
+
+impl KeyCache {
+    fn new(capacity: usize, known_ttl: Duration, unknown_ttl: Duration) -> Self {
+        Self {
+            entries: quick_cache::sync::Cache::new(capacity.max(1)),
+            capacity,
+            known_ttl,
+            unknown_ttl,
+        }
+    }
+
+    fn get(&self, hash: &ApiKeyHash) -> Option<Option<AccountId>> {
+        let (account, deadline) = self.entries.get(hash)?;
+        if Instant::now() >= deadline {
+            self.entries.remove(hash);
+            return None;
+        }
+        Some(account)
+    }
+
+    fn insert(&self, hash: ApiKeyHash, account: Option<AccountId>) {
+        let ttl = if account.is_some() {
+            self.known_ttl
+        } else {
+            self.unknown_ttl
+        };
+        if !ttl.is_zero() {
+            self.entries.insert(hash, (account, Instant::now() + ttl));
+        }
+    }
+}
+
+/// RFC 6750 `b64token` characters.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+fn check_key(key: &[u8]) -> Result<&str, Unauthorized> {
+    if key.is_empty() {
+        return Err(Unauthorized::Missing);
+    }
+    if key.len() > MAX_API_KEY_LEN {
+        return Err(Unauthorized::Oversized);
+    }
+    if !key.iter().all(|&b| is_token_char(b)) {
+        return Err(Unauthorized::Malformed(
+            "an API key may hold only letters, digits and `-._~+/=`",
+        ));
+    }
+    Ok(std::str::from_utf8(key).expect("ASCII checked above"))
+}
+
+/// Reads `Authorization: Bearer <key>`.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthorized> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(Unauthorized::Missing)?;
+    if values.next().is_some() {
+        return Err(Unauthorized::Malformed(
+            "more than one Authorization header",
+        ));
+    }
+    let bytes = value.as_bytes();
+    if bytes.len() > MAX_API_KEY_LEN + 7 {
+        return Err(Unauthorized::Oversized);
+    }
+    match bytes.split_at_checked(7) {
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case(b"bearer ") => check_key(key),
+        _ => Err(Unauthorized::Malformed(
+            "expected `Authorization: Bearer <key>`",
+        )),
+    }
+}
+
+fn header_key<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Unauthorized> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next().ok_or(Unauthorized::Missing)?;
+    if values.next().is_some() {
+        return Err(Unauthorized::Malformed("more than one API key header"));
+    }
+    check_key(value.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn auth(v: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_shapes() {
+        assert_eq!(bearer_token(&auth(b"Bearer demo-rich")), Ok("demo-rich"));
+        assert_eq!(bearer_token(&auth(b"bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(&HeaderMap::new()), Err(Unauthorized::Missing));
+        assert_eq!(bearer_token(&auth(b"Bearer ")), Err(Unauthorized::Missing));
+        assert!(matches!(
+            bearer_token(&auth(b"Basic abc")),
+            Err(Unauthorized::Malformed(_))
+        ));
+        assert!(matches!(
+            bearer_token(&auth(b"Bearer a b")),
+            Err(Unauthorized::Malformed(_))
+        ));
+        assert!(matches!(
+            bearer_token(&auth(b"Bearer \xffx")),
+            Err(Unauthorized::Malformed(_))
+        ));
+        let long = [b"Bearer ".as_slice(), &[b'a'; 300]].concat();
+        assert_eq!(bearer_token(&auth(&long)), Err(Unauthorized::Oversized));
+        let mut two = auth(b"Bearer a");
+        two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert!(matches!(
+            bearer_token(&two),
+            Err(Unauthorized::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn cache_expires_entries() {
+        let cache = KeyCache::new(10, Duration::from_secs(60), Duration::ZERO);
+        let hash = ApiKeyHash::of("k");
+        cache.insert(hash, None); // zero TTL: not cached at all
+        assert_eq!(cache.get(&hash), None);
+        let acct = AccountId::new("a").unwrap();
+        cache.insert(hash, Some(acct.clone()));
+        assert_eq!(cache.get(&hash), Some(Some(acct)));
+    }
+}

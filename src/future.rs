@@ -1,0 +1,408 @@
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::{sleep, Instant, Sleep};
+use tower_service::Service;
+
+use crate::account::Unauthorized;
+use crate::api_key::ApiKeyHash;
+use crate::body::{BodySettle, ResponseBody};
+use crate::charge::Charge;
+use crate::headers;
+use crate::ledger::{
+    AccountId, HoldId, Insufficient, Ledger, LedgerError, Reserve, ReserveOutcome,
+};
+use crate::problem;
+use crate::settle::{Decision, HoldCtx, HoldGuard, Settler, Shared};
+
+pin_project! {
+    /// Response future of a [`CreditService`](crate::CreditService).
+    ///
+    /// A state machine without boxing: look up the API key (only on a cache miss), reserve,
+    /// call the inner service, settle at the response head or hand the hold to the body.
+    /// Dropping it before the response refunds the hold; a panic in the inner service
+    /// refunds the hold and then keeps unwinding.
+    pub struct ResponseFuture<S, ReqBody, L>
+    where
+        S: Service<Request<ReqBody>>,
+        L: Ledger,
+    {
+        #[pin]
+        state: State<S::Future, L>,
+        shared: Option<Arc<Shared<L>>>,
+        inner: Option<S>,
+        req: Option<Request<ReqBody>>,
+        billing: Option<Billing>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, L: Ledger> {
+        LookUp { fut: L::Future<Option<AccountId>>, hash: ApiKeyHash },
+        Reserve { fut: L::Future<ReserveOutcome> },
+        Call {
+            #[pin]
+            fut: F,
+            #[pin]
+            renew: Sleep,
+            guard: Option<HoldGuard>,
+        },
+        PassThrough { #[pin] fut: F },
+        Refused { refusal: Option<Refusal> },
+        Done,
+    }
+}
+
+/// What is being billed, carried from `call` to the reserve.
+struct Billing {
+    account: Option<AccountId>,
+    hold_id: HoldId,
+    amount: u64,
+    route: Option<Arc<str>>,
+    grpc: bool,
+}
+
+/// A refusal, built into a response once the response body type is known.
+pub(crate) enum Refusal {
+    Unauthorized(Unauthorized),
+    Insufficient(AccountId, Insufficient),
+    TooManyHolds(u64),
+    Unavailable,
+}
+
+impl<S, ReqBody, L> fmt::Debug for ResponseFuture<S, ReqBody, L>
+where
+    S: Service<Request<ReqBody>>,
+    L: Ledger,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, L> ResponseFuture<S, ReqBody, L>
+where
+    S: Service<Request<ReqBody>>,
+    L: Ledger,
+{
+    pub(crate) fn pass_through(mut inner: S, req: Request<ReqBody>) -> Self {
+        Self {
+            state: State::PassThrough {
+                fut: inner.call(req),
+            },
+            shared: None,
+            inner: None,
+            req: None,
+            billing: None,
+        }
+    }
+
+    pub(crate) fn refused(shared: Arc<Shared<L>>, refusal: Refusal, grpc: bool) -> Self {
+        Self {
+            state: State::Refused {
+                refusal: Some(refusal),
+            },
+            shared: Some(shared),
+            inner: None,
+            req: None,
+            billing: Some(Billing {
+                account: None,
+                hold_id: HoldId::generate(),
+                amount: 0,
+                route: None,
+                grpc,
+            }),
+        }
+    }
+
+    fn start(
+        shared: Arc<Shared<L>>,
+        inner: S,
+        req: Request<ReqBody>,
+        state: State<S::Future, L>,
+        billing: Billing,
+    ) -> Self {
+        Self {
+            state,
+            shared: Some(shared),
+            inner: Some(inner),
+            req: Some(req),
+            billing: Some(billing),
+        }
+    }
+
+    pub(crate) fn reserve(
+        shared: Arc<Shared<L>>,
+        inner: S,
+        req: Request<ReqBody>,
+        account: AccountId,
+        amount: u64,
+        route: Option<Arc<str>>,
+        grpc: bool,
+    ) -> Self {
+        let billing = Billing {
+            account: Some(account),
+            hold_id: HoldId::generate(),
+            amount,
+            route,
+            grpc,
+        };
+        let fut = reserve_call(&shared, &billing);
+        Self::start(shared, inner, req, State::Reserve { fut }, billing)
+    }
+
+    pub(crate) fn look_up(
+        shared: Arc<Shared<L>>,
+        inner: S,
+        req: Request<ReqBody>,
+        hash: ApiKeyHash,
+        amount: u64,
+        route: Option<Arc<str>>,
+        grpc: bool,
+    ) -> Self {
+        let fut = shared.ledger.lookup_api_key(&hash);
+        let billing = Billing {
+            account: None,
+            hold_id: HoldId::generate(),
+            amount,
+            route,
+            grpc,
+        };
+        Self::start(shared, inner, req, State::LookUp { fut, hash }, billing)
+    }
+}
+
+fn reserve_call<L: Ledger>(shared: &Shared<L>, billing: &Billing) -> L::Future<ReserveOutcome> {
+    let mut reserve = Reserve::new(
+        billing.account.clone().expect("account resolved"),
+        billing.hold_id.clone(),
+        billing.amount,
+    )
+    .ttl(shared.hold_ttl);
+    if let Some(route) = &billing.route {
+        reserve = reserve.route(&**route);
+    }
+    shared.ledger.reserve(reserve)
+}
+
+fn ledger_down(error: &LedgerError) -> Refusal {
+    // Logged in full here; the caller only learns that billing is unavailable.
+    tracing::error!(%error, "ledger call failed; refusing with 503");
+    Refusal::Unavailable
+}
+
+impl<S, ReqBody, L, ResBody> Future for ResponseFuture<S, ReqBody, L>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
+    L: Ledger,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::PassThrough { fut } => {
+                    let response = ready!(fut.poll(cx));
+                    this.state.set(State::Done);
+                    return Poll::Ready(response.map(|r| r.map(ResponseBody::inner)));
+                }
+                StateProj::LookUp { fut, hash } => {
+                    let found = ready!(Pin::new(fut).poll(cx));
+                    let hash = *hash;
+                    let shared = this.shared.as_ref().expect("billed request");
+                    let billing = this.billing.as_mut().expect("billed request");
+                    match found {
+                        Ok(Some(account)) => {
+                            shared.resolver.remember(hash, Some(account.clone()));
+                            billing.account = Some(account);
+                            let fut = reserve_call(shared, billing);
+                            this.state.set(State::Reserve { fut });
+                        }
+                        Ok(None) => {
+                            shared.resolver.remember(hash, None);
+                            let refusal = Some(Refusal::Unauthorized(Unauthorized::UnknownKey));
+                            this.state.set(State::Refused { refusal });
+                        }
+                        Err(error) => {
+                            let refusal = Some(ledger_down(&error));
+                            this.state.set(State::Refused { refusal });
+                        }
+                    }
+                }
+                StateProj::Reserve { fut } => {
+                    let outcome = ready!(Pin::new(fut).poll(cx));
+                    let shared = this.shared.as_ref().expect("billed request");
+                    let billing = this.billing.as_ref().expect("billed request");
+                    let account = billing.account.clone().expect("account resolved");
+                    let refusal = match outcome {
+                        Ok(ReserveOutcome::Held(held)) => {
+                            let charge = Charge::new(account, billing.hold_id.clone(), held.amount);
+                            let hold = HoldCtx {
+                                charge: charge.clone(),
+                                available: held.available,
+                                threshold: held
+                                    .low_balance_threshold
+                                    .or(shared.low_balance_threshold),
+                                grpc: billing.grpc,
+                            };
+                            let settler: Arc<dyn Settler> = shared.clone();
+                            let guard = HoldGuard::new(settler, hold);
+                            let mut req = this.req.take().expect("request kept for the call");
+                            req.extensions_mut().insert(charge);
+                            let mut inner = this.inner.take().expect("service kept for the call");
+                            let fut = inner.call(req);
+                            let renew = sleep(shared.hold_ttl / 2);
+                            this.state.set(State::Call {
+                                fut,
+                                renew,
+                                guard: Some(guard),
+                            });
+                            continue;
+                        }
+                        Ok(ReserveOutcome::Insufficient(refusal)) => {
+                            Refusal::Insufficient(account, refusal)
+                        }
+                        Err(LedgerError::UnknownAccount) => Refusal::Insufficient(
+                            account,
+                            Insufficient {
+                                required: billing.amount,
+                                available: 0,
+                                credit_limit: 0,
+                            },
+                        ),
+                        Err(LedgerError::TooManyHolds { limit }) => Refusal::TooManyHolds(limit),
+                        Ok(other) => {
+                            // A fresh hold id cannot be closed already: a store bug, fail closed.
+                            tracing::error!(outcome = ?other, "reserve of a fresh hold id did not hold");
+                            Refusal::Unavailable
+                        }
+                        Err(error) => ledger_down(&error),
+                    };
+                    this.state.set(State::Refused {
+                        refusal: Some(refusal),
+                    });
+                }
+                StateProj::Call {
+                    fut,
+                    mut renew,
+                    guard,
+                } => {
+                    let polled = catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
+                    let response = match polled {
+                        Err(panic) => {
+                            if let Some(mut guard) = guard.take() {
+                                guard.settle(Decision::Refund);
+                            }
+                            resume_unwind(panic);
+                        }
+                        Ok(Poll::Pending) => {
+                            while renew.as_mut().poll(cx).is_ready() {
+                                if let Some(guard) = guard.as_ref() {
+                                    guard.extend();
+                                }
+                                let half = this.shared.as_ref().expect("billed").hold_ttl / 2;
+                                renew.as_mut().reset(Instant::now() + half);
+                            }
+                            return Poll::Pending;
+                        }
+                        Ok(Poll::Ready(response)) => response,
+                    };
+                    let mut guard = guard.take().expect("guard until the response");
+                    this.state.set(State::Done);
+                    return Poll::Ready(match response {
+                        Err(error) => {
+                            guard.settle(Decision::Refund);
+                            Err(error)
+                        }
+                        Ok(response) => {
+                            let shared = this.shared.as_ref().expect("billed request");
+                            Ok(finish(shared, guard, response))
+                        }
+                    });
+                }
+                StateProj::Refused { refusal } => {
+                    let refusal = refusal.take().expect("refusal built once");
+                    let shared = this.shared.as_ref().expect("billed request");
+                    let grpc = this.billing.as_ref().is_some_and(|b| b.grpc);
+                    let ctx = shared.problem_ctx(grpc);
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(match refusal {
+                        Refusal::Unauthorized(why) => problem::unauthorized(&ctx, &why),
+                        Refusal::Insufficient(account, i) => {
+                            problem::insufficient(&ctx, &account, &i)
+                        }
+                        Refusal::TooManyHolds(limit) => problem::too_many_holds(&ctx, limit),
+                        Refusal::Unavailable => problem::unavailable(&ctx),
+                    }));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+/// The response head is out: settle now and say so in headers, or hand the hold to the body.
+fn finish<L: Ledger, B: http_body::Body>(
+    shared: &Shared<L>,
+    mut guard: HoldGuard,
+    response: Response<B>,
+) -> Response<ResponseBody<B>> {
+    let (mut parts, body) = response.into_parts();
+    let hold = guard.hold().clone();
+    let names = &shared.headers;
+    if let Some(version) = shared.pricing.version_header() {
+        parts
+            .headers
+            .insert(names.price_version.clone(), version.clone());
+    }
+    let success = if hold.grpc {
+        // tonic sends handler errors as trailers-only responses: status in the headers.
+        problem::grpc_status(&parts.headers).map(|code| code == 0)
+    } else {
+        Some((shared.success)(parts.status))
+    };
+    let settle_at_end = hold.charge.is_deferred() || success.is_none();
+    if !settle_at_end || body.is_end_stream() {
+        let success = success.unwrap_or(false);
+        let cost = if success { hold.charge.cost() } else { 0 };
+        guard.settle(if success {
+            Decision::Commit(hold.charge.actual().unwrap_or(hold.charge.reserved()))
+        } else {
+            Decision::Refund
+        });
+        headers::write_settled(
+            &mut parts.headers,
+            names,
+            hold.charge.reserved(),
+            cost,
+            hold.remaining(cost),
+            hold.threshold,
+        );
+        return Response::from_parts(parts, ResponseBody::inner(body));
+    }
+    // Cost known at body end: the head carries the hold and a lower bound of the balance.
+    parts
+        .headers
+        .insert(names.reserved.clone(), headers::int(hold.charge.reserved()));
+    parts
+        .headers
+        .insert(names.remaining.clone(), headers::int(hold.available));
+    parts.headers.insert(
+        names.hold_id.clone(),
+        http::HeaderValue::from_str(hold.charge.hold_id().as_str()).expect("hold ids are ASCII"),
+    );
+    headers::write_warning(&mut parts.headers, names, hold.available, hold.threshold);
+    Response::from_parts(
+        parts,
+        ResponseBody::settling(body, BodySettle::new(guard, success)),
+    )
+}

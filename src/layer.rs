@@ -1,0 +1,160 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tower_layer::Layer;
+
+use crate::account::AccountResolver;
+use crate::headers::CreditHeaders;
+use crate::ledger::{Ledger, DEFAULT_HOLD_TTL};
+use crate::pricing::Pricing;
+use crate::problem::DEFAULT_PROBLEM_TYPE_BASE;
+use crate::settle::{PendingSettlements, Shared};
+use crate::CreditService;
+
+/// Bills every request to the service it wraps: resolves the caller's account, holds the
+/// request's price, runs the service, then commits the actual cost or refunds.
+///
+/// See the [crate docs](crate) for the whole flow, headers and refusals.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tower_credits::{pricing::Pricing, CreditLayer, MemoryLedger};
+///
+/// let layer = CreditLayer::new(MemoryLedger::new())
+///     .pricing(Pricing::new().route("GET /v1/echo", 1).free("GET /health"))
+///     .top_up_url("https://example.com/billing")
+///     .low_balance_threshold(100);
+///
+/// let app = Router::new()
+///     .route("/v1/echo", get(|| async { "echo" }))
+///     .route("/health", get(|| async { "ok" }))
+///     .layer(layer);
+/// # let _: Router = app;
+/// ```
+pub struct CreditLayer<L> {
+    shared: Arc<Shared<L>>,
+}
+
+impl<L> Clone for CreditLayer<L> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<L> fmt::Debug for CreditLayer<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreditLayer")
+            .field("resolver", &self.shared.resolver)
+            .field("pricing", &self.shared.pricing)
+            .field("hold_ttl", &self.shared.hold_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L: Ledger> CreditLayer<L> {
+    /// A layer on `ledger` with the defaults: API keys from `Authorization: Bearer`, every
+    /// route priced 1 credit ([`Pricing::new`]), holds of 60 s, success below status 400.
+    pub fn new(ledger: L) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                ledger,
+                resolver: AccountResolver::default(),
+                pricing: Pricing::new(),
+                headers: CreditHeaders::default(),
+                hold_ttl: DEFAULT_HOLD_TTL,
+                success: Arc::new(|status: StatusCode| status.as_u16() < 400),
+                low_balance_threshold: None,
+                top_up_url: None,
+                problem_type_base: DEFAULT_PROBLEM_TYPE_BASE.to_owned(),
+                retry_after: Duration::from_secs(1),
+                pending: PendingSettlements::default(),
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Shared<L>)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// How the paying account is found (default: [`AccountResolver::api_key`]).
+    pub fn account_resolver(self, resolver: AccountResolver) -> Self {
+        self.with(|s| s.resolver = resolver)
+    }
+
+    /// How much each request holds.
+    pub fn pricing(self, pricing: Pricing) -> Self {
+        self.with(|s| s.pricing = pricing)
+    }
+
+    /// Names of the response headers.
+    pub fn headers(self, headers: CreditHeaders) -> Self {
+        self.with(|s| s.headers = headers)
+    }
+
+    /// How long a hold lives unless settled (default 60 s); renewed every half of it while
+    /// the handler runs or a deferred body streams.
+    ///
+    /// # Panics
+    ///
+    /// When `ttl` is under 2 ms or over a day.
+    pub fn hold_ttl(self, ttl: Duration) -> Self {
+        assert!(
+            ttl >= Duration::from_millis(2) && ttl <= crate::ledger::MAX_HOLD_TTL,
+            "hold ttl out of range"
+        );
+        self.with(|s| s.hold_ttl = ttl)
+    }
+
+    /// Which HTTP statuses count as success and are charged (default: below 400). gRPC
+    /// responses are judged by `grpc-status` instead.
+    pub fn success_when(self, f: impl Fn(StatusCode) -> bool + Send + Sync + 'static) -> Self {
+        self.with(|s| s.success = Arc::new(f))
+    }
+
+    /// Warn (`credits-warning`) when the remaining balance is below this, for accounts
+    /// without their own threshold.
+    pub fn low_balance_threshold(self, credits: u64) -> Self {
+        self.with(|s| s.low_balance_threshold = Some(credits))
+    }
+
+    /// Where callers top up, given in every `402`.
+    pub fn top_up_url(self, url: impl Into<String>) -> Self {
+        let url = url.into();
+        self.with(|s| s.top_up_url = Some(url))
+    }
+
+    /// Prefix of the problem JSON `type` URIs (default `urn:tower-credits:problem:`), e.g.
+    /// `https://api.example.com/problems/`.
+    pub fn problem_type_base(self, base: impl Into<String>) -> Self {
+        let base = base.into();
+        self.with(|s| s.problem_type_base = base)
+    }
+
+    /// `Retry-After` of a `503` when the ledger is unavailable (default 1 s).
+    pub fn retry_after(self, after: Duration) -> Self {
+        self.with(|s| s.retry_after = after)
+    }
+
+    /// The ledger this layer bills.
+    pub fn ledger(&self) -> &L {
+        &self.shared.ledger
+    }
+
+    /// Settles still running in the background; drain them on graceful shutdown.
+    pub fn pending_settlements(&self) -> PendingSettlements {
+        self.shared.pending.clone()
+    }
+}
+
+impl<S, L: Ledger> Layer<S> for CreditLayer<L> {
+    type Service = CreditService<S, L>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CreditService::from_shared(inner, self.shared.clone())
+    }
+}

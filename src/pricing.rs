@@ -1,0 +1,363 @@
+//! How much a request holds: a route table, free routes, and the policy for routes the
+//! table does not know.
+//!
+//! Routes are written `"METHOD /path"` (or just `"/path"` for any method). A path segment
+//! `{name}` or `:name` matches any one segment, and a last segment `{*name}` or `*` matches
+//! the rest. gRPC methods are paths too: `"/pkg.Service/Method"`.
+//!
+//! When axum's [`MatchedPath`](https://docs.rs/axum/latest/axum/extract/struct.MatchedPath.html)
+//! is in the request (the layer was added with `Router::layer` or `route_layer`), the table
+//! is looked up by that pattern first. A layer wrapped around the whole router runs before
+//! routing, so the same patterns are also matched against the raw path.
+//!
+//! ```
+//! use tower_credits::pricing::{Price, Pricing};
+//!
+//! let pricing = Pricing::new()
+//!     .route("GET /v1/echo", 1)
+//!     .route("POST /v1/generate", 50)
+//!     .route("/v1/users/{id}/reports", 5)
+//!     .free("GET /health")
+//!     .unpriced(Price::Free) // routes not in the table pass through unbilled
+//!     .version("2026-11");
+//! # let _ = pricing;
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::amount::MAX_AMOUNT;
+
+/// What one request costs up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Price {
+    /// The request skips the ledger: no account is resolved, nothing is held or reported.
+    Free,
+    /// Hold this many credits before the inner service runs; the actual cost may be lower.
+    Hold(u64),
+}
+
+/// A priced request: how much to hold and under which route label it is accounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priced {
+    /// What to hold.
+    pub price: Price,
+    /// The route label recorded in usage (the table's pattern, or `None` for unpriced routes).
+    pub route: Option<Arc<str>>,
+}
+
+type PriceFn = dyn Fn(&Method, &str) -> Price + Send + Sync;
+
+/// The pricing policy of a [`CreditLayer`](crate::CreditLayer).
+///
+/// Routes not in the table are charged [`Pricing::DEFAULT_UNPRICED`] (1 credit) unless
+/// [`unpriced`](Pricing::unpriced) says otherwise: a paid API that forgot to price a new
+/// route should not give it away, and the hold is refunded anyway when the route answers
+/// 404. Use `.unpriced(Price::Free)` to let unknown routes pass through unbilled.
+#[derive(Clone)]
+pub struct Pricing {
+    rules: Vec<Rule>,
+    unpriced: Price,
+    fallback: Option<Arc<PriceFn>>,
+    version: Option<http::HeaderValue>,
+}
+
+#[derive(Clone)]
+struct Rule {
+    method: Option<Method>,
+    pattern: Arc<str>,
+    segments: Vec<Segment>,
+    price: Price,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param,
+    Rest,
+}
+
+impl fmt::Debug for Pricing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pricing")
+            .field(
+                "routes",
+                &self
+                    .rules
+                    .iter()
+                    .map(|r| (r.method.as_ref().map(Method::as_str), &*r.pattern, r.price))
+                    .collect::<Vec<_>>(),
+            )
+            .field("unpriced", &self.unpriced)
+            .field("fallback", &self.fallback.is_some())
+            .finish()
+    }
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pricing {
+    /// What a route not in the table holds unless [`unpriced`](Self::unpriced) is set.
+    pub const DEFAULT_UNPRICED: Price = Price::Hold(1);
+
+    /// An empty table: every route is charged [`Self::DEFAULT_UNPRICED`].
+    pub fn new() -> Self {
+        Self {
+            rules: Vec::new(),
+            unpriced: Self::DEFAULT_UNPRICED,
+            fallback: None,
+            version: None,
+        }
+    }
+
+    /// Prices every request with a closure of its method and path.
+    ///
+    /// ```
+    /// use tower_credits::pricing::{Price, Pricing};
+    ///
+    /// let pricing = Pricing::from_fn(|method, path| {
+    ///     if path.starts_with("/internal/") { Price::Free } else { Price::Hold(2) }
+    /// });
+    /// # let _ = pricing;
+    /// ```
+    pub fn from_fn(f: impl Fn(&Method, &str) -> Price + Send + Sync + 'static) -> Self {
+        Self {
+            fallback: Some(Arc::new(f)),
+            ..Self::new()
+        }
+    }
+
+    /// Holds `credits` for requests matching `route` (`"METHOD /path"` or `"/path"`).
+    ///
+    /// # Panics
+    ///
+    /// When the route does not parse or `credits` exceeds [`MAX_AMOUNT`]: both are
+    /// programming errors found at start-up, not at request time.
+    pub fn route(self, route: &str, credits: u64) -> Self {
+        assert!(
+            credits <= MAX_AMOUNT,
+            "price {credits} for {route:?} exceeds MAX_AMOUNT"
+        );
+        self.rule(route, Price::Hold(credits))
+    }
+
+    /// Lets requests matching `route` skip the ledger.
+    pub fn free(self, route: &str) -> Self {
+        self.rule(route, Price::Free)
+    }
+
+    /// What routes not in the table cost (default [`Self::DEFAULT_UNPRICED`]). A closure
+    /// from [`from_fn`](Self::from_fn) replaces this.
+    pub fn unpriced(mut self, price: Price) -> Self {
+        self.unpriced = price;
+        self
+    }
+
+    /// A version of the price list, sent back in `Credits-Price-Version`.
+    ///
+    /// # Panics
+    ///
+    /// When `version` is not a valid header value.
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = Some(http::HeaderValue::from_str(version).expect("price version"));
+        self
+    }
+
+    pub(crate) fn version_header(&self) -> Option<&http::HeaderValue> {
+        self.version.as_ref()
+    }
+
+    fn rule(mut self, route: &str, price: Price) -> Self {
+        let (method, pattern) =
+            parse_route(route).unwrap_or_else(|e| panic!("invalid route {route:?}: {e}"));
+        let segments = parse_segments(pattern);
+        self.rules.push(Rule {
+            method,
+            pattern: Arc::from(pattern),
+            segments,
+            price,
+        });
+        self
+    }
+
+    /// Prices a request. `matched` is axum's `MatchedPath` when the router set one.
+    pub fn price(&self, method: &Method, path: &str, matched: Option<&str>) -> Priced {
+        let method_ok = |rule: &Rule| rule.method.as_ref().is_none_or(|m| m == method);
+        if let Some(matched) = matched {
+            if let Some(rule) = self
+                .rules
+                .iter()
+                .find(|r| method_ok(r) && (&*r.pattern == matched))
+            {
+                return Priced {
+                    price: rule.price,
+                    route: Some(rule.pattern.clone()),
+                };
+            }
+        }
+        if let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| method_ok(r) && matches_path(&r.segments, path))
+        {
+            return Priced {
+                price: rule.price,
+                route: Some(rule.pattern.clone()),
+            };
+        }
+        let price = match &self.fallback {
+            Some(f) => f(method, path),
+            None => self.unpriced,
+        };
+        Priced { price, route: None }
+    }
+}
+
+fn parse_route(route: &str) -> Result<(Option<Method>, &str), &'static str> {
+    let route = route.trim();
+    let (method, path) = match route.split_once(' ') {
+        Some((m, p)) if m != "*" => (
+            Some(Method::from_bytes(m.as_bytes()).map_err(|_| "bad method")?),
+            p.trim(),
+        ),
+        Some((_, p)) => (None, p.trim()),
+        None => (None, route),
+    };
+    if !path.starts_with('/') {
+        return Err("the path must start with `/`");
+    }
+    Ok((method, path))
+}
+
+fn parse_segments(pattern: &str) -> Vec<Segment> {
+    pattern
+        .split('/')
+        .skip(1)
+        .map(|seg| {
+            if seg == "*" || (seg.starts_with("{*") && seg.ends_with('}')) {
+                Segment::Rest
+            } else if (seg.starts_with('{') && seg.ends_with('}')) || seg.starts_with(':') {
+                Segment::Param
+            } else {
+                Segment::Literal(seg.to_owned())
+            }
+        })
+        .collect()
+}
+
+/// Segment-wise match of a raw request path (no query) against a pattern.
+fn matches_path(segments: &[Segment], path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    for seg in segments {
+        match seg {
+            Segment::Rest => return true,
+            Segment::Param => match parts.next() {
+                Some(p) if !p.is_empty() => {}
+                _ => return false,
+            },
+            Segment::Literal(lit) => match parts.next() {
+                Some(p) if p == lit => {}
+                _ => return false,
+            },
+        }
+    }
+    parts.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Pricing {
+        Pricing::new()
+            .route("GET /v1/echo", 1)
+            .route("POST /v1/generate", 50)
+            .route("/v1/users/{id}/reports", 5)
+            .route("GET /files/{*path}", 3)
+            .route("/pkg.Greeter/SayHello", 7)
+            .free("GET /health")
+    }
+
+    #[test]
+    fn exact_routes_by_method() {
+        let p = table();
+        assert_eq!(
+            p.price(&Method::GET, "/v1/echo", None).price,
+            Price::Hold(1)
+        );
+        assert_eq!(
+            p.price(&Method::GET, "/v1/echo", None).route.as_deref(),
+            Some("/v1/echo")
+        );
+        // Wrong method falls to the unpriced policy.
+        let other = p.price(&Method::DELETE, "/v1/echo", None);
+        assert_eq!(other.price, Pricing::DEFAULT_UNPRICED);
+        assert_eq!(other.route, None);
+        assert_eq!(p.price(&Method::GET, "/health", None).price, Price::Free);
+    }
+
+    #[test]
+    fn params_and_rest() {
+        let p = table();
+        assert_eq!(
+            p.price(&Method::PUT, "/v1/users/42/reports", None).price,
+            Price::Hold(5)
+        );
+        assert_eq!(
+            p.price(&Method::PUT, "/v1/users//reports", None).price,
+            Pricing::DEFAULT_UNPRICED
+        );
+        assert_eq!(
+            p.price(&Method::GET, "/files/a/b/c.txt", None).price,
+            Price::Hold(3)
+        );
+        assert_eq!(
+            p.price(&Method::POST, "/pkg.Greeter/SayHello", None).price,
+            Price::Hold(7)
+        );
+        assert_eq!(
+            p.price(&Method::GET, "/v1/echo/extra", None).price,
+            Pricing::DEFAULT_UNPRICED
+        );
+    }
+
+    #[test]
+    fn matched_path_wins() {
+        let p = Pricing::new().route("GET /v1/users/{id}", 9);
+        assert_eq!(
+            p.price(&Method::GET, "/nested/v1/users/1", Some("/v1/users/{id}"))
+                .price,
+            Price::Hold(9)
+        );
+    }
+
+    #[test]
+    fn unpriced_policy_and_closure() {
+        let free = Pricing::new().unpriced(Price::Free);
+        assert_eq!(free.price(&Method::GET, "/x", None).price, Price::Free);
+        let f = Pricing::from_fn(|m, _| {
+            if m == Method::GET {
+                Price::Hold(4)
+            } else {
+                Price::Free
+            }
+        });
+        assert_eq!(f.price(&Method::GET, "/x", None).price, Price::Hold(4));
+        assert_eq!(f.price(&Method::POST, "/x", None).price, Price::Free);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid route")]
+    fn bad_route_panics_at_startup() {
+        let _ = Pricing::new().route("GET v1/echo", 1);
+    }
+}

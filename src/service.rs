@@ -1,0 +1,137 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use crate::account::{RequestView, Resolution};
+use crate::body::ResponseBody;
+use crate::future::{Refusal, ResponseFuture};
+use crate::ledger::Ledger;
+use crate::pricing::Price;
+use crate::problem;
+use crate::settle::Shared;
+use crate::CreditLayer;
+
+/// The service made by a [`CreditLayer`]: bills each request, then calls `S`.
+pub struct CreditService<S, L> {
+    inner: S,
+    shared: Arc<Shared<L>>,
+}
+
+impl<S: Clone, L> Clone for CreditService<S, L> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, L> fmt::Debug for CreditService<S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreditService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, L: Ledger> CreditService<S, L> {
+    /// Wraps `inner` with the configuration of `layer`.
+    pub fn new(inner: S, layer: &CreditLayer<L>) -> Self {
+        tower_layer::Layer::layer(layer, inner)
+    }
+
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<L>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, L, ReqBody, ResBody> Service<Request<ReqBody>> for CreditService<S, L>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: http_body::Body,
+    L: Ledger,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody, L>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The ready service is the one to call: keep it and leave a fresh clone behind. See
+        // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = &self.shared;
+
+        let priced = shared
+            .pricing
+            .price(req.method(), req.uri().path(), matched_path(&req));
+        let amount = match priced.price {
+            Price::Free => return ResponseFuture::pass_through(inner, req),
+            Price::Hold(amount) => amount,
+        };
+        let grpc = problem::is_grpc(req.headers());
+        let view = RequestView {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        };
+        match shared.resolver.resolve(&view) {
+            Resolution::Refused(why) => {
+                ResponseFuture::refused(shared.clone(), Refusal::Unauthorized(why), grpc)
+            }
+            Resolution::Account(account) => ResponseFuture::reserve(
+                shared.clone(),
+                inner,
+                req,
+                account,
+                amount,
+                priced.route,
+                grpc,
+            ),
+            Resolution::LookUp(hash) => ResponseFuture::look_up(
+                shared.clone(),
+                inner,
+                req,
+                hash,
+                amount,
+                priced.route,
+                grpc,
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+fn matched_path<B>(req: &Request<B>) -> Option<&str> {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str)
+}
+
+#[cfg(not(feature = "axum"))]
+fn matched_path<B>(_: &Request<B>) -> Option<&str> {
+    None
+}

@@ -1,0 +1,311 @@
+//! Settling holds: the shared configuration, the drop guard that makes sure every hold is
+//! committed or refunded, and the tracker a graceful shutdown drains.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::sync::Notify;
+
+use crate::account::AccountResolver;
+use crate::charge::Charge;
+use crate::headers::CreditHeaders;
+use crate::ledger::{Ledger, LedgerError, Settlement};
+use crate::pricing::Pricing;
+
+pub(crate) type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
+
+/// Everything a layer's services share. Cloned only while the layer is being configured.
+#[derive(Clone)]
+pub(crate) struct Shared<L> {
+    pub(crate) ledger: L,
+    pub(crate) resolver: AccountResolver,
+    pub(crate) pricing: Pricing,
+    pub(crate) headers: CreditHeaders,
+    pub(crate) hold_ttl: Duration,
+    pub(crate) success: Arc<SuccessFn>,
+    pub(crate) low_balance_threshold: Option<u64>,
+    pub(crate) top_up_url: Option<String>,
+    pub(crate) problem_type_base: String,
+    pub(crate) retry_after: Duration,
+    pub(crate) pending: PendingSettlements,
+}
+
+impl<L> Shared<L> {
+    pub(crate) fn problem_ctx(&self, grpc: bool) -> crate::problem::ProblemCtx<'_> {
+        crate::problem::ProblemCtx {
+            type_base: &self.problem_type_base,
+            top_up_url: self.top_up_url.as_deref(),
+            retry_after_secs: self.retry_after.as_secs().max(1),
+            grpc,
+        }
+    }
+}
+
+/// What to do with a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Commit(u64),
+    Refund,
+}
+
+/// One open hold of one request.
+#[derive(Clone, Debug)]
+pub(crate) struct HoldCtx {
+    pub(crate) charge: Charge,
+    /// The account's available balance right after the reserve.
+    pub(crate) available: i64,
+    /// The account's threshold, else the layer's.
+    pub(crate) threshold: Option<u64>,
+    pub(crate) grpc: bool,
+}
+
+impl HoldCtx {
+    /// `Credits-Remaining` after settling for `cost`.
+    pub(crate) fn remaining(&self, cost: u64) -> i64 {
+        self.available + self.charge.reserved() as i64 - cost as i64
+    }
+}
+
+/// The type-erased side of [`Shared`] that bodies and guards need, so `ResponseBody` is not
+/// generic over the ledger.
+pub(crate) trait Settler: Send + Sync + 'static {
+    fn settle(&self, hold: &HoldCtx, decision: Decision);
+    fn extend(&self, hold: &HoldCtx);
+    fn headers(&self) -> &CreditHeaders;
+    fn hold_ttl(&self) -> Duration;
+}
+
+impl<L: Ledger> Settler for Shared<L> {
+    fn settle(&self, hold: &HoldCtx, decision: Decision) {
+        let charge = &hold.charge;
+        let fut = match decision {
+            Decision::Commit(actual) => {
+                if actual > charge.reserved() {
+                    tracing::warn!(
+                        account = %charge.account(),
+                        hold = %charge.hold_id(),
+                        reserved = charge.reserved(),
+                        asked = actual,
+                        "actual cost exceeds the hold; charged at the hold"
+                    );
+                }
+                self.ledger.commit(
+                    charge.account(),
+                    charge.hold_id(),
+                    actual.min(charge.reserved()),
+                )
+            }
+            Decision::Refund => self.ledger.refund(charge.account(), charge.hold_id()),
+        };
+        let account = charge.account().clone();
+        let hold_id = charge.hold_id().clone();
+        drive(
+            &self.pending,
+            fut,
+            move |result: Result<Settlement, LedgerError>| match result {
+                Ok(s) if s.outcome.is_applied() => {
+                    if s.threshold_crossed {
+                        tracing::info!(%account, available = ?s.available, threshold = ?s.low_balance_threshold, "account fell below its low-balance threshold");
+                    }
+                }
+                Ok(s) => {
+                    tracing::warn!(%account, hold = %hold_id, outcome = ?s.outcome, "settle was a no-op")
+                }
+                Err(error) => {
+                    tracing::error!(%account, hold = %hold_id, %error, "settle failed; the hold will expire and be refunded")
+                }
+            },
+        );
+    }
+
+    fn extend(&self, hold: &HoldCtx) {
+        let charge = &hold.charge;
+        let fut = self
+            .ledger
+            .extend(charge.account(), charge.hold_id(), self.hold_ttl);
+        let hold_id = charge.hold_id().clone();
+        drive(&self.pending, fut, move |result| {
+            if let Err(error) = result {
+                tracing::warn!(hold = %hold_id, %error, "could not renew hold");
+            }
+        });
+    }
+
+    fn headers(&self) -> &CreditHeaders {
+        &self.headers
+    }
+
+    fn hold_ttl(&self) -> Duration {
+        self.hold_ttl
+    }
+}
+
+/// Runs a ledger call to completion without making the response wait for it: polled once
+/// here (an in-memory ledger answers at once, a networked one sends its command), then, if
+/// not done, finished on the runtime and counted in `pending` until it is.
+pub(crate) fn drive<F, T>(
+    pending: &PendingSettlements,
+    fut: F,
+    done: impl FnOnce(T) + Send + 'static,
+) where
+    F: Future<Output = T> + Send + Unpin + 'static,
+    T: Send + 'static,
+{
+    let mut fut = fut;
+    let mut cx = Context::from_waker(Waker::noop());
+    if let Poll::Ready(out) = Pin::new(&mut fut).poll(&mut cx) {
+        done(out);
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            let ticket = pending.enter();
+            handle.spawn(async move {
+                done(fut.await);
+                drop(ticket);
+            });
+        }
+        Err(_) => tracing::error!(
+            "no tokio runtime to finish a settle on; the hold will expire and be refunded"
+        ),
+    }
+}
+
+/// Settles a hold exactly once: explicitly, or when dropped (client gone, future dropped,
+/// panic unwinding) — then a deferred HTTP charge commits what it says so far and anything
+/// else is refunded.
+pub(crate) struct HoldGuard {
+    settler: Arc<dyn Settler>,
+    hold: Option<HoldCtx>,
+}
+
+impl fmt::Debug for HoldGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HoldGuard")
+            .field("hold", &self.hold)
+            .finish()
+    }
+}
+
+impl HoldGuard {
+    pub(crate) fn new(settler: Arc<dyn Settler>, hold: HoldCtx) -> Self {
+        Self {
+            settler,
+            hold: Some(hold),
+        }
+    }
+
+    pub(crate) fn hold(&self) -> &HoldCtx {
+        self.hold.as_ref().expect("guard used after settling")
+    }
+
+    pub(crate) fn settler(&self) -> &Arc<dyn Settler> {
+        &self.settler
+    }
+
+    pub(crate) fn settle(&mut self, decision: Decision) {
+        if let Some(hold) = self.hold.take() {
+            hold.charge.close();
+            self.settler.settle(&hold, decision);
+        }
+    }
+
+    pub(crate) fn extend(&self) {
+        if let Some(hold) = &self.hold {
+            self.settler.extend(hold);
+        }
+    }
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        if let Some(hold) = &self.hold {
+            let decision = if hold.charge.is_deferred() && !hold.grpc {
+                Decision::Commit(hold.charge.cost())
+            } else {
+                Decision::Refund
+            };
+            self.settle(decision);
+        }
+    }
+}
+
+/// Settles still in flight: a graceful shutdown waits for them so that no hold is left to
+/// expire.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use tower_credits::{CreditLayer, MemoryLedger};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = CreditLayer::new(MemoryLedger::new());
+/// let pending = layer.pending_settlements();
+/// // ... serve with `with_graceful_shutdown`, then:
+/// assert!(pending.drain(Duration::from_secs(5)).await);
+/// # let _ = layer; }
+/// ```
+#[derive(Clone, Default)]
+pub struct PendingSettlements {
+    inner: Arc<PendingInner>,
+}
+
+#[derive(Default)]
+struct PendingInner {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl fmt::Debug for PendingSettlements {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingSettlements")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+pub(crate) struct Ticket(Arc<PendingInner>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl PendingSettlements {
+    pub(crate) fn enter(&self) -> Ticket {
+        self.inner.count.fetch_add(1, Ordering::AcqRel);
+        Ticket(self.inner.clone())
+    }
+
+    /// Settles still running in the background.
+    pub fn len(&self) -> usize {
+        self.inner.count.load(Ordering::Acquire)
+    }
+
+    /// Whether no settle is running.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until no settle is running, at most `timeout`; `true` if all finished.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let mut idle = pin!(self.inner.idle.notified());
+                idle.as_mut().enable();
+                if self.is_empty() {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
