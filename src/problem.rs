@@ -82,6 +82,10 @@ fn problem<B>(
     extra: Map<String, Value>,
 ) -> Response<ResponseBody<B>> {
     let mut body = Map::new();
+    if status == StatusCode::PAYMENT_REQUIRED {
+        // First, as in the seed API: `{"error": "Insufficient account balance", ...}`.
+        body.insert("error".into(), INSUFFICIENT_BALANCE.into());
+    }
     body.insert("type".into(), format!("{}{slug}", ctx.type_base).into());
     body.insert("title".into(), title.into());
     body.insert("status".into(), status.as_u16().into());
@@ -131,7 +135,6 @@ pub(crate) fn insufficient<B>(
         return grpc_insufficient(ctx, account, refusal, shortfall, detail);
     }
     let mut extra = Map::new();
-    extra.insert("error".into(), INSUFFICIENT_BALANCE.into());
     extra.insert("account".into(), account.as_str().into());
     extra.insert("required".into(), refusal.required.into());
     extra.insert("available".into(), refusal.available.into());

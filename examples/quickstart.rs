@@ -1,0 +1,120 @@
+//! The quickstart: an axum API billed in prepaid credits, on the embedded ledger.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! Listens on 127.0.0.1:3000 (`PORT` overrides) with two accounts: API key `demo-rich`
+//! (1000 credits, `DEMO_RICH_CREDITS` overrides) and `demo-poor` (5 credits), both warned
+//! below 100. `GET /v1/echo` costs 1, `POST /v1/generate` holds 50 and charges the JSON
+//! field `tokens`, `GET /health` is free. Ctrl-C stops it gracefully, draining settles.
+
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tower_credits::pricing::Pricing;
+use tower_credits::{
+    AccountId, AccountSettings, AnyLedger, ApiKeyHash, Charge, CreditLayer, Ledger, MemoryLedger,
+};
+
+#[derive(Deserialize)]
+struct Generate {
+    tokens: u64,
+}
+
+async fn echo(charge: Charge) -> String {
+    format!("echo for {}\n", charge.account())
+}
+
+async fn generate(charge: Charge, Json(body): Json<Generate>) -> Json<serde_json::Value> {
+    // The route holds 50; the caller pays for the tokens really generated (at most 50).
+    charge
+        .set(body.tokens)
+        .expect("charge is open until the response head");
+    Json(serde_json::json!({ "generated_tokens": body.tokens.min(charge.reserved()) }))
+}
+
+/// Creates the demo accounts. Fixed top-up keys make this safe to run on every start and
+/// from every replica: a key credits once, ever.
+async fn seed(ledger: &impl Ledger) -> Result<(), tower_credits::LedgerError> {
+    let rich_credits = std::env::var("DEMO_RICH_CREDITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    for (key, account, credits) in [
+        ("demo-rich", "acct_rich", rich_credits),
+        ("demo-poor", "acct_poor", 5),
+    ] {
+        let account = AccountId::new(account)?;
+        ledger
+            .configure(&account, AccountSettings::new().low_balance_threshold(100))
+            .await?;
+        ledger
+            .top_up(&account, credits, &format!("seed-{account}-{credits}"))
+            .await?;
+        ledger
+            .register_api_key(&ApiKeyHash::of(key), &account)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn ledger() -> AnyLedger {
+    MemoryLedger::new().into()
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_credits=info".into()),
+        )
+        .init();
+
+    let ledger = ledger().await;
+    seed(&ledger).await?;
+
+    let layer = CreditLayer::new(ledger)
+        .pricing(
+            Pricing::new()
+                .route("GET /v1/echo", 1)
+                .route("POST /v1/generate", 50)
+                .free("GET /health"),
+        )
+        .low_balance_threshold(100)
+        .top_up_url("https://example.com/billing");
+    let pending = layer.pending_settlements();
+
+    let app = Router::new()
+        .route("/v1/echo", get(echo))
+        .route("/v1/generate", post(generate))
+        .route("/health", get(|| async { "ok\n" }))
+        .layer(layer);
+
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("tower-credits quickstart listening on {base}\n");
+    println!("  curl -i {base}/health");
+    println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/echo");
+    println!(
+        "  curl -i -H 'Authorization: Bearer demo-rich' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 12}}' {base}/v1/generate"
+    );
+    println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 12}}' {base}/v1/generate   # 402");
+    println!("  curl -i -H 'Authorization: Bearer wrong-key' {base}/v1/echo   # 401\n");
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    let drained = pending.drain(Duration::from_secs(5)).await;
+    println!("shut down; pending settles drained: {drained}");
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Helpers for end-to-end HTTP tests: a real axum server on a loopback port and a real
+//! hyper client (HTTP/1.1 or HTTP/2).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tower_credits::{AccountId, AccountSettings, ApiKeyHash, Ledger, MemoryLedger};
+
+/// How long a test waits on a condition before failing.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    pub async fn start(app: Router) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http1() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn http2() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response read to the end: status, headers, body, trailers.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn int(&self, name: &str) -> i64 {
+        self.header(name)
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+            .parse()
+            .unwrap()
+    }
+
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers
+            .as_ref()?
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+pub async fn read(response: Response<hyper::body::Incoming>) -> Answer {
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Answer {
+    read(client.request(req).await.unwrap()).await
+}
+
+pub fn get_req(url: &str, key: Option<&str>) -> Request<Full<Bytes>> {
+    let mut req = Request::get(url);
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    req.body(Full::default()).unwrap()
+}
+
+pub fn post_json(url: &str, key: &str, json: serde_json::Value) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap()
+}
+
+/// An account with `credits`, reachable by API key `key`.
+pub async fn account<L: Ledger>(ledger: &L, name: &str, key: &str, credits: u64) -> AccountId {
+    let account = AccountId::new(name).unwrap();
+    ledger
+        .configure(&account, AccountSettings::new())
+        .await
+        .unwrap();
+    if credits > 0 {
+        ledger
+            .top_up(&account, credits, &format!("seed-{name}"))
+            .await
+            .unwrap();
+    }
+    ledger
+        .register_api_key(&ApiKeyHash::of(key), &account)
+        .await
+        .unwrap();
+    account
+}
+
+pub async fn available(ledger: &MemoryLedger, account: &AccountId) -> i64 {
+    ledger.balance(account).await.unwrap().available
+}
+
+/// Polls `condition` until it is true, failing the test after [`DEADLINE`].
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Conservation of one account: topped_up = available + held + committed.
+pub async fn assert_conserved<L: Ledger>(ledger: &L, account: &AccountId) {
+    let b = ledger.balance(account).await.unwrap();
+    assert_eq!(
+        b.topped_up as i128,
+        b.available as i128 + b.held as i128 + b.committed as i128,
+        "conservation broken: {b:?}"
+    );
+}
