@@ -1,67 +1,600 @@
-//! The Redis ledger (work in progress: see issue "RedisLedger").
+//! The Redis ledger: balances in Redis or Redis Cluster, shared by every replica.
+//!
+//! [`RedisLedger`] implements [`Ledger`] with the same semantics as
+//! [`MemoryLedger`](crate::MemoryLedger) (both pass one conformance suite). Every operation
+//! on an account is one Lua script, one round trip, atomic on the server.
+//!
+//! # Data Model
+//!
+//! Every key of one account shares the hash tag `{<account>}`, so every script touches one
+//! slot and runs unchanged on Redis Cluster. [`AccountId`] admits no `{` or `}`, so an id
+//! cannot move its keys out of the tag. With the default prefix `credits`:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `threshold` (absent: none), `warned` (0/1), `rate` (burn rate, credits/s), `rate_at` (ms). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
+//! | `credits:{acct}:holds` | HASH | open hold id → amount; `<id>:route` → route label |
+//! | `credits:{acct}:expiry` | ZSET | open hold ids scored by expiry (ms): the expiry index |
+//! | `credits:{acct}:done` | ZSET | closed hold ids and refund tombstones, scored by when they closed (ms); pruned by age, at most [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) per call |
+//! | `credits:{acct}:closed` | HASH | closed hold id → `committed`, `refunded` or `expired` (pruned with `done`) |
+//! | `credits:{acct}:usage` | HASH | `credits:<route>` → credits committed, `calls:<route>` → commits |
+//! | `credits:{acct}:topups` | HASH | top-up idempotency key → amount; never expires (a payment id credits once, ever) |
+//! | `credits:apikey:<sha256 hex>` | STRING | account id of an API key (keys are stored only as hashes) |
+//!
+//! An account exists once it has been topped up or configured: `reserve`, `balance` and
+//! `usage` of another account fail with [`LedgerError::UnknownAccount`] and write nothing.
+//!
+//! # Scripts
+//!
+//! One `.lua` file per operation (`reserve`, `settle`, `extend`, `top_up`, `balance`,
+//! `usage`, `configure`), each opening with its `KEYS`/`ARGV` and reply, sharing the
+//! helpers of `lib.lua`. They are hashed once per process and called by SHA (`EVALSHA`),
+//! loaded again on `NOSCRIPT`. They read the clock with `TIME` (one clock for every
+//! replica), validate every argument before the first write, keep amounts out of strings
+//! (`HINCRBY`, `tonumber`), and first reclaim up to [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) expired holds of the
+//! account, found through the expiry index. Amounts and ids are also checked here before
+//! anything is sent.
+//!
+//! # Failures
+//!
+//! Every call has a deadline ([`call_timeout`](RedisLedgerBuilder::call_timeout), default
+//! 50 ms): past it the call fails with [`LedgerError::Timeout`]; a lost or refused
+//! connection is [`LedgerError::Unavailable`]. A script may still run after its caller gave
+//! up, so a reserve that failed that way is refunded by its hold id in the background: if
+//! the reserve ran, the hold goes back; if not, the refund leaves a tombstone and the late
+//! reserve holds nothing. Should even that refund not get through, the hold expires after
+//! its ttl and the account's next call reclaims it.
+//!
+//! # Durability
+//!
+//! Run Redis with `appendonly yes`: `appendfsync everysec` may lose the last second of
+//! writes on a crash of the machine, `appendfsync always` loses none.
+//!
+//! ```no_run
+//! use tower_credits::ledger::RedisLedger;
+//! use tower_credits::{AccountId, HoldId, Ledger, Reserve, ReserveOutcome};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
+//! let ledger = RedisLedger::builder().url("redis://127.0.0.1:6379").build().await?;
+//! let acct = AccountId::new("acct_42")?;
+//! ledger.top_up(&acct, 100, "payment-1").await?;
+//!
+//! let hold = HoldId::generate();
+//! let outcome = ledger.reserve(Reserve::new(acct.clone(), hold.clone(), 30)).await?;
+//! assert!(matches!(outcome, ReserveOutcome::Held(_)));
+//! ledger.commit(&acct, &hold, 12).await?;
+//! # Ok(()) }
+//! ```
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::*;
+use redis::{Script, ScriptInvocation, Value};
+
+use super::{
+    check_idempotency_key, check_route, check_ttl, decayed_rate, runway_secs, AccountId,
+    AccountSettings, Balance, Extended, Held, HoldId, Insufficient, Ledger, LedgerError, Reserve,
+    ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
+};
+use crate::amount::check_amount;
 use crate::api_key::ApiKeyHash;
+#[cfg(feature = "test-util")]
+use crate::clock::ManualClock;
 
-/// Balances in Redis, shared by every replica.
-#[derive(Clone, Debug)]
+mod builder;
+mod conn;
+mod keys;
+mod reply;
+mod scripts;
+
+pub use builder::{
+    RedisLedgerBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
+    DEFAULT_SETTLED_RETENTION,
+};
+
+use conn::{ledger_error, Conn};
+use keys::AccountKeys;
+use reply::{unexpected, Reply};
+use scripts::SCRIPTS;
+
+/// The future of every [`RedisLedger`] operation: one boxed network call.
+pub type RedisFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send>>;
+
+/// Credits in Redis or Redis Cluster, shared by every replica of a service.
+///
+/// Same semantics as [`MemoryLedger`](crate::MemoryLedger); see the
+/// [module docs](self) for the keys it writes (`# Data Model`), the scripts, and what a
+/// timeout means. Build it with [`RedisLedger::builder`]. Cloning is cheap: clones share
+/// one connection, and concurrent calls pipeline on it.
+///
+/// ```no_run
+/// use tower_credits::ledger::RedisLedger;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
+/// let standalone = RedisLedger::builder().url("redis://127.0.0.1:6379").build().await?;
+/// let cluster = RedisLedger::builder()
+///     .cluster_urls(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+///     .build()
+///     .await?;
+/// # let _ = (standalone, cluster);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
 pub struct RedisLedger {
-    _private: (),
+    inner: Arc<Inner>,
 }
 
-/// Builds a [`RedisLedger`].
-#[derive(Debug)]
-pub struct RedisLedgerBuilder {
-    _private: (),
+struct Inner {
+    conn: Conn,
+    prefix: String,
+    call_timeout: Duration,
+    settled_retention_ms: u64,
+    max_open_holds: Option<u64>,
+    #[cfg(feature = "test-util")]
+    test_clock: Option<ManualClock>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send>>;
+impl fmt::Debug for RedisLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLedger")
+            .field("conn", &self.inner.conn)
+            .field("key_prefix", &self.inner.prefix)
+            .field("call_timeout", &self.inner.call_timeout)
+            .field("max_open_holds", &self.inner.max_open_holds)
+            .finish_non_exhaustive()
+    }
+}
 
-fn not_yet<T: Send + 'static>() -> BoxFuture<T> {
-    Box::pin(async {
-        Err(LedgerError::Unavailable(
-            "RedisLedger is not built yet".into(),
-        ))
-    })
+fn ready_err<T: Send + 'static>(err: LedgerError) -> RedisFuture<T> {
+    Box::pin(std::future::ready(Err(err)))
+}
+
+fn unknown_settlement() -> Settlement {
+    Settlement {
+        outcome: SettleOutcome::Unknown,
+        committed: 0,
+        released: 0,
+        clamped: false,
+        available: None,
+        low_balance_threshold: None,
+        threshold_crossed: false,
+        runway_secs: None,
+    }
+}
+
+fn total_out_of_range(total: u64, amount: u64) -> LedgerError {
+    LedgerError::TotalOutOfRange {
+        total: total.saturating_add(amount),
+        max: crate::MAX_AMOUNT,
+    }
+}
+
+impl RedisLedger {
+    /// Starts a [`RedisLedgerBuilder`].
+    pub fn builder() -> RedisLedgerBuilder {
+        RedisLedgerBuilder::default()
+    }
+
+    /// The prefix of every key this ledger writes.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The deadline of one call.
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
+    }
+
+    /// The ms added to Redis `TIME`: how far the test clock moved, else 0.
+    fn clock_offset_ms(&self) -> u64 {
+        #[cfg(feature = "test-util")]
+        if let Some(clock) = &self.inner.test_clock {
+            return clock.advanced().as_millis() as u64;
+        }
+        0
+    }
+
+    /// Invokes an account script with the account's keys, the common arguments (clock
+    /// offset, settled retention) and `args`, under the call deadline.
+    fn account_script(
+        &self,
+        script: &'static Script,
+        account: &AccountId,
+        args: impl FnOnce(&mut ScriptInvocation<'static>),
+    ) -> impl Future<Output = Result<Value, LedgerError>> + Send + 'static {
+        let mut invocation = script.prepare_invoke();
+        for key in AccountKeys::new(&self.inner.prefix, account).all() {
+            invocation.key(key);
+        }
+        invocation
+            .arg(self.clock_offset_ms())
+            .arg(self.inner.settled_retention_ms);
+        args(&mut invocation);
+        self.deadline(self.inner.conn.clone().eval(invocation))
+    }
+
+    /// A plain command under the call deadline.
+    fn command<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> impl Future<Output = Result<T, LedgerError>> + Send + 'static {
+        self.deadline(self.inner.conn.clone().query(cmd))
+    }
+
+    fn deadline<T>(
+        &self,
+        call: impl Future<Output = Result<T, redis::RedisError>> + Send + 'static,
+    ) -> impl Future<Output = Result<T, LedgerError>> + Send + 'static {
+        let timeout = self.inner.call_timeout;
+        async move {
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(err)) => Err(ledger_error(err, timeout)),
+                Err(_elapsed) => Err(LedgerError::Timeout(timeout)),
+            }
+        }
+    }
+
+    /// Refunds `hold` in the background after its reserve failed without an answer: if
+    /// the reserve ran (or runs later), the hold goes back; if not, the refund's tombstone
+    /// keeps the late reserve from holding. Retries until the hold's ttl has passed, after
+    /// which the hold, if any, is reclaimed as expired anyway.
+    fn refund_in_background(&self, account: AccountId, hold: HoldId, ttl: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ledger = self.clone();
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + ttl;
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                match ledger.refund(&account, &hold).await {
+                    Ok(settlement) => {
+                        tracing::debug!(
+                            %account, %hold, outcome = ?settlement.outcome,
+                            "refunded a reserve that got no answer"
+                        );
+                        return;
+                    }
+                    Err(err)
+                        if err.is_unavailable()
+                            && tokio::time::Instant::now() + backoff < deadline =>
+                    {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            %account, %hold, error = %err,
+                            "could not refund a reserve that got no answer; \
+                             the hold, if any, goes back when its ttl passes"
+                        );
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn do_reserve(&self, r: Reserve) -> Result<RedisFuture<ReserveOutcome>, LedgerError> {
+        check_amount(r.amount)?;
+        let ttl_ms = check_ttl(r.ttl)?;
+        if let Some(route) = &r.route {
+            check_route(route)?;
+        }
+        let limit = self.inner.max_open_holds;
+        // A limit past MAX_AMOUNT cannot be reached: send none.
+        let limit_arg = match limit {
+            Some(limit) if limit <= crate::MAX_AMOUNT => limit.to_string(),
+            _ => String::new(),
+        };
+        let call = self.account_script(&SCRIPTS.reserve, &r.account, |inv| {
+            inv.arg(r.hold_id.as_str())
+                .arg(r.amount)
+                .arg(ttl_ms)
+                .arg(r.route.as_deref().unwrap_or(""))
+                .arg(limit_arg);
+        });
+        let ledger = self.clone();
+        Ok(Box::pin(async move {
+            match call.await {
+                Ok(value) => parse_reserve(value, limit),
+                Err(err) => {
+                    ledger.refund_in_background(r.account, r.hold_id, r.ttl);
+                    Err(err)
+                }
+            }
+        }))
+    }
+
+    fn do_settle(
+        &self,
+        account: &AccountId,
+        hold: &HoldId,
+        actual: Option<u64>,
+    ) -> Result<RedisFuture<Settlement>, LedgerError> {
+        if let Some(actual) = actual {
+            check_amount(actual)?;
+        }
+        let call = self.account_script(&SCRIPTS.settle, account, |inv| {
+            inv.arg(hold.as_str())
+                .arg(if actual.is_some() { "commit" } else { "refund" })
+                .arg(actual.unwrap_or(0));
+        });
+        Ok(Box::pin(async move { parse_settle(call.await?) }))
+    }
+
+    fn do_extend(
+        &self,
+        account: &AccountId,
+        hold: &HoldId,
+        ttl: Duration,
+    ) -> Result<RedisFuture<Extended>, LedgerError> {
+        let ttl_ms = check_ttl(ttl)?;
+        let call = self.account_script(&SCRIPTS.extend, account, |inv| {
+            inv.arg(hold.as_str()).arg(ttl_ms);
+        });
+        Ok(Box::pin(async move {
+            let mut reply = Reply::new("extend", call.await?)?;
+            let extended = match reply.string()?.as_str() {
+                "until" => Extended::Until(reply.time_ms()?),
+                "not_open" => Extended::NotOpen(reply.outcome()?),
+                tag => return Err(reply.unknown_tag(tag)),
+            };
+            reply.end()?;
+            Ok(extended)
+        }))
+    }
+
+    fn do_top_up(
+        &self,
+        account: &AccountId,
+        amount: u64,
+        key: &str,
+    ) -> Result<RedisFuture<TopUp>, LedgerError> {
+        check_amount(amount)?;
+        check_idempotency_key(key)?;
+        let call = self.account_script(&SCRIPTS.top_up, account, |inv| {
+            inv.arg(amount).arg(key);
+        });
+        Ok(Box::pin(async move {
+            let mut reply = Reply::new("top_up", call.await?)?;
+            let result = match reply.string()?.as_str() {
+                "topped_up" => Ok(TopUp {
+                    amount,
+                    replayed: reply.flag()?,
+                    available: reply.i64()?,
+                }),
+                "conflict" => Err(LedgerError::TopUpConflict {
+                    first_amount: reply.u64()?,
+                    amount,
+                }),
+                "total_out_of_range" => Err(total_out_of_range(reply.u64()?, reply.u64()?)),
+                tag => return Err(reply.unknown_tag(tag)),
+            };
+            reply.end()?;
+            result
+        }))
+    }
+
+    fn do_configure(
+        &self,
+        account: &AccountId,
+        settings: AccountSettings,
+    ) -> Result<RedisFuture<()>, LedgerError> {
+        check_amount(settings.credit_limit)?;
+        if let Some(threshold) = settings.low_balance_threshold {
+            check_amount(threshold)?;
+        }
+        let call = self.account_script(&SCRIPTS.configure, account, |inv| {
+            inv.arg(settings.credit_limit).arg(
+                settings
+                    .low_balance_threshold
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            );
+        });
+        Ok(Box::pin(async move {
+            let mut reply = Reply::new("configure", call.await?)?;
+            match reply.string()?.as_str() {
+                "configured" => reply.end(),
+                tag => Err(reply.unknown_tag(tag)),
+            }
+        }))
+    }
+}
+
+fn parse_reserve(value: Value, limit: Option<u64>) -> Result<ReserveOutcome, LedgerError> {
+    let mut reply = Reply::new("reserve", value)?;
+    let result = match reply.string()?.as_str() {
+        "held" => Ok(ReserveOutcome::Held(Held {
+            amount: reply.u64()?,
+            available: reply.i64()?,
+            credit_limit: reply.u64()?,
+            low_balance_threshold: reply.threshold()?,
+            expires_at_ms: reply.time_ms()?,
+            replayed: reply.flag()?,
+        })),
+        "insufficient" => Ok(ReserveOutcome::Insufficient(Insufficient {
+            required: reply.u64()?,
+            available: reply.i64()?,
+            credit_limit: reply.u64()?,
+        })),
+        "closed" => Ok(ReserveOutcome::Closed(reply.outcome()?)),
+        "too_many_holds" => Err(LedgerError::TooManyHolds {
+            limit: limit.ok_or_else(|| unexpected("reserve", "too_many_holds without a limit"))?,
+        }),
+        "total_out_of_range" => Err(total_out_of_range(reply.u64()?, reply.u64()?)),
+        "unknown_account" => Err(LedgerError::UnknownAccount),
+        tag => return Err(reply.unknown_tag(tag)),
+    };
+    reply.end()?;
+    result
+}
+
+fn parse_settle(value: Value) -> Result<Settlement, LedgerError> {
+    let mut reply = Reply::new("settle", value)?;
+    match reply.string()?.as_str() {
+        "settled" => {
+            let outcome = reply.outcome()?;
+            let committed = reply.u64()?;
+            let released = reply.u64()?;
+            let clamped = reply.flag()?;
+            let available = reply.i64()?;
+            let low_balance_threshold = reply.threshold()?;
+            let threshold_crossed = reply.flag()?;
+            let runway = runway(&mut reply, available)?;
+            reply.end()?;
+            Ok(Settlement {
+                outcome,
+                committed,
+                released,
+                clamped,
+                available: Some(available),
+                low_balance_threshold,
+                threshold_crossed,
+                runway_secs: runway,
+            })
+        }
+        "unknown_account" => {
+            reply.end()?;
+            Ok(unknown_settlement())
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+/// Reads `rate, rate_at_ms, now_ms` and forecasts the runway, as the in-memory ledger does.
+fn runway(reply: &mut Reply, available: i64) -> Result<Option<u64>, LedgerError> {
+    let rate = reply.f64()?;
+    let rate_at_ms = reply.time_ms()?;
+    let now_ms = reply.time_ms()?;
+    Ok(runway_secs(
+        available,
+        decayed_rate(rate, rate_at_ms, now_ms),
+    ))
+}
+
+fn parse_balance(value: Value) -> Result<Balance, LedgerError> {
+    let mut reply = Reply::new("balance", value)?;
+    match reply.string()?.as_str() {
+        "balance" => {
+            let available = reply.i64()?;
+            let balance = Balance {
+                available,
+                held: reply.u64()?,
+                committed: reply.u64()?,
+                topped_up: reply.u64()?,
+                credit_limit: reply.u64()?,
+                low_balance_threshold: reply.threshold()?,
+                open_holds: reply.u64()?,
+                runway_secs: runway(&mut reply, available)?,
+            };
+            reply.end()?;
+            Ok(balance)
+        }
+        "unknown_account" => {
+            reply.end()?;
+            Err(LedgerError::UnknownAccount)
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+fn parse_usage(value: Value) -> Result<Usage, LedgerError> {
+    let mut reply = Reply::new("usage", value)?;
+    match reply.string()?.as_str() {
+        "usage" => {
+            let mut usage = Usage::default();
+            for (field, count) in reply.pairs()? {
+                if let Some(route) = field.strip_prefix("credits:") {
+                    usage.by_route.entry(route.to_owned()).or_default().credits = count;
+                } else if let Some(route) = field.strip_prefix("calls:") {
+                    usage.by_route.entry(route.to_owned()).or_default().calls = count;
+                } else {
+                    return Err(unexpected("usage", format!("unknown field {field:?}")));
+                }
+            }
+            Ok(usage)
+        }
+        "unknown_account" => {
+            reply.end()?;
+            Err(LedgerError::UnknownAccount)
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+fn boxed<T: Send + 'static>(result: Result<RedisFuture<T>, LedgerError>) -> RedisFuture<T> {
+    result.unwrap_or_else(ready_err)
 }
 
 impl Ledger for RedisLedger {
-    type Future<T: Send + 'static> = BoxFuture<T>;
-    fn reserve(&self, _: Reserve) -> Self::Future<ReserveOutcome> {
-        not_yet()
+    type Future<T: Send + 'static> = RedisFuture<T>;
+
+    fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
+        boxed(self.do_reserve(reserve))
     }
-    fn commit(&self, _: &AccountId, _: &HoldId, _: u64) -> Self::Future<Settlement> {
-        not_yet()
+
+    fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement> {
+        boxed(self.do_settle(account, hold, Some(actual)))
     }
-    fn refund(&self, _: &AccountId, _: &HoldId) -> Self::Future<Settlement> {
-        not_yet()
+
+    fn refund(&self, account: &AccountId, hold: &HoldId) -> Self::Future<Settlement> {
+        boxed(self.do_settle(account, hold, None))
     }
-    fn extend(&self, _: &AccountId, _: &HoldId, _: Duration) -> Self::Future<Extended> {
-        not_yet()
+
+    fn extend(&self, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self::Future<Extended> {
+        boxed(self.do_extend(account, hold, ttl))
     }
-    fn top_up(&self, _: &AccountId, _: u64, _: &str) -> Self::Future<TopUp> {
-        not_yet()
+
+    fn top_up(&self, account: &AccountId, amount: u64, key: &str) -> Self::Future<TopUp> {
+        boxed(self.do_top_up(account, amount, key))
     }
-    fn balance(&self, _: &AccountId) -> Self::Future<Balance> {
-        not_yet()
+
+    fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
+        let call = self.account_script(&SCRIPTS.balance, account, |_| {});
+        Box::pin(async move { parse_balance(call.await?) })
     }
-    fn usage(&self, _: &AccountId) -> Self::Future<Usage> {
-        not_yet()
+
+    fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
+        let call = self.account_script(&SCRIPTS.usage, account, |_| {});
+        Box::pin(async move { parse_usage(call.await?) })
     }
-    fn configure(&self, _: &AccountId, _: AccountSettings) -> Self::Future<()> {
-        not_yet()
+
+    fn configure(&self, account: &AccountId, settings: AccountSettings) -> Self::Future<()> {
+        boxed(self.do_configure(account, settings))
     }
-    fn register_api_key(&self, _: &ApiKeyHash, _: &AccountId) -> Self::Future<()> {
-        not_yet()
+
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(keys::api_key(&self.inner.prefix, key))
+            .arg(account.as_str());
+        let call = self.command::<()>(cmd);
+        Box::pin(call)
     }
-    fn lookup_api_key(&self, _: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
-        not_yet()
+
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(keys::api_key(&self.inner.prefix, key));
+        let call = self.command::<Option<String>>(cmd);
+        Box::pin(async move {
+            match call.await? {
+                None => Ok(None),
+                Some(id) => AccountId::new(&id).map(Some).map_err(|_| {
+                    unexpected("GET apikey", "the stored account id is not a valid id")
+                }),
+            }
+        })
     }
-    fn revoke_api_key(&self, _: &ApiKeyHash) -> Self::Future<bool> {
-        not_yet()
+
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(keys::api_key(&self.inner.prefix, key));
+        let call = self.command::<i64>(cmd);
+        Box::pin(async move { Ok(call.await? > 0) })
     }
 }

@@ -1,0 +1,26 @@
+-- balance: the account's balance and totals (Ledger::balance), after reclaiming expired holds.
+-- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
+-- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds (reclaimed when expired)
+-- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
+-- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
+-- KEYS[6]: <prefix>:{<account>}:usage    HASH  (not used here)
+-- KEYS[7]: <prefix>:{<account>}:topups   HASH  (not used here)
+-- ARGV[1]: clock offset, ms (0 outside tests)
+-- ARGV[2]: settled retention, ms
+-- Returns one of:
+--   {'balance', available, held, committed, topped_up, credit_limit, threshold | -1,
+--    open_holds, rate, rate_at_ms, now_ms}
+--   {'unknown_account'}   (nothing written)
+
+local offset, retention = common_args()
+
+if not account_exists() then
+  return { 'unknown_account' }
+end
+local now = now_ms(offset)
+local a = load_account()
+reclaim(a, now, retention)
+
+return { 'balance', available(a), a.held, a.committed, a.topped_up, a.credit_limit,
+  threshold_reply(a), redis.call('ZCARD', KEYS[3]), rate_reply(), a.rate_at, now }

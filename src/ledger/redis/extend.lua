@@ -1,0 +1,40 @@
+-- extend: keeps an open hold alive (Ledger::extend).
+-- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
+-- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds: id -> amount, '<id>:route' -> route
+-- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
+-- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
+-- KEYS[6]: <prefix>:{<account>}:usage    HASH  (not used here)
+-- KEYS[7]: <prefix>:{<account>}:topups   HASH  (not used here)
+-- ARGV[1]: clock offset, ms (0 outside tests)
+-- ARGV[2]: settled retention, ms
+-- ARGV[3]: hold id
+-- ARGV[4]: new ttl from now, ms (1 .. 86400000)
+-- Returns one of:
+--   {'until', expires_at_ms}
+--   {'not_open', 'already_committed' | 'already_refunded' | 'expired' | 'unknown'}
+
+local offset, retention = common_args()
+local id = hold_id_arg(3)
+local ttl = uint_arg(4, 'ttl', 86400000)
+if ttl < 1 then
+  bad('ttl')
+end
+
+if not account_exists() then
+  return { 'not_open', 'unknown' }
+end
+local now = now_ms(offset)
+local a = load_account()
+reclaim(a, now, retention)
+
+if redis.call('HEXISTS', KEYS[2], id) == 0 then
+  local how = redis.call('HGET', KEYS[5], id)
+  if how then
+    return { 'not_open', already(how) }
+  end
+  return { 'not_open', 'unknown' }
+end
+local expires_at = now + ttl
+redis.call('ZADD', KEYS[3], expires_at, id)
+return { 'until', expires_at }

@@ -1,0 +1,160 @@
+-- Shared helpers, prepended (in Rust, with `concat!`) to every account script.
+--
+-- Every account script gets the same seven keys, all under one hash tag `{<account>}` so the
+-- script touches one slot (and runs unchanged on Redis Cluster):
+--   KEYS[1] acct    HASH  topped_up, committed, held, credit_limit, threshold, warned,
+--                         rate, rate_at (available = topped_up - committed - held)
+--   KEYS[2] holds   HASH  <hold id> -> amount, '<hold id>:route' -> route label
+--   KEYS[3] expiry  ZSET  open hold ids scored by expiry (ms)
+--   KEYS[4] done    ZSET  closed hold ids (and refund tombstones) scored by closing time (ms)
+--   KEYS[5] closed  HASH  closed hold id -> 'committed' | 'refunded' | 'expired'
+--   KEYS[6] usage   HASH  'credits:<route>' -> credits, 'calls:<route>' -> commits
+--   KEYS[7] topups  HASH  top-up idempotency key -> amount (kept forever)
+--
+-- Rules: every ARGV is validated before the first write (a Lua error midway does not roll
+-- back); amounts are never turned into strings here (no tostring, no `..`): they are
+-- parsed with tonumber after a digits-only check and written as Lua numbers, which
+-- Redis 7 converts with "%.17g", exact for every integer up to 2^53 - 1.
+
+local MAX_AMOUNT = 9007199254740991 -- 2^53 - 1
+local RECLAIM_LIMIT = 64            -- = ledger::RECLAIM_LIMIT
+local BURN_RATE_TAU_SECS = 3600.0   -- = ledger::BURN_RATE_TAU_SECS
+
+local function bad(name)
+  error({ err = 'ERR tower-credits: invalid argument: ' .. name })
+end
+
+-- ARGV[i] as an integer in 0..max (default MAX_AMOUNT): decimal digits only.
+local function uint_arg(i, name, max)
+  local v = ARGV[i]
+  if type(v) ~= 'string' or #v < 1 or #v > 16 or not string.find(v, '^%d+$') then
+    bad(name)
+  end
+  local n = tonumber(v)
+  if n > (max or MAX_AMOUNT) then
+    bad(name)
+  end
+  return n
+end
+
+-- ARGV[i] as an optional integer: '' is nil.
+local function opt_uint_arg(i, name)
+  if ARGV[i] == '' then
+    return nil
+  end
+  return uint_arg(i, name)
+end
+
+-- ARGV[i] as a hold id: 1 to 64 ASCII letters, digits, '_' or '-'.
+local function hold_id_arg(i)
+  local v = ARGV[i]
+  if type(v) ~= 'string' or #v < 1 or #v > 64 or not string.find(v, '^[A-Za-z0-9_%-]+$') then
+    bad('hold id')
+  end
+  return v
+end
+
+-- The common arguments of every account script: ARGV[1] clock offset (ms, 0 outside
+-- tests) and ARGV[2] how long closed hold ids are remembered (ms).
+local function common_args()
+  return uint_arg(1, 'clock offset'), uint_arg(2, 'settled retention')
+end
+
+-- Redis's own clock (one clock for every instance), in ms, shifted by the test offset.
+local function now_ms(offset)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + offset
+end
+
+local function account_exists()
+  return redis.call('EXISTS', KEYS[1]) == 1
+end
+
+-- The account's fields, as numbers (threshold is nil when the account has none).
+local function load_account()
+  local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
+    'threshold', 'warned', 'rate', 'rate_at')
+  return {
+    topped_up = tonumber(f[1]) or 0,
+    committed = tonumber(f[2]) or 0,
+    held = tonumber(f[3]) or 0,
+    credit_limit = tonumber(f[4]) or 0,
+    threshold = tonumber(f[5]),
+    warned = f[6] == '1',
+    rate = tonumber(f[7]) or 0,
+    rate_at = tonumber(f[8]) or 0,
+  }
+end
+
+local function available(a)
+  return a.topped_up - a.committed - a.held
+end
+
+-- Adds `by` to a counter field, in Redis and in the loaded account. (Adding nothing is
+-- skipped: `-0` would reach Redis as "-0", which HINCRBY refuses.)
+local function incr(a, field, by)
+  if by ~= 0 then
+    redis.call('HINCRBY', KEYS[1], field, by)
+    a[field] = a[field] + by
+  end
+end
+
+local function threshold_reply(a)
+  return a.threshold or -1
+end
+
+-- The stored burn rate as Redis keeps it ("%.17g", exact), for the Rust side to decay.
+local function rate_reply()
+  return redis.call('HGET', KEYS[1], 'rate') or '0'
+end
+
+-- What a closed id answers when settled (or reserved, or extended) again.
+local function already(how)
+  if how == 'committed' then
+    return 'already_committed'
+  elseif how == 'refunded' then
+    return 'already_refunded'
+  end
+  return how
+end
+
+-- Remembers how a hold id closed, for the retention.
+local function close(id, how, now)
+  redis.call('ZADD', KEYS[4], now, id)
+  redis.call('HSET', KEYS[5], id, how)
+end
+
+-- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index, never a
+-- scan) and forgets up to RECLAIM_LIMIT closed ids older than the retention.
+local function reclaim(a, now, retention)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, RECLAIM_LIMIT)
+  for _, id in ipairs(expired) do
+    local amount = tonumber(redis.call('HGET', KEYS[2], id))
+    redis.call('ZREM', KEYS[3], id)
+    if amount then
+      redis.call('HDEL', KEYS[2], id, id .. ':route')
+      incr(a, 'held', -amount)
+      close(id, 'expired', now)
+    end
+  end
+  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - retention - 1,
+    'LIMIT', 0, RECLAIM_LIMIT)
+  for _, id in ipairs(old) do
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('HDEL', KEYS[5], id)
+  end
+end
+
+-- Clears the warning flag once the balance is back at or above the threshold.
+local function rearm_warning(a)
+  if a.threshold and a.warned and available(a) >= a.threshold then
+    redis.call('HSET', KEYS[1], 'warned', 0)
+    a.warned = false
+  end
+end
+
+-- The burn rate (credits/s) decayed from rate_at to now, as ledger::decayed_rate.
+local function decayed_rate(rate, rate_at, now)
+  local dt = math.max(now - rate_at, 0) / 1000.0
+  return rate * math.exp(-dt / BURN_RATE_TAU_SECS)
+end

@@ -1,0 +1,76 @@
+-- reserve: holds credits of one account (Ledger::reserve).
+-- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
+-- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds: id -> amount, '<id>:route' -> route
+-- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
+-- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
+-- KEYS[6]: <prefix>:{<account>}:usage    HASH  (not used here)
+-- KEYS[7]: <prefix>:{<account>}:topups   HASH  (not used here)
+-- ARGV[1]: clock offset, ms (0 outside tests)
+-- ARGV[2]: settled retention, ms
+-- ARGV[3]: hold id
+-- ARGV[4]: amount to hold
+-- ARGV[5]: hold ttl, ms (1 .. 86400000)
+-- ARGV[6]: route label ('' for none)
+-- ARGV[7]: most open holds allowed ('' for no limit)
+-- Returns one of:
+--   {'held', amount, available, credit_limit, threshold | -1, expires_at_ms, replayed 0|1}
+--   {'insufficient', required, available, credit_limit}
+--   {'closed', 'already_committed' | 'already_refunded' | 'expired'}
+--   {'too_many_holds'}
+--   {'total_out_of_range', total, amount}   (the sum that would pass MAX_AMOUNT)
+--   {'unknown_account'}                     (nothing written)
+
+local offset, retention = common_args()
+local id = hold_id_arg(3)
+local amount = uint_arg(4, 'amount')
+local ttl = uint_arg(5, 'ttl', 86400000)
+if ttl < 1 then
+  bad('ttl')
+end
+local route = ARGV[6]
+if type(route) ~= 'string' or #route > 256 or string.find(route, '[%z\1-\31\127]')
+    or string.find(route, '\194[\128-\159]') then
+  bad('route')
+end
+local max_open = opt_uint_arg(7, 'max open holds')
+
+if not account_exists() then
+  return { 'unknown_account' }
+end
+local now = now_ms(offset)
+local a = load_account()
+reclaim(a, now, retention)
+
+local open = tonumber(redis.call('HGET', KEYS[2], id))
+if open then
+  local expires_at = tonumber(redis.call('ZSCORE', KEYS[3], id))
+  return { 'held', open, available(a), a.credit_limit, threshold_reply(a), expires_at, 1 }
+end
+local how = redis.call('HGET', KEYS[5], id)
+if how then
+  return { 'closed', already(how) }
+end
+-- amount > available + credit_limit, written so that no sum leaves the exact range.
+if amount - a.credit_limit > available(a) then
+  return { 'insufficient', amount, available(a), a.credit_limit }
+end
+if max_open and redis.call('ZCARD', KEYS[3]) >= max_open then
+  return { 'too_many_holds' }
+end
+-- committed + held can reach topped_up + credit_limit: keep both in range.
+if a.held + amount > MAX_AMOUNT then
+  return { 'total_out_of_range', a.held, amount }
+end
+if a.committed + a.held + amount > MAX_AMOUNT then
+  return { 'total_out_of_range', a.committed, a.held + amount }
+end
+
+local expires_at = now + ttl
+redis.call('HSET', KEYS[2], id, amount)
+if route ~= '' then
+  redis.call('HSET', KEYS[2], id .. ':route', route)
+end
+redis.call('ZADD', KEYS[3], expires_at, id)
+incr(a, 'held', amount)
+return { 'held', amount, available(a), a.credit_limit, threshold_reply(a), expires_at, 0 }

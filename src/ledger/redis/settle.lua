@@ -1,0 +1,81 @@
+-- settle: commits or refunds one hold (Ledger::commit, Ledger::refund).
+-- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
+-- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds: id -> amount, '<id>:route' -> route
+-- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
+-- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
+-- KEYS[6]: <prefix>:{<account>}:usage    HASH  'credits:<route>', 'calls:<route>' -> counts
+-- KEYS[7]: <prefix>:{<account>}:topups   HASH  (not used here)
+-- ARGV[1]: clock offset, ms (0 outside tests)
+-- ARGV[2]: settled retention, ms
+-- ARGV[3]: hold id
+-- ARGV[4]: 'commit' or 'refund'
+-- ARGV[5]: actual cost to commit ('0' for a refund); clamped to the hold
+-- Returns one of:
+--   {'settled', outcome, committed, released, clamped 0|1, available, threshold | -1,
+--    threshold_crossed 0|1, rate, rate_at_ms, now_ms}
+--     outcome: 'committed' | 'refunded' | 'already_committed' | 'already_refunded'
+--              | 'expired' | 'unknown' (a refund of an unknown id leaves a tombstone)
+--     rate: the stored burn rate (credits/s) as a string, to be decayed to now_ms
+--   {'unknown_account'}   (nothing written)
+
+local offset, retention = common_args()
+local id = hold_id_arg(3)
+local mode = ARGV[4]
+if mode ~= 'commit' and mode ~= 'refund' then
+  bad('mode')
+end
+local actual = uint_arg(5, 'actual cost')
+
+if not account_exists() then
+  return { 'unknown_account' }
+end
+local now = now_ms(offset)
+local a = load_account()
+reclaim(a, now, retention)
+
+local function reply(outcome, committed, released, clamped, crossed)
+  return { 'settled', outcome, committed, released, clamped, available(a), threshold_reply(a),
+    crossed, rate_reply(), a.rate_at, now }
+end
+
+local amount = tonumber(redis.call('HGET', KEYS[2], id))
+if not amount then
+  local how = redis.call('HGET', KEYS[5], id)
+  if how then
+    return reply(already(how), 0, 0, 0, 0)
+  end
+  if mode == 'refund' then
+    -- A refund that overtook its reserve: the tombstone keeps the reserve out.
+    close(id, 'refunded', now)
+  end
+  return reply('unknown', 0, 0, 0, 0)
+end
+
+local route = redis.call('HGET', KEYS[2], id .. ':route') or ''
+redis.call('HDEL', KEYS[2], id, id .. ':route')
+redis.call('ZREM', KEYS[3], id)
+incr(a, 'held', -amount)
+
+local outcome, charged, clamped, crossed = 'refunded', 0, 0, 0
+if mode == 'commit' then
+  outcome = 'committed'
+  charged = math.min(actual, amount)
+  if actual > amount then
+    clamped = 1
+  end
+  incr(a, 'committed', charged)
+  a.rate = decayed_rate(a.rate, a.rate_at, now) + charged / BURN_RATE_TAU_SECS
+  a.rate_at = now
+  redis.call('HSET', KEYS[1], 'rate', a.rate, 'rate_at', now)
+  redis.call('HINCRBY', KEYS[6], 'credits:' .. route, charged)
+  redis.call('HINCRBY', KEYS[6], 'calls:' .. route, 1)
+  if a.threshold and available(a) < a.threshold and not a.warned then
+    redis.call('HSET', KEYS[1], 'warned', 1)
+    a.warned = true
+    crossed = 1
+  end
+end
+rearm_warning(a)
+close(id, outcome, now)
+return reply(outcome, charged, amount - charged, clamped, crossed)

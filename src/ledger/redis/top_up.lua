@@ -1,0 +1,48 @@
+-- top_up: adds credits once per idempotency key, per account, forever (Ledger::top_up).
+-- Creates the account.
+-- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
+-- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds (reclaimed when expired)
+-- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
+-- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
+-- KEYS[6]: <prefix>:{<account>}:usage    HASH  (not used here)
+-- KEYS[7]: <prefix>:{<account>}:topups   HASH  idempotency key -> amount (no TTL)
+-- ARGV[1]: clock offset, ms (0 outside tests)
+-- ARGV[2]: settled retention, ms
+-- ARGV[3]: amount
+-- ARGV[4]: idempotency key (1 to 255 printable ASCII characters, no space)
+-- Returns one of:
+--   {'topped_up', replayed 0|1, available}
+--   {'conflict', first_amount}
+--   {'total_out_of_range', topped_up, amount}
+
+local offset, retention = common_args()
+local amount = uint_arg(3, 'amount')
+local key = ARGV[4]
+if type(key) ~= 'string' or #key < 1 or #key > 255 or not string.find(key, '^[!-~]+$') then
+  bad('idempotency key')
+end
+
+local now = now_ms(offset)
+local a = load_account()
+reclaim(a, now, retention)
+
+local first = redis.call('HGET', KEYS[7], key)
+if first then
+  first = tonumber(first)
+  if first ~= amount then
+    -- The account exists already: the first top-up with this key created it.
+    return { 'conflict', first }
+  end
+  return { 'topped_up', 1, available(a) }
+end
+if a.topped_up + amount > MAX_AMOUNT then
+  -- Still create the account, as the in-memory ledger does (only reachable when it exists).
+  return { 'total_out_of_range', a.topped_up, amount }
+end
+-- HINCRBY even for 0: a first top-up creates the account.
+redis.call('HINCRBY', KEYS[1], 'topped_up', amount)
+a.topped_up = a.topped_up + amount
+redis.call('HSET', KEYS[7], key, amount)
+rearm_warning(a)
+return { 'topped_up', 0, available(a) }

@@ -1,0 +1,443 @@
+//! Real `redis-server` processes for tests: one server ([`RedisServer`]) or a three-master
+//! cluster ([`RedisCluster`]), each on free loopback ports in its own temporary directory.
+//!
+//! No shared global Redis, no mocks. A server is killed when its handle is dropped (also
+//! when a test panics). A watchdog shell process also kills it, and removes its directory,
+//! once the test process is gone, so a server kept in a `static` (never dropped) does not
+//! outlive its test binary either.
+//!
+//! Nothing here sleeps and hopes: every wait polls a condition against a deadline.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a server may take to answer after it was started.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+/// Pause between two polls of a condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How many times a start is retried on other ports when a port was taken meanwhile.
+const START_ATTEMPTS: usize = 5;
+
+const NOT_INSTALLED: &str =
+    "redis-server not found: install it with `apt-get install redis-server` (scripts/test does this)";
+
+/// Polls `cond` every 10 ms until it returns `Some`, or panics after `deadline` with `what`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = cond() {
+            return value;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The async twin of [`wait_for`], for conditions that call a ledger.
+pub async fn wait_for_async<T, F, Fut>(what: &str, deadline: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = cond().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn check_installed() {
+    for tool in ["redis-server", "redis-cli"] {
+        match Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if tool == "redis-server" {
+                    panic!("{NOT_INSTALLED}");
+                }
+                panic!("redis-cli not found: install it with `apt-get install redis-tools` (scripts/test does this)");
+            }
+            Err(e) => panic!("cannot run {tool}: {e}"),
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now (the kernel picks it). With `with_bus`, the
+/// cluster bus port (`port + 10000`) is free too.
+fn free_port(with_bus: bool) -> u16 {
+    for _ in 0..100 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a loopback port");
+        let port = listener.local_addr().expect("local addr").port();
+        if !with_bus {
+            return port;
+        }
+        if port < 55_000 && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port found");
+}
+
+/// Options of a [`RedisServer`].
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// `--appendonly yes --appendfsync always`: every write is on disk before the reply,
+    /// so a killed and restarted server keeps everything it acknowledged.
+    pub aof_always: bool,
+    /// `--cluster-enabled yes` (see [`RedisCluster`]).
+    pub cluster: bool,
+}
+
+impl RedisOptions {
+    /// Default options with an append-only file synced on every write.
+    pub fn aof_always() -> Self {
+        Self {
+            aof_always: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// A `redis-server` on a free loopback port, in its own temporary directory.
+///
+/// Killed (SIGKILL) when dropped. [`restart`](Self::restart) starts it again on the same
+/// port and in the same directory, so an append-only file survives.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    options: RedisOptions,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server with default options: no persistence at all.
+    pub fn start() -> Self {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Starts a server with `options`.
+    pub fn start_with(options: RedisOptions) -> Self {
+        check_installed();
+        let mut last_log = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("tower-credits-redis-")
+                .tempdir()
+                .expect("create a temporary directory");
+            let mut server = Self {
+                child: None,
+                port: free_port(options.cluster),
+                options: options.clone(),
+                dir,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                // The port was taken between the check and the bind: try another.
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("redis-server did not start after {START_ATTEMPTS} attempts; last log:\n{last_log}");
+    }
+
+    /// Spawns the process and waits until it answers PING. On failure, returns its log.
+    fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let dir = self.dir.path().to_str().expect("utf-8 temp dir").to_owned();
+        let mut args: Vec<&str> = vec![
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            &dir,
+            "--enable-debug-command",
+            "local",
+            "--logfile",
+            "server.log",
+            "--daemonize",
+            "no",
+        ];
+        if self.options.aof_always {
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            args.extend(["--appendonly", "no"]);
+        }
+        if self.options.cluster {
+            args.extend([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ]);
+        }
+        let child = Command::new("redis-server")
+            .args(&args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    panic!("{NOT_INSTALLED}");
+                }
+                panic!("cannot start redis-server: {e}")
+            });
+        spawn_watchdog(child.id(), self.dir.path());
+        self.child = Some(child);
+
+        let until = Instant::now() + START_DEADLINE;
+        loop {
+            if ping(self.port) {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            if Instant::now() >= until {
+                self.kill();
+                return Err(format!(
+                    "no PONG within {START_DEADLINE:?}:\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its directory (where the append-only file and the log are).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Kills the server (SIGKILL: no shutdown, no final fsync) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process (SIGSTOP): it keeps its connections but answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the server is not running");
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Kills the server and starts it again on the same port, in the same directory (an
+    /// append-only file is read back). Returns once it answers PING.
+    pub fn restart(&mut self) {
+        self.kill();
+        // The port was ours; only a very unlucky race takes it meanwhile.
+        if let Err(log) = self.spawn() {
+            panic!("redis-server did not restart on port {}:\n{log}", self.port);
+        }
+    }
+
+    /// Runs `redis-cli -p <port> <args>` and returns its output, trimmed. Panics if the
+    /// command fails or Redis answers an error.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("port", &self.port)
+            .field("pid", &self.pid())
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+/// Runs `redis-cli -p <port> <args>`; panics on failure or an error reply.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stdout.starts_with("ERR") && !stdout.starts_with("(error)"),
+        "redis-cli {args:?} on port {port} failed: {stdout}\n{stderr}"
+    );
+    stdout
+}
+
+/// Whether a server on `port` answers `PING` with `PONG`.
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(
+        &(Ipv4Addr::LOCALHOST, port).into(),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(&mut stream).read_line(&mut line).is_ok() && line.starts_with("+PONG")
+}
+
+/// Kills `pid` and removes `dir` once this test process is gone; exits quietly when `pid`
+/// exits first (a [`RedisServer::kill`] or a restart, which spawns a new watchdog).
+fn spawn_watchdog(pid: u32, dir: &Path) {
+    let script = format!(
+        "while kill -0 {parent} 2>/dev/null; do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.5; done; \
+         kill -9 {pid} 2>/dev/null; rm -rf '{dir}'",
+        parent = std::process::id(),
+        dir = dir.display(),
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// Three `--cluster-enabled yes` masters (no replicas), joined with
+/// `redis-cli --cluster create`, ready when every node reports `cluster_state:ok`.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts and joins the cluster.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(RedisOptions {
+                    cluster: true,
+                    ..RedisOptions::default()
+                })
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let mut args: Vec<&str> = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("[OK] All 16384 slots covered"),
+            "redis-cli --cluster create failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        for node in &cluster.nodes {
+            wait_for(
+                &format!("cluster_state:ok on port {}", node.port()),
+                START_DEADLINE,
+                || {
+                    let info = cli(node.port(), &["CLUSTER", "INFO"]);
+                    (info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3"))
+                        .then_some(())
+                },
+            );
+        }
+        cluster
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// Total number of keys over every node (`DBSIZE` summed).
+    pub fn dbsize(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.cli(&["DBSIZE"]).parse::<u64>().expect("DBSIZE"))
+            .sum()
+    }
+}
+
+impl std::fmt::Debug for RedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.nodes).finish()
+    }
+}
