@@ -17,9 +17,7 @@ use http_support::*;
 use tokio::sync::Notify;
 use tower::{Layer, ServiceExt};
 use tower_credits::pricing::{Price, Pricing};
-use tower_credits::{
-    AccountId, AccountSettings, Charge, CreditLayer, Ledger, MemoryLedger, SettleOutcome,
-};
+use tower_credits::{AccountSettings, Charge, CreditLayer, Ledger, MemoryLedger, SettleOutcome};
 
 #[derive(Clone, Default)]
 struct Gates {
@@ -460,34 +458,6 @@ async fn an_inner_service_error_is_refunded_and_returned() {
     assert_eq!(err.to_string(), "inner failed");
     let b = ledger.balance(&acct).await.unwrap();
     assert_eq!((b.available, b.held), (100, 0));
-}
-
-#[derive(Clone)]
-struct DownLedger;
-
-macro_rules! down {
-    ($($name:ident($($arg:ty),*) -> $t:ty;)*) => {
-        impl Ledger for DownLedger {
-            type Future<T: Send + 'static> = std::future::Ready<Result<T, tower_credits::LedgerError>>;
-            $(fn $name(&self, $(_: $arg),*) -> Self::Future<$t> {
-                std::future::ready(Err(tower_credits::LedgerError::Unavailable("connection refused to 10.0.0.7:6379".into())))
-            })*
-        }
-    };
-}
-
-down! {
-    reserve(tower_credits::Reserve) -> tower_credits::ReserveOutcome;
-    commit(&AccountId, &tower_credits::HoldId, u64) -> tower_credits::Settlement;
-    refund(&AccountId, &tower_credits::HoldId) -> tower_credits::Settlement;
-    extend(&AccountId, &tower_credits::HoldId, Duration) -> tower_credits::Extended;
-    top_up(&AccountId, u64, &str) -> tower_credits::TopUp;
-    balance(&AccountId) -> tower_credits::Balance;
-    usage(&AccountId) -> tower_credits::Usage;
-    configure(&AccountId, AccountSettings) -> ();
-    register_api_key(&tower_credits::ApiKeyHash, &AccountId) -> ();
-    lookup_api_key(&tower_credits::ApiKeyHash) -> Option<AccountId>;
-    revoke_api_key(&tower_credits::ApiKeyHash) -> bool;
 }
 
 #[tokio::test]

@@ -172,3 +172,32 @@ pub async fn assert_conserved<L: Ledger>(ledger: &L, account: &AccountId) {
         "conservation broken: {b:?}"
     );
 }
+
+/// A ledger whose store is down: every call fails as unavailable.
+#[derive(Clone)]
+pub struct DownLedger;
+
+macro_rules! down {
+    ($($name:ident($($arg:ty),*) -> $t:ty;)*) => {
+        impl Ledger for DownLedger {
+            type Future<T: Send + 'static> = std::future::Ready<Result<T, tower_credits::LedgerError>>;
+            $(fn $name(&self, $(_: $arg),*) -> Self::Future<$t> {
+                std::future::ready(Err(tower_credits::LedgerError::Unavailable("connection refused to 10.0.0.7:6379".into())))
+            })*
+        }
+    };
+}
+
+down! {
+    reserve(tower_credits::Reserve) -> tower_credits::ReserveOutcome;
+    commit(&tower_credits::AccountId, &tower_credits::HoldId, u64) -> tower_credits::Settlement;
+    refund(&tower_credits::AccountId, &tower_credits::HoldId) -> tower_credits::Settlement;
+    extend(&tower_credits::AccountId, &tower_credits::HoldId, std::time::Duration) -> tower_credits::Extended;
+    top_up(&tower_credits::AccountId, u64, &str) -> tower_credits::TopUp;
+    balance(&tower_credits::AccountId) -> tower_credits::Balance;
+    usage(&tower_credits::AccountId) -> tower_credits::Usage;
+    configure(&tower_credits::AccountId, tower_credits::AccountSettings) -> ();
+    register_api_key(&tower_credits::ApiKeyHash, &AccountId) -> ();
+    lookup_api_key(&tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
+    revoke_api_key(&tower_credits::ApiKeyHash) -> bool;
+}

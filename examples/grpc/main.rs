@@ -1,0 +1,142 @@
+//! A tonic service billed by the same `CreditLayer` as the quickstart.
+//!
+//! ```text
+//! cargo run --example grpc
+//! ```
+//!
+//! Starts `echo.Echo` on 127.0.0.1:50051 (`PORT` overrides) over the embedded ledger, then
+//! acts as its own client: a paid call, a call that costs less than its hold, a refused one,
+//! and a streamed call settled at the end of the stream. `cargo run --example grpc -- serve`
+//! only serves.
+
+mod echo;
+
+use std::time::Duration;
+
+use echo::{CountRequest, EchoClient, EchoServer, SayRequest};
+use tonic::Request;
+use tower_credits::pricing::Pricing;
+use tower_credits::{AccountId, ApiKeyHash, CreditLayer, Ledger, MemoryLedger};
+
+fn with_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let ledger = MemoryLedger::new();
+    for (key, account, credits) in [
+        ("demo-rich", "acct_rich", 1000),
+        ("demo-poor", "acct_poor", 5),
+    ] {
+        let account = AccountId::new(account)?;
+        ledger
+            .top_up(&account, credits, &format!("seed-{account}"))
+            .await?;
+        ledger
+            .register_api_key(&ApiKeyHash::of(key), &account)
+            .await?;
+    }
+    let layer = CreditLayer::new(ledger.clone())
+        .pricing(
+            Pricing::new()
+                .route("/echo.Echo/Say", 10)
+                .route("/echo.Echo/Count", 20),
+        )
+        .low_balance_threshold(100)
+        .top_up_url("https://example.com/billing");
+    let pending = layer.pending_settlements();
+
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50051);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    let serve_only = std::env::args().nth(1).as_deref() == Some("serve");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(EchoServer)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    tokio::select! {
+                        _ = stop_rx => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                },
+            ),
+    );
+    println!("echo.Echo listening on {addr}");
+
+    if !serve_only {
+        let mut client = EchoClient::connect(format!("http://{addr}")).await?;
+        let paid = client
+            .say(with_key(
+                SayRequest {
+                    message: "hi".into(),
+                    tokens: Some(4),
+                    fail_code: 0,
+                },
+                "demo-rich",
+            ))
+            .await?;
+        println!(
+            "Say (hold 10, used 4): {:?}, credits-cost={:?} credits-remaining={:?}",
+            paid.get_ref().message,
+            paid.metadata().get("credits-cost"),
+            paid.metadata().get("credits-remaining")
+        );
+        let refused = client
+            .say(with_key(
+                SayRequest {
+                    message: "hi".into(),
+                    tokens: None,
+                    fail_code: 0,
+                },
+                "demo-poor",
+            ))
+            .await
+            .unwrap_err();
+        println!(
+            "Say as demo-poor: {:?}: {}",
+            refused.code(),
+            refused.message()
+        );
+        let mut stream = client
+            .count(with_key(
+                CountRequest {
+                    n: 3,
+                    credits_per_item: 2,
+                    fail_code: 0,
+                },
+                "demo-rich",
+            ))
+            .await?
+            .into_inner();
+        while let Some(item) = stream.message().await? {
+            println!("Count: {}", item.message);
+        }
+        let trailers = stream.trailers().await?.unwrap_or_default();
+        println!(
+            "Count trailers: credits-cost={:?} credits-remaining={:?}",
+            trailers.get("credits-cost"),
+            trailers.get("credits-remaining")
+        );
+        let _ = stop_tx.send(());
+    }
+    server.await??;
+    pending.drain(Duration::from_secs(5)).await;
+    let balance = ledger.balance(&AccountId::new("acct_rich")?).await?;
+    println!(
+        "acct_rich: available={} committed={}",
+        balance.available, balance.committed
+    );
+    Ok(())
+}
