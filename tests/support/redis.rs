@@ -299,6 +299,16 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         cli(self.port, args)
     }
+
+    /// Like [`cli`](Self::cli), but returns an error reply instead of panicking.
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        try_cli(self.port, args)
+    }
+
+    /// Number of keys (`DBSIZE`).
+    pub fn dbsize(&self) -> u64 {
+        self.cli(&["DBSIZE"]).parse().expect("DBSIZE is a number")
+    }
 }
 
 impl Drop for RedisServer {
@@ -319,6 +329,11 @@ impl std::fmt::Debug for RedisServer {
 
 /// Runs `redis-cli -p <port> <args>`; panics on failure or an error reply.
 pub fn cli(port: u16, args: &[&str]) -> String {
+    try_cli(port, args).unwrap_or_else(|e| panic!("redis-cli {args:?} on port {port} failed: {e}"))
+}
+
+/// Runs `redis-cli -p <port> <args>`: the output, trimmed, or the error Redis answered.
+pub fn try_cli(port: u16, args: &[&str]) -> Result<String, String> {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
@@ -326,12 +341,15 @@ pub fn cli(port: u16, args: &[&str]) -> String {
         .output()
         .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !stdout.starts_with("ERR") && !stdout.starts_with("(error)"),
-        "redis-cli {args:?} on port {port} failed: {stdout}\n{stderr}"
-    );
-    stdout
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if !out.status.success()
+        || stdout.starts_with("ERR")
+        || stdout.starts_with("(error)")
+        || stdout.starts_with("Could not connect")
+    {
+        return Err(format!("{stdout}{stderr}"));
+    }
+    Ok(stdout)
 }
 
 /// Whether a server on `port` answers `PING` with `PONG`.

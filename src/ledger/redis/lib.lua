@@ -118,6 +118,14 @@ local function already(how)
   return how
 end
 
+-- Clears the warning flag once the balance is back at or above the threshold.
+local function rearm_warning(a)
+  if a.threshold and a.warned and available(a) >= a.threshold then
+    redis.call('HSET', KEYS[1], 'warned', 0)
+    a.warned = false
+  end
+end
+
 -- Remembers how a hold id closed, for the retention.
 local function close(id, how, now)
   redis.call('ZADD', KEYS[4], now, id)
@@ -125,7 +133,8 @@ local function close(id, how, now)
 end
 
 -- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index, never a
--- scan) and forgets up to RECLAIM_LIMIT closed ids older than the retention.
+-- scan), re-arms the low-balance warning if that lifted the balance over the threshold,
+-- and forgets up to RECLAIM_LIMIT closed ids older than the retention.
 local function reclaim(a, now, retention)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, RECLAIM_LIMIT)
   for _, id in ipairs(expired) do
@@ -137,19 +146,15 @@ local function reclaim(a, now, retention)
       close(id, 'expired', now)
     end
   end
+  -- Credits that came back may lift the balance over the threshold: a new crossing.
+  if #expired > 0 then
+    rearm_warning(a)
+  end
   local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - retention - 1,
     'LIMIT', 0, RECLAIM_LIMIT)
   for _, id in ipairs(old) do
     redis.call('ZREM', KEYS[4], id)
     redis.call('HDEL', KEYS[5], id)
-  end
-end
-
--- Clears the warning flag once the balance is back at or above the threshold.
-local function rearm_warning(a)
-  if a.threshold and a.warned and available(a) >= a.threshold then
-    redis.call('HSET', KEYS[1], 'warned', 0)
-    a.warned = false
   end
 end
 

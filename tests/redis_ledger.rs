@@ -1,0 +1,916 @@
+//! What only a Redis ledger can get wrong: scripts lost by the server, restarts, a server
+//! that stops answering, hostile ids and amounts that must never reach Redis, several
+//! replicas racing on one account, and the keys it leaves behind.
+//!
+//! Every test starts its own `redis-server` (see `tests/support/redis.rs`) and never sleeps
+//! except inside a poll with a deadline. The shared semantics are in the conformance suite
+//! (`tests/conformance_redis.rs`, `tests/conformance_cluster.rs`).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::redis::{wait_for_async, RedisOptions, RedisServer};
+use tower_credits::clock::ManualClock;
+use tower_credits::ledger::RedisLedger;
+use tower_credits::{
+    AccountId, AccountSettings, ApiKeyHash, HoldId, Ledger, LedgerError, Reserve, ReserveOutcome,
+    SettleOutcome, MAX_AMOUNT,
+};
+
+/// Deadline of every wait on a condition.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Call deadline of the ledgers of tests that are not about deadlines: generous, so a busy
+/// machine (tests run in parallel, `appendfsync always`) does not fail them.
+const PATIENT: Duration = Duration::from_secs(5);
+
+fn acct(id: &str) -> AccountId {
+    AccountId::new(id).unwrap()
+}
+
+fn hold(id: &str) -> HoldId {
+    HoldId::new(id).unwrap()
+}
+
+async fn ledger(server: &RedisServer) -> RedisLedger {
+    RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .build()
+        .await
+        .expect("connect to the test redis-server")
+}
+
+async fn ledger_on(server: &RedisServer, clock: &ManualClock) -> RedisLedger {
+    RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .test_clock(clock.clone())
+        .build()
+        .await
+        .expect("connect to the test redis-server")
+}
+
+fn expect_held(outcome: ReserveOutcome) -> tower_credits::Held {
+    match outcome {
+        ReserveOutcome::Held(held) => held,
+        other => panic!("expected a hold, got {other:?}"),
+    }
+}
+
+/// A field of the account hash, read straight from Redis (0 when absent).
+fn acct_field(server: &RedisServer, account: &str, field: &str) -> i64 {
+    let key = format!("credits:{{{account}}}:acct");
+    let value = server.cli(&["HGET", &key, field]);
+    if value.is_empty() {
+        0
+    } else {
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{field} = {value:?}"))
+    }
+}
+
+/// Number of script calls the server has seen (`EVAL`, `EVALSHA`).
+fn script_calls(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_eval"))
+        .map(|l| {
+            let calls = l.split("calls=").nth(1).expect("calls=");
+            calls[..calls.find(',').unwrap()].parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------
+// Scripts
+// ---------------------------------------------------------------------------------------
+
+/// After `SCRIPT FLUSH` (as after a restart without persistence of the script cache), the
+/// first `EVALSHA` gets `NOSCRIPT`, and the ledger loads the script and carries on.
+#[tokio::test]
+async fn scripts_flushed_from_the_server_are_loaded_again() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    let a = acct("acct_noscript");
+    l.top_up(&a, 100, "pay-1").await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 10))
+            .await
+            .unwrap(),
+    );
+    assert!(cached_scripts(&server) >= 2);
+
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert_eq!(cached_scripts(&server), 0);
+
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h2"), 10))
+            .await
+            .unwrap(),
+    );
+    let s = l.commit(&a, &hold("h1"), 4).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.available, b.held, b.committed), (86, 10, 4));
+    assert!(
+        cached_scripts(&server) >= 3,
+        "reserve, settle and balance reloaded"
+    );
+}
+
+fn cached_scripts(server: &RedisServer) -> u64 {
+    let info = server.cli(&["INFO", "memory"]);
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("number_of_cached_scripts:"))
+        .expect("number_of_cached_scripts in INFO memory");
+    line.split(':').nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// The scripts check every argument themselves and refuse a bad one before any write, even
+/// from a client that skipped the Rust checks.
+#[tokio::test]
+async fn scripts_refuse_bad_arguments_before_any_write() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    let a = acct("acct_lua");
+    l.top_up(&a, 100, "pay-1").await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("open"), 10))
+            .await
+            .unwrap(),
+    );
+
+    let keys: Vec<String> = [
+        "acct", "holds", "expiry", "done", "closed", "usage", "topups",
+    ]
+    .iter()
+    .map(|s| format!("credits:{{acct_lua}}:{s}"))
+    .collect();
+    let snapshot = |server: &RedisServer| -> Vec<String> {
+        keys.iter()
+            .map(|k| server.cli(&["DUMP", k]))
+            .chain([server.dbsize().to_string()])
+            .collect()
+    };
+    let before = snapshot(&server);
+
+    let reserve = concat!(
+        include_str!("../src/ledger/redis/lib.lua"),
+        "\n",
+        include_str!("../src/ledger/redis/reserve.lua")
+    );
+    let top_up = concat!(
+        include_str!("../src/ledger/redis/lib.lua"),
+        "\n",
+        include_str!("../src/ledger/redis/top_up.lua")
+    );
+    let good_reserve = ["0", "3600000", "h1", "5", "60000", "", ""];
+    let bad_reserves: Vec<(usize, &str)> = vec![
+        (0, "-1"),
+        (1, "1e3"),
+        (2, "a}b"),
+        (2, ""),
+        (2, "x".repeat(65).leak()),
+        (3, "9007199254740992"),
+        (3, "99999999999999999999"),
+        (3, "1e3"),
+        (3, "0x10"),
+        (3, " 5"),
+        (3, "-5"),
+        (3, "5.5"),
+        (3, ""),
+        (4, "0"),
+        (4, "86400001"),
+        (5, "GET /\nx"),
+        (5, "\u{85}"),
+        (5, "r".repeat(257).leak()),
+        (6, "two"),
+    ];
+    for (i, bad) in bad_reserves {
+        let mut args = good_reserve.to_vec();
+        args[i] = bad;
+        let err = eval(&server, reserve, &keys, &args).expect_err(&format!("ARGV {i} = {bad:?}"));
+        assert!(
+            err.contains("tower-credits: invalid argument"),
+            "ARGV {i} = {bad:?}: {err}"
+        );
+    }
+    assert_eq!(
+        snapshot(&server),
+        before,
+        "a refused reserve wrote something"
+    );
+    // The good arguments do hold: the checks are not refusing everything.
+    let reply = eval(&server, reserve, &keys, &good_reserve).unwrap();
+    assert!(reply.starts_with("held"), "{reply}");
+    let s = l.refund(&a, &hold("h1")).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Refunded);
+
+    let before = snapshot(&server);
+    for (amount, key) in [
+        ("9007199254740992", "k"),
+        ("-1", "k"),
+        ("1e2", "k"),
+        ("5", ""),
+        ("5", "has space"),
+        ("5", "é"),
+    ] {
+        let err = eval(&server, top_up, &keys, &["0", "3600000", amount, key])
+            .expect_err(&format!("top-up {amount:?} {key:?}"));
+        assert!(err.contains("tower-credits: invalid argument"), "{err}");
+    }
+    assert_eq!(
+        snapshot(&server),
+        before,
+        "a refused top-up wrote something"
+    );
+}
+
+/// `EVAL` through redis-cli.
+fn eval(
+    server: &RedisServer,
+    script: &str,
+    keys: &[String],
+    args: &[&str],
+) -> Result<String, String> {
+    let numkeys = keys.len().to_string();
+    let mut cli_args: Vec<&str> = vec!["EVAL", script, &numkeys];
+    cli_args.extend(keys.iter().map(String::as_str));
+    cli_args.extend(args);
+    server.try_cli(&cli_args)
+}
+
+// ---------------------------------------------------------------------------------------
+// Durability and faults
+// ---------------------------------------------------------------------------------------
+
+/// With `appendonly yes` and `appendfsync always`, a server killed with SIGKILL and started
+/// again keeps every balance, open hold, tombstone and top-up key it acknowledged, and the
+/// ledger reconnects on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aof_restart_keeps_balances_and_holds() {
+    let mut server = RedisServer::start_with(RedisOptions::aof_always());
+    let l = ledger(&server).await;
+    let a = acct("acct_durable");
+    l.top_up(&a, 100, "pay-1").await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("done"), 30))
+            .await
+            .unwrap(),
+    );
+    l.commit(&a, &hold("done"), 10).await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("open"), 25))
+            .await
+            .unwrap(),
+    );
+    l.refund(&a, &hold("tombstone")).await.unwrap();
+    let key = ApiKeyHash::of("sk_durable");
+    l.register_api_key(&key, &a).await.unwrap();
+
+    server.restart();
+    assert!(server.dir().join("appendonlydir").is_dir());
+
+    let b = wait_for_async("the ledger to reconnect", DEADLINE, || async {
+        l.balance(&a).await.ok()
+    })
+    .await;
+    assert_eq!(
+        (b.available, b.held, b.committed, b.topped_up, b.open_holds),
+        (65, 25, 10, 100, 1)
+    );
+    // The open hold is still open, the settled one still settled, the tombstone still there.
+    let s = l.commit(&a, &hold("open"), 25).await.unwrap();
+    assert_eq!((s.outcome, s.committed), (SettleOutcome::Committed, 25));
+    let s = l.commit(&a, &hold("done"), 10).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::AlreadyCommitted);
+    assert!(matches!(
+        l.reserve(Reserve::new(a.clone(), hold("tombstone"), 1))
+            .await
+            .unwrap(),
+        ReserveOutcome::Closed(SettleOutcome::AlreadyRefunded)
+    ));
+    // The payment id still credits once.
+    assert!(l.top_up(&a, 100, "pay-1").await.unwrap().replayed);
+    assert_eq!(l.lookup_api_key(&key).await.unwrap(), Some(a.clone()));
+    let usage = l.usage(&a).await.unwrap();
+    assert_eq!(usage.by_route[""].credits, 35);
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!(
+        (b.available, b.held, b.committed, b.topped_up),
+        (65, 0, 35, 100)
+    );
+}
+
+/// A service that held credits and vanished (crashed, killed, partitioned) never settles:
+/// its holds come back once their ttl has passed, reclaimed lazily by the account's next
+/// call on any replica, at most 64 per call.
+#[tokio::test]
+async fn holds_of_a_vanished_service_come_back_after_their_ttl() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let a = acct("acct_vanished");
+    let survivor = ledger_on(&server, &clock).await;
+    survivor.top_up(&a, 1_000, "pay-1").await.unwrap();
+
+    {
+        let doomed = ledger_on(&server, &clock).await;
+        for i in 0..100 {
+            let r = Reserve::new(a.clone(), hold(&format!("lost-{i}")), 3)
+                .ttl(Duration::from_secs(30))
+                .route("POST /v1/lost");
+            expect_held(doomed.reserve(r).await.unwrap());
+        }
+        // The service is gone without settling anything.
+    }
+    let b = survivor.balance(&a).await.unwrap();
+    assert_eq!((b.available, b.held, b.open_holds), (700, 300, 100));
+
+    clock.advance(Duration::from_secs(20));
+    let b = survivor.balance(&a).await.unwrap();
+    assert_eq!((b.held, b.open_holds), (300, 100), "not expired yet");
+
+    clock.advance(Duration::from_secs(11));
+    // Bounded work: one call reclaims 64, the next the remaining 36.
+    let b = survivor.balance(&a).await.unwrap();
+    assert_eq!((b.available, b.held, b.open_holds), (892, 108, 36));
+    let b = survivor.balance(&a).await.unwrap();
+    assert_eq!(
+        (b.available, b.held, b.committed, b.open_holds),
+        (1_000, 0, 0, 0)
+    );
+
+    // A late settle from a replica that survived says the hold expired, and moves nothing.
+    let s = survivor.commit(&a, &hold("lost-7"), 3).await.unwrap();
+    assert_eq!((s.outcome, s.committed), (SettleOutcome::Expired, 0));
+    assert!(survivor.usage(&a).await.unwrap().by_route.is_empty());
+}
+
+/// Closed ids and tombstones are forgotten after the settled retention, so `done` does not
+/// grow forever; after that the id is free again.
+#[tokio::test]
+async fn closed_hold_ids_are_forgotten_after_the_retention() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .test_clock(clock.clone())
+        .settled_retention(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let a = acct("acct_retention");
+    l.top_up(&a, 100, "pay-1").await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 10))
+            .await
+            .unwrap(),
+    );
+    l.commit(&a, &hold("h1"), 10).await.unwrap();
+    l.refund(&a, &hold("never-reserved")).await.unwrap();
+    let done = "credits:{acct_retention}:done";
+    let closed = "credits:{acct_retention}:closed";
+    assert_eq!(server.cli(&["ZCARD", done]), "2");
+    assert_eq!(server.cli(&["HLEN", closed]), "2");
+
+    clock.advance(Duration::from_secs(5));
+    l.balance(&a).await.unwrap();
+    assert_eq!(server.cli(&["ZCARD", done]), "2", "within the retention");
+
+    clock.advance(Duration::from_secs(6));
+    l.balance(&a).await.unwrap();
+    assert_eq!(server.cli(&["ZCARD", done]), "0");
+    assert_eq!(server.cli(&["HLEN", closed]), "0");
+    assert!(
+        !expect_held(
+            l.reserve(Reserve::new(a.clone(), hold("h1"), 10))
+                .await
+                .unwrap()
+        )
+        .replayed
+    );
+}
+
+/// A server that stops answering (SIGSTOP) makes a reserve fail with `Timeout` after the
+/// call deadline; once it answers again, the reserve it may still have run is refunded in
+/// the background (or its id tombstoned), so no credits stay held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_against_a_paused_server_times_out_and_leaves_no_hold() {
+    let server = RedisServer::start();
+    // A patient ledger sets up and checks; an impatient one makes the call that times out.
+    let patient = ledger(&server).await;
+    let timeout = Duration::from_millis(100);
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    let a = acct("acct_paused");
+    patient.top_up(&a, 100, "pay-1").await.unwrap();
+    // Warm up: the scripts are loaded, so the paused call is the reserve itself.
+    let warm = Reserve::new(a.clone(), hold("warm"), 1);
+    expect_held(patient.reserve(warm).await.unwrap());
+    patient.refund(&a, &hold("warm")).await.unwrap();
+
+    server.pause();
+    let lost = hold("lost-in-flight");
+    let started = std::time::Instant::now();
+    let r = l.reserve(Reserve::new(a.clone(), lost.clone(), 40)).await;
+    assert!(
+        matches!(r, Err(LedgerError::Timeout(t)) if t == timeout),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = l.balance(&a).await;
+    assert!(r.as_ref().is_err_and(LedgerError::is_unavailable), "{r:?}");
+    server.resume();
+
+    // The background refund gets through once the server answers again.
+    let closed = "credits:{acct_paused}:closed";
+    let how = wait_for_async(
+        "the background refund of the timed-out reserve",
+        DEADLINE,
+        || async {
+            let how = server.cli(&["HGET", closed, lost.as_str()]);
+            (!how.is_empty()).then_some(how)
+        },
+    )
+    .await;
+    assert_eq!(how, "refunded");
+    let b = patient.balance(&a).await.unwrap();
+    assert_eq!(
+        (b.available, b.held, b.open_holds, b.topped_up),
+        (100, 0, 0, 100)
+    );
+    // A late retry of the same id holds nothing.
+    assert!(matches!(
+        patient
+            .reserve(Reserve::new(a.clone(), lost, 40))
+            .await
+            .unwrap(),
+        ReserveOutcome::Closed(SettleOutcome::AlreadyRefunded)
+    ));
+}
+
+/// A server that is gone is `Unavailable` (or `Timeout`), never a hang; building a ledger
+/// against nothing fails the same way.
+#[tokio::test]
+async fn a_dead_server_is_unavailable() {
+    let mut server = RedisServer::start();
+    let l = ledger(&server).await;
+    let a = acct("acct_dead");
+    l.top_up(&a, 10, "pay-1").await.unwrap();
+    let url = server.url();
+    server.kill();
+
+    let r = l.balance(&a).await;
+    assert!(r.as_ref().is_err_and(LedgerError::is_unavailable), "{r:?}");
+    let r = l.reserve(Reserve::new(a.clone(), hold("h1"), 1)).await;
+    assert!(r.as_ref().is_err_and(LedgerError::is_unavailable), "{r:?}");
+
+    let started = std::time::Instant::now();
+    let r = RedisLedger::builder()
+        .url(url)
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .await;
+    assert!(r.as_ref().is_err_and(LedgerError::is_unavailable), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let r = RedisLedger::builder().build().await;
+    assert!(
+        matches!(&r, Err(LedgerError::Unavailable(e)) if e.to_string().contains("url")),
+        "{r:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Input that must never reach Redis
+// ---------------------------------------------------------------------------------------
+
+/// Account ids that would break out of the hash tag, or smuggle control characters into
+/// keys and logs, are refused by `AccountId::new` with a clear error: no key is written.
+#[tokio::test]
+async fn hostile_account_ids_are_refused_and_write_nothing() {
+    let server = RedisServer::start();
+    let _ledger = ledger(&server).await;
+    let ten_kb = "a".repeat(10 * 1024);
+    for (id, why) in [
+        ("acct}{x", "ASCII letters"),
+        ("{acct}", "ASCII letters"),
+        ("acct}", "ASCII letters"),
+        ("", "empty"),
+        (ten_kb.as_str(), "longer than 128 bytes"),
+        ("acct\r\nDEL *", "ASCII letters"),
+        ("acct\u{0}", "ASCII letters"),
+        ("acct\u{1b}[31m", "ASCII letters"),
+        ("acct x", "ASCII letters"),
+        ("ácct", "ASCII letters"),
+        ("账户", "ASCII letters"),
+        ("acct\u{202e}", "ASCII letters"),
+    ] {
+        let err = AccountId::new(id).expect_err(&format!("{id:?} accepted"));
+        assert!(
+            matches!(err, LedgerError::InvalidAccountId { .. }),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with("invalid account id") && message.contains(why),
+            "{id:?}: {message}"
+        );
+    }
+    assert_eq!(server.dbsize(), 0);
+}
+
+/// Amounts and settings past `MAX_AMOUNT` are refused in Rust, before any script runs;
+/// totals are refused by the script without a write, and 2^53 − 1 is stored exactly.
+#[tokio::test]
+async fn amounts_past_max_are_refused_before_redis() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    let a = acct("acct_max");
+    let too_big = MAX_AMOUNT + 1;
+    let out_of_range = |r: &LedgerError| matches!(r, LedgerError::AmountOutOfRange { max, .. } if *max == MAX_AMOUNT);
+
+    for amount in [too_big, u64::MAX] {
+        let r = l.top_up(&a, amount, "pay-1").await.unwrap_err();
+        assert!(out_of_range(&r), "{r:?}");
+        let r = l
+            .reserve(Reserve::new(a.clone(), hold("h1"), amount))
+            .await
+            .unwrap_err();
+        assert!(out_of_range(&r), "{r:?}");
+        let r = l.commit(&a, &hold("h1"), amount).await.unwrap_err();
+        assert!(out_of_range(&r), "{r:?}");
+        let r = l
+            .configure(&a, AccountSettings::new().credit_limit(amount))
+            .await
+            .unwrap_err();
+        assert!(out_of_range(&r), "{r:?}");
+        let r = l
+            .configure(&a, AccountSettings::new().low_balance_threshold(amount))
+            .await
+            .unwrap_err();
+        assert!(out_of_range(&r), "{r:?}");
+    }
+    let r = l
+        .reserve(Reserve::new(a.clone(), hold("h1"), 1).ttl(Duration::ZERO))
+        .await;
+    assert!(matches!(r, Err(LedgerError::InvalidTtl { .. })), "{r:?}");
+    let r = l.top_up(&a, 1, "bad key").await;
+    assert!(
+        matches!(r, Err(LedgerError::InvalidIdempotencyKey)),
+        "{r:?}"
+    );
+    assert_eq!(script_calls(&server), 0, "a refused call reached Redis");
+    assert_eq!(server.dbsize(), 0);
+
+    // The largest amount is stored exactly (a double would round 2^53 + 1).
+    l.top_up(&a, MAX_AMOUNT, "max").await.unwrap();
+    assert_eq!(
+        acct_field(&server, "acct_max", "topped_up"),
+        MAX_AMOUNT as i64
+    );
+    let r = l.top_up(&a, 1, "one-more").await.unwrap_err();
+    assert!(
+        matches!(r, LedgerError::TotalOutOfRange { total, max } if total == too_big && max == MAX_AMOUNT),
+        "{r:?}"
+    );
+    assert_eq!(
+        acct_field(&server, "acct_max", "topped_up"),
+        MAX_AMOUNT as i64
+    );
+    assert_eq!(
+        server.cli(&["HEXISTS", "credits:{acct_max}:topups", "one-more"]),
+        "0"
+    );
+    let held = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("all"), MAX_AMOUNT))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((held.amount, held.available), (MAX_AMOUNT, 0));
+    l.commit(&a, &hold("all"), MAX_AMOUNT).await.unwrap();
+    assert_eq!(
+        acct_field(&server, "acct_max", "committed"),
+        MAX_AMOUNT as i64
+    );
+    assert_eq!(acct_field(&server, "acct_max", "held"), 0);
+}
+
+/// Calls on an account that does not exist write nothing at all.
+#[tokio::test]
+async fn unknown_accounts_create_no_keys() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    let ghost = acct("acct_ghost");
+    let h = hold("h1");
+    assert!(matches!(
+        l.reserve(Reserve::new(ghost.clone(), h.clone(), 1)).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+    assert!(matches!(
+        l.balance(&ghost).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+    assert!(matches!(
+        l.usage(&ghost).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+    assert_eq!(
+        l.commit(&ghost, &h, 1).await.unwrap().outcome,
+        SettleOutcome::Unknown
+    );
+    assert_eq!(
+        l.refund(&ghost, &h).await.unwrap().outcome,
+        SettleOutcome::Unknown
+    );
+    assert_eq!(
+        l.extend(&ghost, &h, Duration::from_secs(5)).await.unwrap(),
+        tower_credits::Extended::NotOpen(SettleOutcome::Unknown)
+    );
+    assert!(script_calls(&server) >= 6, "the scripts did run");
+    assert_eq!(server.dbsize(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Replicas and the data model
+// ---------------------------------------------------------------------------------------
+
+/// Four replicas (four `RedisLedger`s, four connections) race on one account: no
+/// overshoot, and the stored totals always balance: `topped_up = available + held +
+/// committed`, with `held` the sum of the open holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_racing_on_one_account_never_overshoot() {
+    const CREDITS: u64 = 300;
+    const REPLICAS: usize = 4;
+    const TASKS_PER_REPLICA: usize = 8;
+    const RESERVES_PER_TASK: usize = 25;
+    let server = RedisServer::start();
+    let mut replicas = Vec::new();
+    for _ in 0..REPLICAS {
+        replicas.push(
+            RedisLedger::builder()
+                .url(server.url())
+                .call_timeout(PATIENT)
+                .build()
+                .await
+                .unwrap(),
+        );
+    }
+    let a = acct("acct_race");
+    replicas[0].top_up(&a, CREDITS, "pay-1").await.unwrap();
+
+    // Phase 1: everyone holds as much as they can get.
+    let granted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (r, replica) in replicas.iter().enumerate() {
+        for t in 0..TASKS_PER_REPLICA {
+            let (l, a, granted) = (replica.clone(), a.clone(), granted.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..RESERVES_PER_TASK {
+                    let amount = 1 + ((r + t + i) % 5) as u64;
+                    let id = hold(&format!("r{r}-t{t}-{i}"));
+                    match l
+                        .reserve(Reserve::new(a.clone(), id.clone(), amount))
+                        .await
+                        .unwrap()
+                    {
+                        ReserveOutcome::Held(held) => {
+                            assert!(held.available >= 0, "overshoot: {held:?}");
+                            granted.lock().unwrap().push((id, amount));
+                        }
+                        ReserveOutcome::Insufficient(refusal) => {
+                            assert!(refusal.available >= 0, "overshoot: {refusal:?}");
+                            assert!(refusal.available < amount as i64, "{refusal:?}");
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let granted = std::mem::take(&mut *granted.lock().unwrap());
+    let held_sum: u64 = granted.iter().map(|(_, amount)| amount).sum();
+    assert!(held_sum <= CREDITS, "{held_sum} held out of {CREDITS}");
+    assert_stored_totals_balance(&server, &replicas[1], &a).await;
+    assert_eq!(acct_field(&server, "acct_race", "held"), held_sum as i64);
+
+    // Phase 2: other replicas settle them, half committed, half refunded, concurrently.
+    let mut tasks = Vec::new();
+    for (i, (id, amount)) in granted.iter().cloned().enumerate() {
+        let (l, a) = (replicas[(i + 1) % REPLICAS].clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            let s = if i % 2 == 0 {
+                l.commit(&a, &id, amount).await.unwrap()
+            } else {
+                l.refund(&a, &id).await.unwrap()
+            };
+            assert!(s.outcome.is_applied(), "{s:?}");
+            s.committed
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        committed += task.await.unwrap();
+    }
+    let b = assert_stored_totals_balance(&server, &replicas[2], &a).await;
+    assert_eq!(
+        (b.available, b.held, b.committed, b.topped_up),
+        ((CREDITS - committed) as i64, 0, committed, CREDITS)
+    );
+}
+
+/// Reads the account hash straight from Redis and checks it against the ledger's balance:
+/// `topped_up = available + held + committed`, and `held` = the sum of the open holds.
+async fn assert_stored_totals_balance(
+    server: &RedisServer,
+    l: &RedisLedger,
+    a: &AccountId,
+) -> tower_credits::Balance {
+    let id = a.as_str();
+    let topped_up = acct_field(server, id, "topped_up");
+    let held = acct_field(server, id, "held");
+    let committed = acct_field(server, id, "committed");
+    let holds = server.cli(&["HVALS", &format!("credits:{{{id}}}:holds")]);
+    let open: i64 = holds.lines().map(|v| v.parse::<i64>().unwrap()).sum();
+    assert_eq!(held, open, "held is not the sum of the open holds");
+    let b = l.balance(a).await.unwrap();
+    assert_eq!(
+        (b.topped_up as i64, b.held as i64, b.committed as i64),
+        (topped_up, held, committed)
+    );
+    assert_eq!(topped_up, b.available + held + committed, "conservation");
+    assert!(b.available >= 0, "overshoot: {b:?}");
+    b
+}
+
+/// The keys are exactly the documented ones, each account's under its hash tag, and the
+/// top-up keys never expire.
+#[tokio::test]
+async fn keys_follow_the_documented_layout() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    let a = acct("user@example.com");
+    l.configure(&a, AccountSettings::new().low_balance_threshold(5))
+        .await
+        .unwrap();
+    l.top_up(&a, 100, "pay-1").await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 10).route("GET /x"))
+            .await
+            .unwrap(),
+    );
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h2"), 10).route("GET /y"))
+            .await
+            .unwrap(),
+    );
+    l.commit(&a, &hold("h1"), 3).await.unwrap();
+    let key = ApiKeyHash::of("sk_layout");
+    l.register_api_key(&key, &a).await.unwrap();
+
+    let keys: BTreeSet<String> = server
+        .cli(&["KEYS", "*"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let tag = "credits:{user@example.com}";
+    let want: BTreeSet<String> = [
+        "acct", "holds", "expiry", "done", "closed", "usage", "topups",
+    ]
+    .iter()
+    .map(|s| format!("{tag}:{s}"))
+    .chain([format!("credits:apikey:{}", key.to_hex())])
+    .collect();
+    assert_eq!(keys, want);
+    for k in &keys {
+        assert_eq!(server.cli(&["TTL", k]), "-1", "{k} expires");
+    }
+    assert_eq!(
+        server.cli(&["HGET", &format!("{tag}:holds"), "h2:route"]),
+        "GET /y"
+    );
+    assert_eq!(
+        server.cli(&["HGET", &format!("{tag}:closed"), "h1"]),
+        "committed"
+    );
+    assert_eq!(
+        server.cli(&["HGET", &format!("{tag}:topups"), "pay-1"]),
+        "100"
+    );
+    assert_eq!(
+        server.cli(&["HGET", &format!("{tag}:usage"), "credits:GET /x"]),
+        "3"
+    );
+    assert_eq!(
+        server.cli(&["GET", &format!("credits:apikey:{}", key.to_hex())]),
+        "user@example.com"
+    );
+
+    // Another prefix keeps another set of keys.
+    let other = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .key_prefix("billing")
+        .build()
+        .await
+        .unwrap();
+    assert!(matches!(
+        other.balance(&a).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+    other.top_up(&a, 1, "pay-1").await.unwrap();
+    assert_eq!(
+        server.cli(&["HGET", "billing:{user@example.com}:acct", "topped_up"]),
+        "1"
+    );
+}
+
+/// `max_open_holds` caps the open holds of one account; the refused reserve writes nothing.
+#[tokio::test]
+async fn max_open_holds_is_enforced() {
+    let server = RedisServer::start();
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .max_open_holds(2)
+        .build()
+        .await
+        .unwrap();
+    let a = acct("acct_capped");
+    l.top_up(&a, 100, "pay-1").await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 1))
+            .await
+            .unwrap(),
+    );
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h2"), 1))
+            .await
+            .unwrap(),
+    );
+    let r = l.reserve(Reserve::new(a.clone(), hold("h3"), 1)).await;
+    assert!(
+        matches!(r, Err(LedgerError::TooManyHolds { limit: 2 })),
+        "{r:?}"
+    );
+    // A replay of an open hold is still answered.
+    assert!(
+        expect_held(
+            l.reserve(Reserve::new(a.clone(), hold("h1"), 1))
+                .await
+                .unwrap()
+        )
+        .replayed
+    );
+    l.refund(&a, &hold("h1")).await.unwrap();
+    assert!(
+        !expect_held(
+            l.reserve(Reserve::new(a.clone(), hold("h3"), 1))
+                .await
+                .unwrap()
+        )
+        .replayed
+    );
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.available, b.held, b.open_holds), (98, 2, 2));
+}
+
+/// The test server is really gone once its handle is dropped.
+#[test]
+fn test_servers_die_with_their_handle() {
+    let server = RedisServer::start();
+    let pid = server.pid().unwrap().to_string();
+    let port = server.port();
+    drop(server);
+    let alive = std::process::Command::new("kill")
+        .args(["-0", &pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(!alive, "redis-server {pid} outlived its handle");
+    assert!(support::redis::try_cli(port, &["PING"]).is_err());
+}
