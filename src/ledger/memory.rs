@@ -161,6 +161,7 @@ impl AccountState {
 
     /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids past retention.
     fn reclaim(&mut self, now_ms: u64, retention_ms: u64) {
+        let mut reclaimed = false;
         for _ in 0..RECLAIM_LIMIT {
             let Some(first) = self.expiry.first() else {
                 break;
@@ -172,7 +173,13 @@ impl AccountState {
             if let Some(hold) = self.holds.remove(&id) {
                 self.held -= hold.amount;
                 self.close(id, SettleOutcome::Expired, now_ms);
+                reclaimed = true;
             }
+        }
+        if reclaimed {
+            // Expired holds give credits back: like a refund, that may lift `available`
+            // above the threshold, and the next fall below it is a new crossing.
+            self.rearm_warning();
         }
         for _ in 0..RECLAIM_LIMIT {
             match self.done_order.front() {

@@ -1,0 +1,1305 @@
+//! The ledger conformance suite: one set of cases, written against the [`Ledger`] trait,
+//! that every ledger must pass.
+//!
+//! A test file brings its own [`Harness`] (how to make a fresh ledger and the clock that
+//! moves its time) and expands [`conformance_suite!`] with it:
+//!
+//! ```ignore
+//! mod conformance;
+//!
+//! struct MyHarness;
+//! impl conformance::Harness for MyHarness { /* ... */ }
+//!
+//! conformance::conformance_suite!(MyHarness);
+//! ```
+//!
+//! Each case becomes its own `#[tokio::test]`. The cases never sleep: time moves only
+//! through [`ManualClock::advance`], and since a networked ledger may add its own real clock
+//! to the manual offset, a case never relies on time standing still between two calls.
+//! Holds that must stay open live at least 10 s, and holds that must expire are outlived by
+//! a clear margin.
+
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_credits::clock::{Clock, ManualClock, SystemClock};
+use tower_credits::ledger::MAX_HOLD_TTL;
+use tower_credits::{
+    AccountId, AccountSettings, ApiKeyHash, Balance, Extended, Held, HoldId, Insufficient, Ledger,
+    LedgerError, Reserve, ReserveOutcome, SettleOutcome, Settlement, MAX_AMOUNT,
+};
+
+/// How the suite gets ledgers to test.
+pub trait Harness: Send + Sync + 'static {
+    /// The ledger under test.
+    type L: tower_credits::Ledger;
+    /// A ledger with fresh, empty state (no accounts shared with any other call), and the ManualClock that moves its time.
+    fn ledger(
+        &self,
+    ) -> impl std::future::Future<Output = (Self::L, tower_credits::clock::ManualClock)> + Send;
+}
+
+/// Expands into one `#[tokio::test]` per conformance case (and the model-based test),
+/// each calling `conformance::<case>(&$harness).await`.
+///
+/// `$harness` is evaluated once per test, inside the test's async body, so it may be an
+/// `.await` expression. The invoking test crate must declare `mod conformance;` at its root.
+macro_rules! conformance_suite {
+    ($harness:expr) => {
+        $crate::conformance::conformance_suite!(@cases $harness;
+            top_up_then_balance,
+            top_up_replay_is_idempotent,
+            top_up_same_key_other_amount_conflicts,
+            top_up_keys_are_scoped_per_account,
+            reserve_holds_credits,
+            reserve_insufficient_writes_nothing,
+            reserve_unknown_account_creates_nothing,
+            zero_amount_reserve_and_commit,
+            max_amount_bounds,
+            top_up_past_max_total_is_refused,
+            reserve_past_max_total_is_refused,
+            overdraft_with_credit_limit,
+            commit_less_than_hold_releases_rest,
+            commit_more_than_hold_is_clamped,
+            refund_gives_everything_back,
+            double_commit_moves_nothing,
+            commit_after_refund_is_already_refunded,
+            refund_of_unknown_hold_leaves_tombstone,
+            commit_of_unknown_hold_moves_nothing,
+            settle_on_unknown_account_is_unknown,
+            retried_reserve_is_replayed,
+            expired_hold_returns_and_cannot_settle,
+            extend_keeps_hold_alive,
+            extend_of_settled_hold_is_not_open,
+            invalid_ttl_is_refused,
+            invalid_arguments_write_nothing,
+            usage_by_route_accumulates,
+            low_balance_threshold_crossed_once_per_crossing,
+            low_balance_threshold_rearms_after_expiry,
+            api_keys_register_lookup_revoke,
+            concurrent_reserves_never_overshoot,
+            many_accounts_are_independent,
+            model_state_machine,
+        );
+    };
+    (@cases $harness:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::conformance::$case(&$harness).await
+            }
+        )+
+    };
+}
+pub(crate) use conformance_suite;
+
+pub use model::model_state_machine;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// A validated account id.
+pub fn acct(id: &str) -> AccountId {
+    AccountId::new(id).unwrap_or_else(|e| panic!("account id {id:?}: {e}"))
+}
+
+/// A validated hold id.
+pub fn hold(id: &str) -> HoldId {
+    HoldId::new(id).unwrap_or_else(|e| panic!("hold id {id:?}: {e}"))
+}
+
+/// The balance of `account`, after checking `topped_up == available + held + committed`.
+pub async fn assert_conserved<L: Ledger>(ledger: &L, account: &AccountId) -> Balance {
+    let b = ledger
+        .balance(account)
+        .await
+        .unwrap_or_else(|e| panic!("balance of {account}: {e}"));
+    assert_eq!(
+        b.topped_up as i128,
+        b.available as i128 + b.held as i128 + b.committed as i128,
+        "conservation broken for {account}: {b:?}"
+    );
+    b
+}
+
+/// `(available, held, committed, topped_up, open_holds)` of a balance, for short asserts.
+pub fn totals(b: &Balance) -> (i64, u64, u64, u64, u64) {
+    (b.available, b.held, b.committed, b.topped_up, b.open_holds)
+}
+
+/// The hold, or a panic naming what came instead.
+pub fn expect_held(outcome: ReserveOutcome) -> Held {
+    match outcome {
+        ReserveOutcome::Held(held) => held,
+        other => panic!("expected a hold, got {other:?}"),
+    }
+}
+
+/// The refusal, or a panic naming what came instead.
+pub fn expect_insufficient(outcome: ReserveOutcome) -> Insufficient {
+    match outcome {
+        ReserveOutcome::Insufficient(refusal) => refusal,
+        other => panic!("expected Insufficient, got {other:?}"),
+    }
+}
+
+/// Checks that `expires_at_ms` is `ttl` after the ledger's present. A networked ledger runs
+/// on its own real clock plus the manual offset, so the present is a window: from the
+/// manual clock's time to the system time plus the offset (with a second of slack).
+pub fn assert_expires_in(expires_at_ms: u64, clock: &ManualClock, ttl: Duration) {
+    let ttl = ttl.as_millis() as u64;
+    let earliest = clock.now_ms() + ttl - 1_000;
+    let latest = SystemClock.now_ms() + clock.advanced().as_millis() as u64 + ttl + 1_000;
+    assert!(
+        (earliest..=latest).contains(&expires_at_ms),
+        "expiry {expires_at_ms} not within {earliest}..={latest}"
+    );
+}
+
+/// Asserts a settlement that moved nothing and says `outcome`.
+#[track_caller]
+fn assert_nothing_moved(s: &Settlement, outcome: SettleOutcome) {
+    assert_eq!(s.outcome, outcome, "{s:?}");
+    assert_eq!((s.committed, s.released, s.clamped), (0, 0, false), "{s:?}");
+    assert!(!s.threshold_crossed, "{s:?}");
+    assert!(!s.outcome.is_applied());
+}
+
+/// A fresh ledger with one account topped up with `credits`.
+async fn funded<H: Harness>(h: &H, id: &str, credits: u64) -> (H::L, ManualClock, AccountId) {
+    let (ledger, clock) = h.ledger().await;
+    let a = acct(id);
+    let t = ledger.top_up(&a, credits, "initial").await.unwrap();
+    assert_eq!(
+        (t.amount, t.replayed, t.available),
+        (credits, false, credits as i64)
+    );
+    (ledger, clock, a)
+}
+
+async fn reserve<L: Ledger>(l: &L, a: &AccountId, h: &HoldId, amount: u64) -> ReserveOutcome {
+    l.reserve(Reserve::new(a.clone(), h.clone(), amount))
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Top-ups
+// ---------------------------------------------------------------------------------------
+
+/// A top-up credits the account, which then shows in its balance.
+pub async fn top_up_then_balance<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let a = acct("acct_top_up");
+    assert!(matches!(
+        l.balance(&a).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+
+    let t = l.top_up(&a, 100, "pay-1").await.unwrap();
+    assert_eq!((t.amount, t.replayed, t.available), (100, false, 100));
+    let t = l.top_up(&a, 25, "pay-2").await.unwrap();
+    assert_eq!((t.amount, t.replayed, t.available), (25, false, 125));
+
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(totals(&b), (125, 0, 0, 125, 0));
+    assert_eq!(b.credit_limit, 0);
+    assert_eq!(b.low_balance_threshold, None);
+    assert_eq!(b.runway_secs, None, "nothing spent yet: no runway");
+    assert!(l.usage(&a).await.unwrap().by_route.is_empty());
+}
+
+/// The same key with the same amount credits once and says it replayed.
+pub async fn top_up_replay_is_idempotent<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let a = acct("acct_replay");
+    let first = l.top_up(&a, 100, "pay_123").await.unwrap();
+    assert!(!first.replayed);
+    let again = l.top_up(&a, 100, "pay_123").await.unwrap();
+    assert_eq!(
+        (again.amount, again.replayed, again.available),
+        (100, true, 100)
+    );
+
+    // Still credited once after the balance moved.
+    expect_held(reserve(&l, &a, &hold("h1"), 30).await);
+    let again = l.top_up(&a, 100, "pay_123").await.unwrap();
+    assert_eq!((again.amount, again.replayed), (100, true));
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(totals(&b), (70, 30, 0, 100, 1));
+}
+
+/// The same key with another amount is a typed conflict and changes nothing.
+pub async fn top_up_same_key_other_amount_conflicts<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let a = acct("acct_conflict");
+    l.top_up(&a, 100, "pay-1").await.unwrap();
+    match l.top_up(&a, 99, "pay-1").await {
+        Err(LedgerError::TopUpConflict {
+            first_amount,
+            amount,
+        }) => assert_eq!((first_amount, amount), (100, 99)),
+        other => panic!("expected TopUpConflict, got {other:?}"),
+    }
+    // The key keeps its first amount.
+    assert!(l.top_up(&a, 100, "pay-1").await.unwrap().replayed);
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(totals(&b), (100, 0, 0, 100, 0));
+}
+
+/// Idempotency keys belong to one account: the same key credits two accounts.
+pub async fn top_up_keys_are_scoped_per_account<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let (a, b) = (acct("acct_a"), acct("acct_b"));
+    let ta = l.top_up(&a, 100, "pay-1").await.unwrap();
+    let tb = l.top_up(&b, 40, "pay-1").await.unwrap();
+    assert_eq!((ta.replayed, ta.available), (false, 100));
+    assert_eq!((tb.replayed, tb.available), (false, 40));
+    assert_eq!(assert_conserved(&l, &a).await.topped_up, 100);
+    assert_eq!(assert_conserved(&l, &b).await.topped_up, 40);
+    // A replay on each account still finds its own amount.
+    assert!(l.top_up(&b, 40, "pay-1").await.unwrap().replayed);
+    assert!(matches!(
+        l.top_up(&b, 100, "pay-1").await,
+        Err(LedgerError::TopUpConflict {
+            first_amount: 40,
+            ..
+        })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------
+// Reserve
+// ---------------------------------------------------------------------------------------
+
+/// A hold reduces `available` and increases `held`.
+pub async fn reserve_holds_credits<H: Harness>(h: &H) {
+    let (l, clock, a) = funded(h, "acct_reserve", 100).await;
+    let ttl = Duration::from_secs(60);
+    let held = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 30).ttl(ttl))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(held.amount, 30);
+    assert_eq!(held.available, 70);
+    assert_eq!(held.credit_limit, 0);
+    assert_eq!(held.low_balance_threshold, None);
+    assert!(!held.replayed);
+    assert_expires_in(held.expires_at_ms, &clock, ttl);
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (70, 30, 0, 100, 1));
+
+    let held = expect_held(reserve(&l, &a, &hold("h2"), 20).await);
+    assert_eq!((held.amount, held.available), (20, 50));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (50, 50, 0, 100, 2));
+
+    // Everything that is left can be held.
+    let held = expect_held(reserve(&l, &a, &hold("h3"), 50).await);
+    assert_eq!(held.available, 0);
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (0, 100, 0, 100, 3));
+}
+
+/// A refused reserve writes nothing and says how much is missing.
+pub async fn reserve_insufficient_writes_nothing<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_poor", 10).await;
+    let refusal = expect_insufficient(reserve(&l, &a, &hold("h1"), 11).await);
+    assert_eq!(
+        (refusal.required, refusal.available, refusal.credit_limit),
+        (11, 10, 0)
+    );
+    assert_eq!(refusal.shortfall(), 1);
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (10, 0, 0, 10, 0));
+
+    // With a hold out, the refusal reports what is left.
+    expect_held(reserve(&l, &a, &hold("h2"), 7).await);
+    let refusal = expect_insufficient(reserve(&l, &a, &hold("h3"), 5).await);
+    assert_eq!((refusal.required, refusal.available), (5, 3));
+    assert_eq!(refusal.shortfall(), 2);
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (3, 7, 0, 10, 1));
+
+    // The refused id left no trace: it can hold once there is room.
+    l.refund(&a, &hold("h2")).await.unwrap();
+    let held = expect_held(reserve(&l, &a, &hold("h1"), 10).await);
+    assert!(!held.replayed);
+    assert_eq!(held.available, 0);
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (0, 10, 0, 10, 1));
+}
+
+/// A reserve on an account never topped up or configured is an error and creates nothing.
+pub async fn reserve_unknown_account_creates_nothing<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let ghost = acct("acct_ghost");
+    for amount in [0, 1, 10] {
+        let r = l
+            .reserve(Reserve::new(ghost.clone(), hold("h1"), amount))
+            .await;
+        assert!(
+            matches!(r, Err(LedgerError::UnknownAccount)),
+            "reserve {amount}: {r:?}"
+        );
+    }
+    assert!(matches!(
+        l.balance(&ghost).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+    assert!(matches!(
+        l.usage(&ghost).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+
+    // Once it exists, the same hold id holds: the refusal left no tombstone.
+    l.top_up(&ghost, 10, "pay-1").await.unwrap();
+    let held = expect_held(reserve(&l, &ghost, &hold("h1"), 10).await);
+    assert!(!held.replayed);
+    assert_eq!(
+        totals(&assert_conserved(&l, &ghost).await),
+        (0, 10, 0, 10, 1)
+    );
+}
+
+/// Zero credits can be held and committed; nothing moves but the call is counted.
+pub async fn zero_amount_reserve_and_commit<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_zero", 5).await;
+    let held = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 0).route("GET /free"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((held.amount, held.available), (0, 5));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (5, 0, 0, 5, 1));
+    let s = l.commit(&a, &hold("h1"), 0).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    assert_eq!((s.committed, s.released, s.clamped), (0, 0, false));
+    assert_eq!(s.available, Some(5));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (5, 0, 0, 5, 0));
+    let usage = l.usage(&a).await.unwrap();
+    let free = usage.by_route.get("GET /free").expect("route counted");
+    assert_eq!((free.credits, free.calls), (0, 1));
+
+    // A zero hold fits an empty account too; a commit of more is clamped to zero.
+    let empty = acct("acct_empty");
+    l.top_up(&empty, 0, "nothing").await.unwrap();
+    expect_held(reserve(&l, &empty, &hold("h2"), 0).await);
+    let s = l.commit(&empty, &hold("h2"), 3).await.unwrap();
+    assert_eq!(
+        (s.outcome, s.committed, s.clamped),
+        (SettleOutcome::Committed, 0, true)
+    );
+    assert_eq!(totals(&assert_conserved(&l, &empty).await), (0, 0, 0, 0, 0));
+}
+
+/// `MAX_AMOUNT` is accepted everywhere; one more is `AmountOutOfRange` and writes nothing.
+pub async fn max_amount_bounds<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let (big, other) = (acct("acct_big"), acct("acct_other"));
+    let t = l.top_up(&big, MAX_AMOUNT, "max").await.unwrap();
+    assert_eq!(t.available, MAX_AMOUNT as i64);
+
+    let too_big = MAX_AMOUNT + 1;
+    let is_out_of_range = |r: &LedgerError| {
+        matches!(r, LedgerError::AmountOutOfRange { amount, max }
+            if *amount == too_big && *max == MAX_AMOUNT)
+    };
+    let r = l.top_up(&other, too_big, "too-big").await.unwrap_err();
+    assert!(is_out_of_range(&r), "{r:?}");
+    assert!(matches!(
+        l.balance(&other).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+    let r = l.top_up(&big, u64::MAX, "way-too-big").await.unwrap_err();
+    assert!(matches!(r, LedgerError::AmountOutOfRange { .. }), "{r:?}");
+
+    let r = l
+        .reserve(Reserve::new(big.clone(), hold("h0"), too_big))
+        .await
+        .unwrap_err();
+    assert!(is_out_of_range(&r), "{r:?}");
+    assert_eq!(
+        totals(&assert_conserved(&l, &big).await),
+        (MAX_AMOUNT as i64, 0, 0, MAX_AMOUNT, 0)
+    );
+
+    let held = expect_held(reserve(&l, &big, &hold("h1"), MAX_AMOUNT).await);
+    assert_eq!((held.amount, held.available), (MAX_AMOUNT, 0));
+    let r = l.commit(&big, &hold("h1"), too_big).await.unwrap_err();
+    assert!(is_out_of_range(&r), "{r:?}");
+    // The hold is still open after the refused commit.
+    assert_eq!(
+        totals(&assert_conserved(&l, &big).await),
+        (0, MAX_AMOUNT, 0, MAX_AMOUNT, 1)
+    );
+    let s = l.commit(&big, &hold("h1"), MAX_AMOUNT).await.unwrap();
+    assert_eq!(
+        (s.outcome, s.committed),
+        (SettleOutcome::Committed, MAX_AMOUNT)
+    );
+    assert_eq!(
+        totals(&assert_conserved(&l, &big).await),
+        (0, 0, MAX_AMOUNT, MAX_AMOUNT, 0)
+    );
+
+    // Settings are amounts too.
+    let r = l
+        .configure(&other, AccountSettings::new().credit_limit(too_big))
+        .await
+        .unwrap_err();
+    assert!(is_out_of_range(&r), "{r:?}");
+    assert!(matches!(
+        l.balance(&other).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+}
+
+/// A top-up that would push `topped_up` past `MAX_AMOUNT` is refused and changes nothing,
+/// not even its idempotency key.
+pub async fn top_up_past_max_total_is_refused<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_full", MAX_AMOUNT - 5).await;
+    for (amount, key) in [(6, "six"), (MAX_AMOUNT, "max")] {
+        match l.top_up(&a, amount, key).await {
+            Err(LedgerError::TotalOutOfRange { max, .. }) => assert_eq!(max, MAX_AMOUNT),
+            other => panic!("expected TotalOutOfRange, got {other:?}"),
+        }
+    }
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(
+        totals(&b),
+        ((MAX_AMOUNT - 5) as i64, 0, 0, MAX_AMOUNT - 5, 0)
+    );
+
+    // The refused key was not recorded: it may now credit another amount.
+    let t = l.top_up(&a, 5, "six").await.unwrap();
+    assert_eq!((t.replayed, t.available), (false, MAX_AMOUNT as i64));
+    assert!(matches!(
+        l.top_up(&a, 1, "one-more").await,
+        Err(LedgerError::TotalOutOfRange { .. })
+    ));
+    assert_eq!(assert_conserved(&l, &a).await.topped_up, MAX_AMOUNT);
+}
+
+/// With an overdraft, a reserve that would push `held` past `MAX_AMOUNT` is refused and
+/// changes nothing.
+pub async fn reserve_past_max_total_is_refused<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_huge", MAX_AMOUNT).await;
+    l.configure(&a, AccountSettings::new().credit_limit(MAX_AMOUNT))
+        .await
+        .unwrap();
+    expect_held(reserve(&l, &a, &hold("h1"), MAX_AMOUNT).await);
+    let r = l.reserve(Reserve::new(a.clone(), hold("h2"), 1)).await;
+    assert!(
+        matches!(r, Err(LedgerError::TotalOutOfRange { max, .. }) if max == MAX_AMOUNT),
+        "{r:?}"
+    );
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(totals(&b), (0, MAX_AMOUNT, 0, MAX_AMOUNT, 1));
+    // The refused id left no trace.
+    l.refund(&a, &hold("h1")).await.unwrap();
+    assert!(!expect_held(reserve(&l, &a, &hold("h2"), 1).await).replayed);
+}
+
+/// `available` may go down to `-credit_limit`, not below, and refusals report the limit.
+pub async fn overdraft_with_credit_limit<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_overdraft", 10).await;
+    l.configure(&a, AccountSettings::new().credit_limit(20))
+        .await
+        .unwrap();
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!((b.available, b.credit_limit), (10, 20));
+
+    let held = expect_held(reserve(&l, &a, &hold("h1"), 25).await);
+    assert_eq!((held.available, held.credit_limit), (-15, 20));
+
+    let refusal = expect_insufficient(reserve(&l, &a, &hold("h2"), 6).await);
+    assert_eq!(
+        (refusal.required, refusal.available, refusal.credit_limit),
+        (6, -15, 20)
+    );
+    assert_eq!(refusal.shortfall(), 1, "6 - (-15 + 20)");
+
+    let held = expect_held(reserve(&l, &a, &hold("h3"), 5).await);
+    assert_eq!(held.available, -20);
+    expect_held(reserve(&l, &a, &hold("h4"), 0).await);
+    let refusal = expect_insufficient(reserve(&l, &a, &hold("h5"), 1).await);
+    assert_eq!((refusal.available, refusal.shortfall()), (-20, 1));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (-20, 30, 0, 10, 3));
+
+    for id in ["h1", "h3", "h4"] {
+        let s = l.commit(&a, &hold(id), 100).await.unwrap();
+        assert_eq!(s.outcome, SettleOutcome::Committed);
+    }
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(totals(&b), (-20, 0, 30, 10, 0));
+
+    // Lowering the limit below the debt refuses even a zero hold until a top-up.
+    l.configure(&a, AccountSettings::new().credit_limit(5))
+        .await
+        .unwrap();
+    let refusal = expect_insufficient(reserve(&l, &a, &hold("h6"), 0).await);
+    assert_eq!((refusal.available, refusal.credit_limit), (-20, 5));
+    assert_eq!(refusal.shortfall(), 15);
+    l.top_up(&a, 15, "pay-2").await.unwrap();
+    assert_eq!(
+        expect_held(reserve(&l, &a, &hold("h6"), 0).await).available,
+        -5
+    );
+
+    // `configure` creates an account.
+    let fresh = acct("acct_fresh");
+    l.configure(&fresh, AccountSettings::new().credit_limit(5))
+        .await
+        .unwrap();
+    let b = assert_conserved(&l, &fresh).await;
+    assert_eq!((totals(&b), b.credit_limit), ((0, 0, 0, 0, 0), 5));
+    assert_eq!(
+        expect_held(reserve(&l, &fresh, &hold("h1"), 5).await).available,
+        -5
+    );
+    assert_conserved(&l, &a).await;
+    assert_conserved(&l, &fresh).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Settling
+// ---------------------------------------------------------------------------------------
+
+/// A commit of less than the hold charges that much and releases the rest.
+pub async fn commit_less_than_hold_releases_rest<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_commit", 100).await;
+    expect_held(reserve(&l, &a, &hold("h1"), 40).await);
+    let s = l.commit(&a, &hold("h1"), 15).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    assert_eq!((s.committed, s.released, s.clamped), (15, 25, false));
+    assert_eq!(s.available, Some(85));
+    assert!(!s.threshold_crossed);
+    assert!(s.outcome.is_applied());
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (85, 0, 15, 100, 0));
+}
+
+/// A commit of more than the hold is clamped to the hold.
+pub async fn commit_more_than_hold_is_clamped<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_clamp", 100).await;
+    expect_held(reserve(&l, &a, &hold("h1"), 40).await);
+    let s = l.commit(&a, &hold("h1"), 55).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    assert_eq!((s.committed, s.released, s.clamped), (40, 0, true));
+    assert_eq!(s.available, Some(60));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (60, 0, 40, 100, 0));
+
+    // Exactly the hold is not clamped.
+    expect_held(reserve(&l, &a, &hold("h2"), 10).await);
+    let s = l.commit(&a, &hold("h2"), 10).await.unwrap();
+    assert_eq!((s.committed, s.released, s.clamped), (10, 0, false));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (50, 0, 50, 100, 0));
+}
+
+/// A refund gives the whole hold back.
+pub async fn refund_gives_everything_back<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_refund", 100).await;
+    expect_held(reserve(&l, &a, &hold("h1"), 40).await);
+    let s = l.refund(&a, &hold("h1")).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Refunded);
+    assert_eq!((s.committed, s.released, s.clamped), (0, 40, false));
+    assert_eq!(s.available, Some(100));
+    assert!(s.outcome.is_applied());
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (100, 0, 0, 100, 0));
+    assert!(
+        l.usage(&a).await.unwrap().by_route.is_empty(),
+        "refunds are not usage"
+    );
+}
+
+/// A second commit of the same hold is `AlreadyCommitted` and moves nothing; so is a
+/// refund after the commit and a reserve of the same id.
+pub async fn double_commit_moves_nothing<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_double", 100).await;
+    expect_held(reserve(&l, &a, &hold("h1"), 40).await);
+    assert_eq!(l.commit(&a, &hold("h1"), 10).await.unwrap().committed, 10);
+    let s = l.commit(&a, &hold("h1"), 10).await.unwrap();
+    assert_nothing_moved(&s, SettleOutcome::AlreadyCommitted);
+    assert_eq!(s.available, Some(90));
+    let s = l.refund(&a, &hold("h1")).await.unwrap();
+    assert_nothing_moved(&s, SettleOutcome::AlreadyCommitted);
+    assert_eq!(
+        reserve(&l, &a, &hold("h1"), 40).await,
+        ReserveOutcome::Closed(SettleOutcome::AlreadyCommitted)
+    );
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (90, 0, 10, 100, 0));
+    let usage = l.usage(&a).await.unwrap();
+    assert_eq!(
+        usage.by_route.get("").map(|u| (u.credits, u.calls)),
+        Some((10, 1))
+    );
+}
+
+/// A commit after a refund is `AlreadyRefunded` and moves nothing.
+pub async fn commit_after_refund_is_already_refunded<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_refunded", 100).await;
+    expect_held(reserve(&l, &a, &hold("h1"), 40).await);
+    l.refund(&a, &hold("h1")).await.unwrap();
+    let s = l.commit(&a, &hold("h1"), 40).await.unwrap();
+    assert_nothing_moved(&s, SettleOutcome::AlreadyRefunded);
+    assert_eq!(s.available, Some(100));
+    let s = l.refund(&a, &hold("h1")).await.unwrap();
+    assert_nothing_moved(&s, SettleOutcome::AlreadyRefunded);
+    assert_eq!(
+        reserve(&l, &a, &hold("h1"), 40).await,
+        ReserveOutcome::Closed(SettleOutcome::AlreadyRefunded)
+    );
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (100, 0, 0, 100, 0));
+}
+
+/// A refund of an id never seen says `Unknown` and leaves a tombstone: the reserve that
+/// arrives after its own refund never holds.
+pub async fn refund_of_unknown_hold_leaves_tombstone<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_tombstone", 50).await;
+    let late = hold("late-reserve");
+    let s = l.refund(&a, &late).await.unwrap();
+    assert_nothing_moved(&s, SettleOutcome::Unknown);
+    assert_eq!(s.available, Some(50));
+
+    let r = reserve(&l, &a, &late, 10).await;
+    assert!(matches!(r, ReserveOutcome::Closed(_)), "{r:?}");
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (50, 0, 0, 50, 0));
+    // Nothing to commit or extend either.
+    let s = l.commit(&a, &late, 10).await.unwrap();
+    assert!(!s.outcome.is_applied() && s.committed == 0, "{s:?}");
+    assert!(matches!(
+        l.extend(&a, &late, Duration::from_secs(60)).await.unwrap(),
+        Extended::NotOpen(_)
+    ));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (50, 0, 0, 50, 0));
+}
+
+/// A commit of an id never seen says `Unknown`, moves nothing and leaves no tombstone.
+pub async fn commit_of_unknown_hold_moves_nothing<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_unknown_hold", 50).await;
+    expect_held(reserve(&l, &a, &hold("other"), 5).await);
+    let s = l.commit(&a, &hold("never"), 10).await.unwrap();
+    assert_nothing_moved(&s, SettleOutcome::Unknown);
+    assert_eq!(s.available, Some(45));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (45, 5, 0, 50, 1));
+    assert!(l.usage(&a).await.unwrap().by_route.is_empty());
+    // A hold belongs to its account: another account cannot settle it.
+    let b = acct("acct_stranger");
+    l.top_up(&b, 1, "pay-1").await.unwrap();
+    assert_nothing_moved(
+        &l.commit(&b, &hold("other"), 5).await.unwrap(),
+        SettleOutcome::Unknown,
+    );
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (45, 5, 0, 50, 1));
+    // The id is still free to hold.
+    assert!(!expect_held(reserve(&l, &a, &hold("never"), 10).await).replayed);
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (35, 15, 0, 50, 2));
+    assert_conserved(&l, &b).await;
+}
+
+/// Settling on an account that does not exist says `Unknown`, without a balance, and
+/// creates nothing.
+pub async fn settle_on_unknown_account_is_unknown<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let ghost = acct("acct_nobody");
+    let s = l.commit(&ghost, &hold("h1"), 5).await.unwrap();
+    assert_nothing_moved(&s, SettleOutcome::Unknown);
+    assert_eq!(s.available, None);
+    let s = l.refund(&ghost, &hold("h1")).await.unwrap();
+    assert_nothing_moved(&s, SettleOutcome::Unknown);
+    assert_eq!(s.available, None);
+    assert_eq!(
+        l.extend(&ghost, &hold("h1"), Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Extended::NotOpen(SettleOutcome::Unknown)
+    );
+    assert!(matches!(
+        l.balance(&ghost).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+}
+
+/// A retried reserve with the same id returns the first answer and holds once.
+pub async fn retried_reserve_is_replayed<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_retry", 100).await;
+    let first = expect_held(reserve(&l, &a, &hold("h1"), 30).await);
+    assert!(!first.replayed);
+    let again = expect_held(reserve(&l, &a, &hold("h1"), 30).await);
+    assert!(again.replayed);
+    assert_eq!((again.amount, again.available), (30, 70));
+    assert_eq!(again.expires_at_ms, first.expires_at_ms);
+    // Even with another amount, the first hold stands.
+    let other = expect_held(reserve(&l, &a, &hold("h1"), 90).await);
+    assert_eq!((other.amount, other.replayed), (30, true));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (70, 30, 0, 100, 1));
+    // And a replay is answered even when the account could not afford a new hold.
+    expect_held(reserve(&l, &a, &hold("h2"), 70).await);
+    let again = expect_held(reserve(&l, &a, &hold("h1"), 30).await);
+    assert_eq!((again.replayed, again.available), (true, 0));
+
+    let s = l.commit(&a, &hold("h1"), 30).await.unwrap();
+    assert_eq!(s.committed, 30);
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (0, 70, 30, 100, 1));
+}
+
+/// An expired hold goes back to `available`; settling it later says `Expired` and moves
+/// nothing.
+pub async fn expired_hold_returns_and_cannot_settle<H: Harness>(h: &H) {
+    let (l, clock, a) = funded(h, "acct_expiry", 100).await;
+    let short = expect_held(
+        l.reserve(
+            Reserve::new(a.clone(), hold("h1"), 30)
+                .ttl(Duration::from_secs(10))
+                .route("GET /slow"),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_expires_in(short.expires_at_ms, &clock, Duration::from_secs(10));
+    // A long hold that must survive.
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h2"), 20).ttl(Duration::from_secs(600)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (50, 50, 0, 100, 2));
+
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (80, 20, 0, 100, 1));
+
+    let s = l.commit(&a, &hold("h1"), 30).await.unwrap();
+    assert_nothing_moved(&s, SettleOutcome::Expired);
+    assert_eq!(s.available, Some(80));
+    assert_nothing_moved(
+        &l.refund(&a, &hold("h1")).await.unwrap(),
+        SettleOutcome::Expired,
+    );
+    assert_eq!(
+        l.extend(&a, &hold("h1"), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Extended::NotOpen(SettleOutcome::Expired)
+    );
+    assert_eq!(
+        reserve(&l, &a, &hold("h1"), 30).await,
+        ReserveOutcome::Closed(SettleOutcome::Expired)
+    );
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (80, 20, 0, 100, 1));
+    assert!(l.usage(&a).await.unwrap().by_route.is_empty());
+
+    // The long hold is still there.
+    let s = l.commit(&a, &hold("h2"), 20).await.unwrap();
+    assert_eq!((s.outcome, s.committed), (SettleOutcome::Committed, 20));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (80, 0, 20, 100, 0));
+}
+
+/// `extend` keeps a hold alive past its original ttl.
+pub async fn extend_keeps_hold_alive<H: Harness>(h: &H) {
+    let (l, clock, a) = funded(h, "acct_extend", 100).await;
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 30).ttl(Duration::from_secs(10)))
+            .await
+            .unwrap(),
+    );
+    clock.advance(Duration::from_secs(5));
+    match l
+        .extend(&a, &hold("h1"), Duration::from_secs(20))
+        .await
+        .unwrap()
+    {
+        Extended::Until(at) => assert_expires_in(at, &clock, Duration::from_secs(20)),
+        other => panic!("expected Until, got {other:?}"),
+    }
+    // 15 s after the reserve: past the original 10 s, well within the extension.
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (70, 30, 0, 100, 1));
+    let again = expect_held(reserve(&l, &a, &hold("h1"), 30).await);
+    assert!(again.replayed);
+    let s = l.commit(&a, &hold("h1"), 30).await.unwrap();
+    assert_eq!((s.outcome, s.committed), (SettleOutcome::Committed, 30));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (70, 0, 30, 100, 0));
+
+    // The extension too runs out.
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h2"), 30).ttl(Duration::from_secs(10)))
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        l.extend(&a, &hold("h2"), Duration::from_secs(20))
+            .await
+            .unwrap(),
+        Extended::Until(_)
+    ));
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (70, 0, 30, 100, 0));
+    assert_nothing_moved(
+        &l.commit(&a, &hold("h2"), 30).await.unwrap(),
+        SettleOutcome::Expired,
+    );
+}
+
+/// Extending a hold that is no longer open says why.
+pub async fn extend_of_settled_hold_is_not_open<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_extend_closed", 100).await;
+    let ttl = Duration::from_secs(60);
+    expect_held(reserve(&l, &a, &hold("c"), 10).await);
+    l.commit(&a, &hold("c"), 5).await.unwrap();
+    expect_held(reserve(&l, &a, &hold("r"), 10).await);
+    l.refund(&a, &hold("r")).await.unwrap();
+    assert_eq!(
+        l.extend(&a, &hold("c"), ttl).await.unwrap(),
+        Extended::NotOpen(SettleOutcome::AlreadyCommitted)
+    );
+    assert_eq!(
+        l.extend(&a, &hold("r"), ttl).await.unwrap(),
+        Extended::NotOpen(SettleOutcome::AlreadyRefunded)
+    );
+    assert_eq!(
+        l.extend(&a, &hold("never"), ttl).await.unwrap(),
+        Extended::NotOpen(SettleOutcome::Unknown)
+    );
+    // Extending an unknown id leaves no tombstone.
+    assert!(!expect_held(reserve(&l, &a, &hold("never"), 1).await).replayed);
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (94, 1, 5, 100, 1));
+}
+
+/// A ttl of zero (or past `MAX_HOLD_TTL`) is refused and holds nothing.
+pub async fn invalid_ttl_is_refused<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_ttl", 100).await;
+    for ttl in [
+        Duration::ZERO,
+        Duration::from_micros(999),
+        MAX_HOLD_TTL + Duration::from_secs(1),
+    ] {
+        let r = l
+            .reserve(Reserve::new(a.clone(), hold("h1"), 10).ttl(ttl))
+            .await;
+        assert!(
+            matches!(r, Err(LedgerError::InvalidTtl { ttl: got }) if got == ttl),
+            "ttl {ttl:?}: {r:?}"
+        );
+    }
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (100, 0, 0, 100, 0));
+
+    expect_held(reserve(&l, &a, &hold("h1"), 10).await);
+    let r = l.extend(&a, &hold("h1"), Duration::ZERO).await;
+    assert!(matches!(r, Err(LedgerError::InvalidTtl { .. })), "{r:?}");
+    // The longest ttl is fine.
+    let r = l
+        .reserve(Reserve::new(a.clone(), hold("h2"), 10).ttl(MAX_HOLD_TTL))
+        .await
+        .unwrap();
+    expect_held(r);
+    assert!(matches!(
+        l.extend(&a, &hold("h1"), MAX_HOLD_TTL).await.unwrap(),
+        Extended::Until(_)
+    ));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (80, 20, 0, 100, 2));
+}
+
+/// Bad idempotency keys and route labels are refused before anything is written.
+pub async fn invalid_arguments_write_nothing<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let a = acct("acct_invalid");
+    let long_key = "k".repeat(256);
+    for key in ["", "has space", "tab\there", "é", long_key.as_str()] {
+        let r = l.top_up(&a, 10, key).await;
+        assert!(
+            matches!(r, Err(LedgerError::InvalidIdempotencyKey)),
+            "key {key:?}: {r:?}"
+        );
+    }
+    assert!(matches!(
+        l.balance(&a).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+    // The longest key and every printable character are fine.
+    l.top_up(&a, 10, &"k".repeat(255)).await.unwrap();
+    l.top_up(&a, 10, "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+        .await
+        .unwrap();
+
+    let long_route = "r".repeat(257);
+    for route in ["bad\nroute", "nul\0", long_route.as_str()] {
+        let r = l
+            .reserve(Reserve::new(a.clone(), hold("h1"), 5).route(route))
+            .await;
+        assert!(
+            matches!(r, Err(LedgerError::InvalidRoute)),
+            "route {route:?}: {r:?}"
+        );
+    }
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (20, 0, 0, 20, 0));
+    // The refused id is still free.
+    let held = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 5).route("GET /ünïcode {ok}"))
+            .await
+            .unwrap(),
+    );
+    assert!(!held.replayed);
+    l.commit(&a, &hold("h1"), 5).await.unwrap();
+    let usage = l.usage(&a).await.unwrap();
+    assert_eq!(
+        usage.by_route.get("GET /ünïcode {ok}").map(|u| u.credits),
+        Some(5)
+    );
+    assert_conserved(&l, &a).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Usage and warnings
+// ---------------------------------------------------------------------------------------
+
+/// Commits add up by route (set with `Reserve::route`); refunds and expiries do not count.
+pub async fn usage_by_route_accumulates<H: Harness>(h: &H) {
+    let (l, clock, a) = funded(h, "acct_usage", 1_000).await;
+    let steps: [(&str, Option<&str>, u64, Option<u64>); 6] = [
+        ("h1", Some("GET /a"), 10, Some(7)),
+        ("h2", Some("GET /a"), 10, Some(10)),
+        ("h3", Some("POST /b"), 5, Some(9)), // clamped to 5
+        ("h4", None, 3, Some(2)),
+        ("h5", Some("GET /a"), 50, None), // refunded
+        ("h6", Some("POST /b"), 4, Some(0)),
+    ];
+    for (id, route, amount, actual) in steps {
+        let mut r = Reserve::new(a.clone(), hold(id), amount);
+        if let Some(route) = route {
+            r = r.route(route);
+        }
+        expect_held(l.reserve(r).await.unwrap());
+        match actual {
+            Some(actual) => assert!(l
+                .commit(&a, &hold(id), actual)
+                .await
+                .unwrap()
+                .outcome
+                .is_applied()),
+            None => assert!(l.refund(&a, &hold(id)).await.unwrap().outcome.is_applied()),
+        }
+    }
+    // An expired hold does not count.
+    expect_held(
+        l.reserve(
+            Reserve::new(a.clone(), hold("h7"), 8)
+                .route("GET /c")
+                .ttl(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap(),
+    );
+    clock.advance(Duration::from_secs(20));
+
+    let usage = l.usage(&a).await.unwrap();
+    let got: BTreeMap<&str, (u64, u64)> = usage
+        .by_route
+        .iter()
+        .map(|(route, u)| (route.as_str(), (u.credits, u.calls)))
+        .collect();
+    let want = BTreeMap::from([("GET /a", (17, 2)), ("POST /b", (5, 2)), ("", (2, 1))]);
+    assert_eq!(got, want);
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(b.committed, 24);
+    assert_eq!(totals(&b), (976, 0, 24, 1_000, 0));
+}
+
+async fn spend<L: Ledger>(l: &L, a: &AccountId, id: &str, amount: u64) -> Settlement {
+    expect_held(reserve(l, a, &hold(id), amount).await);
+    let s = l.commit(a, &hold(id), amount).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    s
+}
+
+/// A commit that takes `available` below the account's threshold says so exactly once
+/// per crossing.
+pub async fn low_balance_threshold_crossed_once_per_crossing<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_low", 100).await;
+    l.configure(&a, AccountSettings::new().low_balance_threshold(50))
+        .await
+        .unwrap();
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(b.low_balance_threshold, Some(50));
+    let held = expect_held(reserve(&l, &a, &hold("peek"), 0).await);
+    assert_eq!(held.low_balance_threshold, Some(50));
+    l.refund(&a, &hold("peek")).await.unwrap();
+
+    let s = spend(&l, &a, "s1", 30).await; // 70: above
+    assert_eq!((s.available, s.threshold_crossed), (Some(70), false));
+    assert_eq!(s.low_balance_threshold, Some(50));
+    let s = spend(&l, &a, "s2", 20).await; // 50: not below
+    assert_eq!((s.available, s.threshold_crossed), (Some(50), false));
+    let s = spend(&l, &a, "s3", 10).await; // 40: crossed
+    assert_eq!((s.available, s.threshold_crossed), (Some(40), true));
+    let s = spend(&l, &a, "s4", 10).await; // 30: still below, already said
+    assert_eq!((s.available, s.threshold_crossed), (Some(30), false));
+    let s = spend(&l, &a, "s5", 0).await;
+    assert_eq!((s.available, s.threshold_crossed), (Some(30), false));
+
+    // A top-up lifts it above; the next commit below is a new crossing.
+    l.top_up(&a, 100, "pay-2").await.unwrap(); // 130
+    let s = spend(&l, &a, "s6", 70).await; // 60: above
+    assert_eq!((s.available, s.threshold_crossed), (Some(60), false));
+    let s = spend(&l, &a, "s7", 20).await; // 40: crossed again
+    assert_eq!((s.available, s.threshold_crossed), (Some(40), true));
+    let s = spend(&l, &a, "s8", 1).await;
+    assert_eq!((s.available, s.threshold_crossed), (Some(39), false));
+
+    // A refund that lifts it above re-arms too.
+    l.top_up(&a, 41, "pay-3").await.unwrap(); // 80
+    expect_held(reserve(&l, &a, &hold("big"), 30).await); // 50
+    let s = spend(&l, &a, "s9", 5).await; // 45: crossed
+    assert_eq!((s.available, s.threshold_crossed), (Some(45), true));
+    let s = l.refund(&a, &hold("big")).await.unwrap(); // 75
+    assert_eq!((s.available, s.threshold_crossed), (Some(75), false));
+    let s = spend(&l, &a, "s10", 30).await; // 45: crossed
+    assert_eq!((s.available, s.threshold_crossed), (Some(45), true));
+
+    // A refund or a failed reserve never reports a crossing.
+    expect_held(reserve(&l, &a, &hold("r1"), 5).await);
+    assert!(!l.refund(&a, &hold("r1")).await.unwrap().threshold_crossed);
+    assert_conserved(&l, &a).await;
+}
+
+/// An expired hold that lifts `available` back above the threshold re-arms the warning.
+pub async fn low_balance_threshold_rearms_after_expiry<H: Harness>(h: &H) {
+    let (l, clock, a) = funded(h, "acct_low_expiry", 100).await;
+    l.configure(&a, AccountSettings::new().low_balance_threshold(50))
+        .await
+        .unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("stuck"), 40).ttl(Duration::from_secs(10)))
+            .await
+            .unwrap(),
+    ); // 60
+    let s = spend(&l, &a, "s1", 30).await; // 30: crossed
+    assert_eq!((s.available, s.threshold_crossed), (Some(30), true));
+    clock.advance(Duration::from_secs(20)); // the stuck hold comes back: 70
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(totals(&b), (70, 0, 30, 100, 0));
+    let s = spend(&l, &a, "s2", 30).await; // 40: a new crossing
+    assert_eq!((s.available, s.threshold_crossed), (Some(40), true));
+    let s = spend(&l, &a, "s3", 1).await;
+    assert_eq!((s.available, s.threshold_crossed), (Some(39), false));
+    assert_conserved(&l, &a).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// API keys
+// ---------------------------------------------------------------------------------------
+
+/// API keys are stored by hash: register, look up, move, revoke.
+pub async fn api_keys_register_lookup_revoke<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let (a, b) = (acct("acct_keys_a"), acct("acct_keys_b"));
+    l.top_up(&a, 1, "pay-1").await.unwrap();
+    l.top_up(&b, 1, "pay-1").await.unwrap();
+    // Raw keys unique to this run, in case the store's key records are shared.
+    let raw = format!("sk_test_{}", HoldId::generate());
+    let key = ApiKeyHash::of(&raw);
+    let stranger = ApiKeyHash::of(&format!("sk_test_{}", HoldId::generate()));
+
+    assert_eq!(l.lookup_api_key(&key).await.unwrap(), None);
+    l.register_api_key(&key, &a).await.unwrap();
+    assert_eq!(l.lookup_api_key(&key).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        l.lookup_api_key(&ApiKeyHash::of(&raw)).await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(l.lookup_api_key(&stranger).await.unwrap(), None);
+
+    // Re-registering moves the key.
+    l.register_api_key(&key, &b).await.unwrap();
+    assert_eq!(l.lookup_api_key(&key).await.unwrap(), Some(b.clone()));
+
+    assert!(l.revoke_api_key(&key).await.unwrap());
+    assert_eq!(l.lookup_api_key(&key).await.unwrap(), None);
+    assert!(!l.revoke_api_key(&key).await.unwrap());
+    assert!(!l.revoke_api_key(&stranger).await.unwrap());
+    assert_conserved(&l, &a).await;
+    assert_conserved(&l, &b).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Concurrency and scale
+// ---------------------------------------------------------------------------------------
+
+/// A small xorshift generator: the cases need cheap, seedable randomness, not quality.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A failed call in the concurrency case; a timeout there usually means the harness gave
+/// the ledger a per-call deadline too short for 64 tasks on a loaded test machine.
+fn under_load<T>(what: &str, e: LedgerError) -> T {
+    if e.is_unavailable() {
+        panic!(
+            "{what} under load: {e}. The harness should give the ledger a generous \
+             per-call deadline (seconds, not milliseconds): this case is about atomicity, \
+             not latency"
+        )
+    }
+    panic!("{what} under load: {e}")
+}
+
+/// 64 tasks race to hold, commit and refund the same 100 credits: nothing is ever
+/// double-spent, and conservation holds at the end.
+pub async fn concurrent_reserves_never_overshoot<H: Harness>(h: &H) {
+    const TASKS: u64 = 64;
+    const ROUNDS: u64 = 60;
+    const CREDITS: u64 = 100;
+    let (l, _clock, a) = funded(h, "acct_race", CREDITS).await;
+
+    // A lower bound of `held + committed`: a hold counts from when its reserve returned
+    // until its settle is sent, a commit from when it returned. It must never pass the
+    // credits there are.
+    let in_use = Arc::new(AtomicI64::new(0));
+    let committed = Arc::new(AtomicU64::new(0));
+    let holds_granted = Arc::new(AtomicU64::new(0));
+
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (l, a) = (l.clone(), a.clone());
+        let (in_use, committed, holds_granted) =
+            (in_use.clone(), committed.clone(), holds_granted.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng::new(task + 1);
+            for round in 0..ROUNDS {
+                let amount = 1 + rng.below(3);
+                let id = hold(&format!("t{task}-r{round}"));
+                let outcome = l
+                    .reserve(Reserve::new(a.clone(), id.clone(), amount).route("race"))
+                    .await
+                    .unwrap_or_else(|e| under_load("reserve", e));
+                match outcome {
+                    ReserveOutcome::Held(held) => {
+                        assert!(!held.replayed);
+                        assert!(held.available >= 0, "overshoot: {held:?}");
+                        holds_granted.fetch_add(1, Ordering::Relaxed);
+                        let now = in_use.fetch_add(amount as i64, Ordering::SeqCst) + amount as i64;
+                        assert!(
+                            now <= CREDITS as i64,
+                            "{now} credits in use out of {CREDITS}"
+                        );
+                        if rng.below(4) == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        in_use.fetch_sub(amount as i64, Ordering::SeqCst);
+                        let s = if rng.below(3) == 0 {
+                            let actual = rng.below(amount + 2); // sometimes clamped
+                            let s = l
+                                .commit(&a, &id, actual)
+                                .await
+                                .unwrap_or_else(|e| under_load("commit", e));
+                            assert_eq!(s.outcome, SettleOutcome::Committed);
+                            assert_eq!(s.committed, actual.min(amount));
+                            assert_eq!(s.clamped, actual > amount);
+                            committed.fetch_add(s.committed, Ordering::SeqCst);
+                            in_use.fetch_add(s.committed as i64, Ordering::SeqCst);
+                            s
+                        } else {
+                            let s = l
+                                .refund(&a, &id)
+                                .await
+                                .unwrap_or_else(|e| under_load("refund", e));
+                            assert_eq!((s.outcome, s.released), (SettleOutcome::Refunded, amount));
+                            s
+                        };
+                        assert!(s.available.unwrap() >= 0, "overshoot: {s:?}");
+                    }
+                    ReserveOutcome::Insufficient(refusal) => {
+                        assert!(refusal.available >= 0, "overshoot: {refusal:?}");
+                        assert!(refusal.available < amount as i64, "{refusal:?}");
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task panicked");
+    }
+
+    let committed = committed.load(Ordering::SeqCst);
+    assert!(holds_granted.load(Ordering::SeqCst) > 0);
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(
+        totals(&b),
+        ((CREDITS - committed) as i64, 0, committed, CREDITS, 0)
+    );
+    let usage = l.usage(&a).await.unwrap();
+    assert_eq!(
+        usage.by_route.get("race").map(|u| u.credits).unwrap_or(0),
+        committed
+    );
+}
+
+/// Fifty accounts with ids from the whole allowed alphabet stay independent (a sharded or
+/// clustered store spreads them over shards).
+pub async fn many_accounts_are_independent<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let ids: Vec<AccountId> = (0..50)
+        .map(|i| match i % 7 {
+            0 => acct(&format!("acct_{i}")),
+            1 => acct(&format!("user{i}@example.com")),
+            2 => acct(&format!("org:{i}:team-{i}")),
+            3 => acct(&format!("a+b={i}.x")),
+            4 => acct(&format!("{i}")),
+            5 => acct(&format!("{}{i}", "Z".repeat(126 - i.to_string().len()))),
+            _ => acct(&format!("MiXeD-Case_{i}.:@+=")),
+        })
+        .collect();
+    assert_eq!(
+        ids.len(),
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len()
+    );
+
+    let mut tasks = Vec::new();
+    for (i, a) in ids.iter().cloned().enumerate() {
+        let l = l.clone();
+        let i = i as u64;
+        tasks.push(tokio::spawn(async move {
+            l.top_up(&a, 100 + i, "pay-1").await.unwrap();
+            let id = hold("h1");
+            expect_held(
+                l.reserve(Reserve::new(a.clone(), id.clone(), 10 + i).route("GET /many"))
+                    .await
+                    .unwrap(),
+            );
+            l.commit(&a, &id, i).await.unwrap();
+            expect_held(
+                l.reserve(Reserve::new(a.clone(), hold("open"), 1))
+                    .await
+                    .unwrap(),
+            );
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task panicked");
+    }
+    for (i, a) in ids.iter().enumerate() {
+        let i = i as u64;
+        let b = assert_conserved(&l, a).await;
+        assert_eq!(
+            totals(&b),
+            ((100 + i - i - 1) as i64, 1, i, 100 + i, 1),
+            "account {a}"
+        );
+        let usage = l.usage(a).await.unwrap();
+        let u = usage.by_route["GET /many"];
+        assert_eq!((u.credits, u.calls), (i, 1), "account {a}");
+    }
+}

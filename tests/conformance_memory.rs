@@ -1,0 +1,21 @@
+//! The ledger conformance suite, run against [`MemoryLedger`].
+
+mod conformance;
+
+use tower_credits::clock::ManualClock;
+use tower_credits::MemoryLedger;
+
+/// Every call makes a new ledger on a new manual clock.
+struct MemoryHarness;
+
+impl conformance::Harness for MemoryHarness {
+    type L = MemoryLedger;
+
+    async fn ledger(&self) -> (MemoryLedger, ManualClock) {
+        let clock = ManualClock::new();
+        let ledger = MemoryLedger::builder().clock(clock.clone()).build();
+        (ledger, clock)
+    }
+}
+
+conformance::conformance_suite!(MemoryHarness);
