@@ -465,6 +465,54 @@ async fn reserve_against_a_paused_server_times_out_and_leaves_no_hold() {
     ));
 }
 
+/// A reserve whose future is dropped while the server has not answered (a client that
+/// went away, a caller's own timeout) is refunded in the background too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_reserve_is_refunded() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    let a = acct("acct_dropped");
+    l.top_up(&a, 100, "pay-1").await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("warm"), 1))
+            .await
+            .unwrap(),
+    );
+    l.refund(&a, &hold("warm")).await.unwrap();
+
+    server.pause();
+    let dropped = hold("dropped");
+    let call = l.reserve(Reserve::new(a.clone(), dropped.clone(), 40));
+    // The caller gives up long before the ledger's own 5 s deadline, dropping the future.
+    let r = tokio::time::timeout(Duration::from_millis(100), call).await;
+    assert!(r.is_err(), "{r:?}");
+    server.resume();
+
+    let closed = "credits:{acct_dropped}:closed";
+    let how = wait_for_async(
+        "the background refund of the dropped reserve",
+        DEADLINE,
+        || async {
+            let how = server.cli(&["HGET", closed, dropped.as_str()]);
+            (!how.is_empty()).then_some(how)
+        },
+    )
+    .await;
+    assert_eq!(how, "refunded");
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.available, b.held, b.open_holds), (100, 0, 0));
+
+    // A reserve that answered is not refunded when its future is dropped after.
+    let kept = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("kept"), 10))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(kept.available, 90);
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.held, b.open_holds), (10, 1));
+}
+
 /// A server that is gone is `Unavailable` (or `Timeout`), never a hang; building a ledger
 /// against nothing fails the same way.
 #[tokio::test]

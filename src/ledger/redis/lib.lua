@@ -12,7 +12,7 @@
 --   KEYS[7] topups  HASH  top-up idempotency key -> amount (kept forever)
 --
 -- Rules: every ARGV is validated before the first write (a Lua error midway does not roll
--- back); amounts are never turned into strings here (no tostring, no `..`): they are
+-- back); amounts are never turned into strings here (no `tostring`, no `..`): they are
 -- parsed with tonumber after a digits-only check and written as Lua numbers, which
 -- Redis 7 converts with "%.17g", exact for every integer up to 2^53 - 1.
 

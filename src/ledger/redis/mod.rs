@@ -40,9 +40,10 @@
 //! Every call has a deadline ([`call_timeout`](RedisLedgerBuilder::call_timeout), default
 //! 50 ms): past it the call fails with [`LedgerError::Timeout`]; a lost or refused
 //! connection is [`LedgerError::Unavailable`]. A script may still run after its caller gave
-//! up, so a reserve that failed that way is refunded by its hold id in the background: if
-//! the reserve ran, the hold goes back; if not, the refund leaves a tombstone and the late
-//! reserve holds nothing. Should even that refund not get through, the hold expires after
+//! up, so a reserve that got no answer (it failed, timed out, or its future was dropped
+//! after it was first polled) is refunded by its hold id in the background: if the reserve
+//! ran, the hold goes back; if not, the refund leaves a tombstone and the late reserve
+//! holds nothing. Retry a failed reserve with a new hold id. Should even that refund not get through, the hold expires after
 //! its ttl and the account's next call reclaims it.
 //!
 //! # Durability
@@ -300,13 +301,12 @@ impl RedisLedger {
         });
         let ledger = self.clone();
         Ok(Box::pin(async move {
-            match call.await {
-                Ok(value) => parse_reserve(value, limit),
-                Err(err) => {
-                    ledger.refund_in_background(r.account, r.hold_id, r.ttl);
-                    Err(err)
-                }
-            }
+            // From the first poll on, the script may run: unless an answer comes back, the
+            // hold id is refunded (on an error, or when this future is dropped).
+            let mut guard = RefundUnanswered(Some((ledger, r.account, r.hold_id, r.ttl)));
+            let value = call.await?;
+            guard.0 = None;
+            parse_reserve(value, limit)
         }))
     }
 
@@ -404,6 +404,18 @@ impl RedisLedger {
                 tag => Err(reply.unknown_tag(tag)),
             }
         }))
+    }
+}
+
+/// Refunds a reserve in the background when dropped armed: the reserve got no answer (it
+/// failed, timed out, or its future was dropped) and may still have run on the server.
+struct RefundUnanswered(Option<(RedisLedger, AccountId, HoldId, Duration)>);
+
+impl Drop for RefundUnanswered {
+    fn drop(&mut self) {
+        if let Some((ledger, account, hold, ttl)) = self.0.take() {
+            ledger.refund_in_background(account, hold, ttl);
+        }
     }
 }
 

@@ -74,8 +74,8 @@ mod tests {
             ("usage.lua", include_str!("usage.lua")),
             ("configure.lua", include_str!("configure.lua")),
         ] {
-            assert!(!text.contains("tostring"), "{name} uses tostring");
-            assert!(!text.contains("string.format"), "{name} formats numbers");
+            assert!(!text.contains("tostring("), "{name} uses tostring");
+            assert!(!text.contains("string.format("), "{name} formats numbers");
             if name != "lib.lua" {
                 assert!(text.starts_with("-- "), "{name} has no header");
                 assert!(text.contains("-- KEYS[1]:"), "{name} lists no KEYS");
