@@ -1,0 +1,48 @@
+//! The ledger conformance suite, run against [`RedisLedger`] on a real `redis-server`.
+//!
+//! One server for the whole test binary (started on first use, kept in a `static`); every
+//! `ledger()` call gets a key prefix of its own, so no two cases share state.
+
+mod conformance;
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::redis::RedisServer;
+use tower_credits::clock::ManualClock;
+use tower_credits::ledger::RedisLedger;
+
+fn server() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+/// A fresh prefix per ledger: `conf<n>`.
+fn fresh_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("conf{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+struct RedisHarness;
+
+impl conformance::Harness for RedisHarness {
+    type L = RedisLedger;
+
+    async fn ledger(&self) -> (RedisLedger, ManualClock) {
+        let clock = ManualClock::new();
+        let ledger = RedisLedger::builder()
+            .url(server().url())
+            .key_prefix(fresh_prefix())
+            // The suite checks semantics, not latency: a busy machine must not fail it.
+            .call_timeout(Duration::from_secs(5))
+            .test_clock(clock.clone())
+            .build()
+            .await
+            .expect("connect to the test redis-server");
+        (ledger, clock)
+    }
+}
+
+conformance::conformance_suite!(RedisHarness);
