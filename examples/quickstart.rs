@@ -8,6 +8,9 @@
 //! (1000 credits, `DEMO_RICH_CREDITS` overrides) and `demo-poor` (5 credits), both warned
 //! below 100. `GET /v1/echo` costs 1, `POST /v1/generate` holds 50 and charges the JSON
 //! field `tokens`, `GET /health` is free. Ctrl-C stops it gracefully, draining settles.
+//!
+//! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart` keeps the balances in
+//! Redis instead; run two (with different `PORT`s) and they behave as two replicas.
 
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ use serde::Deserialize;
 use tower_credits::pricing::Pricing;
 use tower_credits::{
     AccountId, AccountSettings, AnyLedger, ApiKeyHash, Charge, CreditLayer, Ledger, MemoryLedger,
+    RedisLedger,
 };
 
 #[derive(Deserialize)]
@@ -61,8 +65,19 @@ async fn seed(ledger: &impl Ledger) -> Result<(), tower_credits::LedgerError> {
     Ok(())
 }
 
-async fn ledger() -> AnyLedger {
-    MemoryLedger::new().into()
+/// The embedded ledger, or Redis when `REDIS_URL` is set: then several quickstarts on one
+/// Redis are replicas of one service, sharing balances (and seeding credits once).
+async fn ledger() -> Result<AnyLedger, tower_credits::LedgerError> {
+    match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            println!("ledger: Redis at {url}");
+            Ok(RedisLedger::builder().url(url).build().await?.into())
+        }
+        Err(_) => {
+            println!("ledger: in memory (set REDIS_URL=redis://127.0.0.1:6379 to share it)");
+            Ok(MemoryLedger::new().into())
+        }
+    }
 }
 
 #[tokio::main]
@@ -74,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let ledger = ledger().await;
+    let ledger = ledger().await?;
     seed(&ledger).await?;
 
     let layer = CreditLayer::new(ledger)

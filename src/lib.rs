@@ -30,5 +30,8 @@ pub use ledger::{
     AccountId, AccountSettings, AnyLedger, Balance, Extended, Held, HoldId, Insufficient, Ledger,
     LedgerError, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
 };
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use ledger::RedisLedger;
 pub use service::CreditService;
 pub use settle::PendingSettlements;
