@@ -9,6 +9,8 @@ mod body;
 mod charge;
 pub mod clock;
 mod future;
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod layer;
 pub mod ledger;
@@ -26,12 +28,12 @@ pub use charge::{Charge, ChargeError};
 pub use future::ResponseFuture;
 pub use headers::CreditHeaders;
 pub use layer::CreditLayer;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use ledger::RedisLedger;
 pub use ledger::{
     AccountId, AccountSettings, AnyLedger, Balance, Extended, Held, HoldId, Insufficient, Ledger,
     LedgerError, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
 };
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use ledger::RedisLedger;
 pub use service::CreditService;
 pub use settle::PendingSettlements;
