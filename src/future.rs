@@ -18,6 +18,7 @@ use crate::headers;
 use crate::ledger::{
     AccountId, HoldId, Insufficient, Ledger, LedgerError, Reserve, ReserveOutcome,
 };
+use crate::outage::{OutagePolicy, Stats};
 use crate::problem;
 use crate::settle::{Decision, HoldCtx, HoldGuard, Settler, Shared};
 
@@ -122,6 +123,25 @@ where
         }
     }
 
+    /// The ledger is unreachable: refuse (fail closed) or serve unbilled (fail open).
+    pub(crate) fn outage(
+        shared: Arc<Shared<L>>,
+        inner: S,
+        req: Request<ReqBody>,
+        account: Option<AccountId>,
+        amount: u64,
+        grpc: bool,
+    ) -> Self {
+        Stats::add(&shared.stats.outages, 1);
+        match shared.outage {
+            OutagePolicy::FailOpen => {
+                serve_unbilled(&shared, account, amount);
+                Self::pass_through(inner, req)
+            }
+            _ => Self::refused(shared, Refusal::Unavailable, grpc),
+        }
+    }
+
     fn start(
         shared: Arc<Shared<L>>,
         inner: S,
@@ -192,10 +212,39 @@ fn reserve_call<L: Ledger>(shared: &Shared<L>, billing: &Billing) -> L::Future<R
     shared.ledger.reserve(reserve)
 }
 
-fn ledger_down(error: &LedgerError) -> Refusal {
-    // Logged in full here; the caller only learns that billing is unavailable.
-    tracing::error!(%error, "ledger call failed; refusing with 503");
-    Refusal::Unavailable
+fn serve_unbilled<L>(shared: &Shared<L>, account: Option<AccountId>, amount: u64) {
+    tracing::warn!(account = ?account.as_ref().map(AccountId::as_str), amount, "ledger unreachable: serving unbilled (fail open)");
+    Stats::add(&shared.stats.served_unbilled, 1);
+    shared.unbilled.record(account, amount);
+}
+
+/// What to do after a failed ledger call: logged in full here, while the caller only
+/// learns that billing is unavailable.
+enum AfterError {
+    Refuse(Refusal),
+    ServeUnbilled,
+}
+
+fn ledger_failed<L>(
+    shared: &Shared<L>,
+    error: &LedgerError,
+    account: Option<&AccountId>,
+    amount: u64,
+) -> AfterError {
+    if !error.is_unavailable() {
+        tracing::error!(%error, "ledger call failed; refusing with 503");
+        return AfterError::Refuse(Refusal::Unavailable);
+    }
+    tracing::error!(%error, "ledger unreachable");
+    shared.breaker.record(false);
+    Stats::add(&shared.stats.outages, 1);
+    match shared.outage {
+        OutagePolicy::FailOpen => {
+            serve_unbilled(shared, account.cloned(), amount);
+            AfterError::ServeUnbilled
+        }
+        _ => AfterError::Refuse(Refusal::Unavailable),
+    }
 }
 
 impl<S, ReqBody, L, ResBody> Future for ResponseFuture<S, ReqBody, L>
@@ -220,6 +269,9 @@ where
                     let hash = *hash;
                     let shared = this.shared.as_ref().expect("billed request");
                     let billing = this.billing.as_mut().expect("billed request");
+                    if found.is_ok() {
+                        shared.breaker.record(true);
+                    }
                     match found {
                         Ok(Some(account)) => {
                             shared.resolver.remember(hash, Some(account.clone()));
@@ -232,10 +284,19 @@ where
                             let refusal = Some(Refusal::Unauthorized(Unauthorized::UnknownKey));
                             this.state.set(State::Refused { refusal });
                         }
-                        Err(error) => {
-                            let refusal = Some(ledger_down(&error));
-                            this.state.set(State::Refused { refusal });
-                        }
+                        Err(error) => match ledger_failed(shared, &error, None, billing.amount) {
+                            AfterError::Refuse(refusal) => this.state.set(State::Refused {
+                                refusal: Some(refusal),
+                            }),
+                            AfterError::ServeUnbilled => {
+                                let mut inner =
+                                    this.inner.take().expect("service kept for the call");
+                                let req = this.req.take().expect("request kept for the call");
+                                this.state.set(State::PassThrough {
+                                    fut: inner.call(req),
+                                });
+                            }
+                        },
                     }
                 }
                 StateProj::Reserve { fut } => {
@@ -243,8 +304,12 @@ where
                     let shared = this.shared.as_ref().expect("billed request");
                     let billing = this.billing.as_ref().expect("billed request");
                     let account = billing.account.clone().expect("account resolved");
+                    if outcome.is_ok() {
+                        shared.breaker.record(true);
+                    }
                     let refusal = match outcome {
                         Ok(ReserveOutcome::Held(held)) => {
+                            Stats::add(&shared.stats.holds, 1);
                             let charge = Charge::new(account, billing.hold_id.clone(), held.amount);
                             let hold = HoldCtx {
                                 charge: charge.clone(),
@@ -285,7 +350,20 @@ where
                             tracing::error!(outcome = ?other, "reserve of a fresh hold id did not hold");
                             Refusal::Unavailable
                         }
-                        Err(error) => ledger_down(&error),
+                        Err(error) => {
+                            match ledger_failed(shared, &error, Some(&account), billing.amount) {
+                                AfterError::Refuse(refusal) => refusal,
+                                AfterError::ServeUnbilled => {
+                                    let mut inner =
+                                        this.inner.take().expect("service kept for the call");
+                                    let req = this.req.take().expect("request kept for the call");
+                                    this.state.set(State::PassThrough {
+                                        fut: inner.call(req),
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
                     };
                     this.state.set(State::Refused {
                         refusal: Some(refusal),

@@ -8,10 +8,16 @@ use tower_layer::Layer;
 use crate::account::AccountResolver;
 use crate::headers::CreditHeaders;
 use crate::ledger::{Ledger, DEFAULT_HOLD_TTL};
+use crate::outage::{BillingStats, Breaker, OutagePolicy, Unbilled};
 use crate::pricing::Pricing;
 use crate::problem::DEFAULT_PROBLEM_TYPE_BASE;
 use crate::settle::{PendingSettlements, Shared};
 use crate::CreditService;
+
+/// Consecutive ledger outages that open the circuit breaker.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// How long an open circuit breaker fails requests fast before probing the ledger again.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// Bills every request to the service it wraps: resolves the caller's account, holds the
 /// request's price, runs the service, then commits the actual cost or refunds.
@@ -72,6 +78,13 @@ impl<L: Ledger> CreditLayer<L> {
                 problem_type_base: DEFAULT_PROBLEM_TYPE_BASE.to_owned(),
                 retry_after: Duration::from_secs(1),
                 pending: PendingSettlements::default(),
+                outage: OutagePolicy::default(),
+                breaker: Arc::new(Breaker::new(
+                    DEFAULT_BREAKER_FAILURES,
+                    DEFAULT_BREAKER_COOLDOWN,
+                )),
+                stats: Arc::default(),
+                unbilled: Unbilled::default(),
             }),
         }
     }
@@ -138,6 +151,30 @@ impl<L: Ledger> CreditLayer<L> {
     /// `Retry-After` of a `503` when the ledger is unavailable (default 1 s).
     pub fn retry_after(self, after: Duration) -> Self {
         self.with(|s| s.retry_after = after)
+    }
+
+    /// What to do when the ledger is unreachable or too slow (default
+    /// [`OutagePolicy::FailClosed`]: `503`).
+    pub fn on_outage(self, policy: OutagePolicy) -> Self {
+        self.with(|s| s.outage = policy)
+    }
+
+    /// The circuit breaker: after `failures` consecutive ledger outages, requests fail fast
+    /// for `cooldown` (no ledger call), then one probe is let through. Defaults: 5 failures,
+    /// 1 s.
+    pub fn circuit_breaker(self, failures: u32, cooldown: Duration) -> Self {
+        self.with(|s| s.breaker = Arc::new(Breaker::new(failures, cooldown)))
+    }
+
+    /// Counters of this layer's billing: holds, confirmed commits and credits, refunds,
+    /// retries, lost commits, outages.
+    pub fn stats(&self) -> BillingStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Requests served unbilled under [`OutagePolicy::FailOpen`], per account.
+    pub fn unbilled(&self) -> Unbilled {
+        self.shared.unbilled.clone()
     }
 
     /// The ledger this layer bills.

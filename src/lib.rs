@@ -14,6 +14,7 @@ pub mod fuzzing;
 mod headers;
 mod layer;
 pub mod ledger;
+pub mod outage;
 pub mod pricing;
 pub mod problem;
 mod service;
@@ -27,7 +28,7 @@ pub use charge::MissingCharge;
 pub use charge::{Charge, ChargeError};
 pub use future::ResponseFuture;
 pub use headers::CreditHeaders;
-pub use layer::CreditLayer;
+pub use layer::{CreditLayer, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use ledger::RedisLedger;
@@ -35,5 +36,6 @@ pub use ledger::{
     AccountId, AccountSettings, AnyLedger, Balance, Extended, Held, HoldId, Insufficient, Ledger,
     LedgerError, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
 };
+pub use outage::{BillingStats, OutagePolicy};
 pub use service::CreditService;
 pub use settle::PendingSettlements;

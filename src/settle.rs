@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 use crate::account::AccountResolver;
 use crate::charge::Charge;
 use crate::headers::CreditHeaders;
-use crate::ledger::{Ledger, LedgerError, Settlement};
+use crate::ledger::{Ledger, LedgerError, SettleOutcome, Settlement};
+use crate::outage::{Breaker, OutagePolicy, Stats, Unbilled};
 use crate::pricing::Pricing;
 
 pub(crate) type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
@@ -34,6 +35,10 @@ pub(crate) struct Shared<L> {
     pub(crate) problem_type_base: String,
     pub(crate) retry_after: Duration,
     pub(crate) pending: PendingSettlements,
+    pub(crate) outage: OutagePolicy,
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) unbilled: Unbilled,
 }
 
 impl<L> Shared<L> {
@@ -81,47 +86,129 @@ pub(crate) trait Settler: Send + Sync + 'static {
     fn hold_ttl(&self) -> Duration;
 }
 
+/// First retry delay of a settle the ledger did not answer; doubles up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(25);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+impl<L: Ledger> Shared<L> {
+    fn settle_call(&self, hold: &HoldCtx, decision: Decision) -> L::Future<Settlement> {
+        let charge = &hold.charge;
+        match decision {
+            Decision::Commit(actual) => self.ledger.commit(
+                charge.account(),
+                charge.hold_id(),
+                actual.min(charge.reserved()),
+            ),
+            Decision::Refund => self.ledger.refund(charge.account(), charge.hold_id()),
+        }
+    }
+}
+
+/// Counts a settle's final answer.
+fn settled(
+    stats: &Stats,
+    hold: &HoldCtx,
+    decision: Decision,
+    result: Result<Settlement, LedgerError>,
+) {
+    let account = hold.charge.account();
+    let hold_id = hold.charge.hold_id();
+    match (decision, result) {
+        (Decision::Commit(actual), Ok(s)) => match s.outcome {
+            // A retried commit whose first try ran: committed once, with the same amount.
+            SettleOutcome::Committed | SettleOutcome::AlreadyCommitted => {
+                Stats::add(&stats.commits, 1);
+                Stats::add(&stats.credits_committed, actual.min(hold.charge.reserved()));
+                if s.threshold_crossed {
+                    tracing::info!(%account, available = ?s.available, threshold = ?s.low_balance_threshold, "account fell below its low-balance threshold");
+                }
+            }
+            outcome => {
+                Stats::add(&stats.commits_lost, 1);
+                Stats::add(&stats.credits_lost, actual.min(hold.charge.reserved()));
+                tracing::warn!(%account, hold = %hold_id, ?outcome, "commit found no open hold; its credits went back (unbilled)");
+            }
+        },
+        (Decision::Refund, Ok(_)) => Stats::add(&stats.refunds, 1),
+        (decision, Err(error)) => {
+            if let Decision::Commit(actual) = decision {
+                Stats::add(&stats.commits_lost, 1);
+                Stats::add(&stats.credits_lost, actual.min(hold.charge.reserved()));
+            }
+            tracing::error!(%account, hold = %hold_id, %error, ?decision, "settle failed for good; the hold will expire and be refunded");
+        }
+    }
+}
+
 impl<L: Ledger> Settler for Shared<L> {
     fn settle(&self, hold: &HoldCtx, decision: Decision) {
-        let charge = &hold.charge;
-        let fut = match decision {
-            Decision::Commit(actual) => {
-                if actual > charge.reserved() {
-                    tracing::warn!(
-                        account = %charge.account(),
-                        hold = %charge.hold_id(),
-                        reserved = charge.reserved(),
-                        asked = actual,
-                        "actual cost exceeds the hold; charged at the hold"
-                    );
-                }
-                self.ledger.commit(
-                    charge.account(),
-                    charge.hold_id(),
-                    actual.min(charge.reserved()),
-                )
+        if let Decision::Commit(actual) = decision {
+            if actual > hold.charge.reserved() {
+                let charge = &hold.charge;
+                tracing::warn!(
+                    account = %charge.account(),
+                    hold = %charge.hold_id(),
+                    reserved = charge.reserved(),
+                    asked = actual,
+                    "actual cost exceeds the hold; charged at the hold"
+                );
             }
-            Decision::Refund => self.ledger.refund(charge.account(), charge.hold_id()),
+        }
+        let mut first = self.settle_call(hold, decision);
+        let mut cx = Context::from_waker(Waker::noop());
+        let first_answer = match Pin::new(&mut first).poll(&mut cx) {
+            Poll::Ready(Ok(settlement)) => {
+                self.breaker.record(true);
+                return settled(&self.stats, hold, decision, Ok(settlement));
+            }
+            Poll::Ready(Err(error)) if !error.is_unavailable() => {
+                return settled(&self.stats, hold, decision, Err(error));
+            }
+            Poll::Ready(Err(error)) => Some(Err(error)),
+            Poll::Pending => None,
         };
-        let account = charge.account().clone();
-        let hold_id = charge.hold_id().clone();
-        drive(
-            &self.pending,
-            fut,
-            move |result: Result<Settlement, LedgerError>| match result {
-                Ok(s) if s.outcome.is_applied() => {
-                    if s.threshold_crossed {
-                        tracing::info!(%account, available = ?s.available, threshold = ?s.low_balance_threshold, "account fell below its low-balance threshold");
+        // Not answered yet, or the ledger is unreachable: finish in the background, retrying
+        // with backoff while the hold lives. Settles are idempotent by hold id, so a retry
+        // after a lost reply never moves credits twice; if every try fails, the hold expires
+        // and the ledger gives the credits back.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                "no tokio runtime to finish a settle on; the hold will expire and be refunded"
+            );
+            return;
+        };
+        let ticket = self.pending.enter();
+        let shared = self.clone();
+        let hold = hold.clone();
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + shared.hold_ttl;
+            let mut delay = FIRST_RETRY_DELAY;
+            let mut answer = match first_answer {
+                Some(answer) => answer,
+                None => first.await,
+            };
+            loop {
+                match answer {
+                    Err(error) if error.is_unavailable() => {
+                        shared.breaker.record(false);
+                        if tokio::time::Instant::now() + delay >= deadline {
+                            break settled(&shared.stats, &hold, decision, Err(error));
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_RETRY_DELAY);
+                        Stats::add(&shared.stats.settle_retries, 1);
+                        answer = shared.settle_call(&hold, decision).await;
+                    }
+                    answer => {
+                        if answer.is_ok() {
+                            shared.breaker.record(true);
+                        }
+                        break settled(&shared.stats, &hold, decision, answer);
                     }
                 }
-                Ok(s) => {
-                    tracing::warn!(%account, hold = %hold_id, outcome = ?s.outcome, "settle was a no-op")
-                }
-                Err(error) => {
-                    tracing::error!(%account, hold = %hold_id, %error, "settle failed; the hold will expire and be refunded")
-                }
-            },
-        );
+            }
+            drop(ticket);
+        });
     }
 
     fn extend(&self, hold: &HoldCtx) {

@@ -1,0 +1,257 @@
+//! When the ledger cannot be reached: the outage policy, the circuit breaker, and the
+//! counters that say what was billed, what was lost and what was served unbilled.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::ledger::AccountId;
+
+/// What a [`CreditLayer`](crate::CreditLayer) does when the ledger is down or too slow to
+/// hold credits for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutagePolicy {
+    /// Refuse the request: `503` problem JSON with `Retry-After` (gRPC `UNAVAILABLE`).
+    /// Nothing is served that is not paid for. The default.
+    #[default]
+    FailClosed,
+    /// Serve the request unbilled, and count it per account in
+    /// [`CreditLayer::unbilled`](crate::CreditLayer::unbilled) so it can be billed later.
+    /// Availability over revenue.
+    FailOpen,
+}
+
+/// Opens after `failures` consecutive ledger failures: for `cooldown` every request fails
+/// fast (no ledger call, no timeout to wait out), then one probe request is let through;
+/// its success closes the breaker, its failure opens it again.
+pub(crate) struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the breaker is open (0: closed).
+    open_until_ms: AtomicU64,
+    probing: AtomicBool,
+    epoch: Instant,
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("threshold", &self.threshold)
+            .field("cooldown", &self.cooldown)
+            .field("failures", &self.failures.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            cooldown,
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether a request may call the ledger now.
+    pub(crate) fn allow(&self) -> bool {
+        let open_until = self.open_until_ms.load(Ordering::Acquire);
+        if open_until == 0 {
+            return true;
+        }
+        if self.now_ms() < open_until {
+            return false;
+        }
+        // Half open: one probe at a time.
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Records the answer of a ledger call: `false` for an outage (timeout, unreachable).
+    pub(crate) fn record(&self, reachable: bool) {
+        if reachable {
+            self.failures.store(0, Ordering::Release);
+            self.open_until_ms.store(0, Ordering::Release);
+            self.probing.store(false, Ordering::Release);
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= self.threshold || self.probing.load(Ordering::Acquire) {
+            let until = self.now_ms() + self.cooldown.as_millis() as u64;
+            if self.open_until_ms.swap(until, Ordering::AcqRel) == 0 {
+                tracing::warn!(failures, cooldown = ?self.cooldown, "ledger unreachable: circuit breaker open");
+            }
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_open(&self) -> bool {
+        self.open_until_ms.load(Ordering::Acquire) != 0
+    }
+}
+
+/// Counters of one layer's billing, for dashboards and reconciliation.
+///
+/// `credits_committed` is what the ledger confirmed; `credits_lost` is what handlers were
+/// told to charge but no ledger ever confirmed (the settle could not reach it before the
+/// hold expired): unbilled revenue, the seller's loss, never the caller's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BillingStats {
+    /// Holds placed.
+    pub holds: u64,
+    /// Commits the ledger confirmed.
+    pub commits: u64,
+    /// Credits in those commits.
+    pub credits_committed: u64,
+    /// Refunds the ledger confirmed (including no-op refunds of expired holds).
+    pub refunds: u64,
+    /// Settles retried after the ledger failed to answer.
+    pub settle_retries: u64,
+    /// Commits never confirmed: the hold expired and its credits went back.
+    pub commits_lost: u64,
+    /// Credits of those commits.
+    pub credits_lost: u64,
+    /// Requests refused or served unbilled because the ledger was unreachable.
+    pub outages: u64,
+    /// Of those, requests answered at once because the circuit breaker was open.
+    pub breaker_fast_failures: u64,
+    /// Requests served unbilled under [`OutagePolicy::FailOpen`].
+    pub served_unbilled: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) holds: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) credits_committed: AtomicU64,
+    pub(crate) refunds: AtomicU64,
+    pub(crate) settle_retries: AtomicU64,
+    pub(crate) commits_lost: AtomicU64,
+    pub(crate) credits_lost: AtomicU64,
+    pub(crate) outages: AtomicU64,
+    pub(crate) breaker_fast_failures: AtomicU64,
+    pub(crate) served_unbilled: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> BillingStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BillingStats {
+            holds: get(&self.holds),
+            commits: get(&self.commits),
+            credits_committed: get(&self.credits_committed),
+            refunds: get(&self.refunds),
+            settle_retries: get(&self.settle_retries),
+            commits_lost: get(&self.commits_lost),
+            credits_lost: get(&self.credits_lost),
+            outages: get(&self.outages),
+            breaker_fast_failures: get(&self.breaker_fast_failures),
+            served_unbilled: get(&self.served_unbilled),
+        }
+    }
+}
+
+/// Requests served unbilled under [`OutagePolicy::FailOpen`], per account, with the credits
+/// they would have held — so the seller can bill them later.
+///
+/// Requests whose account could not be resolved (the API key lookup itself failed) are
+/// counted under `None`.
+#[derive(Clone, Default)]
+pub struct Unbilled {
+    inner: Arc<Mutex<HashMap<Option<AccountId>, UnbilledCount>>>,
+}
+
+/// What one account was served unbilled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnbilledCount {
+    /// Requests served.
+    pub requests: u64,
+    /// Credits their prices would have held.
+    pub credits: u64,
+}
+
+impl fmt::Debug for Unbilled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.inner.lock().iter()).finish()
+    }
+}
+
+impl Unbilled {
+    pub(crate) fn record(&self, account: Option<AccountId>, credits: u64) {
+        let mut map = self.inner.lock();
+        let entry = map.entry(account).or_default();
+        entry.requests += 1;
+        entry.credits = entry.credits.saturating_add(credits);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> HashMap<Option<AccountId>, UnbilledCount> {
+        self.inner.lock().clone()
+    }
+
+    /// The counts so far, resetting them (for a billing job that charges them).
+    pub fn take(&self) -> HashMap<Option<AccountId>, UnbilledCount> {
+        std::mem::take(&mut *self.inner.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_threshold_then_probes_once() {
+        let breaker = Breaker::new(3, Duration::ZERO);
+        assert!(breaker.allow());
+        breaker.record(false);
+        breaker.record(false);
+        assert!(!breaker.is_open());
+        breaker.record(false);
+        assert!(breaker.is_open());
+        // Cooldown zero: half open at once, one probe only.
+        assert!(breaker.allow());
+        assert!(!breaker.allow(), "a second probe waits for the first");
+        breaker.record(true);
+        assert!(!breaker.is_open());
+        assert!(breaker.allow() && breaker.allow());
+    }
+
+    #[test]
+    fn breaker_stays_open_during_cooldown() {
+        let breaker = Breaker::new(1, Duration::from_secs(3600));
+        breaker.record(false);
+        assert!(!breaker.allow());
+        assert!(!breaker.allow());
+    }
+
+    #[test]
+    fn a_failed_probe_reopens() {
+        let breaker = Breaker::new(5, Duration::ZERO);
+        for _ in 0..5 {
+            breaker.record(false);
+        }
+        assert!(breaker.allow());
+        breaker.record(false);
+        assert!(breaker.is_open());
+    }
+}
