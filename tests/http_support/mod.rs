@@ -201,3 +201,69 @@ down! {
     lookup_api_key(&tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
     revoke_api_key(&tower_credits::ApiKeyHash) -> bool;
 }
+
+/// A [`MemoryLedger`] whose store can be switched off: while `down`, every call fails as
+/// unavailable. `calls` counts the calls that reached it (up or down).
+#[derive(Clone, Default)]
+pub struct SwitchLedger {
+    pub inner: MemoryLedger,
+    pub down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SwitchLedger {
+    pub fn new(inner: MemoryLedger) -> Self {
+        Self {
+            inner,
+            ..Self::default()
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Runs `call` only while the store is up (the in-memory ledger acts when called).
+    fn gate<T: Send + 'static>(
+        &self,
+        call: impl FnOnce() -> std::future::Ready<Result<T, tower_credits::LedgerError>>,
+    ) -> std::future::Ready<Result<T, tower_credits::LedgerError>> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::ready(Err(tower_credits::LedgerError::Timeout(
+                std::time::Duration::from_millis(50),
+            )))
+        } else {
+            call()
+        }
+    }
+}
+
+macro_rules! switch {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $t:ty;)*) => {
+        impl Ledger for SwitchLedger {
+            type Future<T: Send + 'static> = std::future::Ready<Result<T, tower_credits::LedgerError>>;
+            $(fn $name(&self, $($arg: $ty),*) -> Self::Future<$t> {
+                self.gate(|| self.inner.$name($($arg),*))
+            })*
+        }
+    };
+}
+
+switch! {
+    reserve(r: tower_credits::Reserve) -> tower_credits::ReserveOutcome;
+    commit(a: &tower_credits::AccountId, h: &tower_credits::HoldId, n: u64) -> tower_credits::Settlement;
+    refund(a: &tower_credits::AccountId, h: &tower_credits::HoldId) -> tower_credits::Settlement;
+    extend(a: &tower_credits::AccountId, h: &tower_credits::HoldId, t: std::time::Duration) -> tower_credits::Extended;
+    top_up(a: &tower_credits::AccountId, n: u64, k: &str) -> tower_credits::TopUp;
+    balance(a: &tower_credits::AccountId) -> tower_credits::Balance;
+    usage(a: &tower_credits::AccountId) -> tower_credits::Usage;
+    configure(a: &tower_credits::AccountId, s: tower_credits::AccountSettings) -> ();
+    register_api_key(k: &tower_credits::ApiKeyHash, a: &tower_credits::AccountId) -> ();
+    lookup_api_key(k: &tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
+    revoke_api_key(k: &tower_credits::ApiKeyHash) -> bool;
+}

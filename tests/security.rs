@@ -1,0 +1,156 @@
+//! API keys exist only as hashes in logs and errors; callers cannot name another account;
+//! bad and oversized credentials get clear problem JSON.
+
+mod http_support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use axum::routing::get;
+use axum::Router;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use http_support::*;
+use tower_credits::account::AccountResolver;
+use tower_credits::pricing::Pricing;
+use tower_credits::{AccountId, ApiKeyHash, CreditLayer, Ledger, MemoryLedger};
+
+const RAW_KEY: &str = "sk-live-7f3a9c1e5b2d4f60";
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn app<L: Ledger>(layer: CreditLayer<L>) -> Router {
+    Router::new()
+        .route("/v1/echo", get(|| async { "echo" }))
+        .layer(layer.pricing(Pricing::new().route("GET /v1/echo", 1)))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn raw_api_keys_never_reach_the_logs() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let ledger = MemoryLedger::new();
+    account(&ledger, "acct_sec", RAW_KEY, 1).await;
+    let server = Server::start(app(CreditLayer::new(ledger.clone()))).await;
+    let down = Server::start(app(CreditLayer::new(DownLedger))).await;
+    let client = http1();
+    let url = server.url("/v1/echo");
+    let other_raw = "sk-live-unknown-0000";
+    for (url, key) in [
+        (&url, RAW_KEY),                  // charged
+        (&url, RAW_KEY),                  // refused: 402, one credit only
+        (&url, other_raw),                // unknown
+        (&down.url("/v1/echo"), RAW_KEY), // ledger down: error logs
+    ] {
+        send(&client, get_req(url, Some(key))).await;
+    }
+    let answer = send(&client, get_req(&url, Some(&format!("{RAW_KEY} extra")))).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert!(!String::from_utf8_lossy(&answer.body).contains(RAW_KEY));
+
+    // Debug output of what the crate hands around carries hashes only.
+    let charge_debug = format!("{:?}", ApiKeyHash::of(RAW_KEY));
+    assert!(!charge_debug.contains(RAW_KEY));
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("ledger"),
+        "the test must capture the crate's logs: {text}"
+    );
+    assert!(!text.contains(RAW_KEY), "raw key in logs:\n{text}");
+    assert!(!text.contains(other_raw), "raw key in logs:\n{text}");
+}
+
+#[tokio::test]
+async fn a_caller_cannot_name_another_account() {
+    let ledger = MemoryLedger::new();
+    let attacker = account(&ledger, "acct_attacker", "key-attacker", 10).await;
+    let victim = account(&ledger, "acct_victim", "key-victim", 10).await;
+    let server = Server::start(app(CreditLayer::new(ledger.clone()))).await;
+    for header in [
+        "x-account",
+        "x-account-id",
+        "credits-account",
+        "x-forwarded-user",
+    ] {
+        let req = Request::get(server.url("/v1/echo"))
+            .header("authorization", "Bearer key-attacker")
+            .header(header, "acct_victim")
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(&http1(), req).await.status, StatusCode::OK);
+    }
+    assert_eq!(available(&ledger, &attacker).await, 6, "the caller paid");
+    assert_eq!(
+        available(&ledger, &victim).await,
+        10,
+        "the named account did not"
+    );
+}
+
+#[tokio::test]
+async fn trusted_headers_work_only_when_configured_and_stay_inside_their_hash_tag() {
+    let ledger = MemoryLedger::new();
+    let acct = account(&ledger, "acct_gw", "unused", 10).await;
+    let layer = CreditLayer::new(ledger.clone())
+        .account_resolver(AccountResolver::trusted_header("x-gateway-account"));
+    let server = Server::start(app(layer)).await;
+    let named = |value: &str| {
+        Request::get(server.url("/v1/echo"))
+            .header("x-gateway-account", value)
+            .body(Full::default())
+            .unwrap()
+    };
+    assert_eq!(
+        send(&http1(), named("acct_gw")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(available(&ledger, &acct).await, 9);
+    for hostile in ["acct_gw}{x", "{acct_gw}", "acct gw", "ácct"] {
+        let answer = send(&http1(), named(hostile)).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{hostile}");
+        assert_eq!(
+            answer.json()["detail"],
+            "The request names an invalid account."
+        );
+    }
+    assert!(AccountId::new("acct_gw}{x").is_err());
+}
+
+#[tokio::test]
+async fn an_oversized_key_is_a_clear_401() {
+    let ledger = MemoryLedger::new();
+    let server = Server::start(app(CreditLayer::new(ledger))).await;
+    let answer = send(
+        &http1(),
+        get_req(&server.url("/v1/echo"), Some(&"k".repeat(10_000))),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(
+        answer.json()["detail"],
+        "The API key is longer than 256 bytes."
+    );
+}
