@@ -208,6 +208,7 @@ where
                     None => {
                         let mut trailers = HeaderMap::new();
                         pending.finish(&mut trailers);
+                        pending.phase = Phase::Done;
                         Some(Ok(Frame::trailers(trailers)))
                     }
                 })
