@@ -40,6 +40,7 @@ pin_project! {
         inner: Option<S>,
         req: Option<Request<ReqBody>>,
         billing: Option<Billing>,
+        grpc: bool,
     }
 }
 
@@ -68,6 +69,18 @@ struct Billing {
     amount: u64,
     route: Option<Arc<str>>,
     grpc: bool,
+}
+
+impl Billing {
+    fn new(account: Option<AccountId>, amount: u64, route: Option<Arc<str>>, grpc: bool) -> Self {
+        Self {
+            account,
+            hold_id: HoldId::generate(),
+            amount,
+            route,
+            grpc,
+        }
+    }
 }
 
 /// A refusal, built into a response once the response body type is known.
@@ -102,6 +115,7 @@ where
             inner: None,
             req: None,
             billing: None,
+            grpc: false,
         }
     }
 
@@ -113,13 +127,8 @@ where
             shared: Some(shared),
             inner: None,
             req: None,
-            billing: Some(Billing {
-                account: None,
-                hold_id: HoldId::generate(),
-                amount: 0,
-                route: None,
-                grpc,
-            }),
+            billing: None,
+            grpc,
         }
     }
 
@@ -154,6 +163,7 @@ where
             shared: Some(shared),
             inner: Some(inner),
             req: Some(req),
+            grpc: billing.grpc,
             billing: Some(billing),
         }
     }
@@ -167,13 +177,7 @@ where
         route: Option<Arc<str>>,
         grpc: bool,
     ) -> Self {
-        let billing = Billing {
-            account: Some(account),
-            hold_id: HoldId::generate(),
-            amount,
-            route,
-            grpc,
-        };
+        let billing = Billing::new(Some(account), amount, route, grpc);
         let fut = reserve_call(&shared, &billing);
         Self::start(shared, inner, req, State::Reserve { fut }, billing)
     }
@@ -188,13 +192,7 @@ where
         grpc: bool,
     ) -> Self {
         let fut = shared.ledger.lookup_api_key(&hash);
-        let billing = Billing {
-            account: None,
-            hold_id: HoldId::generate(),
-            amount,
-            route,
-            grpc,
-        };
+        let billing = Billing::new(None, amount, route, grpc);
         Self::start(shared, inner, req, State::LookUp { fut, hash }, billing)
     }
 }
@@ -410,8 +408,7 @@ where
                 StateProj::Refused { refusal } => {
                     let refusal = refusal.take().expect("refusal built once");
                     let shared = this.shared.as_ref().expect("billed request");
-                    let grpc = this.billing.as_ref().is_some_and(|b| b.grpc);
-                    let ctx = shared.problem_ctx(grpc);
+                    let ctx = shared.problem_ctx(*this.grpc);
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(match refusal {
                         Refusal::Unauthorized(why) => problem::unauthorized(&ctx, &why),
