@@ -661,3 +661,63 @@ async fn graceful_shutdown_drains_pending_settles() {
     assert!(f.layer.pending_settlements().is_empty());
     let _ = BodyExt::boxed(Full::<Bytes>::default());
 }
+
+#[tokio::test]
+async fn other_resolvers_find_the_paying_account() {
+    use tower_credits::account::{AccountResolver, Unauthorized};
+    use tower_credits::AccountId;
+    let ledger = MemoryLedger::new();
+    let acct = account(&ledger, "acct_res", "key-res", 100).await;
+    let client = http1();
+
+    // An API key in a header of our choosing.
+    let layer = CreditLayer::new(ledger.clone())
+        .pricing(pricing())
+        .account_resolver(AccountResolver::api_key_header("api-key"));
+    let server = Server::start(routes(Gates::default()).layer(layer)).await;
+    let req = Request::get(server.url("/v1/echo"))
+        .header("api-key", "key-res")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&client, req).await.int("credits-cost"), 1);
+    // ... and a Bearer header is not read by it.
+    let bearer = send(&client, get_req(&server.url("/v1/echo"), Some("key-res"))).await;
+    assert_eq!(bearer.status, StatusCode::UNAUTHORIZED);
+
+    // An AccountId put in the extensions by an upstream auth layer.
+    let layer = CreditLayer::new(ledger.clone())
+        .pricing(pricing())
+        .account_resolver(AccountResolver::extension());
+    let auth = tower::util::MapRequestLayer::new(|mut req: Request<Body>| {
+        if req.headers().contains_key("x-session") {
+            req.extensions_mut()
+                .insert(AccountId::new("acct_res").unwrap());
+        }
+        req
+    });
+    let server = Server::start(routes(Gates::default()).layer(layer).layer(auth)).await;
+    let req = Request::get(server.url("/v1/echo"))
+        .header("x-session", "s1")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&client, req).await.int("credits-cost"), 1);
+    let anonymous = send(&client, get_req(&server.url("/v1/echo"), None)).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    // A closure.
+    let layer = CreditLayer::new(ledger.clone())
+        .pricing(pricing())
+        .account_resolver(AccountResolver::from_fn(|req| {
+            let tenant = req.uri.query().and_then(|q| q.strip_prefix("tenant="));
+            AccountId::new(tenant.ok_or(Unauthorized::Missing)?)
+                .map_err(|_| Unauthorized::InvalidAccount)
+        }));
+    let server = Server::start(routes(Gates::default()).layer(layer)).await;
+    let ok = send(
+        &client,
+        get_req(&server.url("/v1/echo?tenant=acct_res"), None),
+    )
+    .await;
+    assert_eq!(ok.int("credits-cost"), 1);
+    assert_eq!(available(&ledger, &acct).await, 97);
+}
