@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::redis::{wait_for_async, RedisOptions, RedisServer};
+use support::redis::{wait_for_async, RedisCluster, RedisOptions, RedisServer};
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
 use tower_credits::{
@@ -944,6 +944,150 @@ async fn max_open_holds_is_enforced() {
     );
     let b = l.balance(&a).await.unwrap();
     assert_eq!((b.available, b.held, b.open_holds), (98, 2, 2));
+}
+
+// ---------------------------------------------------------------------------------------
+// The sweeper: expired holds of accounts that get no more requests
+// ---------------------------------------------------------------------------------------
+
+/// An account whose replica held credits and died, and that gets no request since, keeps
+/// its expired holds until `sweep_expired` gives them back: at most 64 per account per
+/// sweep, unexpired holds of other accounts untouched. Checked on the raw hash: `balance()`
+/// would reclaim by itself.
+#[tokio::test]
+async fn the_sweeper_reclaims_expired_holds_of_idle_accounts() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger_on(&server, &clock).await;
+    let idle = acct("acct_idle");
+    let live = acct("acct_live");
+    l.top_up(&idle, 1_000, "pay-1").await.unwrap();
+    l.top_up(&live, 100, "pay-1").await.unwrap();
+    for i in 0..100 {
+        let r = Reserve::new(idle.clone(), hold(&format!("idle-{i}")), 3)
+            .ttl(Duration::from_secs(10))
+            .route("POST /v1/lost");
+        expect_held(l.reserve(r).await.unwrap());
+    }
+    let r = Reserve::new(live.clone(), hold("long"), 7).ttl(Duration::from_secs(60));
+    expect_held(l.reserve(r).await.unwrap());
+    assert_eq!(acct_field(&server, "acct_idle", "held"), 300);
+
+    assert_eq!(l.sweep_expired().await.unwrap(), 0, "nothing expired yet");
+    assert_eq!(acct_field(&server, "acct_idle", "held"), 300);
+
+    clock.advance(Duration::from_secs(11));
+    // No request reaches either account: only the sweeps.
+    assert_eq!(
+        l.sweep_expired().await.unwrap(),
+        64,
+        "bounded work per account"
+    );
+    assert_eq!(acct_field(&server, "acct_idle", "held"), 108);
+    assert_eq!(l.sweep_expired().await.unwrap(), 36);
+    assert_eq!(acct_field(&server, "acct_idle", "held"), 0);
+    assert_eq!(acct_field(&server, "acct_idle", "topped_up"), 1_000);
+    assert_eq!(acct_field(&server, "acct_idle", "committed"), 0);
+    assert_eq!(server.cli(&["EXISTS", "credits:{acct_idle}:expiry"]), "0");
+    assert_eq!(server.cli(&["HLEN", "credits:{acct_idle}:holds"]), "0");
+    assert_eq!(
+        server.cli(&["HGET", "credits:{acct_idle}:closed", "idle-7"]),
+        "expired"
+    );
+    assert_eq!(acct_field(&server, "acct_live", "held"), 7, "not expired");
+    assert_eq!(l.sweep_expired().await.unwrap(), 0);
+
+    // A late settle of a swept hold says so and moves nothing.
+    let s = l.commit(&idle, &hold("idle-7"), 3).await.unwrap();
+    assert_eq!((s.outcome, s.committed), (SettleOutcome::Expired, 0));
+    let b = l.balance(&idle).await.unwrap();
+    assert_eq!((b.available, b.held, b.open_holds), (1_000, 0, 0));
+}
+
+/// `spawn_sweeper` reclaims in the background without any request to the account, and
+/// the task ends once every clone of the ledger is gone.
+#[tokio::test]
+async fn spawn_sweeper_reclaims_in_the_background_and_ends_with_the_ledger() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger_on(&server, &clock).await;
+    let a = acct("acct_swept");
+    l.top_up(&a, 50, "pay-1").await.unwrap();
+    for id in ["h1", "h2"] {
+        let r = Reserve::new(a.clone(), hold(id), 20).ttl(Duration::from_secs(1));
+        expect_held(l.reserve(r).await.unwrap());
+    }
+    let sweeper = l.spawn_sweeper(Duration::from_millis(20));
+    assert_eq!(acct_field(&server, "acct_swept", "held"), 40);
+
+    clock.advance(Duration::from_secs(2));
+    wait_for_async("the sweeper to reclaim both holds", DEADLINE, || async {
+        (acct_field(&server, "acct_swept", "held") == 0).then_some(())
+    })
+    .await;
+    assert_eq!(server.cli(&["EXISTS", "credits:{acct_swept}:expiry"]), "0");
+
+    drop(l);
+    tokio::time::timeout(DEADLINE, sweeper)
+        .await
+        .expect("the sweeper ends with the last clone of its ledger")
+        .expect("the sweeper did not panic");
+}
+
+/// On Redis Cluster the sweep walks every master, each with its own `SCAN` cursor: holds
+/// of idle accounts spread over the shards all come back.
+#[tokio::test]
+async fn the_sweeper_visits_every_master_of_a_cluster() {
+    let cluster = RedisCluster::start();
+    let clock = ManualClock::new();
+    let l = RedisLedger::builder()
+        .cluster_urls(cluster.urls())
+        .call_timeout(PATIENT)
+        .test_clock(clock.clone())
+        .build()
+        .await
+        .expect("connect to the test Redis Cluster");
+    let names: Vec<String> = (0..8).map(|i| format!("acct_sweep_{i}")).collect();
+    for name in &names {
+        let a = acct(name);
+        l.top_up(&a, 100, "pay-1").await.unwrap();
+        for i in 0..2 {
+            let r = Reserve::new(a.clone(), hold(&format!("h{i}")), 5).ttl(Duration::from_secs(5));
+            expect_held(l.reserve(r).await.unwrap());
+        }
+    }
+    let expiry_keys_per_node = || -> Vec<usize> {
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| {
+                n.cli(&["--scan", "--pattern", "credits:{*}:expiry"])
+                    .lines()
+                    .count()
+            })
+            .collect()
+    };
+    let per_node = expiry_keys_per_node();
+    assert_eq!(per_node.iter().sum::<usize>(), names.len());
+    assert!(
+        per_node.iter().filter(|&&n| n > 0).count() >= 2,
+        "the accounts should span several masters: {per_node:?}"
+    );
+    let held = |name: &str| -> i64 {
+        cluster
+            .cli(&["HGET", &format!("credits:{{{name}}}:acct"), "held"])
+            .parse()
+            .unwrap()
+    };
+    assert!(names.iter().all(|n| held(n) == 10));
+
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(l.sweep_expired().await.unwrap(), 16);
+    for name in &names {
+        assert_eq!(held(name), 0, "{name}");
+    }
+    assert_eq!(expiry_keys_per_node(), vec![0; 3]);
+    assert_eq!(l.sweep_expired().await.unwrap(), 0);
 }
 
 /// The test server is really gone once its handle is dropped.

@@ -334,7 +334,13 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 
 /// Runs `redis-cli -p <port> <args>`: the output, trimmed, or the error Redis answered.
 pub fn try_cli(port: u16, args: &[&str]) -> Result<String, String> {
+    run_cli(port, &[], args)
+}
+
+/// Runs `redis-cli <flags> -p <port> <args>`: the output, trimmed, or the error.
+fn run_cli(port: u16, flags: &[&str], args: &[&str]) -> Result<String, String> {
     let out = Command::new("redis-cli")
+        .args(flags)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
@@ -443,6 +449,14 @@ impl RedisCluster {
     /// The nodes.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    /// Runs `redis-cli -c <args>` (cluster mode: follows `MOVED` to the node that owns the
+    /// key) against the first node; panics on failure or an error reply.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let port = self.nodes[0].port();
+        run_cli(port, &["-c"], args)
+            .unwrap_or_else(|e| panic!("redis-cli -c {args:?} on port {port} failed: {e}"))
     }
 
     /// Total number of keys over every node (`DBSIZE` summed).

@@ -134,9 +134,11 @@ end
 
 -- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index, never a
 -- scan), re-arms the low-balance warning if that lifted the balance over the threshold,
--- and forgets up to RECLAIM_LIMIT closed ids older than the retention.
+-- and forgets up to RECLAIM_LIMIT closed ids older than the retention. Returns how many
+-- holds went back.
 local function reclaim(a, now, retention)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, RECLAIM_LIMIT)
+  local reclaimed = 0
   for _, id in ipairs(expired) do
     local amount = tonumber(redis.call('HGET', KEYS[2], id))
     redis.call('ZREM', KEYS[3], id)
@@ -144,6 +146,7 @@ local function reclaim(a, now, retention)
       redis.call('HDEL', KEYS[2], id, id .. ':route')
       incr(a, 'held', -amount)
       close(id, 'expired', now)
+      reclaimed = reclaimed + 1
     end
   end
   -- Credits that came back may lift the balance over the threshold: a new crossing.
@@ -156,6 +159,7 @@ local function reclaim(a, now, retention)
     redis.call('ZREM', KEYS[4], id)
     redis.call('HDEL', KEYS[5], id)
   end
+  return reclaimed
 end
 
 -- The burn rate (credits/s) decayed from rate_at to now, as ledger::decayed_rate.

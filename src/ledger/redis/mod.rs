@@ -27,7 +27,7 @@
 //! # Scripts
 //!
 //! One `.lua` file per operation (`reserve`, `settle`, `extend`, `top_up`, `balance`,
-//! `usage`, `configure`), each opening with its `KEYS`/`ARGV` and reply, sharing the
+//! `usage`, `configure`, `sweep`), each opening with its `KEYS`/`ARGV` and reply, sharing the
 //! helpers of `lib.lua`. They are hashed once per process and called by SHA (`EVALSHA`),
 //! loaded again on `NOSCRIPT`. They read the clock with `TIME` (one clock for every
 //! replica), validate every argument before the first write, keep amounts out of strings
@@ -44,7 +44,8 @@
 //! after it was first polled) is refunded by its hold id in the background: if the reserve
 //! ran, the hold goes back; if not, the refund leaves a tombstone and the late reserve
 //! holds nothing. Retry a failed reserve with a new hold id. Should even that refund not get through, the hold expires after
-//! its ttl and the account's next call reclaims it.
+//! its ttl and the account's next call reclaims it, or, for an account that gets no more
+//! calls, the [sweeper](RedisLedger::spawn_sweeper).
 //!
 //! # Durability
 //!
@@ -90,6 +91,7 @@ mod conn;
 mod keys;
 mod reply;
 mod scripts;
+mod sweep;
 
 pub use builder::{
     RedisLedgerBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,

@@ -21,6 +21,7 @@ pub(super) struct Scripts {
     pub(super) balance: Script,
     pub(super) usage: Script,
     pub(super) configure: Script,
+    pub(super) sweep: Script,
 }
 
 macro_rules! script {
@@ -38,6 +39,7 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     balance: script!("balance.lua"),
     usage: script!("usage.lua"),
     configure: script!("configure.lua"),
+    sweep: script!("sweep.lua"),
 });
 
 #[cfg(test)]
@@ -55,6 +57,7 @@ mod tests {
             &s.balance,
             &s.usage,
             &s.configure,
+            &s.sweep,
         ];
         let mut hashes: Vec<_> = all.iter().map(|s| s.get_hash()).collect();
         hashes.sort();
@@ -73,6 +76,7 @@ mod tests {
             ("balance.lua", include_str!("balance.lua")),
             ("usage.lua", include_str!("usage.lua")),
             ("configure.lua", include_str!("configure.lua")),
+            ("sweep.lua", include_str!("sweep.lua")),
         ] {
             assert!(!text.contains("tostring("), "{name} uses tostring");
             assert!(!text.contains("string.format("), "{name} formats numbers");

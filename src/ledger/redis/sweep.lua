@@ -1,0 +1,25 @@
+-- sweep: reclaims the expired holds of one account that may see no request
+-- (RedisLedger::sweep_expired).
+-- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
+-- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds (reclaimed when expired)
+-- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
+-- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
+-- KEYS[6]: <prefix>:{<account>}:usage    HASH  (not used here)
+-- KEYS[7]: <prefix>:{<account>}:topups   HASH  (not used here)
+-- ARGV[1]: clock offset, ms (0 outside tests)
+-- ARGV[2]: settled retention, ms
+-- Returns one of:
+--   {'swept', reclaimed, open_holds}   (at most RECLAIM_LIMIT holds reclaimed per call)
+--   {'unknown_account'}                (nothing written)
+
+local offset, retention = common_args()
+
+if not account_exists() then
+  return { 'unknown_account' }
+end
+local now = now_ms(offset)
+local a = load_account()
+local reclaimed = reclaim(a, now, retention)
+
+return { 'swept', reclaimed, redis.call('ZCARD', KEYS[3]) }

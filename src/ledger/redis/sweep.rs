@@ -1,0 +1,304 @@
+//! The sweeper: reclaims expired holds of accounts that receive no request.
+//!
+//! Every account script first reclaims up to [`RECLAIM_LIMIT`] expired holds of its
+//! account, so an account in use never keeps an expired hold for long. An account that sees
+//! no more requests (its caller went away while a replica held its credits and died) would
+//! keep them until its next call: [`RedisLedger::sweep_expired`] finds such accounts and
+//! gives their credits back.
+//!
+//! Accounts with open holds are exactly those whose expiry index exists (Redis deletes an
+//! empty sorted set), so the sweep walks `SCAN MATCH <prefix>:{*}:expiry COUNT 100` — on
+//! every master of a Redis Cluster, each with its own cursor — and runs the `sweep` script
+//! (the shared reclaim of `lib.lua`, at most [`RECLAIM_LIMIT`] holds per account per call)
+//! on each account it finds. `SCAN` never blocks the server; a key added or removed during
+//! the walk may be missed or seen twice, which only delays its reclaim to the next sweep
+//! (reclaiming is idempotent).
+//!
+//! [`RECLAIM_LIMIT`]: crate::ledger::RECLAIM_LIMIT
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::Value;
+
+use super::conn::Conn;
+use super::reply::{unexpected, Reply};
+use super::scripts::SCRIPTS;
+use super::{Inner, RedisLedger};
+use crate::ledger::{AccountId, LedgerError};
+
+/// Keys asked for per `SCAN` call (a hint to the server, not a limit).
+const SCAN_COUNT: u64 = 100;
+
+impl RedisLedger {
+    /// Reclaims the expired holds of every account that has open holds, at most
+    /// [`RECLAIM_LIMIT`] per account per call, and returns how many holds went back.
+    ///
+    /// For accounts that receive no new request: an account in use reclaims its own expired
+    /// holds on every call. Finds the accounts with `SCAN` (on every master of a cluster),
+    /// never `KEYS`, and runs one script per account found, each under the
+    /// [call deadline](super::RedisLedgerBuilder::call_timeout). Fails with the first
+    /// error of a call (the next sweep starts over); holds already reclaimed stay
+    /// reclaimed.
+    ///
+    /// [`RECLAIM_LIMIT`]: crate::ledger::RECLAIM_LIMIT
+    ///
+    /// ```no_run
+    /// use tower_credits::ledger::RedisLedger;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
+    /// let ledger = RedisLedger::builder().url("redis://127.0.0.1:6379").build().await?;
+    /// let reclaimed = ledger.sweep_expired().await?;
+    /// println!("{reclaimed} expired holds went back");
+    /// # Ok(()) }
+    /// ```
+    pub async fn sweep_expired(&self) -> Result<u64, LedgerError> {
+        let pattern = expiry_pattern(&self.inner.prefix);
+        match &self.inner.conn {
+            Conn::Standalone(_) => self.sweep_node(None, &pattern).await,
+            Conn::Cluster(_) => {
+                let mut reclaimed = 0;
+                for master in self.masters().await? {
+                    reclaimed += self.sweep_node(Some(master), &pattern).await?;
+                }
+                Ok(reclaimed)
+            }
+        }
+    }
+
+    /// Runs [`sweep_expired`](Self::sweep_expired) every `interval` on the current tokio
+    /// runtime (the first sweep at once), for accounts that receive no new request. A
+    /// failed sweep is logged and the next one starts over. The task ends when every clone
+    /// of the ledger is dropped, or when the returned handle is aborted.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or if `interval` is zero.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower_credits::ledger::RedisLedger;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
+    /// let ledger = RedisLedger::builder().url("redis://127.0.0.1:6379").build().await?;
+    /// let sweeper = ledger.spawn_sweeper(Duration::from_secs(30));
+    /// // ... serve; the sweeper ends with the last clone of the ledger.
+    /// # drop(sweeper);
+    /// # Ok(()) }
+    /// ```
+    pub fn spawn_sweeper(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::spawn(async move {
+            loop {
+                ticker.tick().await;
+                // Only a strong reference for the length of one sweep: dropping the last
+                // clone of the ledger ends the task at its next tick.
+                let Some(inner) = weak.upgrade() else { return };
+                match (RedisLedger { inner }).sweep_expired().await {
+                    Ok(0) => {}
+                    Ok(swept) => tracing::debug!(swept, "reclaimed expired holds"),
+                    Err(error) => tracing::warn!(%error, "sweep of expired holds failed"),
+                }
+            }
+        })
+    }
+
+    /// Walks one node's keyspace (`None`: the standalone server; on a cluster, the master
+    /// that owns `Some(route)`), sweeping every account found.
+    async fn sweep_node(&self, node: Option<Route>, pattern: &str) -> Result<u64, LedgerError> {
+        let mut reclaimed = 0;
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            let (next, keys): (u64, Vec<String>) = match node {
+                None => self.command(cmd).await?,
+                Some(route) => {
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    let value = self.routed(cmd, routing).await?;
+                    redis::from_redis_value(value).map_err(|e| unexpected("SCAN", e.to_string()))?
+                }
+            };
+            for key in keys {
+                if let Some(account) = account_of(&self.inner.prefix, &key) {
+                    reclaimed += self.sweep_account(&account).await?;
+                }
+            }
+            if next == 0 {
+                return Ok(reclaimed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Runs the `sweep` script on one account: how many of its holds went back.
+    async fn sweep_account(&self, account: &AccountId) -> Result<u64, LedgerError> {
+        let value = self.account_script(&SCRIPTS.sweep, account, |_| {}).await?;
+        let mut reply = Reply::new("sweep", value)?;
+        match reply.string()?.as_str() {
+            "swept" => {
+                let reclaimed = reply.u64()?;
+                let _open_holds = reply.u64()?;
+                reply.end()?;
+                Ok(reclaimed)
+            }
+            // The account's keys vanished between the SCAN and the script: nothing to do.
+            "unknown_account" => {
+                reply.end()?;
+                Ok(0)
+            }
+            tag => Err(reply.unknown_tag(tag)),
+        }
+    }
+
+    /// One route per master of the cluster: the first slot of one of its ranges, from
+    /// `CLUSTER SLOTS` (asked of any master).
+    async fn masters(&self) -> Result<Vec<Route>, LedgerError> {
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let value = self.routed(cmd, routing).await?;
+        masters_of(value)
+    }
+
+    /// A command sent where `routing` says (cluster only), under the call deadline.
+    fn routed(
+        &self,
+        cmd: redis::Cmd,
+        routing: RoutingInfo,
+    ) -> impl std::future::Future<Output = Result<Value, LedgerError>> + Send + 'static {
+        let conn = self.inner.conn.clone();
+        self.deadline(async move {
+            match conn {
+                Conn::Cluster(mut c) => c.route_command(cmd, routing).await,
+                Conn::Standalone(mut c) => cmd.query_async(&mut c).await,
+            }
+        })
+    }
+}
+
+/// `SCAN MATCH` pattern of every account's expiry index: `<prefix>:{*}:expiry`, with the
+/// glob characters a prefix may hold (`*`, `?`, `[`, `]`, `\`) escaped.
+fn expiry_pattern(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 12);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(":{*}:expiry");
+    pattern
+}
+
+/// The account of an expiry index key `<prefix>:{<account>}:expiry`, if the key is one
+/// (a key that only looks like one, or holds an invalid id, is skipped).
+fn account_of(prefix: &str, key: &str) -> Option<AccountId> {
+    let id = key
+        .strip_prefix(prefix)?
+        .strip_prefix(":{")?
+        .strip_suffix("}:expiry")?;
+    AccountId::new(id).ok()
+}
+
+/// Parses `CLUSTER SLOTS` (`[[start, end, [host, port, id, ..], replicas..], ..]`) into
+/// one route per master.
+fn masters_of(value: Value) -> Result<Vec<Route>, LedgerError> {
+    let bad = |detail: &str| unexpected("CLUSTER SLOTS", detail.to_owned());
+    let Value::Array(ranges) = value else {
+        return Err(bad("not an array"));
+    };
+    let mut seen: Vec<Value> = Vec::new();
+    let mut routes = Vec::new();
+    for range in ranges {
+        let Value::Array(range) = range else {
+            return Err(bad("a slot range is not an array"));
+        };
+        let (Some(Value::Int(start)), Some(Value::Array(master))) = (range.first(), range.get(2))
+        else {
+            return Err(bad("a slot range has no start or no master"));
+        };
+        // The node id when the server sends one, else its address.
+        let node = master
+            .get(2)
+            .or(master.first())
+            .cloned()
+            .unwrap_or(Value::Nil);
+        let node = Value::Array(vec![node, master.get(1).cloned().unwrap_or(Value::Nil)]);
+        if seen.contains(&node) {
+            continue;
+        }
+        let slot = u16::try_from(*start)
+            .ok()
+            .and_then(Slot::new)
+            .ok_or_else(|| bad("a slot out of range"))?;
+        seen.push(node);
+        routes.push(Route::with_slot(slot, SlotAddr::Master));
+    }
+    if routes.is_empty() {
+        return Err(bad("no master"));
+    }
+    Ok(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pattern_escapes_glob_characters_of_the_prefix() {
+        assert_eq!(expiry_pattern("credits"), "credits:{*}:expiry");
+        assert_eq!(
+            expiry_pattern("a*b?[c]\\"),
+            "a\\*b\\?\\[c\\]\\\\:{*}:expiry"
+        );
+    }
+
+    #[test]
+    fn accounts_are_read_back_from_expiry_keys() {
+        assert_eq!(
+            account_of("credits", "credits:{acct_42}:expiry"),
+            Some(AccountId::new("acct_42").unwrap())
+        );
+        for other in [
+            "credits:{acct_42}:holds",
+            "other:{acct_42}:expiry",
+            "credits:{a}:x:{b}:expiry",
+            "credits:{}:expiry",
+            "credits:acct:expiry",
+        ] {
+            assert_eq!(account_of("credits", other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn one_route_per_master() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let node =
+            |port: i64, id: &str| Value::Array(vec![bulk("127.0.0.1"), Value::Int(port), bulk(id)]);
+        let range = |start: i64, end: i64, port: i64, id: &str| {
+            Value::Array(vec![Value::Int(start), Value::Int(end), node(port, id)])
+        };
+        let slots = Value::Array(vec![
+            range(0, 5460, 7000, "a"),
+            range(5461, 10922, 7001, "b"),
+            range(10923, 12000, 7002, "c"),
+            range(12001, 16383, 7000, "a"),
+        ]);
+        let routes = masters_of(slots).unwrap();
+        assert_eq!(
+            routes,
+            [0, 5461, 10923].map(|s| Route::new(s, SlotAddr::Master))
+        );
+        assert!(masters_of(Value::Array(vec![])).is_err());
+        assert!(masters_of(Value::Nil).is_err());
+    }
+}
