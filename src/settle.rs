@@ -191,10 +191,15 @@ impl<L: Ledger> Settler for Shared<L> {
                 match answer {
                     Err(error) if error.is_unavailable() => {
                         shared.breaker.record(false);
-                        if tokio::time::Instant::now() + delay >= deadline {
+                        // Give up only once the hold has expired: a try that timed out may
+                        // still be queued on the server and commit while the hold lives, so
+                        // the last try goes out at the deadline, when nothing can commit
+                        // the hold any more; its answer, if any, is the truth.
+                        let now = tokio::time::Instant::now();
+                        if now >= deadline {
                             break settled(&shared.stats, &hold, decision, Err(error));
                         }
-                        tokio::time::sleep(delay).await;
+                        tokio::time::sleep(delay.min(deadline - now)).await;
                         delay = (delay * 2).min(MAX_RETRY_DELAY);
                         Stats::add(&shared.stats.settle_retries, 1);
                         answer = shared.settle_call(&hold, decision).await;
