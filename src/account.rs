@@ -363,7 +363,10 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthorized> {
     }
 }
 
-fn header_key<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Unauthorized> {
+pub(crate) fn header_key<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<&'a str, Unauthorized> {
     let mut values = headers.get_all(name).iter();
     let value = values.next().ok_or(Unauthorized::Missing)?;
     if values.next().is_some() {

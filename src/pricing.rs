@@ -29,6 +29,7 @@ use std::sync::Arc;
 use http::Method;
 
 use crate::amount::MAX_AMOUNT;
+use crate::ledger::check_route;
 
 /// What one request costs up front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +74,7 @@ struct Rule {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Segment {
+pub(crate) enum Segment {
     Literal(String),
     Param,
     Rest,
@@ -137,8 +138,10 @@ impl Pricing {
     ///
     /// # Panics
     ///
-    /// When the route does not parse or `credits` exceeds [`MAX_AMOUNT`]: both are
-    /// programming errors found at start-up, not at request time.
+    /// When the route does not parse (a bad method, a path not starting with `/`, a `*` or
+    /// `{*name}` that is not the last segment, a control character, a path over 256 bytes)
+    /// or `credits` exceeds [`MAX_AMOUNT`]: both are programming errors found at start-up,
+    /// not at request time.
     pub fn route(self, route: &str, credits: u64) -> Self {
         assert!(
             credits <= MAX_AMOUNT,
@@ -173,17 +176,31 @@ impl Pricing {
         self.version.as_ref()
     }
 
-    fn rule(mut self, route: &str, price: Price) -> Self {
-        let (method, pattern) =
-            parse_route(route).unwrap_or_else(|e| panic!("invalid route {route:?}: {e}"));
+    fn rule(self, route: &str, price: Price) -> Self {
+        self.try_rule(route, price)
+            .unwrap_or_else(|e| panic!("invalid route {route:?}: {e}"))
+    }
+
+    /// [`route`](Self::route) and [`free`](Self::free) without the panic: the route's
+    /// parse error instead.
+    pub(crate) fn try_rule(mut self, route: &str, price: Price) -> Result<Self, &'static str> {
+        let (method, pattern) = parse_route(route)?;
+        // The pattern is the usage label the ledger records: one it would refuse would make
+        // every request on the route fail at request time instead of here.
+        if check_route(pattern).is_err() {
+            return Err("the path must be at most 256 bytes, without control characters");
+        }
         let segments = parse_segments(pattern);
+        if segments.iter().rev().skip(1).any(|s| *s == Segment::Rest) {
+            return Err("`*` or `{*name}` must be the last segment");
+        }
         self.rules.push(Rule {
             method,
             pattern: Arc::from(pattern),
             segments,
             price,
         });
-        self
+        Ok(self)
     }
 
     /// Prices a request. `matched` is axum's `MatchedPath` when the router set one.
@@ -219,7 +236,7 @@ impl Pricing {
     }
 }
 
-fn parse_route(route: &str) -> Result<(Option<Method>, &str), &'static str> {
+pub(crate) fn parse_route(route: &str) -> Result<(Option<Method>, &str), &'static str> {
     let route = route.trim();
     let (method, path) = match route.split_once(' ') {
         Some((m, p)) if m != "*" => (
@@ -235,7 +252,7 @@ fn parse_route(route: &str) -> Result<(Option<Method>, &str), &'static str> {
     Ok((method, path))
 }
 
-fn parse_segments(pattern: &str) -> Vec<Segment> {
+pub(crate) fn parse_segments(pattern: &str) -> Vec<Segment> {
     pattern
         .split('/')
         .skip(1)
@@ -252,7 +269,7 @@ fn parse_segments(pattern: &str) -> Vec<Segment> {
 }
 
 /// Segment-wise match of a raw request path (no query) against a pattern.
-fn matches_path(segments: &[Segment], path: &str) -> bool {
+pub(crate) fn matches_path(segments: &[Segment], path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
     };

@@ -64,13 +64,15 @@ pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// `grpc-status` of a header or trailer map, when present and numeric.
+/// `grpc-status` of a header or trailer map, when present and numeric: ASCII digits (the
+/// gRPC spec's `1*DIGIT`) between optional blanks. Anything else, `+0` or a non-ASCII space
+/// included, is no status, as for a gRPC client.
 pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
-    std::str::from_utf8(headers.get("grpc-status")?.as_bytes())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let digits = headers.get("grpc-status")?.as_bytes().trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn problem<B>(
