@@ -315,6 +315,7 @@ where
                                 threshold: held
                                     .low_balance_threshold
                                     .or(shared.low_balance_threshold),
+                                runway_secs: held.runway_secs,
                                 grpc: billing.grpc,
                             };
                             let settler: Arc<dyn Settler> = shared.clone();
@@ -462,6 +463,7 @@ fn finish<L: Ledger, B: http_body::Body>(
             hold.remaining(cost),
             hold.threshold,
         );
+        headers::write_runway(&mut parts.headers, names, hold.runway_secs);
         return Response::from_parts(parts, ResponseBody::inner(body));
     }
     // Cost known at body end: the head carries the hold and a lower bound of the balance.
@@ -476,6 +478,7 @@ fn finish<L: Ledger, B: http_body::Body>(
         http::HeaderValue::from_str(hold.charge.hold_id().as_str()).expect("hold ids are ASCII"),
     );
     headers::write_warning(&mut parts.headers, names, hold.available, hold.threshold);
+    headers::write_runway(&mut parts.headers, names, hold.runway_secs);
     Response::from_parts(
         parts,
         ResponseBody::settling(body, BodySettle::new(guard, success)),

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// | `credits-reserved` | every billed request | the hold |
 /// | `credits-remaining` | every billed request | available after this request settles |
 /// | `credits-warning` | remaining below the low-balance threshold | `low-balance; remaining=40; threshold=100` |
+/// | `credits-runway` | the account has a recent spend rate | seconds the balance lasts at that rate |
 /// | `credits-hold-id` | cost settles at body end | the open hold's id |
 /// | `credits-price-version` | the pricing has a version | that version |
 ///
@@ -26,6 +27,7 @@ pub struct CreditHeaders {
     pub(crate) reserved: HeaderName,
     pub(crate) remaining: HeaderName,
     pub(crate) warning: HeaderName,
+    pub(crate) runway: HeaderName,
     pub(crate) hold_id: HeaderName,
     pub(crate) price_version: HeaderName,
 }
@@ -37,6 +39,7 @@ impl Default for CreditHeaders {
             reserved: HeaderName::from_static("credits-reserved"),
             remaining: HeaderName::from_static("credits-remaining"),
             warning: HeaderName::from_static("credits-warning"),
+            runway: HeaderName::from_static("credits-runway"),
             hold_id: HeaderName::from_static("credits-hold-id"),
             price_version: HeaderName::from_static("credits-price-version"),
         }
@@ -70,6 +73,8 @@ setter! {
     remaining,
     /// Renames `credits-warning`.
     warning,
+    /// Renames `credits-runway`.
+    runway,
     /// Renames `credits-hold-id`.
     hold_id,
     /// Renames `credits-price-version`.
@@ -104,6 +109,17 @@ pub(crate) fn write_settled(
     headers.insert(names.reserved.clone(), int(reserved));
     headers.insert(names.remaining.clone(), int(remaining));
     write_warning(headers, names, remaining, threshold);
+}
+
+/// `credits-runway`, when the ledger knows the account's spend rate.
+pub(crate) fn write_runway(
+    headers: &mut HeaderMap,
+    names: &CreditHeaders,
+    runway_secs: Option<u64>,
+) {
+    if let Some(secs) = runway_secs {
+        headers.insert(names.runway.clone(), int(secs));
+    }
 }
 
 pub(crate) fn write_warning(

@@ -67,6 +67,8 @@ pub(crate) struct HoldCtx {
     pub(crate) available: i64,
     /// The account's threshold, else the layer's.
     pub(crate) threshold: Option<u64>,
+    /// Seconds the balance lasts at the account's recent spend rate, as of the reserve.
+    pub(crate) runway_secs: Option<u64>,
     pub(crate) grpc: bool,
 }
 

@@ -199,6 +199,11 @@ async fn sequential_requests_see_exact_balances() {
         let answer = send(&client, get_req(&f.server.url("/v1/echo"), Some("key-seq"))).await;
         assert_eq!(answer.int("credits-remaining"), 105 - i);
         assert_eq!(available(&f.ledger, &acct).await, 105 - i);
+        // The runway forecast appears once the account has spent something.
+        match i {
+            1 => assert_eq!(answer.header("credits-runway"), None),
+            _ => assert!(answer.int("credits-runway") > 0),
+        }
         // Threshold 100: the warning starts once the balance is below it.
         let remaining = 105 - i;
         match answer.header("credits-warning") {

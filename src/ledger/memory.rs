@@ -343,6 +343,7 @@ impl MemoryLedger {
                     low_balance_threshold: state.threshold,
                     expires_at_ms: hold.expires_at_ms,
                     replayed: true,
+                    runway_secs: state.runway(now),
                 }));
             }
             if let Some(how) = state.done.get(&r.hold_id) {
@@ -382,6 +383,7 @@ impl MemoryLedger {
                 low_balance_threshold: state.threshold,
                 expires_at_ms,
                 replayed: false,
+                runway_secs: state.runway(now),
             }))
         })
     }

@@ -98,6 +98,8 @@ pub struct Held {
     pub expires_at_ms: u64,
     /// `true` when this hold id was already held and this call changed nothing.
     pub replayed: bool,
+    /// Seconds `available` lasts at the account's recent spend rate, when it spends.
+    pub runway_secs: Option<u64>,
 }
 
 /// A refused reserve.

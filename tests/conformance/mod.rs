@@ -78,6 +78,7 @@ macro_rules! conformance_suite {
             invalid_ttl_is_refused,
             invalid_arguments_write_nothing,
             usage_by_route_accumulates,
+            runway_follows_spending,
             low_balance_threshold_crossed_once_per_crossing,
             low_balance_threshold_rearms_after_expiry,
             api_keys_register_lookup_revoke,
@@ -1002,6 +1003,31 @@ pub async fn usage_by_route_accumulates<H: Harness>(h: &H) {
     let b = assert_conserved(&l, &a).await;
     assert_eq!(b.committed, 24);
     assert_eq!(totals(&b), (976, 0, 24, 1_000, 0));
+}
+
+/// The runway forecast: none before any spend, then `available / burn rate`, growing as the
+/// rate decays with idle time.
+pub async fn runway_follows_spending<H: Harness>(h: &H) {
+    let (l, clock, a) = funded(h, "acct_runway", 1_000).await;
+    let first = expect_held(reserve(&l, &a, &hold("r0"), 0).await);
+    assert_eq!(first.runway_secs, None, "nothing spent yet");
+    // 360 credits spent: a rate of 360 / 3600 s = 0.1 credit/s, 640 left: 6400 s.
+    let spent = spend(&l, &a, "r1", 360).await;
+    let after = spent.runway_secs.expect("a runway once spending");
+    assert!((6_000..=6_500).contains(&after), "runway {after}");
+    let held = expect_held(reserve(&l, &a, &hold("r2"), 0).await);
+    let at_reserve = held.runway_secs.expect("reserve reports the runway");
+    assert!((6_000..=6_500).contains(&at_reserve), "runway {at_reserve}");
+    // An idle hour decays the rate (time constant one hour): the balance lasts longer.
+    clock.advance(Duration::from_secs(3600));
+    let later = l
+        .balance(&a)
+        .await
+        .unwrap()
+        .runway_secs
+        .expect("still spending");
+    assert!(later > at_reserve * 2, "runway {later} after an idle hour");
+    assert_conserved(&l, &a).await;
 }
 
 async fn spend<L: Ledger>(l: &L, a: &AccountId, id: &str, amount: u64) -> Settlement {

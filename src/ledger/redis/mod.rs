@@ -424,14 +424,19 @@ impl Drop for RefundUnanswered {
 fn parse_reserve(value: Value, limit: Option<u64>) -> Result<ReserveOutcome, LedgerError> {
     let mut reply = Reply::new("reserve", value)?;
     let result = match reply.string()?.as_str() {
-        "held" => Ok(ReserveOutcome::Held(Held {
-            amount: reply.u64()?,
-            available: reply.i64()?,
-            credit_limit: reply.u64()?,
-            low_balance_threshold: reply.threshold()?,
-            expires_at_ms: reply.time_ms()?,
-            replayed: reply.flag()?,
-        })),
+        "held" => {
+            let amount = reply.u64()?;
+            let available = reply.i64()?;
+            Ok(ReserveOutcome::Held(Held {
+                amount,
+                available,
+                credit_limit: reply.u64()?,
+                low_balance_threshold: reply.threshold()?,
+                expires_at_ms: reply.time_ms()?,
+                replayed: reply.flag()?,
+                runway_secs: runway(&mut reply, available)?,
+            }))
+        }
         "insufficient" => Ok(ReserveOutcome::Insufficient(Insufficient {
             required: reply.u64()?,
             available: reply.i64()?,

@@ -14,7 +14,8 @@
 -- ARGV[6]: route label ('' for none)
 -- ARGV[7]: most open holds allowed ('' for no limit)
 -- Returns one of:
---   {'held', amount, available, credit_limit, threshold | -1, expires_at_ms, replayed 0|1}
+--   {'held', amount, available, credit_limit, threshold | -1, expires_at_ms, replayed 0|1,
+--    rate, rate_at_ms, now_ms}  (the burn rate as in settle.lua, for the runway)
 --   {'insufficient', required, available, credit_limit}
 --   {'closed', 'already_committed' | 'already_refunded' | 'expired'}
 --   {'too_many_holds'}
@@ -45,7 +46,8 @@ reclaim(a, now, retention)
 local open = tonumber(redis.call('HGET', KEYS[2], id))
 if open then
   local expires_at = tonumber(redis.call('ZSCORE', KEYS[3], id))
-  return { 'held', open, available(a), a.credit_limit, threshold_reply(a), expires_at, 1 }
+  return { 'held', open, available(a), a.credit_limit, threshold_reply(a), expires_at, 1,
+    rate_reply(), a.rate_at, now }
 end
 local how = redis.call('HGET', KEYS[5], id)
 if how then
@@ -73,4 +75,5 @@ if route ~= '' then
 end
 redis.call('ZADD', KEYS[3], expires_at, id)
 incr(a, 'held', amount)
-return { 'held', amount, available(a), a.credit_limit, threshold_reply(a), expires_at, 0 }
+return { 'held', amount, available(a), a.credit_limit, threshold_reply(a), expires_at, 0,
+  rate_reply(), a.rate_at, now }
