@@ -1151,10 +1151,16 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     line(
         &mut summary,
         format!(
-            "ledger committed vs layers confirmed: {ledger_committed} vs {} credits \
-             (difference {}: commits that ran as Redis was killed past the ttl, reply lost)",
+            "ledger committed vs layers confirmed: {ledger_committed} vs {} credits{}",
             stats.credits_committed,
-            ledger_committed as i64 - stats.credits_committed as i64
+            match ledger_committed as i64 - stats.credits_committed as i64 {
+                0 => " (equal)".to_owned(),
+                d => format!(
+                    " (difference {d}: a commit ran as Redis was killed past the hold ttl, its \
+                     reply lost and no later try answered in time; at most \
+                     {committed_at_a_long_kill} credits closed right before such a kill)"
+                ),
+            }
         ),
     );
     println!("{summary}");
