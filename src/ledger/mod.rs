@@ -1,7 +1,7 @@
 //! The ledger: where credits are held, committed, refunded and topped up.
 //!
 //! [`Ledger`] is the contract every store implements; [`MemoryLedger`] keeps balances in
-//! process, [`RedisLedger`](crate::ledger::RedisLedger) (feature `redis`) keeps them in
+//! process, `RedisLedger` (feature `redis`) keeps them in
 //! Redis or Redis Cluster, shared by every replica. Both pass one conformance suite
 //! (`tests/conformance/`). [`AnyLedger`] picks one at run time.
 //!
