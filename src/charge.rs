@@ -73,6 +73,7 @@ struct Inner {
     actual: AtomicU64,
     deferred: AtomicBool,
     closed: AtomicBool,
+    billed: bool,
 }
 
 /// Why a [`Charge`] could not be changed.
@@ -93,12 +94,24 @@ impl fmt::Debug for Charge {
             .field("reserved", &self.inner.reserved)
             .field("actual", &self.actual())
             .field("deferred", &self.is_deferred())
+            .field("billed", &self.is_billed())
             .finish()
     }
 }
 
 impl Charge {
     pub(crate) fn new(account: AccountId, hold_id: HoldId, reserved: u64) -> Self {
+        Self::with_billing(account, hold_id, reserved, true)
+    }
+
+    /// The charge of a request served unbilled because the ledger was down
+    /// ([`OutagePolicy::FailOpen`](crate::OutagePolicy::FailOpen)): nothing is held, and what
+    /// the handler sets is not committed anywhere.
+    pub(crate) fn unbilled(account: AccountId, price: u64) -> Self {
+        Self::with_billing(account, HoldId::generate(), price, false)
+    }
+
+    fn with_billing(account: AccountId, hold_id: HoldId, reserved: u64, billed: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 account,
@@ -107,8 +120,18 @@ impl Charge {
                 actual: AtomicU64::new(UNSET),
                 deferred: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
+                billed,
             }),
         }
+    }
+
+    /// `false` when the ledger was unreachable and the layer serves the request unbilled
+    /// under [`OutagePolicy::FailOpen`](crate::OutagePolicy::FailOpen): the handler can still
+    /// read the account and set a cost, but nothing is held or committed. (When even the
+    /// account could not be resolved, there is no `Charge` at all: extract `Option<Charge>`
+    /// on fail-open services.)
+    pub fn is_billed(&self) -> bool {
+        self.inner.billed
     }
 
     /// The account paying for this request.

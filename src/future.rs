@@ -136,7 +136,7 @@ where
     pub(crate) fn outage(
         shared: Arc<Shared<L>>,
         inner: S,
-        req: Request<ReqBody>,
+        mut req: Request<ReqBody>,
         account: Option<AccountId>,
         amount: u64,
         grpc: bool,
@@ -144,7 +144,7 @@ where
         Stats::add(&shared.stats.outages, 1);
         match shared.outage {
             OutagePolicy::FailOpen => {
-                serve_unbilled(&shared, account, amount);
+                serve_unbilled(&shared, &mut req, account, amount);
                 Self::pass_through(inner, req)
             }
             _ => Self::refused(shared, Refusal::Unavailable, grpc),
@@ -210,9 +210,19 @@ fn reserve_call<L: Ledger>(shared: &Shared<L>, billing: &Billing) -> L::Future<R
     shared.ledger.reserve(reserve)
 }
 
-fn serve_unbilled<L>(shared: &Shared<L>, account: Option<AccountId>, amount: u64) {
+/// Counts a request served unbilled and gives its handler a `Charge` that holds nothing.
+fn serve_unbilled<L, B>(
+    shared: &Shared<L>,
+    req: &mut Request<B>,
+    account: Option<AccountId>,
+    amount: u64,
+) {
     tracing::warn!(account = ?account.as_ref().map(AccountId::as_str), amount, "ledger unreachable: serving unbilled (fail open)");
     Stats::add(&shared.stats.served_unbilled, 1);
+    if let Some(account) = &account {
+        req.extensions_mut()
+            .insert(Charge::unbilled(account.clone(), amount));
+    }
     shared.unbilled.record(account, amount);
 }
 
@@ -223,8 +233,9 @@ enum AfterError {
     ServeUnbilled,
 }
 
-fn ledger_failed<L>(
+fn ledger_failed<L, B>(
     shared: &Shared<L>,
+    req: Option<&mut Request<B>>,
     error: &LedgerError,
     account: Option<&AccountId>,
     amount: u64,
@@ -238,7 +249,9 @@ fn ledger_failed<L>(
     Stats::add(&shared.stats.outages, 1);
     match shared.outage {
         OutagePolicy::FailOpen => {
-            serve_unbilled(shared, account.cloned(), amount);
+            if let Some(req) = req {
+                serve_unbilled(shared, req, account.cloned(), amount);
+            }
             AfterError::ServeUnbilled
         }
         _ => AfterError::Refuse(Refusal::Unavailable),
@@ -282,7 +295,13 @@ where
                             let refusal = Some(Refusal::Unauthorized(Unauthorized::UnknownKey));
                             this.state.set(State::Refused { refusal });
                         }
-                        Err(error) => match ledger_failed(shared, &error, None, billing.amount) {
+                        Err(error) => match ledger_failed(
+                            shared,
+                            this.req.as_mut(),
+                            &error,
+                            None,
+                            billing.amount,
+                        ) {
                             AfterError::Refuse(refusal) => this.state.set(State::Refused {
                                 refusal: Some(refusal),
                             }),
@@ -350,7 +369,13 @@ where
                             Refusal::Unavailable
                         }
                         Err(error) => {
-                            match ledger_failed(shared, &error, Some(&account), billing.amount) {
+                            match ledger_failed(
+                                shared,
+                                this.req.as_mut(),
+                                &error,
+                                Some(&account),
+                                billing.amount,
+                            ) {
                                 AfterError::Refuse(refusal) => refusal,
                                 AfterError::ServeUnbilled => {
                                     let mut inner =

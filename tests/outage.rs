@@ -19,6 +19,7 @@ fn pricing() -> Pricing {
     Pricing::new()
         .route("GET /v1/echo", 3)
         .route("GET /v1/gated", 4)
+        .route("GET /v1/who", 2)
 }
 
 #[derive(Clone, Default)]
@@ -33,6 +34,12 @@ struct Gate {
 fn app(layer: CreditLayer<SwitchLedger>, gate: Gate) -> Router {
     Router::new()
         .route("/v1/echo", get(|| async { "echo" }))
+        .route(
+            "/v1/who",
+            get(|charge: Charge| async move {
+                format!("{} billed={}", charge.account(), charge.is_billed())
+            }),
+        )
         .route(
             "/v1/gated",
             get(move |charge: Charge| {
@@ -130,6 +137,10 @@ async fn fail_open_serves_unbilled_and_counts_it_per_account() {
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.header("credits-cost"), None, "nothing billed");
     }
+    // Handlers that extract `Charge` still work, told that nothing is billed.
+    let who = send(&client, get_req(&server.url("/v1/who"), Some("key-fo"))).await;
+    assert_eq!(who.status, StatusCode::OK);
+    assert_eq!(who.body, "acct_fo billed=false");
     // An uncached key cannot be resolved while the ledger is down: counted without account.
     let answer = send(&client, get_req(&url, Some("never-seen"))).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -137,9 +148,9 @@ async fn fail_open_serves_unbilled_and_counts_it_per_account() {
 
     let unbilled = layer.unbilled().snapshot();
     let mine = unbilled[&Some(acct.clone())];
-    assert_eq!((mine.requests, mine.credits), (4, 12));
+    assert_eq!((mine.requests, mine.credits), (5, 14));
     assert_eq!(unbilled[&None].requests, 1);
-    assert_eq!(layer.stats().served_unbilled, 5);
+    assert_eq!(layer.stats().served_unbilled, 6);
     assert_eq!(layer.unbilled().take().len(), 2);
     assert!(layer.unbilled().snapshot().is_empty(), "take resets");
     assert_eq!(available(&ledger.inner, &acct).await, 97);
