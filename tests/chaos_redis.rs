@@ -695,13 +695,14 @@ struct Pacer {
 impl Pacer {
     async fn pace_for(&self, spell: Duration) {
         let until = tokio::time::Instant::now() + spell;
+        // The load's clock: one tick every 10 ms releases the next requests.
+        let mut ticks = tokio::time::interval(Duration::from_millis(10));
         while tokio::time::Instant::now() < until {
+            ticks.tick().await;
             if self.permits.available_permits() < self.per_tick * 4 {
                 self.permits.add_permits(self.per_tick);
             }
             self.tick.send_modify(|t| *t += 1);
-            let pace = Duration::from_millis(10);
-            tokio::time::sleep(pace).await;
         }
     }
 }

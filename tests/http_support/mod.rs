@@ -159,9 +159,12 @@ where
             tokio::time::Instant::now() < deadline,
             "timed out waiting until {what}"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// How often [`wait_until`] checks its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Conservation of one account: topped_up = available + held + committed.
 pub async fn assert_conserved<L: Ledger>(ledger: &L, account: &AccountId) {
