@@ -283,9 +283,11 @@ impl AccountResolver {
     }
 }
 
-/// Key hash → account (or `None` for unknown), each entry with its own deadline.
+/// Key hash → account, each entry with its own deadline. Unknown keys live in a cache of
+/// their own, so a flood of made-up keys cannot evict the real ones.
 pub(crate) struct KeyCache {
-    entries: quick_cache::sync::Cache<ApiKeyHash, (Option<AccountId>, Instant)>,
+    known: quick_cache::sync::Cache<ApiKeyHash, (AccountId, Instant)>,
+    unknown: quick_cache::sync::Cache<ApiKeyHash, Instant>,
     capacity: usize,
     known_ttl: Duration,
     unknown_ttl: Duration,
@@ -294,30 +296,43 @@ pub(crate) struct KeyCache {
 impl KeyCache {
     fn new(capacity: usize, known_ttl: Duration, unknown_ttl: Duration) -> Self {
         Self {
-            entries: quick_cache::sync::Cache::new(capacity.max(1)),
+            known: quick_cache::sync::Cache::new(capacity.max(1)),
+            unknown: quick_cache::sync::Cache::new(capacity.max(1)),
             capacity,
             known_ttl,
             unknown_ttl,
         }
     }
 
+    /// `Some(Some(account))` known, `Some(None)` known to be unknown, `None` not cached.
     fn get(&self, hash: &ApiKeyHash) -> Option<Option<AccountId>> {
-        let (account, deadline) = self.entries.get(hash)?;
-        if Instant::now() >= deadline {
-            self.entries.remove(hash);
-            return None;
+        let now = Instant::now();
+        if let Some((account, deadline)) = self.known.get(hash) {
+            if now < deadline {
+                return Some(Some(account));
+            }
+            self.known.remove(hash);
         }
-        Some(account)
+        if let Some(deadline) = self.unknown.get(hash) {
+            if now < deadline {
+                return Some(None);
+            }
+            self.unknown.remove(hash);
+        }
+        None
     }
 
     fn insert(&self, hash: ApiKeyHash, account: Option<AccountId>) {
-        let ttl = if account.is_some() {
-            self.known_ttl
-        } else {
-            self.unknown_ttl
-        };
-        if !ttl.is_zero() {
-            self.entries.insert(hash, (account, Instant::now() + ttl));
+        match account {
+            Some(account) if !self.known_ttl.is_zero() => {
+                self.unknown.remove(&hash);
+                self.known
+                    .insert(hash, (account, Instant::now() + self.known_ttl));
+            }
+            None if !self.unknown_ttl.is_zero() => {
+                self.unknown.insert(hash, Instant::now() + self.unknown_ttl);
+            }
+            _ => {}
         }
     }
 }
@@ -412,6 +427,18 @@ mod tests {
             bearer_token(&two),
             Err(Unauthorized::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn unknown_keys_cannot_evict_known_ones() {
+        let cache = KeyCache::new(16, Duration::from_secs(60), Duration::from_secs(60));
+        let real = ApiKeyHash::of("real");
+        let acct = AccountId::new("a").unwrap();
+        cache.insert(real, Some(acct.clone()));
+        for i in 0..10_000 {
+            cache.insert(ApiKeyHash::of(&format!("junk-{i}")), None);
+        }
+        assert_eq!(cache.get(&real), Some(Some(acct)));
     }
 
     #[test]

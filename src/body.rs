@@ -2,7 +2,6 @@
 //! when it ends.
 
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -10,7 +9,6 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
 
 use crate::headers;
 use crate::problem::grpc_status;
@@ -51,7 +49,9 @@ pub(crate) struct BodySettle {
     guard: HoldGuard,
     /// Success known from the response head (`None`: a gRPC status still to come).
     success: Option<bool>,
-    renew: Pin<Box<Sleep>>,
+    /// Renews the hold every half TTL, whether or not the caller reads: a slow reader does
+    /// not poll the body, and must not make the hold expire.
+    renewer: Option<tokio::task::AbortHandle>,
     phase: Phase,
 }
 
@@ -63,24 +63,48 @@ enum Phase {
 }
 
 impl BodySettle {
-    pub(crate) fn new(guard: HoldGuard, success: Option<bool>) -> Box<Self> {
-        let renew = Box::pin(tokio::time::sleep(guard.settler().hold_ttl() / 2));
+    /// `next_renewal` continues the schedule the handler's renewals kept.
+    pub(crate) fn new(
+        mut guard: HoldGuard,
+        success: Option<bool>,
+        next_renewal: tokio::time::Instant,
+    ) -> Box<Self> {
+        if success == Some(true) {
+            guard.head_succeeded();
+        }
+        let settler = guard.settler().clone();
+        let hold = guard.hold().clone();
+        let renewer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let every = settler.hold_ttl() / 2;
+            runtime
+                .spawn(async move {
+                    let mut at = next_renewal;
+                    loop {
+                        tokio::time::sleep_until(at).await;
+                        settler.extend(&hold);
+                        at += every;
+                    }
+                })
+                .abort_handle()
+        });
         Box::new(Self {
             guard,
             success,
-            renew,
+            renewer,
             phase: Phase::Streaming,
         })
     }
 
     /// Settles and writes the final figures into `trailers`.
     fn finish(&mut self, trailers: &mut HeaderMap) {
+        self.stop_renewing();
         let hold = self.guard.hold().clone();
         if hold.grpc && self.success.is_none() {
             self.success = grpc_status(trailers).map(|code| code == 0);
         }
         // A gRPC response that ends without a status did not succeed.
         let success = self.success.unwrap_or(!hold.grpc);
+        hold.charge.close();
         let cost = if success { hold.charge.cost() } else { 0 };
         self.guard.settle(if success {
             Decision::Commit(hold.charge.actual().unwrap_or(hold.charge.reserved()))
@@ -93,13 +117,16 @@ impl BodySettle {
         headers::write_warning(trailers, names, hold.remaining(cost), hold.threshold);
     }
 
-    /// Renews the hold every half TTL while the body streams.
-    fn poll_renew(&mut self, cx: &mut Context<'_>) {
-        while self.renew.as_mut().poll(cx).is_ready() {
-            self.guard.extend();
-            let next = tokio::time::Instant::now() + self.guard.settler().hold_ttl() / 2;
-            self.renew.as_mut().reset(next);
+    fn stop_renewing(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
         }
+    }
+}
+
+impl Drop for BodySettle {
+    fn drop(&mut self) {
+        self.stop_renewing();
     }
 }
 
@@ -181,7 +208,6 @@ where
                     }
                     Phase::Streaming => pending.phase = Phase::Streaming,
                 }
-                pending.poll_renew(cx);
                 let polled = ready!(body.as_mut().poll_frame(cx));
                 Poll::Ready(match polled {
                     Some(Ok(frame)) => match frame.into_trailers() {

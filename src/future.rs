@@ -245,7 +245,6 @@ fn ledger_failed<L, B>(
         return AfterError::Refuse(Refusal::Unavailable);
     }
     tracing::error!(%error, "ledger unreachable");
-    shared.breaker.record(false);
     Stats::add(&shared.stats.outages, 1);
     match shared.outage {
         OutagePolicy::FailOpen => {
@@ -280,9 +279,9 @@ where
                     let hash = *hash;
                     let shared = this.shared.as_ref().expect("billed request");
                     let billing = this.billing.as_mut().expect("billed request");
-                    if found.is_ok() {
-                        shared.breaker.record(true);
-                    }
+                    shared
+                        .breaker
+                        .record(!found.as_ref().is_err_and(LedgerError::is_unavailable));
                     match found {
                         Ok(Some(account)) => {
                             shared.resolver.remember(hash, Some(account.clone()));
@@ -321,9 +320,9 @@ where
                     let shared = this.shared.as_ref().expect("billed request");
                     let billing = this.billing.as_ref().expect("billed request");
                     let account = billing.account.clone().expect("account resolved");
-                    if outcome.is_ok() {
-                        shared.breaker.record(true);
-                    }
+                    shared
+                        .breaker
+                        .record(!outcome.as_ref().is_err_and(LedgerError::is_unavailable));
                     let refusal = match outcome {
                         Ok(ReserveOutcome::Held(held)) => {
                             Stats::add(&shared.stats.holds, 1);
@@ -419,6 +418,7 @@ where
                         Ok(Poll::Ready(response)) => response,
                     };
                     let mut guard = guard.take().expect("guard until the response");
+                    let next_renewal = renew.deadline();
                     this.state.set(State::Done);
                     return Poll::Ready(match response {
                         Err(error) => {
@@ -427,7 +427,7 @@ where
                         }
                         Ok(response) => {
                             let shared = this.shared.as_ref().expect("billed request");
-                            Ok(finish(shared, guard, response))
+                            Ok(finish(shared, guard, response, next_renewal))
                         }
                     });
                 }
@@ -456,6 +456,7 @@ fn finish<L: Ledger, B: http_body::Body>(
     shared: &Shared<L>,
     mut guard: HoldGuard,
     response: Response<B>,
+    next_renewal: Instant,
 ) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
     let hold = guard.hold().clone();
@@ -465,15 +466,23 @@ fn finish<L: Ledger, B: http_body::Body>(
             .headers
             .insert(names.price_version.clone(), version.clone());
     }
-    let success = if hold.grpc {
+    // Judged as gRPC only when the response is gRPC too: a plain HTTP route called with a
+    // gRPC content type is still charged by its HTTP status.
+    let grpc = hold.grpc && problem::is_grpc(&parts.headers);
+    let hold = HoldCtx { grpc, ..hold };
+    guard.hold_mut().grpc = grpc;
+    let success = if grpc {
         // tonic sends handler errors as trailers-only responses: status in the headers.
         problem::grpc_status(&parts.headers).map(|code| code == 0)
     } else {
         Some((shared.success)(parts.status))
     };
-    let settle_at_end = hold.charge.is_deferred() || success.is_none();
+    // Failures refund at once; successes settle now unless the cost grows with the body.
+    let settle_at_end = success != Some(false) && (hold.charge.is_deferred() || success.is_none());
     if !settle_at_end || body.is_end_stream() {
         let success = success.unwrap_or(false);
+        // Frozen before it is read, so a late `set` fails instead of going unbilled.
+        hold.charge.close();
         let cost = if success { hold.charge.cost() } else { 0 };
         guard.settle(if success {
             Decision::Commit(hold.charge.actual().unwrap_or(hold.charge.reserved()))
@@ -506,6 +515,6 @@ fn finish<L: Ledger, B: http_body::Body>(
     headers::write_runway(&mut parts.headers, names, hold.runway_secs);
     Response::from_parts(
         parts,
-        ResponseBody::settling(body, BodySettle::new(guard, success)),
+        ResponseBody::settling(body, BodySettle::new(guard, success, next_renewal)),
     )
 }

@@ -36,6 +36,9 @@ pub(crate) struct Breaker {
     /// Milliseconds since `epoch` until which the breaker is open (0: closed).
     open_until_ms: AtomicU64,
     probing: AtomicBool,
+    /// When the current probe was let through (ms since `epoch`): a probe whose answer never
+    /// comes (its request was dropped) is replaced after another cooldown.
+    probe_at_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -57,6 +60,7 @@ impl Breaker {
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            probe_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -71,13 +75,27 @@ impl Breaker {
         if open_until == 0 {
             return true;
         }
-        if self.now_ms() < open_until {
+        let now = self.now_ms();
+        if now < open_until {
             return false;
         }
         // Half open: one probe at a time.
-        self.probing
+        if self
+            .probing
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+        {
+            self.probe_at_ms.store(now, Ordering::Release);
+            return true;
+        }
+        // A probe is out; replace it if it went unanswered for a cooldown (its request was
+        // dropped, say), so the breaker never stays open on a ledger that is back.
+        let probe_at = self.probe_at_ms.load(Ordering::Acquire);
+        now >= probe_at + self.cooldown.as_millis() as u64
+            && self
+                .probe_at_ms
+                .compare_exchange(probe_at, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// Records the answer of a ledger call: `false` for an outage (timeout, unreachable).
@@ -228,9 +246,8 @@ mod tests {
         assert!(!breaker.is_open());
         breaker.record(false);
         assert!(breaker.is_open());
-        // Cooldown zero: half open at once, one probe only.
+        // Cooldown zero: half open at once.
         assert!(breaker.allow());
-        assert!(!breaker.allow(), "a second probe waits for the first");
         breaker.record(true);
         assert!(!breaker.is_open());
         assert!(breaker.allow() && breaker.allow());
@@ -242,6 +259,18 @@ mod tests {
         breaker.record(false);
         assert!(!breaker.allow());
         assert!(!breaker.allow());
+    }
+
+    #[test]
+    fn an_unanswered_probe_is_replaced_after_a_cooldown() {
+        let breaker = Breaker::new(1, Duration::ZERO);
+        breaker.record(false);
+        assert!(breaker.allow(), "the probe");
+        // Its request is dropped: no answer is ever recorded. Cooldown zero: replaced at once.
+        assert!(breaker.allow(), "a replacement probe");
+        let slow = Breaker::new(1, Duration::from_secs(3600));
+        slow.record(false);
+        assert!(!slow.allow(), "still cooling down");
     }
 
     #[test]

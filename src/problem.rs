@@ -231,10 +231,19 @@ fn grpc_refusal<B>(code: GrpcCode, message: &str) -> Response<ResponseBody<B>> {
             HeaderValue::from_static("application/grpc"),
         );
         headers.insert("grpc-status", HeaderValue::from(code as u32));
-        // Our messages are plain ASCII without `%`, so they need no percent-encoding.
-        if let Ok(value) = HeaderValue::from_str(message) {
-            headers.insert("grpc-message", value);
+        // gRPC percent-encodes the message (a top-up URL may hold `%` or non-ASCII).
+        let mut encoded = String::with_capacity(message.len());
+        for b in message.bytes() {
+            if (b' '..=b'~').contains(&b) && b != b'%' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
         }
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_str(&encoded).expect("printable ASCII"),
+        );
         response
     }
 }

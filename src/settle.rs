@@ -92,17 +92,23 @@ pub(crate) trait Settler: Send + Sync + 'static {
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(25);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
-impl<L: Ledger> Shared<L> {
-    fn settle_call(&self, hold: &HoldCtx, decision: Decision) -> L::Future<Settlement> {
-        let charge = &hold.charge;
-        match decision {
-            Decision::Commit(actual) => self.ledger.commit(
-                charge.account(),
-                charge.hold_id(),
-                actual.min(charge.reserved()),
-            ),
-            Decision::Refund => self.ledger.refund(charge.account(), charge.hold_id()),
-        }
+/// What a background settle keeps: the ledger and the counters, cheap to clone.
+struct Retrier<L> {
+    ledger: L,
+    breaker: Arc<Breaker>,
+    stats: Arc<Stats>,
+    hold_ttl: Duration,
+}
+
+fn settle_call<L: Ledger>(ledger: &L, hold: &HoldCtx, decision: Decision) -> L::Future<Settlement> {
+    let charge = &hold.charge;
+    match decision {
+        Decision::Commit(actual) => ledger.commit(
+            charge.account(),
+            charge.hold_id(),
+            actual.min(charge.reserved()),
+        ),
+        Decision::Refund => ledger.refund(charge.account(), charge.hold_id()),
     }
 }
 
@@ -156,7 +162,7 @@ impl<L: Ledger> Settler for Shared<L> {
                 );
             }
         }
-        let mut first = self.settle_call(hold, decision);
+        let mut first = settle_call(&self.ledger, hold, decision);
         let mut cx = Context::from_waker(Waker::noop());
         let first_answer = match Pin::new(&mut first).poll(&mut cx) {
             Poll::Ready(Ok(settlement)) => {
@@ -180,7 +186,13 @@ impl<L: Ledger> Settler for Shared<L> {
             return;
         };
         let ticket = self.pending.enter();
-        let shared = self.clone();
+        // Only what the retries need, not the whole configuration (pricing table and all).
+        let shared = Retrier {
+            ledger: self.ledger.clone(),
+            breaker: self.breaker.clone(),
+            stats: self.stats.clone(),
+            hold_ttl: self.hold_ttl,
+        };
         let hold = hold.clone();
         runtime.spawn(async move {
             let deadline = tokio::time::Instant::now() + shared.hold_ttl;
@@ -204,7 +216,7 @@ impl<L: Ledger> Settler for Shared<L> {
                         tokio::time::sleep(delay.min(deadline - now)).await;
                         delay = (delay * 2).min(MAX_RETRY_DELAY);
                         Stats::add(&shared.stats.settle_retries, 1);
-                        answer = shared.settle_call(&hold, decision).await;
+                        answer = settle_call(&shared.ledger, &hold, decision).await;
                     }
                     answer => {
                         if answer.is_ok() {
@@ -272,11 +284,15 @@ pub(crate) fn drive<F, T>(
 }
 
 /// Settles a hold exactly once: explicitly, or when dropped (client gone, future dropped,
-/// panic unwinding) — then a deferred HTTP charge commits what it says so far and anything
-/// else is refunded.
+/// panic unwinding). Dropped before the response head, it refunds; dropped while a body
+/// streams, a response known to have succeeded (a deferred HTTP charge) commits what the
+/// `Charge` says so far, and anything else — a failed response, a gRPC stream whose status
+/// never came — is refunded.
 pub(crate) struct HoldGuard {
     settler: Arc<dyn Settler>,
     hold: Option<HoldCtx>,
+    /// Set once the response head has left with a success: what a drop then commits.
+    commit_on_drop: bool,
 }
 
 impl fmt::Debug for HoldGuard {
@@ -292,11 +308,21 @@ impl HoldGuard {
         Self {
             settler,
             hold: Some(hold),
+            commit_on_drop: false,
         }
+    }
+
+    /// The response head left and the request succeeded; its body now streams.
+    pub(crate) fn head_succeeded(&mut self) {
+        self.commit_on_drop = true;
     }
 
     pub(crate) fn hold(&self) -> &HoldCtx {
         self.hold.as_ref().expect("guard used after settling")
+    }
+
+    pub(crate) fn hold_mut(&mut self) -> &mut HoldCtx {
+        self.hold.as_mut().expect("guard used after settling")
     }
 
     pub(crate) fn settler(&self) -> &Arc<dyn Settler> {
@@ -320,7 +346,7 @@ impl HoldGuard {
 impl Drop for HoldGuard {
     fn drop(&mut self) {
         if let Some(hold) = &self.hold {
-            let decision = if hold.charge.is_deferred() && !hold.grpc {
+            let decision = if self.commit_on_drop {
                 Decision::Commit(hold.charge.cost())
             } else {
                 Decision::Refund

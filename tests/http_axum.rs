@@ -726,3 +726,80 @@ async fn other_resolvers_find_the_paying_account() {
     assert_eq!(ok.int("credits-cost"), 1);
     assert_eq!(available(&ledger, &acct).await, 97);
 }
+
+#[tokio::test]
+async fn a_grpc_content_type_on_an_http_route_is_still_charged() {
+    let f = fixture().await;
+    let acct = account(&f.ledger, "acct_ct", "key-ct", 100).await;
+    let req = Request::post(f.server.url("/v1/generate"))
+        .header("authorization", "Bearer key-ct")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"{\"tokens\": 12}")))
+        .unwrap();
+    let answer = send(&http1(), req).await;
+    // axum rejects the body (wrong content type): a 4xx, refunded...
+    assert!(answer.status.is_client_error());
+    assert_eq!(available(&f.ledger, &acct).await, 100);
+    // ...but a route that answers 200 is charged by its HTTP status, not by a grpc-status
+    // the response never carries.
+    let req = Request::get(f.server.url("/v1/nocharge"))
+        .header("authorization", "Bearer key-ct")
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap();
+    let answer = send(&http1(), req).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.int("credits-cost"), 10);
+    assert_eq!(available(&f.ledger, &acct).await, 90);
+}
+
+#[tokio::test]
+async fn a_deferred_charge_is_refunded_when_the_caller_leaves_before_the_head() {
+    let ledger = MemoryLedger::new();
+    let acct = account(&ledger, "acct_dh", "key-dh", 100).await;
+    let started = Arc::new(Notify::new());
+    let entered = started.clone();
+    let svc = CreditLayer::new(ledger.clone())
+        .pricing(Pricing::new().route("/x", 30))
+        .layer(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let entered = entered.clone();
+            async move {
+                req.extensions().get::<Charge>().unwrap().defer();
+                entered.notify_one();
+                std::future::pending::<()>().await;
+                Ok::<Response<Full<Bytes>>, Infallible>(Response::new(Full::default()))
+            }
+        }));
+    let call = tokio::spawn(svc.oneshot(get_req("http://localhost/x", Some("key-dh"))));
+    started.notified().await;
+    call.abort();
+    let _ = call.await;
+    let b = ledger.balance(&acct).await.unwrap();
+    assert_eq!((b.available, b.held, b.committed), (100, 0, 0));
+}
+
+#[tokio::test]
+async fn a_failed_deferred_response_is_refunded_even_if_its_body_is_dropped() {
+    let ledger = MemoryLedger::new();
+    let acct = account(&ledger, "acct_fd", "key-fd", 100).await;
+    let svc = CreditLayer::new(ledger.clone())
+        .pricing(Pricing::new().route("/x", 30))
+        .layer(tower::service_fn(|req: Request<Full<Bytes>>| async move {
+            let charge = req.extensions().get::<Charge>().unwrap().clone();
+            charge.defer();
+            charge.add(7).unwrap();
+            let mut response = Response::new(Body::from_stream(futures_util::stream::pending::<
+                Result<Bytes, Infallible>,
+            >()));
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+            Ok::<_, Infallible>(response)
+        }));
+    let response = svc
+        .oneshot(get_req("http://localhost/x", Some("key-fd")))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["credits-cost"], "0");
+    drop(response);
+    let b = ledger.balance(&acct).await.unwrap();
+    assert_eq!((b.available, b.held, b.committed), (100, 0, 0));
+}

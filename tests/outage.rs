@@ -274,3 +274,44 @@ async fn too_many_open_holds_is_a_429_naming_the_limit() {
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
     assert_eq!(available(&ledger.inner, &acct).await, 96);
 }
+
+#[tokio::test]
+async fn a_probe_answered_with_a_refusal_still_closes_the_breaker() {
+    let ledger = SwitchLedger::new(MemoryLedger::new());
+    account(&ledger, "acct_rich", "key-rich", 100).await;
+    // A key whose account the ledger has never seen: the reserve answers `UnknownAccount`.
+    ledger
+        .register_api_key(
+            &tower_credits::ApiKeyHash::of("key-broke"),
+            &tower_credits::AccountId::new("acct_ghost").unwrap(),
+        )
+        .await
+        .unwrap();
+    let layer = CreditLayer::new(ledger.clone())
+        .pricing(pricing())
+        .circuit_breaker(1, Duration::from_millis(10));
+    let server = Server::start(app(layer, Gate::default())).await;
+    let client = http1();
+    let url = server.url("/v1/echo");
+    for key in ["key-rich", "key-broke"] {
+        send(&client, get_req(&url, Some(key))).await; // warm the key cache
+    }
+    ledger.set_down(true);
+    let down = send(&client, get_req(&url, Some("key-rich"))).await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    ledger.set_down(false);
+    // The first request after the cooldown is the probe; the ledger answers it "unknown
+    // account" (a 402 with nothing available).
+    wait_until("the probe gets the ledger's answer", || {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            send(&client, get_req(&url, Some("key-broke"))).await.status
+                == StatusCode::PAYMENT_REQUIRED
+        }
+    })
+    .await;
+    // That answer proves the ledger is back: the breaker is closed for everyone.
+    let rich = send(&client, get_req(&url, Some("key-rich"))).await;
+    assert_eq!(rich.status, StatusCode::OK);
+}

@@ -108,3 +108,29 @@ async fn a_long_deferred_stream_keeps_its_hold() {
     let b = ledger.balance(&acct).await.unwrap();
     assert_eq!((b.available, b.held, b.committed), (90, 0, 10));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_reader_does_not_lose_the_hold() {
+    let (ledger, clock, acct) = setup().await;
+    let svc = CreditLayer::new(ledger.clone())
+        .pricing(Pricing::new().route("/long", 30))
+        .hold_ttl(TTL)
+        .layer(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let charge = req.extensions().get::<Charge>().unwrap().clone();
+            charge.defer();
+            charge.set(7).unwrap();
+            async move {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"slowly read"))))
+            }
+        }));
+    let response = svc.oneshot(request()).await.unwrap();
+    // Nobody polls the body for three TTLs (a caller that stopped reading).
+    for _ in 0..6 {
+        elapse(&clock, TTL / 2).await;
+        assert_eq!(ledger.balance(&acct).await.unwrap().held, 30, "hold lost");
+    }
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["credits-cost"], "7");
+    let b = ledger.balance(&acct).await.unwrap();
+    assert_eq!((b.available, b.held, b.committed), (93, 0, 7));
+}
