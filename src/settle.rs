@@ -164,7 +164,22 @@ impl<L: Ledger> Settler for Shared<L> {
         }
         let mut first = settle_call(&self.ledger, hold, decision);
         let mut cx = Context::from_waker(Waker::noop());
-        let first_answer = match Pin::new(&mut first).poll(&mut cx) {
+        // Outside a tokio runtime (a guard dropped on a plain thread), a networked ledger's
+        // future may panic on its first poll; that must not abort an unwinding thread.
+        let polled = if tokio::runtime::Handle::try_current().is_ok() {
+            Pin::new(&mut first).poll(&mut cx)
+        } else {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Pin::new(&mut first).poll(&mut cx)
+            })) {
+                Ok(polled) => polled,
+                Err(_) => {
+                    tracing::error!("settle outside a tokio runtime failed; the hold will expire and be refunded");
+                    return;
+                }
+            }
+        };
+        let first_answer = match polled {
             Poll::Ready(Ok(settlement)) => {
                 self.breaker.record(true);
                 return settled(&self.stats, hold, decision, Ok(settlement));
