@@ -15,12 +15,10 @@
 
 local offset, retention = common_args()
 
-if not account_exists() then
+local a, now = open_account(offset, retention)
+if not a then
   return { 'unknown_account' }
 end
-local now = now_ms(offset)
-local a = load_account()
-reclaim(a, now, retention)
 
 return { 'balance', available(a), a.held, a.committed, a.topped_up, a.credit_limit,
   threshold_reply(a), redis.call('ZCARD', KEYS[3]), rate_reply(), a.rate_at, now }

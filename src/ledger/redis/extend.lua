@@ -21,12 +21,10 @@ if ttl < 1 then
   bad('ttl')
 end
 
-if not account_exists() then
+local a, now = open_account(offset, retention)
+if not a then
   return { 'not_open', 'unknown' }
 end
-local now = now_ms(offset)
-local a = load_account()
-reclaim(a, now, retention)
 
 if redis.call('HEXISTS', KEYS[2], id) == 0 then
   local how = redis.call('HGET', KEYS[5], id)

@@ -167,3 +167,15 @@ local function decayed_rate(rate, rate_at, now)
   local dt = math.max(now - rate_at, 0) / 1000.0
   return rate * math.exp(-dt / BURN_RATE_TAU_SECS)
 end
+
+-- Opens an existing account for an operation: its fields and the time, after reclaiming
+-- its expired holds (bounded work). Returns nil, writing nothing, for an unknown account;
+-- else the account, now (ms) and how many holds were reclaimed.
+local function open_account(offset, retention)
+  if not account_exists() then
+    return nil
+  end
+  local now = now_ms(offset)
+  local a = load_account()
+  return a, now, reclaim(a, now, retention)
+end

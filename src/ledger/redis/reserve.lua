@@ -36,12 +36,10 @@ if type(route) ~= 'string' or #route > 256 or string.find(route, '[%z\1-\31\127]
 end
 local max_open = opt_uint_arg(7, 'max open holds')
 
-if not account_exists() then
+local a, now = open_account(offset, retention)
+if not a then
   return { 'unknown_account' }
 end
-local now = now_ms(offset)
-local a = load_account()
-reclaim(a, now, retention)
 
 local open = tonumber(redis.call('HGET', KEYS[2], id))
 if open then

@@ -27,12 +27,10 @@ if mode ~= 'commit' and mode ~= 'refund' then
 end
 local actual = uint_arg(5, 'actual cost')
 
-if not account_exists() then
+local a, now = open_account(offset, retention)
+if not a then
   return { 'unknown_account' }
 end
-local now = now_ms(offset)
-local a = load_account()
-reclaim(a, now, retention)
 
 local function reply(outcome, committed, released, clamped, crossed)
   return { 'settled', outcome, committed, released, clamped, available(a), threshold_reply(a),

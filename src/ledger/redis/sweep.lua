@@ -15,11 +15,9 @@
 
 local offset, retention = common_args()
 
-if not account_exists() then
+local a, now, reclaimed = open_account(offset, retention)
+if not a then
   return { 'unknown_account' }
 end
-local now = now_ms(offset)
-local a = load_account()
-local reclaimed = reclaim(a, now, retention)
 
 return { 'swept', reclaimed, redis.call('ZCARD', KEYS[3]) }

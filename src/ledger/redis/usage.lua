@@ -15,12 +15,10 @@
 
 local offset, retention = common_args()
 
-if not account_exists() then
+local a, now = open_account(offset, retention)
+if not a then
   return { 'unknown_account' }
 end
-local now = now_ms(offset)
-local a = load_account()
-reclaim(a, now, retention)
 
 local reply = redis.call('HGETALL', KEYS[6])
 table.insert(reply, 1, 'usage')
