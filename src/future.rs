@@ -205,7 +205,7 @@ fn reserve_call<L: Ledger>(shared: &Shared<L>, billing: &Billing) -> L::Future<R
     )
     .ttl(shared.hold_ttl);
     if let Some(route) = &billing.route {
-        reserve = reserve.route(&**route);
+        reserve = reserve.route(route.clone());
     }
     shared.ledger.reserve(reserve)
 }

@@ -144,7 +144,7 @@ struct AccountState {
 struct OpenHold {
     amount: u64,
     expires_at_ms: u64,
-    route: Option<String>,
+    route: Option<Arc<str>>,
 }
 
 impl AccountState {
@@ -423,10 +423,12 @@ impl MemoryLedger {
                 state.committed += charged;
                 state.rate = burn_rate_after(state.rate, state.rate_at_ms, now, charged);
                 state.rate_at_ms = now;
-                let usage = state
-                    .usage
-                    .entry(hold.route.unwrap_or_default())
-                    .or_default();
+                // Look up before inserting: a known route costs no allocation per commit.
+                let route = hold.route.as_deref().unwrap_or_default();
+                if !state.usage.contains_key(route) {
+                    state.usage.insert(route.to_owned(), RouteUsage::default());
+                }
+                let usage = state.usage.get_mut(route).expect("inserted above");
                 usage.credits += charged;
                 usage.calls += 1;
                 if let Some(threshold) = state.threshold {

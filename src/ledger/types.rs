@@ -1,6 +1,7 @@
 //! What goes into and comes out of a ledger.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{AccountId, HoldId};
@@ -26,7 +27,7 @@ pub struct Reserve {
     pub(crate) hold_id: HoldId,
     pub(crate) amount: u64,
     pub(crate) ttl: Duration,
-    pub(crate) route: Option<String>,
+    pub(crate) route: Option<Arc<str>>,
 }
 
 impl Reserve {
@@ -47,8 +48,9 @@ impl Reserve {
         self
     }
 
-    /// The route the hold pays for, recorded in [`Usage`] when committed.
-    pub fn route(mut self, route: impl Into<String>) -> Self {
+    /// The route the hold pays for, recorded in [`Usage`] when committed. Takes an
+    /// `Arc<str>` too, so a pricing table's labels are shared, not copied, per request.
+    pub fn route(mut self, route: impl Into<Arc<str>>) -> Self {
         self.route = Some(route.into());
         self
     }
