@@ -35,6 +35,16 @@ fn request() -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// One reserve + commit of 1 credit, the unit every ledger bench measures.
+async fn reserve_commit<L: Ledger>(ledger: &L, acct: &AccountId) {
+    let hold = HoldId::generate();
+    ledger
+        .reserve(Reserve::new(acct.clone(), hold.clone(), 1))
+        .await
+        .unwrap();
+    ledger.commit(acct, &hold, 1).await.unwrap();
+}
+
 fn layer(c: &mut Criterion) {
     let rt = runtime();
     let ledger = MemoryLedger::new();
@@ -82,14 +92,8 @@ fn memory_ledger(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("memory_ledger");
     group.bench_function("reserve_commit_one_account", |b| {
-        b.to_async(&rt).iter(|| async {
-            let hold = HoldId::generate();
-            ledger
-                .reserve(Reserve::new(accounts[0].clone(), hold.clone(), 1))
-                .await
-                .unwrap();
-            ledger.commit(&accounts[0], &hold, 1).await.unwrap()
-        })
+        b.to_async(&rt)
+            .iter(|| async { reserve_commit(&ledger, &accounts[0]).await })
     });
     let mut i = 0usize;
     group.bench_function("reserve_commit_many_accounts", |b| {
@@ -97,14 +101,7 @@ fn memory_ledger(c: &mut Criterion) {
             i = (i + 1) % accounts.len();
             let acct = accounts[i].clone();
             let ledger = ledger.clone();
-            async move {
-                let hold = HoldId::generate();
-                ledger
-                    .reserve(Reserve::new(acct.clone(), hold.clone(), 1))
-                    .await
-                    .unwrap();
-                ledger.commit(&acct, &hold, 1).await.unwrap()
-            }
+            async move { reserve_commit(&ledger, &acct).await }
         })
     });
     group.finish();
@@ -189,14 +186,7 @@ fn redis(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             let ledger = ledger.clone();
             let acct = acct.clone();
-            async move {
-                let hold = HoldId::generate();
-                ledger
-                    .reserve(Reserve::new(acct.clone(), hold.clone(), 1))
-                    .await
-                    .unwrap();
-                ledger.commit(&acct, &hold, 1).await.unwrap()
-            }
+            async move { reserve_commit(&ledger, &acct).await }
         })
     });
     group.finish();
