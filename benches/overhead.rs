@@ -1,15 +1,17 @@
 //! In-process cost of the layer, on `MemoryLedger`: issue items 1, 5 and 6 (memory part).
 //!
-//! * `request/*`: one request through `service_fn` bare, behind `CreditLayer`, and behind
+//! * request: one request through `service_fn` bare, behind `CreditLayer`, and behind
 //!   `tower_governor` (keyed by the `authorization` header, a limit it never reaches), with
-//!   the response body read to its end (that is when a hold settles). Reports ns/request
-//!   (criterion median), the cost each layer adds, their ratio, and heap allocations per
-//!   request counted by a counting global allocator.
-//! * `scale/*`: a reserve + commit with 1k, 100k and 1M accounts; with 0 and 10k open holds
-//!   on the account; 64 tasks on one hot account vs 64 tasks on 64 accounts.
+//!   the response body read to its end (that is when a hold settles). Reports ns/request,
+//!   the cost each layer adds, their ratio, and heap allocations per request counted by a
+//!   counting global allocator.
+//! * scale: a reserve + commit with 1k, 100k and 1M accounts; with 0 and 10k open holds on
+//!   the account; 64 tasks on one hot account vs 64 tasks on 64 accounts.
 //! * memory: heap bytes per idle (funded, no open holds) account.
 //!
-//! `cargo bench --bench overhead`; results also go to `target/bench-report/overhead.json`.
+//! Timings are medians of rounds in which the variants compared run in turns (see
+//! [`interleaved`]). `cargo bench --bench overhead` runs it all, `-- request`, `-- scale` or
+//! `-- memory` one part; a whole run writes `target/bench-report/overhead.json`.
 
 mod support;
 
@@ -17,7 +19,6 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use criterion::Criterion;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use support::alloc::{allocations, live_bytes, Counting};
@@ -113,7 +114,7 @@ fn funded_ledger(rt: &tokio::runtime::Runtime) -> (MemoryLedger, AccountId) {
     (ledger, acct)
 }
 
-fn request_overhead(c: &mut Criterion, report: &mut Report) {
+fn request_overhead(report: &mut Report) {
     let rt = runtime();
     let (ledger, _) = funded_ledger(&rt);
     let bare = tower::service_fn(ok);
@@ -128,31 +129,72 @@ fn request_overhead(c: &mut Criterion, report: &mut Report) {
         .unwrap();
     let governed = GovernorLayer::new(config).layer(bare);
 
-    let mut group = c.benchmark_group("request");
-    group.bench_function("bare", |b| b.to_async(&rt).iter(|| one(bare)));
-    group.bench_function("credit_layer", |b| {
-        b.to_async(&rt).iter(|| one(billed.clone()))
-    });
-    group.bench_function("tower_governor", |b| {
-        b.to_async(&rt).iter(|| one(governed.clone()))
-    });
-    group.finish();
-
+    // The three run in turns, round after round, and each figure is the median of its
+    // rounds: on a noisy machine a burst of load then hits all three alike, which
+    // criterion's one-after-the-other runs cannot promise.
+    let [bare_ns, ours_ns, gov_ns] = interleaved(
+        15,
+        20_000,
+        [
+            &mut |n| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        one(bare).await
+                    }
+                })
+            },
+            &mut |n| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        one(billed.clone()).await
+                    }
+                })
+            },
+            &mut |n| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        one(governed.clone()).await
+                    }
+                })
+            },
+        ],
+    );
     let section = "1. layer overhead (in process, MemoryLedger)";
-    let bare_ns = median_ns("request", "bare");
-    let ours_ns = median_ns("request", "credit_layer");
-    let gov_ns = median_ns("request", "tower_governor");
     report.row(section, "bare service_fn", bare_ns, "ns/req", Target::None);
     report.row(section, "with CreditLayer", ours_ns, "ns/req", Target::None);
-    report.row(section, "with tower_governor", gov_ns, "ns/req", Target::None);
+    report.row(
+        section,
+        "with tower_governor",
+        gov_ns,
+        "ns/req",
+        Target::None,
+    );
     let ours_added = ours_ns - bare_ns;
     let gov_added = gov_ns - bare_ns;
-    report.row(section, "added by CreditLayer", ours_added, "ns/req", Target::None);
-    report.row(section, "added by tower_governor", gov_added, "ns/req", Target::None);
+    report.row(
+        section,
+        "added by CreditLayer",
+        ours_added,
+        "ns/req",
+        Target::None,
+    );
+    report.row(
+        section,
+        "added by tower_governor",
+        gov_added,
+        "ns/req",
+        Target::None,
+    );
+    // A peer cheaper than the noise would make any ratio meaningless: say so as NaN.
+    let ratio = if gov_added > 0.0 {
+        ours_added / gov_added
+    } else {
+        f64::NAN
+    };
     report.row(
         section,
         "added cost: CreditLayer / tower_governor",
-        ours_added / gov_added,
+        ratio,
         "x",
         Target::AtMost(2.0),
     );
@@ -161,7 +203,13 @@ fn request_overhead(c: &mut Criterion, report: &mut Report) {
     let bare_allocs = allocations_per_request(&rt, &bare, n);
     let ours_allocs = allocations_per_request(&rt, &billed, n);
     let gov_allocs = allocations_per_request(&rt, &governed, n);
-    report.row(section, "allocations: bare request + response", bare_allocs, "allocs/req", Target::None);
+    report.row(
+        section,
+        "allocations: bare request + response",
+        bare_allocs,
+        "allocs/req",
+        Target::None,
+    );
     report.row(
         section,
         "allocations added by CreditLayer",
@@ -193,52 +241,52 @@ fn accounts(n: usize) -> Vec<AccountId> {
         .collect()
 }
 
-fn scale(c: &mut Criterion, report: &mut Report) {
+fn funded(rt: &tokio::runtime::Runtime, ids: &[AccountId]) -> MemoryLedger {
+    let ledger = MemoryLedger::new();
+    rt.block_on(async {
+        for a in ids {
+            ledger.top_up(a, MAX_AMOUNT, "bench").await.unwrap();
+        }
+    });
+    ledger
+}
+
+/// `n` reserve + commit pairs on accounts of `ids` picked in a scattered order (a cheap
+/// LCG), so big tables are touched the way random callers touch them, cache misses and all.
+fn scattered(rt: &tokio::runtime::Runtime, ledger: &MemoryLedger, ids: &[AccountId], n: u64) {
+    let mut i = 0usize;
+    rt.block_on(async {
+        for _ in 0..n {
+            i = i
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                % ids.len();
+            reserve_commit(ledger, &ids[i]).await;
+        }
+    })
+}
+
+fn scale(report: &mut Report) {
     let rt = runtime();
     let section = "5. scale with the work (MemoryLedger)";
-    let mut group = c.benchmark_group("scale");
-    for n in [1_000usize, 100_000, 1_000_000] {
-        let ledger = MemoryLedger::new();
-        let ids = accounts(n);
-        rt.block_on(async {
-            for a in &ids {
-                ledger.top_up(a, MAX_AMOUNT, "bench").await.unwrap();
-            }
-        });
-        // A cheap LCG walks the accounts in a scattered order, so the big tables are
-        // touched the way random callers touch them (cache misses included).
-        let mut i = 0usize;
-        group.bench_function(format!("accounts_{n}"), |b| {
-            b.to_async(&rt).iter(|| {
-                i = (i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)) % n;
-                let acct = ids[i].clone();
-                let ledger = ledger.clone();
-                async move { reserve_commit(&ledger, &acct).await }
-            })
-        });
-    }
-    for open in [0usize, 10_000] {
-        let ledger = MemoryLedger::new();
-        let acct = AccountId::new("holder").unwrap();
-        rt.block_on(async {
-            ledger.top_up(&acct, MAX_AMOUNT, "bench").await.unwrap();
-            for _ in 0..open {
-                let r = Reserve::new(acct.clone(), HoldId::generate(), 1)
-                    .ttl(Duration::from_secs(3600));
-                ledger.reserve(r).await.unwrap();
-            }
-        });
-        group.bench_function(format!("open_holds_{open}"), |b| {
-            b.to_async(&rt).iter(|| reserve_commit(&ledger, &acct))
-        });
-    }
-    group.finish();
-    let one_k = median_ns("scale", "accounts_1000");
-    for n in [1_000usize, 100_000, 1_000_000] {
+    let sizes = [1_000usize, 100_000, 1_000_000];
+    let ids: Vec<Vec<AccountId>> = sizes.iter().map(|&n| accounts(n)).collect();
+    let ledgers: Vec<MemoryLedger> = ids.iter().map(|ids| funded(&rt, ids)).collect();
+    let per_size = interleaved(
+        11,
+        20_000,
+        [
+            &mut |n| scattered(&rt, &ledgers[0], &ids[0], n),
+            &mut |n| scattered(&rt, &ledgers[1], &ids[1], n),
+            &mut |n| scattered(&rt, &ledgers[2], &ids[2], n),
+        ],
+    );
+    drop(ledgers);
+    for (n, ns) in sizes.iter().zip(per_size) {
         report.row(
             section,
             &format!("reserve+commit, {n} accounts"),
-            median_ns("scale", &format!("accounts_{n}")),
+            ns,
             "ns",
             Target::None,
         );
@@ -246,14 +294,42 @@ fn scale(c: &mut Criterion, report: &mut Report) {
     report.row(
         section,
         "1M accounts / 1k accounts",
-        median_ns("scale", "accounts_1000000") / one_k,
+        per_size[2] / per_size[0],
         "x",
         Target::AtMost(1.2),
     );
-    let no_holds = median_ns("scale", "open_holds_0");
-    let many_holds = median_ns("scale", "open_holds_10000");
-    report.row(section, "reserve+commit, 0 open holds", no_holds, "ns", Target::None);
-    report.row(section, "reserve+commit, 10k open holds", many_holds, "ns", Target::None);
+
+    let holder = [AccountId::new("holder").unwrap()];
+    let idle = funded(&rt, &holder);
+    let busy = funded(&rt, &holder);
+    rt.block_on(async {
+        for _ in 0..10_000 {
+            let r = Reserve::new(holder[0].clone(), HoldId::generate(), 1)
+                .ttl(Duration::from_secs(3600));
+            busy.reserve(r).await.unwrap();
+        }
+    });
+    let [no_holds, many_holds] = interleaved(
+        11,
+        20_000,
+        [&mut |n| scattered(&rt, &idle, &holder, n), &mut |n| {
+            scattered(&rt, &busy, &holder, n)
+        }],
+    );
+    report.row(
+        section,
+        "reserve+commit, 0 open holds",
+        no_holds,
+        "ns",
+        Target::None,
+    );
+    report.row(
+        section,
+        "reserve+commit, 10k open holds",
+        many_holds,
+        "ns",
+        Target::None,
+    );
     report.row(
         section,
         "10k open holds / 0 open holds",
@@ -268,17 +344,10 @@ fn scale(c: &mut Criterion, report: &mut Report) {
         .enable_all()
         .build()
         .unwrap();
-    let ledger = MemoryLedger::new();
     let ids = accounts(64);
-    rt.block_on(async {
-        for a in &ids {
-            ledger.top_up(a, MAX_AMOUNT, "bench").await.unwrap();
-        }
-    });
-    let per_task = 20_000;
-    let run = |hot: bool| {
+    let ledger = funded(&rt, &ids);
+    let run = |hot: bool, per_task: u64| {
         rt.block_on(async {
-            let start = Instant::now();
             let tasks: Vec<_> = (0..64)
                 .map(|t| {
                     let ledger = ledger.clone();
@@ -293,15 +362,34 @@ fn scale(c: &mut Criterion, report: &mut Report) {
             for t in tasks {
                 t.await.unwrap();
             }
-            (64 * per_task) as f64 / start.elapsed().as_secs_f64()
         })
     };
-    run(false); // warm-up
-    let spread = median_of(5, || run(false));
-    let hot = median_of(5, || run(true));
-    report.row(section, "64 tasks on 64 accounts", spread, "pairs/s", Target::None);
-    report.row(section, "64 tasks on one hot account", hot, "pairs/s", Target::None);
-    report.row(section, "hot / spread throughput", hot / spread, "x", Target::None);
+    let [spread_ns, hot_ns] = interleaved(
+        7,
+        64 * 2_000,
+        [&mut |n| run(false, n / 64), &mut |n| run(true, n / 64)],
+    );
+    report.row(
+        section,
+        "64 tasks on 64 accounts",
+        1e9 / spread_ns,
+        "pairs/s",
+        Target::None,
+    );
+    report.row(
+        section,
+        "64 tasks on one hot account",
+        1e9 / hot_ns,
+        "pairs/s",
+        Target::None,
+    );
+    report.row(
+        section,
+        "hot / spread throughput",
+        spread_ns / hot_ns,
+        "x",
+        Target::None,
+    );
 }
 
 fn memory(report: &mut Report) {
@@ -327,44 +415,48 @@ fn memory(report: &mut Report) {
     drop(ledger);
 }
 
-fn median_of(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
-    let mut xs: Vec<f64> = (0..runs).map(|_| f()).collect();
-    xs.sort_by(f64::total_cmp);
-    xs[runs / 2]
-}
-
-/// Median time of one benchmark of this run, from criterion's estimates.
-fn median_ns(group: &str, name: &str) -> f64 {
-    let path = support::report::report_dir()
-        .parent()
-        .unwrap()
-        .join(format!("criterion/{group}/{name}/new/estimates.json"));
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("criterion estimates")).unwrap();
-    json["median"]["point_estimate"].as_f64().unwrap()
+/// Runs each variant `per_round` times per round, all variants in turn each round, and
+/// returns each one's median ns per call over `rounds` rounds (after one warm-up round).
+/// Interleaving means a burst of noise from elsewhere on the machine hits every variant
+/// alike, so their ratios hold even when absolute times wobble.
+fn interleaved<const N: usize>(
+    rounds: usize,
+    per_round: u64,
+    mut variants: [&mut dyn FnMut(u64); N],
+) -> [f64; N] {
+    for run in variants.iter_mut() {
+        run(per_round / 4);
+    }
+    let mut samples = vec![Vec::with_capacity(rounds); N];
+    for _ in 0..rounds {
+        for (run, samples) in variants.iter_mut().zip(&mut samples) {
+            let start = Instant::now();
+            run(per_round);
+            samples.push(start.elapsed().as_nanos() as f64 / per_round as f64);
+        }
+    }
+    std::array::from_fn(|i| {
+        let s = &mut samples[i];
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    })
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args();
-    // `cargo bench --bench overhead -- request` runs only that part (for a profiler);
-    // the report is written only by a whole run.
+    // `cargo bench --bench overhead -- request` runs only that part (for a profiler); the
+    // report is written only by a whole run. (`--bench` is what cargo itself passes.)
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let wanted = |part: &str| filter.as_deref().is_none_or(|f| part.starts_with(f) || f.starts_with(part));
+    let wanted = |part: &str| filter.as_deref().is_none_or(|f| f == part);
     let mut report = Report::new("overhead");
     if wanted("request") {
-        request_overhead(&mut c, &mut report);
+        request_overhead(&mut report);
     }
     if wanted("scale") {
-        scale(&mut c, &mut report);
+        scale(&mut report);
     }
     if wanted("memory") {
         memory(&mut report);
     }
-    c.final_summary();
     if filter.is_none() {
         report.write();
     }

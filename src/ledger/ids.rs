@@ -99,8 +99,44 @@ impl std::str::FromStr for AccountId {
 /// assert!(HoldId::new("h-1").is_ok());
 /// assert!(HoldId::new("h 1").is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HoldId(Arc<str>);
+#[derive(Clone)]
+pub struct HoldId(HoldRepr);
+
+#[derive(Clone)]
+enum HoldRepr {
+    /// A generated UUIDv7 as 32 lowercase hex digits, inline: a billed request makes one,
+    /// and this keeps it off the heap.
+    Generated([u8; uuid::fmt::Simple::LENGTH]),
+    /// A caller-chosen id.
+    Chosen(Arc<str>),
+}
+
+// Equality, order and hash are those of the text, whichever way the id is stored.
+impl PartialEq for HoldId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HoldId {}
+
+impl PartialOrd for HoldId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HoldId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for HoldId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
 
 impl HoldId {
     /// Validates a caller-chosen id: 1 to 64 bytes of ASCII letters, digits, `_` and `-`.
@@ -109,29 +145,36 @@ impl HoldId {
         if id.is_empty() || id.len() > MAX_HOLD_ID_LEN || !id.bytes().all(is_hold_char) {
             return Err(LedgerError::InvalidHoldId);
         }
-        Ok(Self(Arc::from(id)))
+        Ok(Self(HoldRepr::Chosen(Arc::from(id))))
     }
 
     /// A fresh UUIDv7 hold id.
     pub fn generate() -> Self {
-        Self(Arc::from(uuid::Uuid::now_v7().simple().to_string()))
+        let mut digits = [0u8; uuid::fmt::Simple::LENGTH];
+        uuid::Uuid::now_v7().simple().encode_lower(&mut digits);
+        Self(HoldRepr::Generated(digits))
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            HoldRepr::Generated(digits) => {
+                std::str::from_utf8(digits).expect("hex digits are ASCII")
+            }
+            HoldRepr::Chosen(id) => id,
+        }
     }
 }
 
 impl fmt::Debug for HoldId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HoldId({:?})", &*self.0)
+        write!(f, "HoldId({:?})", self.as_str())
     }
 }
 
 impl fmt::Display for HoldId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -181,6 +224,19 @@ mod tests {
         ] {
             assert!(AccountId::new(good).is_ok(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn a_generated_hold_id_is_the_same_id_as_its_text() {
+        use std::hash::BuildHasher;
+        let generated = HoldId::generate();
+        let chosen = HoldId::new(generated.as_str()).unwrap();
+        assert_eq!(generated, chosen);
+        assert_eq!(generated.cmp(&chosen), std::cmp::Ordering::Equal);
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(hasher.hash_one(&generated), hasher.hash_one(&chosen));
+        assert_eq!(generated.as_str().len(), 32);
+        assert_ne!(generated, HoldId::generate());
     }
 
     #[test]

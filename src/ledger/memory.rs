@@ -1,14 +1,15 @@
 //! The embedded ledger: balances in process memory, no server needed.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::future::{ready, Ready};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
+use sha2::{Digest, Sha256};
 
 use super::{
     burn_rate_after, check_idempotency_key, check_route, check_ttl, decayed_rate, runway_secs,
@@ -18,6 +19,11 @@ use super::{
 use crate::amount::{check_amount, checked_total};
 use crate::api_key::ApiKeyHash;
 use crate::clock::{Clock, SystemClock};
+
+/// Hash maps keyed by ids the server makes or checks (account ids, hold ids, digests):
+/// foldhash, seeded per process, instead of SipHash, which was a tenth of a billed
+/// request's time.
+type FastMap<K, V> = HashMap<K, V, RandomState>;
 
 /// Number of independently locked shards of accounts. Accounts in different shards never
 /// contend; a power of two keeps the shard pick a mask.
@@ -63,8 +69,10 @@ pub struct MemoryLedger {
 }
 
 struct Inner {
-    shards: Box<[Mutex<HashMap<AccountId, AccountState>>]>,
-    api_keys: RwLock<HashMap<ApiKeyHash, AccountId>>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Picks an account's shard.
+    shard_hasher: RandomState,
+    api_keys: RwLock<FastMap<ApiKeyHash, AccountId>>,
     clock: Arc<dyn Clock>,
     settled_retention_ms: u64,
     max_open_holds: Option<u64>,
@@ -110,8 +118,9 @@ impl MemoryLedgerBuilder {
     pub fn build(self) -> MemoryLedger {
         MemoryLedger {
             inner: Arc::new(Inner {
-                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-                api_keys: RwLock::new(HashMap::new()),
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                shard_hasher: RandomState::default(),
+                api_keys: RwLock::default(),
                 clock: self.clock,
                 settled_retention_ms: self.settled_retention.as_millis() as u64,
                 max_open_holds: self.max_open_holds,
@@ -120,6 +129,29 @@ impl MemoryLedgerBuilder {
     }
 }
 
+/// The accounts of one shard, and their top-up idempotency keys, under one lock.
+#[derive(Default)]
+struct Shard {
+    accounts: FastMap<AccountId, AccountState>,
+    /// Amount of each top-up, by [`topup_digest`] of account and key: 16 bytes and no
+    /// allocation per key, instead of a `String` per key in a map per account.
+    topups: FastMap<[u8; 16], u64>,
+}
+
+/// A top-up's idempotency key, as the first 128 bits of SHA-256 over the account and the
+/// key (length-prefixed, so no two pairs share an input): a collision needs about 2^64
+/// keys.
+fn topup_digest(account: &AccountId, key: &str) -> [u8; 16] {
+    let digest = Sha256::new()
+        .chain_update((account.as_str().len() as u64).to_be_bytes())
+        .chain_update(account.as_str())
+        .chain_update(key)
+        .finalize();
+    digest[..16].try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// One account. An idle account (no open or recently closed hold) is only these figures
+/// and its usage; the hold tables are boxed apart and dropped once empty.
 #[derive(Default)]
 struct AccountState {
     topped_up: u64,
@@ -130,15 +162,26 @@ struct AccountState {
     warned: bool,
     rate: f64,
     rate_at_ms: u64,
-    holds: HashMap<HoldId, OpenHold>,
+    usage: BTreeMap<String, RouteUsage>,
+    activity: Option<Box<Activity>>,
+}
+
+/// Open holds and recently closed ids of one account.
+#[derive(Default)]
+struct Activity {
+    holds: FastMap<HoldId, OpenHold>,
     /// Open holds ordered by expiry: the expiry index.
     expiry: BTreeSet<(u64, HoldId)>,
     /// Settled, refunded, expired and tombstoned ids, with when they closed.
-    done: HashMap<HoldId, SettleOutcome>,
+    done: FastMap<HoldId, SettleOutcome>,
     /// `done` in closing order, so pruning by age looks only at the oldest.
     done_order: VecDeque<(u64, HoldId)>,
-    usage: BTreeMap<String, RouteUsage>,
-    topups: HashMap<String, u64>,
+}
+
+impl Activity {
+    fn is_empty(&self) -> bool {
+        self.holds.is_empty() && self.done.is_empty()
+    }
 }
 
 struct OpenHold {
@@ -159,42 +202,69 @@ impl AccountState {
         )
     }
 
+    fn activity(&mut self) -> &mut Activity {
+        self.activity.get_or_insert_default()
+    }
+
+    fn open_hold(&self, id: &HoldId) -> Option<&OpenHold> {
+        self.activity.as_ref()?.holds.get(id)
+    }
+
+    fn open_holds(&self) -> usize {
+        self.activity.as_ref().map_or(0, |a| a.holds.len())
+    }
+
+    /// How `id` was closed, if it was within the retention.
+    fn closed(&self, id: &HoldId) -> Option<SettleOutcome> {
+        self.activity.as_ref()?.done.get(id).copied()
+    }
+
     /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids past retention.
     fn reclaim(&mut self, now_ms: u64, retention_ms: u64) {
+        let Some(activity) = self.activity.as_deref_mut() else {
+            return;
+        };
+        let mut released = 0;
         let mut reclaimed = false;
         for _ in 0..RECLAIM_LIMIT {
-            let Some(first) = self.expiry.first() else {
+            let Some(first) = activity.expiry.first() else {
                 break;
             };
             if first.0 > now_ms {
                 break;
             }
-            let (_, id) = self.expiry.pop_first().expect("checked above");
-            if let Some(hold) = self.holds.remove(&id) {
-                self.held -= hold.amount;
-                self.close(id, SettleOutcome::Expired, now_ms);
+            let (_, id) = activity.expiry.pop_first().expect("checked above");
+            if let Some(hold) = activity.holds.remove(&id) {
+                released += hold.amount;
+                activity.done.insert(id.clone(), SettleOutcome::Expired);
+                activity.done_order.push_back((now_ms, id));
                 reclaimed = true;
             }
         }
+        for _ in 0..RECLAIM_LIMIT {
+            match activity.done_order.front() {
+                Some((at, _)) if now_ms.saturating_sub(*at) > retention_ms => {
+                    let (_, id) = activity.done_order.pop_front().expect("checked above");
+                    activity.done.remove(&id);
+                }
+                _ => break,
+            }
+        }
+        if activity.is_empty() {
+            self.activity = None;
+        }
+        self.held -= released;
         if reclaimed {
             // Expired holds give credits back: like a refund, that may lift `available`
             // above the threshold, and the next fall below it is a new crossing.
             self.rearm_warning();
         }
-        for _ in 0..RECLAIM_LIMIT {
-            match self.done_order.front() {
-                Some((at, _)) if now_ms.saturating_sub(*at) > retention_ms => {
-                    let (_, id) = self.done_order.pop_front().expect("checked above");
-                    self.done.remove(&id);
-                }
-                _ => break,
-            }
-        }
     }
 
     fn close(&mut self, id: HoldId, how: SettleOutcome, now_ms: u64) {
-        self.done.insert(id.clone(), how);
-        self.done_order.push_back((now_ms, id));
+        let activity = self.activity();
+        activity.done.insert(id.clone(), how);
+        activity.done_order.push_back((now_ms, id));
     }
 
     /// Clears the warning flag once the balance is back at or above the threshold.
@@ -277,11 +347,11 @@ impl MemoryLedger {
         let now = self.inner.clock.now_ms();
         let mut reclaimed = 0;
         for shard in self.inner.shards.iter() {
-            let mut accounts = shard.lock();
-            for state in accounts.values_mut() {
-                let before = state.holds.len();
+            let mut shard = shard.lock();
+            for state in shard.accounts.values_mut() {
+                let before = state.open_holds();
                 state.reclaim(now, self.inner.settled_retention_ms);
-                reclaimed += (before - state.holds.len()) as u64;
+                reclaimed += (before - state.open_holds()) as u64;
             }
         }
         reclaimed
@@ -306,10 +376,10 @@ impl MemoryLedger {
         })
     }
 
-    fn shard(&self, account: &AccountId) -> &Mutex<HashMap<AccountId, AccountState>> {
-        let mut hasher = DefaultHasher::new();
-        account.hash(&mut hasher);
-        &self.inner.shards[hasher.finish() as usize & (SHARDS - 1)]
+    fn shard(&self, account: &AccountId) -> &Mutex<Shard> {
+        let hash = self.inner.shard_hasher.hash_one(account);
+        // The high bits: the shard's own map indexes by the low ones of its own hasher.
+        &self.inner.shards[(hash >> 58) as usize & (SHARDS - 1)]
     }
 
     /// Runs `op` on an existing account after reclaiming its expired holds.
@@ -319,8 +389,9 @@ impl MemoryLedger {
         op: impl FnOnce(&mut AccountState, u64) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
         let now = self.inner.clock.now_ms();
-        let mut accounts = self.shard(account).lock();
-        let state = accounts
+        let mut shard = self.shard(account).lock();
+        let state = shard
+            .accounts
             .get_mut(account)
             .ok_or(LedgerError::UnknownAccount)?;
         state.reclaim(now, self.inner.settled_retention_ms);
@@ -335,7 +406,7 @@ impl MemoryLedger {
         }
         let max_open = self.inner.max_open_holds;
         self.with_account(&r.account, |state, now| {
-            if let Some(hold) = state.holds.get(&r.hold_id) {
+            if let Some(hold) = state.open_hold(&r.hold_id) {
                 return Ok(ReserveOutcome::Held(Held {
                     amount: hold.amount,
                     available: state.available(),
@@ -346,8 +417,8 @@ impl MemoryLedger {
                     runway_secs: state.runway(now),
                 }));
             }
-            if let Some(how) = state.done.get(&r.hold_id) {
-                return Ok(ReserveOutcome::Closed(already(*how)));
+            if let Some(how) = state.closed(&r.hold_id) {
+                return Ok(ReserveOutcome::Closed(already(how)));
             }
             let spendable = state.available() as i128 + state.credit_limit as i128;
             if (r.amount as i128) > spendable {
@@ -358,7 +429,7 @@ impl MemoryLedger {
                 }));
             }
             if let Some(limit) = max_open {
-                if state.holds.len() as u64 >= limit {
+                if state.open_holds() as u64 >= limit {
                     return Err(LedgerError::TooManyHolds { limit });
                 }
             }
@@ -367,8 +438,9 @@ impl MemoryLedger {
             checked_total(state.committed, held)?;
             let expires_at_ms = now + ttl_ms;
             state.held = held;
-            state.expiry.insert((expires_at_ms, r.hold_id.clone()));
-            state.holds.insert(
+            let activity = state.activity();
+            activity.expiry.insert((expires_at_ms, r.hold_id.clone()));
+            activity.holds.insert(
                 r.hold_id,
                 OpenHold {
                     amount: r.amount,
@@ -398,9 +470,14 @@ impl MemoryLedger {
             check_amount(actual)?;
         }
         let result = self.with_account(account, |state, now| {
-            let Some(hold) = state.holds.remove(hold_id) else {
-                if let Some(how) = state.done.get(hold_id) {
-                    return Ok(state.settlement(already(*how), now));
+            let open = state.activity.as_deref_mut().and_then(|a| {
+                let hold = a.holds.remove(hold_id)?;
+                a.expiry.remove(&(hold.expires_at_ms, hold_id.clone()));
+                Some(hold)
+            });
+            let Some(hold) = open else {
+                if let Some(how) = state.closed(hold_id) {
+                    return Ok(state.settlement(already(how), now));
                 }
                 if actual.is_none() {
                     // A refund that overtook its reserve: the tombstone keeps the reserve out.
@@ -408,7 +485,6 @@ impl MemoryLedger {
                 }
                 return Ok(state.settlement(SettleOutcome::Unknown, now));
             };
-            state.expiry.remove(&(hold.expires_at_ms, hold_id.clone()));
             state.held -= hold.amount;
             let (outcome, charged, clamped) = match actual {
                 Some(actual) => (
@@ -461,14 +537,20 @@ impl MemoryLedger {
     ) -> Result<Extended, LedgerError> {
         let ttl_ms = check_ttl(ttl)?;
         let result = self.with_account(account, |state, now| {
-            let Some(hold) = state.holds.get_mut(hold_id) else {
-                let how = state.done.get(hold_id).copied().map(already);
+            let closed = state.closed(hold_id);
+            let Some(activity) = state.activity.as_deref_mut() else {
+                return Ok(Extended::NotOpen(SettleOutcome::Unknown));
+            };
+            let Some(hold) = activity.holds.get_mut(hold_id) else {
+                let how = closed.map(already);
                 return Ok(Extended::NotOpen(how.unwrap_or(SettleOutcome::Unknown)));
             };
             let expires_at_ms = now + ttl_ms;
-            state.expiry.remove(&(hold.expires_at_ms, hold_id.clone()));
+            activity
+                .expiry
+                .remove(&(hold.expires_at_ms, hold_id.clone()));
             hold.expires_at_ms = expires_at_ms;
-            state.expiry.insert((expires_at_ms, hold_id.clone()));
+            activity.expiry.insert((expires_at_ms, hold_id.clone()));
             Ok(Extended::Until(expires_at_ms))
         });
         match result {
@@ -481,10 +563,12 @@ impl MemoryLedger {
         check_amount(amount)?;
         check_idempotency_key(key)?;
         let now = self.inner.clock.now_ms();
-        let mut accounts = self.shard(account).lock();
+        let digest = topup_digest(account, key);
+        let mut shard = self.shard(account).lock();
+        let Shard { accounts, topups } = &mut *shard;
         let state = accounts.entry(account.clone()).or_default();
         state.reclaim(now, self.inner.settled_retention_ms);
-        if let Some(&first) = state.topups.get(key) {
+        if let Some(&first) = topups.get(&digest) {
             if first != amount {
                 return Err(LedgerError::TopUpConflict {
                     first_amount: first,
@@ -498,7 +582,7 @@ impl MemoryLedger {
             });
         }
         state.topped_up = checked_total(state.topped_up, amount)?;
-        state.topups.insert(key.to_owned(), amount);
+        topups.insert(digest, amount);
         state.rearm_warning();
         Ok(TopUp {
             amount,
@@ -516,8 +600,8 @@ impl MemoryLedger {
         if let Some(threshold) = settings.low_balance_threshold {
             check_amount(threshold)?;
         }
-        let mut accounts = self.shard(account).lock();
-        let state = accounts.entry(account.clone()).or_default();
+        let mut shard = self.shard(account).lock();
+        let state = shard.accounts.entry(account.clone()).or_default();
         state.credit_limit = settings.credit_limit;
         state.threshold = settings.low_balance_threshold;
         state.rearm_warning();
@@ -557,7 +641,7 @@ impl Ledger for MemoryLedger {
                 topped_up: state.topped_up,
                 credit_limit: state.credit_limit,
                 low_balance_threshold: state.threshold,
-                open_holds: state.holds.len() as u64,
+                open_holds: state.open_holds() as u64,
                 runway_secs: state.runway(now),
             })
         }))
