@@ -95,13 +95,19 @@ impl Figures {
         Self(BytesMut::with_capacity(192))
     }
 
-    /// `n` in decimal.
-    pub(crate) fn int(&mut self, n: impl fmt::Display) -> HeaderValue {
-        self.value(format_args!("{n}"))
+    /// `n` in decimal (itoa: a tenth of `format!`'s cost).
+    pub(crate) fn int(&mut self, n: impl itoa::Integer) -> HeaderValue {
+        self.0.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.cut()
     }
 
     fn value(&mut self, text: fmt::Arguments<'_>) -> HeaderValue {
         self.0.write_fmt(text).expect("BytesMut grows as needed");
+        self.cut()
+    }
+
+    /// What was written since the last cut, as a header value sharing the buffer.
+    fn cut(&mut self) -> HeaderValue {
         HeaderValue::from_maybe_shared(self.0.split().freeze())
             .expect("figures and warnings are visible ASCII")
     }

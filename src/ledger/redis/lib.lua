@@ -66,15 +66,16 @@ local function now_ms(offset)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + offset
 end
 
-local function account_exists()
-  return redis.call('EXISTS', KEYS[1]) == 1
-end
-
 -- The account's fields, as numbers (threshold is nil when the account has none).
+-- `exists` is false for an account never topped up nor configured: every account has
+-- `topped_up` (written by top_up) or `credit_limit` (written by configure), so this one
+-- HMGET also answers what an EXISTS would. `rate_text` is the rate as Redis stores it.
 local function load_account()
   local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
     'threshold', 'warned', 'rate', 'rate_at')
   return {
+    exists = (f[1] or f[4]) and true or false,
+    rate_text = f[7] or '0',
     topped_up = tonumber(f[1]) or 0,
     committed = tonumber(f[2]) or 0,
     held = tonumber(f[3]) or 0,
@@ -103,9 +104,13 @@ local function threshold_reply(a)
   return a.threshold or -1
 end
 
--- The stored burn rate as Redis keeps it ("%.17g", exact), for the Rust side to decay.
-local function rate_reply()
-  return redis.call('HGET', KEYS[1], 'rate') or '0'
+-- The burn rate for the Rust side to decay: as loaded, or as this script changed it
+-- ("%.17g" round-trips every double exactly).
+local function rate_reply(a)
+  if a.rate_changed then
+    return string.format('%.17g', a.rate)
+  end
+  return a.rate_text
 end
 
 -- What a closed id answers when settled (or reserved, or extended) again.
@@ -172,10 +177,10 @@ end
 -- its expired holds (bounded work). Returns nil, writing nothing, for an unknown account;
 -- else the account, now (ms) and how many holds were reclaimed.
 local function open_account(offset, retention)
-  if not account_exists() then
+  local a = load_account()
+  if not a.exists then
     return nil
   end
   local now = now_ms(offset)
-  local a = load_account()
   return a, now, reclaim(a, now, retention)
 end

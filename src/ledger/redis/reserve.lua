@@ -45,7 +45,7 @@ local open = tonumber(redis.call('HGET', KEYS[2], id))
 if open then
   local expires_at = tonumber(redis.call('ZSCORE', KEYS[3], id))
   return { 'held', open, available(a), a.credit_limit, threshold_reply(a), expires_at, 1,
-    rate_reply(), a.rate_at, now }
+    rate_reply(a), a.rate_at, now }
 end
 local how = redis.call('HGET', KEYS[5], id)
 if how then
@@ -67,11 +67,12 @@ if a.committed + a.held + amount > MAX_AMOUNT then
 end
 
 local expires_at = now + ttl
-redis.call('HSET', KEYS[2], id, amount)
 if route ~= '' then
-  redis.call('HSET', KEYS[2], id .. ':route', route)
+  redis.call('HSET', KEYS[2], id, amount, id .. ':route', route)
+else
+  redis.call('HSET', KEYS[2], id, amount)
 end
 redis.call('ZADD', KEYS[3], expires_at, id)
 incr(a, 'held', amount)
 return { 'held', amount, available(a), a.credit_limit, threshold_reply(a), expires_at, 0,
-  rate_reply(), a.rate_at, now }
+  rate_reply(a), a.rate_at, now }

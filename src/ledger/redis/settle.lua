@@ -34,10 +34,11 @@ end
 
 local function reply(outcome, committed, released, clamped, crossed)
   return { 'settled', outcome, committed, released, clamped, available(a), threshold_reply(a),
-    crossed, rate_reply(), a.rate_at, now }
+    crossed, rate_reply(a), a.rate_at, now }
 end
 
-local amount = tonumber(redis.call('HGET', KEYS[2], id))
+local hold = redis.call('HMGET', KEYS[2], id, id .. ':route')
+local amount = tonumber(hold[1])
 if not amount then
   local how = redis.call('HGET', KEYS[5], id)
   if how then
@@ -50,10 +51,10 @@ if not amount then
   return reply('unknown', 0, 0, 0, 0)
 end
 
-local route = redis.call('HGET', KEYS[2], id .. ':route') or ''
+local route = hold[2] or ''
 redis.call('HDEL', KEYS[2], id, id .. ':route')
 redis.call('ZREM', KEYS[3], id)
-incr(a, 'held', -amount)
+a.held = a.held - amount
 
 local outcome, charged, clamped, crossed = 'refunded', 0, 0, 0
 if mode == 'commit' then
@@ -62,10 +63,13 @@ if mode == 'commit' then
   if actual > amount then
     clamped = 1
   end
-  incr(a, 'committed', charged)
+  a.committed = a.committed + charged
   a.rate = decayed_rate(a.rate, a.rate_at, now) + charged / BURN_RATE_TAU_SECS
   a.rate_at = now
-  redis.call('HSET', KEYS[1], 'rate', a.rate, 'rate_at', now)
+  a.rate_changed = true
+  -- One write for the four figures (exact: every total is at most 2^53 - 1).
+  redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
+    'rate_at', now)
   redis.call('HINCRBY', KEYS[6], 'credits:' .. route, charged)
   redis.call('HINCRBY', KEYS[6], 'calls:' .. route, 1)
   if a.threshold and available(a) < a.threshold and not a.warned then
@@ -73,6 +77,8 @@ if mode == 'commit' then
     a.warned = true
     crossed = 1
   end
+else
+  redis.call('HSET', KEYS[1], 'held', a.held)
 end
 rearm_warning(a)
 close(id, outcome, now)
