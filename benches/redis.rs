@@ -1,2 +1,788 @@
-//! Placeholder, being written.
-fn main() {}
+//! What `RedisLedger` costs on a real `redis-server`: issue items 3, 6 (Redis part) and 7.
+//!
+//! * 3, efficiency: reserve + commit pairs/s through one `RedisLedger` (its one multiplexed
+//!   connection, a current-thread runtime) with 1, 16 and 64 tasks, each task on its own
+//!   account. Against it, the ceiling for as many commands in flight: `redis-benchmark`
+//!   running `EVALSHA` of the very reserve and settle scripts the ledger loaded, on the
+//!   same server. The ceiling's pairs/s combine its two rates, `1 / (1/reserves +
+//!   1/commits)`. Ledger and ceiling alternate for three rounds per level (1 s counted per
+//!   ledger round); the rows are medians, the ratio the median of the paired rounds. Each
+//!   round also prints where the time went: this process's CPU per pair, redis-server's,
+//!   and the µs spent inside the scripts (`INFO commandstats`).
+//! * 6, memory: `INFO memory` `used_memory` per idle account (100k accounts, each topped
+//!   up once), and whether settled, refunded and expired holds leave keys behind.
+//! * 7, atomicity: 64 tasks spending one account until it runs dry, a naive `GET` then
+//!   `DECRBY` on a string key vs the ledger's reserve + commit: credits spent beyond the
+//!   balance, and spends/s.
+//!
+//! Needs `redis-server` on PATH (every part is skipped without it) and `redis-benchmark`
+//! (only the ceiling is skipped without it); starts its own server on a free loopback
+//! port. `cargo bench --bench redis` (about a minute); results also go to
+//! `target/bench-report/redis.json`.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use support::redis_server::BenchRedis;
+use support::report::{Report, Target};
+use tower_credits::ledger::redis::{DEFAULT_KEY_PREFIX, DEFAULT_SETTLED_RETENTION};
+use tower_credits::ledger::DEFAULT_HOLD_TTL;
+use tower_credits::{AccountId, HoldId, Ledger, RedisLedger, Reserve, ReserveOutcome, MAX_AMOUNT};
+
+/// The scripts' text, assembled as `src/ledger/redis/scripts.rs` assembles it (`lib.lua`,
+/// a newline, the operation), so `redis-benchmark` calls the same SHA the ledger calls.
+const RESERVE_LUA: &str = concat!(
+    include_str!("../src/ledger/redis/lib.lua"),
+    "\n",
+    include_str!("../src/ledger/redis/reserve.lua")
+);
+const SETTLE_LUA: &str = concat!(
+    include_str!("../src/ledger/redis/lib.lua"),
+    "\n",
+    include_str!("../src/ledger/redis/settle.lua")
+);
+
+/// In `KEYS` order (`src/ledger/redis/keys.rs`).
+const KEY_SUFFIXES: [&str; 7] = [
+    "acct", "holds", "expiry", "done", "closed", "usage", "topups",
+];
+
+/// Each concurrency level alternates the ledger and the ceiling this many times: on a
+/// shared 2-core machine the load drifts, and only neighbouring runs compare fairly.
+const ROUNDS: usize = 3;
+/// Per round: the ledger's tasks run this long before counting, then are counted this long.
+const WARM_UP: Duration = Duration::from_millis(300);
+const WINDOW: Duration = Duration::from_secs(1);
+
+const EFFICIENCY: &str = "3. Redis efficiency";
+const MEMORY: &str = "6. memory per idle account";
+const NAIVE: &str = "7. naive GET+DECRBY vs Lua";
+
+fn account_keys(account: &str) -> Vec<String> {
+    KEY_SUFFIXES
+        .iter()
+        .map(|suffix| format!("{DEFAULT_KEY_PREFIX}:{{{account}}}:{suffix}"))
+        .collect()
+}
+
+fn accounts(tag: &str, n: usize) -> Vec<AccountId> {
+    (0..n)
+        .map(|i| AccountId::new(format!("{tag}_{i}")).unwrap())
+        .collect()
+}
+
+async fn fund(ledger: &RedisLedger, accounts: &[AccountId], amount: u64) {
+    for acct in accounts {
+        ledger.top_up(acct, amount, "initial").await.unwrap();
+    }
+}
+
+async fn reserve_commit(ledger: &RedisLedger, acct: &AccountId) {
+    let hold = HoldId::generate();
+    let outcome = ledger
+        .reserve(Reserve::new(acct.clone(), hold.clone(), 1))
+        .await
+        .expect("reserve");
+    assert!(matches!(outcome, ReserveOutcome::Held(_)), "{outcome:?}");
+    ledger.commit(acct, &hold, 1).await.expect("commit");
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Where the time goes: CPU seconds used so far by this process and by redis-server, and
+/// the `EVALSHA` calls redis-server ran with the µs spent inside them.
+struct Cpu {
+    own: f64,
+    server: f64,
+    scripts: f64,
+    script_us: f64,
+}
+
+impl Cpu {
+    async fn now(con: &mut MultiplexedConnection) -> Self {
+        // utime and stime, fields 14 and 15 of /proc/self/stat, in USER_HZ (100) ticks; 0
+        // where there is no /proc.
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+                Some((ticks(11)? + ticks(12)?) / 100.0)
+            })
+            .unwrap_or(0.0);
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .arg("commandstats")
+            .query_async(con)
+            .await
+            .unwrap();
+        let field = |line: &str, name: &str| -> f64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(line))
+                .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix(name)))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            own,
+            server: field("used_cpu_sys:", "") + field("used_cpu_user:", ""),
+            scripts: field("cmdstat_evalsha:", "calls="),
+            script_us: field("cmdstat_evalsha:", "usec="),
+        }
+    }
+
+    /// redis-server's side since `earlier`, per one of `ops` operations over `secs`.
+    fn server_since(&self, earlier: &Cpu, ops: f64, secs: f64) -> String {
+        format!(
+            "redis-server {:.0} µs CPU (busy {:.0}%), {:.0} µs of it inside each script",
+            1e6 * (self.server - earlier.server) / ops,
+            100.0 * (self.server - earlier.server) / secs,
+            (self.script_us - earlier.script_us) / (self.scripts - earlier.scripts).max(1.0),
+        )
+    }
+}
+
+/// Pairs/s of one task per account in `ids`, each looping reserve + commit, counted over
+/// [`WINDOW`] after [`WARM_UP`]; the tasks are stopped before it returns.
+async fn ledger_round(
+    ledger: &RedisLedger,
+    con: &mut MultiplexedConnection,
+    ids: &[AccountId],
+) -> f64 {
+    let pairs = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = ids
+        .iter()
+        .map(|acct| {
+            let (ledger, acct) = (ledger.clone(), acct.clone());
+            let (pairs, stop) = (pairs.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    reserve_commit(&ledger, &acct).await;
+                    pairs.fetch_add(1, Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(WARM_UP).await;
+    let (n0, t0, cpu0) = (pairs.load(Relaxed), Instant::now(), Cpu::now(con).await);
+    tokio::time::sleep(WINDOW).await;
+    let (n1, t1, cpu1) = (pairs.load(Relaxed), Instant::now(), Cpu::now(con).await);
+    stop.store(true, Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let (n, secs) = ((n1 - n0) as f64, (t1 - t0).as_secs_f64());
+    println!(
+        "    ledger: {:.0} pairs/s; per pair: this process {:.0} µs CPU, {}",
+        n / secs,
+        1e6 * (cpu1.own - cpu0.own) / n,
+        cpu1.server_since(&cpu0, n, secs),
+    );
+    n / secs
+}
+
+/// `redis-benchmark` with `clients` connections of `pipeline` commands each, `requests`
+/// in all, `__rand_int__` drawn below `keyspace`; its requests/s, or `None` if it failed
+/// or the server answered an error.
+async fn redis_benchmark(
+    con: &mut MultiplexedConnection,
+    port: u16,
+    (clients, pipeline, requests): (usize, usize, usize),
+    keyspace: u64,
+    command: &[String],
+) -> Option<(f64, String)> {
+    let (t0, cpu0) = (Instant::now(), Cpu::now(con).await);
+    let output = tokio::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", &clients.to_string(), "-P", &pipeline.to_string()])
+        .args(["-n", &requests.to_string(), "-r", &keyspace.to_string()])
+        .arg("--csv")
+        .args(command)
+        .output()
+        .await
+        .ok()?;
+    let (secs, cpu1) = (t0.elapsed().as_secs_f64(), Cpu::now(con).await);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if let Some(line) = stdout.lines().find(|l| l.contains("Error")) {
+        println!("  redis-benchmark: {line}");
+        return None;
+    }
+    // The last line is `"<command>","<rps>",…`; the command holds no quote.
+    let rps = stdout.lines().last()?.split('"').nth(3)?.parse().ok();
+    if rps.is_none() {
+        println!("  redis-benchmark gave no rate: {stdout}");
+    }
+    Some((rps?, cpu1.server_since(&cpu0, requests as f64, secs)))
+}
+
+async fn hget_u64(con: &mut MultiplexedConnection, key: &str, field: &str) -> u64 {
+    let value: Option<u64> = redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(con)
+        .await
+        .unwrap();
+    value.unwrap_or(0)
+}
+
+async fn delete_account(con: &mut MultiplexedConnection, account: &str) {
+    // DEL, not UNLINK: a lazy free in the background would still be shrinking
+    // `used_memory` when the memory part reads it.
+    let _: () = redis::cmd("DEL")
+        .arg(account_keys(account))
+        .query_async(con)
+        .await
+        .unwrap();
+}
+
+/// The ceiling's two rates, reserves/s and commits/s.
+struct Ceiling {
+    reserves: f64,
+    commits: f64,
+}
+
+impl Ceiling {
+    fn pairs(&self) -> f64 {
+        1.0 / (1.0 / self.reserves + 1.0 / self.commits)
+    }
+}
+
+/// Hold ids of the ceiling are 32 characters, as long as the ledger's (a UUID in hex):
+/// a 20-character prefix and the 12 digits `redis-benchmark` puts for `__rand_int__`.
+const RESERVE_ID_PREFIX: &str = "ceiling-reserve-000-";
+const COMMIT_ID_PREFIX: &str = "ceiling-commit-0000-";
+
+/// The server's clock in ms, as the scripts read it.
+async fn server_now_ms(con: &mut MultiplexedConnection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(con).await.unwrap();
+    secs * 1000 + micros / 1000
+}
+
+/// Writes `n` open holds of 1 credit (ids `COMMIT_ID_PREFIX` + 12 digits, `0..n`) exactly as
+/// `reserve.lua` leaves them, with plain commands: through the script this would take
+/// longer than the commits it prepares.
+async fn prefill_holds(con: &mut MultiplexedConnection, account: &str, n: u64) {
+    let keys = account_keys(account);
+    let expires_at = server_now_ms(con).await + 3_600_000;
+    let batch = 1000;
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch).min(n);
+        let mut hset = redis::cmd("HSET");
+        let mut zadd = redis::cmd("ZADD");
+        hset.arg(&keys[1]);
+        zadd.arg(&keys[2]);
+        for i in start..end {
+            let id = format!("{COMMIT_ID_PREFIX}{i:012}");
+            hset.arg(&id).arg(1);
+            zadd.arg(expires_at).arg(id);
+        }
+        let _: () = redis::pipe()
+            .add_command(hset)
+            .ignore()
+            .add_command(zadd)
+            .ignore()
+            .query_async(con)
+            .await
+            .unwrap();
+        start = end;
+    }
+    let _: () = redis::cmd("HINCRBY")
+        .arg(&keys[0])
+        .arg("held")
+        .arg(n)
+        .query_async(con)
+        .await
+        .unwrap();
+}
+
+/// The ceiling for one shape `(clients, pipeline, requests)`: reserves of fresh ids on one
+/// funded account, then commits of open holds drawn at random on another; both accounts
+/// are deleted afterwards.
+async fn ceiling(
+    port: u16,
+    ledger: &RedisLedger,
+    con: &mut MultiplexedConnection,
+    shas: &(String, String),
+    shape: (usize, usize, usize),
+) -> Option<Ceiling> {
+    let (clients, pipeline, requests) = shape;
+    let tag = format!("c{clients}p{pipeline}");
+    let common = |sha: &str, account: &str| -> Vec<String> {
+        let mut cmd = vec!["EVALSHA".to_owned(), sha.to_owned(), "7".to_owned()];
+        cmd.extend(account_keys(account));
+        cmd.push("0".to_owned()); // clock offset
+        cmd.push(DEFAULT_SETTLED_RETENTION.as_millis().to_string());
+        cmd
+    };
+
+    let reserve_acct = format!("ceil_r_{tag}");
+    fund(
+        ledger,
+        &[AccountId::new(&reserve_acct).unwrap()],
+        MAX_AMOUNT,
+    )
+    .await;
+    let mut reserve = common(&shas.0, &reserve_acct);
+    reserve.extend([
+        format!("{RESERVE_ID_PREFIX}__rand_int__"),
+        "1".to_owned(),
+        DEFAULT_HOLD_TTL.as_millis().to_string(),
+        String::new(), // no route, as `Reserve::new`
+        String::new(), // no open-holds limit, as the builder's default
+    ]);
+    // Ids drawn below 2e9: among some 10^4 reserves, a repeat (a cheaper replay) is rare.
+    let reserves = redis_benchmark(con, port, shape, 2_000_000_000, &reserve).await;
+    let held = hget_u64(con, &account_keys(&reserve_acct)[0], "held").await;
+    delete_account(con, &reserve_acct).await;
+
+    // Commits draw ids at random below `keyspace`, with repeats; a repeat is the cheap
+    // `already_committed` path. Five times as many open holds as commits keeps about 90%
+    // of the commits real; the share is printed.
+    let commit_acct = format!("ceil_c_{tag}");
+    fund(ledger, &[AccountId::new(&commit_acct).unwrap()], MAX_AMOUNT).await;
+    let keyspace = 5 * requests as u64;
+    prefill_holds(con, &commit_acct, keyspace).await;
+    let mut commit = common(&shas.1, &commit_acct);
+    commit.extend([
+        format!("{COMMIT_ID_PREFIX}__rand_int__"),
+        "commit".to_owned(),
+        "1".to_owned(),
+    ]);
+    let commits = redis_benchmark(con, port, shape, keyspace, &commit).await;
+    let committed = hget_u64(con, &account_keys(&commit_acct)[0], "committed").await;
+    delete_account(con, &commit_acct).await;
+
+    let ((reserves, reserve_cpu), (commits, commit_cpu)) = (reserves?, commits?);
+    let share = |n: u64| 100.0 * n as f64 / requests as f64;
+    println!(
+        "    redis-benchmark reserve: {reserves:.0}/s ({:.0}% new holds); per call: {reserve_cpu}",
+        share(held)
+    );
+    println!(
+        "    redis-benchmark commit: {commits:.0}/s ({:.0}% real commits, the rest replays); \
+         per call: {commit_cpu}",
+        share(committed)
+    );
+    Some(Ceiling { reserves, commits })
+}
+
+/// SHA1s of the reserve and settle scripts, loaded; `None` without `redis-benchmark`.
+async fn load_scripts(con: &mut MultiplexedConnection) -> Option<(String, String)> {
+    let has_benchmark = std::process::Command::new("redis-benchmark")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_benchmark {
+        println!("redis-benchmark is not on PATH: the ceiling rows are skipped");
+        return None;
+    }
+    let shas = (
+        redis::Script::new(RESERVE_LUA).get_hash().to_owned(),
+        redis::Script::new(SETTLE_LUA).get_hash().to_owned(),
+    );
+    // The ledger ran both already: had it loaded other text, these would be unknown.
+    let known: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&shas.0)
+        .arg(&shas.1)
+        .query_async(con)
+        .await
+        .unwrap();
+    if known != [true, true] {
+        println!(
+            "warning: the ledger's scripts are not the text this bench assembled \
+             (src/ledger/redis/scripts.rs changed?): the ceiling runs this bench's copy"
+        );
+    }
+    for (src, sha) in [(RESERVE_LUA, &shas.0), (SETTLE_LUA, &shas.1)] {
+        let loaded: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(src)
+            .query_async(con)
+            .await
+            .unwrap();
+        assert_eq!(&loaded, sha);
+    }
+    Some(shas)
+}
+
+async fn efficiency(
+    port: u16,
+    ledger: &RedisLedger,
+    con: &mut MultiplexedConnection,
+    report: &mut Report,
+) {
+    // One pair first, so the ledger has loaded its scripts before they are compared.
+    let warm = accounts("warm", 1);
+    fund(ledger, &warm, MAX_AMOUNT).await;
+    reserve_commit(ledger, &warm[0]).await;
+    let shas = load_scripts(con).await;
+
+    // (tasks, redis-benchmark -c, -P, -n): as many commands in flight as the ledger has
+    // tasks, since each task has one command outstanding at a time.
+    let levels = [(1, 1, 1, 5_000), (16, 1, 16, 20_000), (64, 4, 16, 20_000)];
+    for (tasks, clients, pipeline, requests) in levels {
+        // An account per task: the ledger's cost, not one hot account's, is measured.
+        let ids = accounts(&format!("pairs{tasks}"), tasks);
+        fund(ledger, &ids, MAX_AMOUNT).await;
+        let (mut ours, mut ceilings, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=ROUNDS {
+            println!("  {tasks} in flight, round {round}:");
+            let pairs = ledger_round(ledger, con, &ids).await;
+            ours.push(pairs);
+            let Some(shas) = &shas else { continue };
+            if let Some(ceil) =
+                ceiling(port, ledger, con, shas, (clients, pipeline, requests)).await
+            {
+                ceilings.push(ceil.pairs());
+                ratios.push(pairs / ceil.pairs());
+            }
+        }
+        let what = if tasks == 1 {
+            "RedisLedger reserve+commit, 1 task (one account, one multiplexed connection)"
+                .to_owned()
+        } else {
+            format!(
+                "RedisLedger reserve+commit, {tasks} tasks (an account each, \
+                 one multiplexed connection)"
+            )
+        };
+        report.row(EFFICIENCY, &what, median(ours), "pairs/s", Target::None);
+        if ceilings.len() < ROUNDS {
+            if shas.is_some() {
+                println!("  a ceiling run -c {clients} -P {pipeline} failed: its rows are skipped");
+            }
+            continue;
+        }
+        report.row(
+            EFFICIENCY,
+            &format!(
+                "ceiling, {tasks} in flight: redis-benchmark -c {clients} -P {pipeline} \
+                 EVALSHA reserve + commit (same scripts; ~90% real commits)"
+            ),
+            median(ceilings),
+            "pairs/s",
+            Target::None,
+        );
+        let target = if tasks == 64 {
+            Target::AtLeast(0.8)
+        } else {
+            Target::None
+        };
+        report.row(
+            EFFICIENCY,
+            &format!("RedisLedger / ceiling, {tasks} in flight (median of {ROUNDS} paired rounds)"),
+            median(ratios),
+            "x",
+            target,
+        );
+    }
+    if let Some(shas) = &shas {
+        println!("  64 in flight, unpipelined:");
+        if let Some(ceil) = ceiling(port, ledger, con, shas, (64, 1, 20_000)).await {
+            report.row(
+                EFFICIENCY,
+                "ceiling, 64 in flight unpipelined: redis-benchmark -c 64 -P 1 \
+                 EVALSHA reserve + commit",
+                ceil.pairs(),
+                "pairs/s",
+                Target::None,
+            );
+        }
+    }
+}
+
+async fn used_memory(con: &mut MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
+async fn memory(ledger: &RedisLedger, con: &mut MultiplexedConnection, report: &mut Report) {
+    let n = 100_000;
+    let tasks = 64;
+    let before = used_memory(con).await;
+    // Ids of 11 bytes and one top-up each, as the MemoryLedger figure in `overhead`.
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                for i in (t..n).step_by(tasks) {
+                    let acct = AccountId::new(format!("acct_{i:06}")).unwrap();
+                    ledger.top_up(&acct, 1_000, "initial").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    // Let the keyspace's incremental rehash finish: mid-rehash, two tables are counted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = used_memory(con).await;
+    report.row(
+        MEMORY,
+        "RedisLedger, funded account with no open holds (id of 11 bytes; keys acct + topups)",
+        (after - before) as f64 / n as f64,
+        "bytes",
+        Target::AtMost(512.0),
+    );
+
+    // Each account gets a hold committed, one refunded and one left to expire.
+    let tidy = accounts("tidy", 3);
+    fund(ledger, &tidy, 100).await;
+    for acct in &tidy {
+        let hold = HoldId::generate();
+        ledger
+            .reserve(Reserve::new(acct.clone(), hold.clone(), 5))
+            .await
+            .unwrap();
+        ledger.commit(acct, &hold, 3).await.unwrap();
+        let hold = HoldId::generate();
+        ledger
+            .reserve(Reserve::new(acct.clone(), hold.clone(), 5))
+            .await
+            .unwrap();
+        ledger.refund(acct, &hold).await.unwrap();
+        let r = Reserve::new(acct.clone(), HoldId::generate(), 5).ttl(Duration::from_millis(50));
+        ledger.reserve(r).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut open_holds = 0;
+    for acct in &tidy {
+        // Any call reclaims the account's expired holds first.
+        open_holds += ledger.balance(acct).await.unwrap().open_holds;
+    }
+    let mut hold_keys = 0;
+    let mut empty_keys = 0;
+    for acct in &tidy {
+        // Every key of the account, not only the seven known names.
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{DEFAULT_KEY_PREFIX}:{{{acct}}}:*"))
+            .query_async(con)
+            .await
+            .unwrap();
+        let mut found = Vec::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE").arg(&key).query_async(con).await.unwrap();
+            let len_cmd = match kind.as_str() {
+                "hash" => "HLEN",
+                "zset" => "ZCARD",
+                "set" => "SCARD",
+                "list" => "LLEN",
+                _ => "STRLEN",
+            };
+            let len: u64 = redis::cmd(len_cmd)
+                .arg(&key)
+                .query_async(con)
+                .await
+                .unwrap();
+            if key.ends_with(":holds") || key.ends_with(":expiry") {
+                hold_keys += 1;
+            }
+            if len == 0 {
+                empty_keys += 1;
+            }
+            found.push(format!("{}={len}", key.rsplit(':').next().unwrap()));
+        }
+        found.sort();
+        println!("  {acct} after commit, refund, expiry: {}", found.join(" "));
+    }
+    if open_holds != 0 {
+        println!("  warning: {open_holds} holds still open after their expiry");
+    }
+    report.row(
+        MEMORY,
+        "hold/expiry keys left once every hold is committed, refunded or expired (3 accounts)",
+        hold_keys as f64,
+        "keys",
+        Target::None,
+    );
+    report.row(
+        MEMORY,
+        "empty hold/expiry keys left",
+        empty_keys as f64,
+        "keys",
+        Target::AtMost(0.0),
+    );
+}
+
+/// 64 tasks spend `balance` credits of one account, 1 at a time, until refused: how many
+/// spends went through, and in how long.
+async fn naive_spends(con: &MultiplexedConnection, balance: u64) -> (u64, Duration, i64) {
+    let key = "naive:balance";
+    let mut c = con.clone();
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(balance)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let handles: Vec<_> = (0..64)
+        .map(|_| {
+            let mut c = con.clone();
+            tokio::spawn(async move {
+                let mut spent = 0u64;
+                loop {
+                    let left: i64 = redis::cmd("GET")
+                        .arg(key)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    if left < 1 {
+                        return spent;
+                    }
+                    // Another task may spend between the GET and this: the race under test.
+                    let _: i64 = redis::cmd("DECRBY")
+                        .arg(key)
+                        .arg(1)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    spent += 1;
+                }
+            })
+        })
+        .collect();
+    let mut spent = 0;
+    for h in handles {
+        spent += h.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let left: i64 = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    (spent, elapsed, left)
+}
+
+async fn ledger_spends(ledger: &RedisLedger, balance: u64) -> (u64, Duration, i64) {
+    let acct = AccountId::new("spend_lua").unwrap();
+    ledger.top_up(&acct, balance, "initial").await.unwrap();
+    let start = Instant::now();
+    let handles: Vec<_> = (0..64)
+        .map(|_| {
+            let (ledger, acct) = (ledger.clone(), acct.clone());
+            tokio::spawn(async move {
+                let mut spent = 0u64;
+                loop {
+                    let hold = HoldId::generate();
+                    let r = Reserve::new(acct.clone(), hold.clone(), 1);
+                    match ledger.reserve(r).await.unwrap() {
+                        ReserveOutcome::Held(_) => {}
+                        ReserveOutcome::Insufficient(_) => return spent,
+                        other => panic!("unexpected reserve outcome {other:?}"),
+                    }
+                    let settled = ledger.commit(&acct, &hold, 1).await.unwrap();
+                    assert_eq!(settled.committed, 1);
+                    spent += 1;
+                }
+            })
+        })
+        .collect();
+    let mut spent = 0;
+    for h in handles {
+        spent += h.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let left = ledger.balance(&acct).await.unwrap().available;
+    (spent, elapsed, left)
+}
+
+async fn naive_vs_lua(ledger: &RedisLedger, con: &MultiplexedConnection, report: &mut Report) {
+    let balance = 20_000;
+    let (naive, naive_time, naive_left) = naive_spends(con, balance).await;
+    let (ours, ours_time, ours_left) = ledger_spends(ledger, balance).await;
+    println!("  final balance: naive {naive_left}, RedisLedger {ours_left}");
+    report.row(
+        NAIVE,
+        "naive GET+DECRBY, 64 tasks on one account of 20000 credits: spent beyond the balance",
+        naive as f64 - balance as f64,
+        "credits",
+        Target::None,
+    );
+    report.row(
+        NAIVE,
+        "RedisLedger reserve+commit, same: spent beyond the balance",
+        ours as f64 - balance as f64,
+        "credits",
+        Target::AtMost(0.0),
+    );
+    let naive_rate = naive as f64 / naive_time.as_secs_f64();
+    let ours_rate = ours as f64 / ours_time.as_secs_f64();
+    report.row(
+        NAIVE,
+        "naive GET+DECRBY",
+        naive_rate,
+        "spends/s",
+        Target::None,
+    );
+    report.row(
+        NAIVE,
+        "RedisLedger reserve+commit",
+        ours_rate,
+        "spends/s",
+        Target::None,
+    );
+    report.row(
+        NAIVE,
+        "RedisLedger / naive throughput",
+        ours_rate / naive_rate,
+        "x",
+        Target::None,
+    );
+}
+
+fn main() {
+    let mut report = Report::new("redis");
+    let Some(server) = BenchRedis::start() else {
+        println!("redis-server could not be started (not on PATH?): every Redis bench skipped");
+        report.write();
+        return;
+    };
+    let started = Instant::now();
+    // One thread drives every task, as one replica's worker would; on 2 cores the other
+    // one is redis-server's (and redis-benchmark's while it runs).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The default 50 ms deadline is for production; on a shared bench machine a
+        // scheduling stall would turn into a timeout and a background refund, changing
+        // the work being measured.
+        let ledger = RedisLedger::builder()
+            .url(server.url())
+            .call_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .expect("connect the ledger");
+        let mut con = redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        efficiency(server.port, &ledger, &mut con, &mut report).await;
+        memory(&ledger, &mut con, &mut report).await;
+        naive_vs_lua(&ledger, &con, &mut report).await;
+    });
+    println!("redis bench took {:.1?}", started.elapsed());
+    report.write();
+}

@@ -97,7 +97,8 @@ impl Figures {
 
     /// `n` in decimal (itoa: a tenth of `format!`'s cost).
     pub(crate) fn int(&mut self, n: impl itoa::Integer) -> HeaderValue {
-        self.0.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         self.cut()
     }
 
