@@ -111,10 +111,11 @@ enum HoldRepr {
     Chosen(Arc<str>),
 }
 
-// Equality, order and hash are those of the text, whichever way the id is stored.
+// Equality, order and hash are those of the text, whichever way the id is stored. They
+// work on the bytes: `as_str` would check UTF-8 on every map probe of a billed request.
 impl PartialEq for HoldId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -128,13 +129,13 @@ impl PartialOrd for HoldId {
 
 impl Ord for HoldId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl std::hash::Hash for HoldId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        state.write(self.as_bytes());
     }
 }
 
@@ -153,6 +154,13 @@ impl HoldId {
         let mut digits = [0u8; uuid::fmt::Simple::LENGTH];
         uuid::Uuid::now_v7().simple().encode_lower(&mut digits);
         Self(HoldRepr::Generated(digits))
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            HoldRepr::Generated(digits) => digits.as_slice(),
+            HoldRepr::Chosen(id) => id.as_bytes(),
+        }
     }
 
     /// The id as a string slice.
