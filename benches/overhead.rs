@@ -131,7 +131,7 @@ fn request_overhead(report: &mut Report) {
 
     // The three run in turns, round after round, and each figure is the median of its
     // rounds: on a noisy machine a burst of load then hits all three alike, which
-    // criterion's one-after-the-other runs cannot promise.
+    // benchmarks run one after the other cannot promise.
     let [bare_ns, ours_ns, gov_ns] = interleaved(
         15,
         20_000,

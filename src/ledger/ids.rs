@@ -135,7 +135,9 @@ impl Ord for HoldId {
 
 impl std::hash::Hash for HoldId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, terminator included, so a `Borrow<str>` would stay consistent.
         state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 

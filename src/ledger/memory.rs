@@ -28,6 +28,7 @@ type FastMap<K, V> = HashMap<K, V, RandomState>;
 /// Number of independently locked shards of accounts. Accounts in different shards never
 /// contend; a power of two keeps the shard pick a mask.
 const SHARDS: usize = 64;
+const _: () = assert!(SHARDS.is_power_of_two() && SHARDS > 1);
 
 /// Default time settled hold ids (and tombstones) are remembered: long enough that any
 /// retried reserve or late settle finds them.
@@ -379,7 +380,7 @@ impl MemoryLedger {
     fn shard(&self, account: &AccountId) -> &Mutex<Shard> {
         let hash = self.inner.shard_hasher.hash_one(account);
         // The high bits: the shard's own map indexes by the low ones of its own hasher.
-        &self.inner.shards[(hash >> 58) as usize & (SHARDS - 1)]
+        &self.inner.shards[(hash >> (64 - SHARDS.trailing_zeros())) as usize]
     }
 
     /// Runs `op` on an existing account after reclaiming its expired holds.

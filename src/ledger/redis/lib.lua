@@ -13,8 +13,9 @@
 --
 -- Rules: every ARGV is validated before the first write (a Lua error midway does not roll
 -- back); amounts are never turned into strings here (no `tostring`, no `..`): they are
--- parsed with tonumber after a digits-only check and written as Lua numbers, which
--- Redis 7 converts with "%.17g", exact for every integer up to 2^53 - 1.
+-- parsed with tonumber after a digits-only check and written as Lua numbers (HSET or
+-- HINCRBY arguments), which Redis writes as plain integers for every integer up to
+-- 2^53 - 1 (7.0 with "%.17g", later versions as integers before `fpconv_dtoa`).
 
 local MAX_AMOUNT = 9007199254740991 -- 2^53 - 1
 local RECLAIM_LIMIT = 64            -- = ledger::RECLAIM_LIMIT
@@ -104,11 +105,11 @@ local function threshold_reply(a)
   return a.threshold or -1
 end
 
--- The burn rate for the Rust side to decay: as loaded, or as this script changed it
--- ("%.17g" round-trips every double exactly).
+-- The burn rate for the Rust side to decay, as Redis stores it (exact): the text loaded,
+-- or re-read when this script changed it (numbers never become strings in Lua).
 local function rate_reply(a)
   if a.rate_changed then
-    return string.format('%.17g', a.rate)
+    return redis.call('HGET', KEYS[1], 'rate')
   end
   return a.rate_text
 end

@@ -31,7 +31,7 @@
 //! helpers of `lib.lua`. They are hashed once per process and called by SHA (`EVALSHA`),
 //! loaded again on `NOSCRIPT`. They read the clock with `TIME` (one clock for every
 //! replica), validate every argument before the first write, keep amounts out of strings
-//! (`HINCRBY`, `tonumber`), and first reclaim up to [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) expired holds of the
+//! (parsed with `tonumber`, written back as Lua numbers), and first reclaim up to [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) expired holds of the
 //! account, found through the expiry index. Amounts and ids are also checked here before
 //! anything is sent.
 //!
