@@ -413,6 +413,24 @@ fn memory(report: &mut Report) {
         Target::AtMost(256.0),
     );
     drop(ledger);
+
+    // What each settled request leaves behind for `settled_retention` (1 hour by
+    // default): the record that answers a repeated settle or reserve of its hold id.
+    let (ledger, acct) = funded_ledger(&rt);
+    rt.block_on(reserve_commit(&ledger, &acct));
+    let before = live_bytes();
+    rt.block_on(async {
+        for _ in 0..n {
+            reserve_commit(&ledger, &acct).await;
+        }
+    });
+    report.row(
+        section,
+        "MemoryLedger, kept per settled request until settled_retention passes",
+        (live_bytes() - before) as f64 / n as f64,
+        "bytes",
+        Target::None,
+    );
 }
 
 /// Runs each variant `per_round` times per round, all variants in turn each round, and

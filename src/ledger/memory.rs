@@ -151,6 +151,36 @@ fn topup_digest(account: &AccountId, key: &str) -> [u8; 16] {
     digest[..16].try_into().expect("SHA-256 is 32 bytes")
 }
 
+/// A closed hold id as the ledger remembers it: 16 bytes instead of the id's 40, since
+/// every settle leaves one for `settled_retention` (a busy account keeps hundreds of
+/// thousands). A generated id is its UUID's own 128 bits, exactly; any other id is its
+/// text hashed to 128 bits by two independently seeded foldhash passes. Two of one
+/// account's ids meeting in that hash is a 2^-128 event, and its worst outcome is a fresh
+/// id of that same account answered as already closed (the request is refused, nothing is
+/// charged).
+type ClosedKey = u128;
+
+fn closed_key(id: &HoldId) -> ClosedKey {
+    static SEEDS: std::sync::OnceLock<[RandomState; 2]> = std::sync::OnceLock::new();
+    let text = id.as_str();
+    // Lowercase only: ids are equal by their text, so "AB.." and "ab.." must differ.
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    if text.len() == 32 {
+        let uuid = text.bytes().try_fold(0u128, |acc, b| {
+            nibble(b).map(|n| (acc << 4) | u128::from(n))
+        });
+        if let Some(uuid) = uuid {
+            return uuid;
+        }
+    }
+    let [a, b] = SEEDS.get_or_init(Default::default);
+    (u128::from(a.hash_one(text)) << 64) | u128::from(b.hash_one(text))
+}
+
 /// One account. An idle account (no open or recently closed hold) is only these figures
 /// and its usage; the hold tables are boxed apart and dropped once empty.
 #[derive(Default)]
@@ -174,9 +204,9 @@ struct Activity {
     /// Open holds ordered by expiry: the expiry index.
     expiry: BTreeSet<(u64, HoldId)>,
     /// Settled, refunded, expired and tombstoned ids, with when they closed.
-    done: FastMap<HoldId, SettleOutcome>,
+    done: FastMap<ClosedKey, SettleOutcome>,
     /// `done` in closing order, so pruning by age looks only at the oldest.
-    done_order: VecDeque<(u64, HoldId)>,
+    done_order: VecDeque<(u64, ClosedKey)>,
 }
 
 impl Activity {
@@ -217,7 +247,7 @@ impl AccountState {
 
     /// How `id` was closed, if it was within the retention.
     fn closed(&self, id: &HoldId) -> Option<SettleOutcome> {
-        self.activity.as_ref()?.done.get(id).copied()
+        self.activity.as_ref()?.done.get(&closed_key(id)).copied()
     }
 
     /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids past retention.
@@ -237,16 +267,17 @@ impl AccountState {
             let (_, id) = activity.expiry.pop_first().expect("checked above");
             if let Some(hold) = activity.holds.remove(&id) {
                 released += hold.amount;
-                activity.done.insert(id.clone(), SettleOutcome::Expired);
-                activity.done_order.push_back((now_ms, id));
+                let key = closed_key(&id);
+                activity.done.insert(key, SettleOutcome::Expired);
+                activity.done_order.push_back((now_ms, key));
                 reclaimed = true;
             }
         }
         for _ in 0..RECLAIM_LIMIT {
             match activity.done_order.front() {
                 Some((at, _)) if now_ms.saturating_sub(*at) > retention_ms => {
-                    let (_, id) = activity.done_order.pop_front().expect("checked above");
-                    activity.done.remove(&id);
+                    let (_, key) = activity.done_order.pop_front().expect("checked above");
+                    activity.done.remove(&key);
                 }
                 _ => break,
             }
@@ -264,8 +295,9 @@ impl AccountState {
 
     fn close(&mut self, id: HoldId, how: SettleOutcome, now_ms: u64) {
         let activity = self.activity();
-        activity.done.insert(id.clone(), how);
-        activity.done_order.push_back((now_ms, id));
+        let key = closed_key(&id);
+        activity.done.insert(key, how);
+        activity.done_order.push_back((now_ms, key));
     }
 
     /// Clears the warning flag once the balance is back at or above the threshold.
@@ -671,5 +703,32 @@ impl Ledger for MemoryLedger {
 
     fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
         ready(Ok(self.inner.api_keys.write().remove(key).is_some()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_keys_follow_the_text_of_an_id() {
+        let generated = HoldId::generate();
+        let same_text = HoldId::new(generated.as_str()).unwrap();
+        assert_eq!(closed_key(&generated), closed_key(&same_text));
+        let digits = u128::from_str_radix(generated.as_str(), 16).unwrap();
+        assert_eq!(closed_key(&generated), digits);
+        let upper = HoldId::new(generated.as_str().to_uppercase()).unwrap();
+        if upper != generated {
+            assert_ne!(closed_key(&upper), closed_key(&generated));
+        }
+        let chosen = HoldId::new("order-42").unwrap();
+        assert_eq!(
+            closed_key(&chosen),
+            closed_key(&HoldId::new("order-42").unwrap())
+        );
+        assert_ne!(
+            closed_key(&chosen),
+            closed_key(&HoldId::new("order-43").unwrap())
+        );
     }
 }
