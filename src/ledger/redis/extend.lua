@@ -35,4 +35,9 @@ if redis.call('HEXISTS', KEYS[2], id) == 0 then
 end
 local expires_at = now + ttl
 redis.call('ZADD', KEYS[3], expires_at, id)
+-- A shorter ttl than the hold had moves its expiry earlier: keep next_expiry a lower bound.
+if expires_at < a.next_expiry then
+  a.next_expiry = expires_at
+  redis.call('HSET', KEYS[1], 'next_expiry', expires_at)
+end
 return { 'until', expires_at }

@@ -3,7 +3,8 @@
 -- Every account script gets the same seven keys, all under one hash tag `{<account>}` so the
 -- script touches one slot (and runs unchanged on Redis Cluster):
 --   KEYS[1] acct    HASH  topped_up, committed, held, credit_limit, threshold, warned,
---                         rate, rate_at (available = topped_up - committed - held)
+--                         rate, rate_at (available = topped_up - committed - held),
+--                         next_expiry (no open hold expires before it; see reclaim)
 --   KEYS[2] holds   HASH  <hold id> -> amount, '<hold id>:route' -> route label
 --   KEYS[3] expiry  ZSET  open hold ids scored by expiry (ms)
 --   KEYS[4] done    ZSET  closed hold ids (and refund tombstones) scored by closing time (ms)
@@ -20,6 +21,7 @@
 local MAX_AMOUNT = 9007199254740991 -- 2^53 - 1
 local RECLAIM_LIMIT = 64            -- = ledger::RECLAIM_LIMIT
 local BURN_RATE_TAU_SECS = 3600.0   -- = ledger::BURN_RATE_TAU_SECS
+local NO_OPEN_HOLDS = MAX_AMOUNT    -- next_expiry of an account with no open hold
 
 local function bad(name)
   error({ err = 'ERR tower-credits: invalid argument: ' .. name })
@@ -73,7 +75,7 @@ end
 -- HMGET also answers what an EXISTS would. `rate_text` is the rate as Redis stores it.
 local function load_account()
   local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
-    'threshold', 'warned', 'rate', 'rate_at')
+    'threshold', 'warned', 'rate', 'rate_at', 'next_expiry')
   return {
     exists = (f[1] or f[4]) and true or false,
     rate_text = f[7] or '0',
@@ -85,6 +87,7 @@ local function load_account()
     warned = f[6] == '1',
     rate = tonumber(f[7]) or 0,
     rate_at = tonumber(f[8]) or 0,
+    next_expiry = tonumber(f[9]), -- nil: not known yet, so reclaim looks
   }
 end
 
@@ -138,11 +141,9 @@ local function close(id, how, now)
   redis.call('HSET', KEYS[5], id, how)
 end
 
--- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index, never a
--- scan), re-arms the low-balance warning if that lifted the balance over the threshold,
--- and forgets up to RECLAIM_LIMIT closed ids older than the retention. Returns how many
--- holds went back.
-local function reclaim(a, now, retention)
+-- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index), then
+-- notes when the earliest open hold left expires. Returns how many holds went back.
+local function reclaim_expired(a, now)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, RECLAIM_LIMIT)
   local reclaimed = 0
   for _, id in ipairs(expired) do
@@ -158,6 +159,26 @@ local function reclaim(a, now, retention)
   -- Credits that came back may lift the balance over the threshold: a new crossing.
   if #expired > 0 then
     rearm_warning(a)
+  end
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  a.next_expiry = tonumber(first[2]) or NO_OPEN_HOLDS
+  redis.call('HSET', KEYS[1], 'next_expiry', a.next_expiry)
+  return reclaimed
+end
+
+-- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index, never a
+-- scan), re-arms the low-balance warning if that lifted the balance over the threshold,
+-- and forgets up to RECLAIM_LIMIT closed ids older than the retention. Returns how many
+-- holds went back.
+--
+-- `next_expiry` (no open hold expires before it) spares the expiry index a look on most
+-- calls: a reserve or an extend lowers it to its hold's new expiry when earlier, a settle
+-- only takes a hold away, so it stays a lower bound; once passed, reclaim_expired looks
+-- and refreshes it.
+local function reclaim(a, now, retention)
+  local reclaimed = 0
+  if a.next_expiry == nil or a.next_expiry <= now then
+    reclaimed = reclaim_expired(a, now)
   end
   local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - retention - 1,
     'LIMIT', 0, RECLAIM_LIMIT)

@@ -12,7 +12,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `threshold` (absent: none), `warned` (0/1), `rate` (burn rate, credits/s), `rate_at` (ms). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
+//! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `threshold` (absent: none), `warned` (0/1), `rate` (burn rate, credits/s), `rate_at` (ms), `next_expiry` (ms; no open hold expires earlier, so most calls skip the expiry index). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
 //! | `credits:{acct}:holds` | HASH | open hold id → amount; `<id>:route` → route label |
 //! | `credits:{acct}:expiry` | ZSET | open hold ids scored by expiry (ms): the expiry index |
 //! | `credits:{acct}:done` | ZSET | closed hold ids and refund tombstones, scored by when they closed (ms); pruned by age, at most [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) per call |

@@ -73,6 +73,13 @@ else
   redis.call('HSET', KEYS[2], id, amount)
 end
 redis.call('ZADD', KEYS[3], expires_at, id)
-incr(a, 'held', amount)
+a.held = a.held + amount
+if expires_at < a.next_expiry then
+  -- The earliest open hold now: the next reclaim looks once it has passed.
+  a.next_expiry = expires_at
+  redis.call('HSET', KEYS[1], 'held', a.held, 'next_expiry', expires_at)
+else
+  redis.call('HSET', KEYS[1], 'held', a.held)
+end
 return { 'held', amount, available(a), a.credit_limit, threshold_reply(a), expires_at, 0,
   rate_reply(a), a.rate_at, now }
