@@ -543,6 +543,38 @@ async fn memory(ledger: &RedisLedger, con: &mut MultiplexedConnection, report: &
         Target::AtMost(512.0),
     );
 
+    // What each settled request leaves for the settled retention (1 hour by default): its
+    // id in `done` and in `closed`, so a repeated settle or reserve gets its first answer.
+    let busy = accounts("busy", 64);
+    fund(ledger, &busy, MAX_AMOUNT).await;
+    let settled = 64 * 1_000;
+    let before = used_memory(con).await;
+    let handles: Vec<_> = busy
+        .iter()
+        .map(|acct| {
+            let (ledger, acct) = (ledger.clone(), acct.clone());
+            tokio::spawn(async move {
+                for _ in 0..settled / 64 {
+                    let hold = HoldId::generate();
+                    let r = Reserve::new(acct.clone(), hold.clone(), 1).route("GET /v1/echo");
+                    ledger.reserve(r).await.unwrap();
+                    ledger.commit(&acct, &hold, 1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    report.row(
+        MEMORY,
+        "RedisLedger, kept per settled request until the settled retention passes",
+        (used_memory(con).await - before) as f64 / settled as f64,
+        "bytes",
+        Target::None,
+    );
+
     // Each account gets a hold committed, one refunded and one left to expire.
     let tidy = accounts("tidy", 3);
     fund(ledger, &tidy, 100).await;
