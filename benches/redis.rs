@@ -47,9 +47,7 @@ const SETTLE_LUA: &str = concat!(
 );
 
 /// In `KEYS` order (`src/ledger/redis/keys.rs`).
-const KEY_SUFFIXES: [&str; 7] = [
-    "acct", "holds", "expiry", "done", "closed", "usage", "topups",
-];
+const KEY_SUFFIXES: [&str; 6] = ["acct", "holds", "expiry", "done", "usage", "topups"];
 
 /// Each concurrency level alternates the ledger and the ceiling this many times: on a
 /// shared 2-core machine the load drifts, and only neighbouring runs compare fairly.
@@ -317,7 +315,11 @@ async fn ceiling(
     let (clients, pipeline, requests) = shape;
     let tag = format!("c{clients}p{pipeline}");
     let common = |sha: &str, account: &str| -> Vec<String> {
-        let mut cmd = vec!["EVALSHA".to_owned(), sha.to_owned(), "7".to_owned()];
+        let mut cmd = vec![
+            "EVALSHA".to_owned(),
+            sha.to_owned(),
+            KEY_SUFFIXES.len().to_string(),
+        ];
         cmd.extend(account_keys(account));
         cmd.push("0".to_owned()); // clock offset
         cmd.push(DEFAULT_SETTLED_RETENTION.as_millis().to_string());
@@ -544,7 +546,7 @@ async fn memory(ledger: &RedisLedger, con: &mut MultiplexedConnection, report: &
     );
 
     // What each settled request leaves for the settled retention (1 hour by default): its
-    // id in `done` and in `closed`, so a repeated settle or reserve gets its first answer.
+    // id in `done` (when and how it closed), so a repeated settle or reserve gets its first answer.
     let busy = accounts("busy", 64);
     fund(ledger, &busy, MAX_AMOUNT).await;
     let settled = 64 * 1_000;

@@ -1019,8 +1019,19 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
         );
 
         // Every hold a handler saw, against how the ledger closed it.
-        let closed = hash(&server, &format!("credits:{{{account}}}:closed"));
-        let closed_at = zset(&server, &format!("credits:{{{account}}}:done"));
+        // `done` scores are closing time (ms) * 4 + how (1 committed, 2 refunded, 3 expired).
+        let done = zset(&server, &format!("credits:{{{account}}}:done"));
+        let closed: BTreeMap<&str, String> = done
+            .iter()
+            .map(|(id, score)| {
+                let how = ["", "committed", "refunded", "expired"][(score % 4) as usize];
+                (id.as_str(), how.to_owned())
+            })
+            .collect();
+        let closed_at: HashMap<&str, u64> = done
+            .iter()
+            .map(|(id, score)| (id.as_str(), score / 4))
+            .collect();
         let mut mine: HashMap<&str, Intent> = HashMap::new();
         let mut committed_here = 0u64;
         for s in seen.iter().filter(|s| &s.account == account) {
@@ -1055,7 +1066,7 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
         // Holds no handler saw (a reserve whose reply was lost, refunded in the background)
         // never commit.
         for (id, how) in &closed {
-            if !mine.contains_key(id.as_str()) {
+            if !mine.contains_key(*id) {
                 assert_ne!(how, "committed", "{account}: unseen hold {id} committed");
             }
         }

@@ -61,6 +61,17 @@ fn expect_held(outcome: ReserveOutcome) -> tower_credits::Held {
     }
 }
 
+/// How the ledger closed hold `id` (`committed`, `refunded` or `expired`), from the low two
+/// bits of its score in the account's `done` set; empty when it is not remembered.
+fn closed_how(server: &RedisServer, done: &str, id: &str) -> String {
+    let score = server.cli(&["ZSCORE", done, id]);
+    if score.is_empty() {
+        return String::new();
+    }
+    let score: u64 = score.parse().unwrap_or_else(|_| panic!("score {score:?}"));
+    ["", "committed", "refunded", "expired"][(score % 4) as usize].to_owned()
+}
+
 /// A field of the account hash, read straight from Redis (0 when absent).
 fn acct_field(server: &RedisServer, account: &str, field: &str) -> i64 {
     let key = format!("credits:{{{account}}}:acct");
@@ -147,12 +158,10 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
             .unwrap(),
     );
 
-    let keys: Vec<String> = [
-        "acct", "holds", "expiry", "done", "closed", "usage", "topups",
-    ]
-    .iter()
-    .map(|s| format!("credits:{{acct_lua}}:{s}"))
-    .collect();
+    let keys: Vec<String> = ["acct", "holds", "expiry", "done", "usage", "topups"]
+        .iter()
+        .map(|s| format!("credits:{{acct_lua}}:{s}"))
+        .collect();
     let snapshot = |server: &RedisServer| -> Vec<String> {
         keys.iter()
             .map(|k| server.cli(&["DUMP", k]))
@@ -377,9 +386,9 @@ async fn closed_hold_ids_are_forgotten_after_the_retention() {
     l.commit(&a, &hold("h1"), 10).await.unwrap();
     l.refund(&a, &hold("never-reserved")).await.unwrap();
     let done = "credits:{acct_retention}:done";
-    let closed = "credits:{acct_retention}:closed";
     assert_eq!(server.cli(&["ZCARD", done]), "2");
-    assert_eq!(server.cli(&["HLEN", closed]), "2");
+    assert_eq!(closed_how(&server, done, "h1"), "committed");
+    assert_eq!(closed_how(&server, done, "never-reserved"), "refunded");
 
     clock.advance(Duration::from_secs(5));
     l.balance(&a).await.unwrap();
@@ -388,7 +397,6 @@ async fn closed_hold_ids_are_forgotten_after_the_retention() {
     clock.advance(Duration::from_secs(6));
     l.balance(&a).await.unwrap();
     assert_eq!(server.cli(&["ZCARD", done]), "0");
-    assert_eq!(server.cli(&["HLEN", closed]), "0");
     assert!(
         !expect_held(
             l.reserve(Reserve::new(a.clone(), hold("h1"), 10))
@@ -439,12 +447,12 @@ async fn reserve_against_a_paused_server_times_out_and_leaves_no_hold() {
     server.resume();
 
     // The background refund gets through once the server answers again.
-    let closed = "credits:{acct_paused}:closed";
+    let done = "credits:{acct_paused}:done";
     let how = wait_for_async(
         "the background refund of the timed-out reserve",
         DEADLINE,
         || async {
-            let how = server.cli(&["HGET", closed, lost.as_str()]);
+            let how = closed_how(&server, done, lost.as_str());
             (!how.is_empty()).then_some(how)
         },
     )
@@ -488,12 +496,12 @@ async fn a_dropped_reserve_is_refunded() {
     assert!(r.is_err(), "{r:?}");
     server.resume();
 
-    let closed = "credits:{acct_dropped}:closed";
+    let done = "credits:{acct_dropped}:done";
     let how = wait_for_async(
         "the background refund of the dropped reserve",
         DEADLINE,
         || async {
-            let how = server.cli(&["HGET", closed, dropped.as_str()]);
+            let how = closed_how(&server, done, dropped.as_str());
             (!how.is_empty()).then_some(how)
         },
     )
@@ -845,13 +853,11 @@ async fn keys_follow_the_documented_layout() {
         .map(str::to_owned)
         .collect();
     let tag = "credits:{user@example.com}";
-    let want: BTreeSet<String> = [
-        "acct", "holds", "expiry", "done", "closed", "usage", "topups",
-    ]
-    .iter()
-    .map(|s| format!("{tag}:{s}"))
-    .chain([format!("credits:apikey:{}", key.to_hex())])
-    .collect();
+    let want: BTreeSet<String> = ["acct", "holds", "expiry", "done", "usage", "topups"]
+        .iter()
+        .map(|s| format!("{tag}:{s}"))
+        .chain([format!("credits:apikey:{}", key.to_hex())])
+        .collect();
     assert_eq!(keys, want);
     for k in &keys {
         assert_eq!(server.cli(&["TTL", k]), "-1", "{k} expires");
@@ -861,7 +867,7 @@ async fn keys_follow_the_documented_layout() {
         "GET /y"
     );
     assert_eq!(
-        server.cli(&["HGET", &format!("{tag}:closed"), "h1"]),
+        closed_how(&server, &format!("{tag}:done"), "h1"),
         "committed"
     );
     assert_eq!(
@@ -991,7 +997,7 @@ async fn the_sweeper_reclaims_expired_holds_of_idle_accounts() {
     assert_eq!(server.cli(&["EXISTS", "credits:{acct_idle}:expiry"]), "0");
     assert_eq!(server.cli(&["HLEN", "credits:{acct_idle}:holds"]), "0");
     assert_eq!(
-        server.cli(&["HGET", "credits:{acct_idle}:closed", "idle-7"]),
+        closed_how(&server, "credits:{acct_idle}:done", "idle-7"),
         "expired"
     );
     assert_eq!(acct_field(&server, "acct_live", "held"), 7, "not expired");

@@ -2,10 +2,9 @@
 -- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
 -- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds (reclaimed when expired)
 -- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
--- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
--- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
--- KEYS[6]: <prefix>:{<account>}:usage    HASH  (not used here)
--- KEYS[7]: <prefix>:{<account>}:topups   HASH  (not used here)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms) and how
+-- KEYS[5]: <prefix>:{<account>}:usage    HASH  (not used here)
+-- KEYS[5]: <prefix>:{<account>}:topups   HASH  (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: settled retention, ms
 -- Returns one of:

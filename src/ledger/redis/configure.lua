@@ -1,7 +1,7 @@
 -- configure: sets the account's credit limit and low-balance threshold (Ledger::configure).
 -- Creates the account. Like the in-memory ledger, reclaims nothing.
 -- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
--- KEYS[2..7]: the account's other keys   (not used here)
+-- KEYS[2..6]: the account's other keys   (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests; unused)
 -- ARGV[2]: settled retention, ms (unused)
 -- ARGV[3]: credit limit

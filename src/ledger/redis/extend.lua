@@ -2,10 +2,9 @@
 -- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
 -- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds: id -> amount, '<id>:route' -> route
 -- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
--- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
--- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
--- KEYS[6]: <prefix>:{<account>}:usage    HASH  (not used here)
--- KEYS[7]: <prefix>:{<account>}:topups   HASH  (not used here)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms) and how
+-- KEYS[5]: <prefix>:{<account>}:usage    HASH  (not used here)
+-- KEYS[5]: <prefix>:{<account>}:topups   HASH  (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: settled retention, ms
 -- ARGV[3]: hold id
@@ -27,7 +26,7 @@ if not a then
 end
 
 if redis.call('HEXISTS', KEYS[2], id) == 0 then
-  local how = redis.call('HGET', KEYS[5], id)
+  local how = closed_how(id)
   if how then
     return { 'not_open', already(how) }
   end

@@ -3,14 +3,13 @@
 use crate::api_key::ApiKeyHash;
 use crate::ledger::AccountId;
 
-/// The seven keys of one account, in the order every account script takes them
-/// (`KEYS[1]` … `KEYS[7]`), all under the hash tag `{<account>}`.
-pub(super) struct AccountKeys([String; 7]);
+/// The six keys of one account, in the order every account script takes them
+/// (`KEYS[1]` … `KEYS[6]`), all under the hash tag `{<account>}`.
+pub(super) struct AccountKeys([String; 6]);
 
 /// The suffixes of an account's keys, in `KEYS` order.
-pub(super) const ACCOUNT_KEY_SUFFIXES: [&str; 7] = [
-    "acct", "holds", "expiry", "done", "closed", "usage", "topups",
-];
+pub(super) const ACCOUNT_KEY_SUFFIXES: [&str; 6] =
+    ["acct", "holds", "expiry", "done", "usage", "topups"];
 
 impl AccountKeys {
     /// `<prefix>:{<account>}:<suffix>` for every suffix. [`AccountId`] admits no `{` or
@@ -20,7 +19,7 @@ impl AccountKeys {
     }
 
     /// The keys, in `KEYS` order.
-    pub(super) fn all(&self) -> &[String; 7] {
+    pub(super) fn all(&self) -> &[String; 6] {
         &self.0
     }
 }
@@ -48,7 +47,7 @@ mod tests {
     fn account_keys_share_one_hash_tag() {
         let keys = AccountKeys::new("credits", &AccountId::new("acct_42").unwrap());
         assert_eq!(keys.all()[0], "credits:{acct_42}:acct");
-        assert_eq!(keys.all()[6], "credits:{acct_42}:topups");
+        assert_eq!(keys.all()[5], "credits:{acct_42}:topups");
         assert!(keys.all().iter().all(|k| k.contains("{acct_42}")));
         assert_eq!(
             api_key("credits", &ApiKeyHash::of("abc")),

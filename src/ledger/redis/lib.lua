@@ -1,16 +1,16 @@
 -- Shared helpers, prepended (in Rust, with `concat!`) to every account script.
 --
--- Every account script gets the same seven keys, all under one hash tag `{<account>}` so the
+-- Every account script gets the same six keys, all under one hash tag `{<account>}` so the
 -- script touches one slot (and runs unchanged on Redis Cluster):
 --   KEYS[1] acct    HASH  topped_up, committed, held, credit_limit, threshold, warned,
 --                         rate, rate_at (available = topped_up - committed - held),
 --                         next_expiry (no open hold expires before it; see reclaim)
 --   KEYS[2] holds   HASH  <hold id> -> amount, '<hold id>:route' -> route label
 --   KEYS[3] expiry  ZSET  open hold ids scored by expiry (ms)
---   KEYS[4] done    ZSET  closed hold ids (and refund tombstones) scored by closing time (ms)
---   KEYS[5] closed  HASH  closed hold id -> 'committed' | 'refunded' | 'expired'
---   KEYS[6] usage   HASH  'credits:<route>' -> credits, 'calls:<route>' -> commits
---   KEYS[7] topups  HASH  top-up idempotency key -> amount (kept forever)
+--   KEYS[4] done    ZSET  closed hold ids (and refund tombstones), scored by closing time
+--                         (ms) * 4 + how they closed (1 committed, 2 refunded, 3 expired)
+--   KEYS[5] usage   HASH  'credits:<route>' -> credits, 'calls:<route>' -> commits
+--   KEYS[6] topups  HASH  top-up idempotency key -> amount (kept forever)
 --
 -- Rules: every ARGV is validated before the first write (a Lua error midway does not roll
 -- back); amounts are never turned into strings here (no `tostring`, no `..`): they are
@@ -135,10 +135,23 @@ local function rearm_warning(a)
   end
 end
 
+-- How a hold id closed, kept in the low two bits of its `done` score (exact: closing
+-- times * 4 stay far below 2^53), so one sorted set answers both when and how.
+local CLOSED_CODE = { committed = 1, refunded = 2, expired = 3 }
+local CLOSED_HOW = { 'committed', 'refunded', 'expired' }
+
 -- Remembers how a hold id closed, for the retention.
 local function close(id, how, now)
-  redis.call('ZADD', KEYS[4], now, id)
-  redis.call('HSET', KEYS[5], id, how)
+  redis.call('ZADD', KEYS[4], now * 4 + CLOSED_CODE[how], id)
+end
+
+-- How `id` closed ('committed' | 'refunded' | 'expired'), or nil if it is not remembered.
+local function closed_how(id)
+  local score = redis.call('ZSCORE', KEYS[4], id)
+  if not score then
+    return nil
+  end
+  return CLOSED_HOW[tonumber(score) % 4]
 end
 
 -- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index), then
@@ -180,11 +193,10 @@ local function reclaim(a, now, retention)
   if a.next_expiry == nil or a.next_expiry <= now then
     reclaimed = reclaim_expired(a, now)
   end
-  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - retention - 1,
+  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', (now - retention - 1) * 4 + 3,
     'LIMIT', 0, RECLAIM_LIMIT)
-  for _, id in ipairs(old) do
-    redis.call('ZREM', KEYS[4], id)
-    redis.call('HDEL', KEYS[5], id)
+  if #old > 0 then
+    redis.call('ZREM', KEYS[4], unpack(old))
   end
   return reclaimed
 end

@@ -15,8 +15,7 @@
 //! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `threshold` (absent: none), `warned` (0/1), `rate` (burn rate, credits/s), `rate_at` (ms), `next_expiry` (ms; no open hold expires earlier, so most calls skip the expiry index). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
 //! | `credits:{acct}:holds` | HASH | open hold id → amount; `<id>:route` → route label |
 //! | `credits:{acct}:expiry` | ZSET | open hold ids scored by expiry (ms): the expiry index |
-//! | `credits:{acct}:done` | ZSET | closed hold ids and refund tombstones, scored by when they closed (ms); pruned by age, at most [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) per call |
-//! | `credits:{acct}:closed` | HASH | closed hold id → `committed`, `refunded` or `expired` (pruned with `done`) |
+//! | `credits:{acct}:done` | ZSET | closed hold ids and refund tombstones, scored by when they closed (ms) × 4 + how (1 committed, 2 refunded, 3 expired); pruned by age, at most [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) per call |
 //! | `credits:{acct}:usage` | HASH | `credits:<route>` → credits committed, `calls:<route>` → commits |
 //! | `credits:{acct}:topups` | HASH | top-up idempotency key → amount; never expires (a payment id credits once, ever) |
 //! | `credits:apikey:<sha256 hex>` | STRING | account id of an API key (keys are stored only as hashes) |

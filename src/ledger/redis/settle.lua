@@ -2,10 +2,9 @@
 -- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
 -- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds: id -> amount, '<id>:route' -> route
 -- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
--- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
--- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
--- KEYS[6]: <prefix>:{<account>}:usage    HASH  'credits:<route>', 'calls:<route>' -> counts
--- KEYS[7]: <prefix>:{<account>}:topups   HASH  (not used here)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms) and how
+-- KEYS[5]: <prefix>:{<account>}:usage    HASH  'credits:<route>', 'calls:<route>' -> counts
+-- KEYS[5]: <prefix>:{<account>}:topups   HASH  (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: settled retention, ms
 -- ARGV[3]: hold id
@@ -40,7 +39,7 @@ end
 local hold = redis.call('HMGET', KEYS[2], id, id .. ':route')
 local amount = tonumber(hold[1])
 if not amount then
-  local how = redis.call('HGET', KEYS[5], id)
+  local how = closed_how(id)
   if how then
     return reply(already(how), 0, 0, 0, 0)
   end
@@ -70,8 +69,8 @@ if mode == 'commit' then
   -- One write for the four figures (exact: every total is at most 2^53 - 1).
   redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
     'rate_at', now)
-  redis.call('HINCRBY', KEYS[6], 'credits:' .. route, charged)
-  redis.call('HINCRBY', KEYS[6], 'calls:' .. route, 1)
+  redis.call('HINCRBY', KEYS[5], 'credits:' .. route, charged)
+  redis.call('HINCRBY', KEYS[5], 'calls:' .. route, 1)
   if a.threshold and available(a) < a.threshold and not a.warned then
     redis.call('HSET', KEYS[1], 'warned', 1)
     a.warned = true

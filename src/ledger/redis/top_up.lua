@@ -3,10 +3,9 @@
 -- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
 -- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds (reclaimed when expired)
 -- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
--- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms)
--- KEYS[5]: <prefix>:{<account>}:closed   HASH  closed hold id -> how it closed
--- KEYS[6]: <prefix>:{<account>}:usage    HASH  (not used here)
--- KEYS[7]: <prefix>:{<account>}:topups   HASH  idempotency key -> amount (no TTL)
+-- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms) and how
+-- KEYS[5]: <prefix>:{<account>}:usage    HASH  (not used here)
+-- KEYS[5]: <prefix>:{<account>}:topups   HASH  idempotency key -> amount (no TTL)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: settled retention, ms
 -- ARGV[3]: amount
@@ -27,7 +26,7 @@ local now = now_ms(offset)
 local a = load_account()
 reclaim(a, now, retention)
 
-local first = redis.call('HGET', KEYS[7], key)
+local first = redis.call('HGET', KEYS[6], key)
 if first then
   first = tonumber(first)
   if first ~= amount then
@@ -43,6 +42,6 @@ end
 -- HINCRBY even for 0: a first top-up creates the account.
 redis.call('HINCRBY', KEYS[1], 'topped_up', amount)
 a.topped_up = a.topped_up + amount
-redis.call('HSET', KEYS[7], key, amount)
+redis.call('HSET', KEYS[6], key, amount)
 rearm_warning(a)
 return { 'topped_up', 0, available(a) }
