@@ -112,16 +112,9 @@ impl BodySettle {
             Decision::Refund
         });
         let names = self.guard.settler().headers();
-        let mut figures = headers::Figures::new();
-        trailers.insert(names.cost.clone(), figures.int(cost));
-        trailers.insert(names.remaining.clone(), figures.int(hold.remaining(cost)));
-        headers::write_warning(
-            trailers,
-            names,
-            &mut figures,
-            hold.remaining(cost),
-            hold.threshold,
-        );
+        trailers.insert(names.cost.clone(), headers::int(cost));
+        trailers.insert(names.remaining.clone(), headers::int(hold.remaining(cost)));
+        headers::write_warning(trailers, names, hold.remaining(cost), hold.threshold);
     }
 
     fn stop_renewing(&mut self) {

@@ -501,25 +501,18 @@ fn finish<L: Ledger, B: http_body::Body>(
         return Response::from_parts(parts, ResponseBody::inner(body));
     }
     // Cost known at body end: the head carries the hold and a lower bound of the balance.
-    let mut figures = headers::Figures::new();
     parts
         .headers
-        .insert(names.reserved.clone(), figures.int(hold.charge.reserved()));
+        .insert(names.reserved.clone(), headers::int(hold.charge.reserved()));
     parts
         .headers
-        .insert(names.remaining.clone(), figures.int(hold.available));
+        .insert(names.remaining.clone(), headers::int(hold.available));
     parts.headers.insert(
         names.hold_id.clone(),
         http::HeaderValue::from_str(hold.charge.hold_id().as_str()).expect("hold ids are ASCII"),
     );
-    headers::write_warning(
-        &mut parts.headers,
-        names,
-        &mut figures,
-        hold.available,
-        hold.threshold,
-    );
-    headers::write_runway(&mut parts.headers, names, &mut figures, hold.runway_secs);
+    headers::write_warning(&mut parts.headers, names, hold.available, hold.threshold);
+    headers::write_runway(&mut parts.headers, names, hold.runway_secs);
     Response::from_parts(
         parts,
         ResponseBody::settling(body, BodySettle::new(guard, success, next_renewal)),

@@ -84,11 +84,10 @@ setter! {
     price_version,
 }
 
-/// Header values cut from a per-thread buffer. `HeaderValue::from(u64)` allocates twice per
-/// value, on every billed request; here a 4 KiB buffer serves about fifty responses'
-/// figures, so a request's three to five values cost no allocation of their own. (A value
-/// kept alive long after its response keeps its 4 KiB buffer alive too.)
-pub(crate) struct Figures(());
+// Header values are cut from a per-thread buffer. `HeaderValue::from(u64)` allocates twice
+// per value, on every billed request; here a 4 KiB buffer serves about fifty responses'
+// figures, so a request's three to five values cost no allocation of their own. (A value
+// kept alive long after its response keeps its 4 KiB buffer alive too.)
 
 /// Size of each per-thread buffer.
 const CHUNK: usize = 4096;
@@ -99,25 +98,19 @@ thread_local! {
     static BUFFER: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
-impl Figures {
-    pub(crate) fn new() -> Self {
-        Self(())
-    }
+/// `n` in decimal (itoa: a tenth of `format!`'s cost).
+pub(crate) fn int(n: impl itoa::Integer) -> HeaderValue {
+    cut(|buf| buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()))
+}
 
-    /// `n` in decimal (itoa: a tenth of `format!`'s cost).
-    pub(crate) fn int(&mut self, n: impl itoa::Integer) -> HeaderValue {
-        cut(|buf| buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()))
-    }
-
-    /// The low-balance warning value, e.g. `low-balance; remaining=40; threshold=100`.
-    fn warning(&mut self, remaining: i64, threshold: u64) -> HeaderValue {
-        cut(|buf| {
-            buf.write_fmt(format_args!(
-                "low-balance; remaining={remaining}; threshold={threshold}"
-            ))
-            .expect("BytesMut grows as needed")
-        })
-    }
+/// The low-balance warning value, e.g. `low-balance; remaining=40; threshold=100`.
+fn warning(remaining: i64, threshold: u64) -> HeaderValue {
+    cut(|buf| {
+        buf.write_fmt(format_args!(
+            "low-balance; remaining={remaining}; threshold={threshold}"
+        ))
+        .expect("BytesMut grows as needed")
+    })
 }
 
 /// Writes one value at the end of this thread's buffer and cuts it off as a header value
@@ -144,23 +137,21 @@ pub(crate) fn write_settled(
     threshold: Option<u64>,
     runway_secs: Option<u64>,
 ) {
-    let mut figures = Figures::new();
-    headers.insert(names.cost.clone(), figures.int(cost));
-    headers.insert(names.reserved.clone(), figures.int(reserved));
-    headers.insert(names.remaining.clone(), figures.int(remaining));
-    write_warning(headers, names, &mut figures, remaining, threshold);
-    write_runway(headers, names, &mut figures, runway_secs);
+    headers.insert(names.cost.clone(), int(cost));
+    headers.insert(names.reserved.clone(), int(reserved));
+    headers.insert(names.remaining.clone(), int(remaining));
+    write_warning(headers, names, remaining, threshold);
+    write_runway(headers, names, runway_secs);
 }
 
 /// `credits-runway`, when the ledger knows the account's spend rate.
 pub(crate) fn write_runway(
     headers: &mut HeaderMap,
     names: &CreditHeaders,
-    figures: &mut Figures,
     runway_secs: Option<u64>,
 ) {
     if let Some(secs) = runway_secs {
-        headers.insert(names.runway.clone(), figures.int(secs));
+        headers.insert(names.runway.clone(), int(secs));
     }
 }
 
@@ -168,13 +159,12 @@ pub(crate) fn write_runway(
 pub(crate) fn write_warning(
     headers: &mut HeaderMap,
     names: &CreditHeaders,
-    figures: &mut Figures,
     remaining: i64,
     threshold: Option<u64>,
 ) {
     if let Some(threshold) = threshold {
         if remaining < threshold as i64 {
-            headers.insert(names.warning.clone(), figures.warning(remaining, threshold));
+            headers.insert(names.warning.clone(), warning(remaining, threshold));
         }
     }
 }
@@ -184,22 +174,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn figures_cut_from_shared_buffers_keep_their_own_text() {
-        let mut figures = Figures::new();
+    fn values_cut_from_shared_buffers_keep_their_own_text() {
         // Enough values to cross several 4 KiB buffers, each checked after all are cut.
         let values: Vec<(i64, HeaderValue)> = (0..2_000)
             .map(|i| {
                 let n = i64::MAX - i * 7_919;
-                (n, figures.int(n))
+                (n, int(n))
             })
             .collect();
         for (n, value) in &values {
             assert_eq!(value.to_str().unwrap(), n.to_string());
         }
-        assert_eq!(figures.int(0u64), "0");
-        assert_eq!(figures.int(-40i64), "-40");
+        assert_eq!(int(0u64), "0");
+        assert_eq!(int(-40i64), "-40");
         assert_eq!(
-            figures.warning(-40, 100),
+            warning(-40, 100),
             "low-balance; remaining=-40; threshold=100"
         );
     }
