@@ -1012,6 +1012,47 @@ async fn the_sweeper_reclaims_expired_holds_of_idle_accounts() {
 
 /// `spawn_sweeper` reclaims in the background without any request to the account, and
 /// the task ends once every clone of the ledger is gone.
+/// Calls skip the expiry index until `next_expiry`, the account's lower bound of its open
+/// holds' expiries, has passed; the sweeper looks whatever it says, so a hold whose writer
+/// did not keep the bound (a script of an older version) still comes back.
+#[tokio::test]
+async fn calls_trust_next_expiry_and_the_sweeper_does_not() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger_on(&server, &clock).await;
+    let a = acct("acct_hint");
+    l.top_up(&a, 100, "pay-1").await.unwrap();
+    let r = Reserve::new(a.clone(), hold("h1"), 3).ttl(Duration::from_secs(10));
+    let held = expect_held(l.reserve(r).await.unwrap());
+    assert_eq!(
+        acct_field(&server, "acct_hint", "next_expiry"),
+        held.expires_at_ms as i64,
+        "a reserve lowers the bound to its hold's expiry"
+    );
+
+    // A bound too high, as a writer that ignores it would leave.
+    server.cli(&[
+        "HSET",
+        "credits:{acct_hint}:acct",
+        "next_expiry",
+        "9007199254740991",
+    ]);
+    clock.advance(Duration::from_secs(11));
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!(
+        b.held, 3,
+        "a call trusts the bound and skips the expiry index"
+    );
+
+    assert_eq!(l.sweep_expired().await.unwrap(), 1);
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.available, b.held, b.open_holds), (100, 0, 0));
+    assert_eq!(
+        closed_how(&server, "credits:{acct_hint}:done", "h1"),
+        "expired"
+    );
+}
+
 #[tokio::test]
 async fn spawn_sweeper_reclaims_in_the_background_and_ends_with_the_ledger() {
     let server = RedisServer::start();
