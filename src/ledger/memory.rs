@@ -711,6 +711,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_account_drops_its_hold_tables_once_nothing_is_open_or_remembered() {
+        let clock = crate::clock::ManualClock::new();
+        let ledger = MemoryLedger::builder()
+            .clock(clock.clone())
+            .settled_retention(Duration::from_secs(1))
+            .build();
+        let acct = AccountId::new("acct_idle").unwrap();
+        let has_tables =
+            |l: &MemoryLedger| l.shard(&acct).lock().accounts[&acct].activity.is_some();
+        ledger.do_top_up(&acct, 10, "pay-1").unwrap();
+        assert!(
+            !has_tables(&ledger),
+            "a funded account without holds has none"
+        );
+
+        let hold = HoldId::generate();
+        ledger
+            .do_reserve(Reserve::new(acct.clone(), hold.clone(), 4))
+            .unwrap();
+        ledger.do_settle(&acct, &hold, Some(4)).unwrap();
+        assert!(has_tables(&ledger), "the closed id is remembered");
+        assert_eq!(
+            ledger.do_settle(&acct, &hold, Some(4)).unwrap().outcome,
+            SettleOutcome::AlreadyCommitted
+        );
+
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(ledger.do_top_up(&acct, 1, "pay-2").unwrap().available, 7);
+        assert!(!has_tables(&ledger), "past the retention nothing is left");
+    }
+
+    #[test]
     fn closed_keys_follow_the_text_of_an_id() {
         let generated = HoldId::generate();
         let same_text = HoldId::new(generated.as_str()).unwrap();
