@@ -20,7 +20,7 @@ use crate::ledger::{
     MAX_IDEMPOTENCY_KEY_LEN,
 };
 use crate::pricing::{matches_path, parse_route, parse_segments, Price, Pricing, Segment};
-use crate::problem;
+use crate::wire::grpc;
 
 /// The header [`api_key_header`] reads the key from.
 const API_KEY_HEADER: &str = "api-key";
@@ -114,7 +114,7 @@ pub fn header_api_key(value: &[u8]) -> Option<Result<String, Unauthorized>> {
 /// The `grpc-status` read from a header `value`; `None` when absent, invalid or not a status.
 pub fn grpc_status_of(value: &[u8]) -> Option<u32> {
     let value = HeaderValue::from_bytes(value).ok()?;
-    problem::grpc_status(&headers_with(HeaderName::from_static("grpc-status"), value))
+    grpc::grpc_status(&headers_with(HeaderName::from_static("grpc-status"), value))
 }
 
 /// `Authorization` header bytes through `bearer_token` and the default resolver.
@@ -359,7 +359,7 @@ pub fn grpc_status(data: &[u8]) {
     let Ok(value) = HeaderValue::from_bytes(data) else {
         return;
     };
-    let status = problem::grpc_status(&headers_with(
+    let status = grpc::grpc_status(&headers_with(
         HeaderName::from_static("grpc-status"),
         value.clone(),
     ));
@@ -376,7 +376,7 @@ pub fn grpc_status(data: &[u8]) {
     if let Some(code) = status {
         let canonical = HeaderValue::from(code);
         assert_eq!(
-            problem::grpc_status(&headers_with(
+            grpc::grpc_status(&headers_with(
                 HeaderName::from_static("grpc-status"),
                 canonical
             )),
@@ -384,7 +384,7 @@ pub fn grpc_status(data: &[u8]) {
         );
     }
 
-    let grpc = problem::is_grpc(&headers_with(header::CONTENT_TYPE, value));
+    let grpc = grpc::is_grpc(&headers_with(header::CONTENT_TYPE, value));
     assert_eq!(grpc, data.starts_with(b"application/grpc"));
 }
 

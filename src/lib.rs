@@ -1,34 +1,110 @@
-#![doc = include_str!("../README.md")]
+//! A drop-in [tower] middleware that makes any axum or tonic service bill its callers in
+//! **prepaid credits**.
+//!
+//! For every request, [`CreditLayer`]:
+//!
+//! 1. resolves the caller's account ([`account::AccountResolver`]: an API key stored only
+//!    as a hash, a trusted header, an extension your auth layer set, or a closure);
+//! 2. prices the request ([`pricing::Pricing`]: per route and method, or a closure);
+//! 3. holds that price in the [`Ledger`] atomically — one Redis round trip with
+//!    [`RedisLedger`], none with the embedded [`MemoryLedger`] — or refuses before your
+//!    handler runs (`402` problem JSON, or gRPC `FAILED_PRECONDITION`);
+//! 4. runs your service, which may lower the cost through its [`Charge`];
+//! 5. commits the actual cost and releases the rest, or refunds the whole hold when the
+//!    request failed, errored, panicked or was cancelled;
+//! 6. tells the caller what happened: `credits-cost`, `credits-remaining`, a low-balance
+//!    `credits-warning` before the cut-off, and the `credits-runway` at the current rate.
+//!
+//! Callers are never surprised: every billed response says what it cost and what is left,
+//! and every refusal says why, how much is missing and where to top up.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{routing::{get, post}, Router};
+//! use tower_credits::{pricing::Pricing, Charge, CreditLayer, MemoryLedger};
+//!
+//! let credits = CreditLayer::new(MemoryLedger::new()) // or RedisLedger, shared by replicas
+//!     .pricing(
+//!         Pricing::new()
+//!             .route("GET /v1/echo", 1)
+//!             .route("POST /v1/generate", 50) // a hold: the handler says what it used
+//!             .free("GET /health"),
+//!     )
+//!     .low_balance_threshold(100)
+//!     .top_up_url("https://example.com/billing");
+//!
+//! let app = Router::new()
+//!     .route("/v1/echo", get(|| async { "echo" }))
+//!     .route(
+//!         "/v1/generate",
+//!         post(|charge: Charge| async move {
+//!             charge.set(12).unwrap(); // 12 of the 50 held; 38 go back
+//!             "12 tokens"
+//!         }),
+//!     )
+//!     .route("/health", get(|| async { "ok" }))
+//!     .layer(credits);
+//! # let _: Router = app;
+//! ```
+//!
+//! Callers send `Authorization: Bearer <api key>`; register keys with
+//! [`Ledger::register_api_key`] and [`ApiKeyHash::of`]. The repository's README shows the
+//! quickstart (`cargo run --example quickstart`) and the responses it captured.
+//!
+//! # Feature flags
+//!
+//! Every feature is off by default.
+//!
+//! | feature | enables | pulls in |
+//! |---|---|---|
+//! | `axum` | the [`Charge`] extractor, and pricing by axum's `MatchedPath` | `axum` (no default features) |
+//! | `tonic` | gRPC refusals with `google.rpc` rich details (`ErrorInfo`, `Help`) | `tonic`, `tonic-types` |
+//! | `redis` | [`RedisLedger`]: balances shared by every replica, on Redis or Redis Cluster | `redis` (tokio, connection manager, cluster) |
+//! | `test-util` | test helpers: the Redis clock offset, and the parser oracles the fuzz targets use | nothing |
+//!
+//! # Code map
+//!
+//! A request takes the hold → run → settle path through `src/middleware/`, in this order:
+//!
+//! | file | holds |
+//! |---|---|
+//! | `middleware/layer.rs` | [`CreditLayer`], its builder methods |
+//! | `middleware/config.rs` | the configuration every service of a layer shares |
+//! | `middleware/service.rs` | [`CreditService`]: resolves the account, prices, starts the future |
+//! | `middleware/future.rs` | [`ResponseFuture`]: key lookup, reserve, inner call, settle at the head |
+//! | `middleware/body.rs` | [`ResponseBody`]: settles at the end of a body whose cost grows with it |
+//! | `middleware/guard.rs` | the drop guard: every hold settles exactly once, whatever happens |
+//! | `middleware/settle.rs` | the ledger calls that commit, refund and renew, their retries |
+//!
+//! Around it: `account.rs` (who pays), `pricing.rs` (how much), `charge.rs` (what the
+//! handler used), `outage.rs` (what to do when the ledger is down), `wire/` (what callers
+//! see: headers, problem JSON, gRPC statuses), and `ledger/` (the [`Ledger`] contract,
+//! `memory.rs`, `runway.rs`, and `redis/` with one Lua script per operation).
+//!
+//! [tower]: https://docs.rs/tower
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod account;
 mod amount;
 mod api_key;
-mod body;
 mod charge;
 pub mod clock;
-mod future;
+#[cfg(any(fuzzing, feature = "test-util"))]
 #[doc(hidden)]
 pub mod fuzzing;
-mod headers;
-mod layer;
 pub mod ledger;
+mod middleware;
 pub mod outage;
 pub mod pricing;
-pub mod problem;
-mod service;
-mod settle;
+mod wire;
 
 pub use amount::MAX_AMOUNT;
 pub use api_key::ApiKeyHash;
-pub use body::ResponseBody;
 #[cfg(feature = "axum")]
 pub use charge::MissingCharge;
 pub use charge::{Charge, ChargeError};
-pub use future::ResponseFuture;
-pub use headers::CreditHeaders;
-pub use layer::{CreditLayer, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use ledger::RedisLedger;
@@ -36,6 +112,15 @@ pub use ledger::{
     AccountId, AccountSettings, AnyLedger, Balance, Extended, Held, HoldId, Insufficient, Ledger,
     LedgerError, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
 };
+pub use middleware::{
+    CreditLayer, CreditService, PendingSettlements, ResponseBody, ResponseFuture,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES,
+};
 pub use outage::{BillingStats, OutagePolicy};
-pub use service::CreditService;
-pub use settle::PendingSettlements;
+pub use wire::headers::CreditHeaders;
+pub use wire::problem;
+
+/// The README's Rust blocks, compiled and run as doc tests so the front page stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -34,6 +34,7 @@ mod memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+pub(crate) mod runway;
 mod types;
 
 #[cfg(feature = "redis")]
@@ -42,6 +43,7 @@ pub use error::LedgerError;
 pub(crate) use ids::{check_idempotency_key, check_route};
 pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
 pub use memory::{MemoryLedger, MemoryLedgerBuilder};
+pub(crate) use runway::{burn_rate_after, decayed_rate, runway_secs};
 pub use types::{
     AccountSettings, Balance, Extended, Held, Insufficient, Reserve, ReserveOutcome, RouteUsage,
     SettleOutcome, Settlement, TopUp, Usage, DEFAULT_HOLD_TTL,
@@ -233,29 +235,4 @@ pub(crate) fn check_ttl(ttl: Duration) -> Result<u64, LedgerError> {
         return Err(LedgerError::InvalidTtl { ttl });
     }
     Ok(ms as u64)
-}
-
-/// Time constant of the burn-rate average: spend older than a few hours barely counts.
-pub(crate) const BURN_RATE_TAU_SECS: f64 = 3600.0;
-
-/// Decays `rate` (credits/s) from `rate_at_ms` to `now_ms` and adds `spent` credits.
-pub(crate) fn burn_rate_after(rate: f64, rate_at_ms: u64, now_ms: u64, spent: u64) -> f64 {
-    decayed_rate(rate, rate_at_ms, now_ms) + spent as f64 / BURN_RATE_TAU_SECS
-}
-
-/// `rate` decayed from `rate_at_ms` to `now_ms`.
-pub(crate) fn decayed_rate(rate: f64, rate_at_ms: u64, now_ms: u64) -> f64 {
-    let dt = now_ms.saturating_sub(rate_at_ms) as f64 / 1000.0;
-    rate * (-dt / BURN_RATE_TAU_SECS).exp()
-}
-
-/// Seconds `available` lasts at `rate` credits/s; `None` when nothing is being spent.
-pub(crate) fn runway_secs(available: i64, rate: f64) -> Option<u64> {
-    if rate <= 1e-9 {
-        return None;
-    }
-    if available <= 0 {
-        return Some(0);
-    }
-    Some((available as f64 / rate).min(u64::MAX as f64 / 2.0) as u64)
 }

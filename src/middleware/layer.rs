@@ -6,13 +6,15 @@ use http::StatusCode;
 use tower_layer::Layer;
 
 use crate::account::AccountResolver;
-use crate::headers::CreditHeaders;
 use crate::ledger::{Ledger, DEFAULT_HOLD_TTL};
 use crate::outage::{BillingStats, Breaker, OutagePolicy, Unbilled};
 use crate::pricing::Pricing;
-use crate::problem::DEFAULT_PROBLEM_TYPE_BASE;
-use crate::settle::{PendingSettlements, Shared};
-use crate::CreditService;
+use crate::wire::headers::CreditHeaders;
+use crate::wire::problem::DEFAULT_PROBLEM_TYPE_BASE;
+
+use super::config::Shared;
+use super::service::CreditService;
+use super::settle::PendingSettlements;
 
 /// Consecutive ledger outages that open the circuit breaker.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;

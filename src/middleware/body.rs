@@ -10,9 +10,9 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::headers;
-use crate::problem::grpc_status;
-use crate::settle::{Decision, HoldGuard};
+use super::guard::{Decision, HoldGuard};
+use crate::wire::grpc::grpc_status;
+use crate::wire::headers;
 
 pin_project! {
     /// Response body of a [`CreditService`](crate::CreditService).
@@ -146,16 +146,10 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn full(bytes: Bytes) -> Self {
+    /// A refusal's body: problem JSON, or nothing (a gRPC trailers-only response).
+    pub(crate) fn refusal(bytes: Option<Bytes>) -> Self {
         Self {
-            kind: Kind::Full { bytes: Some(bytes) },
-        }
-    }
-
-    #[cfg_attr(feature = "tonic", allow(dead_code))]
-    pub(crate) fn empty() -> Self {
-        Self {
-            kind: Kind::Full { bytes: None },
+            kind: Kind::Full { bytes },
         }
     }
 }

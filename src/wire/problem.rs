@@ -29,9 +29,13 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{Map, Value};
 
+use super::grpc::{grpc_insufficient, grpc_refusal, GrpcCode};
 use crate::account::Unauthorized;
-use crate::body::ResponseBody;
 use crate::ledger::{AccountId, Insufficient};
+
+/// A refusal as it goes on the wire: a problem JSON body, or none (a gRPC trailers-only
+/// response). The middleware wraps the body into its own response body type.
+pub(crate) type Refusal = Response<Option<Bytes>>;
 
 /// Default base of the problem `type` URIs.
 pub const DEFAULT_PROBLEM_TYPE_BASE: &str = "urn:tower-credits:problem:";
@@ -47,42 +51,14 @@ pub(crate) struct ProblemCtx<'a> {
     pub(crate) grpc: bool,
 }
 
-/// gRPC status codes used here (numbering from `google.rpc.Code`).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum GrpcCode {
-    #[cfg_attr(feature = "tonic", allow(dead_code))]
-    FailedPrecondition = 9,
-    ResourceExhausted = 8,
-    Unauthenticated = 16,
-    Unavailable = 14,
-}
-
-/// `content-type: application/grpc…`: the caller is a gRPC client.
-pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// `grpc-status` of a header or trailer map, when present and numeric: ASCII digits (the
-/// gRPC spec's `1*DIGIT`) between optional blanks. Anything else, `+0` or a non-ASCII space
-/// included, is no status, as for a gRPC client.
-pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
-    let digits = headers.get("grpc-status")?.as_bytes().trim_ascii();
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-fn problem<B>(
+fn problem(
     ctx: &ProblemCtx<'_>,
     status: StatusCode,
     slug: &str,
     title: &str,
     detail: String,
     extra: Map<String, Value>,
-) -> Response<ResponseBody<B>> {
+) -> Refusal {
     let mut body = Map::new();
     if status == StatusCode::PAYMENT_REQUIRED {
         // First, as in the seed API: `{"error": "Insufficient account balance", ...}`.
@@ -94,7 +70,7 @@ fn problem<B>(
     body.insert("detail".into(), detail.into());
     body.extend(extra);
     let bytes = serde_json::to_vec(&Value::Object(body)).expect("JSON of plain values");
-    let mut response = Response::new(ResponseBody::full(Bytes::from(bytes)));
+    let mut response = Response::new(Some(Bytes::from(bytes)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -117,11 +93,11 @@ fn shortfall_detail(required: u64, available: i64, credit_limit: u64, shortfall:
     detail
 }
 
-pub(crate) fn insufficient<B>(
+pub(crate) fn insufficient(
     ctx: &ProblemCtx<'_>,
     account: &AccountId,
     refusal: &Insufficient,
-) -> Response<ResponseBody<B>> {
+) -> Refusal {
     let shortfall = refusal.shortfall();
     let mut detail = shortfall_detail(
         refusal.required,
@@ -157,10 +133,7 @@ pub(crate) fn insufficient<B>(
     )
 }
 
-pub(crate) fn unauthorized<B>(
-    ctx: &ProblemCtx<'_>,
-    why: &Unauthorized,
-) -> Response<ResponseBody<B>> {
+pub(crate) fn unauthorized(ctx: &ProblemCtx<'_>, why: &Unauthorized) -> Refusal {
     if ctx.grpc {
         return grpc_refusal(GrpcCode::Unauthenticated, &why.detail());
     }
@@ -178,7 +151,7 @@ pub(crate) fn unauthorized<B>(
     response
 }
 
-pub(crate) fn too_many_holds<B>(ctx: &ProblemCtx<'_>, limit: u64) -> Response<ResponseBody<B>> {
+pub(crate) fn too_many_holds(ctx: &ProblemCtx<'_>, limit: u64) -> Refusal {
     let detail = format!(
         "This account already has {limit} requests in flight, the most allowed. Retry when one finishes."
     );
@@ -197,7 +170,7 @@ pub(crate) fn too_many_holds<B>(ctx: &ProblemCtx<'_>, limit: u64) -> Response<Re
     )
 }
 
-pub(crate) fn unavailable<B>(ctx: &ProblemCtx<'_>) -> Response<ResponseBody<B>> {
+pub(crate) fn unavailable(ctx: &ProblemCtx<'_>) -> Refusal {
     let detail = "Billing is unavailable right now; nothing was charged. Retry shortly.";
     if ctx.grpc {
         return grpc_refusal(GrpcCode::Unavailable, detail);
@@ -216,77 +189,6 @@ pub(crate) fn unavailable<B>(ctx: &ProblemCtx<'_>) -> Response<ResponseBody<B>> 
     response
 }
 
-/// A trailers-only gRPC response: status and message in the headers, empty body.
-fn grpc_refusal<B>(code: GrpcCode, message: &str) -> Response<ResponseBody<B>> {
-    #[cfg(feature = "tonic")]
-    {
-        tonic::Status::new(tonic::Code::from_i32(code as i32), message).into_http()
-    }
-    #[cfg(not(feature = "tonic"))]
-    {
-        let mut response = Response::new(ResponseBody::empty());
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from(code as u32));
-        // gRPC percent-encodes the message (a top-up URL may hold `%` or non-ASCII).
-        let mut encoded = String::with_capacity(message.len());
-        for b in message.bytes() {
-            if (b' '..=b'~').contains(&b) && b != b'%' {
-                encoded.push(b as char);
-            } else {
-                encoded.push_str(&format!("%{b:02X}"));
-            }
-        }
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_str(&encoded).expect("printable ASCII"),
-        );
-        response
-    }
-}
-
-#[cfg(feature = "tonic")]
-fn grpc_insufficient<B>(
-    ctx: &ProblemCtx<'_>,
-    account: &AccountId,
-    refusal: &Insufficient,
-    shortfall: u64,
-    detail: String,
-) -> Response<ResponseBody<B>> {
-    use std::collections::HashMap;
-    use tonic_types::{ErrorDetails, StatusExt};
-
-    let mut metadata = HashMap::from([
-        ("account".to_owned(), account.as_str().to_owned()),
-        ("required".to_owned(), refusal.required.to_string()),
-        ("available".to_owned(), refusal.available.to_string()),
-        ("shortfall".to_owned(), shortfall.to_string()),
-    ]);
-    if refusal.credit_limit > 0 {
-        metadata.insert("credit_limit".into(), refusal.credit_limit.to_string());
-    }
-    let mut details =
-        ErrorDetails::with_error_info("INSUFFICIENT_BALANCE", "tower-credits", metadata);
-    if let Some(url) = ctx.top_up_url {
-        details.add_help_link("Top up credits", url);
-    }
-    tonic::Status::with_error_details(tonic::Code::FailedPrecondition, detail, details).into_http()
-}
-
-#[cfg(not(feature = "tonic"))]
-fn grpc_insufficient<B>(
-    _: &ProblemCtx<'_>,
-    _: &AccountId,
-    _: &Insufficient,
-    _: u64,
-    detail: String,
-) -> Response<ResponseBody<B>> {
-    grpc_refusal(GrpcCode::FailedPrecondition, &detail)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,20 +203,5 @@ mod tests {
             shortfall_detail(1, -5, 5, 1),
             "This request costs 1 credit; -5 are available with an overdraft of 5, 1 short."
         );
-    }
-
-    #[test]
-    fn grpc_detection() {
-        let mut h = http::HeaderMap::new();
-        assert!(!is_grpc(&h));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc+proto"),
-        );
-        assert!(is_grpc(&h));
-        h.insert("grpc-status", HeaderValue::from_static("0"));
-        assert_eq!(grpc_status(&h), Some(0));
-        h.insert("grpc-status", HeaderValue::from_static("x"));
-        assert_eq!(grpc_status(&h), None);
     }
 }

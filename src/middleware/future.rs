@@ -12,15 +12,17 @@ use tower_service::Service;
 
 use crate::account::Unauthorized;
 use crate::api_key::ApiKeyHash;
-use crate::body::{BodySettle, ResponseBody};
 use crate::charge::Charge;
-use crate::headers;
 use crate::ledger::{
     AccountId, HoldId, Insufficient, Ledger, LedgerError, Reserve, ReserveOutcome,
 };
 use crate::outage::{OutagePolicy, Stats};
-use crate::problem;
-use crate::settle::{Decision, HoldCtx, HoldGuard, Settler, Shared};
+use crate::wire::{grpc, headers, problem};
+
+use super::body::{BodySettle, ResponseBody};
+use super::config::Shared;
+use super::guard::{Decision, HoldCtx, HoldGuard};
+use super::settle::Settler;
 
 pin_project! {
     /// Response future of a [`CreditService`](crate::CreditService).
@@ -436,14 +438,15 @@ where
                     let shared = this.shared.as_ref().expect("billed request");
                     let ctx = shared.problem_ctx(*this.grpc);
                     this.state.set(State::Done);
-                    return Poll::Ready(Ok(match refusal {
+                    let response = match refusal {
                         Refusal::Unauthorized(why) => problem::unauthorized(&ctx, &why),
                         Refusal::Insufficient(account, i) => {
                             problem::insufficient(&ctx, &account, &i)
                         }
                         Refusal::TooManyHolds(limit) => problem::too_many_holds(&ctx, limit),
                         Refusal::Unavailable => problem::unavailable(&ctx),
-                    }));
+                    };
+                    return Poll::Ready(Ok(response.map(ResponseBody::refusal)));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
@@ -468,12 +471,12 @@ fn finish<L: Ledger, B: http_body::Body>(
     }
     // Judged as gRPC only when the response is gRPC too: a plain HTTP route called with a
     // gRPC content type is still charged by its HTTP status.
-    let grpc = hold.grpc && problem::is_grpc(&parts.headers);
+    let grpc = hold.grpc && grpc::is_grpc(&parts.headers);
     let hold = HoldCtx { grpc, ..hold };
     guard.hold_mut().grpc = grpc;
     let success = if grpc {
         // tonic sends handler errors as trailers-only responses: status in the headers.
-        problem::grpc_status(&parts.headers).map(|code| code == 0)
+        grpc::grpc_status(&parts.headers).map(|code| code == 0)
     } else {
         Some((shared.success)(parts.status))
     };

@@ -6,14 +6,15 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::account::{RequestView, Resolution};
-use crate::body::ResponseBody;
-use crate::future::{Refusal, ResponseFuture};
 use crate::ledger::Ledger;
 use crate::outage::Stats;
 use crate::pricing::Price;
-use crate::problem;
-use crate::settle::Shared;
-use crate::CreditLayer;
+use crate::wire::grpc;
+
+use super::body::ResponseBody;
+use super::config::Shared;
+use super::future::{Refusal, ResponseFuture};
+use super::layer::CreditLayer;
 
 /// The service made by a [`CreditLayer`]: bills each request, then calls `S`.
 pub struct CreditService<S, L> {
@@ -92,7 +93,7 @@ where
             Price::Free => return ResponseFuture::pass_through(inner, req),
             Price::Hold(amount) => amount,
         };
-        let grpc = problem::is_grpc(req.headers());
+        let grpc = grpc::is_grpc(req.headers());
         let view = RequestView {
             method: req.method(),
             uri: req.uri(),

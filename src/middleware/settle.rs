@@ -1,5 +1,5 @@
-//! Settling holds: the shared configuration, the drop guard that makes sure every hold is
-//! committed or refunded, and the tracker a graceful shutdown drains.
+//! Settling holds: the ledger calls that commit, refund and renew a hold, their retries
+//! while the ledger does not answer, and the tracker a graceful shutdown drains.
 
 use std::fmt;
 use std::future::Future;
@@ -9,75 +9,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use http::StatusCode;
 use tokio::sync::Notify;
 
-use crate::account::AccountResolver;
-use crate::charge::Charge;
-use crate::headers::CreditHeaders;
+use super::config::Shared;
+use super::guard::{Decision, HoldCtx};
 use crate::ledger::{Ledger, LedgerError, SettleOutcome, Settlement};
-use crate::outage::{Breaker, OutagePolicy, Stats, Unbilled};
-use crate::pricing::Pricing;
-
-pub(crate) type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
-
-/// Everything a layer's services share. Cloned only while the layer is being configured.
-#[derive(Clone)]
-pub(crate) struct Shared<L> {
-    pub(crate) ledger: L,
-    pub(crate) resolver: AccountResolver,
-    pub(crate) pricing: Pricing,
-    pub(crate) headers: CreditHeaders,
-    pub(crate) hold_ttl: Duration,
-    pub(crate) success: Arc<SuccessFn>,
-    pub(crate) low_balance_threshold: Option<u64>,
-    pub(crate) top_up_url: Option<String>,
-    pub(crate) problem_type_base: String,
-    pub(crate) retry_after: Duration,
-    pub(crate) pending: PendingSettlements,
-    pub(crate) outage: OutagePolicy,
-    pub(crate) breaker: Arc<Breaker>,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) unbilled: Unbilled,
-}
-
-impl<L> Shared<L> {
-    pub(crate) fn problem_ctx(&self, grpc: bool) -> crate::problem::ProblemCtx<'_> {
-        crate::problem::ProblemCtx {
-            type_base: &self.problem_type_base,
-            top_up_url: self.top_up_url.as_deref(),
-            retry_after_secs: self.retry_after.as_secs().max(1),
-            grpc,
-        }
-    }
-}
-
-/// What to do with a hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Decision {
-    Commit(u64),
-    Refund,
-}
-
-/// One open hold of one request.
-#[derive(Clone, Debug)]
-pub(crate) struct HoldCtx {
-    pub(crate) charge: Charge,
-    /// The account's available balance right after the reserve.
-    pub(crate) available: i64,
-    /// The account's threshold, else the layer's.
-    pub(crate) threshold: Option<u64>,
-    /// Seconds the balance lasts at the account's recent spend rate, as of the reserve.
-    pub(crate) runway_secs: Option<u64>,
-    pub(crate) grpc: bool,
-}
-
-impl HoldCtx {
-    /// `Credits-Remaining` after settling for `cost`.
-    pub(crate) fn remaining(&self, cost: u64) -> i64 {
-        self.available + self.charge.reserved() as i64 - cost as i64
-    }
-}
+use crate::outage::{Breaker, Stats};
+use crate::wire::headers::CreditHeaders;
 
 /// The type-erased side of [`Shared`] that bodies and guards need, so `ResponseBody` is not
 /// generic over the ledger.
@@ -295,79 +233,6 @@ pub(crate) fn drive<F, T>(
         Err(_) => tracing::error!(
             "no tokio runtime to finish a settle on; the hold will expire and be refunded"
         ),
-    }
-}
-
-/// Settles a hold exactly once: explicitly, or when dropped (client gone, future dropped,
-/// panic unwinding). Dropped before the response head, it refunds; dropped while a body
-/// streams, a response known to have succeeded (a deferred HTTP charge) commits what the
-/// `Charge` says so far, and anything else — a failed response, a gRPC stream whose status
-/// never came — is refunded.
-pub(crate) struct HoldGuard {
-    settler: Arc<dyn Settler>,
-    hold: Option<HoldCtx>,
-    /// Set once the response head has left with a success: what a drop then commits.
-    commit_on_drop: bool,
-}
-
-impl fmt::Debug for HoldGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HoldGuard")
-            .field("hold", &self.hold)
-            .finish()
-    }
-}
-
-impl HoldGuard {
-    pub(crate) fn new(settler: Arc<dyn Settler>, hold: HoldCtx) -> Self {
-        Self {
-            settler,
-            hold: Some(hold),
-            commit_on_drop: false,
-        }
-    }
-
-    /// The response head left and the request succeeded; its body now streams.
-    pub(crate) fn head_succeeded(&mut self) {
-        self.commit_on_drop = true;
-    }
-
-    pub(crate) fn hold(&self) -> &HoldCtx {
-        self.hold.as_ref().expect("guard used after settling")
-    }
-
-    pub(crate) fn hold_mut(&mut self) -> &mut HoldCtx {
-        self.hold.as_mut().expect("guard used after settling")
-    }
-
-    pub(crate) fn settler(&self) -> &Arc<dyn Settler> {
-        &self.settler
-    }
-
-    pub(crate) fn settle(&mut self, decision: Decision) {
-        if let Some(hold) = self.hold.take() {
-            hold.charge.close();
-            self.settler.settle(&hold, decision);
-        }
-    }
-
-    pub(crate) fn extend(&self) {
-        if let Some(hold) = &self.hold {
-            self.settler.extend(hold);
-        }
-    }
-}
-
-impl Drop for HoldGuard {
-    fn drop(&mut self) {
-        if let Some(hold) = &self.hold {
-            let decision = if self.commit_on_drop {
-                Decision::Commit(hold.charge.cost())
-            } else {
-                Decision::Refund
-            };
-            self.settle(decision);
-        }
     }
 }
 

@@ -1,0 +1,47 @@
+//! The layer's configuration: what every service a [`CreditLayer`](super::CreditLayer)
+//! makes shares, built by the layer's builder methods and read on every request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::settle::PendingSettlements;
+use crate::account::AccountResolver;
+use crate::outage::{Breaker, OutagePolicy, Stats, Unbilled};
+use crate::pricing::Pricing;
+use crate::wire::headers::CreditHeaders;
+use crate::wire::problem::ProblemCtx;
+
+pub(crate) type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
+
+/// Everything a layer's services share. Cloned only while the layer is being configured.
+#[derive(Clone)]
+pub(crate) struct Shared<L> {
+    pub(crate) ledger: L,
+    pub(crate) resolver: AccountResolver,
+    pub(crate) pricing: Pricing,
+    pub(crate) headers: CreditHeaders,
+    pub(crate) hold_ttl: Duration,
+    pub(crate) success: Arc<SuccessFn>,
+    pub(crate) low_balance_threshold: Option<u64>,
+    pub(crate) top_up_url: Option<String>,
+    pub(crate) problem_type_base: String,
+    pub(crate) retry_after: Duration,
+    pub(crate) pending: PendingSettlements,
+    pub(crate) outage: OutagePolicy,
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) unbilled: Unbilled,
+}
+
+impl<L> Shared<L> {
+    pub(crate) fn problem_ctx(&self, grpc: bool) -> ProblemCtx<'_> {
+        ProblemCtx {
+            type_base: &self.problem_type_base,
+            top_up_url: self.top_up_url.as_deref(),
+            retry_after_secs: self.retry_after.as_secs().max(1),
+            grpc,
+        }
+    }
+}
