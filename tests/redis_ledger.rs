@@ -12,16 +12,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::redis::{wait_for_async, RedisCluster, RedisOptions, RedisServer};
+use support::redis::{RedisCluster, RedisOptions, RedisServer};
+use support::rig::{wait_for_async, DEADLINE};
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
 use tower_credits::{
     AccountId, AccountSettings, ApiKeyHash, HoldId, Ledger, LedgerError, Reserve, ReserveOutcome,
     SettleOutcome, MAX_AMOUNT,
 };
-
-/// Deadline of every wait on a condition.
-const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Call deadline of the ledgers of tests that are not about deadlines: generous, so a busy
 /// machine (tests run in parallel, `appendfsync always`) does not fail them.
@@ -170,16 +168,9 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
     };
     let before = snapshot(&server);
 
-    let reserve = concat!(
-        include_str!("../src/ledger/redis/lib.lua"),
-        "\n",
-        include_str!("../src/ledger/redis/reserve.lua")
-    );
-    let top_up = concat!(
-        include_str!("../src/ledger/redis/lib.lua"),
-        "\n",
-        include_str!("../src/ledger/redis/top_up.lua")
-    );
+    // The exact text the ledger loads: the generated prelude, lib.lua, the script.
+    let reserve = &RedisLedger::script_source("reserve").expect("reserve script");
+    let top_up = &RedisLedger::script_source("top_up").expect("top_up script");
     let good_reserve = ["0", "3600000", "h1", "5", "60000", "", ""];
     let bad_reserves: Vec<(usize, &str)> = vec![
         (0, "-1"),
@@ -431,16 +422,13 @@ async fn reserve_against_a_paused_server_times_out_and_leaves_no_hold() {
 
     server.pause();
     let lost = hold("lost-in-flight");
-    let started = std::time::Instant::now();
+    // The server cannot answer, so the only way the call ends is the ledger's own call
+    // deadline: `Timeout` carrying exactly the configured deadline (not a connection error,
+    // not a reply).
     let r = l.reserve(Reserve::new(a.clone(), lost.clone(), 40)).await;
     assert!(
         matches!(r, Err(LedgerError::Timeout(t)) if t == timeout),
         "{r:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
     );
     let r = l.balance(&a).await;
     assert!(r.as_ref().is_err_and(LedgerError::is_unavailable), "{r:?}");
@@ -537,18 +525,14 @@ async fn a_dead_server_is_unavailable() {
     let r = l.reserve(Reserve::new(a.clone(), hold("h1"), 1)).await;
     assert!(r.as_ref().is_err_and(LedgerError::is_unavailable), "{r:?}");
 
-    let started = std::time::Instant::now();
+    // Nothing listens on the port any more: the connection is refused, and `build` says
+    // so (`Unavailable`) instead of waiting out its connect deadline (`Timeout`).
     let r = RedisLedger::builder()
         .url(url)
         .connect_timeout(Duration::from_millis(500))
         .build()
         .await;
-    assert!(r.as_ref().is_err_and(LedgerError::is_unavailable), "{r:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(matches!(&r, Err(LedgerError::Unavailable(_))), "{r:?}");
 
     let r = RedisLedger::builder().build().await;
     assert!(

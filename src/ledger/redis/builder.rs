@@ -209,6 +209,8 @@ impl RedisLedgerBuilder {
         let conn = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| LedgerError::Timeout(self.connect_timeout))??;
+        // Hash every script now rather than on the first call of each.
+        super::scripts::load_all();
         Ok(RedisLedger {
             inner: Arc::new(Inner {
                 conn,

@@ -1,27 +1,18 @@
-//! Key names.
+//! Key names (the data model is in the [module docs](super)).
 
 use crate::api_key::ApiKeyHash;
 use crate::ledger::AccountId;
 
-/// The six keys of one account, in the order every account script takes them
-/// (`KEYS[1]` … `KEYS[6]`), all under the hash tag `{<account>}`.
-pub(super) struct AccountKeys([String; 6]);
-
-/// The suffixes of an account's keys, in `KEYS` order.
+/// The suffixes of an account's keys, in the `KEYS` order every account script takes them
+/// (`KEYS[1]` … `KEYS[6]`); what each holds is the data model of the [module docs](super).
 pub(super) const ACCOUNT_KEY_SUFFIXES: [&str; 6] =
     ["acct", "holds", "expiry", "done", "usage", "topups"];
 
-impl AccountKeys {
-    /// `<prefix>:{<account>}:<suffix>` for every suffix. [`AccountId`] admits no `{` or
-    /// `}`, so the account cannot break out of its hash tag.
-    pub(super) fn new(prefix: &str, account: &AccountId) -> Self {
-        Self(ACCOUNT_KEY_SUFFIXES.map(|suffix| format!("{prefix}:{{{account}}}:{suffix}")))
-    }
-
-    /// The keys, in `KEYS` order.
-    pub(super) fn all(&self) -> &[String; 6] {
-        &self.0
-    }
+/// `<prefix>:{<account>}:<suffix>`: one key of an account, under the hash tag
+/// `{<account>}`. [`AccountId`] admits no `{` or `}`, so the account cannot break out of
+/// its hash tag.
+pub(super) fn account_key(prefix: &str, account: &AccountId, suffix: &str) -> String {
+    format!("{prefix}:{{{account}}}:{suffix}")
 }
 
 /// `<prefix>:apikey:<sha256 hex>`: the account an API key belongs to.
@@ -45,10 +36,11 @@ mod tests {
 
     #[test]
     fn account_keys_share_one_hash_tag() {
-        let keys = AccountKeys::new("credits", &AccountId::new("acct_42").unwrap());
-        assert_eq!(keys.all()[0], "credits:{acct_42}:acct");
-        assert_eq!(keys.all()[5], "credits:{acct_42}:topups");
-        assert!(keys.all().iter().all(|k| k.contains("{acct_42}")));
+        let acct = AccountId::new("acct_42").unwrap();
+        let keys = ACCOUNT_KEY_SUFFIXES.map(|s| account_key("credits", &acct, s));
+        assert_eq!(keys[0], "credits:{acct_42}:acct");
+        assert_eq!(keys[5], "credits:{acct_42}:topups");
+        assert!(keys.iter().all(|k| k.contains("{acct_42}")));
         assert_eq!(
             api_key("credits", &ApiKeyHash::of("abc")),
             "credits:apikey:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -1,16 +1,11 @@
--- Shared helpers, prepended (in Rust, with `concat!`) to every account script.
+-- Shared helpers, prepended (by scripts.rs, after the generated prelude that defines
+-- MAX_AMOUNT, RECLAIM_LIMIT and BURN_RATE_TAU_SECS from the Rust constants) to every
+-- account script.
 --
--- Every account script gets the same six keys, all under one hash tag `{<account>}` so the
--- script touches one slot (and runs unchanged on Redis Cluster):
---   KEYS[1] acct    HASH  topped_up, committed, held, credit_limit, threshold, warned,
---                         rate, rate_at (available = topped_up - committed - held),
---                         next_expiry (no open hold expires before it; see reclaim)
---   KEYS[2] holds   HASH  <hold id> -> amount, '<hold id>:route' -> route label
---   KEYS[3] expiry  ZSET  open hold ids scored by expiry (ms)
---   KEYS[4] done    ZSET  closed hold ids (and refund tombstones), scored by closing time
---                         (ms) * 4 + how they closed (1 committed, 2 refunded, 3 expired)
---   KEYS[5] usage   HASH  'credits:<route>' -> credits, 'calls:<route>' -> commits
---   KEYS[6] topups  HASH  top-up idempotency key -> amount (kept forever)
+-- Every account script gets the same six keys, in the order of the data model (the
+-- module docs of redis/mod.rs), all under one hash tag `{<account>}` so the script touches
+-- one slot (and runs unchanged on Redis Cluster); the helpers here use KEYS[1] (acct),
+-- KEYS[2] (holds), KEYS[3] (expiry) and KEYS[4] (done).
 --
 -- Rules: every ARGV is validated before the first write (a Lua error midway does not roll
 -- back); amounts are never turned into strings here (no `tostring`, no `..`): they are
@@ -18,9 +13,6 @@
 -- HINCRBY arguments), which Redis writes as plain integers for every integer up to
 -- 2^53 - 1 (7.0 with "%.17g", later versions as integers before `fpconv_dtoa`).
 
-local MAX_AMOUNT = 9007199254740991 -- 2^53 - 1
-local RECLAIM_LIMIT = 64            -- = ledger::RECLAIM_LIMIT
-local BURN_RATE_TAU_SECS = 3600.0   -- = ledger::BURN_RATE_TAU_SECS
 local NO_OPEN_HOLDS = MAX_AMOUNT    -- next_expiry of an account with no open hold
 
 local function bad(name)

@@ -6,6 +6,8 @@
 //!
 //! # Data Model
 //!
+//! Written here once: `keys.rs`, `lib.lua` and the script headers refer to it.
+//!
 //! Every key of one account shares the hash tag `{<account>}`, so every script touches one
 //! slot and runs unchanged on Redis Cluster. [`AccountId`] admits no `{` or `}`, so an id
 //! cannot move its keys out of the tag. With the default prefix `credits`:
@@ -26,8 +28,12 @@
 //! # Scripts
 //!
 //! One `.lua` file per operation (`reserve`, `settle`, `extend`, `top_up`, `balance`,
-//! `usage`, `configure`, `sweep`), each opening with its `KEYS`/`ARGV` and reply, sharing the
-//! helpers of `lib.lua`. They are hashed once per process and called by SHA (`EVALSHA`),
+//! `usage`, `configure`, `sweep`), each declared once in the table of `scripts.rs` (its
+//! `KEYS`, named after the keys above, its `ARGV` and its reply shapes), which drives the
+//! loader, the invocations and the typed decoders of `reply.rs`; a test checks each file's
+//! header against it. Every script is a prelude generated from the Rust constants
+//! ([`MAX_AMOUNT`](crate::MAX_AMOUNT), [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT), the
+//! burn-rate time constant), then the helpers of `lib.lua`, then the file. They are hashed once per process and called by SHA (`EVALSHA`),
 //! loaded again on `NOSCRIPT`. They read the clock with `TIME` (one clock for every
 //! replica), validate every argument before the first write, keep amounts out of strings
 //! (parsed with `tonumber`, written back as Lua numbers), and first reclaim up to [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) expired holds of the
@@ -73,12 +79,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
 
 use super::{
-    check_idempotency_key, check_route, check_ttl, decayed_rate, runway_secs, AccountId,
-    AccountSettings, Balance, Extended, Held, HoldId, Insufficient, Ledger, LedgerError, Reserve,
-    ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
+    check_idempotency_key, check_route, check_ttl, AccountId, AccountSettings, Balance, Extended,
+    HoldId, Ledger, LedgerError, Reserve, ReserveOutcome, Settlement, TopUp, Usage,
 };
 use crate::amount::check_amount;
 use crate::api_key::ApiKeyHash;
@@ -98,9 +103,8 @@ pub use builder::{
 };
 
 use conn::{ledger_error, Conn};
-use keys::AccountKeys;
-use reply::{unexpected, Reply};
-use scripts::SCRIPTS;
+use reply::unexpected;
+use scripts::{Args, ScriptSpec, BALANCE, CONFIGURE, EXTEND, RESERVE, SETTLE, TOP_UP, USAGE};
 
 /// The future of every [`RedisLedger`] operation: one boxed network call.
 pub type RedisFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send>>;
@@ -154,26 +158,6 @@ fn ready_err<T: Send + 'static>(err: LedgerError) -> RedisFuture<T> {
     Box::pin(std::future::ready(Err(err)))
 }
 
-fn unknown_settlement() -> Settlement {
-    Settlement {
-        outcome: SettleOutcome::Unknown,
-        committed: 0,
-        released: 0,
-        clamped: false,
-        available: None,
-        low_balance_threshold: None,
-        threshold_crossed: false,
-        runway_secs: None,
-    }
-}
-
-fn total_out_of_range(total: u64, amount: u64) -> LedgerError {
-    LedgerError::TotalOutOfRange {
-        total: total.saturating_add(amount),
-        max: crate::MAX_AMOUNT,
-    }
-}
-
 impl RedisLedger {
     /// Starts a [`RedisLedgerBuilder`].
     pub fn builder() -> RedisLedgerBuilder {
@@ -190,6 +174,18 @@ impl RedisLedger {
         self.inner.call_timeout
     }
 
+    /// The full Lua text of the script `name` (`reserve`, `settle`, …) as sent to Redis:
+    /// the generated prelude, `lib.lua`, then the script. For tests that run a script by
+    /// hand.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn script_source(name: &str) -> Option<String> {
+        scripts::SPECS
+            .iter()
+            .find(|spec| spec.name == name)
+            .map(|spec| spec.text())
+    }
+
     /// The ms added to Redis `TIME`: how far the test clock moved, else 0.
     fn clock_offset_ms(&self) -> u64 {
         #[cfg(feature = "test-util")]
@@ -199,22 +195,23 @@ impl RedisLedger {
         0
     }
 
-    /// Invokes an account script with the account's keys, the common arguments (clock
-    /// offset, settled retention) and `args`, under the call deadline.
+    /// Invokes an account script with the account's keys its spec names, the common
+    /// arguments (clock offset, settled retention) and `args`, under the call deadline.
     fn account_script(
         &self,
-        script: &'static Script,
+        spec: &'static ScriptSpec,
         account: &AccountId,
-        args: impl FnOnce(&mut ScriptInvocation<'static>),
+        args: impl FnOnce(&mut Args),
     ) -> impl Future<Output = Result<Value, LedgerError>> + Send + 'static {
-        let mut invocation = script.prepare_invoke();
-        for key in AccountKeys::new(&self.inner.prefix, account).all() {
-            invocation.key(key);
-        }
-        invocation
-            .arg(self.clock_offset_ms())
-            .arg(self.inner.settled_retention_ms);
-        args(&mut invocation);
+        let prefix = &self.inner.prefix;
+        let invocation = spec.invoke(
+            |suffix| keys::account_key(prefix, account, suffix),
+            |a| {
+                a.arg(self.clock_offset_ms())
+                    .arg(self.inner.settled_retention_ms);
+                args(a);
+            },
+        );
         self.deadline(self.inner.conn.clone().eval(invocation))
     }
 
@@ -293,7 +290,7 @@ impl RedisLedger {
             Some(limit) if limit <= crate::MAX_AMOUNT => limit.to_string(),
             _ => String::new(),
         };
-        let call = self.account_script(&SCRIPTS.reserve, &r.account, |inv| {
+        let call = self.account_script(&RESERVE, &r.account, |inv| {
             inv.arg(r.hold_id.as_str())
                 .arg(r.amount)
                 .arg(ttl_ms)
@@ -307,7 +304,7 @@ impl RedisLedger {
             let mut guard = RefundUnanswered(Some((ledger, r.account, r.hold_id, r.ttl)));
             let value = call.await?;
             guard.0 = None;
-            parse_reserve(value, limit)
+            reply::reserve(value, limit)
         }))
     }
 
@@ -320,12 +317,12 @@ impl RedisLedger {
         if let Some(actual) = actual {
             check_amount(actual)?;
         }
-        let call = self.account_script(&SCRIPTS.settle, account, |inv| {
+        let call = self.account_script(&SETTLE, account, |inv| {
             inv.arg(hold.as_str())
                 .arg(if actual.is_some() { "commit" } else { "refund" })
                 .arg(actual.unwrap_or(0));
         });
-        Ok(Box::pin(async move { parse_settle(call.await?) }))
+        Ok(Box::pin(async move { reply::settle(call.await?) }))
     }
 
     fn do_extend(
@@ -335,19 +332,10 @@ impl RedisLedger {
         ttl: Duration,
     ) -> Result<RedisFuture<Extended>, LedgerError> {
         let ttl_ms = check_ttl(ttl)?;
-        let call = self.account_script(&SCRIPTS.extend, account, |inv| {
+        let call = self.account_script(&EXTEND, account, |inv| {
             inv.arg(hold.as_str()).arg(ttl_ms);
         });
-        Ok(Box::pin(async move {
-            let mut reply = Reply::new("extend", call.await?)?;
-            let extended = match reply.string()?.as_str() {
-                "until" => Extended::Until(reply.time_ms()?),
-                "not_open" => Extended::NotOpen(reply.outcome()?),
-                tag => return Err(reply.unknown_tag(tag)),
-            };
-            reply.end()?;
-            Ok(extended)
-        }))
+        Ok(Box::pin(async move { reply::extend(call.await?) }))
     }
 
     fn do_top_up(
@@ -358,27 +346,10 @@ impl RedisLedger {
     ) -> Result<RedisFuture<TopUp>, LedgerError> {
         check_amount(amount)?;
         check_idempotency_key(key)?;
-        let call = self.account_script(&SCRIPTS.top_up, account, |inv| {
+        let call = self.account_script(&TOP_UP, account, |inv| {
             inv.arg(amount).arg(key);
         });
-        Ok(Box::pin(async move {
-            let mut reply = Reply::new("top_up", call.await?)?;
-            let result = match reply.string()?.as_str() {
-                "topped_up" => Ok(TopUp {
-                    amount,
-                    replayed: reply.flag()?,
-                    available: reply.i64()?,
-                }),
-                "conflict" => Err(LedgerError::TopUpConflict {
-                    first_amount: reply.u64()?,
-                    amount,
-                }),
-                "total_out_of_range" => Err(total_out_of_range(reply.u64()?, reply.u64()?)),
-                tag => return Err(reply.unknown_tag(tag)),
-            };
-            reply.end()?;
-            result
-        }))
+        Ok(Box::pin(async move { reply::top_up(call.await?, amount) }))
     }
 
     fn do_configure(
@@ -390,7 +361,7 @@ impl RedisLedger {
         if let Some(threshold) = settings.low_balance_threshold {
             check_amount(threshold)?;
         }
-        let call = self.account_script(&SCRIPTS.configure, account, |inv| {
+        let call = self.account_script(&CONFIGURE, account, |inv| {
             inv.arg(settings.credit_limit).arg(
                 settings
                     .low_balance_threshold
@@ -398,13 +369,7 @@ impl RedisLedger {
                     .unwrap_or_default(),
             );
         });
-        Ok(Box::pin(async move {
-            let mut reply = Reply::new("configure", call.await?)?;
-            match reply.string()?.as_str() {
-                "configured" => reply.end(),
-                tag => Err(reply.unknown_tag(tag)),
-            }
-        }))
+        Ok(Box::pin(async move { reply::configure(call.await?) }))
     }
 }
 
@@ -417,132 +382,6 @@ impl Drop for RefundUnanswered {
         if let Some((ledger, account, hold, ttl)) = self.0.take() {
             ledger.refund_in_background(account, hold, ttl);
         }
-    }
-}
-
-fn parse_reserve(value: Value, limit: Option<u64>) -> Result<ReserveOutcome, LedgerError> {
-    let mut reply = Reply::new("reserve", value)?;
-    let result = match reply.string()?.as_str() {
-        "held" => {
-            let amount = reply.u64()?;
-            let available = reply.i64()?;
-            Ok(ReserveOutcome::Held(Held {
-                amount,
-                available,
-                credit_limit: reply.u64()?,
-                low_balance_threshold: reply.threshold()?,
-                expires_at_ms: reply.time_ms()?,
-                replayed: reply.flag()?,
-                runway_secs: runway(&mut reply, available)?,
-            }))
-        }
-        "insufficient" => Ok(ReserveOutcome::Insufficient(Insufficient {
-            required: reply.u64()?,
-            available: reply.i64()?,
-            credit_limit: reply.u64()?,
-        })),
-        "closed" => Ok(ReserveOutcome::Closed(reply.outcome()?)),
-        "too_many_holds" => Err(LedgerError::TooManyHolds {
-            limit: limit.ok_or_else(|| unexpected("reserve", "too_many_holds without a limit"))?,
-        }),
-        "total_out_of_range" => Err(total_out_of_range(reply.u64()?, reply.u64()?)),
-        "unknown_account" => Err(LedgerError::UnknownAccount),
-        tag => return Err(reply.unknown_tag(tag)),
-    };
-    reply.end()?;
-    result
-}
-
-fn parse_settle(value: Value) -> Result<Settlement, LedgerError> {
-    let mut reply = Reply::new("settle", value)?;
-    match reply.string()?.as_str() {
-        "settled" => {
-            let outcome = reply.outcome()?;
-            let committed = reply.u64()?;
-            let released = reply.u64()?;
-            let clamped = reply.flag()?;
-            let available = reply.i64()?;
-            let low_balance_threshold = reply.threshold()?;
-            let threshold_crossed = reply.flag()?;
-            let runway = runway(&mut reply, available)?;
-            reply.end()?;
-            Ok(Settlement {
-                outcome,
-                committed,
-                released,
-                clamped,
-                available: Some(available),
-                low_balance_threshold,
-                threshold_crossed,
-                runway_secs: runway,
-            })
-        }
-        "unknown_account" => {
-            reply.end()?;
-            Ok(unknown_settlement())
-        }
-        tag => Err(reply.unknown_tag(tag)),
-    }
-}
-
-/// Reads `rate, rate_at_ms, now_ms` and forecasts the runway, as the in-memory ledger does.
-fn runway(reply: &mut Reply, available: i64) -> Result<Option<u64>, LedgerError> {
-    let rate = reply.f64()?;
-    let rate_at_ms = reply.time_ms()?;
-    let now_ms = reply.time_ms()?;
-    Ok(runway_secs(
-        available,
-        decayed_rate(rate, rate_at_ms, now_ms),
-    ))
-}
-
-fn parse_balance(value: Value) -> Result<Balance, LedgerError> {
-    let mut reply = Reply::new("balance", value)?;
-    match reply.string()?.as_str() {
-        "balance" => {
-            let available = reply.i64()?;
-            let balance = Balance {
-                available,
-                held: reply.u64()?,
-                committed: reply.u64()?,
-                topped_up: reply.u64()?,
-                credit_limit: reply.u64()?,
-                low_balance_threshold: reply.threshold()?,
-                open_holds: reply.u64()?,
-                runway_secs: runway(&mut reply, available)?,
-            };
-            reply.end()?;
-            Ok(balance)
-        }
-        "unknown_account" => {
-            reply.end()?;
-            Err(LedgerError::UnknownAccount)
-        }
-        tag => Err(reply.unknown_tag(tag)),
-    }
-}
-
-fn parse_usage(value: Value) -> Result<Usage, LedgerError> {
-    let mut reply = Reply::new("usage", value)?;
-    match reply.string()?.as_str() {
-        "usage" => {
-            let mut usage = Usage::default();
-            for (field, count) in reply.pairs()? {
-                if let Some(route) = field.strip_prefix("credits:") {
-                    usage.by_route.entry(route.to_owned()).or_default().credits = count;
-                } else if let Some(route) = field.strip_prefix("calls:") {
-                    usage.by_route.entry(route.to_owned()).or_default().calls = count;
-                } else {
-                    return Err(unexpected("usage", format!("unknown field {field:?}")));
-                }
-            }
-            Ok(usage)
-        }
-        "unknown_account" => {
-            reply.end()?;
-            Err(LedgerError::UnknownAccount)
-        }
-        tag => Err(reply.unknown_tag(tag)),
     }
 }
 
@@ -574,13 +413,13 @@ impl Ledger for RedisLedger {
     }
 
     fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
-        let call = self.account_script(&SCRIPTS.balance, account, |_| {});
-        Box::pin(async move { parse_balance(call.await?) })
+        let call = self.account_script(&BALANCE, account, |_| {});
+        Box::pin(async move { reply::balance(call.await?) })
     }
 
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
-        let call = self.account_script(&SCRIPTS.usage, account, |_| {});
-        Box::pin(async move { parse_usage(call.await?) })
+        let call = self.account_script(&USAGE, account, |_| {});
+        Box::pin(async move { reply::usage(call.await?) })
     }
 
     fn configure(&self, account: &AccountId, settings: AccountSettings) -> Self::Future<()> {

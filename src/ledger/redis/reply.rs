@@ -1,10 +1,18 @@
 //! Reading script replies: arrays of integers and short strings.
+//!
+//! One typed decoder per script ([`reserve`], [`settle`], [`extend`], [`top_up`],
+//! [`balance`], [`usage`], [`configure`], [`sweep`]), each reading the reply shapes its
+//! [`ScriptSpec`](super::scripts::ScriptSpec) declares, with a [`Reply`] cursor.
 
 use std::fmt;
 
 use redis::Value;
 
-use crate::ledger::{LedgerError, SettleOutcome};
+use super::scripts::{BALANCE, CONFIGURE, EXTEND, RESERVE, SETTLE, SWEEP, TOP_UP, USAGE};
+use crate::ledger::{
+    decayed_rate, runway_secs, Balance, Extended, Held, Insufficient, LedgerError, ReserveOutcome,
+    SettleOutcome, Settlement, TopUp, Usage,
+};
 
 /// A reply no script of this version sends: a mismatch between the Rust side and the
 /// scripts, or a key written by something else. Reported as [`LedgerError::Unavailable`].
@@ -26,6 +34,7 @@ impl fmt::Display for UnexpectedReply {
 
 impl std::error::Error for UnexpectedReply {}
 
+/// The error for a reply no script of this version sends.
 pub(super) fn unexpected(script: &'static str, detail: impl Into<String>) -> LedgerError {
     LedgerError::Unavailable(Box::new(UnexpectedReply {
         script,
@@ -34,14 +43,14 @@ pub(super) fn unexpected(script: &'static str, detail: impl Into<String>) -> Led
 }
 
 /// A cursor over the items of one script reply.
-pub(super) struct Reply {
+struct Reply {
     script: &'static str,
     items: std::vec::IntoIter<Value>,
 }
 
 impl Reply {
     /// Starts reading `value`, which must be an array.
-    pub(super) fn new(script: &'static str, value: Value) -> Result<Self, LedgerError> {
+    fn new(script: &'static str, value: Value) -> Result<Self, LedgerError> {
         match value {
             Value::Array(items) => Ok(Self {
                 script,
@@ -60,7 +69,7 @@ impl Reply {
     }
 
     /// The next item, as a string.
-    pub(super) fn string(&mut self) -> Result<String, LedgerError> {
+    fn string(&mut self) -> Result<String, LedgerError> {
         match self.next()? {
             Value::BulkString(bytes) => {
                 String::from_utf8(bytes).map_err(|_| self.err("a string is not UTF-8"))
@@ -71,7 +80,7 @@ impl Reply {
     }
 
     /// The next item, as a signed integer.
-    pub(super) fn i64(&mut self) -> Result<i64, LedgerError> {
+    fn i64(&mut self) -> Result<i64, LedgerError> {
         match self.next()? {
             Value::Int(n) => Ok(n),
             other => Err(self.err(format!("expected an integer, got {other:?}"))),
@@ -79,7 +88,7 @@ impl Reply {
     }
 
     /// The next item, as an integer in `0..=MAX_AMOUNT`.
-    pub(super) fn u64(&mut self) -> Result<u64, LedgerError> {
+    fn u64(&mut self) -> Result<u64, LedgerError> {
         let n = self.i64()?;
         match u64::try_from(n) {
             Ok(n) if n <= crate::MAX_AMOUNT => Ok(n),
@@ -88,13 +97,13 @@ impl Reply {
     }
 
     /// The next item, as a time in ms (non-negative).
-    pub(super) fn time_ms(&mut self) -> Result<u64, LedgerError> {
+    fn time_ms(&mut self) -> Result<u64, LedgerError> {
         let n = self.i64()?;
         u64::try_from(n).map_err(|_| self.err(format!("{n} is not a time")))
     }
 
     /// The next item, `0` or `1`.
-    pub(super) fn flag(&mut self) -> Result<bool, LedgerError> {
+    fn flag(&mut self) -> Result<bool, LedgerError> {
         match self.i64()? {
             0 => Ok(false),
             1 => Ok(true),
@@ -103,7 +112,7 @@ impl Reply {
     }
 
     /// The next item, a threshold: `-1` for none.
-    pub(super) fn threshold(&mut self) -> Result<Option<u64>, LedgerError> {
+    fn threshold(&mut self) -> Result<Option<u64>, LedgerError> {
         match self.i64()? {
             -1 => Ok(None),
             n => match u64::try_from(n) {
@@ -114,7 +123,7 @@ impl Reply {
     }
 
     /// The next item, a float stored by Redis (`"%.17g"`), as a string.
-    pub(super) fn f64(&mut self) -> Result<f64, LedgerError> {
+    fn f64(&mut self) -> Result<f64, LedgerError> {
         let s = self.string()?;
         match s.parse::<f64>() {
             Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
@@ -123,7 +132,7 @@ impl Reply {
     }
 
     /// A settle outcome, by its name in the scripts.
-    pub(super) fn outcome(&mut self) -> Result<SettleOutcome, LedgerError> {
+    fn outcome(&mut self) -> Result<SettleOutcome, LedgerError> {
         let s = self.string()?;
         Ok(match s.as_str() {
             "committed" => SettleOutcome::Committed,
@@ -137,7 +146,7 @@ impl Reply {
     }
 
     /// The items left, in pairs of strings and integers (a `HGETALL` of counters).
-    pub(super) fn pairs(mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+    fn pairs(mut self) -> Result<Vec<(String, u64)>, LedgerError> {
         let mut out = Vec::with_capacity(self.items.len() / 2);
         while self.items.len() > 0 {
             let field = self.string()?;
@@ -151,7 +160,7 @@ impl Reply {
     }
 
     /// Checks that nothing is left.
-    pub(super) fn end(self) -> Result<(), LedgerError> {
+    fn end(self) -> Result<(), LedgerError> {
         match self.items.len() {
             0 => Ok(()),
             n => Err(self.err(format!("{n} items too many"))),
@@ -159,8 +168,214 @@ impl Reply {
     }
 
     /// The error for an unknown tag.
-    pub(super) fn unknown_tag(&self, tag: &str) -> LedgerError {
+    fn unknown_tag(&self, tag: &str) -> LedgerError {
         self.err(format!("unknown reply {tag:?}"))
+    }
+}
+
+fn total_out_of_range(total: u64, amount: u64) -> LedgerError {
+    LedgerError::TotalOutOfRange {
+        total: total.saturating_add(amount),
+        max: crate::MAX_AMOUNT,
+    }
+}
+
+/// Reads `rate, rate_at_ms, now_ms` and forecasts the runway, as the in-memory ledger does.
+fn runway(reply: &mut Reply, available: i64) -> Result<Option<u64>, LedgerError> {
+    let rate = reply.f64()?;
+    let rate_at_ms = reply.time_ms()?;
+    let now_ms = reply.time_ms()?;
+    Ok(runway_secs(
+        available,
+        decayed_rate(rate, rate_at_ms, now_ms),
+    ))
+}
+
+/// The reply of `reserve`; `limit` is the most open holds the call allowed.
+pub(super) fn reserve(value: Value, limit: Option<u64>) -> Result<ReserveOutcome, LedgerError> {
+    let mut reply = Reply::new(RESERVE.name, value)?;
+    let result = match reply.string()?.as_str() {
+        "held" => {
+            let amount = reply.u64()?;
+            let available = reply.i64()?;
+            Ok(ReserveOutcome::Held(Held {
+                amount,
+                available,
+                credit_limit: reply.u64()?,
+                low_balance_threshold: reply.threshold()?,
+                expires_at_ms: reply.time_ms()?,
+                replayed: reply.flag()?,
+                runway_secs: runway(&mut reply, available)?,
+            }))
+        }
+        "insufficient" => Ok(ReserveOutcome::Insufficient(Insufficient {
+            required: reply.u64()?,
+            available: reply.i64()?,
+            credit_limit: reply.u64()?,
+        })),
+        "closed" => Ok(ReserveOutcome::Closed(reply.outcome()?)),
+        "too_many_holds" => Err(LedgerError::TooManyHolds {
+            limit: limit.ok_or_else(|| reply.err("too_many_holds without a limit"))?,
+        }),
+        "total_out_of_range" => Err(total_out_of_range(reply.u64()?, reply.u64()?)),
+        "unknown_account" => Err(LedgerError::UnknownAccount),
+        tag => return Err(reply.unknown_tag(tag)),
+    };
+    reply.end()?;
+    result
+}
+
+/// The reply of `settle` (a commit or a refund).
+pub(super) fn settle(value: Value) -> Result<Settlement, LedgerError> {
+    let mut reply = Reply::new(SETTLE.name, value)?;
+    match reply.string()?.as_str() {
+        "settled" => {
+            let outcome = reply.outcome()?;
+            let committed = reply.u64()?;
+            let released = reply.u64()?;
+            let clamped = reply.flag()?;
+            let available = reply.i64()?;
+            let low_balance_threshold = reply.threshold()?;
+            let threshold_crossed = reply.flag()?;
+            let runway = runway(&mut reply, available)?;
+            reply.end()?;
+            Ok(Settlement {
+                outcome,
+                committed,
+                released,
+                clamped,
+                available: Some(available),
+                low_balance_threshold,
+                threshold_crossed,
+                runway_secs: runway,
+            })
+        }
+        "unknown_account" => {
+            reply.end()?;
+            Ok(Settlement {
+                outcome: SettleOutcome::Unknown,
+                committed: 0,
+                released: 0,
+                clamped: false,
+                available: None,
+                low_balance_threshold: None,
+                threshold_crossed: false,
+                runway_secs: None,
+            })
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+/// The reply of `extend`.
+pub(super) fn extend(value: Value) -> Result<Extended, LedgerError> {
+    let mut reply = Reply::new(EXTEND.name, value)?;
+    let extended = match reply.string()?.as_str() {
+        "until" => Extended::Until(reply.time_ms()?),
+        "not_open" => Extended::NotOpen(reply.outcome()?),
+        tag => return Err(reply.unknown_tag(tag)),
+    };
+    reply.end()?;
+    Ok(extended)
+}
+
+/// The reply of `top_up` of `amount`.
+pub(super) fn top_up(value: Value, amount: u64) -> Result<TopUp, LedgerError> {
+    let mut reply = Reply::new(TOP_UP.name, value)?;
+    let result = match reply.string()?.as_str() {
+        "topped_up" => Ok(TopUp {
+            amount,
+            replayed: reply.flag()?,
+            available: reply.i64()?,
+        }),
+        "conflict" => Err(LedgerError::TopUpConflict {
+            first_amount: reply.u64()?,
+            amount,
+        }),
+        "total_out_of_range" => Err(total_out_of_range(reply.u64()?, reply.u64()?)),
+        tag => return Err(reply.unknown_tag(tag)),
+    };
+    reply.end()?;
+    result
+}
+
+/// The reply of `balance`.
+pub(super) fn balance(value: Value) -> Result<Balance, LedgerError> {
+    let mut reply = Reply::new(BALANCE.name, value)?;
+    match reply.string()?.as_str() {
+        "balance" => {
+            let available = reply.i64()?;
+            let balance = Balance {
+                available,
+                held: reply.u64()?,
+                committed: reply.u64()?,
+                topped_up: reply.u64()?,
+                credit_limit: reply.u64()?,
+                low_balance_threshold: reply.threshold()?,
+                open_holds: reply.u64()?,
+                runway_secs: runway(&mut reply, available)?,
+            };
+            reply.end()?;
+            Ok(balance)
+        }
+        "unknown_account" => {
+            reply.end()?;
+            Err(LedgerError::UnknownAccount)
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+/// The reply of `usage`.
+pub(super) fn usage(value: Value) -> Result<Usage, LedgerError> {
+    let mut reply = Reply::new(USAGE.name, value)?;
+    match reply.string()?.as_str() {
+        "usage" => {
+            let mut usage = Usage::default();
+            for (field, count) in reply.pairs()? {
+                if let Some(route) = field.strip_prefix("credits:") {
+                    usage.by_route.entry(route.to_owned()).or_default().credits = count;
+                } else if let Some(route) = field.strip_prefix("calls:") {
+                    usage.by_route.entry(route.to_owned()).or_default().calls = count;
+                } else {
+                    return Err(unexpected(USAGE.name, format!("unknown field {field:?}")));
+                }
+            }
+            Ok(usage)
+        }
+        "unknown_account" => {
+            reply.end()?;
+            Err(LedgerError::UnknownAccount)
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+/// The reply of `configure`.
+pub(super) fn configure(value: Value) -> Result<(), LedgerError> {
+    let mut reply = Reply::new(CONFIGURE.name, value)?;
+    match reply.string()?.as_str() {
+        "configured" => reply.end(),
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+/// The reply of `sweep`: how many holds went back (none when the account's keys vanished
+/// between the `SCAN` and the script).
+pub(super) fn sweep(value: Value) -> Result<u64, LedgerError> {
+    let mut reply = Reply::new(SWEEP.name, value)?;
+    match reply.string()?.as_str() {
+        "swept" => {
+            let reclaimed = reply.u64()?;
+            let _open_holds = reply.u64()?;
+            reply.end()?;
+            Ok(reclaimed)
+        }
+        "unknown_account" => {
+            reply.end()?;
+            Ok(0)
+        }
+        tag => Err(reply.unknown_tag(tag)),
     }
 }
 
@@ -185,5 +400,36 @@ mod tests {
         let mut r =
             Reply::new("x", Value::Array(vec![Value::BulkString(b"0.25".to_vec())])).unwrap();
         assert_eq!(r.f64().unwrap(), 0.25);
+    }
+
+    #[test]
+    fn decoders_read_their_shapes() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let settled = settle(Value::Array(vec![bulk("unknown_account")])).unwrap();
+        assert_eq!(settled.outcome, SettleOutcome::Unknown);
+        assert_eq!(settled.available, None);
+        let extended = extend(Value::Array(vec![bulk("until"), Value::Int(7)])).unwrap();
+        assert!(matches!(extended, Extended::Until(7)));
+        let err = extend(Value::Array(vec![
+            bulk("until"),
+            Value::Int(7),
+            Value::Int(1),
+        ]));
+        assert!(err.unwrap_err().to_string().contains("extend script"));
+        assert_eq!(
+            sweep(Value::Array(vec![
+                bulk("swept"),
+                Value::Int(2),
+                Value::Int(0)
+            ]))
+            .unwrap(),
+            2
+        );
+        assert!(configure(Value::Array(vec![bulk("nope")])).is_err());
+        assert!(matches!(
+            reserve(Value::Array(vec![bulk("too_many_holds")]), Some(3)),
+            Err(LedgerError::TooManyHolds { limit: 3 })
+        ));
+        assert!(reserve(Value::Array(vec![bulk("too_many_holds")]), None).is_err());
     }
 }

@@ -1,90 +1,388 @@
-//! The Lua scripts, built once and kept.
+//! The Lua scripts: declared once, in [`SPECS`], built once and kept.
 //!
-//! Each operation is one `.lua` file in this directory, opening with `-- KEYS[i]` /
-//! `-- ARGV[i]` comments; `lib.lua` (shared helpers: argument checks, the clock, the
-//! lazy reclaim of expired holds) is prepended to each. A [`Script`] hashes its text when
-//! built, so the scripts are built once per process and invoked by SHA (`EVALSHA`);
+//! Each operation is one `.lua` file in this directory and one [`ScriptSpec`] here: its
+//! `KEYS` (by name, see the data model in the [module docs](super)), its `ARGV` (by name,
+//! in order) and the shape of its reply. The table drives everything else:
+//!
+//! * the loader: a script's text is a [prelude](prelude) generated from the Rust constants
+//!   ([`MAX_AMOUNT`](crate::MAX_AMOUNT), [`RECLAIM_LIMIT`](crate::ledger::RECLAIM_LIMIT),
+//!   `BURN_RATE_TAU_SECS`), then `lib.lua` (shared helpers: argument checks, the clock, the
+//!   lazy reclaim of expired holds), then the script's own file;
+//! * the invocation: [`ScriptSpec::invoke`] passes the keys the spec names and checks (in
+//!   debug builds) that the caller passed exactly the spec's arguments;
+//! * the decoders of [`reply`](super::reply), one per reply shape, named after the spec;
+//! * a test: each `.lua` header lists its `KEYS[i]`, `ARGV[i]` and reply, and must agree
+//!   with the spec.
+//!
+//! A [`Script`] hashes its text when built, so the scripts are built once per process and
+//! invoked by SHA (`EVALSHA`);
 //! [`ScriptInvocation::invoke_async`](redis::ScriptInvocation::invoke_async) loads a script
 //! and retries when the server answers `NOSCRIPT` (after a restart, a `SCRIPT FLUSH`, or on
 //! a cluster node that has not seen it yet).
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
-use redis::Script;
+use redis::{Script, ScriptInvocation, ToRedisArgs};
 
-/// Every script of the ledger.
-pub(super) struct Scripts {
-    pub(super) reserve: Script,
-    pub(super) settle: Script,
-    pub(super) extend: Script,
-    pub(super) top_up: Script,
-    pub(super) balance: Script,
-    pub(super) usage: Script,
-    pub(super) configure: Script,
-    pub(super) sweep: Script,
+use super::keys::ACCOUNT_KEY_SUFFIXES;
+
+/// One script: its file, what it takes and what it answers.
+pub(super) struct ScriptSpec {
+    /// The operation, as named in errors (`unexpected reply from the <name> script`).
+    pub(super) name: &'static str,
+    /// The text of `<name>.lua`.
+    source: &'static str,
+    /// `KEYS[1]`, `KEYS[2]`, …: suffixes of the account's keys
+    /// (`<prefix>:{<account>}:<suffix>`).
+    pub(super) keys: &'static [&'static str],
+    /// `ARGV[1]`, `ARGV[2]`, …: what each argument is (each header line starts with it).
+    pub(super) args: &'static [&'static str],
+    /// The shapes of the reply, one per line, as the header's `Returns` block lists them
+    /// (documentation, checked against each header by a test).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) reply: &'static str,
+    /// The built script, hashed on first use and kept for the life of the process.
+    script: OnceLock<Script>,
 }
 
-macro_rules! script {
-    ($file:literal) => {
-        Script::new(concat!(include_str!("lib.lua"), "\n", include_str!($file)))
+/// Every account script takes the account's six keys, in this order: `lib.lua` reads
+/// `KEYS[1]` … `KEYS[4]` by position.
+const ACCOUNT_KEYS: &[&str] = &ACCOUNT_KEY_SUFFIXES;
+
+/// The arguments every account script takes first (read by `common_args` in `lib.lua`).
+macro_rules! account_args {
+    ($($arg:literal),* $(,)?) => {
+        &["clock offset", "settled retention", $($arg),*]
     };
 }
 
-/// The scripts, hashed on first use and kept for the life of the process.
-pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    reserve: script!("reserve.lua"),
-    settle: script!("settle.lua"),
-    extend: script!("extend.lua"),
-    top_up: script!("top_up.lua"),
-    balance: script!("balance.lua"),
-    usage: script!("usage.lua"),
-    configure: script!("configure.lua"),
-    sweep: script!("sweep.lua"),
-});
+macro_rules! spec {
+    ($name:literal, args: $args:expr, reply: $reply:expr $(,)?) => {
+        ScriptSpec {
+            name: $name,
+            source: include_str!(concat!($name, ".lua")),
+            keys: ACCOUNT_KEYS,
+            args: $args,
+            reply: $reply,
+            script: OnceLock::new(),
+        }
+    };
+}
+
+/// `reserve`: holds credits of one account.
+pub(super) static RESERVE: ScriptSpec = spec!(
+    "reserve",
+    args: account_args!["hold id", "amount to hold", "hold ttl", "route label", "most open holds"],
+    reply: "{'held', amount, available, credit_limit, threshold | -1, expires_at_ms, replayed 0|1,
+            rate, rate_at_ms, now_ms}
+            {'insufficient', required, available, credit_limit}
+            {'closed', 'already_committed' | 'already_refunded' | 'expired'}
+            {'too_many_holds'}
+            {'total_out_of_range', total, amount}
+            {'unknown_account'}",
+);
+
+/// `settle`: commits or refunds one hold.
+pub(super) static SETTLE: ScriptSpec = spec!(
+    "settle",
+    args: account_args!["hold id", "'commit' or 'refund'", "actual cost"],
+    reply: "{'settled', outcome, committed, released, clamped 0|1, available, threshold | -1,
+            threshold_crossed 0|1, rate, rate_at_ms, now_ms}
+            {'unknown_account'}",
+);
+
+/// `extend`: keeps an open hold alive.
+pub(super) static EXTEND: ScriptSpec = spec!(
+    "extend",
+    args: account_args!["hold id", "new ttl"],
+    reply: "{'until', expires_at_ms}
+            {'not_open', 'already_committed' | 'already_refunded' | 'expired' | 'unknown'}",
+);
+
+/// `top_up`: adds credits once per idempotency key.
+pub(super) static TOP_UP: ScriptSpec = spec!(
+    "top_up",
+    args: account_args!["amount", "idempotency key"],
+    reply: "{'topped_up', replayed 0|1, available}
+            {'conflict', first_amount}
+            {'total_out_of_range', topped_up, amount}",
+);
+
+/// `balance`: the account's balance and totals.
+pub(super) static BALANCE: ScriptSpec = spec!(
+    "balance",
+    args: account_args![],
+    reply: "{'balance', available, held, committed, topped_up, credit_limit, threshold | -1,
+            open_holds, rate, rate_at_ms, now_ms}
+            {'unknown_account'}",
+);
+
+/// `usage`: committed credits and calls by route.
+pub(super) static USAGE: ScriptSpec = spec!(
+    "usage",
+    args: account_args![],
+    reply: "{'usage', field, value, field, value, ...}
+            {'unknown_account'}",
+);
+
+/// `configure`: credit limit and low-balance threshold.
+pub(super) static CONFIGURE: ScriptSpec = spec!(
+    "configure",
+    args: account_args!["credit limit", "low-balance threshold"],
+    reply: "{'configured'}",
+);
+
+/// `sweep`: reclaims the expired holds of an account that may see no request.
+pub(super) static SWEEP: ScriptSpec = spec!(
+    "sweep",
+    args: account_args![],
+    reply: "{'swept', reclaimed, open_holds}
+            {'unknown_account'}",
+);
+
+/// Every script of the ledger.
+pub(super) static SPECS: [&ScriptSpec; 8] = [
+    &RESERVE, &SETTLE, &EXTEND, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP,
+];
+
+/// Builds (hashes) every script of [`SPECS`], once per process.
+pub(super) fn load_all() {
+    for spec in SPECS {
+        spec.script();
+    }
+}
+
+/// `lib.lua`: the helpers shared by every script.
+const LIB: &str = include_str!("lib.lua");
+
+/// A float as a Lua number literal that reads back exactly (`{:?}` prints the shortest
+/// text that round-trips, always with a `.` or an exponent).
+fn lua_float(x: f64) -> String {
+    assert!(x.is_finite(), "{x} has no Lua literal");
+    format!("{x:?}")
+}
+
+/// The Lua prelude of every script: the Rust constants the scripts share. Integers print
+/// exactly (every one up to 2^53 - 1 is exact as a Lua number).
+pub(super) fn prelude() -> &'static str {
+    static PRELUDE: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "-- Generated by scripts.rs from the Rust constants.\n\
+             local MAX_AMOUNT = {}\n\
+             local RECLAIM_LIMIT = {}\n\
+             local BURN_RATE_TAU_SECS = {}\n",
+            crate::MAX_AMOUNT,
+            crate::ledger::RECLAIM_LIMIT,
+            lua_float(crate::ledger::runway::BURN_RATE_TAU_SECS),
+        )
+    });
+    &PRELUDE
+}
+
+impl ScriptSpec {
+    /// The full text sent to Redis: prelude, `lib.lua`, then the script.
+    pub(super) fn text(&self) -> String {
+        format!("{}{LIB}\n{}", prelude(), self.source)
+    }
+
+    /// The built script (hashed once).
+    pub(super) fn script(&'static self) -> &'static Script {
+        self.script.get_or_init(|| Script::new(&self.text()))
+    }
+
+    /// An invocation of this script with `keys` (the keys the spec names, in order, as
+    /// `key_of` spells each suffix) and the arguments `args` pushes, checked against the
+    /// spec in debug builds.
+    pub(super) fn invoke(
+        &'static self,
+        key_of: impl Fn(&str) -> String,
+        args: impl FnOnce(&mut Args),
+    ) -> ScriptInvocation<'static> {
+        let mut invocation = self.script().prepare_invoke();
+        for suffix in self.keys {
+            invocation.key(key_of(suffix));
+        }
+        let mut a = Args(Vec::with_capacity(self.args.len()));
+        args(&mut a);
+        debug_assert_eq!(
+            a.0.len(),
+            self.args.len(),
+            "the {} script takes ARGV {:?}",
+            self.name,
+            self.args
+        );
+        for arg in a.0 {
+            invocation.arg(arg);
+        }
+        invocation
+    }
+}
+
+/// The `ARGV` of one invocation, in order: one argument per [`arg`](Args::arg).
+pub(super) struct Args(Vec<Vec<u8>>);
+
+impl Args {
+    /// Appends one argument.
+    pub(super) fn arg(&mut self, value: impl ToRedisArgs) -> &mut Self {
+        let mut parts = value.to_redis_args();
+        debug_assert_eq!(parts.len(), 1, "one ARGV per arg()");
+        self.0.append(&mut parts);
+        self
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn scripts_are_distinct_and_keep_their_headers() {
-        let s = &*SCRIPTS;
-        let all = [
-            &s.reserve,
-            &s.settle,
-            &s.extend,
-            &s.top_up,
-            &s.balance,
-            &s.usage,
-            &s.configure,
-            &s.sweep,
-        ];
-        let mut hashes: Vec<_> = all.iter().map(|s| s.get_hash()).collect();
+    fn scripts_are_distinct() {
+        let mut hashes: Vec<_> = SPECS.iter().map(|s| s.script().get_hash()).collect();
         hashes.sort();
         hashes.dedup();
-        assert_eq!(hashes.len(), all.len());
+        assert_eq!(hashes.len(), SPECS.len());
+        let mut names: Vec<_> = SPECS.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), SPECS.len());
+    }
+
+    #[test]
+    fn the_prelude_carries_the_rust_constants() {
+        let p = prelude();
+        assert!(p.contains("local MAX_AMOUNT = 9007199254740991\n"), "{p}");
+        assert!(p.contains(&format!(
+            "local RECLAIM_LIMIT = {}\n",
+            crate::ledger::RECLAIM_LIMIT
+        )));
+        let tau = crate::ledger::runway::BURN_RATE_TAU_SECS;
+        let line = p
+            .lines()
+            .find_map(|l| l.strip_prefix("local BURN_RATE_TAU_SECS = "))
+            .unwrap();
+        assert_eq!(line.parse::<f64>().unwrap(), tau);
+        assert_eq!(lua_float(3600.0), "3600.0");
+        assert_eq!(lua_float(0.1), "0.1");
+        assert_eq!(lua_float(1e300), "1e300");
+        // lib.lua no longer defines them itself.
+        for name in ["MAX_AMOUNT", "RECLAIM_LIMIT", "BURN_RATE_TAU_SECS"] {
+            assert!(
+                !LIB.contains(&format!("local {name} =")),
+                "lib.lua defines {name}"
+            );
+        }
     }
 
     #[test]
     fn amounts_are_never_stringified_in_lua() {
-        for (name, text) in [
-            ("lib.lua", include_str!("lib.lua")),
-            ("reserve.lua", include_str!("reserve.lua")),
-            ("settle.lua", include_str!("settle.lua")),
-            ("extend.lua", include_str!("extend.lua")),
-            ("top_up.lua", include_str!("top_up.lua")),
-            ("balance.lua", include_str!("balance.lua")),
-            ("usage.lua", include_str!("usage.lua")),
-            ("configure.lua", include_str!("configure.lua")),
-            ("sweep.lua", include_str!("sweep.lua")),
-        ] {
+        let all = std::iter::once(("lib.lua", LIB)).chain(SPECS.iter().map(|s| (s.name, s.source)));
+        for (name, text) in all {
             assert!(!text.contains("tostring("), "{name} uses tostring");
             assert!(!text.contains("string.format("), "{name} formats numbers");
-            if name != "lib.lua" {
-                assert!(text.starts_with("-- "), "{name} has no header");
-                assert!(text.contains("-- KEYS[1]:"), "{name} lists no KEYS");
-                assert!(text.contains("-- ARGV[1]:"), "{name} lists no ARGV");
+        }
+        assert!(!prelude().contains("tostring("));
+    }
+
+    /// The header of a script: its leading `--` lines, without the `--`.
+    fn header(source: &str) -> Vec<&str> {
+        source
+            .lines()
+            .map_while(|l| l.strip_prefix("--"))
+            .map(|l| l.strip_prefix(' ').unwrap_or(l))
+            .collect()
+    }
+
+    /// The `<what>[i]: rest` lines of a header, in order, as `(i, rest)`.
+    fn indexed<'a>(header: &[&'a str], what: &str) -> Vec<(usize, &'a str)> {
+        let open = format!("{what}[");
+        header
+            .iter()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(&open)?;
+                let (i, rest) = rest.split_once("]:")?;
+                let i = i
+                    .parse::<usize>()
+                    .unwrap_or_else(|_| panic!("{what}[{i}] is not one index"));
+                Some((i, rest.trim()))
+            })
+            .collect()
+    }
+
+    /// Checks that `found` lists indices 1, 2, … n exactly once each, in order.
+    fn check_indices(script: &str, what: &str, found: &[(usize, &str)], n: usize) {
+        let indices: Vec<usize> = found.iter().map(|(i, _)| *i).collect();
+        let expected: Vec<usize> = (1..=n).collect();
+        assert_eq!(
+            indices, expected,
+            "{script}.lua lists {what} {indices:?}, but the Rust side passes {n}"
+        );
+    }
+
+    #[test]
+    fn headers_match_the_specs() {
+        for spec in SPECS {
+            let name = spec.name;
+            let header = header(spec.source);
+            assert!(
+                header
+                    .first()
+                    .is_some_and(|l| l.starts_with(&format!("{name}: "))),
+                "{name}.lua has no header naming it"
+            );
+
+            let keys = indexed(&header, "KEYS");
+            check_indices(name, "KEYS", &keys, spec.keys.len());
+            for ((i, rest), suffix) in keys.iter().zip(spec.keys) {
+                let key = rest.split_whitespace().next().unwrap_or("");
+                assert_eq!(
+                    key,
+                    format!("<prefix>:{{<account>}}:{suffix}"),
+                    "{name}.lua: KEYS[{i}] is not the spec's {suffix:?}"
+                );
             }
+
+            let args = indexed(&header, "ARGV");
+            check_indices(name, "ARGV", &args, spec.args.len());
+            for ((i, rest), arg) in args.iter().zip(spec.args) {
+                assert!(
+                    rest.starts_with(arg),
+                    "{name}.lua: ARGV[{i}] is {rest:?}, the spec's is {arg:?}"
+                );
+            }
+
+            // The reply: the lines after `Returns:` / `Returns one of:` that open a
+            // shape (`{`) or continue one, up to the end of the header.
+            let returns = header
+                .iter()
+                .position(|l| l.starts_with("Returns"))
+                .unwrap_or_else(|| panic!("{name}.lua lists no reply"));
+            let listed: Vec<&str> = header[returns + 1..]
+                .iter()
+                .map(|l| l.trim())
+                .filter(|l| !l.is_empty())
+                .collect();
+            let shapes: Vec<&str> = spec.reply.lines().map(str::trim).collect();
+            // Every header line starts with a shape line of the spec (the header may add
+            // a comment after it); and as many of them.
+            assert_eq!(
+                listed.len(),
+                shapes.len(),
+                "{name}.lua lists the reply {listed:#?}, the spec {shapes:#?}"
+            );
+            for (line, shape) in listed.iter().zip(&shapes) {
+                assert!(
+                    line.starts_with(shape),
+                    "{name}.lua: reply line {line:?} is not the spec's {shape:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_script_takes_the_account_keys_and_common_args() {
+        for spec in SPECS {
+            assert_eq!(spec.keys, ACCOUNT_KEY_SUFFIXES, "{}", spec.name);
+            assert_eq!(spec.args[..2], ["clock offset", "settled retention"]);
         }
     }
 }

@@ -1,21 +1,23 @@
 -- settle: commits or refunds one hold (Ledger::commit, Ledger::refund).
--- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
--- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds: id -> amount, '<id>:route' -> route
--- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
--- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms) and how
--- KEYS[5]: <prefix>:{<account>}:usage    HASH  'credits:<route>', 'calls:<route>' -> counts
--- KEYS[5]: <prefix>:{<account>}:topups   HASH  (not used here)
+-- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
+-- redis/mod.rs.
+-- KEYS[1]: <prefix>:{<account>}:acct
+-- KEYS[2]: <prefix>:{<account>}:holds
+-- KEYS[3]: <prefix>:{<account>}:expiry
+-- KEYS[4]: <prefix>:{<account>}:done
+-- KEYS[5]: <prefix>:{<account>}:usage
+-- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: settled retention, ms
 -- ARGV[3]: hold id
 -- ARGV[4]: 'commit' or 'refund'
 -- ARGV[5]: actual cost to commit ('0' for a refund); clamped to the hold
+-- In the reply, outcome is 'committed' | 'refunded' | 'already_committed'
+-- | 'already_refunded' | 'expired' | 'unknown' (a refund of an unknown id leaves a
+-- tombstone), and rate the stored burn rate (credits/s) as a string, to be decayed to now_ms.
 -- Returns one of:
 --   {'settled', outcome, committed, released, clamped 0|1, available, threshold | -1,
 --    threshold_crossed 0|1, rate, rate_at_ms, now_ms}
---     outcome: 'committed' | 'refunded' | 'already_committed' | 'already_refunded'
---              | 'expired' | 'unknown' (a refund of an unknown id leaves a tombstone)
---     rate: the stored burn rate (credits/s) as a string, to be decayed to now_ms
 --   {'unknown_account'}   (nothing written)
 
 local offset, retention = common_args()

@@ -23,8 +23,8 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::Value;
 
 use super::conn::Conn;
-use super::reply::{unexpected, Reply};
-use super::scripts::SCRIPTS;
+use super::reply::{self, unexpected};
+use super::scripts::SWEEP;
 use super::{Inner, RedisLedger};
 use crate::ledger::{AccountId, LedgerError};
 
@@ -141,22 +141,8 @@ impl RedisLedger {
 
     /// Runs the `sweep` script on one account: how many of its holds went back.
     async fn sweep_account(&self, account: &AccountId) -> Result<u64, LedgerError> {
-        let value = self.account_script(&SCRIPTS.sweep, account, |_| {}).await?;
-        let mut reply = Reply::new("sweep", value)?;
-        match reply.string()?.as_str() {
-            "swept" => {
-                let reclaimed = reply.u64()?;
-                let _open_holds = reply.u64()?;
-                reply.end()?;
-                Ok(reclaimed)
-            }
-            // The account's keys vanished between the SCAN and the script: nothing to do.
-            "unknown_account" => {
-                reply.end()?;
-                Ok(0)
-            }
-            tag => Err(reply.unknown_tag(tag)),
-        }
+        let value = self.account_script(&SWEEP, account, |_| {}).await?;
+        reply::sweep(value)
     }
 
     /// One route per master of the cluster: the first slot of one of its ranges, from

@@ -1,11 +1,13 @@
 -- top_up: adds credits once per idempotency key, per account, forever (Ledger::top_up).
 -- Creates the account.
--- KEYS[1]: <prefix>:{<account>}:acct     HASH  account totals and settings
--- KEYS[2]: <prefix>:{<account>}:holds    HASH  open holds (reclaimed when expired)
--- KEYS[3]: <prefix>:{<account>}:expiry   ZSET  open hold ids by expiry (ms)
--- KEYS[4]: <prefix>:{<account>}:done     ZSET  closed hold ids by closing time (ms) and how
--- KEYS[5]: <prefix>:{<account>}:usage    HASH  (not used here)
--- KEYS[5]: <prefix>:{<account>}:topups   HASH  idempotency key -> amount (no TTL)
+-- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
+-- redis/mod.rs.
+-- KEYS[1]: <prefix>:{<account>}:acct
+-- KEYS[2]: <prefix>:{<account>}:holds
+-- KEYS[3]: <prefix>:{<account>}:expiry
+-- KEYS[4]: <prefix>:{<account>}:done
+-- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
+-- KEYS[6]: <prefix>:{<account>}:topups
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: settled retention, ms
 -- ARGV[3]: amount
