@@ -7,8 +7,19 @@
 //!
 //! Bounded: the requests are released at a fixed rate by the pacing task for a fixed
 //! schedule of faults (about 10 s), and every request must be answered within [`HANG`].
-//! `CHAOS_SCALE` (default 1) multiplies the accounts, the workers and the rate;
-//! `CHAOS_SEED` replays a run.
+//! `CHAOS_SCALE` (default 1) multiplies the accounts, the workers and the rate.
+//!
+//! Seeds: every run draws its choices (request mix, costs, top-up keys, the fault schedule
+//! and its timing) from one `u64` seed, taken from the clock unless `CHAOS_SEED` is set.
+//! Any failure — an assertion at the end or a panic in the middle — prints the seed to
+//! stderr (a guard prints it while the test unwinds). Replay it with
+//!
+//! ```text
+//! CHAOS_SEED=<seed> cargo test --all-features --test chaos_redis -- --nocapture
+//! ```
+//!
+//! (with the same `CHAOS_SCALE`). The same seed gives the same choices; the interleaving
+//! with Redis and the scheduler is still the machine's.
 //!
 //! In the end (Redis up, pending settles drained, the test clock moved past every hold's
 //! ttl, expired holds swept) the books must balance: per account
@@ -43,11 +54,11 @@ use futures_util::StreamExt;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use http_support::{account, get_req, http2, read, HttpClient, Server};
-use support::redis::{wait_for_async, RedisOptions, RedisServer};
+use support::redis::{RedisOptions, RedisServer};
+use support::rig::{assert_balanced, pricing, wait_for_async, Rng, DEADLINE};
 use tokio::sync::{oneshot, Semaphore};
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
-use tower_credits::pricing::Pricing;
 use tower_credits::{
     AccountId, AccountSettings, BillingStats, Charge, CreditLayer, HoldId, Ledger,
 };
@@ -59,8 +70,6 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(150);
 const HOLD_TTL: Duration = Duration::from_secs(2);
 /// A request not answered within this hangs: the test fails.
 const HANG: Duration = Duration::from_secs(5);
-/// Deadline of the waits at the end.
-const DEADLINE: Duration = Duration::from_secs(20);
 /// Replicas (axum servers, each with its own layer and ledger).
 const REPLICAS: usize = 3;
 /// Accounts, request workers and requests per second, before `CHAOS_SCALE`.
@@ -83,16 +92,15 @@ const SAY_PRICE: u64 = 10;
 const STREAM_COST: u64 = 3;
 const DROPPED_COST: u64 = 2;
 
-fn pricing() -> Pricing {
-    Pricing::new()
-        .route("GET /v1/ok", OK_PRICE)
-        .route("GET /v1/fail", FAIL_PRICE)
-        .route("GET /v1/panic", PANIC_PRICE)
-        .route("GET /v1/block", BLOCK_PRICE)
-        .route("GET /v1/stream", STREAM_PRICE)
-        .route("GET /v1/drop", STREAM_PRICE)
-        .route(echo::SAY, SAY_PRICE)
-}
+const ROUTES: &[(&str, u64)] = &[
+    ("GET /v1/ok", OK_PRICE),
+    ("GET /v1/fail", FAIL_PRICE),
+    ("GET /v1/panic", PANIC_PRICE),
+    ("GET /v1/block", BLOCK_PRICE),
+    ("GET /v1/stream", STREAM_PRICE),
+    ("GET /v1/drop", STREAM_PRICE),
+    (echo::SAY, SAY_PRICE),
+];
 
 fn scale() -> usize {
     std::env::var("CHAOS_SCALE")
@@ -102,26 +110,37 @@ fn scale() -> usize {
         .max(1)
 }
 
-/// SplitMix64: small, seedable, good enough to pick outcomes.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+/// The run's seed: `CHAOS_SEED` when set (a replay), else from the clock.
+fn seed() -> u64 {
+    match std::env::var("CHAOS_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("CHAOS_SEED={s:?} is not a u64: {e}")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_nanos() as u64,
     }
+}
 
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
+/// Prints the seed when the test fails: its `Drop` runs while a panic unwinds the test
+/// (a failed assertion, or a worker's panic surfacing through its `JoinHandle`).
+struct SeedGuard {
+    seed: u64,
+    scale: usize,
+}
 
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.next() as usize % items.len()]
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\nchaos FAILED with seed {seed} (scale {scale}); replay with:\n  \
+                 CHAOS_SEED={seed} CHAOS_SCALE={scale} cargo test --all-features --test chaos_redis -- --nocapture\n",
+                seed = self.seed,
+                scale = self.scale,
+            );
+        }
     }
 }
 
@@ -786,16 +805,10 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     quiet_expected_panics();
     let started = Instant::now();
     let scale = scale();
-    let seed = std::env::var("CHAOS_SEED")
-        .ok()
-        .map(|s| s.parse().expect("CHAOS_SEED is a u64"))
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    let mut rng = Rng(seed);
+    let seed = seed();
+    let _seed_guard = SeedGuard { seed, scale };
+    eprintln!("chaos: seed {seed}, scale {scale} (replay with CHAOS_SEED={seed})");
+    let mut rng = Rng::new(seed);
 
     let server = RedisServer::start_with(RedisOptions::aof_always());
     let clock = ManualClock::new();
@@ -841,7 +854,7 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
             .await
             .unwrap();
         let layer = CreditLayer::new(ledger.clone())
-            .pricing(pricing())
+            .pricing(pricing(ROUTES))
             .hold_ttl(HOLD_TTL)
             .circuit_breaker(3, Duration::from_millis(200));
         let app = routes(hooks.clone())
@@ -894,7 +907,7 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     let permits = Arc::new(Semaphore::new(0));
     let workers: Vec<_> = (0..WORKERS * scale)
         .map(|w| {
-            let rng = Rng(seed ^ (w as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let rng = Rng::new(seed ^ (w as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
             tokio::spawn(worker(env.clone(), permits.clone(), rng))
         })
         .collect();
@@ -1013,10 +1026,7 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
             (available, held, committed, topped_up),
             "{account}: balance() agrees with the raw hash"
         );
-        assert_eq!(
-            b.topped_up as i128,
-            b.available as i128 + b.held as i128 + b.committed as i128
-        );
+        assert_balanced(&b);
 
         // Every hold a handler saw, against how the ledger closed it.
         // `done` scores are closing time (ms) * 4 + how (1 committed, 2 refunded, 3 expired).

@@ -1,6 +1,7 @@
 //! The ledger conformance suite, run against [`MemoryLedger`].
 
 mod conformance;
+mod support;
 
 use tower_credits::clock::ManualClock;
 use tower_credits::MemoryLedger;

@@ -21,14 +21,15 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router;
 use http::StatusCode;
-use http_support::{account, get_req, http1, http2, send, wait_until, Answer, HttpClient, Server};
-use support::redis::{wait_for_async, RedisOptions, RedisServer};
+use http_support::{account, get_req, http1, http2, send, Answer, HttpClient, Server};
+use support::redis::{RedisOptions, RedisServer};
+use support::rig::{assert_balanced, pricing, wait_for_async, wait_until, DEADLINE};
 use tokio::sync::{oneshot, Notify};
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
-use tower_credits::pricing::Pricing;
 use tower_credits::{
-    AccountId, Balance, Charge, CreditLayer, HoldId, Ledger, OutagePolicy, SettleOutcome,
+    AccountId, Balance, Charge, CreditLayer, HoldId, Ledger, LedgerError, OutagePolicy,
+    SettleOutcome,
 };
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -36,8 +37,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 const CALL_TIMEOUT: Duration = Duration::from_millis(150);
 /// A request not answered within this hangs: the test fails.
 const HANG: Duration = Duration::from_secs(5);
-/// Deadline of every wait on a condition.
-const DEADLINE: Duration = Duration::from_secs(15);
 /// Hold ttl of the layers (unless a test sets its own).
 const HOLD_TTL: Duration = Duration::from_secs(10);
 /// Credits each account starts with.
@@ -49,13 +48,12 @@ const GATED_PRICE: u64 = 4;
 const PANIC_PRICE: u64 = 3;
 const BLOCK_PRICE: u64 = 2;
 
-fn pricing() -> Pricing {
-    Pricing::new()
-        .route("GET /v1/work", WORK_PRICE)
-        .route("GET /v1/gated", GATED_PRICE)
-        .route("GET /v1/panic", PANIC_PRICE)
-        .route("GET /v1/block", BLOCK_PRICE)
-}
+const ROUTES: &[(&str, u64)] = &[
+    ("GET /v1/work", WORK_PRICE),
+    ("GET /v1/gated", GATED_PRICE),
+    ("GET /v1/panic", PANIC_PRICE),
+    ("GET /v1/block", BLOCK_PRICE),
+];
 
 /// What the handlers share with the test.
 #[derive(Clone, Default)]
@@ -184,7 +182,7 @@ impl Rig {
         }
         let layer = configure(
             CreditLayer::new(ledger)
-                .pricing(pricing())
+                .pricing(pricing(ROUTES))
                 .hold_ttl(HOLD_TTL),
         );
         let hooks = Hooks::default();
@@ -240,7 +238,7 @@ impl Rig {
             (b.open_holds == 0).then_some(b)
         })
         .await;
-        assert_conserved(&b);
+        assert_balanced(&b);
         assert_eq!(b.held, 0, "{account}: {b:?}");
         assert_eq!(b.topped_up, START, "{account}: {b:?}");
         let (topped_up, committed, held) = (
@@ -266,14 +264,6 @@ impl Rig {
             self.layer.pending_settlements()
         );
     }
-}
-
-fn assert_conserved(b: &Balance) {
-    assert_eq!(
-        b.topped_up as i128,
-        b.available as i128 + b.held as i128 + b.committed as i128,
-        "conservation broken: {b:?}"
-    );
 }
 
 /// A request answered within [`HANG`], read to the end.
@@ -464,8 +454,18 @@ async fn paused_past_the_deadline_answers_503_then_leaks_no_hold() {
     })
     .await;
 
+    // A probe with the layer's call deadline, on a connection of its own that the load
+    // does not touch.
+    let probe = RedisLedger::builder()
+        .url(rig.server.url())
+        .call_timeout(CALL_TIMEOUT)
+        .build()
+        .await
+        .expect("connect to the test redis-server");
+    let (probed, _) = &rig.accounts[0];
+    probe.balance(probed).await.expect("the probe's warm-up");
+
     rig.server.pause();
-    let paused_at = std::time::Instant::now();
     let before = load.unavailable();
     wait_until(
         "refusals while paused, some breaker fast failures",
@@ -474,9 +474,12 @@ async fn paused_past_the_deadline_answers_503_then_leaks_no_hold() {
         },
     )
     .await;
+    // Paused past the deadline: a call made now ends on its call deadline (`Timeout` of
+    // exactly `CALL_TIMEOUT`), not with a reply.
+    let r = probe.balance(probed).await;
     assert!(
-        paused_at.elapsed() > CALL_TIMEOUT,
-        "paused past the deadline"
+        matches!(r, Err(LedgerError::Timeout(t)) if t == CALL_TIMEOUT),
+        "paused past the deadline: {r:?}"
     );
     rig.server.resume();
 
@@ -567,6 +570,82 @@ async fn a_commit_that_cannot_reach_redis_is_given_up_and_the_hold_expires() {
     assert_eq!((late.outcome, late.committed), (SettleOutcome::Expired, 0));
     let b = rig.closed_books(&account).await;
     assert_eq!(b.available, before.available);
+}
+
+/// Graceful shutdown on Redis, where a settle can really be pending: the server is paused
+/// (SIGSTOP) after a request's reserve, so its commit is in flight, then retried, and
+/// `pending_settlements()` counts it; `drain` cannot finish while the server is stopped,
+/// and once it answers again `drain` returns `true` and the commit has landed — in the
+/// layer's stats and in the books.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_commits_in_flight_on_a_paused_server() {
+    let rig = Rig::start(RedisOptions::default(), 1, |l| l).await;
+    rig.warm().await;
+    let (account, key) = rig.accounts[0].clone();
+    let before = rig.patient.balance(&account).await.unwrap();
+    let stats_before = rig.layer.stats();
+    assert!(rig.layer.pending_settlements().is_empty());
+
+    let client = http1();
+    let req = get_req(&rig.url("/v1/gated"), Some(&key));
+    let entered = rig.hooks.entered.notified();
+    let call = tokio::spawn(async move { bounded(&client, req).await });
+    tokio::time::timeout(HANG, entered)
+        .await
+        .expect("the handler runs");
+    rig.server.pause();
+    rig.hooks.release.notify_one();
+    let answer = call.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.int("credits-cost"), GATED_PRICE as i64);
+
+    // The server cannot answer: the commit is pending, and no drain can finish.
+    wait_until("the commit to be pending", || async {
+        !rig.layer.pending_settlements().is_empty()
+    })
+    .await;
+    assert_eq!(rig.layer.pending_settlements().len(), 1);
+    assert!(
+        !rig.layer
+            .pending_settlements()
+            .drain(CALL_TIMEOUT * 2)
+            .await,
+        "a drain finished while the server was stopped"
+    );
+    assert_eq!(rig.layer.pending_settlements().len(), 1);
+    let stats = rig.layer.stats();
+    assert_eq!(stats.commits, stats_before.commits, "nothing confirmed yet");
+    assert_eq!(stats.commits_lost, 0, "{stats:?}");
+
+    // Shutdown: the server answers again, and the drain waits for the commit to land.
+    rig.server.resume();
+    assert!(
+        rig.layer.pending_settlements().drain(DEADLINE).await,
+        "pending settles did not drain: {:?}",
+        rig.layer.pending_settlements()
+    );
+    assert!(rig.layer.pending_settlements().is_empty());
+    let stats = rig.layer.stats();
+    assert_eq!(stats.commits, stats_before.commits + 1, "{stats:?}");
+    assert_eq!(
+        stats.credits_committed,
+        stats_before.credits_committed + GATED_PRICE,
+        "{stats:?}"
+    );
+    assert_eq!(
+        (stats.commits_lost, stats.credits_lost),
+        (0, 0),
+        "{stats:?}"
+    );
+    let b = rig.closed_books(&account).await;
+    assert_eq!(
+        (b.available, b.committed),
+        (
+            before.available - GATED_PRICE as i64,
+            before.committed + GATED_PRICE
+        ),
+        "the commit landed once"
+    );
 }
 
 /// A commit that times out on a paused server stays queued on the connection and runs when

@@ -3,9 +3,11 @@
 #[path = "../examples/grpc/echo.rs"]
 mod echo;
 mod http_support;
+mod support;
 
 use echo::{CountRequest, EchoClient, EchoServer, SayRequest};
-use http_support::{account, assert_conserved, DownLedger};
+use http_support::{account, DownLedger};
+use support::rig::assert_conserved;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 use tower_credits::pricing::Pricing;

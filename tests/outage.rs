@@ -2,6 +2,7 @@
 //! axum server with a ledger that can be switched off.
 
 mod http_support;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,17 +11,16 @@ use axum::routing::get;
 use axum::Router;
 use http::StatusCode;
 use http_support::*;
+use support::rig::{pricing, wait_until, DEADLINE};
 use tokio::sync::Notify;
 use tower_credits::clock::ManualClock;
-use tower_credits::pricing::Pricing;
 use tower_credits::{Charge, CreditLayer, Ledger, MemoryLedger, OutagePolicy, SettleOutcome};
 
-fn pricing() -> Pricing {
-    Pricing::new()
-        .route("GET /v1/echo", 3)
-        .route("GET /v1/gated", 4)
-        .route("GET /v1/who", 2)
-}
+const ROUTES: &[(&str, u64)] = &[
+    ("GET /v1/echo", 3),
+    ("GET /v1/gated", 4),
+    ("GET /v1/who", 2),
+];
 
 #[derive(Clone, Default)]
 struct Gate {
@@ -60,7 +60,7 @@ async fn fail_closed_answers_503_and_the_breaker_stops_calling_a_dead_ledger() {
     let ledger = SwitchLedger::new(MemoryLedger::new());
     let acct = account(&ledger, "acct_fc", "key-fc", 100).await;
     let layer = CreditLayer::new(ledger.clone())
-        .pricing(pricing())
+        .pricing(pricing(ROUTES))
         .circuit_breaker(3, Duration::from_secs(3600));
     let server = Server::start(app(layer.clone(), Gate::default())).await;
     let client = http1();
@@ -96,7 +96,7 @@ async fn the_breaker_probes_and_recovers_once_the_ledger_is_back() {
     let ledger = SwitchLedger::new(MemoryLedger::new());
     account(&ledger, "acct_rc", "key-rc", 100).await;
     let layer = CreditLayer::new(ledger.clone())
-        .pricing(pricing())
+        .pricing(pricing(ROUTES))
         .circuit_breaker(1, Duration::from_millis(20));
     let server = Server::start(app(layer.clone(), Gate::default())).await;
     let client = http1();
@@ -121,7 +121,7 @@ async fn fail_open_serves_unbilled_and_counts_it_per_account() {
     let ledger = SwitchLedger::new(MemoryLedger::new());
     let acct = account(&ledger, "acct_fo", "key-fo", 100).await;
     let layer = CreditLayer::new(ledger.clone())
-        .pricing(pricing())
+        .pricing(pricing(ROUTES))
         .on_outage(OutagePolicy::FailOpen);
     let server = Server::start(app(layer.clone(), Gate::default())).await;
     let client = http1();
@@ -160,7 +160,7 @@ async fn fail_open_serves_unbilled_and_counts_it_per_account() {
 async fn a_settle_that_cannot_reach_the_ledger_is_retried_and_applied_once() {
     let ledger = SwitchLedger::new(MemoryLedger::new());
     let acct = account(&ledger, "acct_rt", "key-rt", 100).await;
-    let layer = CreditLayer::new(ledger.clone()).pricing(pricing());
+    let layer = CreditLayer::new(ledger.clone()).pricing(pricing(ROUTES));
     let gate = Gate::default();
     let server = Server::start(app(layer.clone(), gate.clone())).await;
     let client = http1();
@@ -206,7 +206,7 @@ async fn a_settle_lost_for_good_expires_and_the_credits_come_back() {
     let ledger = SwitchLedger::new(MemoryLedger::builder().clock(clock.clone()).build());
     let acct = account(&ledger, "acct_lost", "key-lost", 100).await;
     let layer = CreditLayer::new(ledger.clone())
-        .pricing(pricing())
+        .pricing(pricing(ROUTES))
         .hold_ttl(Duration::from_millis(200));
     let gate = Gate::default();
     let server = Server::start(app(layer.clone(), gate.clone())).await;
@@ -253,7 +253,7 @@ async fn a_settle_lost_for_good_expires_and_the_credits_come_back() {
 async fn too_many_open_holds_is_a_429_naming_the_limit() {
     let ledger = SwitchLedger::new(MemoryLedger::builder().max_open_holds(1).build());
     let acct = account(&ledger, "acct_429", "key-429", 100).await;
-    let layer = CreditLayer::new(ledger.clone()).pricing(pricing());
+    let layer = CreditLayer::new(ledger.clone()).pricing(pricing(ROUTES));
     let gate = Gate::default();
     let server = Server::start(app(layer, gate.clone())).await;
     let client = http1();
@@ -288,7 +288,7 @@ async fn a_probe_answered_with_a_refusal_still_closes_the_breaker() {
         .await
         .unwrap();
     let layer = CreditLayer::new(ledger.clone())
-        .pricing(pricing())
+        .pricing(pricing(ROUTES))
         .circuit_breaker(1, Duration::from_millis(10));
     let server = Server::start(app(layer, Gate::default())).await;
     let client = http1();

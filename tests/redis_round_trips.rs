@@ -16,7 +16,8 @@ use axum::routing::get;
 use axum::Router;
 use http::StatusCode;
 use http_support::{account, get_req, http1, send, Server};
-use support::redis::{wait_for, RedisServer};
+use support::redis::RedisServer;
+use support::rig::{wait_for, DEADLINE};
 use tower_credits::pricing::Pricing;
 use tower_credits::{CreditLayer, Ledger, RedisLedger};
 
@@ -49,7 +50,7 @@ impl Monitor {
 
     /// Waits until `marker` (sent with `ECHO`) shows up, so every earlier command is in.
     fn sync(&self, server: &RedisServer, marker: &str) {
-        wait_for("MONITOR to see the marker", Duration::from_secs(10), || {
+        wait_for("MONITOR to see the marker", DEADLINE, || {
             server.cli(&["ECHO", marker]);
             let lines = self.lines.lock().unwrap();
             lines.iter().any(|l| l.contains(marker)).then_some(())

@@ -2,15 +2,19 @@
 //! bad and oversized credentials get clear problem JSON.
 
 mod http_support;
+mod support;
 
+use std::cell::Cell;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use http_support::*;
+use support::rig::{wait_for_async, DEADLINE};
 use tower_credits::account::AccountResolver;
 use tower_credits::pricing::Pricing;
 use tower_credits::{AccountId, ApiKeyHash, CreditLayer, Ledger, MemoryLedger};
@@ -153,4 +157,80 @@ async fn an_oversized_key_is_a_clear_401() {
         answer.json()["detail"],
         "The API key is longer than 256 bytes."
     );
+}
+
+/// The API-key cache lets its entries expire (short TTLs, waited on with a deadline): a
+/// revoked key keeps working from the cache, without a ledger lookup, until its entry
+/// expires; then it is looked up once and refused. The refusal is cached as unknown until
+/// that entry expires too; then the key, registered again meanwhile, is looked up once more
+/// and works.
+#[tokio::test]
+async fn cached_api_keys_expire_and_are_looked_up_again() {
+    const KNOWN_TTL: Duration = Duration::from_millis(300);
+    const UNKNOWN_TTL: Duration = Duration::from_millis(300);
+    let ledger = SwitchLedger::new(MemoryLedger::new());
+    let acct = account(&ledger.inner, "acct_ttl", "key-ttl", 1_000).await;
+    let hash = ApiKeyHash::of("key-ttl");
+    let layer = CreditLayer::new(ledger.clone())
+        .account_resolver(AccountResolver::api_key().key_ttl(KNOWN_TTL, UNKNOWN_TTL));
+    let server = Server::start(app(layer)).await;
+    let client = http1();
+    let url = server.url("/v1/echo");
+    let status = || async { send(&client, get_req(&url, Some("key-ttl"))).await.status };
+
+    assert_eq!(status().await, StatusCode::OK);
+    assert_eq!(ledger.lookups(), 1, "a cache miss is one lookup");
+
+    // Revoked in the ledger: every 200 from now on can only come from the cache (a lookup
+    // answers "unknown"). The entry expires, the key is looked up again, once, and refused.
+    assert!(ledger.inner.revoke_api_key(&hash).await.unwrap());
+    let from_cache = Cell::new(0u64);
+    wait_for_async("the cached key to expire", DEADLINE, || async {
+        match status().await {
+            StatusCode::OK => {
+                from_cache.set(from_cache.get() + 1);
+                None
+            }
+            StatusCode::UNAUTHORIZED => Some(()),
+            other => panic!("unexpected {other}"),
+        }
+    })
+    .await;
+    assert_eq!(
+        ledger.lookups(),
+        2,
+        "one lookup when the entry expired ({} requests served from the cache before)",
+        from_cache.get()
+    );
+
+    // Registered again: refused from the unknown-key cache, without a lookup, until that
+    // entry expires; then looked up once and served.
+    ledger.inner.register_api_key(&hash, &acct).await.unwrap();
+    let refused_from_cache = Cell::new(0u64);
+    wait_for_async("the unknown-key entry to expire", DEADLINE, || async {
+        match status().await {
+            StatusCode::UNAUTHORIZED => {
+                refused_from_cache.set(refused_from_cache.get() + 1);
+                None
+            }
+            StatusCode::OK => Some(()),
+            other => panic!("unexpected {other}"),
+        }
+    })
+    .await;
+    assert_eq!(
+        ledger.lookups(),
+        3,
+        "one lookup when the unknown entry expired ({} requests refused from the cache \
+         before)",
+        refused_from_cache.get()
+    );
+    // Every 200 was billed to the account (settles may still be landing).
+    let charged = 1 + from_cache.get() + 1;
+    wait_for_async("every 200 billed to the account", DEADLINE, || async {
+        let committed = ledger.inner.balance(&acct).await.unwrap().committed;
+        assert!(committed <= charged, "{committed} > {charged}");
+        (committed == charged).then_some(())
+    })
+    .await;
 }

@@ -21,6 +21,9 @@
 
 pub mod model;
 
+pub use crate::support::rig::assert_conserved;
+use crate::support::rig::Rng;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -113,20 +116,6 @@ pub fn acct(id: &str) -> AccountId {
 /// A validated hold id.
 pub fn hold(id: &str) -> HoldId {
     HoldId::new(id).unwrap_or_else(|e| panic!("hold id {id:?}: {e}"))
-}
-
-/// The balance of `account`, after checking `topped_up == available + held + committed`.
-pub async fn assert_conserved<L: Ledger>(ledger: &L, account: &AccountId) -> Balance {
-    let b = ledger
-        .balance(account)
-        .await
-        .unwrap_or_else(|e| panic!("balance of {account}: {e}"));
-    assert_eq!(
-        b.topped_up as i128,
-        b.available as i128 + b.held as i128 + b.committed as i128,
-        "conservation broken for {account}: {b:?}"
-    );
-    b
 }
 
 /// `(available, held, committed, topped_up, open_holds)` of a balance, for short asserts.
@@ -1178,24 +1167,6 @@ pub async fn api_keys_register_lookup_revoke<H: Harness>(h: &H) {
 // ---------------------------------------------------------------------------------------
 // Concurrency and scale
 // ---------------------------------------------------------------------------------------
-
-/// A small xorshift generator: the cases need cheap, seedable randomness, not quality.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A failed call in the concurrency case; a timeout there usually means the harness gave
 /// the ledger a per-call deadline too short for 64 tasks on a loaded test machine.

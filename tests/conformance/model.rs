@@ -41,6 +41,7 @@ use tower_credits::{
 };
 
 use super::Harness;
+use crate::support::rig::is_conserved;
 
 /// Longest generated operation sequence.
 pub const MAX_OPS: usize = 40;
@@ -811,8 +812,7 @@ async fn compare_accounts<L: Ledger>(
                          credit_limit, threshold, open_holds) = {got:?}, model says {want:?}"
                     ));
                 }
-                if b.topped_up as i128 != b.available as i128 + b.held as i128 + b.committed as i128
-                {
+                if !is_conserved(&b) {
                     return Err(format!("conservation broken for {id}: {b:?}"));
                 }
                 if usage {

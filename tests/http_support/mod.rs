@@ -1,10 +1,9 @@
 //! Helpers for end-to-end HTTP tests: a real axum server on a loopback port and a real
-//! hyper client (HTTP/1.1 or HTTP/2).
+//! hyper client (HTTP/1.1 or HTTP/2). The deadline, waits and checks every test shares are
+//! in `tests/support/rig.rs` (a test binary that uses this module declares `mod support;`).
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
@@ -13,9 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower_credits::{AccountId, AccountSettings, ApiKeyHash, Ledger, MemoryLedger};
-
-/// How long a test waits on a condition before failing.
-pub const DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -144,38 +140,6 @@ pub async fn available(ledger: &MemoryLedger, account: &AccountId) -> i64 {
     ledger.balance(account).await.unwrap().available
 }
 
-/// Polls `condition` until it is true, failing the test after [`DEADLINE`].
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// How often [`wait_until`] checks its condition.
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
-
-/// Conservation of one account: topped_up = available + held + committed.
-pub async fn assert_conserved<L: Ledger>(ledger: &L, account: &AccountId) {
-    let b = ledger.balance(account).await.unwrap();
-    assert_eq!(
-        b.topped_up as i128,
-        b.available as i128 + b.held as i128 + b.committed as i128,
-        "conservation broken: {b:?}"
-    );
-}
-
 /// A ledger whose store is down: every call fails as unavailable.
 #[derive(Clone)]
 pub struct DownLedger;
@@ -206,12 +170,14 @@ down! {
 }
 
 /// A [`MemoryLedger`] whose store can be switched off: while `down`, every call fails as
-/// unavailable. `calls` counts the calls that reached it (up or down).
+/// unavailable. `calls` counts the calls that reached it (up or down), `lookups` those of
+/// them that looked up an API key.
 #[derive(Clone, Default)]
 pub struct SwitchLedger {
     pub inner: MemoryLedger,
     pub down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub lookups: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SwitchLedger {
@@ -230,12 +196,23 @@ impl SwitchLedger {
         self.calls.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Runs `call` only while the store is up (the in-memory ledger acts when called).
+    /// API key lookups that reached the ledger (a cached key costs none).
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Runs `call` (the ledger method `name`) only while the store is up (the in-memory
+    /// ledger acts when called).
     fn gate<T: Send + 'static>(
         &self,
+        name: &str,
         call: impl FnOnce() -> std::future::Ready<Result<T, tower_credits::LedgerError>>,
     ) -> std::future::Ready<Result<T, tower_credits::LedgerError>> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if name == "lookup_api_key" {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             std::future::ready(Err(tower_credits::LedgerError::Timeout(
                 std::time::Duration::from_millis(50),
@@ -251,7 +228,7 @@ macro_rules! switch {
         impl Ledger for SwitchLedger {
             type Future<T: Send + 'static> = std::future::Ready<Result<T, tower_credits::LedgerError>>;
             $(fn $name(&self, $($arg: $ty),*) -> Self::Future<$t> {
-                self.gate(|| self.inner.$name($($arg),*))
+                self.gate(stringify!($name), || self.inner.$name($($arg),*))
             })*
         }
     };

@@ -16,49 +16,15 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::rig::{wait_for, POLL_INTERVAL};
+
 /// How long a server may take to answer after it was started.
 const START_DEADLINE: Duration = Duration::from_secs(20);
-/// Pause between two polls of a condition.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How many times a start is retried on other ports when a port was taken meanwhile.
 const START_ATTEMPTS: usize = 5;
 
 const NOT_INSTALLED: &str =
     "redis-server not found: install it with `apt-get install redis-server` (scripts/test does this)";
-
-/// Polls `cond` every 10 ms until it returns `Some`, or panics after `deadline` with `what`.
-pub fn wait_for<T>(what: &str, deadline: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(value) = cond() {
-            return value;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        std::thread::sleep(POLL_INTERVAL);
-    }
-}
-
-/// The async twin of [`wait_for`], for conditions that call a ledger.
-pub async fn wait_for_async<T, F, Fut>(what: &str, deadline: Duration, mut cond: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(value) = cond().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
 
 fn check_installed() {
     for tool in ["redis-server", "redis-cli"] {
