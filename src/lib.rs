@@ -73,8 +73,10 @@
 //! | `middleware/config.rs` | the configuration every service of a layer shares |
 //! | `middleware/service.rs` | [`CreditService`]: resolves the account, prices, starts the future |
 //! | `middleware/future.rs` | [`ResponseFuture`]: key lookup, reserve, inner call, settle at the head |
+//! | `middleware/classify.rs` | the one place that decides commit, refund or wait for the end |
 //! | `middleware/body.rs` | [`ResponseBody`]: settles at the end of a body whose cost grows with it |
-//! | `middleware/guard.rs` | the drop guard: every hold settles exactly once, whatever happens |
+//! | `middleware/grpc_web.rs` | the gRPC-Web trailer frame, read from the body |
+//! | `middleware/guard.rs` | the drop guard, and the settle decision written once |
 //! | `middleware/settle.rs` | the ledger calls that commit, refund and renew, their retries |
 //!
 //! Around it: `account.rs` (who pays), `pricing.rs` (how much), `charge.rs` (what the
@@ -112,6 +114,8 @@ pub use ledger::{
     AccountId, AccountSettings, AnyLedger, Balance, Extended, Held, HoldId, Insufficient, Ledger,
     LedgerError, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
 };
+pub use middleware::classify;
+pub use middleware::classify::Protocol;
 pub use middleware::{
     CreditLayer, CreditService, PendingSettlements, ResponseBody, ResponseFuture,
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES,

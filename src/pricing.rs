@@ -29,6 +29,7 @@ use std::sync::Arc;
 use http::Method;
 
 use crate::amount::MAX_AMOUNT;
+use crate::classify::Protocol;
 use crate::ledger::check_route;
 
 /// What one request costs up front.
@@ -47,6 +48,8 @@ pub struct Priced {
     pub price: Price,
     /// The route label recorded in usage (the table's pattern, or `None` for unpriced routes).
     pub route: Option<Arc<str>>,
+    /// What the route bills, when [`Pricing::protocol`] says; else the layer's.
+    pub protocol: Option<Protocol>,
 }
 
 type PriceFn = dyn Fn(&Method, &str) -> Price + Send + Sync;
@@ -60,6 +63,7 @@ type PriceFn = dyn Fn(&Method, &str) -> Price + Send + Sync;
 #[derive(Clone)]
 pub struct Pricing {
     rules: Vec<Rule>,
+    protocols: Vec<ProtocolRule>,
     unpriced: Price,
     fallback: Option<Arc<PriceFn>>,
     version: Option<http::HeaderValue>,
@@ -71,6 +75,14 @@ struct Rule {
     pattern: Arc<str>,
     segments: Vec<Segment>,
     price: Price,
+}
+
+#[derive(Clone)]
+struct ProtocolRule {
+    method: Option<Method>,
+    pattern: Arc<str>,
+    segments: Vec<Segment>,
+    protocol: Protocol,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +101,20 @@ impl fmt::Debug for Pricing {
                     .rules
                     .iter()
                     .map(|r| (r.method.as_ref().map(Method::as_str), &*r.pattern, r.price))
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "protocols",
+                &self
+                    .protocols
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.method.as_ref().map(Method::as_str),
+                            &*r.pattern,
+                            r.protocol,
+                        )
+                    })
                     .collect::<Vec<_>>(),
             )
             .field("unpriced", &self.unpriced)
@@ -111,6 +137,7 @@ impl Pricing {
     pub fn new() -> Self {
         Self {
             rules: Vec::new(),
+            protocols: Vec::new(),
             unpriced: Self::DEFAULT_UNPRICED,
             fallback: None,
             version: None,
@@ -162,6 +189,40 @@ impl Pricing {
         self
     }
 
+    /// Bills requests matching `route` as `protocol`, whatever the layer's
+    /// [`protocol`](crate::CreditLayer::protocol): for a server that mixes HTTP routes and a
+    /// gRPC service. The first matching rule wins.
+    ///
+    /// ```
+    /// use tower_credits::{classify::Protocol, pricing::Pricing};
+    ///
+    /// let pricing = Pricing::new()
+    ///     .route("GET /v1/echo", 1)
+    ///     .route("/echo.Echo/{*method}", 10)
+    ///     .protocol("/echo.Echo/{*method}", Protocol::Grpc);
+    /// # let _ = pricing;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When the route does not parse (as for [`route`](Self::route)).
+    pub fn protocol(mut self, route: &str, protocol: Protocol) -> Self {
+        let (method, pattern) =
+            parse_route(route).unwrap_or_else(|e| panic!("invalid route {route:?}: {e}"));
+        let segments = parse_segments(pattern);
+        assert!(
+            !segments.iter().rev().skip(1).any(|s| *s == Segment::Rest),
+            "invalid route {route:?}: `*` or `{{*name}}` must be the last segment"
+        );
+        self.protocols.push(ProtocolRule {
+            method,
+            pattern: Arc::from(pattern),
+            segments,
+            protocol,
+        });
+        self
+    }
+
     /// A version of the price list, sent back in `Credits-Price-Version`.
     ///
     /// # Panics
@@ -204,35 +265,79 @@ impl Pricing {
     }
 
     /// Prices a request. `matched` is axum's `MatchedPath` when the router set one.
+    ///
+    /// `HEAD` is priced as the `GET` of the same path (axum runs the `GET` handler for it)
+    /// unless a rule names `HEAD`. A path that a priced rule knows under another method is
+    /// never free: it holds the unpriced default (at least
+    /// [`DEFAULT_UNPRICED`](Self::DEFAULT_UNPRICED)), refunded when the route answers `405`.
     pub fn price(&self, method: &Method, path: &str, matched: Option<&str>) -> Priced {
-        let method_ok = |rule: &Rule| rule.method.as_ref().is_none_or(|m| m == method);
-        if let Some(matched) = matched {
-            if let Some(rule) = self
-                .rules
-                .iter()
-                .find(|r| method_ok(r) && (&*r.pattern == matched))
-            {
-                return Priced {
-                    price: rule.price,
-                    route: Some(rule.pattern.clone()),
-                };
-            }
-        }
-        if let Some(rule) = self
-            .rules
-            .iter()
-            .find(|r| method_ok(r) && matches_path(&r.segments, path))
-        {
+        let protocol = self.protocol_of(method, path, matched);
+        let found = self.find(method, path, matched).or_else(|| {
+            (method == Method::HEAD)
+                .then(|| self.find(&Method::GET, path, matched))
+                .flatten()
+        });
+        if let Some(rule) = found {
             return Priced {
                 price: rule.price,
                 route: Some(rule.pattern.clone()),
+                protocol,
             };
         }
-        let price = match &self.fallback {
+        let mut price = match &self.fallback {
             Some(f) => f(method, path),
             None => self.unpriced,
         };
-        Priced { price, route: None }
+        if price == Price::Free && self.priced_under_another_method(path, matched) {
+            // `POST /v1/echo` on a `GET`-only route must not pass through unbilled.
+            price = match self.unpriced {
+                Price::Hold(n) => Price::Hold(n),
+                Price::Free => Self::DEFAULT_UNPRICED,
+            };
+        }
+        Priced {
+            price,
+            route: None,
+            protocol,
+        }
+    }
+
+    /// The first rule for this method and path: by axum's matched pattern, then by the raw
+    /// path.
+    fn find(&self, method: &Method, path: &str, matched: Option<&str>) -> Option<&Rule> {
+        let method_ok = |rule: &Rule| rule.method.as_ref().is_none_or(|m| m == method);
+        matched
+            .and_then(|matched| {
+                self.rules
+                    .iter()
+                    .find(|r| method_ok(r) && &*r.pattern == matched)
+            })
+            .or_else(|| {
+                self.rules
+                    .iter()
+                    .find(|r| method_ok(r) && matches_path(&r.segments, path))
+            })
+    }
+
+    fn priced_under_another_method(&self, path: &str, matched: Option<&str>) -> bool {
+        self.rules.iter().any(|r| {
+            matches!(r.price, Price::Hold(_))
+                && (matched == Some(&*r.pattern) || matches_path(&r.segments, path))
+        })
+    }
+
+    fn protocol_of(&self, method: &Method, path: &str, matched: Option<&str>) -> Option<Protocol> {
+        let method_ok = |m: &Option<Method>| {
+            m.as_ref()
+                .is_none_or(|m| m == method || (method == Method::HEAD && m == Method::GET))
+        };
+        self.protocols
+            .iter()
+            .find(|r| {
+                method_ok(&r.method)
+                    && (matched == Some(&*r.pattern) || matches_path(&r.segments, path))
+            })
+            .map(|r| r.protocol)
     }
 }
 
@@ -345,6 +450,57 @@ mod tests {
             p.price(&Method::GET, "/v1/echo/extra", None).price,
             Pricing::DEFAULT_UNPRICED
         );
+    }
+
+    #[test]
+    fn head_is_priced_as_get_unless_named() {
+        let p = table();
+        let head = p.price(&Method::HEAD, "/v1/echo", None);
+        assert_eq!(head.price, Price::Hold(1));
+        assert_eq!(head.route.as_deref(), Some("/v1/echo"));
+        assert_eq!(p.price(&Method::HEAD, "/health", None).price, Price::Free);
+        assert_eq!(
+            p.price(&Method::HEAD, "/files/a", Some("/files/{*path}"))
+                .price,
+            Price::Hold(3)
+        );
+        let named = table().route("HEAD /v1/echo", 9).free("HEAD /v1/ping");
+        assert_eq!(
+            named.price(&Method::HEAD, "/v1/echo", None).price,
+            Price::Hold(9)
+        );
+        assert_eq!(
+            named.price(&Method::HEAD, "/v1/ping", None).price,
+            Price::Free
+        );
+    }
+
+    #[test]
+    fn a_priced_path_under_another_method_is_never_free() {
+        let p = table().unpriced(Price::Free);
+        let post = p.price(&Method::POST, "/v1/echo", None);
+        assert_eq!(post.price, Pricing::DEFAULT_UNPRICED);
+        assert_eq!(post.route, None);
+        // Paths no rule knows still pass under `.unpriced(Price::Free)`.
+        assert_eq!(p.price(&Method::GET, "/nope", None).price, Price::Free);
+        // A path only known as free stays free under other methods too.
+        assert_eq!(p.price(&Method::POST, "/health", None).price, Price::Free);
+        let held = table().unpriced(Price::Hold(4));
+        assert_eq!(
+            held.price(&Method::POST, "/v1/echo", None).price,
+            Price::Hold(4)
+        );
+    }
+
+    #[test]
+    fn protocols_per_route() {
+        let p = table().protocol("/pkg.Greeter/{*method}", Protocol::Grpc);
+        assert_eq!(
+            p.price(&Method::POST, "/pkg.Greeter/SayHello", None)
+                .protocol,
+            Some(Protocol::Grpc)
+        );
+        assert_eq!(p.price(&Method::GET, "/v1/echo", None).protocol, None);
     }
 
     #[test]

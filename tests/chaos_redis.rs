@@ -60,7 +60,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
 use tower_credits::{
-    AccountId, AccountSettings, BillingStats, Charge, CreditLayer, HoldId, Ledger,
+    AccountId, AccountSettings, BillingStats, Charge, CreditLayer, HoldId, Ledger, Protocol,
 };
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -866,7 +866,8 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = listener.local_addr().unwrap();
-    let grpc_layer = layers[0].clone();
+    // The same ledger, breaker and counters, billing the tonic server as gRPC.
+    let grpc_layer = layers[0].clone().protocol(Protocol::Grpc);
     let log = hooks.log.clone();
     let grpc_server = tokio::spawn(async move {
         tonic::transport::Server::builder()

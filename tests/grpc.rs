@@ -11,7 +11,7 @@ use support::rig::assert_conserved;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 use tower_credits::pricing::Pricing;
-use tower_credits::{CreditLayer, Ledger, MemoryLedger};
+use tower_credits::{CreditLayer, Ledger, MemoryLedger, Protocol};
 
 struct Grpc {
     client: EchoClient,
@@ -26,6 +26,7 @@ impl Drop for Grpc {
 
 async fn start<L: Ledger>(ledger: L) -> Grpc {
     let layer = CreditLayer::new(ledger)
+        .protocol(Protocol::Grpc)
         .pricing(
             Pricing::new()
                 .route("/echo.Echo/Say", 10)

@@ -10,8 +10,11 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::guard::{Decision, HoldGuard};
-use crate::wire::grpc::grpc_status;
+use std::sync::Arc;
+
+use super::classify::{Classify, Verdict};
+use super::grpc_web::TrailerScanner;
+use super::guard::{End, HoldGuard};
 use crate::wire::headers;
 
 pin_project! {
@@ -37,6 +40,7 @@ pin_project! {
             #[pin]
             body: B,
             settle: Option<Box<BodySettle>>,
+            tail: Tail,
         },
         Full {
             bytes: Option<Bytes>,
@@ -44,96 +48,115 @@ pin_project! {
     }
 }
 
+/// What is left to send after the inner body of a settling response.
+#[derive(Debug)]
+enum Tail {
+    /// The inner body is still streaming.
+    Streaming,
+    /// Settled as the inner body ended; our trailers go out on the next poll.
+    Trailers(HeaderMap),
+    Done,
+}
+
 /// A hold waiting for the end of the body.
 pub(crate) struct BodySettle {
     guard: HoldGuard,
-    /// Success known from the response head (`None`: a gRPC status still to come).
-    success: Option<bool>,
-    /// Renews the hold every half TTL, whether or not the caller reads: a slow reader does
-    /// not poll the body, and must not make the hold expire.
-    renewer: Option<tokio::task::AbortHandle>,
-    phase: Phase,
+    /// The verdict at the head: [`Verdict::Success`] with a deferred cost, or
+    /// [`Verdict::Unknown`] (a gRPC status still to come).
+    head: Verdict,
+    classifier: Arc<dyn Classify>,
+    /// gRPC-Web: the status may come in a trailer frame inside the body.
+    scanner: Option<TrailerScanner>,
+    _renewer: Option<Renewer>,
 }
 
-enum Phase {
-    Streaming,
-    /// Settled; our trailers go out on the next poll.
-    Trailers(HeaderMap),
-    Done,
+/// Renews the hold every half TTL, whether or not the caller reads: a slow reader does not
+/// poll the body, and must not make the hold expire. Stopped when dropped.
+struct Renewer(tokio::task::AbortHandle);
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl BodySettle {
     /// `next_renewal` continues the schedule the handler's renewals kept.
     pub(crate) fn new(
-        mut guard: HoldGuard,
-        success: Option<bool>,
+        guard: HoldGuard,
+        head: Verdict,
+        classifier: Arc<dyn Classify>,
+        scanner: Option<TrailerScanner>,
         next_renewal: tokio::time::Instant,
     ) -> Box<Self> {
-        if success == Some(true) {
-            guard.head_succeeded();
-        }
         let settler = guard.settler().clone();
         let hold = guard.hold().clone();
         let renewer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
             let every = settler.hold_ttl() / 2;
-            runtime
-                .spawn(async move {
-                    let mut at = next_renewal;
-                    loop {
-                        tokio::time::sleep_until(at).await;
-                        settler.extend(&hold);
-                        at += every;
-                    }
-                })
-                .abort_handle()
+            Renewer(
+                runtime
+                    .spawn(async move {
+                        let mut at = next_renewal;
+                        loop {
+                            tokio::time::sleep_until(at).await;
+                            settler.extend(&hold);
+                            at += every;
+                        }
+                    })
+                    .abort_handle(),
+            )
         });
         Box::new(Self {
             guard,
-            success,
-            renewer,
-            phase: Phase::Streaming,
+            head,
+            classifier,
+            scanner,
+            _renewer: renewer,
         })
     }
 
-    /// Settles and writes the final figures into `trailers`.
-    fn finish(&mut self, trailers: &mut HeaderMap) {
-        self.stop_renewing();
-        let hold = self.guard.hold().clone();
-        if hold.grpc && self.success.is_none() {
-            self.success = grpc_status(trailers).map(|code| code == 0);
+    fn observe(&mut self, data: &Bytes) {
+        if let Some(scanner) = &mut self.scanner {
+            scanner.feed(data);
         }
-        // A gRPC response that ends without a status did not succeed.
-        let success = self.success.unwrap_or(!hold.grpc);
-        hold.charge.close();
-        let cost = if success { hold.charge.cost() } else { 0 };
-        self.guard.settle(if success {
-            Decision::Commit(hold.charge.actual().unwrap_or(hold.charge.reserved()))
-        } else {
-            Decision::Refund
-        });
-        let names = self.guard.settler().headers();
+    }
+
+    /// Settles by what the end of the body says, and writes the final figures into
+    /// `trailers` (the inner body's, when `from_inner`, else our own).
+    fn finish(self: Box<Self>, trailers: &mut HeaderMap, from_inner: bool) {
+        let this = *self;
+        let end = match this.head {
+            Verdict::Success => End::Success,
+            _ => {
+                let mut verdict = this
+                    .classifier
+                    .classify_end(from_inner.then_some(&*trailers));
+                if verdict == Verdict::Unknown {
+                    if let Some(framed) = this.scanner.as_ref().and_then(TrailerScanner::trailers) {
+                        verdict = this.classifier.classify_end(Some(framed));
+                    }
+                }
+                End::at_body_end(verdict)
+            }
+        };
+        let hold = this.guard.hold().clone();
+        let settler = this.guard.settler().clone();
+        let cost = hold.cost_of(this.guard.settle(end));
+        let names = settler.headers();
         trailers.insert(names.cost.clone(), headers::int(cost));
         trailers.insert(names.remaining.clone(), headers::int(hold.remaining(cost)));
         headers::write_warning(trailers, names, hold.remaining(cost), hold.threshold);
-    }
-
-    fn stop_renewing(&mut self) {
-        if let Some(renewer) = self.renewer.take() {
-            renewer.abort();
-        }
-    }
-}
-
-impl Drop for BodySettle {
-    fn drop(&mut self) {
-        self.stop_renewing();
     }
 }
 
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         Self {
-            kind: Kind::Inner { body, settle: None },
+            kind: Kind::Inner {
+                body,
+                settle: None,
+                tail: Tail::Streaming,
+            },
         }
     }
 
@@ -142,6 +165,7 @@ impl<B> ResponseBody<B> {
             kind: Kind::Inner {
                 body,
                 settle: Some(settle),
+                tail: Tail::Streaming,
             },
         }
     }
@@ -191,44 +215,64 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            KindProj::Inner { mut body, settle } => {
+            KindProj::Inner {
+                mut body,
+                settle,
+                tail,
+            } => {
+                match std::mem::replace(tail, Tail::Streaming) {
+                    Tail::Done => {
+                        *tail = Tail::Done;
+                        return Poll::Ready(None);
+                    }
+                    Tail::Trailers(trailers) => {
+                        *tail = Tail::Done;
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Tail::Streaming => {}
+                }
                 let Some(pending) = settle.as_mut() else {
                     return body.poll_frame(cx);
                 };
-                match std::mem::replace(&mut pending.phase, Phase::Done) {
-                    Phase::Done => return Poll::Ready(None),
-                    Phase::Trailers(trailers) => {
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-                    }
-                    Phase::Streaming => pending.phase = Phase::Streaming,
-                }
                 let polled = ready!(body.as_mut().poll_frame(cx));
                 Poll::Ready(match polled {
-                    Some(Ok(frame)) => match frame.into_trailers() {
-                        Ok(mut trailers) => {
-                            pending.finish(&mut trailers);
-                            pending.phase = Phase::Done;
-                            Some(Ok(Frame::trailers(trailers)))
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            pending.observe(data);
                         }
-                        Err(frame) => {
-                            if body.is_end_stream() {
-                                // hyper will not poll a body that says it ended: settle now.
-                                let mut trailers = HeaderMap::new();
-                                pending.finish(&mut trailers);
-                                pending.phase = Phase::Trailers(trailers);
+                        match frame.into_trailers() {
+                            Ok(mut trailers) => {
+                                if let Some(pending) = settle.take() {
+                                    pending.finish(&mut trailers, true);
+                                }
+                                *tail = Tail::Done;
+                                Some(Ok(Frame::trailers(trailers)))
                             }
-                            Some(Ok(frame))
+                            Err(frame) => {
+                                if body.is_end_stream() {
+                                    // hyper will not poll a body that says it ended: settle now.
+                                    let mut trailers = HeaderMap::new();
+                                    if let Some(pending) = settle.take() {
+                                        pending.finish(&mut trailers, false);
+                                    }
+                                    *tail = Tail::Trailers(trailers);
+                                }
+                                Some(Ok(frame))
+                            }
                         }
-                    },
+                    }
                     Some(Err(error)) => {
-                        // A broken stream: dropping the guard settles by its policy.
+                        // A broken stream after a good head: the guard, dropped, commits
+                        // what the `Charge` says so far.
                         *settle = None;
                         Some(Err(error))
                     }
                     None => {
                         let mut trailers = HeaderMap::new();
-                        pending.finish(&mut trailers);
-                        pending.phase = Phase::Done;
+                        if let Some(pending) = settle.take() {
+                            pending.finish(&mut trailers, false);
+                        }
+                        *tail = Tail::Done;
                         Some(Ok(Frame::trailers(trailers)))
                     }
                 })
@@ -239,11 +283,18 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { bytes } => bytes.is_none(),
-            Kind::Inner { body, settle: None } => body.is_end_stream(),
             Kind::Inner {
-                settle: Some(pending),
+                tail: Tail::Done, ..
+            } => true,
+            Kind::Inner {
+                tail: Tail::Trailers(_),
                 ..
-            } => matches!(pending.phase, Phase::Done),
+            } => false,
+            Kind::Inner {
+                body, settle: None, ..
+            } => body.is_end_stream(),
+            // Our trailers are still to come.
+            Kind::Inner { .. } => false,
         }
     }
 

@@ -1,19 +1,17 @@
 //! The layer's configuration: what every service a [`CreditLayer`](super::CreditLayer)
 //! makes shares, built by the layer's builder methods and read on every request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
-
+use super::classify::{Classifiers, Protocol};
 use super::settle::PendingSettlements;
 use crate::account::AccountResolver;
 use crate::outage::{Breaker, OutagePolicy, Stats, Unbilled};
 use crate::pricing::Pricing;
 use crate::wire::headers::CreditHeaders;
 use crate::wire::problem::ProblemCtx;
-
-pub(crate) type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
 
 /// Everything a layer's services share. Cloned only while the layer is being configured.
 #[derive(Clone)]
@@ -23,7 +21,11 @@ pub(crate) struct Shared<L> {
     pub(crate) pricing: Pricing,
     pub(crate) headers: CreditHeaders,
     pub(crate) hold_ttl: Duration,
-    pub(crate) success: Arc<SuccessFn>,
+    /// What the layer bills, unless the route's pricing says otherwise.
+    pub(crate) protocol: Protocol,
+    pub(crate) classifiers: Classifiers,
+    /// Set once an HTTP-billed route answered with a gRPC content type.
+    pub(crate) warned_grpc_on_http: Arc<AtomicBool>,
     pub(crate) low_balance_threshold: Option<u64>,
     pub(crate) top_up_url: Option<String>,
     pub(crate) problem_type_base: String,
@@ -36,6 +38,18 @@ pub(crate) struct Shared<L> {
 }
 
 impl<L> Shared<L> {
+    /// A layer billing HTTP saw a gRPC response: it is judged by its HTTP status (a
+    /// content type is not proof of anything), but the server is likely misconfigured.
+    pub(crate) fn warn_grpc_response_on_http(&self) {
+        if !self.warned_grpc_on_http.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a route billed as HTTP answered with an application/grpc content type; it is \
+                 billed by its HTTP status. If this server serves gRPC, set \
+                 `CreditLayer::protocol(Protocol::Grpc)` or `Pricing::protocol` for its routes"
+            );
+        }
+    }
+
     pub(crate) fn problem_ctx(&self, grpc: bool) -> ProblemCtx<'_> {
         ProblemCtx {
             type_base: &self.problem_type_base,

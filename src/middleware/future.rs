@@ -20,8 +20,10 @@ use crate::outage::{OutagePolicy, Stats};
 use crate::wire::{grpc, headers, problem};
 
 use super::body::{BodySettle, ResponseBody};
+use super::classify::{Protocol, Verdict};
 use super::config::Shared;
-use super::guard::{Decision, HoldCtx, HoldGuard};
+use super::grpc_web::TrailerScanner;
+use super::guard::{End, HoldCtx, HoldGuard};
 use super::settle::Settler;
 
 pin_project! {
@@ -29,58 +31,64 @@ pin_project! {
     ///
     /// A state machine without boxing: look up the API key (only on a cache miss), reserve,
     /// call the inner service, settle at the response head or hand the hold to the body.
-    /// Dropping it before the response refunds the hold; a panic in the inner service
-    /// refunds the hold and then keeps unwinding.
+    /// Each state owns what it needs. Dropping it before the response refunds the hold
+    /// (unless the handler already set a cost on its [`Charge`]); a panic in the inner
+    /// service refunds the hold and then keeps unwinding.
     pub struct ResponseFuture<S, ReqBody, L>
     where
         S: Service<Request<ReqBody>>,
         L: Ledger,
     {
         #[pin]
-        state: State<S::Future, L>,
-        shared: Option<Arc<Shared<L>>>,
-        inner: Option<S>,
-        req: Option<Request<ReqBody>>,
-        billing: Option<Billing>,
-        grpc: bool,
+        state: State<S::Future, ReqBody, L>,
+        inner: S,
+        shared: Arc<Shared<L>>,
+        protocol: Protocol,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, L: Ledger> {
-        LookUp { fut: L::Future<Option<AccountId>>, hash: ApiKeyHash },
-        Reserve { fut: L::Future<ReserveOutcome> },
+    #[project_replace = StateOwned]
+    enum State<F, ReqBody, L: Ledger> {
+        LookUp {
+            fut: L::Future<Option<AccountId>>,
+            hash: ApiKeyHash,
+            req: Request<ReqBody>,
+            billing: Billing,
+        },
+        Reserve {
+            fut: L::Future<ReserveOutcome>,
+            req: Request<ReqBody>,
+            billing: Billing,
+            account: AccountId,
+        },
         Call {
             #[pin]
             fut: F,
             #[pin]
             renew: Sleep,
-            guard: Option<HoldGuard>,
+            guard: HoldGuard,
         },
         PassThrough { #[pin] fut: F },
-        Refused { refusal: Option<Refusal> },
+        Refused { refusal: Refusal },
         Done,
     }
 }
 
 /// What is being billed, carried from `call` to the reserve.
 struct Billing {
-    account: Option<AccountId>,
     hold_id: HoldId,
     amount: u64,
     route: Option<Arc<str>>,
-    grpc: bool,
 }
 
 impl Billing {
-    fn new(account: Option<AccountId>, amount: u64, route: Option<Arc<str>>, grpc: bool) -> Self {
+    fn new(amount: u64, route: Option<Arc<str>>) -> Self {
         Self {
-            account,
             hold_id: HoldId::generate(),
             amount,
             route,
-            grpc,
         }
     }
 }
@@ -108,104 +116,107 @@ where
     S: Service<Request<ReqBody>>,
     L: Ledger,
 {
-    pub(crate) fn pass_through(mut inner: S, req: Request<ReqBody>) -> Self {
+    fn new(
+        shared: Arc<Shared<L>>,
+        inner: S,
+        protocol: Protocol,
+        state: State<S::Future, ReqBody, L>,
+    ) -> Self {
         Self {
-            state: State::PassThrough {
-                fut: inner.call(req),
-            },
-            shared: None,
-            inner: None,
-            req: None,
-            billing: None,
-            grpc: false,
+            state,
+            inner,
+            shared,
+            protocol,
         }
     }
 
-    pub(crate) fn refused(shared: Arc<Shared<L>>, refusal: Refusal, grpc: bool) -> Self {
-        Self {
-            state: State::Refused {
-                refusal: Some(refusal),
-            },
-            shared: Some(shared),
-            inner: None,
-            req: None,
-            billing: None,
-            grpc,
-        }
+    /// Calls the inner service with nothing held: a free route, or fail open.
+    pub(crate) fn pass_through(
+        shared: Arc<Shared<L>>,
+        mut inner: S,
+        protocol: Protocol,
+        req: Request<ReqBody>,
+    ) -> Self {
+        let fut = inner.call(req);
+        Self::new(shared, inner, protocol, State::PassThrough { fut })
+    }
+
+    pub(crate) fn refused(
+        shared: Arc<Shared<L>>,
+        inner: S,
+        protocol: Protocol,
+        refusal: Refusal,
+    ) -> Self {
+        Self::new(shared, inner, protocol, State::Refused { refusal })
     }
 
     /// The ledger is unreachable: refuse (fail closed) or serve unbilled (fail open).
     pub(crate) fn outage(
         shared: Arc<Shared<L>>,
         inner: S,
+        protocol: Protocol,
         mut req: Request<ReqBody>,
         account: Option<AccountId>,
         amount: u64,
-        grpc: bool,
     ) -> Self {
         Stats::add(&shared.stats.outages, 1);
         match shared.outage {
             OutagePolicy::FailOpen => {
                 serve_unbilled(&shared, &mut req, account, amount);
-                Self::pass_through(inner, req)
+                Self::pass_through(shared, inner, protocol, req)
             }
-            _ => Self::refused(shared, Refusal::Unavailable, grpc),
-        }
-    }
-
-    fn start(
-        shared: Arc<Shared<L>>,
-        inner: S,
-        req: Request<ReqBody>,
-        state: State<S::Future, L>,
-        billing: Billing,
-    ) -> Self {
-        Self {
-            state,
-            shared: Some(shared),
-            inner: Some(inner),
-            req: Some(req),
-            grpc: billing.grpc,
-            billing: Some(billing),
+            _ => Self::refused(shared, inner, protocol, Refusal::Unavailable),
         }
     }
 
     pub(crate) fn reserve(
         shared: Arc<Shared<L>>,
         inner: S,
+        protocol: Protocol,
         req: Request<ReqBody>,
         account: AccountId,
         amount: u64,
         route: Option<Arc<str>>,
-        grpc: bool,
     ) -> Self {
-        let billing = Billing::new(Some(account), amount, route, grpc);
-        let fut = reserve_call(&shared, &billing);
-        Self::start(shared, inner, req, State::Reserve { fut }, billing)
+        let billing = Billing::new(amount, route);
+        let fut = reserve_call(&shared, &account, &billing);
+        let state = State::Reserve {
+            fut,
+            req,
+            billing,
+            account,
+        };
+        Self::new(shared, inner, protocol, state)
     }
 
     pub(crate) fn look_up(
         shared: Arc<Shared<L>>,
         inner: S,
+        protocol: Protocol,
         req: Request<ReqBody>,
         hash: ApiKeyHash,
         amount: u64,
         route: Option<Arc<str>>,
-        grpc: bool,
     ) -> Self {
         let fut = shared.ledger.lookup_api_key(&hash);
-        let billing = Billing::new(None, amount, route, grpc);
-        Self::start(shared, inner, req, State::LookUp { fut, hash }, billing)
+        let billing = Billing::new(amount, route);
+        let state = State::LookUp {
+            fut,
+            hash,
+            req,
+            billing,
+        };
+        Self::new(shared, inner, protocol, state)
     }
 }
 
-fn reserve_call<L: Ledger>(shared: &Shared<L>, billing: &Billing) -> L::Future<ReserveOutcome> {
-    let mut reserve = Reserve::new(
-        billing.account.clone().expect("account resolved"),
-        billing.hold_id.clone(),
-        billing.amount,
-    )
-    .ttl(shared.hold_ttl);
+fn reserve_call<L: Ledger>(
+    shared: &Shared<L>,
+    account: &AccountId,
+    billing: &Billing,
+) -> L::Future<ReserveOutcome> {
+    let mut reserve =
+        Reserve::new(account.clone(), billing.hold_id.clone(), billing.amount).ttl(shared.hold_ttl);
     if let Some(route) = &billing.route {
         reserve = reserve.route(route.clone());
     }
@@ -237,7 +248,7 @@ enum AfterError {
 
 fn ledger_failed<L, B>(
     shared: &Shared<L>,
-    req: Option<&mut Request<B>>,
+    req: &mut Request<B>,
     error: &LedgerError,
     account: Option<&AccountId>,
     amount: u64,
@@ -250,9 +261,7 @@ fn ledger_failed<L, B>(
     Stats::add(&shared.stats.outages, 1);
     match shared.outage {
         OutagePolicy::FailOpen => {
-            if let Some(req) = req {
-                serve_unbilled(shared, req, account.cloned(), amount);
-            }
+            serve_unbilled(shared, req, account.cloned(), amount);
             AfterError::ServeUnbilled
         }
         _ => AfterError::Refuse(Refusal::Unavailable),
@@ -269,6 +278,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let shared: &Arc<Shared<L>> = this.shared;
         loop {
             match this.state.as_mut().project() {
                 StateProj::PassThrough { fut } => {
@@ -276,59 +286,64 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(response.map(|r| r.map(ResponseBody::inner)));
                 }
-                StateProj::LookUp { fut, hash } => {
+                StateProj::LookUp { fut, hash, .. } => {
                     let found = ready!(Pin::new(fut).poll(cx));
                     let hash = *hash;
-                    let shared = this.shared.as_ref().expect("billed request");
-                    let billing = this.billing.as_mut().expect("billed request");
                     shared
                         .breaker
                         .record(!found.as_ref().is_err_and(LedgerError::is_unavailable));
-                    match found {
+                    let StateOwned::LookUp {
+                        mut req, billing, ..
+                    } = this.state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("the state matched LookUp")
+                    };
+                    let next = match found {
                         Ok(Some(account)) => {
                             shared.resolver.remember(hash, Some(account.clone()));
-                            billing.account = Some(account);
-                            let fut = reserve_call(shared, billing);
-                            this.state.set(State::Reserve { fut });
+                            let fut = reserve_call(shared, &account, &billing);
+                            State::Reserve {
+                                fut,
+                                req,
+                                billing,
+                                account,
+                            }
                         }
                         Ok(None) => {
                             shared.resolver.remember(hash, None);
-                            let refusal = Some(Refusal::Unauthorized(Unauthorized::UnknownKey));
-                            this.state.set(State::Refused { refusal });
-                        }
-                        Err(error) => match ledger_failed(
-                            shared,
-                            this.req.as_mut(),
-                            &error,
-                            None,
-                            billing.amount,
-                        ) {
-                            AfterError::Refuse(refusal) => this.state.set(State::Refused {
-                                refusal: Some(refusal),
-                            }),
-                            AfterError::ServeUnbilled => {
-                                let mut inner =
-                                    this.inner.take().expect("service kept for the call");
-                                let req = this.req.take().expect("request kept for the call");
-                                this.state.set(State::PassThrough {
-                                    fut: inner.call(req),
-                                });
+                            State::Refused {
+                                refusal: Refusal::Unauthorized(Unauthorized::UnknownKey),
                             }
-                        },
-                    }
+                        }
+                        Err(error) => {
+                            match ledger_failed(shared, &mut req, &error, None, billing.amount) {
+                                AfterError::Refuse(refusal) => State::Refused { refusal },
+                                AfterError::ServeUnbilled => State::PassThrough {
+                                    fut: this.inner.call(req),
+                                },
+                            }
+                        }
+                    };
+                    this.state.set(next);
                 }
-                StateProj::Reserve { fut } => {
+                StateProj::Reserve { fut, .. } => {
                     let outcome = ready!(Pin::new(fut).poll(cx));
-                    let shared = this.shared.as_ref().expect("billed request");
-                    let billing = this.billing.as_ref().expect("billed request");
-                    let account = billing.account.clone().expect("account resolved");
                     shared
                         .breaker
                         .record(!outcome.as_ref().is_err_and(LedgerError::is_unavailable));
+                    let StateOwned::Reserve {
+                        mut req,
+                        billing,
+                        account,
+                        ..
+                    } = this.state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("the state matched Reserve")
+                    };
                     let refusal = match outcome {
                         Ok(ReserveOutcome::Held(held)) => {
                             Stats::add(&shared.stats.holds, 1);
-                            let charge = Charge::new(account, billing.hold_id.clone(), held.amount);
+                            let charge = Charge::new(account, billing.hold_id, held.amount);
                             let hold = HoldCtx {
                                 charge: charge.clone(),
                                 available: held.available,
@@ -336,20 +351,13 @@ where
                                     .low_balance_threshold
                                     .or(shared.low_balance_threshold),
                                 runway_secs: held.runway_secs,
-                                grpc: billing.grpc,
                             };
                             let settler: Arc<dyn Settler> = shared.clone();
                             let guard = HoldGuard::new(settler, hold);
-                            let mut req = this.req.take().expect("request kept for the call");
                             req.extensions_mut().insert(charge);
-                            let mut inner = this.inner.take().expect("service kept for the call");
-                            let fut = inner.call(req);
+                            let fut = this.inner.call(req);
                             let renew = sleep(shared.hold_ttl / 2);
-                            this.state.set(State::Call {
-                                fut,
-                                renew,
-                                guard: Some(guard),
-                            });
+                            this.state.set(State::Call { fut, renew, guard });
                             continue;
                         }
                         Ok(ReserveOutcome::Insufficient(refusal)) => {
@@ -369,30 +377,22 @@ where
                             tracing::error!(outcome = ?other, "reserve of a fresh hold id did not hold");
                             Refusal::Unavailable
                         }
-                        Err(error) => {
-                            match ledger_failed(
-                                shared,
-                                this.req.as_mut(),
-                                &error,
-                                Some(&account),
-                                billing.amount,
-                            ) {
-                                AfterError::Refuse(refusal) => refusal,
-                                AfterError::ServeUnbilled => {
-                                    let mut inner =
-                                        this.inner.take().expect("service kept for the call");
-                                    let req = this.req.take().expect("request kept for the call");
-                                    this.state.set(State::PassThrough {
-                                        fut: inner.call(req),
-                                    });
-                                    continue;
-                                }
+                        Err(error) => match ledger_failed(
+                            shared,
+                            &mut req,
+                            &error,
+                            Some(&account),
+                            billing.amount,
+                        ) {
+                            AfterError::Refuse(refusal) => refusal,
+                            AfterError::ServeUnbilled => {
+                                let fut = this.inner.call(req);
+                                this.state.set(State::PassThrough { fut });
+                                continue;
                             }
-                        }
+                        },
                     };
-                    this.state.set(State::Refused {
-                        refusal: Some(refusal),
-                    });
+                    this.state.set(State::Refused { refusal });
                 }
                 StateProj::Call {
                     fut,
@@ -401,52 +401,47 @@ where
                 } => {
                     let polled = catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
                     let response = match polled {
-                        Err(panic) => {
-                            if let Some(mut guard) = guard.take() {
-                                guard.settle(Decision::Refund);
-                            }
-                            resume_unwind(panic);
-                        }
                         Ok(Poll::Pending) => {
                             while renew.as_mut().poll(cx).is_ready() {
-                                if let Some(guard) = guard.as_ref() {
-                                    guard.extend();
-                                }
-                                let half = this.shared.as_ref().expect("billed").hold_ttl / 2;
-                                renew.as_mut().reset(Instant::now() + half);
+                                guard.extend();
+                                renew.as_mut().reset(Instant::now() + shared.hold_ttl / 2);
                             }
                             return Poll::Pending;
                         }
-                        Ok(Poll::Ready(response)) => response,
+                        Ok(Poll::Ready(response)) => Ok(response),
+                        Err(panic) => Err(panic),
                     };
-                    let mut guard = guard.take().expect("guard until the response");
                     let next_renewal = renew.deadline();
-                    this.state.set(State::Done);
+                    let StateOwned::Call { guard, .. } =
+                        this.state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("the state matched Call")
+                    };
                     return Poll::Ready(match response {
-                        Err(error) => {
-                            guard.settle(Decision::Refund);
+                        Err(panic) => {
+                            guard.settle(End::Failure);
+                            resume_unwind(panic);
+                        }
+                        Ok(Err(error)) => {
+                            guard.settle(End::Failure);
                             Err(error)
                         }
-                        Ok(response) => {
-                            let shared = this.shared.as_ref().expect("billed request");
-                            Ok(finish(shared, guard, response, next_renewal))
-                        }
+                        Ok(Ok(response)) => Ok(finish(
+                            shared,
+                            *this.protocol,
+                            guard,
+                            response,
+                            next_renewal,
+                        )),
                     });
                 }
-                StateProj::Refused { refusal } => {
-                    let refusal = refusal.take().expect("refusal built once");
-                    let shared = this.shared.as_ref().expect("billed request");
-                    let ctx = shared.problem_ctx(*this.grpc);
-                    this.state.set(State::Done);
-                    let response = match refusal {
-                        Refusal::Unauthorized(why) => problem::unauthorized(&ctx, &why),
-                        Refusal::Insufficient(account, i) => {
-                            problem::insufficient(&ctx, &account, &i)
-                        }
-                        Refusal::TooManyHolds(limit) => problem::too_many_holds(&ctx, limit),
-                        Refusal::Unavailable => problem::unavailable(&ctx),
+                StateProj::Refused { .. } => {
+                    let StateOwned::Refused { refusal } =
+                        this.state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("the state matched Refused")
                     };
-                    return Poll::Ready(Ok(response.map(ResponseBody::refusal)));
+                    return Poll::Ready(Ok(refuse(shared, *this.protocol, refusal)));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
@@ -454,44 +449,64 @@ where
     }
 }
 
-/// The response head is out: settle now and say so in headers, or hand the hold to the body.
+/// Writes a refusal the way the route's protocol is refused: never chosen by a header.
+fn refuse<L, B>(
+    shared: &Shared<L>,
+    protocol: Protocol,
+    refusal: Refusal,
+) -> Response<ResponseBody<B>> {
+    let ctx = shared.problem_ctx(protocol.is_grpc());
+    let mut response = match refusal {
+        Refusal::Unauthorized(why) => problem::unauthorized(&ctx, &why),
+        Refusal::Insufficient(account, i) => problem::insufficient(&ctx, &account, &i),
+        Refusal::TooManyHolds(limit) => problem::too_many_holds(&ctx, limit),
+        Refusal::Unavailable => problem::unavailable(&ctx),
+    };
+    if protocol == Protocol::GrpcWeb {
+        // A trailers-only gRPC-Web response: the status in the headers, an empty body.
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc-web+proto"),
+        );
+    }
+    response.map(ResponseBody::refusal)
+}
+
+/// The response head is out: settle now and say so in headers, or hand the hold to the
+/// body when the verdict or the cost comes at its end.
 fn finish<L: Ledger, B: http_body::Body>(
     shared: &Shared<L>,
+    protocol: Protocol,
     mut guard: HoldGuard,
     response: Response<B>,
     next_renewal: Instant,
 ) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
-    let hold = guard.hold().clone();
     let names = &shared.headers;
     if let Some(version) = shared.pricing.version_header() {
         parts
             .headers
             .insert(names.price_version.clone(), version.clone());
     }
-    // Judged as gRPC only when the response is gRPC too: a plain HTTP route called with a
-    // gRPC content type is still charged by its HTTP status.
-    let grpc = hold.grpc && grpc::is_grpc(&parts.headers);
-    let hold = HoldCtx { grpc, ..hold };
-    guard.hold_mut().grpc = grpc;
-    let success = if grpc {
-        // tonic sends handler errors as trailers-only responses: status in the headers.
-        grpc::grpc_status(&parts.headers).map(|code| code == 0)
-    } else {
-        Some((shared.success)(parts.status))
+    if protocol == Protocol::Http && grpc::is_grpc(&parts.headers) {
+        shared.warn_grpc_response_on_http();
+    }
+    let classifier = shared.classifiers.get(protocol).clone();
+    let verdict = classifier.classify_head(parts.status, &parts.headers);
+    let hold = guard.hold().clone();
+    let now = match verdict {
+        Verdict::Failure => Some(End::Failure),
+        Verdict::Success if !hold.charge.is_deferred() || body.is_end_stream() => {
+            Some(End::Success)
+        }
+        // hyper will not poll a body that says it ended: its end is now.
+        Verdict::Unknown if body.is_end_stream() => {
+            Some(End::at_body_end(classifier.classify_end(None)))
+        }
+        Verdict::Success | Verdict::Unknown => None,
     };
-    // Failures refund at once; successes settle now unless the cost grows with the body.
-    let settle_at_end = success != Some(false) && (hold.charge.is_deferred() || success.is_none());
-    if !settle_at_end || body.is_end_stream() {
-        let success = success.unwrap_or(false);
-        // Frozen before it is read, so a late `set` fails instead of going unbilled.
-        hold.charge.close();
-        let cost = if success { hold.charge.cost() } else { 0 };
-        guard.settle(if success {
-            Decision::Commit(hold.charge.actual().unwrap_or(hold.charge.reserved()))
-        } else {
-            Decision::Refund
-        });
+    if let Some(end) = now {
+        let cost = hold.cost_of(guard.settle(end));
         headers::write_settled(
             &mut parts.headers,
             names,
@@ -503,7 +518,8 @@ fn finish<L: Ledger, B: http_body::Body>(
         );
         return Response::from_parts(parts, ResponseBody::inner(body));
     }
-    // Cost known at body end: the head carries the hold and a lower bound of the balance.
+    // Settled at body end: the head carries the hold and a lower bound of the balance.
+    guard.head_sent();
     parts
         .headers
         .insert(names.reserved.clone(), headers::int(hold.charge.reserved()));
@@ -516,8 +532,8 @@ fn finish<L: Ledger, B: http_body::Body>(
     );
     headers::write_warning(&mut parts.headers, names, hold.available, hold.threshold);
     headers::write_runway(&mut parts.headers, names, hold.runway_secs);
-    Response::from_parts(
-        parts,
-        ResponseBody::settling(body, BodySettle::new(guard, success, next_renewal)),
-    )
+    let scanner =
+        (protocol == Protocol::GrpcWeb).then(|| TrailerScanner::for_response(&parts.headers));
+    let settle = BodySettle::new(guard, verdict, classifier, scanner, next_renewal);
+    Response::from_parts(parts, ResponseBody::settling(body, settle))
 }

@@ -12,6 +12,7 @@ use crate::pricing::Pricing;
 use crate::wire::headers::CreditHeaders;
 use crate::wire::problem::DEFAULT_PROBLEM_TYPE_BASE;
 
+use super::classify::{Classifiers, Classify, HttpStatus, Protocol};
 use super::config::Shared;
 use super::service::CreditService;
 use super::settle::PendingSettlements;
@@ -74,7 +75,9 @@ impl<L: Ledger> CreditLayer<L> {
                 pricing: Pricing::new(),
                 headers: CreditHeaders::default(),
                 hold_ttl: DEFAULT_HOLD_TTL,
-                success: Arc::new(|status: StatusCode| status.as_u16() < 400),
+                protocol: Protocol::default(),
+                classifiers: Classifiers::default(),
+                warned_grpc_on_http: Arc::default(),
                 low_balance_threshold: None,
                 top_up_url: None,
                 problem_type_base: DEFAULT_PROBLEM_TYPE_BASE.to_owned(),
@@ -125,10 +128,32 @@ impl<L: Ledger> CreditLayer<L> {
         self.with(|s| s.hold_ttl = ttl)
     }
 
-    /// Which HTTP statuses count as success and are charged (default: below 400). gRPC
-    /// responses are judged by `grpc-status` instead.
+    /// What this layer bills (default [`Protocol::Http`]): how success is read and how
+    /// refusals are written. Set [`Protocol::Grpc`] on a tonic server. Routes may say
+    /// otherwise with [`Pricing::protocol`]. Never read from a header: see
+    /// [`classify`](crate::classify).
+    ///
+    /// ```
+    /// use tower_credits::{classify::Protocol, CreditLayer, MemoryLedger};
+    ///
+    /// let layer = CreditLayer::new(MemoryLedger::new()).protocol(Protocol::Grpc);
+    /// # let _ = layer;
+    /// ```
+    pub fn protocol(self, protocol: Protocol) -> Self {
+        self.with(|s| s.protocol = protocol)
+    }
+
+    /// Which HTTP statuses count as success and are charged (default: below 400), on
+    /// routes billed as [`Protocol::Http`]. gRPC routes are judged by `grpc-status`.
     pub fn success_when(self, f: impl Fn(StatusCode) -> bool + Send + Sync + 'static) -> Self {
-        self.with(|s| s.success = Arc::new(f))
+        self.classifier(Protocol::Http, HttpStatus::success_when(f))
+    }
+
+    /// Replaces the classifier of one protocol (defaults: [`HttpStatus`] for HTTP,
+    /// [`GrpcStatus`](crate::classify::GrpcStatus) for gRPC and gRPC-Web).
+    pub fn classifier(self, protocol: Protocol, classifier: impl Classify) -> Self {
+        let classifier: Arc<dyn Classify> = Arc::new(classifier);
+        self.with(|s| s.classifiers.set(protocol, classifier))
     }
 
     /// Warn (`credits-warning`) when the remaining balance is below this, for accounts

@@ -5,16 +5,14 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::account::{RequestView, Resolution};
-use crate::ledger::Ledger;
-use crate::outage::Stats;
-use crate::pricing::Price;
-use crate::wire::grpc;
-
 use super::body::ResponseBody;
 use super::config::Shared;
 use super::future::{Refusal, ResponseFuture};
 use super::layer::CreditLayer;
+use crate::account::{RequestView, Resolution};
+use crate::ledger::Ledger;
+use crate::outage::Stats;
+use crate::pricing::Price;
 
 /// The service made by a [`CreditLayer`]: bills each request, then calls `S`.
 pub struct CreditService<S, L> {
@@ -89,50 +87,53 @@ where
         let priced = shared
             .pricing
             .price(req.method(), req.uri().path(), matched_path(&req));
+        // Server configuration, never the request's content type.
+        let protocol = priced.protocol.unwrap_or(shared.protocol);
         let amount = match priced.price {
-            Price::Free => return ResponseFuture::pass_through(inner, req),
+            Price::Free => {
+                return ResponseFuture::pass_through(shared.clone(), inner, protocol, req)
+            }
             Price::Hold(amount) => amount,
         };
-        let grpc = grpc::is_grpc(req.headers());
         let view = RequestView {
             method: req.method(),
             uri: req.uri(),
             headers: req.headers(),
             extensions: req.extensions(),
         };
-        let resolution = shared.resolver.resolve(&view);
-        if let Resolution::Refused(why) = resolution {
-            return ResponseFuture::refused(shared.clone(), Refusal::Unauthorized(why), grpc);
-        }
+        let account = match shared.resolver.resolve(&view) {
+            Resolution::Refused(why) => {
+                let refusal = Refusal::Unauthorized(why);
+                return ResponseFuture::refused(shared.clone(), inner, protocol, refusal);
+            }
+            Resolution::Account(account) => Ok(account),
+            Resolution::LookUp(hash) => Err(hash),
+        };
         if !shared.breaker.allow() {
             // The ledger is known to be down: answer now instead of waiting out a timeout.
             Stats::add(&shared.stats.breaker_fast_failures, 1);
-            let account = match &resolution {
-                Resolution::Account(account) => Some(account.clone()),
-                _ => None,
-            };
-            return ResponseFuture::outage(shared.clone(), inner, req, account, amount, grpc);
+            let account = account.ok();
+            return ResponseFuture::outage(shared.clone(), inner, protocol, req, account, amount);
         }
-        match resolution {
-            Resolution::Account(account) => ResponseFuture::reserve(
+        match account {
+            Ok(account) => ResponseFuture::reserve(
                 shared.clone(),
                 inner,
+                protocol,
                 req,
                 account,
                 amount,
                 priced.route,
-                grpc,
             ),
-            Resolution::LookUp(hash) => ResponseFuture::look_up(
+            Err(hash) => ResponseFuture::look_up(
                 shared.clone(),
                 inner,
+                protocol,
                 req,
                 hash,
                 amount,
                 priced.route,
-                grpc,
             ),
-            Resolution::Refused(_) => unreachable!("answered above"),
         }
     }
 }

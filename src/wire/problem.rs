@@ -123,14 +123,19 @@ pub(crate) fn insufficient(
     if let Some(url) = ctx.top_up_url {
         extra.insert("top_up_url".into(), url.into());
     }
-    problem(
+    let mut response = problem(
         ctx,
         StatusCode::PAYMENT_REQUIRED,
         "insufficient-balance",
         INSUFFICIENT_BALANCE,
         detail,
         extra,
-    )
+    );
+    // A balance changes with every top-up: no cache may answer for the ledger.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 pub(crate) fn unauthorized(ctx: &ProblemCtx<'_>, why: &Unauthorized) -> Refusal {

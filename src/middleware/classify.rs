@@ -1,0 +1,284 @@
+//! What a response says about billing: the one place that decides whether a request is
+//! committed, refunded, or waits for the end of its body.
+//!
+//! The shape follows tower-http's `classify` (a verdict at the response head, or one at the
+//! end of the stream), with two differences that matter for money: a `4xx` is a failure,
+//! and a gRPC response that never states a status is not a failure but an early end.
+//!
+//! **What is billed is server configuration, never a header.** A layer bills
+//! [`Protocol::Http`] unless told otherwise ([`CreditLayer::protocol`], or per route with
+//! [`Pricing::protocol`]); neither the request's nor the response's `content-type` changes
+//! how a response is judged or how a refusal is written. A client cannot make a route free
+//! by asking for `application/grpc`.
+//!
+//! # The rules
+//!
+//! | what happened | verdict | the hold |
+//! |---|---|---|
+//! | head with a success (HTTP: the success predicate, default below 400; gRPC: `grpc-status: 0` in the head) | [`Verdict::Success`] | committed: the [`Charge`](crate::Charge)'s cost |
+//! | head with a failure (a failing status, a non-zero `grpc-status`) | [`Verdict::Failure`] | refunded |
+//! | gRPC head without `grpc-status` | [`Verdict::Unknown`] | waits for the trailers |
+//! | trailers with `grpc-status: 0` / non-zero | success / failure | committed / refunded |
+//! | early end after the head (client reset, body dropped, body error, no status at all) | — | committed: the `Charge` so far |
+//! | inner service error, panic before the head | — | refunded |
+//! | response future dropped before the head | — | refunded, unless the handler already called `set`/`add` (then the `Charge` so far) |
+//!
+//! The client chose to stop; the server did not fail: only an explicit failure refunds.
+//!
+//! [`CreditLayer::protocol`]: crate::CreditLayer::protocol
+//! [`Pricing::protocol`]: crate::pricing::Pricing::protocol
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, StatusCode};
+
+use crate::wire::grpc::grpc_status;
+
+/// What a layer, or a route, bills: how success is read and how refusals are written.
+///
+/// ```
+/// use tower_credits::{classify::Protocol, pricing::Pricing, CreditLayer, MemoryLedger};
+///
+/// // A tonic server: every route is gRPC.
+/// let grpc = CreditLayer::new(MemoryLedger::new()).protocol(Protocol::Grpc);
+///
+/// // An axum app that also routes a gRPC service: HTTP, except that service.
+/// let mixed = CreditLayer::new(MemoryLedger::new()).pricing(
+///     Pricing::new()
+///         .route("GET /v1/echo", 1)
+///         .route("/echo.Echo/{*method}", 10)
+///         .protocol("/echo.Echo/{*method}", Protocol::Grpc),
+/// );
+/// # let _ = (grpc, mixed);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// Plain HTTP (the default): success is a status the success predicate accepts
+    /// (default: below 400); refusals are RFC 9457 problem JSON.
+    #[default]
+    Http,
+    /// gRPC: success is `grpc-status: 0`, from the head (trailers-only responses) or the
+    /// trailers; refusals are trailers-only responses with `grpc-status`, `grpc-message`
+    /// and rich details.
+    Grpc,
+    /// gRPC-Web: as [`Grpc`](Self::Grpc), and the status is also read from the trailer
+    /// frame tonic-web writes into the body (binary or `grpc-web-text`), so the layer bills
+    /// correctly on either side of `tonic_web::GrpcWebLayer`.
+    ///
+    /// Put `GrpcWebLayer` **outside** the `CreditLayer` (added after it) where you can:
+    /// only then are the credit trailers carried into the body for browsers to read.
+    GrpcWeb,
+}
+
+impl Protocol {
+    /// Whether refusals and statuses are gRPC's.
+    pub(crate) fn is_grpc(self) -> bool {
+        matches!(self, Protocol::Grpc | Protocol::GrpcWeb)
+    }
+}
+
+/// What a response (or the end of its body) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The request succeeded: commit the [`Charge`](crate::Charge)'s cost.
+    Success,
+    /// The request failed: refund the whole hold.
+    Failure,
+    /// Not said. At the head: wait for the end of the body. At the end: an early end,
+    /// committed at what the `Charge` says so far.
+    Unknown,
+}
+
+/// Decides what a response says about billing. The layer holds one per protocol; the
+/// defaults are [`HttpStatus`] and [`GrpcStatus`].
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_credits::classify::{Classify, Protocol, Verdict};
+/// use tower_credits::{CreditLayer, MemoryLedger};
+///
+/// /// Bills only 2xx; anything else is refunded.
+/// struct Only2xx;
+///
+/// impl Classify for Only2xx {
+///     fn classify_head(&self, status: StatusCode, _: &HeaderMap) -> Verdict {
+///         if status.is_success() { Verdict::Success } else { Verdict::Failure }
+///     }
+///     fn classify_end(&self, _: Option<&HeaderMap>) -> Verdict {
+///         Verdict::Unknown
+///     }
+/// }
+///
+/// let layer = CreditLayer::new(MemoryLedger::new()).classifier(Protocol::Http, Only2xx);
+/// # let _ = layer;
+/// ```
+pub trait Classify: Send + Sync + 'static {
+    /// The verdict at the response head.
+    fn classify_head(&self, status: StatusCode, headers: &HeaderMap) -> Verdict;
+
+    /// The verdict at the end of the body, from its trailers (HTTP trailers, or the
+    /// gRPC-Web trailer frame), if any. Asked only when the head said
+    /// [`Verdict::Unknown`]; answering `Unknown` commits what the `Charge` says so far.
+    fn classify_end(&self, trailers: Option<&HeaderMap>) -> Verdict;
+}
+
+/// The HTTP classifier: a status the predicate accepts is a success, any other a failure;
+/// the end of the body changes nothing.
+#[derive(Clone)]
+pub struct HttpStatus {
+    success: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
+}
+
+impl HttpStatus {
+    /// Success below 400.
+    pub fn new() -> Self {
+        Self::success_when(|status| status.as_u16() < 400)
+    }
+
+    /// Success when `f` says so.
+    pub fn success_when(f: impl Fn(StatusCode) -> bool + Send + Sync + 'static) -> Self {
+        Self {
+            success: Arc::new(f),
+        }
+    }
+}
+
+impl Default for HttpStatus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for HttpStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpStatus").finish_non_exhaustive()
+    }
+}
+
+impl Classify for HttpStatus {
+    fn classify_head(&self, status: StatusCode, _: &HeaderMap) -> Verdict {
+        if (self.success)(status) {
+            Verdict::Success
+        } else {
+            Verdict::Failure
+        }
+    }
+
+    fn classify_end(&self, _: Option<&HeaderMap>) -> Verdict {
+        Verdict::Unknown
+    }
+}
+
+/// The gRPC classifier: `grpc-status` in the head (a trailers-only response) or in the
+/// trailers; `0` is a success, any other code a failure. An HTTP status other than `200`
+/// is a failure (no gRPC server answered). A response that never states a status is an
+/// early end, not a failure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcStatus;
+
+impl Classify for GrpcStatus {
+    fn classify_head(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
+        match grpc_status(headers) {
+            Some(0) => Verdict::Success,
+            Some(_) => Verdict::Failure,
+            None if status != StatusCode::OK => Verdict::Failure,
+            None => Verdict::Unknown,
+        }
+    }
+
+    fn classify_end(&self, trailers: Option<&HeaderMap>) -> Verdict {
+        match trailers.and_then(grpc_status) {
+            Some(0) => Verdict::Success,
+            Some(_) => Verdict::Failure,
+            None => Verdict::Unknown,
+        }
+    }
+}
+
+/// The classifiers of one layer, one per protocol.
+#[derive(Clone)]
+pub(crate) struct Classifiers {
+    pub(crate) http: Arc<dyn Classify>,
+    pub(crate) grpc: Arc<dyn Classify>,
+    pub(crate) grpc_web: Arc<dyn Classify>,
+}
+
+impl Default for Classifiers {
+    fn default() -> Self {
+        Self {
+            http: Arc::new(HttpStatus::new()),
+            grpc: Arc::new(GrpcStatus),
+            grpc_web: Arc::new(GrpcStatus),
+        }
+    }
+}
+
+impl Classifiers {
+    pub(crate) fn get(&self, protocol: Protocol) -> &Arc<dyn Classify> {
+        match protocol {
+            Protocol::Http => &self.http,
+            Protocol::Grpc => &self.grpc,
+            Protocol::GrpcWeb => &self.grpc_web,
+        }
+    }
+
+    pub(crate) fn set(&mut self, protocol: Protocol, classifier: Arc<dyn Classify>) {
+        match protocol {
+            Protocol::Http => self.http = classifier,
+            Protocol::Grpc => self.grpc = classifier,
+            Protocol::GrpcWeb => self.grpc_web = classifier,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with_status(code: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-status", HeaderValue::from_static(code));
+        h
+    }
+
+    #[test]
+    fn http_judges_by_status_only() {
+        let c = HttpStatus::new();
+        let mut grpcish = HeaderMap::new();
+        grpcish.insert("content-type", HeaderValue::from_static("application/grpc"));
+        assert_eq!(c.classify_head(StatusCode::OK, &grpcish), Verdict::Success);
+        assert_eq!(
+            c.classify_head(StatusCode::NOT_FOUND, &HeaderMap::new()),
+            Verdict::Failure
+        );
+        assert_eq!(c.classify_end(Some(&with_status("13"))), Verdict::Unknown);
+    }
+
+    #[test]
+    fn grpc_reads_head_then_trailers() {
+        let c = GrpcStatus;
+        assert_eq!(
+            c.classify_head(StatusCode::OK, &with_status("0")),
+            Verdict::Success
+        );
+        assert_eq!(
+            c.classify_head(StatusCode::OK, &with_status("5")),
+            Verdict::Failure
+        );
+        assert_eq!(
+            c.classify_head(StatusCode::OK, &HeaderMap::new()),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            c.classify_head(StatusCode::BAD_GATEWAY, &HeaderMap::new()),
+            Verdict::Failure
+        );
+        assert_eq!(c.classify_end(Some(&with_status("0"))), Verdict::Success);
+        assert_eq!(c.classify_end(Some(&with_status("2"))), Verdict::Failure);
+        assert_eq!(c.classify_end(None), Verdict::Unknown);
+        assert_eq!(c.classify_end(Some(&with_status("x"))), Verdict::Unknown);
+    }
+}
