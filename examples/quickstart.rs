@@ -7,7 +7,7 @@
 //! Listens on 127.0.0.1:3000 (`PORT` overrides) with two accounts: API key `demo-rich`
 //! (1000 credits, `DEMO_RICH_CREDITS` overrides) and `demo-poor` (5 credits), both warned
 //! below 100. `GET /v1/echo` costs 1, `POST /v1/generate` holds 50 and charges the JSON
-//! field `tokens`, `GET /health` is free. Ctrl-C stops it gracefully, draining settles.
+//! field `tokens`, `GET /health` is free. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
 //!
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart` keeps the balances in
 //! Redis instead; run two (with different `PORT`s) and they behave as two replicas.
@@ -101,7 +101,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .low_balance_threshold(100)
         .top_up_url("https://example.com/billing");
-    let pending = layer.pending_settlements();
+    // Kept to shut the layer's hold keeper down after the server stops.
+    let credits = layer.clone();
 
     let app = Router::new()
         .route("/v1/echo", get(echo))
@@ -129,7 +130,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    let drained = pending.drain(Duration::from_secs(5)).await;
-    println!("shut down; pending settles drained: {drained}");
+    let settled = credits.shutdown(Duration::from_secs(5)).await;
+    println!("shut down; every pending settle finished: {settled}");
     Ok(())
 }

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use crate::ledger::{AccountId, HoldId};
 
-/// No actual cost set yet: the price (the hold) is charged.
-const UNSET: u64 = u64::MAX;
+/// The closed bit of [`Inner::state`]: set once, when the charge is settled.
+const CLOSED: u64 = 1 << 63;
+/// No actual cost set yet (the low bits of the state): the price (the hold) is charged.
+const UNSET: u64 = CLOSED - 1;
 
 /// The hold of the current request, put in the request extensions by the
 /// [`CreditLayer`](crate::CreditLayer).
@@ -70,10 +72,27 @@ struct Inner {
     account: AccountId,
     hold_id: HoldId,
     reserved: u64,
-    actual: AtomicU64,
+    /// The actual cost (or [`UNSET`]) and the [`CLOSED`] bit in one word, so closing and
+    /// reading the cost are one atomic step: what the headers say and what is committed
+    /// are the same number, and a write after the close fails.
+    state: AtomicU64,
     deferred: AtomicBool,
-    closed: AtomicBool,
     billed: bool,
+}
+
+/// What a [`Charge`] said when it was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed {
+    /// The actual cost set, unclamped; `None`: the handler never set or added one.
+    pub(crate) actual: Option<u64>,
+    pub(crate) reserved: u64,
+}
+
+impl Closed {
+    /// What to commit: the actual cost, else the price (the settle clamps to the hold).
+    pub(crate) fn to_commit(self) -> u64 {
+        self.actual.unwrap_or(self.reserved)
+    }
 }
 
 /// Why a [`Charge`] could not be changed.
@@ -117,9 +136,8 @@ impl Charge {
                 account,
                 hold_id,
                 reserved,
-                actual: AtomicU64::new(UNSET),
+                state: AtomicU64::new(UNSET),
                 deferred: AtomicBool::new(false),
-                closed: AtomicBool::new(false),
                 billed,
             }),
         }
@@ -151,7 +169,7 @@ impl Charge {
 
     /// The actual cost set so far, if any (unclamped).
     pub fn actual(&self) -> Option<u64> {
-        match self.inner.actual.load(Ordering::Acquire) {
+        match self.inner.state.load(Ordering::Acquire) & !CLOSED {
             UNSET => None,
             n => Some(n),
         }
@@ -166,28 +184,31 @@ impl Charge {
 
     /// Sets the actual cost.
     pub fn set(&self, credits: u64) -> Result<(), ChargeError> {
-        self.check_open()?;
-        self.inner
-            .actual
-            .store(credits.min(UNSET - 1), Ordering::Release);
-        Ok(())
+        self.update(|_| credits).map(drop)
     }
 
     /// Adds to the actual cost (starting from 0 if none was set); returns the new total.
     pub fn add(&self, credits: u64) -> Result<u64, ChargeError> {
-        self.check_open()?;
-        let mut current = self.inner.actual.load(Ordering::Acquire);
+        self.update(|current| current.unwrap_or(0).saturating_add(credits))
+    }
+
+    /// Replaces the actual cost unless the charge is closed, in one atomic step.
+    fn update(&self, next: impl Fn(Option<u64>) -> u64) -> Result<u64, ChargeError> {
+        let mut seen = self.inner.state.load(Ordering::Acquire);
         loop {
-            let base = if current == UNSET { 0 } else { current };
-            let next = base.saturating_add(credits).min(UNSET - 1);
-            match self.inner.actual.compare_exchange_weak(
-                current,
-                next,
+            if seen & CLOSED != 0 {
+                return Err(ChargeError::AlreadySettled);
+            }
+            let current = (seen != UNSET).then_some(seen);
+            let value = next(current).min(UNSET - 1);
+            match self.inner.state.compare_exchange_weak(
+                seen,
+                value,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Ok(next),
-                Err(seen) => current = seen,
+                Ok(_) => return Ok(value),
+                Err(now) => seen = now,
             }
         }
     }
@@ -203,17 +224,19 @@ impl Charge {
         self.inner.deferred.load(Ordering::Acquire)
     }
 
-    fn check_open(&self) -> Result<(), ChargeError> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            Err(ChargeError::AlreadySettled)
-        } else {
-            Ok(())
-        }
+    /// Whether the charge was closed (settled).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) & CLOSED != 0
     }
 
-    /// Freezes the charge: later `set`/`add` fail.
-    pub(crate) fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
+    /// Closes the charge and reads it, in one atomic step: later `set`/`add` fail. Only the
+    /// first call gets the figures; a later one gets `None` (the charge was settled).
+    pub(crate) fn close(&self) -> Option<Closed> {
+        let before = self.inner.state.fetch_or(CLOSED, Ordering::AcqRel);
+        (before & CLOSED == 0).then(|| Closed {
+            actual: (before != UNSET).then_some(before),
+            reserved: self.inner.reserved,
+        })
     }
 }
 
@@ -299,5 +322,45 @@ mod tests {
         assert_eq!(c.set(1), Err(ChargeError::AlreadySettled));
         assert_eq!(c.add(1), Err(ChargeError::AlreadySettled));
         assert_eq!(c.cost(), 7);
+    }
+
+    #[test]
+    fn close_reads_once_and_a_later_write_fails() {
+        let c = charge();
+        c.set(5).unwrap();
+        let closed = c.close().expect("the first close reads the charge");
+        assert_eq!((closed.actual, closed.to_commit()), (Some(5), 5));
+        assert_eq!(c.set(6), Err(ChargeError::AlreadySettled));
+        assert_eq!(c.close(), None, "a second close must not settle again");
+        assert_eq!(c.actual(), Some(5));
+
+        let untouched = charge();
+        let closed = untouched.close().unwrap();
+        assert_eq!((closed.actual, closed.to_commit()), (None, 50));
+    }
+
+    /// Writers race the close: every write that returned `Ok` is in what the close read,
+    /// and none that failed is, whatever the interleaving.
+    #[test]
+    fn every_acknowledged_write_is_in_the_closed_figure() {
+        for _ in 0..200 {
+            let c = Charge::new(AccountId::new("a").unwrap(), HoldId::generate(), u64::MAX);
+            let writers: Vec<_> = (0..4)
+                .map(|_| {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let mut acknowledged = 0;
+                        while c.add(1).is_ok() {
+                            acknowledged += 1;
+                        }
+                        acknowledged
+                    })
+                })
+                .collect();
+            std::thread::yield_now();
+            let closed = c.close().expect("closed once");
+            let acknowledged: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+            assert_eq!(closed.actual.unwrap_or(0), acknowledged);
+        }
     }
 }

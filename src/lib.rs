@@ -117,8 +117,8 @@ pub use ledger::{
 pub use middleware::classify;
 pub use middleware::classify::Protocol;
 pub use middleware::{
-    CreditLayer, CreditService, PendingSettlements, ResponseBody, ResponseFuture,
-    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES,
+    CreditLayer, CreditService, PendingSettlements, ReaderStalled, ResponseBody, ResponseFuture,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_MAX_HOLD_LIFETIME,
 };
 pub use outage::{BillingStats, OutagePolicy};
 pub use wire::headers::CreditHeaders;

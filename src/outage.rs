@@ -150,6 +150,12 @@ pub struct BillingStats {
     pub breaker_fast_failures: u64,
     /// Requests served unbilled under [`OutagePolicy::FailOpen`].
     pub served_unbilled: u64,
+    /// Jobs waiting in the hold keeper's channel (settles to finish, renewals, bodies to
+    /// watch) at the time of the snapshot.
+    pub keeper_queued: u64,
+    /// Jobs the hold keeper is driving: settles awaiting the ledger, renewals, watched
+    /// bodies.
+    pub keeper_running: u64,
 }
 
 #[derive(Default)]
@@ -184,6 +190,8 @@ impl Stats {
             outages: get(&self.outages),
             breaker_fast_failures: get(&self.breaker_fast_failures),
             served_unbilled: get(&self.served_unbilled),
+            keeper_queued: 0,
+            keeper_running: 0,
         }
     }
 }

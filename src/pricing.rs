@@ -272,28 +272,35 @@ impl Pricing {
     /// [`DEFAULT_UNPRICED`](Self::DEFAULT_UNPRICED)), refunded when the route answers `405`.
     pub fn price(&self, method: &Method, path: &str, matched: Option<&str>) -> Priced {
         let protocol = self.protocol_of(method, path, matched);
-        let found = self.find(method, path, matched).or_else(|| {
-            (method == Method::HEAD)
-                .then(|| self.find(&Method::GET, path, matched))
-                .flatten()
-        });
+        let head = method == Method::HEAD;
+        // `HEAD` runs the `GET` handler: an explicit `HEAD` rule first, then the rules a
+        // `GET` would match, in table order.
+        let found = if head {
+            self.find_named(matched, path, &Method::HEAD)
+                .or_else(|| self.find(matched, path, |m| m == Method::GET))
+        } else {
+            self.find(matched, path, |m| m == method)
+        };
         if let Some(rule) = found {
+            if rule.price == Price::Free
+                && rule.method.is_none()
+                && self.priced_under_another_method(path, matched)
+            {
+                // A catch-all free rule does not free a path priced for other methods.
+                return self.unpriced_default(protocol);
+            }
             return Priced {
                 price: rule.price,
                 route: Some(rule.pattern.clone()),
                 protocol,
             };
         }
-        let mut price = match &self.fallback {
-            Some(f) => f(method, path),
+        let price = match &self.fallback {
+            Some(f) => f(if head { &Method::GET } else { method }, path),
             None => self.unpriced,
         };
         if price == Price::Free && self.priced_under_another_method(path, matched) {
-            // `POST /v1/echo` on a `GET`-only route must not pass through unbilled.
-            price = match self.unpriced {
-                Price::Hold(n) => Price::Hold(n),
-                Price::Free => Self::DEFAULT_UNPRICED,
-            };
+            return self.unpriced_default(protocol);
         }
         Priced {
             price,
@@ -302,10 +309,28 @@ impl Pricing {
         }
     }
 
+    /// What a path known as priced under another method holds: the unpriced default,
+    /// never free.
+    fn unpriced_default(&self, protocol: Option<Protocol>) -> Priced {
+        Priced {
+            price: match self.unpriced {
+                Price::Hold(n) => Price::Hold(n),
+                Price::Free => Self::DEFAULT_UNPRICED,
+            },
+            route: None,
+            protocol,
+        }
+    }
+
     /// The first rule for this method and path: by axum's matched pattern, then by the raw
     /// path.
-    fn find(&self, method: &Method, path: &str, matched: Option<&str>) -> Option<&Rule> {
-        let method_ok = |rule: &Rule| rule.method.as_ref().is_none_or(|m| m == method);
+    fn find(
+        &self,
+        matched: Option<&str>,
+        path: &str,
+        method: impl Fn(&Method) -> bool,
+    ) -> Option<&Rule> {
+        let method_ok = |rule: &Rule| rule.method.as_ref().is_none_or(&method);
         matched
             .and_then(|matched| {
                 self.rules
@@ -317,6 +342,14 @@ impl Pricing {
                     .iter()
                     .find(|r| method_ok(r) && matches_path(&r.segments, path))
             })
+    }
+
+    /// The first rule that names `method` itself (not an any-method rule).
+    fn find_named(&self, matched: Option<&str>, path: &str, method: &Method) -> Option<&Rule> {
+        self.rules.iter().find(|r| {
+            r.method.as_ref() == Some(method)
+                && (matched == Some(&*r.pattern) || matches_path(&r.segments, path))
+        })
     }
 
     fn priced_under_another_method(&self, path: &str, matched: Option<&str>) -> bool {
@@ -344,6 +377,10 @@ impl Pricing {
 pub(crate) fn parse_route(route: &str) -> Result<(Option<Method>, &str), &'static str> {
     let route = route.trim();
     let (method, path) = match route.split_once(' ') {
+        Some((m, _)) if m != "*" && m.bytes().any(|b| b.is_ascii_lowercase()) => {
+            // `get /x` would parse as an extension method and never match a request.
+            return Err("methods are upper case (`GET /x`)");
+        }
         Some((m, p)) if m != "*" => (
             Some(Method::from_bytes(m.as_bytes()).map_err(|_| "bad method")?),
             p.trim(),
@@ -490,6 +527,45 @@ mod tests {
             held.price(&Method::POST, "/v1/echo", None).price,
             Price::Hold(4)
         );
+    }
+
+    #[test]
+    fn a_catch_all_free_rule_frees_neither_head_nor_other_methods_of_a_priced_path() {
+        let p = Pricing::new()
+            .route("GET /v1/report/{id}", 10)
+            .free("/v1/{*rest}");
+        assert_eq!(
+            p.price(&Method::HEAD, "/v1/report/1", None).price,
+            Price::Hold(10)
+        );
+        assert_eq!(
+            p.price(&Method::POST, "/v1/report/1", None).price,
+            Pricing::DEFAULT_UNPRICED
+        );
+        assert_eq!(p.price(&Method::GET, "/v1/other", None).price, Price::Free);
+        // An explicit free rule for a method stays free.
+        let p = Pricing::new()
+            .route("POST /v1/items", 5)
+            .free("GET /v1/items");
+        assert_eq!(p.price(&Method::GET, "/v1/items", None).price, Price::Free);
+        assert_eq!(p.price(&Method::HEAD, "/v1/items", None).price, Price::Free);
+    }
+
+    #[test]
+    fn a_closure_prices_head_as_get() {
+        let p = Pricing::from_fn(|method, _| {
+            if method == Method::GET {
+                Price::Hold(4)
+            } else {
+                Price::Free
+            }
+        });
+        assert_eq!(p.price(&Method::HEAD, "/x", None).price, Price::Hold(4));
+    }
+
+    #[test]
+    fn lower_case_methods_are_refused() {
+        assert!(Pricing::new().try_rule("get /x", Price::Hold(1)).is_err());
     }
 
     #[test]

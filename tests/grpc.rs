@@ -152,8 +152,10 @@ async fn error_status_in_headers_is_refunded() {
     assert_eq!((b.available, b.held, b.committed), (100, 0, 0));
 }
 
+/// A metered stream that fails after its items pays for the items it sent: a caller must
+/// not be able to read a whole stream and then make it fail to get it refunded.
 #[tokio::test]
-async fn error_status_in_trailers_after_items_is_refunded() {
+async fn error_status_in_trailers_after_metered_items_commits_the_items() {
     let ledger = MemoryLedger::new();
     let acct = account(&ledger, "acct_g4", "key-g4", 100).await;
     let mut g = start(ledger.clone()).await;
@@ -170,6 +172,31 @@ async fn error_status_in_trailers_after_items_is_refunded() {
         .into_inner();
     assert!(stream.message().await.unwrap().is_some());
     assert!(stream.message().await.unwrap().is_some());
+    let status = stream.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(status.metadata().get("credits-cost").unwrap(), "6");
+    let b = ledger.balance(&acct).await.unwrap();
+    assert_eq!((b.available, b.held, b.committed), (94, 0, 6));
+    assert_conserved(&ledger, &acct).await;
+}
+
+/// The same failure before any item was metered costs nothing.
+#[tokio::test]
+async fn error_status_in_trailers_before_any_item_is_refunded() {
+    let ledger = MemoryLedger::new();
+    let acct = account(&ledger, "acct_g4b", "key-g4b", 100).await;
+    let mut g = start(ledger.clone()).await;
+    let request = CountRequest {
+        n: 0,
+        credits_per_item: 3,
+        fail_code: Code::Aborted as i32,
+    };
+    let mut stream = g
+        .client
+        .count(with_key(request, "key-g4b"))
+        .await
+        .unwrap()
+        .into_inner();
     let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), Code::Aborted);
     assert_eq!(status.metadata().get("credits-cost").unwrap(), "0");

@@ -109,12 +109,14 @@ async fn a_long_deferred_stream_keeps_its_hold() {
     assert_eq!((b.available, b.held, b.committed), (90, 0, 10));
 }
 
+/// A reader slower than the hold's TTL, but within the stall timeout, keeps its hold.
 #[tokio::test(start_paused = true)]
-async fn a_stalled_reader_does_not_lose_the_hold() {
+async fn a_slow_reader_within_the_stall_timeout_does_not_lose_the_hold() {
     let (ledger, clock, acct) = setup().await;
     let svc = CreditLayer::new(ledger.clone())
         .pricing(Pricing::new().route("/long", 30))
         .hold_ttl(TTL)
+        .stall_timeout(TTL * 10)
         .layer(tower::service_fn(move |req: Request<Full<Bytes>>| {
             let charge = req.extensions().get::<Charge>().unwrap().clone();
             charge.defer();
@@ -124,13 +126,46 @@ async fn a_stalled_reader_does_not_lose_the_hold() {
             }
         }));
     let response = svc.oneshot(request()).await.unwrap();
-    // Nobody polls the body for three TTLs (a caller that stopped reading).
+    // Nobody polls the body for three TTLs (a caller that reads slowly).
     for _ in 0..6 {
         elapse(&clock, TTL / 2).await;
         assert_eq!(ledger.balance(&acct).await.unwrap().held, 30, "hold lost");
     }
     let collected = response.into_body().collect().await.unwrap();
     assert_eq!(collected.trailers().unwrap()["credits-cost"], "7");
+    let b = ledger.balance(&acct).await.unwrap();
+    assert_eq!((b.available, b.held, b.committed), (93, 0, 7));
+}
+
+/// A reader that stops reading for the stall timeout (default: half the TTL) is committed
+/// at what its `Charge` says, before the hold can expire, and its body ends in an error.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_reader_is_committed_before_its_hold_expires() {
+    let (ledger, clock, acct) = setup().await;
+    let svc = CreditLayer::new(ledger.clone())
+        .pricing(Pricing::new().route("/long", 30))
+        .hold_ttl(TTL)
+        .layer(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let charge = req.extensions().get::<Charge>().unwrap().clone();
+            charge.defer();
+            charge.set(7).unwrap();
+            async move {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"never read"))))
+            }
+        }));
+    let response = svc.oneshot(request()).await.unwrap();
+    assert_eq!(ledger.balance(&acct).await.unwrap().held, 30);
+    // Less than the TTL later: committed, though the hold would still have been alive.
+    elapse(&clock, TTL * 3 / 4).await;
+    let b = ledger.balance(&acct).await.unwrap();
+    assert_eq!((b.available, b.held, b.committed), (93, 0, 7));
+    let error = response.into_body().collect().await.unwrap_err();
+    assert!(
+        error
+            .downcast_ref::<tower_credits::ReaderStalled>()
+            .is_some(),
+        "{error}"
+    );
     let b = ledger.balance(&acct).await.unwrap();
     assert_eq!((b.available, b.held, b.committed), (93, 0, 7));
 }

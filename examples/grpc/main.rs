@@ -6,17 +6,20 @@
 //!
 //! Starts `echo.Echo` on 127.0.0.1:50051 (`PORT` overrides) over the embedded ledger, then
 //! acts as its own client: a paid call, a call that costs less than its hold, a refused one,
-//! and a streamed call settled at the end of the stream. `cargo run --example grpc -- serve`
-//! only serves.
+//! a streamed call settled at the end of the stream, a bidirectional chat billed per message
+//! and an upload billed per chunk. `cargo run --example grpc -- serve` only serves.
+//!
+//! The layer bills gRPC: `.protocol(Protocol::Grpc)` is server configuration, so success is
+//! `grpc-status: 0` and refusals are gRPC statuses whatever a caller's headers say.
 
 mod echo;
 
 use std::time::Duration;
 
-use echo::{CountRequest, EchoClient, EchoServer, SayRequest};
+use echo::{ChatRequest, CountRequest, EchoClient, EchoServer, SayRequest, UploadChunk};
 use tonic::Request;
 use tower_credits::pricing::Pricing;
-use tower_credits::{AccountId, ApiKeyHash, CreditLayer, Ledger, MemoryLedger};
+use tower_credits::{AccountId, ApiKeyHash, CreditLayer, Ledger, MemoryLedger, Protocol};
 
 fn with_key<T>(message: T, key: &str) -> Request<T> {
     let mut request = Request::new(message);
@@ -45,11 +48,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .pricing(
             Pricing::new()
                 .route("/echo.Echo/Say", 10)
-                .route("/echo.Echo/Count", 20),
+                .route("/echo.Echo/Count", 20)
+                .route("/echo.Echo/Chat", 20)
+                .route("/echo.Echo/Upload", 20),
         )
+        .protocol(Protocol::Grpc)
         .low_balance_threshold(100)
         .top_up_url("https://example.com/billing");
-    let pending = layer.pending_settlements();
+    // Kept to shut the layer's hold keeper down after the server stops.
+    let credits = layer.clone();
 
     let port: u16 = std::env::var("PORT")
         .ok()
@@ -129,10 +136,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             trailers.get("credits-cost"),
             trailers.get("credits-remaining")
         );
+
+        let messages = ["hello", "how are you", "bye"].map(|m| ChatRequest {
+            message: m.into(),
+            credits: 3,
+        });
+        let mut replies = client
+            .chat(with_key(futures_util::stream::iter(messages), "demo-rich"))
+            .await?
+            .into_inner();
+        while let Some(reply) = replies.message().await? {
+            println!("Chat: {}", reply.message);
+        }
+        let trailers = replies.trailers().await?.unwrap_or_default();
+        println!(
+            "Chat trailers (hold 20, 3 per message): credits-cost={:?} credits-remaining={:?}",
+            trailers.get("credits-cost"),
+            trailers.get("credits-remaining")
+        );
+
+        let chunks = (0..4).map(|i| UploadChunk {
+            data: vec![i; 1024],
+            credits: 2,
+        });
+        let uploaded = client
+            .upload(with_key(
+                futures_util::stream::iter(chunks.collect::<Vec<_>>()),
+                "demo-rich",
+            ))
+            .await?;
+        println!(
+            "Upload (hold 20, 2 per chunk): {} chunks, {} bytes, credits-cost={:?} credits-remaining={:?}",
+            uploaded.get_ref().chunks,
+            uploaded.get_ref().bytes,
+            uploaded.metadata().get("credits-cost"),
+            uploaded.metadata().get("credits-remaining")
+        );
         let _ = stop_tx.send(());
     }
     server.await??;
-    pending.drain(Duration::from_secs(5)).await;
+    credits.shutdown(Duration::from_secs(5)).await;
     let balance = ledger.balance(&AccountId::new("acct_rich")?).await?;
     println!(
         "acct_rich: available={} committed={}",

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use super::classify::{Classify, Verdict};
 use super::grpc_web::TrailerScanner;
 use super::guard::{End, HoldGuard};
+use super::keeper::BodyWatch;
 use crate::wire::headers;
 
 pin_project! {
@@ -25,8 +26,10 @@ pin_project! {
     /// or a gRPC status sent in trailers), the hold settles when the body ends — at its last
     /// frame, at its trailers, or when [`is_end_stream`](Body::is_end_stream) turns true, as
     /// hyper stops polling then — and the final `credits-cost` and `credits-remaining` go in
-    /// the trailers. A body dropped early settles by policy: a deferred HTTP charge commits
-    /// what it says so far; a gRPC response without a status is refunded.
+    /// the trailers. A body that ends early (dropped, reset, failed, no status at all) commits
+    /// what its `Charge` says so far; see [`classify`](crate::classify). A body whose reader
+    /// stops reading for the layer's [`stall_timeout`](crate::CreditLayer::stall_timeout) is
+    /// committed the same way and ends with [`ReaderStalled`].
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -67,52 +70,52 @@ pub(crate) struct BodySettle {
     classifier: Arc<dyn Classify>,
     /// gRPC-Web: the status may come in a trailer frame inside the body.
     scanner: Option<TrailerScanner>,
-    _renewer: Option<Renewer>,
+    /// Shared with the keeper, which renews the hold while the body is read and ends it
+    /// when its reader stalls (`None`: no keeper to run it, e.g. no runtime).
+    watch: Option<WatchHandle>,
 }
 
-/// Renews the hold every half TTL, whether or not the caller reads: a slow reader does not
-/// poll the body, and must not make the hold expire. Stopped when dropped.
-struct Renewer(tokio::task::AbortHandle);
+/// The body's side of a [`BodyWatch`]: tells the keeper when the body is gone.
+struct WatchHandle(Arc<BodyWatch>);
 
-impl Drop for Renewer {
+impl Drop for WatchHandle {
     fn drop(&mut self) {
-        self.0.abort();
+        self.0.gone();
     }
 }
 
 impl BodySettle {
-    /// `next_renewal` continues the schedule the handler's renewals kept.
+    /// `expires`: when the hold would expire unless renewed.
     pub(crate) fn new(
         guard: HoldGuard,
         head: Verdict,
         classifier: Arc<dyn Classify>,
         scanner: Option<TrailerScanner>,
-        next_renewal: tokio::time::Instant,
+        expires: tokio::time::Instant,
     ) -> Box<Self> {
-        let settler = guard.settler().clone();
-        let hold = guard.hold().clone();
-        let renewer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-            let every = settler.hold_ttl() / 2;
-            Renewer(
-                runtime
-                    .spawn(async move {
-                        let mut at = next_renewal;
-                        loop {
-                            tokio::time::sleep_until(at).await;
-                            settler.extend(&hold);
-                            at += every;
-                        }
-                    })
-                    .abort_handle(),
-            )
-        });
+        let watch = guard
+            .settler()
+            .watch(guard.hold(), expires)
+            .map(WatchHandle);
         Box::new(Self {
             guard,
             head,
             classifier,
             scanner,
-            _renewer: renewer,
+            watch,
         })
+    }
+
+    /// The body is being polled; `true` when the keeper ended it because its reader had
+    /// stalled (the hold is settled: the body must end, with an error).
+    fn polled(&self) -> bool {
+        match &self.watch {
+            Some(WatchHandle(watch)) => {
+                watch.polled();
+                watch.stalled()
+            }
+            None => false,
+        }
     }
 
     fn observe(&mut self, data: &Bytes) {
@@ -141,13 +144,24 @@ impl BodySettle {
         };
         let hold = this.guard.hold().clone();
         let settler = this.guard.settler().clone();
-        let cost = hold.cost_of(this.guard.settle(end));
+        let cost = this.guard.settle(end).map_or(0, |d| hold.cost_of(d));
         let names = settler.headers();
         trailers.insert(names.cost.clone(), headers::int(cost));
         trailers.insert(names.remaining.clone(), headers::int(hold.remaining(cost)));
         headers::write_warning(trailers, names, hold.remaining(cost), hold.threshold);
     }
 }
+
+/// The error type of [`ResponseBody`]: the inner body's error, or [`ReaderStalled`].
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A [`ResponseBody`] that settles at its end was not read for the layer's
+/// [`stall_timeout`](crate::CreditLayer::stall_timeout): its hold was committed at what the
+/// `Charge` said so far, and the body ends with this error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the reader stopped reading; the response was cut short and billed for what was sent")]
+#[non_exhaustive]
+pub struct ReaderStalled;
 
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
@@ -205,14 +219,15 @@ impl<B> fmt::Debug for ResponseBody<B> {
 impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             KindProj::Inner {
@@ -232,8 +247,14 @@ where
                     Tail::Streaming => {}
                 }
                 let Some(pending) = settle.as_mut() else {
-                    return body.poll_frame(cx);
+                    return body.poll_frame(cx).map_err(Into::into);
                 };
+                if pending.polled() {
+                    // Settled for a stalled reader: end the stream visibly truncated.
+                    *settle = None;
+                    *tail = Tail::Done;
+                    return Poll::Ready(Some(Err(Box::new(ReaderStalled))));
+                }
                 let polled = ready!(body.as_mut().poll_frame(cx));
                 Poll::Ready(match polled {
                     Some(Ok(frame)) => {
@@ -265,7 +286,7 @@ where
                         // A broken stream after a good head: the guard, dropped, commits
                         // what the `Charge` says so far.
                         *settle = None;
-                        Some(Err(error))
+                        Some(Err(error.into()))
                     }
                     None => {
                         let mut trailers = HeaderMap::new();

@@ -18,12 +18,19 @@
 //! | head with a success (HTTP: the success predicate, default below 400; gRPC: `grpc-status: 0` in the head) | [`Verdict::Success`] | committed: the [`Charge`](crate::Charge)'s cost |
 //! | head with a failure (a failing status, a non-zero `grpc-status`) | [`Verdict::Failure`] | refunded |
 //! | gRPC head without `grpc-status` | [`Verdict::Unknown`] | waits for the trailers |
-//! | trailers with `grpc-status: 0` / non-zero | success / failure | committed / refunded |
+//! | trailers with `grpc-status: 0` / non-zero | success / failure | committed / refunded (a metered `Charge`: committed so far) |
 //! | early end after the head (client reset, body dropped, body error, no status at all) | — | committed: the `Charge` so far |
-//! | inner service error, panic before the head | — | refunded |
+//! | inner service error, panic before the head, past the hold lifetime cap | — | refunded |
 //! | response future dropped before the head | — | refunded, unless the handler already called `set`/`add` (then the `Charge` so far) |
 //!
-//! The client chose to stop; the server did not fail: only an explicit failure refunds.
+//! The client chose to stop; the server did not fail: only an explicit failure refunds, and
+//! not a stream the caller already read that its handler metered.
+//!
+//! A gRPC status in the head counts only for a trailers-only response (one whose body is
+//! already over): a head that says `grpc-status` and then streams a body waits for the
+//! trailers, so a handler or proxy that copies request headers into the response cannot
+//! be made to forge a refund. On a layer or route billed as gRPC, a non-`200` answer with no
+//! status is a failure (no gRPC server answered): do not bill plain HTTP routes as gRPC.
 //!
 //! [`CreditLayer::protocol`]: crate::CreditLayer::protocol
 //! [`Pricing::protocol`]: crate::pricing::Pricing::protocol

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::classify::{Classifiers, Protocol};
+use super::keeper::{Keeper, WorkerCtx};
 use super::settle::PendingSettlements;
 use crate::account::AccountResolver;
+use crate::ledger::Ledger;
 use crate::outage::{Breaker, OutagePolicy, Stats, Unbilled};
 use crate::pricing::Pricing;
 use crate::wire::headers::CreditHeaders;
@@ -15,12 +17,17 @@ use crate::wire::problem::ProblemCtx;
 
 /// Everything a layer's services share. Cloned only while the layer is being configured.
 #[derive(Clone)]
-pub(crate) struct Shared<L> {
+pub(crate) struct Shared<L: Ledger> {
     pub(crate) ledger: L,
     pub(crate) resolver: AccountResolver,
     pub(crate) pricing: Pricing,
     pub(crate) headers: CreditHeaders,
     pub(crate) hold_ttl: Duration,
+    /// A body not polled this long is ended (default: half the hold's TTL).
+    pub(crate) stall_timeout: Option<Duration>,
+    /// How long a handler may hold credits before it is cancelled and refunded.
+    pub(crate) max_hold_lifetime: Duration,
+    pub(crate) keeper: Arc<Keeper<L>>,
     /// What the layer bills, unless the route's pricing says otherwise.
     pub(crate) protocol: Protocol,
     pub(crate) classifiers: Classifiers,
@@ -37,7 +44,22 @@ pub(crate) struct Shared<L> {
     pub(crate) unbilled: Unbilled,
 }
 
-impl<L> Shared<L> {
+impl<L: Ledger> Shared<L> {
+    /// What the keeper's worker takes with it when it starts.
+    pub(crate) fn worker_ctx(&self) -> WorkerCtx<L> {
+        WorkerCtx {
+            ledger: self.ledger.clone(),
+            breaker: self.breaker.clone(),
+            stats: self.stats.clone(),
+            hold_ttl: self.hold_ttl,
+            stall_timeout: self.stall_timeout(),
+        }
+    }
+
+    pub(crate) fn stall_timeout(&self) -> Duration {
+        self.stall_timeout.unwrap_or(self.hold_ttl / 2)
+    }
+
     /// A layer billing HTTP saw a gRPC response: it is judged by its HTTP status (a
     /// content type is not proof of anything), but the server is likely misconfigured.
     pub(crate) fn warn_grpc_response_on_http(&self) {

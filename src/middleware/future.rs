@@ -69,6 +69,10 @@ pin_project! {
             #[pin]
             renew: Sleep,
             guard: HoldGuard,
+            // When the hold was placed: the lifetime cap counts from here.
+            started: Instant,
+            // When the hold expires unless renewed.
+            expires: Instant,
         },
         PassThrough { #[pin] fut: F },
         Refused { refusal: Refusal },
@@ -99,6 +103,8 @@ pub(crate) enum Refusal {
     Insufficient(AccountId, Insufficient),
     TooManyHolds(u64),
     Unavailable,
+    /// The handler ran past the hold lifetime cap and was cancelled.
+    LifetimeExceeded(std::time::Duration),
 }
 
 impl<S, ReqBody, L> fmt::Debug for ResponseFuture<S, ReqBody, L>
@@ -224,7 +230,7 @@ fn reserve_call<L: Ledger>(
 }
 
 /// Counts a request served unbilled and gives its handler a `Charge` that holds nothing.
-fn serve_unbilled<L, B>(
+fn serve_unbilled<L: Ledger, B>(
     shared: &Shared<L>,
     req: &mut Request<B>,
     account: Option<AccountId>,
@@ -246,7 +252,7 @@ enum AfterError {
     ServeUnbilled,
 }
 
-fn ledger_failed<L, B>(
+fn ledger_failed<L: Ledger, B>(
     shared: &Shared<L>,
     req: &mut Request<B>,
     error: &LedgerError,
@@ -356,8 +362,16 @@ where
                             let guard = HoldGuard::new(settler, hold);
                             req.extensions_mut().insert(charge);
                             let fut = this.inner.call(req);
-                            let renew = sleep(shared.hold_ttl / 2);
-                            this.state.set(State::Call { fut, renew, guard });
+                            let started = Instant::now();
+                            let renew = sleep(shared.hold_ttl / 3);
+                            let expires = started + shared.hold_ttl;
+                            this.state.set(State::Call {
+                                fut,
+                                renew,
+                                guard,
+                                started,
+                                expires,
+                            });
                             continue;
                         }
                         Ok(ReserveOutcome::Insufficient(refusal)) => {
@@ -398,20 +412,43 @@ where
                     fut,
                     mut renew,
                     guard,
+                    started,
+                    expires,
                 } => {
                     let polled = catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
                     let response = match polled {
                         Ok(Poll::Pending) => {
+                            let mut too_long = false;
                             while renew.as_mut().poll(cx).is_ready() {
-                                guard.extend();
-                                renew.as_mut().reset(Instant::now() + shared.hold_ttl / 2);
+                                let now = Instant::now();
+                                if now >= *started + shared.max_hold_lifetime {
+                                    too_long = true;
+                                    break;
+                                }
+                                // A third of the TTL ahead: the keeper retries a failed
+                                // renewal until the hold would expire.
+                                guard.extend(*expires);
+                                *expires = now + shared.hold_ttl;
+                                renew.as_mut().reset(now + shared.hold_ttl / 3);
                             }
-                            return Poll::Pending;
+                            if !too_long {
+                                return Poll::Pending;
+                            }
+                            // Past the lifetime cap: cancel the handler and refund.
+                            let StateOwned::Call { guard, .. } =
+                                this.state.as_mut().project_replace(State::Done)
+                            else {
+                                unreachable!("the state matched Call")
+                            };
+                            guard.settle(End::Error);
+                            tracing::warn!(lifetime = ?shared.max_hold_lifetime, "handler ran past the hold lifetime cap; cancelled and refunded");
+                            let refusal = Refusal::LifetimeExceeded(shared.max_hold_lifetime);
+                            return Poll::Ready(Ok(refuse(shared, *this.protocol, refusal)));
                         }
                         Ok(Poll::Ready(response)) => Ok(response),
                         Err(panic) => Err(panic),
                     };
-                    let next_renewal = renew.deadline();
+                    let expires = *expires;
                     let StateOwned::Call { guard, .. } =
                         this.state.as_mut().project_replace(State::Done)
                     else {
@@ -419,20 +456,16 @@ where
                     };
                     return Poll::Ready(match response {
                         Err(panic) => {
-                            guard.settle(End::Failure);
+                            guard.settle(End::Error);
                             resume_unwind(panic);
                         }
                         Ok(Err(error)) => {
-                            guard.settle(End::Failure);
+                            guard.settle(End::Error);
                             Err(error)
                         }
-                        Ok(Ok(response)) => Ok(finish(
-                            shared,
-                            *this.protocol,
-                            guard,
-                            response,
-                            next_renewal,
-                        )),
+                        Ok(Ok(response)) => {
+                            Ok(finish(shared, *this.protocol, guard, response, expires))
+                        }
                     });
                 }
                 StateProj::Refused { .. } => {
@@ -450,7 +483,7 @@ where
 }
 
 /// Writes a refusal the way the route's protocol is refused: never chosen by a header.
-fn refuse<L, B>(
+fn refuse<L: Ledger, B>(
     shared: &Shared<L>,
     protocol: Protocol,
     refusal: Refusal,
@@ -461,6 +494,7 @@ fn refuse<L, B>(
         Refusal::Insufficient(account, i) => problem::insufficient(&ctx, &account, &i),
         Refusal::TooManyHolds(limit) => problem::too_many_holds(&ctx, limit),
         Refusal::Unavailable => problem::unavailable(&ctx),
+        Refusal::LifetimeExceeded(lifetime) => problem::lifetime_exceeded(&ctx, lifetime),
     };
     if protocol == Protocol::GrpcWeb {
         // A trailers-only gRPC-Web response: the status in the headers, an empty body.
@@ -479,7 +513,7 @@ fn finish<L: Ledger, B: http_body::Body>(
     protocol: Protocol,
     mut guard: HoldGuard,
     response: Response<B>,
-    next_renewal: Instant,
+    expires: Instant,
 ) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
     let names = &shared.headers;
@@ -492,7 +526,12 @@ fn finish<L: Ledger, B: http_body::Body>(
         shared.warn_grpc_response_on_http();
     }
     let classifier = shared.classifiers.get(protocol).clone();
-    let verdict = classifier.classify_head(parts.status, &parts.headers);
+    let mut verdict = classifier.classify_head(parts.status, &parts.headers);
+    if protocol.is_grpc() && parts.status == http::StatusCode::OK && !body.is_end_stream() {
+        // A gRPC status in the head is final only for a trailers-only response; with a
+        // body to come, the trailers say how it ended.
+        verdict = Verdict::Unknown;
+    }
     let hold = guard.hold().clone();
     let now = match verdict {
         Verdict::Failure => Some(End::Failure),
@@ -506,7 +545,7 @@ fn finish<L: Ledger, B: http_body::Body>(
         Verdict::Success | Verdict::Unknown => None,
     };
     if let Some(end) = now {
-        let cost = hold.cost_of(guard.settle(end));
+        let cost = guard.settle(end).map_or(0, |d| hold.cost_of(d));
         headers::write_settled(
             &mut parts.headers,
             names,
@@ -532,8 +571,9 @@ fn finish<L: Ledger, B: http_body::Body>(
     );
     headers::write_warning(&mut parts.headers, names, hold.available, hold.threshold);
     headers::write_runway(&mut parts.headers, names, hold.runway_secs);
-    let scanner =
-        (protocol == Protocol::GrpcWeb).then(|| TrailerScanner::for_response(&parts.headers));
-    let settle = BodySettle::new(guard, verdict, classifier, scanner, next_renewal);
+    let scanner = (protocol == Protocol::GrpcWeb)
+        .then(|| TrailerScanner::for_response(&parts.headers))
+        .flatten();
+    let settle = BodySettle::new(guard, verdict, classifier, scanner, expires);
     Response::from_parts(parts, ResponseBody::settling(body, settle))
 }

@@ -41,12 +41,15 @@ enum Scan {
 }
 
 impl TrailerScanner {
-    /// A scanner for a response of this content type.
-    pub(crate) fn for_response(headers: &HeaderMap) -> Self {
-        let text = headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web-text"));
-        Self {
+    /// A scanner for a response of this content type; `None` unless it is gRPC-Web (a
+    /// plain gRPC response has real trailers, and any other body is not framed).
+    pub(crate) fn for_response(headers: &HeaderMap) -> Option<Self> {
+        let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+        if !content_type.starts_with(b"application/grpc-web") {
+            return None;
+        }
+        let text = content_type.starts_with(b"application/grpc-web-text");
+        Some(Self {
             text,
             group: [0; 4],
             in_group: 0,
@@ -55,7 +58,7 @@ impl TrailerScanner {
                 have: 0,
             },
             trailers: None,
-        }
+        })
     }
 
     /// The trailers, once their frame has passed.
@@ -191,7 +194,7 @@ mod tests {
             "application/grpc-web+proto"
         };
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
-        TrailerScanner::for_response(&h)
+        TrailerScanner::for_response(&h).expect("a gRPC-Web content type")
     }
 
     fn body() -> Vec<u8> {
@@ -236,6 +239,16 @@ mod tests {
                 "chunks of {size}"
             );
         }
+    }
+
+    #[test]
+    fn only_grpc_web_bodies_are_scanned() {
+        for ct in ["application/grpc", "application/octet-stream", "text/plain"] {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            assert!(TrailerScanner::for_response(&h).is_none(), "{ct}");
+        }
+        assert!(TrailerScanner::for_response(&HeaderMap::new()).is_none());
     }
 
     #[test]

@@ -2,21 +2,32 @@
 //! the response says how, or when dropped (client gone, future dropped, panic unwinding) —
 //! and [`decide`], the one function that turns what happened into a commit or a refund.
 //!
-//! | dropped | settles |
+//! | how the request ended | settles |
 //! |---|---|
-//! | before the response head, the handler never touched its `Charge` | refund |
-//! | before the response head, after `Charge::set`/`add` (a cancelled upload) | commit: the `Charge` so far |
-//! | after the response head (client reset, body dropped, body error) | commit: the `Charge` so far |
+//! | success | commit: the `Charge` (its price unless the handler set a cost) |
+//! | the head said failure (a failing status, a trailers-only non-OK `grpc-status`) | refund |
+//! | the trailers said failure, `Charge` untouched | refund |
+//! | the trailers said failure after the handler metered the stream with `set`/`add` | commit: the `Charge` so far |
+//! | inner service error, panic, handler cancelled past the lifetime cap | refund |
+//! | dropped before the head, `Charge` untouched | refund |
+//! | dropped before the head after `set`/`add` (a cancelled upload) | commit: the `Charge` so far |
+//! | after the head: client reset, body dropped, body error, no status | commit: the `Charge` so far |
 //!
-//! An explicit failure (a failing status, a non-OK `grpc-status`, an inner error, a panic
-//! before the head) is settled as a refund before the guard is dropped.
+//! A failure at the head means the caller got nothing but the error. A failure in the
+//! trailers comes after a body the caller read: if the handler metered it with `set`/`add`,
+//! the caller pays for what was metered, or it could read every item of a metered stream
+//! and then make it fail (a malformed last message, an id that does not exist) to get all
+//! of it refunded. A handler that wants such a failure to be free calls `charge.set(0)`
+//! before failing.
 
 use std::fmt;
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use super::classify::Verdict;
 use super::settle::Settler;
-use crate::charge::Charge;
+use crate::charge::{Charge, Closed};
 
 /// What to do with a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +43,13 @@ pub(crate) enum Decision {
 pub(crate) enum End {
     /// The response (head, or trailers) said success.
     Success,
-    /// The response said failure, or the inner service failed or panicked before the head.
+    /// The response head said failure: the caller got nothing but the error.
     Failure,
+    /// The trailers said failure, after a body the caller read.
+    FailureAfterBody,
+    /// The inner service returned an error or panicked before the head, or the handler was
+    /// cancelled past the hold lifetime cap: the server did not answer.
+    Error,
     /// The head left without a failure, and the rest never said anything: the client reset
     /// the stream, dropped the body, the body failed, or no status ever came.
     Early,
@@ -47,22 +63,25 @@ impl End {
     pub(crate) fn at_body_end(verdict: Verdict) -> Self {
         match verdict {
             Verdict::Success => End::Success,
-            Verdict::Failure => End::Failure,
+            Verdict::Failure => End::FailureAfterBody,
             Verdict::Unknown => End::Early,
         }
     }
 }
 
 /// The settle decision, written once: only an explicit failure refunds; a client that
-/// stopped early pays for what its `Charge` says so far.
-pub(crate) fn decide(end: End, charge: &Charge) -> Decision {
-    let so_far = || Decision::Commit(charge.actual().unwrap_or(charge.reserved()));
+/// stopped early pays for what its `Charge` says so far. `charge` is the charge as it was
+/// closed, so what is committed and what the headers say are one reading.
+pub(crate) fn decide(end: End, charge: &Closed) -> Decision {
     match end {
-        End::Success | End::Early => so_far(),
-        End::Failure => Decision::Refund,
-        // Work the handler already accounted for was done, even if no one reads the answer.
-        End::BeforeHead if charge.actual().is_some() => so_far(),
-        End::BeforeHead => Decision::Refund,
+        End::Success | End::Early => Decision::Commit(charge.to_commit()),
+        End::Failure | End::Error => Decision::Refund,
+        // Work the handler metered was done (and, after a body, delivered), even if no one
+        // reads the answer or the stream ends in an error status.
+        End::FailureAfterBody | End::BeforeHead if charge.actual.is_some() => {
+            Decision::Commit(charge.to_commit())
+        }
+        End::FailureAfterBody | End::BeforeHead => Decision::Refund,
     }
 }
 
@@ -95,12 +114,14 @@ impl HoldCtx {
 
 /// Settles a hold exactly once: explicitly with [`settle`](Self::settle), or when dropped,
 /// by [`decide`] (see the [module docs](self)).
+///
+/// Exactly once because closing the `Charge` is the settle's ticket: whoever closes it
+/// first (this guard, or the keeper ending a stalled body) settles, and no one else.
 pub(crate) struct HoldGuard {
     settler: Arc<dyn Settler>,
     hold: HoldCtx,
     /// The response head has left: a drop is an early end, not a cancelled call.
     head_sent: bool,
-    settled: bool,
 }
 
 impl fmt::Debug for HoldGuard {
@@ -108,7 +129,6 @@ impl fmt::Debug for HoldGuard {
         f.debug_struct("HoldGuard")
             .field("hold", &self.hold)
             .field("head_sent", &self.head_sent)
-            .field("settled", &self.settled)
             .finish()
     }
 }
@@ -119,7 +139,6 @@ impl HoldGuard {
             settler,
             hold,
             head_sent: false,
-            settled: false,
         }
     }
 
@@ -136,37 +155,34 @@ impl HoldGuard {
         &self.settler
     }
 
-    /// Freezes the `Charge` and settles as `end` decides; returns the decision.
-    pub(crate) fn settle(mut self, end: End) -> Decision {
+    /// Closes the `Charge` and settles as `end` decides; returns the decision, or `None`
+    /// when the keeper already settled this hold (its reader stalled).
+    pub(crate) fn settle(self, end: End) -> Option<Decision> {
         self.settle_once(end)
     }
 
-    fn settle_once(&mut self, end: End) -> Decision {
-        // Frozen before it is read, so a late `set` fails instead of going unbilled.
-        self.hold.charge.close();
-        let decision = decide(end, &self.hold.charge);
-        if !self.settled {
-            self.settled = true;
-            self.settler.settle(&self.hold, decision);
-        }
-        decision
+    fn settle_once(&self, end: End) -> Option<Decision> {
+        // Closed and read in one step: a late `set` fails instead of going unbilled.
+        let closed = self.hold.charge.close()?;
+        let decision = decide(end, &closed);
+        self.settler.settle(&self.hold, decision);
+        Some(decision)
     }
 
-    pub(crate) fn extend(&self) {
-        self.settler.extend(&self.hold);
+    /// Renews the hold, which would expire at `expires`.
+    pub(crate) fn extend(&self, expires: Instant) {
+        self.settler.extend(&self.hold, expires);
     }
 }
 
 impl Drop for HoldGuard {
     fn drop(&mut self) {
-        if !self.settled {
-            let end = if self.head_sent {
-                End::Early
-            } else {
-                End::BeforeHead
-            };
-            self.settle_once(end);
-        }
+        let end = if self.head_sent {
+            End::Early
+        } else {
+            End::BeforeHead
+        };
+        self.settle_once(end);
     }
 }
 
@@ -175,22 +191,36 @@ mod tests {
     use super::*;
     use crate::ledger::{AccountId, HoldId};
 
-    fn charge() -> Charge {
-        Charge::new(AccountId::new("a").unwrap(), HoldId::generate(), 20)
+    fn closed(added: Option<u64>) -> Closed {
+        let charge = Charge::new(AccountId::new("a").unwrap(), HoldId::generate(), 20);
+        if let Some(n) = added {
+            charge.add(n).unwrap();
+        }
+        charge.close().unwrap()
     }
 
     #[test]
     fn only_an_explicit_failure_refunds() {
-        let fixed = charge();
+        let fixed = closed(None);
         assert_eq!(decide(End::Success, &fixed), Decision::Commit(20));
         assert_eq!(decide(End::Early, &fixed), Decision::Commit(20));
         assert_eq!(decide(End::Failure, &fixed), Decision::Refund);
         assert_eq!(decide(End::BeforeHead, &fixed), Decision::Refund);
 
-        let used = charge();
-        used.add(7).unwrap();
+        assert_eq!(decide(End::Error, &fixed), Decision::Refund);
+
+        let used = closed(Some(7));
         assert_eq!(decide(End::Early, &used), Decision::Commit(7));
         assert_eq!(decide(End::BeforeHead, &used), Decision::Commit(7));
         assert_eq!(decide(End::Failure, &used), Decision::Refund);
+        assert_eq!(decide(End::FailureAfterBody, &used), Decision::Commit(7));
+        assert_eq!(decide(End::FailureAfterBody, &fixed), Decision::Refund);
+        assert_eq!(decide(End::Error, &used), Decision::Refund);
+
+        // A metered handler that wants its failure free says so.
+        assert_eq!(
+            decide(End::FailureAfterBody, &closed(Some(0))),
+            Decision::Commit(0)
+        );
     }
 }

@@ -17,6 +17,9 @@ use super::config::Shared;
 use super::service::CreditService;
 use super::settle::PendingSettlements;
 
+/// How long a handler may hold credits unless [`CreditLayer::max_hold_lifetime`] says.
+pub const DEFAULT_MAX_HOLD_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
 /// Consecutive ledger outages that open the circuit breaker.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 /// How long an open circuit breaker fails requests fast before probing the ledger again.
@@ -42,11 +45,11 @@ pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 ///     .layer(layer);
 /// # let _: Router = app;
 /// ```
-pub struct CreditLayer<L> {
+pub struct CreditLayer<L: Ledger> {
     shared: Arc<Shared<L>>,
 }
 
-impl<L> Clone for CreditLayer<L> {
+impl<L: Ledger> Clone for CreditLayer<L> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -54,7 +57,7 @@ impl<L> Clone for CreditLayer<L> {
     }
 }
 
-impl<L> fmt::Debug for CreditLayer<L> {
+impl<L: Ledger> fmt::Debug for CreditLayer<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CreditLayer")
             .field("resolver", &self.shared.resolver)
@@ -75,6 +78,9 @@ impl<L: Ledger> CreditLayer<L> {
                 pricing: Pricing::new(),
                 headers: CreditHeaders::default(),
                 hold_ttl: DEFAULT_HOLD_TTL,
+                stall_timeout: None,
+                max_hold_lifetime: DEFAULT_MAX_HOLD_LIFETIME,
+                keeper: Arc::default(),
                 protocol: Protocol::default(),
                 classifiers: Classifiers::default(),
                 warned_grpc_on_http: Arc::default(),
@@ -114,8 +120,8 @@ impl<L: Ledger> CreditLayer<L> {
         self.with(|s| s.headers = headers)
     }
 
-    /// How long a hold lives unless settled (default 60 s); renewed every half of it while
-    /// the handler runs or a deferred body streams.
+    /// How long a hold lives unless settled (default 60 s); renewed every third of it
+    /// (retried until it would expire) while the handler runs or a deferred body is read.
     ///
     /// # Panics
     ///
@@ -141,6 +147,27 @@ impl<L: Ledger> CreditLayer<L> {
     /// ```
     pub fn protocol(self, protocol: Protocol) -> Self {
         self.with(|s| s.protocol = protocol)
+    }
+
+    /// A body that settles at its end (a deferred charge, a gRPC stream) and is not polled
+    /// for this long — its reader stopped reading — is committed at what its `Charge` says
+    /// so far, and ends with an error when next polled (an HTTP/2 `RST_STREAM`, an HTTP/1
+    /// connection close), so a stalled reader cannot pin its hold. Default: half the hold
+    /// TTL.
+    ///
+    /// # Panics
+    ///
+    /// When `timeout` is zero.
+    pub fn stall_timeout(self, timeout: Duration) -> Self {
+        assert!(!timeout.is_zero(), "stall timeout must not be zero");
+        self.with(|s| s.stall_timeout = Some(timeout))
+    }
+
+    /// The longest a handler may run while holding credits (default 15 minutes): past
+    /// it the request is cancelled (its inner future dropped), refunded, and answered
+    /// `504` (gRPC `DEADLINE_EXCEEDED`). Holds are renewed until then.
+    pub fn max_hold_lifetime(self, lifetime: Duration) -> Self {
+        self.with(|s| s.max_hold_lifetime = lifetime)
     }
 
     /// Which HTTP statuses count as success and are charged (default: below 400), on
@@ -196,7 +223,11 @@ impl<L: Ledger> CreditLayer<L> {
     /// Counters of this layer's billing: holds, confirmed commits and credits, refunds,
     /// retries, lost commits, outages.
     pub fn stats(&self) -> BillingStats {
-        self.shared.stats.snapshot()
+        let mut stats = self.shared.stats.snapshot();
+        let (queued, running) = self.shared.keeper.load();
+        stats.keeper_queued = queued as u64;
+        stats.keeper_running = running as u64;
+        stats
     }
 
     /// Requests served unbilled under [`OutagePolicy::FailOpen`], per account.
@@ -209,9 +240,28 @@ impl<L: Ledger> CreditLayer<L> {
         &self.shared.ledger
     }
 
-    /// Settles still running in the background; drain them on graceful shutdown.
+    /// Settles still waiting for the ledger's answer (see [`shutdown`](Self::shutdown)).
     pub fn pending_settlements(&self) -> PendingSettlements {
         self.shared.pending.clone()
+    }
+
+    /// Graceful shutdown: closes this layer's hold keeper and waits, at most `timeout`, for
+    /// the settles it still drives; `true` if they all finished. Call it after the server
+    /// stopped serving (axum's `with_graceful_shutdown`, tonic's
+    /// `serve_with_shutdown`). A settle that comes after is tried once, and if the ledger
+    /// does not answer at once, left to expire (counted in `stats().credits_lost`).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_credits::{CreditLayer, MemoryLedger};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = CreditLayer::new(MemoryLedger::new());
+    /// // ... serve with `with_graceful_shutdown`, then:
+    /// assert!(layer.shutdown(Duration::from_secs(5)).await);
+    /// # }
+    /// ```
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.shared.keeper.shutdown(timeout).await
     }
 }
 

@@ -8,7 +8,9 @@
 //!    The verdict comes from [`classify`]: one place decides commit, refund or wait;
 //!    `grpc_web` reads a gRPC-Web status from the trailer frame in the body;
 //! 5. `guard`: the drop guard that settles a hold exactly once, whatever happens;
-//! 6. `settle`: the ledger calls that commit, refund and renew, and their retries.
+//! 6. `settle`: the first try of a commit or refund, in the request's task;
+//! 7. `keeper`: one worker per layer for everything a request leaves behind — settles
+//!    still unanswered, renewals, stalled readers — so no request spawns a task.
 
 pub(crate) mod body;
 pub mod classify;
@@ -16,12 +18,15 @@ pub(crate) mod config;
 pub(crate) mod future;
 mod grpc_web;
 pub(crate) mod guard;
+pub(crate) mod keeper;
 pub(crate) mod layer;
 pub(crate) mod service;
 pub(crate) mod settle;
 
-pub use body::ResponseBody;
+pub use body::{ReaderStalled, ResponseBody};
 pub use future::ResponseFuture;
-pub use layer::{CreditLayer, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES};
+pub use layer::{
+    CreditLayer, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_MAX_HOLD_LIFETIME,
+};
 pub use service::CreditService;
 pub use settle::PendingSettlements;

@@ -15,12 +15,12 @@ use crate::outage::Stats;
 use crate::pricing::Price;
 
 /// The service made by a [`CreditLayer`]: bills each request, then calls `S`.
-pub struct CreditService<S, L> {
+pub struct CreditService<S, L: Ledger> {
     inner: S,
     shared: Arc<Shared<L>>,
 }
 
-impl<S: Clone, L> Clone for CreditService<S, L> {
+impl<S: Clone, L: Ledger> Clone for CreditService<S, L> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -29,7 +29,7 @@ impl<S: Clone, L> Clone for CreditService<S, L> {
     }
 }
 
-impl<S: fmt::Debug, L> fmt::Debug for CreditService<S, L> {
+impl<S: fmt::Debug, L: Ledger> fmt::Debug for CreditService<S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CreditService")
             .field("inner", &self.inner)

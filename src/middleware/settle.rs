@@ -1,5 +1,6 @@
-//! Settling holds: the ledger calls that commit, refund and renew a hold, their retries
-//! while the ledger does not answer, and the tracker a graceful shutdown drains.
+//! Settling holds: the first try of a commit or refund, made in the request's task, the
+//! accounting of every settle's final answer, and the count a graceful shutdown waits on.
+//! What the first try leaves unanswered goes to the [keeper](super::keeper).
 
 use std::fmt;
 use std::future::Future;
@@ -10,35 +11,33 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::config::Shared;
 use super::guard::{Decision, HoldCtx};
+use super::keeper::{self, BodyWatch, FirstTry, Job};
 use crate::ledger::{Ledger, LedgerError, SettleOutcome, Settlement};
-use crate::outage::{Breaker, Stats};
+use crate::outage::Stats;
 use crate::wire::headers::CreditHeaders;
 
 /// The type-erased side of [`Shared`] that bodies and guards need, so `ResponseBody` is not
 /// generic over the ledger.
 pub(crate) trait Settler: Send + Sync + 'static {
+    /// Settles: the first try now, the rest by the keeper.
     fn settle(&self, hold: &HoldCtx, decision: Decision);
-    fn extend(&self, hold: &HoldCtx);
+    /// Renews a hold whose handler still runs; it would expire at `expires`.
+    fn extend(&self, hold: &HoldCtx, expires: Instant);
+    /// Hands a body that settles at its end to the keeper, which renews its hold while it
+    /// is read and ends it when its reader stalls.
+    fn watch(&self, hold: &HoldCtx, expires: Instant) -> Option<Arc<BodyWatch>>;
     fn headers(&self) -> &CreditHeaders;
-    fn hold_ttl(&self) -> Duration;
 }
 
-/// First retry delay of a settle the ledger did not answer; doubles up to [`MAX_RETRY_DELAY`].
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(25);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
-
-/// What a background settle keeps: the ledger and the counters, cheap to clone.
-struct Retrier<L> {
-    ledger: L,
-    breaker: Arc<Breaker>,
-    stats: Arc<Stats>,
-    hold_ttl: Duration,
-}
-
-fn settle_call<L: Ledger>(ledger: &L, hold: &HoldCtx, decision: Decision) -> L::Future<Settlement> {
+pub(crate) fn settle_call<L: Ledger>(
+    ledger: &L,
+    hold: &HoldCtx,
+    decision: Decision,
+) -> L::Future<Settlement> {
     let charge = &hold.charge;
     match decision {
         Decision::Commit(actual) => ledger.commit(
@@ -51,7 +50,7 @@ fn settle_call<L: Ledger>(ledger: &L, hold: &HoldCtx, decision: Decision) -> L::
 }
 
 /// Counts a settle's final answer.
-fn settled(
+pub(crate) fn settled(
     stats: &Stats,
     hold: &HoldCtx,
     decision: Decision,
@@ -100,6 +99,9 @@ impl<L: Ledger> Settler for Shared<L> {
                 );
             }
         }
+        // The first poll happens here, in the request's task: an in-memory ledger answers
+        // at once, a networked one puts its command on the connection before the response
+        // head leaves, so the caller's next request sees this one settled.
         let mut first = settle_call(&self.ledger, hold, decision);
         let mut cx = Context::from_waker(Waker::noop());
         // Outside a tokio runtime (a guard dropped on a plain thread), a networked ledger's
@@ -113,11 +115,11 @@ impl<L: Ledger> Settler for Shared<L> {
                 Ok(polled) => polled,
                 Err(_) => {
                     tracing::error!("settle outside a tokio runtime failed; the hold will expire and be refunded");
-                    return;
+                    return lost(&self.stats, hold, decision);
                 }
             }
         };
-        let first_answer = match polled {
+        let first = match polled {
             Poll::Ready(Ok(settlement)) => {
                 self.breaker.record(true);
                 return settled(&self.stats, hold, decision, Ok(settlement));
@@ -125,114 +127,55 @@ impl<L: Ledger> Settler for Shared<L> {
             Poll::Ready(Err(error)) if !error.is_unavailable() => {
                 return settled(&self.stats, hold, decision, Err(error));
             }
-            Poll::Ready(Err(error)) => Some(Err(error)),
-            Poll::Pending => None,
+            Poll::Ready(Err(error)) => FirstTry::Unavailable(error),
+            Poll::Pending => FirstTry::Pending(first),
         };
-        // Not answered yet, or the ledger is unreachable: finish in the background, retrying
-        // with backoff while the hold lives. Settles are idempotent by hold id, so a retry
-        // after a lost reply never moves credits twice; if every try fails, the hold expires
-        // and the ledger gives the credits back.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!(
-                "no tokio runtime to finish a settle on; the hold will expire and be refunded"
-            );
-            return;
+        // Not answered yet, or the ledger is unreachable: the keeper waits and retries.
+        let job = Job::Settle {
+            hold: hold.clone(),
+            decision,
+            first,
+            ticket: self.pending.enter(),
         };
-        let ticket = self.pending.enter();
-        // Only what the retries need, not the whole configuration (pricing table and all).
-        let shared = Retrier {
-            ledger: self.ledger.clone(),
-            breaker: self.breaker.clone(),
-            stats: self.stats.clone(),
-            hold_ttl: self.hold_ttl,
-        };
-        let hold = hold.clone();
-        runtime.spawn(async move {
-            let deadline = tokio::time::Instant::now() + shared.hold_ttl;
-            let mut delay = FIRST_RETRY_DELAY;
-            let mut answer = match first_answer {
-                Some(answer) => answer,
-                None => first.await,
-            };
-            loop {
-                match answer {
-                    Err(error) if error.is_unavailable() => {
-                        shared.breaker.record(false);
-                        // Give up only once the hold has expired: a try that timed out may
-                        // still be queued on the server and commit while the hold lives, so
-                        // the last try goes out at the deadline, when nothing can commit
-                        // the hold any more; its answer, if any, is the truth.
-                        let now = tokio::time::Instant::now();
-                        if now >= deadline {
-                            break settled(&shared.stats, &hold, decision, Err(error));
-                        }
-                        tokio::time::sleep(delay.min(deadline - now)).await;
-                        delay = (delay * 2).min(MAX_RETRY_DELAY);
-                        Stats::add(&shared.stats.settle_retries, 1);
-                        answer = settle_call(&shared.ledger, &hold, decision).await;
-                    }
-                    answer => {
-                        if answer.is_ok() {
-                            shared.breaker.record(true);
-                        }
-                        break settled(&shared.stats, &hold, decision, answer);
-                    }
-                }
-            }
-            drop(ticket);
-        });
+        if let Err(Job::Settle { hold, decision, .. }) = self.keeper.send(job, || self.worker_ctx())
+        {
+            tracing::error!(hold = %hold.charge.hold_id(), "no hold keeper (shut down, or no runtime); this settle was sent once and the hold expires if it did not land");
+            lost(&self.stats, &hold, decision);
+        }
     }
 
-    fn extend(&self, hold: &HoldCtx) {
-        let charge = &hold.charge;
-        let fut = self
-            .ledger
-            .extend(charge.account(), charge.hold_id(), self.hold_ttl);
-        let hold_id = charge.hold_id().clone();
-        drive(&self.pending, fut, move |result| {
-            if let Err(error) = result {
-                tracing::warn!(hold = %hold_id, %error, "could not renew hold");
-            }
-        });
+    fn extend(&self, hold: &HoldCtx, expires: Instant) {
+        let job = Job::Extend {
+            hold: hold.clone(),
+            expires,
+        };
+        if self.keeper.send(job, || self.worker_ctx()).is_err() {
+            tracing::warn!(hold = %hold.charge.hold_id(), "no hold keeper (shut down, or no runtime); hold not renewed");
+        }
+    }
+
+    fn watch(&self, hold: &HoldCtx, expires: Instant) -> Option<Arc<BodyWatch>> {
+        let watch = keeper::watch();
+        let job = Job::Watch {
+            hold: hold.clone(),
+            watch: watch.clone(),
+            expires,
+        };
+        self.keeper.send(job, || self.worker_ctx()).ok()?;
+        Some(watch)
     }
 
     fn headers(&self) -> &CreditHeaders {
         &self.headers
     }
-
-    fn hold_ttl(&self) -> Duration {
-        self.hold_ttl
-    }
 }
 
-/// Runs a ledger call to completion without making the response wait for it: polled once
-/// here (an in-memory ledger answers at once, a networked one sends its command), then, if
-/// not done, finished on the runtime and counted in `pending` until it is.
-pub(crate) fn drive<F, T>(
-    pending: &PendingSettlements,
-    fut: F,
-    done: impl FnOnce(T) + Send + 'static,
-) where
-    F: Future<Output = T> + Send + Unpin + 'static,
-    T: Send + 'static,
-{
-    let mut fut = fut;
-    let mut cx = Context::from_waker(Waker::noop());
-    if let Poll::Ready(out) = Pin::new(&mut fut).poll(&mut cx) {
-        done(out);
-        return;
-    }
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            let ticket = pending.enter();
-            handle.spawn(async move {
-                done(fut.await);
-                drop(ticket);
-            });
-        }
-        Err(_) => tracing::error!(
-            "no tokio runtime to finish a settle on; the hold will expire and be refunded"
-        ),
+/// Counts a commit no ledger confirmed (a refund that never landed costs nothing: the
+/// hold's expiry gives the credits back all the same).
+fn lost(stats: &Stats, hold: &HoldCtx, decision: Decision) {
+    if let Decision::Commit(actual) = decision {
+        Stats::add(&stats.commits_lost, 1);
+        Stats::add(&stats.credits_lost, actual.min(hold.charge.reserved()));
     }
 }
 

@@ -16,6 +16,7 @@ use crate::ledger::{AccountId, Insufficient};
 pub(crate) enum GrpcCode {
     #[cfg_attr(feature = "tonic", allow(dead_code))]
     FailedPrecondition = 9,
+    DeadlineExceeded = 4,
     ResourceExhausted = 8,
     Unauthenticated = 16,
     Unavailable = 14,

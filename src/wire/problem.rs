@@ -175,6 +175,24 @@ pub(crate) fn too_many_holds(ctx: &ProblemCtx<'_>, limit: u64) -> Refusal {
     )
 }
 
+pub(crate) fn lifetime_exceeded(ctx: &ProblemCtx<'_>, lifetime: std::time::Duration) -> Refusal {
+    let detail = format!(
+        "This request ran longer than the {} s a request may hold credits; it was cancelled and nothing was charged.",
+        lifetime.as_secs()
+    );
+    if ctx.grpc {
+        return grpc_refusal(GrpcCode::DeadlineExceeded, &detail);
+    }
+    problem(
+        ctx,
+        StatusCode::GATEWAY_TIMEOUT,
+        "hold-lifetime-exceeded",
+        "Request ran too long",
+        detail,
+        Map::new(),
+    )
+}
+
 pub(crate) fn unavailable(ctx: &ProblemCtx<'_>) -> Refusal {
     let detail = "Billing is unavailable right now; nothing was charged. Retry shortly.";
     if ctx.grpc {

@@ -213,6 +213,7 @@ impl RedisLedgerBuilder {
         super::scripts::load_all();
         Ok(RedisLedger {
             inner: Arc::new(Inner {
+                unanswered: Default::default(),
                 conn,
                 prefix: self.key_prefix,
                 call_timeout: self.call_timeout,

@@ -96,6 +96,7 @@ mod keys;
 mod reply;
 mod scripts;
 mod sweep;
+mod unanswered;
 
 pub use builder::{
     RedisLedgerBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
@@ -135,6 +136,7 @@ pub struct RedisLedger {
 
 struct Inner {
     conn: Conn,
+    unanswered: unanswered::Unanswered,
     prefix: String,
     call_timeout: Duration,
     settled_retention_ms: u64,
@@ -237,45 +239,10 @@ impl RedisLedger {
         }
     }
 
-    /// Refunds `hold` in the background after its reserve failed without an answer: if
-    /// the reserve ran (or runs later), the hold goes back; if not, the refund's tombstone
-    /// keeps the late reserve from holding. Retries until the hold's ttl has passed, after
-    /// which the hold, if any, is reclaimed as expired anyway.
+    /// Refunds `hold` in the background after its reserve failed without an answer (see
+    /// [`unanswered`]).
     fn refund_in_background(&self, account: AccountId, hold: HoldId, ttl: Duration) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let ledger = self.clone();
-        runtime.spawn(async move {
-            let deadline = tokio::time::Instant::now() + ttl;
-            let mut backoff = Duration::from_millis(10);
-            loop {
-                match ledger.refund(&account, &hold).await {
-                    Ok(settlement) => {
-                        tracing::debug!(
-                            %account, %hold, outcome = ?settlement.outcome,
-                            "refunded a reserve that got no answer"
-                        );
-                        return;
-                    }
-                    Err(err)
-                        if err.is_unavailable()
-                            && tokio::time::Instant::now() + backoff < deadline =>
-                    {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
-                    Err(err) => {
-                        tracing::warn!(
-                            %account, %hold, error = %err,
-                            "could not refund a reserve that got no answer; \
-                             the hold, if any, goes back when its ttl passes"
-                        );
-                        return;
-                    }
-                }
-            }
-        });
+        self.inner.unanswered.refund(self, account, hold, ttl);
     }
 
     fn do_reserve(&self, r: Reserve) -> Result<RedisFuture<ReserveOutcome>, LedgerError> {
