@@ -245,7 +245,10 @@ fn funded(rt: &tokio::runtime::Runtime, ids: &[AccountId]) -> MemoryLedger {
     let ledger = MemoryLedger::new();
     rt.block_on(async {
         for a in ids {
-            ledger.top_up(a, MAX_AMOUNT, "bench").await.unwrap();
+            ledger
+                .top_up(a, MAX_AMOUNT, &format!("bench-{a}"))
+                .await
+                .unwrap();
         }
     });
     ledger
@@ -401,7 +404,10 @@ fn memory(report: &mut Report) {
     rt.block_on(async {
         for i in 0..n {
             let acct = AccountId::new(format!("acct_{i:06}")).unwrap();
-            ledger.top_up(&acct, 1_000, "initial").await.unwrap();
+            ledger
+                .top_up(&acct, 1_000, &format!("initial-{acct}"))
+                .await
+                .unwrap();
         }
     });
     let after = live_bytes();

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use support::redis_server::BenchRedis;
 use support::report::{Report, Target};
-use tower_credits::ledger::redis::{DEFAULT_KEY_PREFIX, DEFAULT_SETTLED_RETENTION};
+use tower_credits::ledger::redis::{DEFAULT_CALL_TIMEOUT, DEFAULT_KEY_PREFIX};
 use tower_credits::ledger::DEFAULT_HOLD_TTL;
 use tower_credits::{AccountId, HoldId, Ledger, RedisLedger, Reserve, ReserveOutcome, MAX_AMOUNT};
 
@@ -75,7 +75,10 @@ fn accounts(tag: &str, n: usize) -> Vec<AccountId> {
 
 async fn fund(ledger: &RedisLedger, accounts: &[AccountId], amount: u64) {
     for acct in accounts {
-        ledger.top_up(acct, amount, "initial").await.unwrap();
+        ledger
+            .top_up(acct, amount, &format!("initial-{acct}"))
+            .await
+            .unwrap();
     }
 }
 
@@ -322,7 +325,8 @@ async fn ceiling(
         ];
         cmd.extend(account_keys(account));
         cmd.push("0".to_owned()); // clock offset
-        cmd.push(DEFAULT_SETTLED_RETENTION.as_millis().to_string());
+                                  // The closed-id grace: the call timeout + 1 s, as the ledger sends it.
+        cmd.push((DEFAULT_CALL_TIMEOUT.as_millis() + 1_000).to_string());
         cmd
     };
 
@@ -358,6 +362,7 @@ async fn ceiling(
         format!("{COMMIT_ID_PREFIX}__rand_int__"),
         "commit".to_owned(),
         "1".to_owned(),
+        DEFAULT_HOLD_TTL.as_millis().to_string(), // tombstone ttl: the longest reserved
     ]);
     let commits = redis_benchmark(con, port, shape, keyspace, &commit).await;
     let committed = hget_u64(con, &account_keys(&commit_acct)[0], "committed").await;
@@ -526,7 +531,10 @@ async fn memory(ledger: &RedisLedger, con: &mut MultiplexedConnection, report: &
             tokio::spawn(async move {
                 for i in (t..n).step_by(tasks) {
                     let acct = AccountId::new(format!("acct_{i:06}")).unwrap();
-                    ledger.top_up(&acct, 1_000, "initial").await.unwrap();
+                    ledger
+                        .top_up(&acct, 1_000, &format!("initial-{acct}"))
+                        .await
+                        .unwrap();
                 }
             })
         })

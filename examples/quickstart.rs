@@ -65,12 +65,25 @@ async fn seed(ledger: &impl Ledger) -> Result<(), tower_credits::LedgerError> {
     Ok(())
 }
 
+/// `redis://user:secret@host:6379/0` → `redis://***@host:6379/0`: a URL's password never
+/// goes to a terminal or a log.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(unparsed URL)".to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// The embedded ledger, or Redis when `REDIS_URL` is set: then several quickstarts on one
 /// Redis are replicas of one service, sharing balances (and seeding credits once).
 async fn ledger() -> Result<AnyLedger, tower_credits::LedgerError> {
     match std::env::var("REDIS_URL") {
         Ok(url) => {
-            println!("ledger: Redis at {url}");
+            println!("ledger: Redis at {}", without_credentials(&url));
             Ok(RedisLedger::builder().url(url).build().await?.into())
         }
         Err(_) => {

@@ -201,7 +201,9 @@ impl AccountResolver {
     ///
     /// **Warning: only use this behind a gateway that sets this header itself and strips it
     /// from callers' requests.** Otherwise any caller can name any account and spend its
-    /// credits. Never enable it on a service callers reach directly.
+    /// credits. Never enable it on a service callers reach directly. A request that carries
+    /// the header more than once is refused (`401`): behind a gateway that appends rather
+    /// than replaces, one of the values is the caller's.
     ///
     /// # Panics
     ///
@@ -257,13 +259,21 @@ impl AccountResolver {
                     }
                 }
             }
-            Kind::TrustedHeader(name) => match req.headers.get(name) {
-                None => Resolution::Refused(Unauthorized::Missing),
-                Some(value) => match value.to_str().ok().and_then(|v| AccountId::new(v).ok()) {
-                    Some(account) => Resolution::Account(account),
-                    None => Resolution::Refused(Unauthorized::InvalidAccount),
-                },
-            },
+            Kind::TrustedHeader(name) => {
+                let mut values = req.headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (None, _) => Resolution::Refused(Unauthorized::Missing),
+                    // Behind a gateway that appends, a second value is the caller's own:
+                    // whichever is taken, the caller may have picked who pays.
+                    (Some(_), Some(_)) => Resolution::Refused(Unauthorized::InvalidAccount),
+                    (Some(value), None) => {
+                        match value.to_str().ok().and_then(|v| AccountId::new(v).ok()) {
+                            Some(account) => Resolution::Account(account),
+                            None => Resolution::Refused(Unauthorized::InvalidAccount),
+                        }
+                    }
+                }
+            }
             Kind::Extension => match req.extensions.get::<AccountId>() {
                 Some(account) => Resolution::Account(account.clone()),
                 None => Resolution::Refused(Unauthorized::Missing),

@@ -111,14 +111,16 @@ pub use charge::{Charge, ChargeError};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use ledger::RedisLedger;
 pub use ledger::{
-    AccountId, AccountSettings, AnyLedger, Balance, Extended, Held, HoldId, Insufficient, Ledger,
-    LedgerError, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
+    AccountId, AccountSettings, AnyLedger, Balance, ErrorKind, Extended, Held, HoldId,
+    Insufficient, Ledger, LedgerError, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome,
+    Settlement, TopUp, Usage,
 };
 pub use middleware::classify;
 pub use middleware::classify::Protocol;
 pub use middleware::{
     CreditLayer, CreditService, PendingSettlements, ReaderStalled, ResponseBody, ResponseFuture,
-    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_MAX_HOLD_LIFETIME,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_MAX_CONCURRENT_KEY_LOOKUPS,
+    DEFAULT_MAX_HOLD_LIFETIME,
 };
 pub use outage::{BillingStats, OutagePolicy};
 pub use wire::headers::CreditHeaders;

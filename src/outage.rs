@@ -20,10 +20,16 @@ pub enum OutagePolicy {
     /// Nothing is served that is not paid for. The default.
     #[default]
     FailClosed,
-    /// Serve the request unbilled, and count it per account in
+    /// Serve the request unbilled when its account is known, and count it per account in
     /// [`CreditLayer::unbilled`](crate::CreditLayer::unbilled) so it can be billed later.
-    /// Availability over revenue.
+    /// Availability over revenue. A request whose API key is not in the cache cannot be
+    /// checked while the ledger is down: it is refused (`503`), not served.
     FailOpen,
+    /// As [`FailOpen`](Self::FailOpen), and also serve requests whose API key could not be
+    /// checked (the key is not cached and the ledger is down): **any well-formed key is
+    /// then served, unbilled and unattributed** (counted under `None`). Only where that is
+    /// acceptable.
+    FailOpenAnyKey,
 }
 
 /// Opens after `failures` consecutive ledger failures: for `cooldown` every request fails
@@ -150,6 +156,11 @@ pub struct BillingStats {
     pub breaker_fast_failures: u64,
     /// Requests served unbilled under [`OutagePolicy::FailOpen`].
     pub served_unbilled: u64,
+    /// Requests refused `500` because billing failed on our side (an unexpected ledger
+    /// reply, a script error, a price out of range): a deployment bug to fix.
+    pub billing_errors: u64,
+    /// Requests refused `503` because too many unknown API keys were being looked up.
+    pub key_lookups_shed: u64,
     /// Jobs waiting in the hold keeper's channel (settles to finish, renewals, bodies to
     /// watch) at the time of the snapshot.
     pub keeper_queued: u64,
@@ -170,6 +181,8 @@ pub(crate) struct Stats {
     pub(crate) outages: AtomicU64,
     pub(crate) breaker_fast_failures: AtomicU64,
     pub(crate) served_unbilled: AtomicU64,
+    pub(crate) billing_errors: AtomicU64,
+    pub(crate) key_lookups_shed: AtomicU64,
 }
 
 impl Stats {
@@ -190,6 +203,8 @@ impl Stats {
             outages: get(&self.outages),
             breaker_fast_failures: get(&self.breaker_fast_failures),
             served_unbilled: get(&self.served_unbilled),
+            billing_errors: get(&self.billing_errors),
+            key_lookups_shed: get(&self.key_lookups_shed),
             keeper_queued: 0,
             keeper_running: 0,
         }
@@ -199,11 +214,32 @@ impl Stats {
 /// Requests served unbilled under [`OutagePolicy::FailOpen`], per account, with the credits
 /// they would have held — so the seller can bill them later.
 ///
-/// Requests whose account could not be resolved (the API key lookup itself failed) are
-/// counted under `None`.
-#[derive(Clone, Default)]
+/// Requests whose account could not be resolved (the API key lookup itself failed, under
+/// [`OutagePolicy::FailOpenAnyKey`]) are counted under `None`. At most
+/// [`Unbilled::DEFAULT_MAX_ACCOUNTS`] accounts are counted one by one (callers may name
+/// accounts, so the map must not grow without bound); past that, requests are counted in
+/// one [`overflow`](Unbilled::overflow) bucket, with one warning.
+#[derive(Clone)]
 pub struct Unbilled {
-    inner: Arc<Mutex<HashMap<Option<AccountId>, UnbilledCount>>>,
+    inner: Arc<Mutex<UnbilledInner>>,
+}
+
+struct UnbilledInner {
+    accounts: HashMap<Option<AccountId>, UnbilledCount>,
+    overflow: UnbilledCount,
+    max_accounts: usize,
+}
+
+impl Default for Unbilled {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(UnbilledInner {
+                accounts: HashMap::new(),
+                overflow: UnbilledCount::default(),
+                max_accounts: Self::DEFAULT_MAX_ACCOUNTS,
+            })),
+        }
+    }
 }
 
 /// What one account was served unbilled.
@@ -216,34 +252,88 @@ pub struct UnbilledCount {
     pub credits: u64,
 }
 
+impl UnbilledCount {
+    fn add(&mut self, credits: u64) {
+        self.requests += 1;
+        self.credits = self.credits.saturating_add(credits);
+    }
+}
+
 impl fmt::Debug for Unbilled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.inner.lock().iter()).finish()
+        let inner = self.inner.lock();
+        f.debug_struct("Unbilled")
+            .field("accounts", &inner.accounts)
+            .field("overflow", &inner.overflow)
+            .finish()
     }
 }
 
 impl Unbilled {
+    /// How many accounts are counted one by one.
+    pub const DEFAULT_MAX_ACCOUNTS: usize = 10_000;
+
+    #[cfg(test)]
+    fn with_max_accounts(max_accounts: usize) -> Self {
+        let unbilled = Self::default();
+        unbilled.inner.lock().max_accounts = max_accounts;
+        unbilled
+    }
+
     pub(crate) fn record(&self, account: Option<AccountId>, credits: u64) {
-        let mut map = self.inner.lock();
-        let entry = map.entry(account).or_default();
-        entry.requests += 1;
-        entry.credits = entry.credits.saturating_add(credits);
+        let mut inner = self.inner.lock();
+        let full = inner.accounts.len() >= inner.max_accounts;
+        match inner.accounts.get_mut(&account) {
+            Some(entry) => entry.add(credits),
+            None if full => {
+                if inner.overflow.requests == 0 {
+                    tracing::warn!(
+                        max_accounts = inner.max_accounts,
+                        "more accounts served unbilled than are counted one by one; the rest are counted together in `Unbilled::overflow`"
+                    );
+                }
+                inner.overflow.add(credits);
+            }
+            None => inner.accounts.entry(account).or_default().add(credits),
+        }
     }
 
     /// The counts so far.
     pub fn snapshot(&self) -> HashMap<Option<AccountId>, UnbilledCount> {
-        self.inner.lock().clone()
+        self.inner.lock().accounts.clone()
     }
 
-    /// The counts so far, resetting them (for a billing job that charges them).
+    /// Requests of accounts past the first [`DEFAULT_MAX_ACCOUNTS`](Self::DEFAULT_MAX_ACCOUNTS),
+    /// counted together.
+    pub fn overflow(&self) -> UnbilledCount {
+        self.inner.lock().overflow
+    }
+
+    /// The counts so far, resetting them (for a billing job that charges them); the
+    /// overflow bucket is reset too, so take it first with [`overflow`](Self::overflow).
     pub fn take(&self) -> HashMap<Option<AccountId>, UnbilledCount> {
-        std::mem::take(&mut *self.inner.lock())
+        let mut inner = self.inner.lock();
+        inner.overflow = UnbilledCount::default();
+        std::mem::take(&mut inner.accounts)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unbilled_accounts_are_bounded() {
+        let unbilled = Unbilled::with_max_accounts(2);
+        for name in ["a", "b", "c", "d", "a"] {
+            unbilled.record(Some(AccountId::new(name).unwrap()), 5);
+        }
+        let counted = unbilled.snapshot();
+        assert_eq!(counted.len(), 2);
+        assert_eq!(counted[&Some(AccountId::new("a").unwrap())].requests, 2);
+        let overflow = unbilled.overflow();
+        assert_eq!((overflow.requests, overflow.credits), (2, 10));
+    }
 
     #[test]
     fn breaker_opens_after_threshold_then_probes_once() {

@@ -38,6 +38,7 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::task::{Context, Poll};
@@ -48,12 +49,13 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
-use echo::{EchoClient, EchoServer, SayRequest};
+use bytes::{Buf, Bytes, BytesMut};
+use echo::{ChatRequest, CountRequest, EchoClient, EchoServer, SayReply, SayRequest, UploadChunk};
 use futures_util::StreamExt;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use http_support::{account, get_req, http2, read, HttpClient, Server};
+use prost::Message;
 use support::redis::{RedisOptions, RedisServer};
 use support::rig::{assert_balanced, pricing, wait_for_async, Rng, DEADLINE};
 use tokio::sync::{oneshot, Semaphore};
@@ -79,6 +81,9 @@ const RATE_PER_SEC: usize = 300;
 /// How long before a kill a commit may have run and still lost its reply with the server
 /// (the append-only file's fsync comes before the reply): generous.
 const KILL_WINDOW_MS: u64 = 500;
+/// Closed hold ids are kept this much longer than any call needs them, so the audit at the
+/// end sees how every hold of the run closed (the ledger forgets them within seconds).
+const AUDIT_GRACE: Duration = Duration::from_secs(600);
 /// Credits each account starts with (its seed top-up).
 const SEED_CREDITS: u64 = 60;
 
@@ -88,6 +93,11 @@ const PANIC_PRICE: u64 = 4;
 const BLOCK_PRICE: u64 = 3;
 const STREAM_PRICE: u64 = 8;
 const SAY_PRICE: u64 = 10;
+/// The streaming methods' holds: a stream is charged what its handler metered (`add` per
+/// item, message or chunk), at most this.
+const COUNT_PRICE: u64 = 20;
+const CHAT_PRICE: u64 = 20;
+const UPLOAD_PRICE: u64 = 20;
 /// What a completed stream costs (three chunks of 1) and what a dropped one has charged.
 const STREAM_COST: u64 = 3;
 const DROPPED_COST: u64 = 2;
@@ -100,6 +110,9 @@ const ROUTES: &[(&str, u64)] = &[
     ("GET /v1/stream", STREAM_PRICE),
     ("GET /v1/drop", STREAM_PRICE),
     (echo::SAY, SAY_PRICE),
+    (echo::COUNT, COUNT_PRICE),
+    (echo::CHAT, CHAT_PRICE),
+    (echo::UPLOAD, UPLOAD_PRICE),
 ];
 
 fn scale() -> usize {
@@ -155,6 +168,10 @@ enum Intent {
     Commit(u64),
     /// A failure (5xx, panic, cancelled, gRPC error): the layer refunds.
     Refund,
+    /// A streaming call the client abandons mid-stream: the layer commits what the handler
+    /// metered when the stream ended (the `Charge` as it was closed, clamped to the hold),
+    /// known only at the end of the run.
+    Metered,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +179,8 @@ struct Seen {
     account: AccountId,
     hold: HoldId,
     intent: Intent,
+    /// For [`Intent::Metered`]: the call's id (`x-chaos-call`), its method and its `Charge`.
+    call: Option<(u64, String, Charge)>,
 }
 
 #[derive(Clone, Default)]
@@ -173,6 +192,16 @@ impl Log {
             account: charge.account().clone(),
             hold: charge.hold_id().clone(),
             intent,
+            call: None,
+        });
+    }
+
+    fn record_metered(&self, charge: &Charge, call: u64, method: &str) {
+        self.0.lock().unwrap().push(Seen {
+            account: charge.account().clone(),
+            hold: charge.hold_id().clone(),
+            intent: Intent::Metered,
+            call: Some((call, method.to_owned(), charge.clone())),
         });
     }
 }
@@ -304,6 +333,11 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> S::Future {
         if let Some(charge) = req.extensions().get::<Charge>() {
+            if let Some(call) = req.headers().get("x-chaos-call") {
+                let call = call.to_str().unwrap().parse().unwrap();
+                self.log.record_metered(charge, call, req.uri().path());
+                return self.inner.call(req);
+            }
             let intent = match req.headers().get("x-chaos-cost") {
                 Some(cost) => Intent::Commit(cost.to_str().unwrap().parse().unwrap()),
                 None => Intent::Refund,
@@ -380,9 +414,26 @@ struct TopUps {
     next: u64,
 }
 
+/// A streaming call the client abandoned mid-stream, as the client saw it.
+#[derive(Debug, Clone)]
+struct StreamCall {
+    /// Its `x-chaos-call` id.
+    id: u64,
+    method: &'static str,
+    /// What the layer may commit for it, as far as the client can tell: Count streams
+    /// produce ahead of the reader (`lo < hi`); a Chat or an Upload is known exactly.
+    lo: u64,
+    hi: u64,
+    /// Wall-clock ms: when the call began, and when the client abandoned it.
+    started_ms: u64,
+    ended_ms: u64,
+}
+
 struct Env {
     urls: Vec<String>,
     grpc: String,
+    grpc_addr: SocketAddr,
+    streams: Mutex<Vec<StreamCall>>,
     keys: Vec<(AccountId, String)>,
     ledgers: Vec<RedisLedger>,
     hooks: Hooks,
@@ -406,17 +457,294 @@ fn refusal(status: StatusCode) -> Option<&'static str> {
     }
 }
 
+/// A refusal the layer answers a gRPC call with while the ledger is down or the account is
+/// short (a trailers-only response).
+fn grpc_refusal(code: tonic::Code) -> Option<&'static str> {
+    match code {
+        tonic::Code::Unavailable => Some("gRPC UNAVAILABLE ledger unavailable"),
+        tonic::Code::FailedPrecondition => Some("gRPC FAILED_PRECONDITION insufficient"),
+        _ => None,
+    }
+}
+
+// ---- a raw HTTP/2 gRPC client: it resets a stream exactly when told (as in bypass_grpc) ----
+
+/// One HTTP/2 connection to the gRPC replica; its connection task ends with it.
+struct RawH2 {
+    send: h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawH2 {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+/// A gRPC length-prefixed message: flag 0 (uncompressed), big-endian length, bytes.
+fn grpc_frame(message: &impl Message) -> Bytes {
+    let body = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(0);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame.into()
+}
+
+impl RawH2 {
+    async fn connect(addr: SocketAddr) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Self { send, addr, conn }
+    }
+
+    /// Opens a call of `path` with the caller's key and `metadata`; the request stream stays
+    /// open.
+    async fn open(
+        &mut self,
+        path: &str,
+        key: &str,
+        metadata: &[(&str, String)],
+    ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+        let mut request = http::Request::post(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {key}"));
+        for (name, value) in metadata {
+            request = request.header(*name, value.as_str());
+        }
+        let mut send = bounded("an HTTP/2 stream slot", self.send.clone().ready())
+            .await
+            .expect("the gRPC connection is up");
+        send.send_request(request.body(()).unwrap(), false)
+            .expect("a new stream")
+    }
+}
+
+/// The `grpc-status` of a trailers-only answer (a refusal), if the head has one.
+fn head_status(head: &http::HeaderMap) -> Option<tonic::Code> {
+    head.get("grpc-status")
+        .map(|v| tonic::Code::from_i32(v.to_str().unwrap().parse().unwrap()))
+}
+
+/// The response messages of a raw call.
+struct RawReplies {
+    rx: h2::RecvStream,
+    buf: BytesMut,
+}
+
+impl RawReplies {
+    /// The next message (capacity released so the server keeps sending); `None` at the end
+    /// of the body.
+    async fn next<M: Message + Default>(&mut self) -> Option<M> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() >= 5 + len {
+                    assert_eq!(self.buf[0], 0, "uncompressed messages");
+                    self.buf.advance(5);
+                    return Some(M::decode(self.buf.split_to(len).freeze()).unwrap());
+                }
+            }
+            let data = self.rx.data().await?.expect("a DATA frame");
+            self.rx.flow_control().release_capacity(data.len()).unwrap();
+            self.buf.extend_from_slice(&data);
+        }
+    }
+}
+
+/// Waits until the upload named `id` has received `n` chunks (its handler metered them).
+async fn chunks_received(id: &str, n: u32) {
+    while echo::chunks_received(id) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A Count (server-streaming) call through tonic: the client reads `k` items of a longer
+/// stream, then drops it (tonic resets the stream). The handler adds per item it produced,
+/// and it produces ahead of the reader: the commit lies between what was read and what the
+/// whole stream would have cost, clamped to the hold.
+async fn count_dropped(
+    env: &Env,
+    grpc: &mut EchoClient,
+    rng: &mut Rng,
+    key: &str,
+    tally: &mut Tally,
+) {
+    let id = env.tags.fetch_add(1, Ordering::Relaxed);
+    let started_ms = now_ms();
+    let k = rng.range(1, 5);
+    let per_item = rng.range(1, 3);
+    // A short stream (it may end on the server before the reset) or an endless one (held
+    // back only by flow control: metered far past the hold).
+    let n = if rng.range(0, 1) == 0 {
+        rng.range(k + 1, 12)
+    } else {
+        1_000_000
+    };
+    let mut request = tonic::Request::new(CountRequest {
+        n: n as u32,
+        credits_per_item: per_item,
+        fail_code: 0,
+    });
+    let md = request.metadata_mut();
+    md.insert("authorization", format!("Bearer {key}").parse().unwrap());
+    md.insert("x-chaos-call", id.to_string().parse().unwrap());
+    match bounded("a Count call", grpc.count(request)).await {
+        Ok(response) => {
+            let mut items = response.into_inner();
+            for i in 0..k {
+                let item = bounded("a Count item", items.message())
+                    .await
+                    .unwrap_or_else(|s| panic!("Count item {i}: {s:?}"))
+                    .expect("the stream is longer");
+                assert_eq!(item.message, format!("item {i}"));
+            }
+            drop(items);
+            env.streams.lock().unwrap().push(StreamCall {
+                id,
+                method: echo::COUNT,
+                lo: (k * per_item).min(COUNT_PRICE),
+                hi: (n * per_item).min(COUNT_PRICE),
+                started_ms,
+                ended_ms: now_ms(),
+            });
+            tally.count("gRPC Count stream dropped by the client after k items");
+        }
+        Err(status) => tally.count(
+            grpc_refusal(status.code())
+                .unwrap_or_else(|| panic!("unexpected gRPC status {status:?}")),
+        ),
+    }
+}
+
+/// A Chat (bidi) call on the raw client: `m` messages, each answered, then the client
+/// resets the stream (RST_STREAM CANCEL). The handler added `m` × `credits`: committed,
+/// clamped to the hold.
+async fn chat_reset(env: &Env, raw: &mut RawH2, rng: &mut Rng, key: &str, tally: &mut Tally) {
+    let id = env.tags.fetch_add(1, Ordering::Relaxed);
+    let started_ms = now_ms();
+    let m = rng.range(1, 4);
+    let credits = rng.range(1, 8);
+    let message = |i: u64| {
+        grpc_frame(&ChatRequest {
+            message: format!("m{i}"),
+            credits,
+        })
+    };
+    let (response, mut tx) = raw
+        .open(echo::CHAT, key, &[("x-chaos-call", id.to_string())])
+        .await;
+    // Fails only if a refusal already closed the stream: the head below says so.
+    let _ = tx.send_data(message(0), false);
+    let response = bounded("a Chat head", response)
+        .await
+        .expect("the gRPC replica answers");
+    if let Some(code) = head_status(response.headers()) {
+        tally.count(grpc_refusal(code).unwrap_or_else(|| panic!("Chat refused with {code:?}")));
+        return;
+    }
+    let mut replies = RawReplies {
+        rx: response.into_body(),
+        buf: BytesMut::new(),
+    };
+    for i in 0..m {
+        if i > 0 {
+            tx.send_data(message(i), false)
+                .expect("the Chat stream is open");
+        }
+        let reply: SayReply = bounded("a Chat reply", replies.next())
+            .await
+            .expect("a reply to every message");
+        assert_eq!(reply.message, format!("echo: m{i}"));
+    }
+    tx.send_reset(h2::Reason::CANCEL);
+    drop(replies);
+    let charged = (m * credits).min(CHAT_PRICE);
+    env.streams.lock().unwrap().push(StreamCall {
+        id,
+        method: echo::CHAT,
+        lo: charged,
+        hi: charged,
+        started_ms,
+        ended_ms: now_ms(),
+    });
+    tally.told += charged;
+    tally.count("gRPC Chat (bidi) reset by the client after a few messages");
+}
+
+/// An Upload (client-streaming) call on the raw client: `m` chunks, then, once the handler
+/// has received (and metered) them, the client resets the stream before its end. Committed:
+/// `m` × `credits`, clamped to the hold.
+async fn upload_reset(env: &Env, raw: &mut RawH2, rng: &mut Rng, key: &str, tally: &mut Tally) {
+    let id = env.tags.fetch_add(1, Ordering::Relaxed);
+    let started_ms = now_ms();
+    let m = rng.range(1, 4);
+    let credits = rng.range(1, 8);
+    let name = format!("chaos-upload-{id}");
+    let (mut response, mut tx) = raw
+        .open(
+            echo::UPLOAD,
+            key,
+            &[
+                ("x-chaos-call", id.to_string()),
+                (echo::UPLOAD_ID, name.clone()),
+            ],
+        )
+        .await;
+    for i in 0..m {
+        let chunk = UploadChunk {
+            data: vec![i as u8; 32],
+            credits,
+        };
+        // Fails only if a refusal already closed the stream: the head says so.
+        let _ = tx.send_data(grpc_frame(&chunk), false);
+    }
+    // The handler answers only at the end of the upload: a head first is a refusal.
+    let refused = bounded("an Upload", async {
+        tokio::select! {
+            head = &mut response => Some(head.expect("the gRPC replica answers")),
+            () = chunks_received(&name, m as u32) => None,
+        }
+    })
+    .await;
+    if let Some(head) = refused {
+        let code = head_status(head.headers())
+            .unwrap_or_else(|| panic!("an upload answered before its end: {head:?}"));
+        tally.count(grpc_refusal(code).unwrap_or_else(|| panic!("Upload refused with {code:?}")));
+        return;
+    }
+    tx.send_reset(h2::Reason::CANCEL);
+    drop(response);
+    let charged = (m * credits).min(UPLOAD_PRICE);
+    env.streams.lock().unwrap().push(StreamCall {
+        id,
+        method: echo::UPLOAD,
+        lo: charged,
+        hi: charged,
+        started_ms,
+        ended_ms: now_ms(),
+    });
+    tally.told += charged;
+    tally.count("gRPC Upload (client streaming) reset before its end");
+}
+
 async fn worker(env: Arc<Env>, permits: Arc<Semaphore>, mut rng: Rng) -> Tally {
     let client = http2();
     let mut grpc = bounded("the gRPC connect", EchoClient::connect(env.grpc.clone()))
         .await
         .expect("connect to the gRPC replica");
+    let mut raw = bounded("the raw HTTP/2 connect", RawH2::connect(env.grpc_addr)).await;
     let mut tally = Tally::default();
     while let Ok(permit) = permits.acquire().await {
         permit.forget();
         let (account, key) = env.keys[rng.next() as usize % env.keys.len()].clone();
         let base = env.urls[rng.next() as usize % env.urls.len()].clone();
-        match rng.range(0, 99) {
+        match rng.range(0, 109) {
             0..=7 => top_up(&env, &mut rng, &account, &mut tally).await,
             8..=39 => {
                 // Sometimes past the price: the layer clamps to the hold.
@@ -493,6 +821,9 @@ async fn worker(env: Arc<Env>, permits: Arc<Semaphore>, mut rng: Rng) -> Tally {
                     tally.count(refusal(answer.status).unwrap_or_else(|| panic!("{answer:?}")));
                 }
             }
+            95..=99 => count_dropped(&env, &mut grpc, &mut rng, &key, &mut tally).await,
+            100..=104 => chat_reset(&env, &mut raw, &mut rng, &key, &mut tally).await,
+            105..=109 => upload_reset(&env, &mut raw, &mut rng, &key, &mut tally).await,
             _ => {
                 let fail = rng.range(0, 2) == 0;
                 let tokens = rng.range(0, SAY_PRICE + 2);
@@ -643,6 +974,8 @@ struct Injected {
     long_kills_at_ms: Vec<u64>,
     pauses: u64,
     restarts: u64,
+    /// Every fault, from its start to the restart or SIGCONT (wall-clock ms).
+    windows: Vec<(u64, u64)>,
 }
 
 /// A shuffled schedule: two short kills, one kill longer than the hold ttl (settles in
@@ -689,12 +1022,15 @@ async fn drive(
                 pacer.pace_for(down).await;
                 tokio::task::block_in_place(|| server.restart());
                 injected.restarts += 1;
+                injected.windows.push((at, now_ms()));
             }
             Fault::Pause(stopped) => {
+                let at = now_ms();
                 tokio::task::block_in_place(|| server.pause());
                 injected.pauses += 1;
                 pacer.pace_for(stopped).await;
                 tokio::task::block_in_place(|| server.resume());
+                injected.windows.push((at, now_ms()));
             }
         }
     }
@@ -812,9 +1148,12 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
 
     let server = RedisServer::start_with(RedisOptions::aof_always());
     let clock = ManualClock::new();
+    // The same closed-id grace as the replicas (call timeout + 1 s + the audit's), so every
+    // `done` score means the same thing.
     let patient = RedisLedger::builder()
         .url(server.url())
         .call_timeout(Duration::from_secs(5))
+        .extra_closed_grace(AUDIT_GRACE + CALL_TIMEOUT - Duration::from_secs(5))
         .test_clock(clock.clone())
         .build()
         .await
@@ -849,6 +1188,7 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
         let ledger = RedisLedger::builder()
             .url(server.url())
             .call_timeout(CALL_TIMEOUT)
+            .extra_closed_grace(AUDIT_GRACE)
             .test_clock(clock.clone())
             .build()
             .await
@@ -884,6 +1224,8 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     let env = Arc::new(Env {
         urls: servers.iter().map(|s| s.url("")).collect(),
         grpc: format!("http://{grpc_addr}"),
+        grpc_addr,
+        streams: Mutex::default(),
         keys: keys.clone(),
         ledgers: ledgers.clone(),
         hooks: hooks.clone(),
@@ -985,6 +1327,12 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     let mut lowest_available = i64::MAX;
     // Credits of commits the ledger made just before a kill longer than the hold ttl.
     let mut committed_at_a_long_kill = 0u64;
+    // The abandoned streams: how the ledger closed each hold, and per method what the
+    // ledger's usage hash says it committed vs what the closed `Charge`s say.
+    let mut stream_closed: HashMap<String, String> = HashMap::new();
+    let stream_methods = [echo::COUNT, echo::CHAT, echo::UPLOAD];
+    let mut usage_by_method: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut metered_by_method: BTreeMap<&str, u64> = BTreeMap::new();
     for (account, _) in &keys {
         let acct = hash(&server, &format!("credits:{{{account}}}:acct"));
         let (topped_up, committed, held) = (
@@ -1030,7 +1378,8 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
         assert_balanced(&b);
 
         // Every hold a handler saw, against how the ledger closed it.
-        // `done` scores are closing time (ms) * 4 + how (1 committed, 2 refunded, 3 expired).
+        // `done` scores are forget time (ms) * 4 + how (1 committed, 2 refunded, 3 expired);
+        // the forget time is the later of the close and the hold's expiry, plus the grace.
         let done = zset(&server, &format!("credits:{{{account}}}:done"));
         let closed: BTreeMap<&str, String> = done
             .iter()
@@ -1039,26 +1388,53 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
                 (id.as_str(), how.to_owned())
             })
             .collect();
-        let closed_at: HashMap<&str, u64> = done
+        let grace_ms = (CALL_TIMEOUT + Duration::from_secs(1) + AUDIT_GRACE).as_millis() as u64;
+        // Between the close and a hold TTL after it.
+        let closed_by: HashMap<&str, u64> = done
             .iter()
-            .map(|(id, score)| (id.as_str(), score / 4))
+            .map(|(id, score)| (id.as_str(), score / 4 - grace_ms))
             .collect();
         let mut mine: HashMap<&str, Intent> = HashMap::new();
         let mut committed_here = 0u64;
         for s in seen.iter().filter(|s| &s.account == account) {
-            mine.insert(s.hold.as_str(), s.intent);
+            // An abandoned stream commits its `Charge` as it was closed, clamped to the hold.
+            let intent = match (s.intent, &s.call) {
+                (Intent::Metered, Some((_, method, charge))) => {
+                    assert!(
+                        charge.actual().is_some(),
+                        "{account}: stream hold {} was never metered",
+                        s.hold
+                    );
+                    let how = closed.get(s.hold.as_str()).map(String::as_str);
+                    if how == Some("committed") {
+                        let m = stream_methods
+                            .iter()
+                            .find(|m| **m == method.as_str())
+                            .expect("a streaming method");
+                        *metered_by_method.entry(m).or_default() += charge.cost();
+                    }
+                    Intent::Commit(charge.cost())
+                }
+                (intent, _) => intent,
+            };
+            mine.insert(s.hold.as_str(), intent);
             let how = closed
                 .get(s.hold.as_str())
-                .unwrap_or_else(|| panic!("{account}: hold {} not closed", s.hold));
-            match (s.intent, how.as_str()) {
+                .unwrap_or_else(|| panic!("{account}: hold {} not closed ({s:?})", s.hold));
+            if s.call.is_some() {
+                stream_closed.insert(s.hold.to_string(), how.clone());
+            }
+            match (intent, how.as_str()) {
                 (Intent::Commit(c), "committed") => {
                     committed_here += c;
                     committed_holds += 1;
-                    let at = closed_at[s.hold.as_str()];
+                    // Closed at most a TTL before `at` (the forget time says no more).
+                    let at = closed_by[s.hold.as_str()];
+                    let ttl_ms = HOLD_TTL.as_millis() as u64;
                     if injected
                         .long_kills_at_ms
                         .iter()
-                        .any(|&kill| at <= kill + 50 && at + KILL_WINDOW_MS >= kill)
+                        .any(|&kill| at <= kill + 50 + ttl_ms && at + KILL_WINDOW_MS >= kill)
                     {
                         committed_at_a_long_kill += c;
                     }
@@ -1070,7 +1446,10 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
                 (Intent::Refund, "refunded" | "expired") => {}
                 (Intent::Refund, "committed") => failed_but_charged += 1,
                 (intent, how) => {
-                    panic!("{account}: hold {} meant {intent:?}, closed {how}", s.hold)
+                    panic!(
+                        "{account}: hold {} meant {intent:?}, closed {how} ({s:?})",
+                        s.hold
+                    )
                 }
             }
         }
@@ -1083,6 +1462,83 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
         }
         charged_twice += committed - committed_here as i64;
         ledger_committed += committed as u64;
+        // The ledger's own record, by route, of what it committed on the streaming methods.
+        let usage = hash(&server, &format!("credits:{{{account}}}:usage"));
+        for (field, value) in &usage {
+            if let Some(m) = stream_methods
+                .iter()
+                .find(|m| field.starts_with("credits:") && field.ends_with(**m))
+            {
+                *usage_by_method.entry(m).or_default() += value.parse::<u64>().unwrap();
+            }
+        }
+    }
+
+    // The abandoned streams, call by call: each has its hold, was charged what the client
+    // can account for and at most its hold; one that ran while Redis was healthy (no fault
+    // from a second before it began to half a second after the client abandoned it) was
+    // committed.
+    let streams = env.streams.lock().unwrap().clone();
+    let by_call: HashMap<u64, &Seen> = seen
+        .iter()
+        .filter_map(|s| s.call.as_ref().map(|c| (c.0, s)))
+        .collect();
+    assert_eq!(
+        by_call.len(),
+        streams.len(),
+        "every stream hold the handlers saw is one the client abandoned"
+    );
+    #[derive(Default)]
+    struct StreamStats {
+        calls: u64,
+        committed: u64,
+        credits: u64,
+        past_the_hold: u64,
+        expired: u64,
+        healthy: u64,
+    }
+    let mut stream_stats: BTreeMap<&str, StreamStats> = BTreeMap::new();
+    let mut count_metered = 0u64;
+    for call in &streams {
+        let s = by_call
+            .get(&call.id)
+            .unwrap_or_else(|| panic!("stream call {call:?} has no hold"));
+        let charge = &s.call.as_ref().unwrap().2;
+        let (actual, cost) = (charge.actual().unwrap(), charge.cost());
+        assert!(
+            call.lo <= cost && cost <= call.hi && cost <= charge.reserved(),
+            "stream {call:?}: charged {cost} (metered {actual}, hold {})",
+            charge.reserved()
+        );
+        if call.method == echo::COUNT {
+            count_metered += cost;
+        }
+        let how = &stream_closed[s.hold.as_str()];
+        let healthy = injected
+            .windows
+            .iter()
+            .all(|&(from, to)| call.ended_ms + 500 < from || call.started_ms > to + 1000);
+        let st = stream_stats.entry(call.method).or_default();
+        st.calls += 1;
+        if actual > charge.reserved() {
+            st.past_the_hold += 1;
+        }
+        match how.as_str() {
+            "committed" => {
+                st.committed += 1;
+                st.credits += cost;
+            }
+            "expired" => st.expired += 1,
+            how => panic!("stream {call:?} (hold {}) closed {how}", s.hold),
+        }
+        if healthy {
+            st.healthy += 1;
+            assert_eq!(
+                how, "committed",
+                "stream {call:?} (hold {}) abandoned while Redis was healthy",
+                s.hold
+            );
+        }
     }
 
     let stats = sum_stats(&layers);
@@ -1186,13 +1642,47 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
             }
         ),
     );
+    let mut healthy_streams = 0;
+    for m in stream_methods {
+        let st = stream_stats.remove(m).unwrap_or_default();
+        healthy_streams += st.healthy;
+        line(
+            &mut summary,
+            format!(
+                "abandoned {m} streams: {} ({} while Redis was healthy, all committed at most \
+                 the hold); {} committed ({} credits, {} by the ledger's usage), {} metered \
+                 past the hold (committed the hold), {} expired under faults",
+                st.calls,
+                st.healthy,
+                st.committed,
+                st.credits,
+                usage_by_method.get(m).copied().unwrap_or(0),
+                st.past_the_hold,
+                st.expired
+            ),
+        );
+    }
     println!("{summary}");
+
+    // The ledger's usage on the streaming routes is what their closed charges said.
+    for m in stream_methods {
+        assert_eq!(
+            usage_by_method.get(m).copied().unwrap_or(0),
+            metered_by_method.get(m).copied().unwrap_or(0),
+            "{m}: ledger usage vs committed stream charges\n{summary}"
+        );
+    }
+    assert!(
+        healthy_streams > 0,
+        "no stream was abandoned while Redis was healthy\n{summary}"
+    );
 
     assert_eq!(charged_twice, 0, "{summary}");
     assert_eq!(failed_but_charged, 0, "{summary}");
-    // What the clients were told was charged, every commit decision the layers made.
+    // What the clients were told was charged (or, for the dropped Count streams, what
+    // their handlers metered), every commit decision the layers made.
     assert_eq!(
-        tally.told + warm_credits,
+        tally.told + warm_credits + count_metered,
         stats.credits_committed + stats.credits_lost,
         "{summary}"
     );

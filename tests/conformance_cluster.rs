@@ -38,7 +38,8 @@ impl conformance::Harness for ClusterHarness {
             .cluster_urls(cluster().urls())
             .key_prefix(fresh_prefix())
             // The suite checks semantics, not latency: a busy machine must not fail it.
-            .call_timeout(Duration::from_secs(5))
+            // 4 s: the closed-id grace (timeout + 1 s) is then the model's 5 s.
+            .call_timeout(Duration::from_secs(4))
             .test_clock(clock.clone())
             .build()
             .await

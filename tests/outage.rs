@@ -141,17 +141,18 @@ async fn fail_open_serves_unbilled_and_counts_it_per_account() {
     let who = send(&client, get_req(&server.url("/v1/who"), Some("key-fo"))).await;
     assert_eq!(who.status, StatusCode::OK);
     assert_eq!(who.body, "acct_fo billed=false");
-    // An uncached key cannot be resolved while the ledger is down: counted without account.
+    // An uncached key cannot be checked while the ledger is down: under `FailOpen` it is
+    // refused, not served unverified (that takes `FailOpenAnyKey`).
     let answer = send(&client, get_req(&url, Some("never-seen"))).await;
-    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     ledger.set_down(false);
 
     let unbilled = layer.unbilled().snapshot();
     let mine = unbilled[&Some(acct.clone())];
     assert_eq!((mine.requests, mine.credits), (5, 14));
-    assert_eq!(unbilled[&None].requests, 1);
-    assert_eq!(layer.stats().served_unbilled, 6);
-    assert_eq!(layer.unbilled().take().len(), 2);
+    assert!(!unbilled.contains_key(&None));
+    assert_eq!(layer.stats().served_unbilled, 5);
+    assert_eq!(layer.unbilled().take().len(), 1);
     assert!(layer.unbilled().snapshot().is_empty(), "take resets");
     assert_eq!(available(&ledger.inner, &acct).await, 97);
 }

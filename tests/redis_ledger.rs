@@ -353,8 +353,9 @@ async fn holds_of_a_vanished_service_come_back_after_their_ttl() {
     assert!(survivor.usage(&a).await.unwrap().by_route.is_empty());
 }
 
-/// Closed ids and tombstones are forgotten after the settled retention, so `done` does not
-/// grow forever; after that the id is free again.
+/// Closed ids are forgotten once no call about them can come (the hold's expiry + call
+/// timeout + 1 s), tombstones of never-seen ids after the longest TTL reserved with + call
+/// timeout + 1 s, so `done` does not grow forever; after that the id is free again.
 #[tokio::test]
 async fn closed_hold_ids_are_forgotten_after_the_retention() {
     let server = RedisServer::start();
@@ -363,14 +364,14 @@ async fn closed_hold_ids_are_forgotten_after_the_retention() {
         .url(server.url())
         .call_timeout(PATIENT)
         .test_clock(clock.clone())
-        .settled_retention(Duration::from_secs(10))
         .build()
         .await
         .unwrap();
+    let grace = PATIENT + Duration::from_secs(1);
     let a = acct("acct_retention");
     l.top_up(&a, 100, "pay-1").await.unwrap();
     expect_held(
-        l.reserve(Reserve::new(a.clone(), hold("h1"), 10))
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 10).ttl(Duration::from_secs(10)))
             .await
             .unwrap(),
     );
@@ -381,11 +382,26 @@ async fn closed_hold_ids_are_forgotten_after_the_retention() {
     assert_eq!(closed_how(&server, done, "h1"), "committed");
     assert_eq!(closed_how(&server, done, "never-reserved"), "refunded");
 
-    clock.advance(Duration::from_secs(5));
+    // Just short of the hold's expiry + grace (the real clock only adds to it).
+    clock.advance(Duration::from_secs(10) + grace - Duration::from_secs(1));
     l.balance(&a).await.unwrap();
-    assert_eq!(server.cli(&["ZCARD", done]), "2", "within the retention");
+    assert_eq!(
+        server.cli(&["ZCARD", done]),
+        "2",
+        "a late call may still come"
+    );
 
-    clock.advance(Duration::from_secs(6));
+    clock.advance(Duration::from_secs(2));
+    l.balance(&a).await.unwrap();
+    assert_eq!(
+        server.cli(&["ZCARD", done]),
+        "1",
+        "the tombstone outlives the hold"
+    );
+    assert_eq!(closed_how(&server, done, "never-reserved"), "refunded");
+
+    // The tombstone stands for a reserve of the default TTL (60 s), the longest used here.
+    clock.advance(Duration::from_secs(50));
     l.balance(&a).await.unwrap();
     assert_eq!(server.cli(&["ZCARD", done]), "0");
     assert!(
@@ -642,6 +658,11 @@ async fn amounts_past_max_are_refused_before_redis() {
         server.cli(&["HEXISTS", "credits:{acct_max}:topups", "one-more"]),
         "0"
     );
+    // Nor is its claim: the key is free again.
+    assert_eq!(
+        server.cli(&["EXISTS", &l.top_up_claim_key("one-more")]),
+        "0"
+    );
     let held = expect_held(
         l.reserve(Reserve::new(a.clone(), hold("all"), MAX_AMOUNT))
             .await
@@ -663,10 +684,12 @@ async fn unknown_accounts_create_no_keys() {
     let l = ledger(&server).await;
     let ghost = acct("acct_ghost");
     let h = hold("h1");
-    assert!(matches!(
-        l.reserve(Reserve::new(ghost.clone(), h.clone(), 1)).await,
-        Err(LedgerError::UnknownAccount)
-    ));
+    assert_eq!(
+        l.reserve(Reserve::new(ghost.clone(), h.clone(), 1))
+            .await
+            .unwrap(),
+        ReserveOutcome::UnknownAccount
+    );
     assert!(matches!(
         l.balance(&ghost).await,
         Err(LedgerError::UnknownAccount)
@@ -841,9 +864,21 @@ async fn keys_follow_the_documented_layout() {
         .iter()
         .map(|s| format!("{tag}:{s}"))
         .chain([format!("credits:apikey:{}", key.to_hex())])
+        .chain([l.top_up_claim_key("pay-1")])
         .collect();
     assert_eq!(keys, want);
+    assert_eq!(
+        server.cli(&["GET", &l.top_up_claim_key("pay-1")]),
+        "user@example.com"
+    );
     for k in &keys {
+        if k.ends_with(":done") {
+            // Closed ids go with the key once the last is due: about the hold's TTL
+            // (60 s) + call timeout + 1 s, and never longer than the longest TTL.
+            let ttl: i64 = server.cli(&["TTL", k]).parse().unwrap();
+            assert!((1..=24 * 3600 + 120).contains(&ttl), "{k} TTL {ttl}");
+            continue;
+        }
         assert_eq!(server.cli(&["TTL", k]), "-1", "{k} expires");
     }
     assert_eq!(
@@ -911,7 +946,7 @@ async fn max_open_holds_is_enforced() {
     );
     let r = l.reserve(Reserve::new(a.clone(), hold("h3"), 1)).await;
     assert!(
-        matches!(r, Err(LedgerError::TooManyHolds { limit: 2 })),
+        matches!(r, Ok(ReserveOutcome::TooManyHolds { limit: 2 })),
         "{r:?}"
     );
     // A replay of an open hold is still answered.
@@ -952,7 +987,7 @@ async fn the_sweeper_reclaims_expired_holds_of_idle_accounts() {
     let idle = acct("acct_idle");
     let live = acct("acct_live");
     l.top_up(&idle, 1_000, "pay-1").await.unwrap();
-    l.top_up(&live, 100, "pay-1").await.unwrap();
+    l.top_up(&live, 100, "pay-2").await.unwrap();
     for i in 0..100 {
         let r = Reserve::new(idle.clone(), hold(&format!("idle-{i}")), 3)
             .ttl(Duration::from_secs(10))
@@ -1081,7 +1116,7 @@ async fn the_sweeper_visits_every_master_of_a_cluster() {
     let names: Vec<String> = (0..8).map(|i| format!("acct_sweep_{i}")).collect();
     for name in &names {
         let a = acct(name);
-        l.top_up(&a, 100, "pay-1").await.unwrap();
+        l.top_up(&a, 100, &format!("pay-{name}")).await.unwrap();
         for i in 0..2 {
             let r = Reserve::new(a.clone(), hold(&format!("h{i}")), 5).ttl(Duration::from_secs(5));
             expect_held(l.reserve(r).await.unwrap());
@@ -1136,4 +1171,72 @@ fn test_servers_die_with_their_handle() {
         .success();
     assert!(!alive, "redis-server {pid} outlived its handle");
     assert!(support::redis::try_cli(port, &["PING"]).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// Top-ups: one account per payment id, healed across a crash
+// ---------------------------------------------------------------------------------------
+
+/// A crash between the claim and the top-up (the claim made by hand here) leaves the key
+/// claimed and nothing credited: the payment's retry finds the claim its own, credits
+/// once, and replays after that; another account still cannot use the key.
+#[tokio::test]
+async fn a_crash_between_claim_and_top_up_is_healed_by_the_retry() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    let (a, b) = (acct("acct_crash"), acct("acct_other"));
+    let claim = l.top_up_claim_key("pay_crash");
+    assert_eq!(server.cli(&["SET", &claim, "acct_crash", "NX"]), "OK");
+    assert!(matches!(
+        l.balance(&a).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+    let r = l.top_up(&b, 50, "pay_crash").await;
+    assert!(
+        matches!(&r, Err(LedgerError::TopUpKeyClaimed { account }) if *account == a),
+        "{r:?}"
+    );
+
+    let t = l.top_up(&a, 50, "pay_crash").await.unwrap();
+    assert_eq!((t.replayed, t.available), (false, 50));
+    let t = l.top_up(&a, 50, "pay_crash").await.unwrap();
+    assert_eq!((t.replayed, t.available), (true, 50));
+    assert_eq!(l.balance(&a).await.unwrap().topped_up, 50);
+    assert_eq!(server.cli(&["GET", &claim]), "acct_crash");
+    assert_eq!(server.cli(&["TTL", &claim]), "-1", "claims never expire");
+    assert!(matches!(
+        l.balance(&b).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+}
+
+/// A claim that was lost (a failover, or data written before claims existed) while the
+/// account kept the key: a replay re-makes the claim; a conflict on the amount keeps it
+/// (the key is the account's), so another account still cannot use the key.
+#[tokio::test]
+async fn a_lost_claim_is_made_again_by_the_replay_or_the_conflict() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    let (a, b) = (acct("acct_kept"), acct("acct_thief"));
+    l.top_up(&a, 10, "pay_old").await.unwrap();
+    l.top_up(&a, 20, "pay_older").await.unwrap();
+    for key in ["pay_old", "pay_older"] {
+        assert_eq!(server.cli(&["DEL", &l.top_up_claim_key(key)]), "1");
+    }
+    assert!(l.top_up(&a, 10, "pay_old").await.unwrap().replayed);
+    assert!(matches!(
+        l.top_up(&a, 99, "pay_older").await,
+        Err(LedgerError::TopUpConflict {
+            first_amount: 20,
+            amount: 99
+        })
+    ));
+    for key in ["pay_old", "pay_older"] {
+        assert_eq!(server.cli(&["GET", &l.top_up_claim_key(key)]), "acct_kept");
+        assert!(matches!(
+            l.top_up(&b, 10, key).await,
+            Err(LedgerError::TopUpKeyClaimed { .. })
+        ));
+    }
+    assert_eq!(l.balance(&a).await.unwrap().topped_up, 30);
 }

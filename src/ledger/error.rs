@@ -3,10 +3,13 @@ use std::time::Duration;
 
 /// Why a ledger operation failed.
 ///
-/// Refusals that are part of normal business (not enough credits, a hold that already
-/// settled) are *outcomes*, not errors: see [`ReserveOutcome`](super::ReserveOutcome) and
-/// [`SettleOutcome`](super::SettleOutcome). Errors are bad input, conflicts, and a store
-/// that cannot be reached. None of them moved any credits.
+/// Refusals that are part of normal business (not enough credits, too many open holds, an
+/// unknown account, a hold that already settled) are *outcomes*, not errors: see
+/// [`ReserveOutcome`](super::ReserveOutcome) and [`SettleOutcome`](super::SettleOutcome).
+/// Errors come in four [kinds](ErrorKind), each handled differently (see
+/// [`kind`](Self::kind)): bad input, a conflict, a store that cannot be reached, and a
+/// store that answered what no ledger of this version answers. None of them moved any
+/// credits.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LedgerError {
@@ -47,7 +50,9 @@ pub enum LedgerError {
         /// The ttl given.
         ttl: Duration,
     },
-    /// The account has never been topped up or configured.
+    /// [`balance`](super::Ledger::balance) or [`usage`](super::Ledger::usage) of an
+    /// account never topped up or configured (a reserve answers
+    /// [`ReserveOutcome::UnknownAccount`](super::ReserveOutcome::UnknownAccount) instead).
     #[error("unknown account")]
     UnknownAccount,
     /// The idempotency key was already used for a top-up of another amount.
@@ -58,23 +63,72 @@ pub enum LedgerError {
         /// The amount of the conflicting replay.
         amount: u64,
     },
-    /// The account has as many open holds as it is allowed.
-    #[error("account has {limit} open holds, the most allowed")]
-    TooManyHolds {
-        /// The configured limit.
-        limit: u64,
+    /// The top-up idempotency key (a payment id) already credited another account: a
+    /// payment id credits exactly one account, once. Nothing was credited.
+    #[error("top-up idempotency key already used for account {account}")]
+    TopUpKeyClaimed {
+        /// The account the key belongs to.
+        account: super::AccountId,
     },
     /// The store did not answer within the per-call deadline.
     #[error("ledger did not answer within {0:?}")]
     Timeout(Duration),
-    /// The store could not be reached or answered with an error.
+    /// The store could not be reached, lost the connection, or said it cannot serve now
+    /// (loading, busy, failing over, cluster down): retry later.
     #[error("ledger unavailable: {0}")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// The store answered what no ledger of this version answers: an unexpected reply, or
+    /// an error raised by a script (a key of the wrong type, a Lua runtime error, an
+    /// argument the script refused). A deployment bug (scripts and code of different
+    /// versions, keys written by something else) or corrupt state: never retried, never
+    /// counted by the circuit breaker as an outage, never served unbilled.
+    #[error("ledger answered unexpectedly (deployment bug or corrupt state): {0}")]
+    Corrupt(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+/// The kind of a [`LedgerError`], which decides how it is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Bad input (an id, key, amount or ttl the ledger does not accept, or a total that
+    /// would leave the accepted range): fix the call; nothing was written.
+    InvalidInput,
+    /// The call conflicts with an earlier one (a top-up key used for another amount or
+    /// another account): nothing was written; retrying the same call fails the same way.
+    Conflict,
+    /// The store is unreachable or too slow: retry later; counted by the circuit breaker
+    /// and subject to the outage policy.
+    Unavailable,
+    /// A protocol error or corrupt state: fail closed, do not retry, alert an operator.
+    Corrupt,
 }
 
 impl LedgerError {
-    /// Whether the error is the store's fault (retry later), not the input's.
+    /// The kind of the error: how to handle it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidAccountId { .. }
+            | Self::InvalidHoldId
+            | Self::InvalidIdempotencyKey
+            | Self::InvalidRoute
+            | Self::AmountOutOfRange { .. }
+            | Self::TotalOutOfRange { .. }
+            | Self::InvalidTtl { .. }
+            | Self::UnknownAccount => ErrorKind::InvalidInput,
+            Self::TopUpConflict { .. } | Self::TopUpKeyClaimed { .. } => ErrorKind::Conflict,
+            Self::Timeout(_) | Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Corrupt(_) => ErrorKind::Corrupt,
+        }
+    }
+
+    /// Whether the error is the store's fault and passes (retry later), not the input's.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Timeout(_) | Self::Unavailable(_))
+        self.kind() == ErrorKind::Unavailable
+    }
+
+    /// Whether the store answered what no ledger of this version answers (a deployment bug
+    /// or corrupt state): do not retry.
+    pub fn is_corrupt(&self) -> bool {
+        self.kind() == ErrorKind::Corrupt
     }
 }

@@ -1,6 +1,7 @@
 //! The embedded ledger: balances in process memory, no server needed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
 use std::future::{ready, Ready};
 use std::hash::BuildHasher;
@@ -14,7 +15,8 @@ use sha2::{Digest, Sha256};
 use super::{
     burn_rate_after, check_idempotency_key, check_route, check_ttl, decayed_rate, runway_secs,
     AccountId, AccountSettings, Balance, Extended, Held, HoldId, Insufficient, Ledger, LedgerError,
-    Reserve, ReserveOutcome, RouteUsage, SettleOutcome, Settlement, TopUp, Usage, RECLAIM_LIMIT,
+    LongestTtl, Reserve, ReserveOutcome, RouteUsage, SettleOutcome, Settlement, TopUp, Usage,
+    RECLAIM_LIMIT,
 };
 use crate::amount::{check_amount, checked_total};
 use crate::api_key::ApiKeyHash;
@@ -30,9 +32,19 @@ type FastMap<K, V> = HashMap<K, V, RandomState>;
 const SHARDS: usize = 64;
 const _: () = assert!(SHARDS.is_power_of_two() && SHARDS > 1);
 
-/// Default time settled hold ids (and tombstones) are remembered: long enough that any
-/// retried reserve or late settle finds them.
-const DEFAULT_SETTLED_RETENTION: Duration = Duration::from_secs(60 * 60);
+/// How long a closed hold id is remembered past the moment its hold expires (or closes,
+/// if later): the call timeout (none here: a `MemoryLedger` call runs to its end before it
+/// answers, so no call about the id can still be on its way) + 1 s of margin, as on the
+/// Redis ledger. A retried settle or extend is sent only while the hold lives and a
+/// retried reserve only while the first is unanswered, so none comes later than that.
+const CLOSED_GRACE_MS: u64 = 1_000;
+
+/// When a hold closed at `now_ms` (expiring at `expires_at_ms`) is forgotten. Its expiry
+/// is at most its TTL (from the last reserve or extend) after the close, so this is never
+/// later than close time + TTL + call timeout + 1 s.
+fn forget_at(now_ms: u64, expires_at_ms: u64) -> u64 {
+    now_ms.max(expires_at_ms) + CLOSED_GRACE_MS
+}
 
 /// Credits kept in process memory, with the same semantics as the Redis ledger.
 ///
@@ -74,22 +86,25 @@ struct Inner {
     /// Picks an account's shard.
     shard_hasher: RandomState,
     api_keys: RwLock<FastMap<ApiKeyHash, AccountId>>,
+    /// Every top-up idempotency key ever credited, by [`topup_digest`]: the account it
+    /// credited and the amount. One map for the whole ledger, since a key credits one
+    /// account only; locked before the account's shard (top-ups are rare).
+    topups: Mutex<FastMap<[u8; 16], (AccountId, u64)>>,
     clock: Arc<dyn Clock>,
-    settled_retention_ms: u64,
+    /// How long a refund tombstone of a never-seen id is kept (see [`LongestTtl`]).
+    longest_ttl: LongestTtl,
     max_open_holds: Option<u64>,
 }
 
 /// Builds a [`MemoryLedger`].
 pub struct MemoryLedgerBuilder {
     clock: Arc<dyn Clock>,
-    settled_retention: Duration,
     max_open_holds: Option<u64>,
 }
 
 impl fmt::Debug for MemoryLedgerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryLedgerBuilder")
-            .field("settled_retention", &self.settled_retention)
             .field("max_open_holds", &self.max_open_holds)
             .finish_non_exhaustive()
     }
@@ -102,14 +117,8 @@ impl MemoryLedgerBuilder {
         self
     }
 
-    /// How long settled hold ids and refund tombstones are remembered (default 1 hour).
-    pub fn settled_retention(mut self, retention: Duration) -> Self {
-        self.settled_retention = retention;
-        self
-    }
-
-    /// The most open holds one account may have; a reserve beyond it fails with
-    /// [`LedgerError::TooManyHolds`] (default: no limit).
+    /// The most open holds one account may have; a reserve beyond it answers
+    /// [`ReserveOutcome::TooManyHolds`] (default: no limit).
     pub fn max_open_holds(mut self, limit: u64) -> Self {
         self.max_open_holds = Some(limit);
         self
@@ -122,37 +131,30 @@ impl MemoryLedgerBuilder {
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 shard_hasher: RandomState::default(),
                 api_keys: RwLock::default(),
+                topups: Mutex::default(),
                 clock: self.clock,
-                settled_retention_ms: self.settled_retention.as_millis() as u64,
+                longest_ttl: LongestTtl::default(),
                 max_open_holds: self.max_open_holds,
             }),
         }
     }
 }
 
-/// The accounts of one shard, and their top-up idempotency keys, under one lock.
+/// The accounts of one shard, under one lock.
 #[derive(Default)]
 struct Shard {
     accounts: FastMap<AccountId, AccountState>,
-    /// Amount of each top-up, by [`topup_digest`] of account and key: 16 bytes and no
-    /// allocation per key, instead of a `String` per key in a map per account.
-    topups: FastMap<[u8; 16], u64>,
 }
 
-/// A top-up's idempotency key, as the first 128 bits of SHA-256 over the account and the
-/// key (length-prefixed, so no two pairs share an input): a collision needs about 2^64
-/// keys.
-fn topup_digest(account: &AccountId, key: &str) -> [u8; 16] {
-    let digest = Sha256::new()
-        .chain_update((account.as_str().len() as u64).to_be_bytes())
-        .chain_update(account.as_str())
-        .chain_update(key)
-        .finalize();
+/// A top-up's idempotency key, as the first 128 bits of its SHA-256 (16 bytes and no
+/// allocation per key): a collision needs about 2^64 keys.
+fn topup_digest(key: &str) -> [u8; 16] {
+    let digest = Sha256::digest(key.as_bytes());
     digest[..16].try_into().expect("SHA-256 is 32 bytes")
 }
 
 /// A closed hold id as the ledger remembers it: 16 bytes instead of the id's 40, since
-/// every settle leaves one for `settled_retention` (a busy account keeps hundreds of
+/// every settle leaves one until its hold's TTL + 1 s has passed (a busy account keeps
 /// thousands). A generated id is its UUID's own 128 bits, exactly; any other id is its
 /// text hashed to 128 bits by two independently seeded foldhash passes. Two of one
 /// account's ids meeting in that hash is a 2^-128 event, and its worst outcome is a fresh
@@ -203,15 +205,49 @@ struct Activity {
     holds: FastMap<HoldId, OpenHold>,
     /// Open holds ordered by expiry: the expiry index.
     expiry: BTreeSet<(u64, HoldId)>,
-    /// Settled, refunded, expired and tombstoned ids, with when they closed.
+    /// Settled, refunded, expired and tombstoned ids, with how they closed, until their
+    /// forget-at time.
     done: FastMap<ClosedKey, SettleOutcome>,
-    /// `done` in closing order, so pruning by age looks only at the oldest.
-    done_order: VecDeque<(u64, ClosedKey)>,
+    /// `done` by forget-at time (ms), earliest first, so pruning looks only at the due
+    /// ones (holds of different TTLs are not forgotten in closing order).
+    forget: BinaryHeap<Reverse<(u64, ClosedKey)>>,
+    /// The latest forget-at time in `done`: once passed, all of `done` goes at once (as
+    /// the `PEXPIRE` of the Redis ledger's `done` key), however many ids it holds.
+    done_until: u64,
 }
 
 impl Activity {
     fn is_empty(&self) -> bool {
         self.holds.is_empty() && self.done.is_empty()
+    }
+
+    /// Remembers how a hold id closed, until `forget_at` (ms).
+    fn remember(&mut self, key: ClosedKey, how: SettleOutcome, forget_at: u64) {
+        self.done.insert(key, how);
+        self.forget.push(Reverse((forget_at, key)));
+        self.done_until = self.done_until.max(forget_at);
+    }
+
+    /// Forgets closed ids whose time has come: all of them once `done_until` has passed,
+    /// else up to [`RECLAIM_LIMIT`] of the earliest due.
+    fn forget_due(&mut self, now_ms: u64) {
+        if self.done.is_empty() {
+            return;
+        }
+        if self.done_until <= now_ms {
+            self.done = FastMap::default();
+            self.forget = BinaryHeap::new();
+            return;
+        }
+        for _ in 0..RECLAIM_LIMIT {
+            match self.forget.peek() {
+                Some(Reverse((at, _))) if *at <= now_ms => {
+                    let Reverse((_, key)) = self.forget.pop().expect("checked above");
+                    self.done.remove(&key);
+                }
+                _ => break,
+            }
+        }
     }
 }
 
@@ -245,13 +281,14 @@ impl AccountState {
         self.activity.as_ref().map_or(0, |a| a.holds.len())
     }
 
-    /// How `id` was closed, if it was within the retention.
+    /// How `id` was closed, if it is still remembered.
     fn closed(&self, id: &HoldId) -> Option<SettleOutcome> {
         self.activity.as_ref()?.done.get(&closed_key(id)).copied()
     }
 
-    /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids past retention.
-    fn reclaim(&mut self, now_ms: u64, retention_ms: u64) {
+    /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids whose time
+    /// has come.
+    fn reclaim(&mut self, now_ms: u64) {
         let Some(activity) = self.activity.as_deref_mut() else {
             return;
         };
@@ -267,21 +304,12 @@ impl AccountState {
             let (_, id) = activity.expiry.pop_first().expect("checked above");
             if let Some(hold) = activity.holds.remove(&id) {
                 released += hold.amount;
-                let key = closed_key(&id);
-                activity.done.insert(key, SettleOutcome::Expired);
-                activity.done_order.push_back((now_ms, key));
+                let forget = forget_at(now_ms, hold.expires_at_ms);
+                activity.remember(closed_key(&id), SettleOutcome::Expired, forget);
                 reclaimed = true;
             }
         }
-        for _ in 0..RECLAIM_LIMIT {
-            match activity.done_order.front() {
-                Some((at, _)) if now_ms.saturating_sub(*at) > retention_ms => {
-                    let (_, key) = activity.done_order.pop_front().expect("checked above");
-                    activity.done.remove(&key);
-                }
-                _ => break,
-            }
-        }
+        activity.forget_due(now_ms);
         if activity.is_empty() {
             self.activity = None;
         }
@@ -293,11 +321,9 @@ impl AccountState {
         }
     }
 
-    fn close(&mut self, id: HoldId, how: SettleOutcome, now_ms: u64) {
-        let activity = self.activity();
-        let key = closed_key(&id);
-        activity.done.insert(key, how);
-        activity.done_order.push_back((now_ms, key));
+    /// Remembers how `id` closed, until `forget_at` (ms).
+    fn close(&mut self, id: &HoldId, how: SettleOutcome, forget_at: u64) {
+        self.activity().remember(closed_key(id), how, forget_at);
     }
 
     /// Clears the warning flag once the balance is back at or above the threshold.
@@ -369,13 +395,24 @@ impl MemoryLedger {
     pub fn builder() -> MemoryLedgerBuilder {
         MemoryLedgerBuilder {
             clock: Arc::new(SystemClock),
-            settled_retention: DEFAULT_SETTLED_RETENTION,
             max_open_holds: None,
         }
     }
 
+    /// Tests only (feature `test-util`): how many closed hold ids (settled, expired, or
+    /// refund tombstones) `account` remembers right now, without reclaiming anything;
+    /// `None` when it keeps no hold tables at all (an idle or unknown account).
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn remembered_closed_ids(&self, account: &AccountId) -> Option<usize> {
+        let shard = self.shard(account).lock();
+        let activity = shard.accounts.get(account)?.activity.as_ref()?;
+        Some(activity.done.len())
+    }
+
     /// Reclaims expired holds of every account, [`RECLAIM_LIMIT`] per account, one shard
-    /// at a time. Returns how many holds went back.
+    /// at a time, and forgets their closed ids whose time has come. Returns how many holds
+    /// went back.
     pub fn sweep_expired(&self) -> u64 {
         let now = self.inner.clock.now_ms();
         let mut reclaimed = 0;
@@ -383,7 +420,7 @@ impl MemoryLedger {
             let mut shard = shard.lock();
             for state in shard.accounts.values_mut() {
                 let before = state.open_holds();
-                state.reclaim(now, self.inner.settled_retention_ms);
+                state.reclaim(now);
                 reclaimed += (before - state.open_holds()) as u64;
             }
         }
@@ -427,7 +464,7 @@ impl MemoryLedger {
             .accounts
             .get_mut(account)
             .ok_or(LedgerError::UnknownAccount)?;
-        state.reclaim(now, self.inner.settled_retention_ms);
+        state.reclaim(now);
         op(state, now)
     }
 
@@ -437,8 +474,9 @@ impl MemoryLedger {
         if let Some(route) = &r.route {
             check_route(route)?;
         }
+        self.inner.longest_ttl.note(ttl_ms);
         let max_open = self.inner.max_open_holds;
-        self.with_account(&r.account, |state, now| {
+        let result = self.with_account(&r.account, |state, now| {
             if let Some(hold) = state.open_hold(&r.hold_id) {
                 return Ok(ReserveOutcome::Held(Held {
                     amount: hold.amount,
@@ -463,7 +501,7 @@ impl MemoryLedger {
             }
             if let Some(limit) = max_open {
                 if state.open_holds() as u64 >= limit {
-                    return Err(LedgerError::TooManyHolds { limit });
+                    return Ok(ReserveOutcome::TooManyHolds { limit });
                 }
             }
             // committed + held can reach topped_up + credit_limit: keep both in range.
@@ -490,7 +528,11 @@ impl MemoryLedger {
                 replayed: false,
                 runway_secs: state.runway(now),
             }))
-        })
+        });
+        match result {
+            Err(LedgerError::UnknownAccount) => Ok(ReserveOutcome::UnknownAccount),
+            other => other,
+        }
     }
 
     fn do_settle(
@@ -502,6 +544,7 @@ impl MemoryLedger {
         if let Some(actual) = actual {
             check_amount(actual)?;
         }
+        let tombstone_ttl_ms = self.inner.longest_ttl.get();
         let result = self.with_account(account, |state, now| {
             let open = state.activity.as_deref_mut().and_then(|a| {
                 let hold = a.holds.remove(hold_id)?;
@@ -513,8 +556,10 @@ impl MemoryLedger {
                     return Ok(state.settlement(already(how), now));
                 }
                 if actual.is_none() {
-                    // A refund that overtook its reserve: the tombstone keeps the reserve out.
-                    state.close(hold_id.clone(), SettleOutcome::Refunded, now);
+                    // A refund that overtook its reserve: the tombstone keeps the reserve out
+                    // for as long as that hold could live (see `LongestTtl`).
+                    let forget = now + tombstone_ttl_ms + CLOSED_GRACE_MS;
+                    state.close(hold_id, SettleOutcome::Refunded, forget);
                 }
                 return Ok(state.settlement(SettleOutcome::Unknown, now));
             };
@@ -548,7 +593,7 @@ impl MemoryLedger {
                 }
             }
             state.rearm_warning();
-            state.close(hold_id.clone(), outcome, now);
+            state.close(hold_id, outcome, forget_at(now, hold.expires_at_ms));
             let mut settlement = state.settlement(outcome, now);
             settlement.committed = charged;
             settlement.released = hold.amount - charged;
@@ -596,12 +641,21 @@ impl MemoryLedger {
         check_amount(amount)?;
         check_idempotency_key(key)?;
         let now = self.inner.clock.now_ms();
-        let digest = topup_digest(account, key);
+        let digest = topup_digest(key);
+        // The key's owner first (the lock order: top-ups, then a shard).
+        let mut topups = self.inner.topups.lock();
+        let owner = topups.get(&digest);
+        if let Some((owner, _)) = owner.filter(|(owner, _)| owner != account) {
+            // Another account's payment: this one is not even created.
+            return Err(LedgerError::TopUpKeyClaimed {
+                account: owner.clone(),
+            });
+        }
+        let first = owner.map(|&(_, first)| first);
         let mut shard = self.shard(account).lock();
-        let Shard { accounts, topups } = &mut *shard;
-        let state = accounts.entry(account.clone()).or_default();
-        state.reclaim(now, self.inner.settled_retention_ms);
-        if let Some(&first) = topups.get(&digest) {
+        let state = shard.accounts.entry(account.clone()).or_default();
+        state.reclaim(now);
+        if let Some(first) = first {
             if first != amount {
                 return Err(LedgerError::TopUpConflict {
                     first_amount: first,
@@ -615,7 +669,7 @@ impl MemoryLedger {
             });
         }
         state.topped_up = checked_total(state.topped_up, amount)?;
-        topups.insert(digest, amount);
+        topups.insert(digest, (account.clone(), amount));
         state.rearm_warning();
         Ok(TopUp {
             amount,
@@ -713,10 +767,7 @@ mod tests {
     #[test]
     fn an_account_drops_its_hold_tables_once_nothing_is_open_or_remembered() {
         let clock = crate::clock::ManualClock::new();
-        let ledger = MemoryLedger::builder()
-            .clock(clock.clone())
-            .settled_retention(Duration::from_secs(1))
-            .build();
+        let ledger = MemoryLedger::builder().clock(clock.clone()).build();
         let acct = AccountId::new("acct_idle").unwrap();
         let has_tables =
             |l: &MemoryLedger| l.shard(&acct).lock().accounts[&acct].activity.is_some();
@@ -727,19 +778,70 @@ mod tests {
         );
 
         let hold = HoldId::generate();
+        let ttl = Duration::from_secs(5);
         ledger
-            .do_reserve(Reserve::new(acct.clone(), hold.clone(), 4))
+            .do_reserve(Reserve::new(acct.clone(), hold.clone(), 4).ttl(ttl))
             .unwrap();
         ledger.do_settle(&acct, &hold, Some(4)).unwrap();
         assert!(has_tables(&ledger), "the closed id is remembered");
+        // Up to the hold's expiry + 1 s a late call about it still gets its answer.
+        clock.advance(Duration::from_millis(5_999));
         assert_eq!(
             ledger.do_settle(&acct, &hold, Some(4)).unwrap().outcome,
             SettleOutcome::AlreadyCommitted
         );
+        assert!(has_tables(&ledger));
 
-        clock.advance(Duration::from_secs(2));
+        clock.advance(Duration::from_millis(1));
         assert_eq!(ledger.do_top_up(&acct, 1, "pay-2").unwrap().available, 7);
-        assert!(!has_tables(&ledger), "past the retention nothing is left");
+        assert!(!has_tables(&ledger), "past TTL + 1 s nothing is left");
+
+        // Holds of different TTLs are forgotten by their own time, not in closing order.
+        let long = HoldId::generate();
+        let short = HoldId::generate();
+        let reserve = |id: &HoldId, secs| {
+            let r = Reserve::new(acct.clone(), id.clone(), 1).ttl(Duration::from_secs(secs));
+            ledger.do_reserve(r).unwrap();
+        };
+        reserve(&long, 60);
+        reserve(&short, 2);
+        ledger.do_settle(&acct, &long, Some(1)).unwrap();
+        ledger.do_settle(&acct, &short, Some(1)).unwrap();
+        clock.advance(Duration::from_secs(3));
+        let closed = |id: &HoldId| ledger.shard(&acct).lock().accounts[&acct].closed(id);
+        ledger.do_top_up(&acct, 1, "pay-3").unwrap();
+        assert_eq!(closed(&short), None);
+        assert_eq!(closed(&long), Some(SettleOutcome::Committed));
+        clock.advance(Duration::from_secs(58));
+        ledger.do_top_up(&acct, 1, "pay-4").unwrap();
+        assert!(!has_tables(&ledger));
+    }
+
+    #[test]
+    fn a_refund_tombstone_lives_as_long_as_the_longest_hold_reserved() {
+        let clock = crate::clock::ManualClock::new();
+        let ledger = MemoryLedger::builder().clock(clock.clone()).build();
+        let acct = AccountId::new("acct_tomb").unwrap();
+        ledger.do_top_up(&acct, 10, "pay-1").unwrap();
+        let ttl = Duration::from_secs(600);
+        let first = HoldId::generate();
+        ledger
+            .do_reserve(Reserve::new(acct.clone(), first.clone(), 1).ttl(ttl))
+            .unwrap();
+        ledger.do_settle(&acct, &first, None).unwrap();
+        let late = HoldId::generate();
+        ledger.do_settle(&acct, &late, None).unwrap();
+        // Past the default TTL, the tombstone still stands for a 600 s reserve.
+        clock.advance(Duration::from_secs(600));
+        let r = ledger
+            .do_reserve(Reserve::new(acct.clone(), late.clone(), 1).ttl(ttl))
+            .unwrap();
+        assert_eq!(r, ReserveOutcome::Closed(SettleOutcome::AlreadyRefunded));
+        clock.advance(Duration::from_secs(2));
+        ledger.do_top_up(&acct, 1, "pay-2").unwrap();
+        assert!(ledger.shard(&acct).lock().accounts[&acct]
+            .activity
+            .is_none());
     }
 
     #[test]

@@ -11,13 +11,18 @@
 //!   after lazily reclaiming the account's expired holds (bounded work per call). The caller
 //!   makes the [`HoldId`]: a retried reserve returns the first answer, and a refund of an id
 //!   never seen leaves a tombstone so a late reserve of that id never holds. A refused
-//!   reserve writes nothing.
+//!   reserve writes nothing; business refusals are outcomes ([`ReserveOutcome`]: not enough
+//!   credits, too many open holds, an unknown account, a closed id), not errors.
 //! * [`commit`](Ledger::commit) charges `actual`, clamped to the hold; the rest goes back.
 //!   [`refund`](Ledger::refund) gives everything back. Settling a hold that already settled
 //!   or expired is a no-op that says so ([`SettleOutcome`]); nothing moves twice.
-//! * [`top_up`](Ledger::top_up) is idempotent by key, per account, forever: a replay with
-//!   the same amount returns the first result, another amount is
-//!   [`LedgerError::TopUpConflict`].
+//! * [`top_up`](Ledger::top_up): a payment id (the idempotency key) credits exactly one
+//!   account, once, forever: a replay on that account with the same amount returns the
+//!   first result, another amount is [`LedgerError::TopUpConflict`], the same key on
+//!   another account is [`LedgerError::TopUpKeyClaimed`] (nothing credited). A refused
+//!   top-up leaves the key free.
+//! * Errors come in four [kinds](ErrorKind): invalid input, conflict, unavailable (retry
+//!   later) and corrupt (an unexpected reply or a script error: never retried).
 //! * Every amount and total stays within [`MAX_AMOUNT`](crate::MAX_AMOUNT) (2^53 − 1).
 //! * Conservation holds at every instant: `topped_up = available + held + committed`.
 
@@ -39,7 +44,7 @@ mod types;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisLedger, RedisLedgerBuilder};
-pub use error::LedgerError;
+pub use error::{ErrorKind, LedgerError};
 pub(crate) use ids::{check_idempotency_key, check_route};
 pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
 pub use memory::{MemoryLedger, MemoryLedgerBuilder};
@@ -97,7 +102,8 @@ pub trait Ledger: Clone + Send + Sync + 'static {
     /// Keeps an open hold alive for `ttl` from now.
     fn extend(&self, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self::Future<Extended>;
 
-    /// Adds credits once per `idempotency_key` (per account, kept forever).
+    /// Adds credits once per `idempotency_key`, which belongs to the first account it
+    /// credits (kept forever); see the [module docs](self).
     fn top_up(
         &self,
         account: &AccountId,
@@ -225,6 +231,43 @@ impl Ledger for AnyLedger {
     }
     fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
         dispatch!(self, l => l.revoke_api_key(key))
+    }
+}
+
+/// The longest hold TTL (ms) this ledger instance has reserved with, at least
+/// [`DEFAULT_HOLD_TTL`]: how long a refund tombstone of a never-seen id is kept.
+///
+/// Such a refund is sent for a reserve that got no answer (or that its caller gave up on),
+/// so the reserve it stands for was made by this same process, with a TTL this process
+/// knows: at most the longest it ever asked for. The tombstone is kept as long as that hold
+/// could have lived had the reserve run now (that TTL + the call timeout + 1 s, like any
+/// closed id), so a late reserve of the id, or a settle or extend still coming for it,
+/// finds it. Neither the default alone (a layer may hold for longer) nor the call timeout
+/// alone (a delayed reserve may land any time within its own TTL) would be enough.
+#[derive(Debug)]
+pub(crate) struct LongestTtl(std::sync::atomic::AtomicU64);
+
+impl Default for LongestTtl {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicU64::new(
+            DEFAULT_HOLD_TTL.as_millis() as u64,
+        ))
+    }
+}
+
+impl LongestTtl {
+    /// Notes a reserve's TTL (ms): one relaxed load on the hot path, a write only when it
+    /// grows.
+    pub(crate) fn note(&self, ttl_ms: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if ttl_ms > self.0.load(Relaxed) {
+            self.0.fetch_max(ttl_ms, Relaxed);
+        }
+    }
+
+    /// The longest TTL noted so far (ms).
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -82,6 +82,15 @@ pub enum ReserveOutcome {
     /// This hold id was already settled, refunded, expired, or refunded before it was
     /// reserved (a tombstone): nothing was held.
     Closed(SettleOutcome),
+    /// The account already has the most open holds it may have (the ledger's
+    /// `max_open_holds`): nothing was written.
+    TooManyHolds {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The account has never been topped up or configured: nothing was written (no
+    /// account, no tombstone).
+    UnknownAccount,
 }
 
 /// A hold that was placed (or found already placed, for a retried reserve).

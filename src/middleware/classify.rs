@@ -18,6 +18,7 @@
 //! | head with a success (HTTP: the success predicate, default below 400; gRPC: `grpc-status: 0` in the head) | [`Verdict::Success`] | committed: the [`Charge`](crate::Charge)'s cost |
 //! | head with a failure (a failing status, a non-zero `grpc-status`) | [`Verdict::Failure`] | refunded |
 //! | gRPC head without `grpc-status` | [`Verdict::Unknown`] | waits for the trailers |
+//! | gRPC `CANCELLED` or `DEADLINE_EXCEEDED` (the caller reset the call, or its deadline ran out) | [`Verdict::Unknown`] | an early end: the `Charge` so far |
 //! | trailers with `grpc-status: 0` / non-zero | success / failure | committed / refunded (a metered `Charge`: committed so far) |
 //! | early end after the head (client reset, body dropped, body error, no status at all) | — | committed: the `Charge` so far |
 //! | inner service error, panic before the head, past the hold lifetime cap | — | refunded |
@@ -179,16 +180,24 @@ impl Classify for HttpStatus {
 }
 
 /// The gRPC classifier: `grpc-status` in the head (a trailers-only response) or in the
-/// trailers; `0` is a success, any other code a failure. An HTTP status other than `200`
-/// is a failure (no gRPC server answered). A response that never states a status is an
-/// early end, not a failure.
+/// trailers; `0` is a success, any other code a failure — except `CANCELLED` (1) and
+/// `DEADLINE_EXCEEDED` (4), which say the *caller* ended the call (it reset the stream, or
+/// its deadline ran out): those are early ends, committed at what the `Charge` says so far,
+/// like a reset the layer sees itself. (A handler whose own upstream timed out should
+/// answer `UNAVAILABLE`, not `DEADLINE_EXCEEDED`.) An HTTP status other than `200` is a
+/// failure (no gRPC server answered). A response that never states a status is an early
+/// end, not a failure.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GrpcStatus;
+
+/// `CANCELLED` and `DEADLINE_EXCEEDED`: the caller ended the call.
+const ENDED_BY_CALLER: [u32; 2] = [1, 4];
 
 impl Classify for GrpcStatus {
     fn classify_head(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
         match grpc_status(headers) {
             Some(0) => Verdict::Success,
+            Some(code) if ENDED_BY_CALLER.contains(&code) => Verdict::Unknown,
             Some(_) => Verdict::Failure,
             None if status != StatusCode::OK => Verdict::Failure,
             None => Verdict::Unknown,
@@ -198,6 +207,7 @@ impl Classify for GrpcStatus {
     fn classify_end(&self, trailers: Option<&HeaderMap>) -> Verdict {
         match trailers.and_then(grpc_status) {
             Some(0) => Verdict::Success,
+            Some(code) if ENDED_BY_CALLER.contains(&code) => Verdict::Unknown,
             Some(_) => Verdict::Failure,
             None => Verdict::Unknown,
         }
@@ -287,5 +297,13 @@ mod tests {
         assert_eq!(c.classify_end(Some(&with_status("2"))), Verdict::Failure);
         assert_eq!(c.classify_end(None), Verdict::Unknown);
         assert_eq!(c.classify_end(Some(&with_status("x"))), Verdict::Unknown);
+        // Ended by the caller (a reset seen by the handler, a deadline): an early end.
+        for code in ["1", "4"] {
+            assert_eq!(
+                c.classify_head(StatusCode::OK, &with_status(code)),
+                Verdict::Unknown
+            );
+            assert_eq!(c.classify_end(Some(&with_status(code))), Verdict::Unknown);
+        }
     }
 }

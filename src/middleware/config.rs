@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::classify::{Classifiers, Protocol};
 use super::keeper::{Keeper, WorkerCtx};
+use super::lookups::KeyLookups;
 use super::settle::PendingSettlements;
 use crate::account::AccountResolver;
 use crate::ledger::Ledger;
@@ -28,6 +29,9 @@ pub(crate) struct Shared<L: Ledger> {
     /// How long a handler may hold credits before it is cancelled and refunded.
     pub(crate) max_hold_lifetime: Duration,
     pub(crate) keeper: Arc<Keeper<L>>,
+    pub(crate) lookups: Arc<KeyLookups>,
+    /// Which kinds of billing error were logged already: each is logged once, in full.
+    pub(crate) logged: Arc<LoggedOnce>,
     /// What the layer bills, unless the route's pricing says otherwise.
     pub(crate) protocol: Protocol,
     pub(crate) classifiers: Classifiers,
@@ -44,7 +48,51 @@ pub(crate) struct Shared<L: Ledger> {
     pub(crate) unbilled: Unbilled,
 }
 
+/// Billing errors that are logged once per kind (they repeat on every request until fixed).
+#[derive(Default)]
+pub(crate) struct LoggedOnce {
+    ledger: AtomicBool,
+    pricing: AtomicBool,
+}
+
+/// A kind of billing error (never the caller's fault, never an outage).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BillingErrorKind {
+    /// The ledger answered with an error that is not an outage: an unexpected reply, a
+    /// script error, input it refused.
+    Ledger,
+    /// The pricing closure returned a price the ledger cannot hold.
+    Pricing,
+}
+
 impl<L: Ledger> Shared<L> {
+    /// Counts a billing error, and logs its kind the first time, with what to do.
+    pub(crate) fn billing_error(&self, kind: BillingErrorKind, detail: &dyn std::fmt::Display) {
+        crate::outage::Stats::add(&self.stats.billing_errors, 1);
+        let flag = match kind {
+            BillingErrorKind::Ledger => &self.logged.ledger,
+            BillingErrorKind::Pricing => &self.logged.pricing,
+        };
+        if flag.swap(true, Ordering::Relaxed) {
+            tracing::debug!(?kind, %detail, "billing error");
+            return;
+        }
+        match kind {
+            BillingErrorKind::Ledger => tracing::error!(
+                %detail,
+                "the ledger answered with an error that is not an outage (an unexpected reply, \
+                 a script error, corrupt state): requests are refused with 500 and nothing is \
+                 served unbilled. Check the ledger's version and its keys; logged once, counted \
+                 in `stats().billing_errors`"
+            ),
+            BillingErrorKind::Pricing => tracing::error!(
+                %detail,
+                "the pricing closure returned a price above MAX_AMOUNT: such requests are refused \
+                 with 500. Fix the closure; logged once, counted in `stats().billing_errors`"
+            ),
+        }
+    }
+
     /// What the keeper's worker takes with it when it starts.
     pub(crate) fn worker_ctx(&self) -> WorkerCtx<L> {
         WorkerCtx {

@@ -21,9 +21,10 @@ use crate::wire::{grpc, headers, problem};
 
 use super::body::{BodySettle, ResponseBody};
 use super::classify::{Protocol, Verdict};
-use super::config::Shared;
+use super::config::{BillingErrorKind, Shared};
 use super::grpc_web::TrailerScanner;
 use super::guard::{End, HoldCtx, HoldGuard};
+use super::lookups::{Answer, Follower, Lookup, LookupLead};
 use super::settle::Settler;
 
 pin_project! {
@@ -53,6 +54,14 @@ pin_project! {
     enum State<F, ReqBody, L: Ledger> {
         LookUp {
             fut: L::Future<Option<AccountId>>,
+            hash: ApiKeyHash,
+            // Other requests for this key wait for this lookup; dropped once it is cached.
+            lead: LookupLead,
+            req: Request<ReqBody>,
+            billing: Billing,
+        },
+        AwaitLookUp {
+            wait: Follower,
             hash: ApiKeyHash,
             req: Request<ReqBody>,
             billing: Billing,
@@ -103,6 +112,10 @@ pub(crate) enum Refusal {
     Insufficient(AccountId, Insufficient),
     TooManyHolds(u64),
     Unavailable,
+    /// Billing failed on our side (not an outage): `500`.
+    BillingError,
+    /// Too many unknown keys being looked up.
+    LedgerBusy,
     /// The handler ran past the hold lifetime cap and was cancelled.
     LifetimeExceeded(std::time::Duration),
 }
@@ -166,12 +179,11 @@ where
         amount: u64,
     ) -> Self {
         Stats::add(&shared.stats.outages, 1);
-        match shared.outage {
-            OutagePolicy::FailOpen => {
-                serve_unbilled(&shared, &mut req, account, amount);
-                Self::pass_through(shared, inner, protocol, req)
-            }
-            _ => Self::refused(shared, inner, protocol, Refusal::Unavailable),
+        if serves_unbilled(shared.outage, account.as_ref()) {
+            serve_unbilled(&shared, &mut req, account, amount);
+            Self::pass_through(shared, inner, protocol, req)
+        } else {
+            Self::refused(shared, inner, protocol, Refusal::Unavailable)
         }
     }
 
@@ -181,8 +193,7 @@ where
         protocol: Protocol,
         req: Request<ReqBody>,
         account: AccountId,
-        amount: u64,
-        route: Option<Arc<str>>,
+        (amount, route): (u64, Option<Arc<str>>),
     ) -> Self {
         let billing = Billing::new(amount, route);
         let fut = reserve_call(&shared, &account, &billing);
@@ -200,14 +211,33 @@ where
         inner: S,
         protocol: Protocol,
         req: Request<ReqBody>,
-        hash: ApiKeyHash,
-        amount: u64,
-        route: Option<Arc<str>>,
+        (hash, lead): (ApiKeyHash, LookupLead),
+        (amount, route): (u64, Option<Arc<str>>),
     ) -> Self {
         let fut = shared.ledger.lookup_api_key(&hash);
         let billing = Billing::new(amount, route);
         let state = State::LookUp {
             fut,
+            hash,
+            lead,
+            req,
+            billing,
+        };
+        Self::new(shared, inner, protocol, state)
+    }
+
+    /// Another request is looking this key up: wait for its answer in the cache.
+    pub(crate) fn await_look_up(
+        shared: Arc<Shared<L>>,
+        inner: S,
+        protocol: Protocol,
+        req: Request<ReqBody>,
+        (hash, wait): (ApiKeyHash, Follower),
+        (amount, route): (u64, Option<Arc<str>>),
+    ) -> Self {
+        let billing = Billing::new(amount, route);
+        let state = State::AwaitLookUp {
+            wait,
             hash,
             req,
             billing,
@@ -252,6 +282,26 @@ enum AfterError {
     ServeUnbilled,
 }
 
+/// Whether a request may be served unbilled during an outage: its account must be known,
+/// unless the user chose to serve unverified keys too.
+fn serves_unbilled(policy: OutagePolicy, account: Option<&AccountId>) -> bool {
+    match policy {
+        OutagePolicy::FailOpenAnyKey => true,
+        OutagePolicy::FailOpen => account.is_some(),
+        _ => false,
+    }
+}
+
+/// Records a ledger answer in `breaker`: only an outage counts against it; an error that is
+/// not an outage (a bug, corrupt state) says nothing about the ledger's health.
+fn record<T>(breaker: &crate::outage::Breaker, answer: &Result<T, LedgerError>) {
+    match answer {
+        Ok(_) => breaker.record(true),
+        Err(error) if error.is_unavailable() => breaker.record(false),
+        Err(_) => {}
+    }
+}
+
 fn ledger_failed<L: Ledger, B>(
     shared: &Shared<L>,
     req: &mut Request<B>,
@@ -260,17 +310,17 @@ fn ledger_failed<L: Ledger, B>(
     amount: u64,
 ) -> AfterError {
     if !error.is_unavailable() {
-        tracing::error!(%error, "ledger call failed; refusing with 503");
-        return AfterError::Refuse(Refusal::Unavailable);
+        // Never retried, never served unbilled: a bug does not heal by waiting.
+        shared.billing_error(BillingErrorKind::Ledger, error);
+        return AfterError::Refuse(Refusal::BillingError);
     }
     tracing::error!(%error, "ledger unreachable");
     Stats::add(&shared.stats.outages, 1);
-    match shared.outage {
-        OutagePolicy::FailOpen => {
-            serve_unbilled(shared, req, account.cloned(), amount);
-            AfterError::ServeUnbilled
-        }
-        _ => AfterError::Refuse(Refusal::Unavailable),
+    if serves_unbilled(shared.outage, account) {
+        serve_unbilled(shared, req, account.cloned(), amount);
+        AfterError::ServeUnbilled
+    } else {
+        AfterError::Refuse(Refusal::Unavailable)
     }
 }
 
@@ -295,18 +345,26 @@ where
                 StateProj::LookUp { fut, hash, .. } => {
                     let found = ready!(Pin::new(fut).poll(cx));
                     let hash = *hash;
-                    shared
-                        .breaker
-                        .record(!found.as_ref().is_err_and(LedgerError::is_unavailable));
+                    record(&shared.lookups.breaker, &found);
                     let StateOwned::LookUp {
-                        mut req, billing, ..
+                        mut req,
+                        billing,
+                        lead,
+                        ..
                     } = this.state.as_mut().project_replace(State::Done)
                     else {
                         unreachable!("the state matched LookUp")
                     };
+                    if let Ok(account) = &found {
+                        shared.resolver.remember(hash, account.clone());
+                    }
+                    lead.answer(match &found {
+                        Ok(account) => Answer::Found(account.clone()),
+                        Err(error) if error.is_unavailable() => Answer::Outage,
+                        Err(_) => Answer::Error,
+                    });
                     let next = match found {
                         Ok(Some(account)) => {
-                            shared.resolver.remember(hash, Some(account.clone()));
                             let fut = reserve_call(shared, &account, &billing);
                             State::Reserve {
                                 fut,
@@ -315,12 +373,9 @@ where
                                 account,
                             }
                         }
-                        Ok(None) => {
-                            shared.resolver.remember(hash, None);
-                            State::Refused {
-                                refusal: Refusal::Unauthorized(Unauthorized::UnknownKey),
-                            }
-                        }
+                        Ok(None) => State::Refused {
+                            refusal: Refusal::Unauthorized(Unauthorized::UnknownKey),
+                        },
                         Err(error) => {
                             match ledger_failed(shared, &mut req, &error, None, billing.amount) {
                                 AfterError::Refuse(refusal) => State::Refused { refusal },
@@ -332,11 +387,75 @@ where
                     };
                     this.state.set(next);
                 }
+                StateProj::AwaitLookUp { wait, hash, .. } => {
+                    let answer = ready!(wait.as_mut().poll(cx));
+                    let hash = *hash;
+                    let StateOwned::AwaitLookUp {
+                        mut req, billing, ..
+                    } = this.state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("the state matched AwaitLookUp")
+                    };
+                    let next = match answer {
+                        Answer::Found(Some(account)) => {
+                            let fut = reserve_call(shared, &account, &billing);
+                            State::Reserve {
+                                fut,
+                                req,
+                                billing,
+                                account,
+                            }
+                        }
+                        Answer::Found(None) => State::Refused {
+                            refusal: Refusal::Unauthorized(Unauthorized::UnknownKey),
+                        },
+                        Answer::Error => {
+                            Stats::add(&shared.stats.billing_errors, 1);
+                            State::Refused {
+                                refusal: Refusal::BillingError,
+                            }
+                        }
+                        Answer::Outage => {
+                            Stats::add(&shared.stats.outages, 1);
+                            if serves_unbilled(shared.outage, None) {
+                                serve_unbilled(shared, &mut req, None, billing.amount);
+                                State::PassThrough {
+                                    fut: this.inner.call(req),
+                                }
+                            } else {
+                                State::Refused {
+                                    refusal: Refusal::Unavailable,
+                                }
+                            }
+                        }
+                        // The request that was looking the key up went away: look again.
+                        Answer::Abandoned => match shared.lookups.begin(hash) {
+                            Lookup::Lead(lead) => State::LookUp {
+                                fut: shared.ledger.lookup_api_key(&hash),
+                                hash,
+                                lead,
+                                req,
+                                billing,
+                            },
+                            Lookup::Follow(wait) => State::AwaitLookUp {
+                                wait,
+                                hash,
+                                req,
+                                billing,
+                            },
+                            Lookup::Busy => {
+                                Stats::add(&shared.stats.key_lookups_shed, 1);
+                                State::Refused {
+                                    refusal: Refusal::LedgerBusy,
+                                }
+                            }
+                        },
+                    };
+                    this.state.set(next);
+                }
                 StateProj::Reserve { fut, .. } => {
                     let outcome = ready!(Pin::new(fut).poll(cx));
-                    shared
-                        .breaker
-                        .record(!outcome.as_ref().is_err_and(LedgerError::is_unavailable));
+                    record(&shared.breaker, &outcome);
                     let StateOwned::Reserve {
                         mut req,
                         billing,
@@ -377,7 +496,7 @@ where
                         Ok(ReserveOutcome::Insufficient(refusal)) => {
                             Refusal::Insufficient(account, refusal)
                         }
-                        Err(LedgerError::UnknownAccount) => Refusal::Insufficient(
+                        Ok(ReserveOutcome::UnknownAccount) => Refusal::Insufficient(
                             account,
                             Insufficient {
                                 required: billing.amount,
@@ -385,11 +504,12 @@ where
                                 credit_limit: 0,
                             },
                         ),
-                        Err(LedgerError::TooManyHolds { limit }) => Refusal::TooManyHolds(limit),
+                        Ok(ReserveOutcome::TooManyHolds { limit }) => Refusal::TooManyHolds(limit),
                         Ok(other) => {
                             // A fresh hold id cannot be closed already: a store bug, fail closed.
-                            tracing::error!(outcome = ?other, "reserve of a fresh hold id did not hold");
-                            Refusal::Unavailable
+                            let detail = format!("reserve of a fresh hold id answered {other:?}");
+                            shared.billing_error(BillingErrorKind::Ledger, &detail);
+                            Refusal::BillingError
                         }
                         Err(error) => match ledger_failed(
                             shared,
@@ -495,6 +615,8 @@ fn refuse<L: Ledger, B>(
         Refusal::TooManyHolds(limit) => problem::too_many_holds(&ctx, limit),
         Refusal::Unavailable => problem::unavailable(&ctx),
         Refusal::LifetimeExceeded(lifetime) => problem::lifetime_exceeded(&ctx, lifetime),
+        Refusal::BillingError => problem::billing_error(&ctx),
+        Refusal::LedgerBusy => problem::ledger_busy(&ctx),
     };
     if protocol == Protocol::GrpcWeb {
         // A trailers-only gRPC-Web response: the status in the headers, an empty body.

@@ -14,8 +14,13 @@ use crate::wire::problem::DEFAULT_PROBLEM_TYPE_BASE;
 
 use super::classify::{Classifiers, Classify, HttpStatus, Protocol};
 use super::config::Shared;
+use super::lookups::KeyLookups;
 use super::service::CreditService;
 use super::settle::PendingSettlements;
+
+/// Distinct unknown API keys looked up in the ledger at once, unless
+/// [`CreditLayer::max_concurrent_key_lookups`] says.
+pub const DEFAULT_MAX_CONCURRENT_KEY_LOOKUPS: usize = 64;
 
 /// How long a handler may hold credits unless [`CreditLayer::max_hold_lifetime`] says.
 pub const DEFAULT_MAX_HOLD_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -81,6 +86,12 @@ impl<L: Ledger> CreditLayer<L> {
                 stall_timeout: None,
                 max_hold_lifetime: DEFAULT_MAX_HOLD_LIFETIME,
                 keeper: Arc::default(),
+                lookups: Arc::new(KeyLookups::new(
+                    DEFAULT_MAX_CONCURRENT_KEY_LOOKUPS,
+                    DEFAULT_BREAKER_FAILURES,
+                    DEFAULT_BREAKER_COOLDOWN,
+                )),
+                logged: Arc::default(),
                 protocol: Protocol::default(),
                 classifiers: Classifiers::default(),
                 warned_grpc_on_http: Arc::default(),
@@ -168,6 +179,26 @@ impl<L: Ledger> CreditLayer<L> {
     /// `504` (gRPC `DEADLINE_EXCEEDED`). Holds are renewed until then.
     pub fn max_hold_lifetime(self, lifetime: Duration) -> Self {
         self.with(|s| s.max_hold_lifetime = lifetime)
+    }
+
+    /// The most distinct API keys not in the cache looked up in the ledger at once
+    /// (default 64). Requests for one key share one lookup; past the bound, a request with
+    /// an uncached key is refused `503` (problem type `ledger-busy`, `Retry-After: 1`; gRPC
+    /// `UNAVAILABLE`), so a flood of made-up keys cannot queue work on the ledger. Cached
+    /// keys are not affected.
+    ///
+    /// # Panics
+    ///
+    /// When `max` is zero.
+    pub fn max_concurrent_key_lookups(self, max: usize) -> Self {
+        assert!(max > 0, "at least one key lookup must be allowed");
+        self.with(|s| {
+            s.lookups = Arc::new(KeyLookups::new(
+                max,
+                DEFAULT_BREAKER_FAILURES,
+                DEFAULT_BREAKER_COOLDOWN,
+            ))
+        })
     }
 
     /// Which HTTP statuses count as success and are charged (default: below 400), on

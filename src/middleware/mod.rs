@@ -20,13 +20,15 @@ mod grpc_web;
 pub(crate) mod guard;
 pub(crate) mod keeper;
 pub(crate) mod layer;
+mod lookups;
 pub(crate) mod service;
 pub(crate) mod settle;
 
 pub use body::{ReaderStalled, ResponseBody};
 pub use future::ResponseFuture;
 pub use layer::{
-    CreditLayer, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_MAX_HOLD_LIFETIME,
+    CreditLayer, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES,
+    DEFAULT_MAX_CONCURRENT_KEY_LOOKUPS, DEFAULT_MAX_HOLD_LIFETIME,
 };
 pub use service::CreditService;
 pub use settle::PendingSettlements;

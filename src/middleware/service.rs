@@ -6,10 +6,12 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::config::Shared;
+use super::config::{BillingErrorKind, Shared};
 use super::future::{Refusal, ResponseFuture};
 use super::layer::CreditLayer;
+use super::lookups::Lookup;
 use crate::account::{RequestView, Resolution};
+use crate::amount::MAX_AMOUNT;
 use crate::ledger::Ledger;
 use crate::outage::Stats;
 use crate::pricing::Price;
@@ -93,6 +95,13 @@ where
             Price::Free => {
                 return ResponseFuture::pass_through(shared.clone(), inner, protocol, req)
             }
+            Price::Hold(amount) if amount > MAX_AMOUNT => {
+                // A pricing closure's bug, not an outage: no ledger call, no retry.
+                let detail = format!("price {amount} for {} {}", req.method(), req.uri().path());
+                shared.billing_error(BillingErrorKind::Pricing, &detail);
+                let refusal = Refusal::BillingError;
+                return ResponseFuture::refused(shared.clone(), inner, protocol, refusal);
+            }
             Price::Hold(amount) => amount,
         };
         let view = RequestView {
@@ -109,31 +118,47 @@ where
             Resolution::Account(account) => Ok(account),
             Resolution::LookUp(hash) => Err(hash),
         };
-        if !shared.breaker.allow() {
+        // Key lookups have a breaker of their own: a flood of unknown keys against a slow
+        // ledger must not fail billing for callers whose keys are cached.
+        let allowed = match &account {
+            Ok(_) => shared.breaker.allow(),
+            // A lookup's answer goes to the lookups' breaker: let that one decide, so the
+            // billing breaker's probe goes to a request whose answer it will hear.
+            Err(_) => shared.lookups.breaker.allow(),
+        };
+        if !allowed {
             // The ledger is known to be down: answer now instead of waiting out a timeout.
             Stats::add(&shared.stats.breaker_fast_failures, 1);
             let account = account.ok();
             return ResponseFuture::outage(shared.clone(), inner, protocol, req, account, amount);
         }
+        let billing = (amount, priced.route);
         match account {
-            Ok(account) => ResponseFuture::reserve(
-                shared.clone(),
-                inner,
-                protocol,
-                req,
-                account,
-                amount,
-                priced.route,
-            ),
-            Err(hash) => ResponseFuture::look_up(
-                shared.clone(),
-                inner,
-                protocol,
-                req,
-                hash,
-                amount,
-                priced.route,
-            ),
+            Ok(account) => {
+                ResponseFuture::reserve(shared.clone(), inner, protocol, req, account, billing)
+            }
+            Err(hash) => match shared.lookups.begin(hash) {
+                Lookup::Lead(lead) => {
+                    let key = (hash, lead);
+                    ResponseFuture::look_up(shared.clone(), inner, protocol, req, key, billing)
+                }
+                Lookup::Follow(wait) => {
+                    let key = (hash, wait);
+                    ResponseFuture::await_look_up(
+                        shared.clone(),
+                        inner,
+                        protocol,
+                        req,
+                        key,
+                        billing,
+                    )
+                }
+                Lookup::Busy => {
+                    Stats::add(&shared.stats.key_lookups_shed, 1);
+                    let refusal = Refusal::LedgerBusy;
+                    ResponseFuture::refused(shared.clone(), inner, protocol, refusal)
+                }
+            },
         }
     }
 }

@@ -18,6 +18,7 @@ pub(crate) enum GrpcCode {
     FailedPrecondition = 9,
     DeadlineExceeded = 4,
     ResourceExhausted = 8,
+    Internal = 13,
     Unauthenticated = 16,
     Unavailable = 14,
 }

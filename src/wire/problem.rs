@@ -6,6 +6,9 @@
 //! | balance too low | `402`, never `Retry-After` | `FAILED_PRECONDITION` + `google.rpc.ErrorInfo{reason: "INSUFFICIENT_BALANCE"}` (+ `Help` link) |
 //! | too many open holds | `429` | `RESOURCE_EXHAUSTED` |
 //! | ledger down or slow | `503` + `Retry-After` | `UNAVAILABLE` |
+//! | too many unknown API keys being checked at once | `503` + `Retry-After: 1` (`ledger-busy`) | `UNAVAILABLE` |
+//! | billing failed on our side (an unexpected ledger reply, a script error, a price out of range) | `500` (`billing-error`) | `INTERNAL` |
+//! | a handler ran past the hold lifetime cap | `504` (`hold-lifetime-exceeded`) | `DEADLINE_EXCEEDED` |
 //!
 //! The `402` body keeps the field `"error": "Insufficient account balance"` that existing
 //! clients match on:
@@ -191,6 +194,41 @@ pub(crate) fn lifetime_exceeded(ctx: &ProblemCtx<'_>, lifetime: std::time::Durat
         detail,
         Map::new(),
     )
+}
+
+pub(crate) fn billing_error(ctx: &ProblemCtx<'_>) -> Refusal {
+    let detail = "Billing failed on our side; nothing was charged. This is not something a retry fixes: the service's operators have been told.";
+    if ctx.grpc {
+        return grpc_refusal(GrpcCode::Internal, detail);
+    }
+    problem(
+        ctx,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "billing-error",
+        "Billing error",
+        detail.into(),
+        Map::new(),
+    )
+}
+
+pub(crate) fn ledger_busy(ctx: &ProblemCtx<'_>) -> Refusal {
+    let detail =
+        "Too many API keys are being checked right now; nothing was charged. Retry shortly.";
+    if ctx.grpc {
+        return grpc_refusal(GrpcCode::Unavailable, detail);
+    }
+    let mut response = problem(
+        ctx,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ledger-busy",
+        "Billing busy",
+        detail.into(),
+        Map::new(),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+    response
 }
 
 pub(crate) fn unavailable(ctx: &ProblemCtx<'_>) -> Refusal {

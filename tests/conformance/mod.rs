@@ -32,8 +32,9 @@ use std::time::Duration;
 use tower_credits::clock::{Clock, ManualClock, SystemClock};
 use tower_credits::ledger::MAX_HOLD_TTL;
 use tower_credits::{
-    AccountId, AccountSettings, ApiKeyHash, Balance, Extended, Held, HoldId, Insufficient, Ledger,
-    LedgerError, Reserve, ReserveOutcome, SettleOutcome, Settlement, MAX_AMOUNT,
+    AccountId, AccountSettings, ApiKeyHash, Balance, ErrorKind, Extended, Held, HoldId,
+    Insufficient, Ledger, LedgerError, Reserve, ReserveOutcome, SettleOutcome, Settlement,
+    MAX_AMOUNT,
 };
 
 /// How the suite gets ledgers to test.
@@ -57,7 +58,9 @@ macro_rules! conformance_suite {
             top_up_then_balance,
             top_up_replay_is_idempotent,
             top_up_same_key_other_amount_conflicts,
-            top_up_keys_are_scoped_per_account,
+            a_payment_id_credits_one_account_once,
+            a_refused_top_up_frees_its_key,
+            concurrent_top_ups_of_one_key_credit_one_account,
             reserve_holds_credits,
             reserve_insufficient_writes_nothing,
             reserve_unknown_account_creates_nothing,
@@ -243,25 +246,129 @@ pub async fn top_up_same_key_other_amount_conflicts<H: Harness>(h: &H) {
     assert_eq!(totals(&b), (100, 0, 0, 100, 0));
 }
 
-/// Idempotency keys belong to one account: the same key credits two accounts.
-pub async fn top_up_keys_are_scoped_per_account<H: Harness>(h: &H) {
+/// The key is another account's, or a panic naming what came instead.
+#[track_caller]
+fn assert_claimed_by<T: std::fmt::Debug>(r: Result<T, LedgerError>, owner: &AccountId) {
+    match r {
+        Err(e @ LedgerError::TopUpKeyClaimed { .. }) => {
+            assert_eq!(e.kind(), ErrorKind::Conflict);
+            let LedgerError::TopUpKeyClaimed { account } = e else {
+                unreachable!()
+            };
+            assert_eq!(&account, owner);
+        }
+        other => panic!("expected TopUpKeyClaimed by {owner}, got {other:?}"),
+    }
+}
+
+/// A payment id (the idempotency key) credits exactly one account, once: the same key on
+/// another account is a typed conflict that credits nothing, whatever the amount; the
+/// first account still replays it.
+pub async fn a_payment_id_credits_one_account_once<H: Harness>(h: &H) {
     let (l, _clock) = h.ledger().await;
     let (a, b) = (acct("acct_a"), acct("acct_b"));
-    let ta = l.top_up(&a, 100, "pay-1").await.unwrap();
-    let tb = l.top_up(&b, 40, "pay-1").await.unwrap();
+    let ta = l.top_up(&a, 100, "pay_1").await.unwrap();
     assert_eq!((ta.replayed, ta.available), (false, 100));
-    assert_eq!((tb.replayed, tb.available), (false, 40));
-    assert_eq!(assert_conserved(&l, &a).await.topped_up, 100);
-    assert_eq!(assert_conserved(&l, &b).await.topped_up, 40);
-    // A replay on each account still finds its own amount.
-    assert!(l.top_up(&b, 40, "pay-1").await.unwrap().replayed);
+    // Another account: refused, and the account is not even created.
+    for amount in [100, 40] {
+        assert_claimed_by(l.top_up(&b, amount, "pay_1").await, &a);
+    }
     assert!(matches!(
-        l.top_up(&b, 100, "pay-1").await,
-        Err(LedgerError::TopUpConflict {
-            first_amount: 40,
-            ..
-        })
+        l.balance(&b).await,
+        Err(LedgerError::UnknownAccount)
     ));
+    // An existing account is not credited either.
+    l.top_up(&b, 5, "pay_2").await.unwrap();
+    assert_claimed_by(l.top_up(&b, 100, "pay_1").await, &a);
+    assert_eq!(totals(&assert_conserved(&l, &b).await), (5, 0, 0, 5, 0));
+    assert_claimed_by(l.top_up(&a, 5, "pay_2").await, &b);
+
+    // The first account replays its key, and a conflict on the amount stays a conflict.
+    let again = l.top_up(&a, 100, "pay_1").await.unwrap();
+    assert_eq!(
+        (again.amount, again.replayed, again.available),
+        (100, true, 100)
+    );
+    let conflict = l.top_up(&a, 99, "pay_1").await.unwrap_err();
+    assert!(
+        matches!(
+            conflict,
+            LedgerError::TopUpConflict {
+                first_amount: 100,
+                amount: 99
+            }
+        ),
+        "{conflict:?}"
+    );
+    assert_eq!(conflict.kind(), ErrorKind::Conflict);
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (100, 0, 0, 100, 0));
+    assert_eq!(totals(&assert_conserved(&l, &b).await), (5, 0, 0, 5, 0));
+}
+
+/// A top-up refused after its key was claimed (a total past `MAX_AMOUNT`) gives the key
+/// back: it can then be used again, on the same account or another one.
+pub async fn a_refused_top_up_frees_its_key<H: Harness>(h: &H) {
+    let (l, _clock, full) = funded(h, "acct_full_key", MAX_AMOUNT - 5).await;
+    let other = acct("acct_other_key");
+    let r = l.top_up(&full, 6, "pay_refused").await.unwrap_err();
+    assert!(matches!(r, LedgerError::TotalOutOfRange { .. }), "{r:?}");
+    assert_eq!(r.kind(), ErrorKind::InvalidInput);
+    // Free on another account...
+    let t = l.top_up(&other, 7, "pay_refused").await.unwrap();
+    assert_eq!((t.replayed, t.available), (false, 7));
+    assert_claimed_by(l.top_up(&full, 5, "pay_refused").await, &other);
+
+    // ... and on the same account, with an amount that fits.
+    let r = l.top_up(&full, 6, "pay_again").await.unwrap_err();
+    assert!(matches!(r, LedgerError::TotalOutOfRange { .. }), "{r:?}");
+    let t = l.top_up(&full, 5, "pay_again").await.unwrap();
+    assert_eq!((t.replayed, t.available), (false, MAX_AMOUNT as i64));
+    assert!(l.top_up(&full, 5, "pay_again").await.unwrap().replayed);
+    assert_claimed_by(l.top_up(&other, 5, "pay_again").await, &full);
+    assert_eq!(
+        totals(&assert_conserved(&l, &full).await),
+        (MAX_AMOUNT as i64, 0, 0, MAX_AMOUNT, 0)
+    );
+    assert_eq!(totals(&assert_conserved(&l, &other).await), (7, 0, 0, 7, 0));
+}
+
+/// Eight accounts race to top up with one key: exactly one is credited, once; every other
+/// one is told which account holds the key and is not created.
+pub async fn concurrent_top_ups_of_one_key_credit_one_account<H: Harness>(h: &H) {
+    let (l, _clock) = h.ledger().await;
+    let ids: Vec<AccountId> = (0..8).map(|i| acct(&format!("acct_race_{i}"))).collect();
+    let tasks: Vec<_> = ids
+        .iter()
+        .cloned()
+        .map(|a| {
+            let l = l.clone();
+            tokio::spawn(async move { l.top_up(&a, 10, "pay_race").await })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut owners = Vec::new();
+    for (a, task) in ids.iter().zip(tasks) {
+        match task.await.expect("task panicked") {
+            Ok(t) => {
+                assert_eq!((t.amount, t.replayed, t.available), (10, false, 10));
+                winners.push(a.clone());
+            }
+            Err(LedgerError::TopUpKeyClaimed { account }) => owners.push(account),
+            Err(e) => panic!("top-up of {a}: {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "credited: {winners:?}");
+    assert!(owners.iter().all(|o| *o == winners[0]), "{owners:?}");
+    for a in &ids {
+        if *a == winners[0] {
+            assert_eq!(totals(&assert_conserved(&l, a).await), (10, 0, 0, 10, 0));
+        } else {
+            assert!(matches!(
+                l.balance(a).await,
+                Err(LedgerError::UnknownAccount)
+            ));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -321,7 +428,8 @@ pub async fn reserve_insufficient_writes_nothing<H: Harness>(h: &H) {
     assert_eq!(totals(&assert_conserved(&l, &a).await), (0, 10, 0, 10, 1));
 }
 
-/// A reserve on an account never topped up or configured is an error and creates nothing.
+/// A reserve on an account never topped up or configured answers `UnknownAccount` (an
+/// outcome, not an error) and creates nothing.
 pub async fn reserve_unknown_account_creates_nothing<H: Harness>(h: &H) {
     let (l, _clock) = h.ledger().await;
     let ghost = acct("acct_ghost");
@@ -330,7 +438,7 @@ pub async fn reserve_unknown_account_creates_nothing<H: Harness>(h: &H) {
             .reserve(Reserve::new(ghost.clone(), hold("h1"), amount))
             .await;
         assert!(
-            matches!(r, Err(LedgerError::UnknownAccount)),
+            matches!(r, Ok(ReserveOutcome::UnknownAccount)),
             "reserve {amount}: {r:?}"
         );
     }
@@ -1137,7 +1245,7 @@ pub async fn api_keys_register_lookup_revoke<H: Harness>(h: &H) {
     let (l, _clock) = h.ledger().await;
     let (a, b) = (acct("acct_keys_a"), acct("acct_keys_b"));
     l.top_up(&a, 1, "pay-1").await.unwrap();
-    l.top_up(&b, 1, "pay-1").await.unwrap();
+    l.top_up(&b, 1, "pay-2").await.unwrap();
     // Raw keys unique to this run, in case the store's key records are shared.
     let raw = format!("sk_test_{}", HoldId::generate());
     let key = ApiKeyHash::of(&raw);
@@ -1298,7 +1406,7 @@ pub async fn many_accounts_are_independent<H: Harness>(h: &H) {
         let l = l.clone();
         let i = i as u64;
         tasks.push(tokio::spawn(async move {
-            l.top_up(&a, 100 + i, "pay-1").await.unwrap();
+            l.top_up(&a, 100 + i, &format!("pay-{i}")).await.unwrap();
             let id = hold("h1");
             expect_held(
                 l.reserve(Reserve::new(a.clone(), id.clone(), 10 + i).route("GET /many"))

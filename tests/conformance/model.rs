@@ -8,8 +8,10 @@
 //! Time: the model counts whole seconds. Every ttl is 5 s off a multiple of 10 s and every
 //! clock advance a multiple of 10 s, so a hold's expiry is never within 5 s of the model's
 //! present: a ledger on a real clock plus the manual offset (Redis) agrees with the model
-//! as long as one case runs in under 5 s of wall time. A case advances the clock by at
-//! most `MAX_OPS * 50 s` (well under the 1 hour for which ledgers remember settled ids).
+//! as long as one case runs in under 5 s of wall time.
+//!
+//! Closed ids are forgotten (see [`GRACE_SECS`]): the model says when on the same 10 s grid,
+//! so the answer never depends on where in its 5 s of drift a networked ledger is.
 //!
 //! The number of cases is `PROPTEST_CASES` when set, else 64; each case has up to
 //! `MAX_OPS` operations. A failing sequence is shrunk and printed with its resolved steps.
@@ -22,7 +24,9 @@
 //! * a commit or extend of an id never seen leaves no trace; a refund of one leaves a
 //!   tombstone, except on an account that does not exist (nothing is written there);
 //! * settling on an unknown account answers `Unknown` with `available: None`, extending
-//!   answers `NotOpen(Unknown)`, reserving fails with `UnknownAccount`;
+//!   answers `NotOpen(Unknown)`, reserving answers `ReserveOutcome::UnknownAccount`;
+//! * a top-up key belongs to the first account it credits: the same key on another
+//!   account is `TopUpKeyClaimed` and creates nothing;
 //! * the low-balance warning is a latch: a commit that leaves `available` below the
 //!   threshold reports a crossing if the latch is open and closes it; anything that
 //!   brings `available` back to or above the threshold (top-up, refund, a commit that
@@ -58,6 +62,14 @@ const ROUTES: [Option<&str>; 3] = [None, Some("GET /a"), Some("POST /b")];
 const TTL_SECS: [u64; 3] = [15, 25, 45];
 const ADVANCE_SECS: [u64; 4] = [10, 20, 30, 50];
 const CREDIT_LIMITS: [u64; 3] = [0, 20, 100];
+/// A ledger forgets a closed id its grace (call timeout + 1 s: 1 s in memory, 5 s for the
+/// Redis harnesses' 4 s timeout) after its hold's expiry (or its close, if later), and a
+/// tombstone of a never-seen id that grace after the longest TTL reserved with (the 60 s
+/// default: every TTL here is shorter). The model uses 5 s, the largest grace it allows:
+/// with expiries 5 s off the grid and reclaims on it, any grace of 1..=5 s makes the
+/// ledger forget an id at the same grid point as the model, even 5 s of wall time late.
+const GRACE_SECS: u64 = 5;
+const TOMBSTONE_SECS: u64 = 60 + GRACE_SECS;
 
 /// Which hold id an operation names, resolved against the ids the account used so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +320,8 @@ struct ModelAccount {
     warned: bool,
     holds: BTreeMap<usize, ModelHold>,
     done: BTreeMap<usize, SettleOutcome>,
-    topups: BTreeMap<&'static str, u64>,
+    /// When each id of `done` is forgotten (model seconds): from then on it is unknown.
+    forget_at: BTreeMap<usize, u64>,
     usage: BTreeMap<String, (u64, u64)>,
 }
 
@@ -326,7 +339,23 @@ impl ModelAccount {
         }
     }
 
+    /// Remembers how `id` closed until `forget_at`.
+    fn close(&mut self, id: usize, how: SettleOutcome, forget_at: u64) {
+        self.done.insert(id, how);
+        self.forget_at.insert(id, forget_at);
+    }
+
     fn reclaim(&mut self, now: u64) {
+        let due: Vec<usize> = self
+            .forget_at
+            .iter()
+            .filter(|(_, &at)| at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.done.remove(&id);
+            self.forget_at.remove(&id);
+        }
         let expired: Vec<usize> = self
             .holds
             .iter()
@@ -336,7 +365,7 @@ impl ModelAccount {
         for id in expired {
             let h = self.holds.remove(&id).expect("listed above");
             self.held -= h.amount;
-            self.done.insert(id, SettleOutcome::Expired);
+            self.close(id, SettleOutcome::Expired, now + GRACE_SECS);
         }
         self.rearm();
     }
@@ -359,6 +388,8 @@ struct Model {
     /// Seconds since the case started.
     now: u64,
     accounts: [Option<ModelAccount>; 3],
+    /// Every top-up key credited: the account it belongs to, and the amount.
+    topups: BTreeMap<&'static str, (usize, u64)>,
 }
 
 /// What an operation answered, in a form both the model and the ledger produce.
@@ -399,6 +430,8 @@ enum Obs {
         first_amount: u64,
         amount: u64,
     },
+    /// The key belongs to this account (its id).
+    TopUpKeyClaimed(String),
     OtherError(String),
 }
 
@@ -437,9 +470,14 @@ impl Model {
         let now = self.now;
         match *op {
             Step::TopUp { acct, amount, key } => {
-                let a = self.accounts[acct].get_or_insert_with(Default::default);
                 let key = KEYS[key];
-                if let Some(&first) = a.topups.get(key) {
+                let owned = self.topups.get(key).copied();
+                if let Some((owner, _)) = owned.filter(|&(owner, _)| owner != acct) {
+                    // Another account's payment: this account is not even created.
+                    return Obs::TopUpKeyClaimed(ACCOUNTS[owner].to_owned());
+                }
+                let a = self.accounts[acct].get_or_insert_with(Default::default);
+                if let Some((_, first)) = owned {
                     if first != amount {
                         return Obs::TopUpConflict {
                             first_amount: first,
@@ -453,7 +491,7 @@ impl Model {
                     };
                 }
                 a.topped_up += amount;
-                a.topups.insert(key, amount);
+                self.topups.insert(key, (acct, amount));
                 a.rearm();
                 Obs::TopUp {
                     amount,
@@ -531,7 +569,7 @@ impl Model {
                     a.warned = true;
                 }
                 a.rearm();
-                a.done.insert(hold, SettleOutcome::Committed);
+                a.close(hold, SettleOutcome::Committed, h.expires_at + GRACE_SECS);
                 Obs::Settled {
                     outcome: SettleOutcome::Committed,
                     committed: charged,
@@ -551,12 +589,12 @@ impl Model {
                         return a.settled(already(how));
                     }
                     // The tombstone.
-                    a.done.insert(hold, SettleOutcome::Refunded);
+                    a.close(hold, SettleOutcome::Refunded, now + TOMBSTONE_SECS);
                     return a.settled(SettleOutcome::Unknown);
                 };
                 a.held -= h.amount;
                 a.rearm();
-                a.done.insert(hold, SettleOutcome::Refunded);
+                a.close(hold, SettleOutcome::Refunded, h.expires_at + GRACE_SECS);
                 Obs::Settled {
                     outcome: SettleOutcome::Refunded,
                     committed: 0,
@@ -632,6 +670,7 @@ fn obs_of_error(e: LedgerError) -> Obs {
             first_amount,
             amount,
         },
+        LedgerError::TopUpKeyClaimed { account } => Obs::TopUpKeyClaimed(account.to_string()),
         other => Obs::OtherError(other.to_string()),
     }
 }
@@ -725,6 +764,7 @@ async fn run_op<L: Ledger>(
                     None,
                 ),
                 Ok(ReserveOutcome::Closed(how)) => (Obs::Closed(how), None),
+                Ok(ReserveOutcome::UnknownAccount) => (Obs::UnknownAccount, None),
                 Ok(other) => (Obs::OtherError(format!("{other:?}")), None),
                 Err(e) => (obs_of_error(e), None),
             }

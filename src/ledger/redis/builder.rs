@@ -20,8 +20,6 @@ pub const DEFAULT_KEY_PREFIX: &str = "credits";
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(50);
 /// Default deadline of one connection attempt: 1 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Default time settled hold ids and refund tombstones are remembered: 1 hour.
-pub const DEFAULT_SETTLED_RETENTION: Duration = Duration::from_secs(60 * 60);
 
 enum Target {
     Url(String),
@@ -51,10 +49,12 @@ pub struct RedisLedgerBuilder {
     key_prefix: String,
     call_timeout: Duration,
     connect_timeout: Duration,
-    settled_retention: Duration,
     max_open_holds: Option<u64>,
     #[cfg(feature = "test-util")]
     test_clock: Option<ManualClock>,
+    /// Tests only: keep closed ids this much longer than any call could need.
+    #[cfg(feature = "test-util")]
+    extra_closed_grace: Duration,
 }
 
 impl fmt::Debug for RedisLedgerBuilder {
@@ -70,7 +70,6 @@ impl fmt::Debug for RedisLedgerBuilder {
             .field("key_prefix", &self.key_prefix)
             .field("call_timeout", &self.call_timeout)
             .field("connect_timeout", &self.connect_timeout)
-            .field("settled_retention", &self.settled_retention)
             .field("max_open_holds", &self.max_open_holds)
             .finish_non_exhaustive()
     }
@@ -83,16 +82,18 @@ impl Default for RedisLedgerBuilder {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            settled_retention: DEFAULT_SETTLED_RETENTION,
             max_open_holds: None,
             #[cfg(feature = "test-util")]
             test_clock: None,
+            #[cfg(feature = "test-util")]
+            extra_closed_grace: Duration::ZERO,
         }
     }
 }
 
 impl RedisLedgerBuilder {
-    /// One Redis server, e.g. `redis://127.0.0.1:6379` or `rediss://user:pass@host/0`.
+    /// One Redis server, e.g. `redis://127.0.0.1:6379` or `redis://user:pass@host/0`. TLS
+    /// (`rediss://`) is not compiled in yet: it will come as a feature of its own.
     /// The ledger keeps one multiplexed connection to it and reconnects when it is lost.
     /// Replaces an earlier [`cluster_urls`](Self::cluster_urls).
     pub fn url(mut self, url: impl Into<String>) -> Self {
@@ -145,15 +146,9 @@ impl RedisLedgerBuilder {
         self
     }
 
-    /// How long settled hold ids and refund tombstones are remembered (default 1 hour):
-    /// a retried reserve or a late settle within it is answered from memory.
-    pub fn settled_retention(mut self, retention: Duration) -> Self {
-        self.settled_retention = retention;
-        self
-    }
-
-    /// The most open holds one account may have; a reserve beyond it fails with
-    /// [`LedgerError::TooManyHolds`] (default: no limit).
+    /// The most open holds one account may have; a reserve beyond it answers
+    /// [`ReserveOutcome::TooManyHolds`](crate::ReserveOutcome::TooManyHolds) (default: no
+    /// limit).
     pub fn max_open_holds(mut self, limit: u64) -> Self {
         self.max_open_holds = Some(limit);
         self
@@ -166,6 +161,15 @@ impl RedisLedgerBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn test_clock(mut self, clock: ManualClock) -> Self {
         self.test_clock = Some(clock);
+        self
+    }
+
+    /// Tests only (feature `test-util`): keeps closed hold ids `extra` longer than a call
+    /// could need them, so a test can audit how every hold of a long run closed.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn extra_closed_grace(mut self, extra: Duration) -> Self {
+        self.extra_closed_grace = extra;
         self
     }
 
@@ -209,6 +213,10 @@ impl RedisLedgerBuilder {
         let conn = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| LedgerError::Timeout(self.connect_timeout))??;
+        #[cfg(feature = "test-util")]
+        let extra_grace_ms = self.extra_closed_grace.as_millis() as u64;
+        #[cfg(not(feature = "test-util"))]
+        let extra_grace_ms = 0;
         // Hash every script now rather than on the first call of each.
         super::scripts::load_all();
         Ok(RedisLedger {
@@ -217,8 +225,12 @@ impl RedisLedgerBuilder {
                 conn,
                 prefix: self.key_prefix,
                 call_timeout: self.call_timeout,
-                settled_retention_ms: (self.settled_retention.as_millis() as u64)
-                    .min(crate::MAX_AMOUNT),
+                // Capped so that every forget-at time stays exact in a `done` score.
+                closed_grace_ms: (self.call_timeout.as_millis() as u64)
+                    .saturating_add(1_000)
+                    .saturating_add(extra_grace_ms)
+                    .min(crate::ledger::MAX_HOLD_TTL.as_millis() as u64),
+                longest_ttl: Default::default(),
                 max_open_holds: self.max_open_holds,
                 #[cfg(feature = "test-util")]
                 test_clock: self.test_clock,

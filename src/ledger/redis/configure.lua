@@ -9,7 +9,7 @@
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests; unused)
--- ARGV[2]: settled retention, ms (unused)
+-- ARGV[2]: closed-id grace, ms (unused)
 -- ARGV[3]: credit limit
 -- ARGV[4]: low-balance threshold ('' for none)
 -- Returns:

@@ -49,12 +49,144 @@ impl Conn {
     }
 }
 
-/// A Redis error as a ledger error: a timeout is [`LedgerError::Timeout`], anything else
-/// (connection refused or lost, a server or script error) is [`LedgerError::Unavailable`].
+/// A Redis error as a ledger error.
+///
+/// * [`LedgerError::Timeout`]: the connection timed out;
+/// * [`LedgerError::Unavailable`]: the store cannot serve now and will again: an I/O error
+///   (refused, dropped, reset), no connection to a cluster node, or an error reply that
+///   says so (`LOADING`, `BUSY`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `READONLY` after
+///   a failover, `MOVED`/`ASK` left over, `NOSCRIPT` after a flush, `NOREPLICAS`, `OOM`,
+///   `MISCONF`, a refused login, too many clients);
+/// * [`LedgerError::Corrupt`]: any other error reply to our scripts and commands (`ERR`
+///   from a Lua runtime error or from the scripts' own argument checks, `WRONGTYPE` from a
+///   key written by something else, `NOPERM`, `CROSSSLOT`, …) and a reply of the wrong type
+///   or that cannot be parsed: a deployment bug or corrupt state, which a retry would not
+///   mend.
 pub(super) fn ledger_error(err: RedisError, call_timeout: Duration) -> LedgerError {
     if err.is_timeout() {
-        LedgerError::Timeout(call_timeout)
+        return LedgerError::Timeout(call_timeout);
+    }
+    if is_corrupt(&err) {
+        LedgerError::Corrupt(Box::new(err))
     } else {
         LedgerError::Unavailable(Box::new(err))
+    }
+}
+
+/// Error codes of replies that mean "not now", not "never": the store recovers by itself.
+const TRANSIENT_CODES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "READONLY",
+    "MOVED",
+    "ASK",
+    "NOSCRIPT",
+    "NOREPLICAS",
+    "OOM",
+    "MISCONF",
+    "NOAUTH",
+    "WRONGPASS",
+];
+
+/// Whether `err` is an answer from the server (or a reply we cannot read) that a retry
+/// would not change: see [`ledger_error`].
+fn is_corrupt(err: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match err.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask
+            | ServerErrorKind::NoScript,
+        ) => false,
+        ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            // A connection refused by a full server is not the ledger's state.
+            !err.detail()
+                .is_some_and(|d| d.contains("max number of clients"))
+        }
+        ErrorKind::Server(_) | ErrorKind::UnexpectedReturnType | ErrorKind::Parse => true,
+        ErrorKind::Extension => !err
+            .code()
+            .is_some_and(|code| TRANSIENT_CODES.contains(&code)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::ErrorKind;
+
+    /// The error of a server reply `-<line>`.
+    fn reply(line: &str) -> RedisError {
+        redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+            .unwrap()
+            .extract_error()
+            .unwrap_err()
+    }
+
+    fn kind(err: RedisError) -> ErrorKind {
+        ledger_error(err, Duration::from_millis(50)).kind()
+    }
+
+    #[test]
+    fn error_replies_are_corrupt_unless_they_say_not_now() {
+        for line in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "ERR tower-credits: invalid argument: amount",
+            "ERR user_script:12: attempt to perform arithmetic on a nil value",
+            "ERR hash value is not an integer",
+            "NOPERM this user has no permissions to run the 'evalsha' command",
+            "CROSSSLOT Keys in request don't hash to the same slot",
+            "SOMETHINGNEW never seen before",
+        ] {
+            assert_eq!(kind(reply(line)), ErrorKind::Corrupt, "{line}");
+        }
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "MASTERDOWN Link with MASTER is down",
+            "CLUSTERDOWN The cluster is down",
+            "READONLY You can't write against a read only replica.",
+            "NOSCRIPT No matching script.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "MISCONF Redis is configured to save RDB snapshots",
+            "ERR max number of clients reached",
+        ] {
+            assert_eq!(kind(reply(line)), ErrorKind::Unavailable, "{line}");
+        }
+    }
+
+    #[test]
+    fn io_errors_are_unavailable_and_timeouts_are_timeouts() {
+        use std::io;
+        for io_kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
+        ] {
+            let err = ledger_error(io::Error::from(io_kind).into(), Duration::from_millis(50));
+            assert!(matches!(err, LedgerError::Unavailable(_)), "{err:?}");
+        }
+        let err = ledger_error(
+            io::Error::from(io::ErrorKind::TimedOut).into(),
+            Duration::from_millis(7),
+        );
+        assert!(matches!(err, LedgerError::Timeout(t) if t == Duration::from_millis(7)));
+        let err = ledger_error(
+            (redis::ErrorKind::UnexpectedReturnType, "not an integer").into(),
+            Duration::from_millis(50),
+        );
+        assert!(err.is_corrupt() && !err.is_unavailable(), "{err:?}");
     }
 }

@@ -8,21 +8,21 @@
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
--- ARGV[2]: settled retention, ms
+-- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- ARGV[3]: hold id
 -- ARGV[4]: new ttl from now, ms (1 .. 86400000)
 -- Returns one of:
 --   {'until', expires_at_ms}
 --   {'not_open', 'already_committed' | 'already_refunded' | 'expired' | 'unknown'}
 
-local offset, retention = common_args()
+local offset, grace = common_args()
 local id = hold_id_arg(3)
 local ttl = uint_arg(4, 'ttl', 86400000)
 if ttl < 1 then
   bad('ttl')
 end
 
-local a, now = open_account(offset, retention)
+local a, now = open_account(offset, grace)
 if not a then
   return { 'not_open', 'unknown' }
 end

@@ -20,6 +20,17 @@ pub(super) fn api_key(prefix: &str, key: &ApiKeyHash) -> String {
     format!("{prefix}:apikey:{}", key.to_hex())
 }
 
+/// `<prefix>:topup:<sha256 hex of the key>`: the account a top-up idempotency key (a
+/// payment id) belongs to. Outside every account's hash tag: on Redis Cluster it lives in
+/// a slot of its own, so it is claimed by a command of its own before the account's script.
+pub(super) fn top_up_claim(prefix: &str, idempotency_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!(
+        "{prefix}:topup:{}",
+        hex::encode(Sha256::digest(idempotency_key.as_bytes()))
+    )
+}
+
 /// Whether `prefix` is usable as a key prefix: 1 to 64 printable ASCII characters, no
 /// space, no `{` or `}` (which would change the hash tag).
 pub(super) fn is_valid_prefix(prefix: &str) -> bool {
@@ -44,6 +55,10 @@ mod tests {
         assert_eq!(
             api_key("credits", &ApiKeyHash::of("abc")),
             "credits:apikey:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            top_up_claim("credits", "abc"),
+            "credits:topup:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 

@@ -50,9 +50,10 @@ local function hold_id_arg(i)
 end
 
 -- The common arguments of every account script: ARGV[1] clock offset (ms, 0 outside
--- tests) and ARGV[2] how long closed hold ids are remembered (ms).
+-- tests) and ARGV[2] the closed-id grace (ms): how long a closed hold id is remembered past
+-- its hold's expiry (the call timeout + 1 s).
 local function common_args()
-  return uint_arg(1, 'clock offset'), uint_arg(2, 'settled retention')
+  return uint_arg(1, 'clock offset'), uint_arg(2, 'closed-id grace')
 end
 
 -- Redis's own clock (one clock for every instance), in ms, shifted by the test offset.
@@ -127,14 +128,36 @@ local function rearm_warning(a)
   end
 end
 
--- How a hold id closed, kept in the low two bits of its `done` score (exact: closing
--- times * 4 stay far below 2^53), so one sorted set answers both when and how.
+-- How a hold id closed, kept in the low two bits of its `done` score, above them the time
+-- it is forgotten at (exact: such times * 4 stay far below 2^53), so one sorted set
+-- answers how, and orders the ids by when they go.
 local CLOSED_CODE = { committed = 1, refunded = 2, expired = 3 }
 local CLOSED_HOW = { 'committed', 'refunded', 'expired' }
 
--- Remembers how a hold id closed, for the retention.
-local function close(id, how, now)
-  redis.call('ZADD', KEYS[4], now * 4 + CLOSED_CODE[how], id)
+-- Remembers how a hold id closed, until forget_at (ms). The caller then calls
+-- expire_done once for all the ids it closed.
+local function close(id, how, forget_at)
+  redis.call('ZADD', KEYS[4], forget_at * 4 + CLOSED_CODE[how], id)
+end
+
+-- Keeps the `done` key no longer than its latest forget-at time: an account whose traffic
+-- stops loses it whole, with no call and no sweep. Only ever pushed later (GT); a key
+-- just created has no expiry yet, which GT counts as later than any, so NX sets it.
+-- Relative to now, so it follows Redis's own clock (a test offset does not move it).
+local function expire_done(forget_at, now)
+  local ms = forget_at - now
+  if redis.call('PEXPIRE', KEYS[4], ms, 'GT') == 0 then
+    redis.call('PEXPIRE', KEYS[4], ms, 'NX')
+  end
+end
+
+-- When a hold that expires at expires_at, closed now, is forgotten: once no call about it
+-- can still come. Settles and extends are retried only while the hold lives, a reserve
+-- only while the first one is unanswered; each may take the call timeout to arrive, and
+-- the grace (call timeout + 1 s) covers that and clock skew. The expiry is at most the
+-- hold's TTL after the close, so this is never later than close + TTL + grace.
+local function forget_at(now, expires_at, grace)
+  return math.max(now, expires_at) + grace
 end
 
 -- How `id` closed ('committed' | 'refunded' | 'expired'), or nil if it is not remembered.
@@ -148,7 +171,7 @@ end
 
 -- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index), then
 -- notes when the earliest open hold left expires. Returns how many holds went back.
-local function reclaim_expired(a, now)
+local function reclaim_expired(a, now, grace)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, RECLAIM_LIMIT)
   local reclaimed = 0
   for _, id in ipairs(expired) do
@@ -157,9 +180,13 @@ local function reclaim_expired(a, now)
     if amount then
       redis.call('HDEL', KEYS[2], id, id .. ':route')
       incr(a, 'held', -amount)
-      close(id, 'expired', now)
+      -- Expired by now: its expiry is at most now.
+      close(id, 'expired', forget_at(now, now, grace))
       reclaimed = reclaimed + 1
     end
+  end
+  if reclaimed > 0 then
+    expire_done(forget_at(now, now, grace), now)
   end
   -- Credits that came back may lift the balance over the threshold: a new crossing.
   if #expired > 0 then
@@ -173,19 +200,19 @@ end
 
 -- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index, never a
 -- scan), re-arms the low-balance warning if that lifted the balance over the threshold,
--- and forgets up to RECLAIM_LIMIT closed ids older than the retention. Returns how many
--- holds went back.
+-- and forgets up to RECLAIM_LIMIT closed ids whose forget-at time has come (the key's
+-- PEXPIRE drops the rest once the last is due). Returns how many holds went back.
 --
 -- `next_expiry` (no open hold expires before it) spares the expiry index a look on most
 -- calls: a reserve or an extend lowers it to its hold's new expiry when earlier, a settle
 -- only takes a hold away, so it stays a lower bound; once passed, reclaim_expired looks
 -- and refreshes it.
-local function reclaim(a, now, retention)
+local function reclaim(a, now, grace)
   local reclaimed = 0
   if a.next_expiry == nil or a.next_expiry <= now then
-    reclaimed = reclaim_expired(a, now)
+    reclaimed = reclaim_expired(a, now, grace)
   end
-  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', (now - retention - 1) * 4 + 3,
+  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now * 4 + 3,
     'LIMIT', 0, RECLAIM_LIMIT)
   if #old > 0 then
     redis.call('ZREM', KEYS[4], unpack(old))
@@ -202,11 +229,11 @@ end
 -- Opens an existing account for an operation: its fields and the time, after reclaiming
 -- its expired holds (bounded work). Returns nil, writing nothing, for an unknown account;
 -- else the account, now (ms) and how many holds were reclaimed.
-local function open_account(offset, retention)
+local function open_account(offset, grace)
   local a = load_account()
   if not a.exists then
     return nil
   end
   local now = now_ms(offset)
-  return a, now, reclaim(a, now, retention)
+  return a, now, reclaim(a, now, grace)
 end

@@ -17,13 +17,31 @@
 //! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `threshold` (absent: none), `warned` (0/1), `rate` (burn rate, credits/s), `rate_at` (ms), `next_expiry` (ms; no open hold expires earlier, so most calls skip the expiry index). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
 //! | `credits:{acct}:holds` | HASH | open hold id → amount; `<id>:route` → route label |
 //! | `credits:{acct}:expiry` | ZSET | open hold ids scored by expiry (ms): the expiry index |
-//! | `credits:{acct}:done` | ZSET | closed hold ids and refund tombstones, scored by when they closed (ms) × 4 + how (1 committed, 2 refunded, 3 expired); pruned by age, at most [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) per call |
+//! | `credits:{acct}:done` | ZSET | closed hold ids and refund tombstones, scored by when they are forgotten (ms) × 4 + how (1 committed, 2 refunded, 3 expired); an id is forgotten once no call about it can come: its hold's expiry (or the close, if later) + the [call timeout](RedisLedgerBuilder::call_timeout) + 1 s, and a tombstone of a never-seen id after the longest hold TTL this ledger has reserved with (at least [`DEFAULT_HOLD_TTL`](super::DEFAULT_HOLD_TTL)) + call timeout + 1 s. Pruned when due, at most [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) per call, and the key's `PEXPIRE` follows the latest forget-at time, so an account whose traffic stops loses it whole. |
 //! | `credits:{acct}:usage` | HASH | `credits:<route>` → credits committed, `calls:<route>` → commits |
 //! | `credits:{acct}:topups` | HASH | top-up idempotency key → amount; never expires (a payment id credits once, ever) |
+//! | `credits:topup:<sha256 hex>` | STRING | the account a top-up idempotency key belongs to (its claim); never expires (a payment id credits one account) |
 //! | `credits:apikey:<sha256 hex>` | STRING | account id of an API key (keys are stored only as hashes) |
 //!
-//! An account exists once it has been topped up or configured: `reserve`, `balance` and
-//! `usage` of another account fail with [`LedgerError::UnknownAccount`] and write nothing.
+//! An account exists once it has been topped up or configured: a `reserve` of another
+//! account answers [`ReserveOutcome::UnknownAccount`], `balance` and `usage` fail with
+//! [`LedgerError::UnknownAccount`]; none of them writes anything.
+//!
+//! # Top-ups: one account per payment id
+//!
+//! A top-up idempotency key is claimed for its account before the account's script runs:
+//! the claim key `credits:topup:<sha256 hex of the key>` is outside every account's hash
+//! tag (on Redis Cluster it lives in a slot of its own), so the claim is a command of its
+//! own (`SET NX`, in a three-line script that also answers who holds the key). A key held
+//! by another account is [`LedgerError::TopUpKeyClaimed`] and credits nothing; a key
+//! already this account's (a replay, or a retry after a crash between the claim and the
+//! top-up) proceeds to the per-account script, which is idempotent by itself. A top-up
+//! refused after this call made the claim ([`LedgerError::TotalOutOfRange`]) deletes the
+//! claim again if it still names the account (compare and delete), so the key can be
+//! used later, by either account. A [`LedgerError::TopUpConflict`] keeps it: the account
+//! has that key already. Two top-ups of one key racing on one account with different
+//! amounts, one of them refused, can release a claim the other one then credits under:
+//! the key is then usable once more by another account (one payment id, one amount).
 //!
 //! # Scripts
 //!
@@ -44,7 +62,11 @@
 //!
 //! Every call has a deadline ([`call_timeout`](RedisLedgerBuilder::call_timeout), default
 //! 50 ms): past it the call fails with [`LedgerError::Timeout`]; a lost or refused
-//! connection is [`LedgerError::Unavailable`]. A script may still run after its caller gave
+//! connection, or a server that says it cannot serve now (`LOADING`, `BUSY`, `TRYAGAIN`,
+//! `MASTERDOWN`, `CLUSTERDOWN`, `READONLY` during a failover), is
+//! [`LedgerError::Unavailable`]. An error raised by a script (a Lua runtime error, a key
+//! of the wrong type, an argument a script refused) or a reply no script of this version
+//! sends is [`LedgerError::Corrupt`]: a deployment bug or corrupt state, never retried. A script may still run after its caller gave
 //! up, so a reserve that got no answer (it failed, timed out, or its future was dropped
 //! after it was first polled) is refunded by its hold id in the background: if the reserve
 //! ran, the hold goes back; if not, the refund leaves a tombstone and the late reserve
@@ -56,6 +78,15 @@
 //!
 //! Run Redis with `appendonly yes`: `appendfsync everysec` may lose the last second of
 //! writes on a crash of the machine, `appendfsync always` loses none.
+//!
+//! Replication is asynchronous: on a failover (Sentinel or Cluster) the new primary may
+//! lack the last writes the old one acknowledged. For a top-up that means an acknowledged
+//! claim, or an acknowledged credit, may be lost: the payment's retry then credits it
+//! again (once), but a claim lost while its top-up survived lets another account claim
+//! the key. Servers configured with `min-replicas-to-write` / `min-replicas-max-lag`
+//! refuse writes without a live replica (`NOREPLICAS`, reported as unavailable); a
+//! `WAIT numreplicas timeout` after the top-up narrows the window further, but the ledger
+//! does not send one: on the multiplexed connection every call would wait behind it.
 //!
 //! ```no_run
 //! use tower_credits::ledger::RedisLedger;
@@ -83,7 +114,7 @@ use redis::Value;
 
 use super::{
     check_idempotency_key, check_route, check_ttl, AccountId, AccountSettings, Balance, Extended,
-    HoldId, Ledger, LedgerError, Reserve, ReserveOutcome, Settlement, TopUp, Usage,
+    HoldId, Ledger, LedgerError, LongestTtl, Reserve, ReserveOutcome, Settlement, TopUp, Usage,
 };
 use crate::amount::check_amount;
 use crate::api_key::ApiKeyHash;
@@ -100,12 +131,14 @@ mod unanswered;
 
 pub use builder::{
     RedisLedgerBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
-    DEFAULT_SETTLED_RETENTION,
 };
 
 use conn::{ledger_error, Conn};
 use reply::unexpected;
-use scripts::{Args, ScriptSpec, BALANCE, CONFIGURE, EXTEND, RESERVE, SETTLE, TOP_UP, USAGE};
+use scripts::{
+    Args, ScriptSpec, BALANCE, CLAIM_TOP_UP_KEY, CONFIGURE, EXTEND, RELEASE_TOP_UP_KEY, RESERVE,
+    SETTLE, TOP_UP, USAGE,
+};
 
 /// The future of every [`RedisLedger`] operation: one boxed network call.
 pub type RedisFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send>>;
@@ -139,7 +172,11 @@ struct Inner {
     unanswered: unanswered::Unanswered,
     prefix: String,
     call_timeout: Duration,
-    settled_retention_ms: u64,
+    /// How long a closed hold id is remembered past its hold's expiry: the call timeout
+    /// + 1 s (a call sent while the hold lived may take that long to arrive).
+    closed_grace_ms: u64,
+    /// How long a refund tombstone of a never-seen id stands (see [`LongestTtl`]).
+    longest_ttl: LongestTtl,
     max_open_holds: Option<u64>,
     #[cfg(feature = "test-util")]
     test_clock: Option<ManualClock>,
@@ -198,7 +235,7 @@ impl RedisLedger {
     }
 
     /// Invokes an account script with the account's keys its spec names, the common
-    /// arguments (clock offset, settled retention) and `args`, under the call deadline.
+    /// arguments (clock offset, closed-id grace) and `args`, under the call deadline.
     fn account_script(
         &self,
         spec: &'static ScriptSpec,
@@ -210,7 +247,7 @@ impl RedisLedger {
             |suffix| keys::account_key(prefix, account, suffix),
             |a| {
                 a.arg(self.clock_offset_ms())
-                    .arg(self.inner.settled_retention_ms);
+                    .arg(self.inner.closed_grace_ms);
                 args(a);
             },
         );
@@ -251,6 +288,7 @@ impl RedisLedger {
         if let Some(route) = &r.route {
             check_route(route)?;
         }
+        self.inner.longest_ttl.note(ttl_ms);
         let limit = self.inner.max_open_holds;
         // A limit past MAX_AMOUNT cannot be reached: send none.
         let limit_arg = match limit {
@@ -287,7 +325,8 @@ impl RedisLedger {
         let call = self.account_script(&SETTLE, account, |inv| {
             inv.arg(hold.as_str())
                 .arg(if actual.is_some() { "commit" } else { "refund" })
-                .arg(actual.unwrap_or(0));
+                .arg(actual.unwrap_or(0))
+                .arg(self.inner.longest_ttl.get());
         });
         Ok(Box::pin(async move { reply::settle(call.await?) }))
     }
@@ -313,10 +352,58 @@ impl RedisLedger {
     ) -> Result<RedisFuture<TopUp>, LedgerError> {
         check_amount(amount)?;
         check_idempotency_key(key)?;
+        // First the claim (its own key, in its own slot on a cluster), then the account's
+        // idempotent top-up: both futures are lazy, the second runs after the first.
+        let claim_key = keys::top_up_claim(&self.inner.prefix, key);
+        let mut claim = CLAIM_TOP_UP_KEY.prepare_invoke();
+        claim.key(&claim_key).arg(account.as_str());
+        let claim = self.deadline(self.inner.conn.clone().eval(claim));
         let call = self.account_script(&TOP_UP, account, |inv| {
             inv.arg(amount).arg(key);
         });
-        Ok(Box::pin(async move { reply::top_up(call.await?, amount) }))
+        let (ledger, account) = (self.clone(), account.clone());
+        Ok(Box::pin(async move {
+            let made = match reply::claim(claim.await?, &account)? {
+                reply::Claim::Made => true,
+                reply::Claim::Ours => false,
+                reply::Claim::Other(owner) => {
+                    return Err(LedgerError::TopUpKeyClaimed { account: owner })
+                }
+            };
+            // A failed or unanswered top-up keeps the claim: the caller's retry finds it
+            // its own and proceeds.
+            let result = reply::top_up(call.await?, amount);
+            // Refused with nothing credited under the key (a conflict means the account
+            // already has the key, so the claim is right): give the key back, if this call
+            // took it.
+            if made && matches!(result, Err(LedgerError::TotalOutOfRange { .. })) {
+                ledger.release_top_up_key(claim_key, &account).await;
+            }
+            result
+        }))
+    }
+
+    /// Deletes the claim `claim_key` while it still names `account`; a failure only logs:
+    /// the key stays the account's, usable by its retries.
+    async fn release_top_up_key(&self, claim_key: String, account: &AccountId) {
+        let mut release = RELEASE_TOP_UP_KEY.prepare_invoke();
+        release.key(claim_key).arg(account.as_str());
+        if let Err(error) = self.deadline(self.inner.conn.clone().eval(release)).await {
+            tracing::warn!(
+                %error,
+                %account,
+                "a refused top-up could not release its idempotency key: the key stays this \
+                 account's"
+            );
+        }
+    }
+
+    /// The key that records which account a top-up idempotency key belongs to
+    /// (`<prefix>:topup:<sha256 hex>`), for tests that claim it by hand.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn top_up_claim_key(&self, idempotency_key: &str) -> String {
+        keys::top_up_claim(&self.inner.prefix, idempotency_key)
     }
 
     fn do_configure(

@@ -10,12 +10,13 @@ use redis::Value;
 
 use super::scripts::{BALANCE, CONFIGURE, EXTEND, RESERVE, SETTLE, SWEEP, TOP_UP, USAGE};
 use crate::ledger::{
-    decayed_rate, runway_secs, Balance, Extended, Held, Insufficient, LedgerError, ReserveOutcome,
-    SettleOutcome, Settlement, TopUp, Usage,
+    decayed_rate, runway_secs, AccountId, Balance, Extended, Held, Insufficient, LedgerError,
+    ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
 };
 
 /// A reply no script of this version sends: a mismatch between the Rust side and the
-/// scripts, or a key written by something else. Reported as [`LedgerError::Unavailable`].
+/// scripts, or a key written by something else. Reported as [`LedgerError::Corrupt`]: a
+/// retry would get the same answer.
 #[derive(Debug)]
 pub(super) struct UnexpectedReply {
     script: &'static str,
@@ -36,7 +37,7 @@ impl std::error::Error for UnexpectedReply {}
 
 /// The error for a reply no script of this version sends.
 pub(super) fn unexpected(script: &'static str, detail: impl Into<String>) -> LedgerError {
-    LedgerError::Unavailable(Box::new(UnexpectedReply {
+    LedgerError::Corrupt(Box::new(UnexpectedReply {
         script,
         detail: detail.into(),
     }))
@@ -214,11 +215,11 @@ pub(super) fn reserve(value: Value, limit: Option<u64>) -> Result<ReserveOutcome
             credit_limit: reply.u64()?,
         })),
         "closed" => Ok(ReserveOutcome::Closed(reply.outcome()?)),
-        "too_many_holds" => Err(LedgerError::TooManyHolds {
+        "too_many_holds" => Ok(ReserveOutcome::TooManyHolds {
             limit: limit.ok_or_else(|| reply.err("too_many_holds without a limit"))?,
         }),
         "total_out_of_range" => Err(total_out_of_range(reply.u64()?, reply.u64()?)),
-        "unknown_account" => Err(LedgerError::UnknownAccount),
+        "unknown_account" => Ok(ReserveOutcome::UnknownAccount),
         tag => return Err(reply.unknown_tag(tag)),
     };
     reply.end()?;
@@ -297,6 +298,36 @@ pub(super) fn top_up(value: Value, amount: u64) -> Result<TopUp, LedgerError> {
     };
     reply.end()?;
     result
+}
+
+/// Who holds a top-up idempotency key, as the claim script answered.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// This call claimed the key for the account.
+    Made,
+    /// The key was already the account's (a replay, or a retry after a crash between the
+    /// claim and the top-up).
+    Ours,
+    /// Another account holds the key.
+    Other(AccountId),
+}
+
+/// The reply of the claim script for `account`.
+pub(super) fn claim(value: Value, account: &AccountId) -> Result<Claim, LedgerError> {
+    const SCRIPT: &str = "top-up key claim";
+    let owner = match value {
+        Value::Nil => return Ok(Claim::Made),
+        Value::BulkString(bytes) => String::from_utf8(bytes)
+            .map_err(|_| unexpected(SCRIPT, "the stored account id is not UTF-8"))?,
+        Value::SimpleString(s) => s,
+        other => return Err(unexpected(SCRIPT, format!("not an account id: {other:?}"))),
+    };
+    if owner == account.as_str() {
+        return Ok(Claim::Ours);
+    }
+    AccountId::new(&owner)
+        .map(Claim::Other)
+        .map_err(|_| unexpected(SCRIPT, "the stored account id is not a valid id"))
 }
 
 /// The reply of `balance`.
@@ -386,7 +417,9 @@ mod tests {
     #[test]
     fn odd_replies_are_typed_errors() {
         let err = Reply::new("balance", Value::Int(3)).err().unwrap();
-        assert!(matches!(err, LedgerError::Unavailable(_)));
+        assert!(matches!(err, LedgerError::Corrupt(_)));
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+        assert!(err.is_corrupt() && !err.is_unavailable());
         assert!(err.to_string().contains("balance script"));
 
         let mut r = Reply::new("x", Value::Array(vec![Value::Int(-2)])).unwrap();
@@ -400,6 +433,21 @@ mod tests {
         let mut r =
             Reply::new("x", Value::Array(vec![Value::BulkString(b"0.25".to_vec())])).unwrap();
         assert_eq!(r.f64().unwrap(), 0.25);
+    }
+
+    #[test]
+    fn claims_name_their_owner() {
+        let a = AccountId::new("acct_a").unwrap();
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(claim(Value::Nil, &a).unwrap(), Claim::Made);
+        assert_eq!(claim(bulk("acct_a"), &a).unwrap(), Claim::Ours);
+        assert_eq!(
+            claim(bulk("acct_b"), &a).unwrap(),
+            Claim::Other(AccountId::new("acct_b").unwrap())
+        );
+        for odd in [bulk("{bad}"), Value::Int(1), bulk("")] {
+            assert!(claim(odd, &a).unwrap_err().is_corrupt());
+        }
     }
 
     #[test]
@@ -428,8 +476,25 @@ mod tests {
         assert!(configure(Value::Array(vec![bulk("nope")])).is_err());
         assert!(matches!(
             reserve(Value::Array(vec![bulk("too_many_holds")]), Some(3)),
-            Err(LedgerError::TooManyHolds { limit: 3 })
+            Ok(ReserveOutcome::TooManyHolds { limit: 3 })
         ));
-        assert!(reserve(Value::Array(vec![bulk("too_many_holds")]), None).is_err());
+        assert!(reserve(Value::Array(vec![bulk("too_many_holds")]), None)
+            .unwrap_err()
+            .is_corrupt());
+        assert_eq!(
+            reserve(Value::Array(vec![bulk("unknown_account")]), None).unwrap(),
+            ReserveOutcome::UnknownAccount
+        );
+        // A reply of an unknown shape, or a tag no script sends, is corrupt, not an outage.
+        for odd in [
+            Value::Nil,
+            Value::Array(vec![bulk("held")]),
+            Value::Array(vec![bulk("no_such_tag")]),
+        ] {
+            let err = reserve(odd, None).unwrap_err();
+            assert!(err.is_corrupt() && !err.is_unavailable(), "{err:?}");
+        }
+        let err = top_up(Value::Array(vec![bulk("topped_up"), Value::Int(2)]), 1).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
     }
 }

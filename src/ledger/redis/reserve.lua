@@ -8,7 +8,7 @@
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
--- ARGV[2]: settled retention, ms
+-- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- ARGV[3]: hold id
 -- ARGV[4]: amount to hold
 -- ARGV[5]: hold ttl, ms (1 .. 86400000)
@@ -23,7 +23,7 @@
 --   {'total_out_of_range', total, amount}   (the sum that would pass MAX_AMOUNT)
 --   {'unknown_account'}                     (nothing written)
 
-local offset, retention = common_args()
+local offset, grace = common_args()
 local id = hold_id_arg(3)
 local amount = uint_arg(4, 'amount')
 local ttl = uint_arg(5, 'ttl', 86400000)
@@ -37,7 +37,7 @@ if type(route) ~= 'string' or #route > 256 or string.find(route, '[%z\1-\31\127]
 end
 local max_open = opt_uint_arg(7, 'max open holds')
 
-local a, now = open_account(offset, retention)
+local a, now = open_account(offset, grace)
 if not a then
   return { 'unknown_account' }
 end

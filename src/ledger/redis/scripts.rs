@@ -52,7 +52,7 @@ const ACCOUNT_KEYS: &[&str] = &ACCOUNT_KEY_SUFFIXES;
 /// The arguments every account script takes first (read by `common_args` in `lib.lua`).
 macro_rules! account_args {
     ($($arg:literal),* $(,)?) => {
-        &["clock offset", "settled retention", $($arg),*]
+        &["clock offset", "closed-id grace", $($arg),*]
     };
 }
 
@@ -85,7 +85,7 @@ pub(super) static RESERVE: ScriptSpec = spec!(
 /// `settle`: commits or refunds one hold.
 pub(super) static SETTLE: ScriptSpec = spec!(
     "settle",
-    args: account_args!["hold id", "'commit' or 'refund'", "actual cost"],
+    args: account_args!["hold id", "'commit' or 'refund'", "actual cost", "tombstone ttl"],
     reply: "{'settled', outcome, committed, released, clamped 0|1, available, threshold | -1,
             threshold_crossed 0|1, rate, rate_at_ms, now_ms}
             {'unknown_account'}",
@@ -99,7 +99,8 @@ pub(super) static EXTEND: ScriptSpec = spec!(
             {'not_open', 'already_committed' | 'already_refunded' | 'expired' | 'unknown'}",
 );
 
-/// `top_up`: adds credits once per idempotency key.
+/// `top_up`: adds credits once per idempotency key, after [`CLAIM_TOP_UP_KEY`] claimed the
+/// key for the account.
 pub(super) static TOP_UP: ScriptSpec = spec!(
     "top_up",
     args: account_args!["amount", "idempotency key"],
@@ -145,12 +146,42 @@ pub(super) static SPECS: [&ScriptSpec; 8] = [
     &RESERVE, &SETTLE, &EXTEND, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP,
 ];
 
-/// Builds (hashes) every script of [`SPECS`], once per process.
+/// Builds (hashes) every script of [`SPECS`] and the claim scripts, once per process.
 pub(super) fn load_all() {
     for spec in SPECS {
         spec.script();
     }
+    LazyLock::force(&CLAIM_TOP_UP_KEY);
+    LazyLock::force(&RELEASE_TOP_UP_KEY);
 }
+
+/// Claims a top-up idempotency key for an account: `SET NX`, and in the same step who
+/// holds it when the key was taken (`SET … NX GET` would need Redis 7).
+/// KEYS[1]: <prefix>:topup:<sha256 hex of the idempotency key>  (no hash tag of an account)
+/// ARGV[1]: account id
+/// Returns nil when this call made the claim, else the account id that holds it.
+pub(super) static CLAIM_TOP_UP_KEY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local owner = redis.call('GET', KEYS[1])\n\
+         if owner then return owner end\n\
+         redis.call('SET', KEYS[1], ARGV[1])\n\
+         return false\n",
+    )
+});
+
+/// Releases a claim made by a top-up that was then refused: deletes the claim only while
+/// it still names the account (compare and delete).
+/// KEYS[1]: <prefix>:topup:<sha256 hex of the idempotency key>
+/// ARGV[1]: account id
+/// Returns 1 when the claim was deleted, else 0.
+pub(super) static RELEASE_TOP_UP_KEY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n\
+           return redis.call('DEL', KEYS[1])\n\
+         end\n\
+         return 0\n",
+    )
+});
 
 /// `lib.lua`: the helpers shared by every script.
 const LIB: &str = include_str!("lib.lua");
@@ -382,7 +413,7 @@ mod tests {
     fn every_script_takes_the_account_keys_and_common_args() {
         for spec in SPECS {
             assert_eq!(spec.keys, ACCOUNT_KEY_SUFFIXES, "{}", spec.name);
-            assert_eq!(spec.args[..2], ["clock offset", "settled retention"]);
+            assert_eq!(spec.args[..2], ["clock offset", "closed-id grace"]);
         }
     }
 }

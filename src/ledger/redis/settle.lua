@@ -8,10 +8,11 @@
 -- KEYS[5]: <prefix>:{<account>}:usage
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
--- ARGV[2]: settled retention, ms
+-- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- ARGV[3]: hold id
 -- ARGV[4]: 'commit' or 'refund'
 -- ARGV[5]: actual cost to commit ('0' for a refund); clamped to the hold
+-- ARGV[6]: tombstone ttl, ms: the longest TTL a reserve of an unseen id may have had
 -- In the reply, outcome is 'committed' | 'refunded' | 'already_committed'
 -- | 'already_refunded' | 'expired' | 'unknown' (a refund of an unknown id leaves a
 -- tombstone), and rate the stored burn rate (credits/s) as a string, to be decayed to now_ms.
@@ -20,15 +21,16 @@
 --    threshold_crossed 0|1, rate, rate_at_ms, now_ms}
 --   {'unknown_account'}   (nothing written)
 
-local offset, retention = common_args()
+local offset, grace = common_args()
 local id = hold_id_arg(3)
 local mode = ARGV[4]
 if mode ~= 'commit' and mode ~= 'refund' then
   bad('mode')
 end
 local actual = uint_arg(5, 'actual cost')
+local tombstone_ttl = uint_arg(6, 'tombstone ttl', 86400000)
 
-local a, now = open_account(offset, retention)
+local a, now = open_account(offset, grace)
 if not a then
   return { 'unknown_account' }
 end
@@ -46,13 +48,18 @@ if not amount then
     return reply(already(how), 0, 0, 0, 0)
   end
   if mode == 'refund' then
-    -- A refund that overtook its reserve: the tombstone keeps the reserve out.
-    close(id, 'refunded', now)
+    -- A refund that overtook its reserve: the tombstone keeps the reserve out, as long as
+    -- that hold could live had it run now (see LongestTtl in ledger/mod.rs).
+    local forget = forget_at(now, now + tombstone_ttl, grace)
+    close(id, 'refunded', forget)
+    expire_done(forget, now)
   end
   return reply('unknown', 0, 0, 0, 0)
 end
 
 local route = hold[2] or ''
+-- The hold's expiry says how long a call about it may still come (forget_at).
+local expires_at = tonumber(redis.call('ZSCORE', KEYS[3], id)) or now
 redis.call('HDEL', KEYS[2], id, id .. ':route')
 redis.call('ZREM', KEYS[3], id)
 a.held = a.held - amount
@@ -82,5 +89,7 @@ else
   redis.call('HSET', KEYS[1], 'held', a.held)
 end
 rearm_warning(a)
-close(id, outcome, now)
+local forget = forget_at(now, expires_at, grace)
+close(id, outcome, forget)
+expire_done(forget, now)
 return reply(outcome, charged, amount - charged, clamped, crossed)

@@ -9,12 +9,12 @@
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
--- ARGV[2]: settled retention, ms
+-- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- Returns one of:
 --   {'swept', reclaimed, open_holds}   (at most RECLAIM_LIMIT holds reclaimed per call)
 --   {'unknown_account'}                (nothing written)
 
-local offset, retention = common_args()
+local offset, grace = common_args()
 
 local a = load_account()
 if not a.exists then
@@ -24,6 +24,6 @@ end
 -- backstop for a hold whose writer did not keep next_expiry (a script of an older version
 -- during a rolling upgrade).
 a.next_expiry = nil
-local reclaimed = reclaim(a, now_ms(offset), retention)
+local reclaimed = reclaim(a, now_ms(offset), grace)
 
 return { 'swept', reclaimed, redis.call('ZCARD', KEYS[3]) }

@@ -1,4 +1,6 @@
--- top_up: adds credits once per idempotency key, per account, forever (Ledger::top_up).
+-- top_up: adds credits once per idempotency key, forever (Ledger::top_up). Runs after the
+-- key was claimed for this account (CLAIM_TOP_UP_KEY in scripts.rs; a key of another
+-- account never gets here), so the key's amount is kept per account.
 -- Creates the account.
 -- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
 -- redis/mod.rs.
@@ -9,7 +11,7 @@
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
 -- KEYS[6]: <prefix>:{<account>}:topups
 -- ARGV[1]: clock offset, ms (0 outside tests)
--- ARGV[2]: settled retention, ms
+-- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- ARGV[3]: amount
 -- ARGV[4]: idempotency key (1 to 255 printable ASCII characters, no space)
 -- Returns one of:

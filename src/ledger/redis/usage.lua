@@ -9,14 +9,14 @@
 -- KEYS[5]: <prefix>:{<account>}:usage
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
--- ARGV[2]: settled retention, ms
+-- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- Returns one of:
 --   {'usage', field, value, field, value, ...}   (the usage hash)
 --   {'unknown_account'}                          (nothing written)
 
-local offset, retention = common_args()
+local offset, grace = common_args()
 
-local a, now = open_account(offset, retention)
+local a, now = open_account(offset, grace)
 if not a then
   return { 'unknown_account' }
 end
