@@ -28,6 +28,7 @@ use tower_credits::pricing::Pricing;
 use tower_credits::{
     AccountId, ApiKeyHash, CreditLayer, HoldId, Ledger, MemoryLedger, Reserve, MAX_AMOUNT,
 };
+use tower_credits::{LedgerAdmin, TopUp};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
@@ -105,7 +106,10 @@ fn funded_ledger(rt: &tokio::runtime::Runtime) -> (MemoryLedger, AccountId) {
     let ledger = MemoryLedger::new();
     let acct = AccountId::new("bench").unwrap();
     rt.block_on(async {
-        ledger.top_up(&acct, MAX_AMOUNT, "bench").await.unwrap();
+        ledger
+            .top_up(TopUp::new(&acct, MAX_AMOUNT, "bench"))
+            .await
+            .unwrap();
         ledger
             .register_api_key(&ApiKeyHash::of("bench-key"), &acct)
             .await
@@ -246,7 +250,7 @@ fn funded(rt: &tokio::runtime::Runtime, ids: &[AccountId]) -> MemoryLedger {
     rt.block_on(async {
         for a in ids {
             ledger
-                .top_up(a, MAX_AMOUNT, &format!("bench-{a}"))
+                .top_up(TopUp::new(a, MAX_AMOUNT, format!("bench-{a}")))
                 .await
                 .unwrap();
         }
@@ -405,7 +409,7 @@ fn memory(report: &mut Report) {
         for i in 0..n {
             let acct = AccountId::new(format!("acct_{i:06}")).unwrap();
             ledger
-                .top_up(&acct, 1_000, &format!("initial-{acct}"))
+                .top_up(TopUp::new(&acct, 1_000, format!("initial-{acct}")))
                 .await
                 .unwrap();
         }

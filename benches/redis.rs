@@ -32,6 +32,7 @@ use support::report::{Report, Target};
 use tower_credits::ledger::redis::{DEFAULT_CALL_TIMEOUT, DEFAULT_KEY_PREFIX};
 use tower_credits::ledger::DEFAULT_HOLD_TTL;
 use tower_credits::{AccountId, HoldId, Ledger, RedisLedger, Reserve, ReserveOutcome, MAX_AMOUNT};
+use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 /// The scripts' text, assembled as `src/ledger/redis/scripts.rs` assembles it (`lib.lua`,
 /// a newline, the operation), so `redis-benchmark` calls the same SHA the ledger calls.
@@ -76,7 +77,7 @@ fn accounts(tag: &str, n: usize) -> Vec<AccountId> {
 async fn fund(ledger: &RedisLedger, accounts: &[AccountId], amount: u64) {
     for acct in accounts {
         ledger
-            .top_up(acct, amount, &format!("initial-{acct}"))
+            .top_up(TopUp::new(acct, amount, format!("initial-{acct}")))
             .await
             .unwrap();
     }
@@ -532,7 +533,7 @@ async fn memory(ledger: &RedisLedger, con: &mut MultiplexedConnection, report: &
                 for i in (t..n).step_by(tasks) {
                     let acct = AccountId::new(format!("acct_{i:06}")).unwrap();
                     ledger
-                        .top_up(&acct, 1_000, &format!("initial-{acct}"))
+                        .top_up(TopUp::new(&acct, 1_000, format!("initial-{acct}")))
                         .await
                         .unwrap();
                 }
@@ -717,7 +718,10 @@ async fn naive_spends(con: &MultiplexedConnection, balance: u64) -> (u64, Durati
 
 async fn ledger_spends(ledger: &RedisLedger, balance: u64) -> (u64, Duration, i64) {
     let acct = AccountId::new("spend_lua").unwrap();
-    ledger.top_up(&acct, balance, "initial").await.unwrap();
+    ledger
+        .top_up(TopUp::new(&acct, balance, "initial"))
+        .await
+        .unwrap();
     let start = Instant::now();
     let handles: Vec<_> = (0..64)
         .map(|_| {

@@ -19,9 +19,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tower_credits::pricing::Pricing;
 use tower_credits::{
-    AccountId, AccountSettings, AnyLedger, ApiKeyHash, Charge, CreditLayer, Ledger, MemoryLedger,
+    AccountId, AccountSettings, AnyLedger, ApiKeyHash, Charge, CreditLayer, MemoryLedger,
     RedisLedger,
 };
+use tower_credits::{Configure, LedgerAdmin, TopUp};
 
 #[derive(Deserialize)]
 struct Generate {
@@ -42,7 +43,7 @@ async fn generate(charge: Charge, Json(body): Json<Generate>) -> Json<serde_json
 
 /// Creates the demo accounts. Fixed top-up keys make this safe to run on every start and
 /// from every replica: a key credits once, ever.
-async fn seed(ledger: &impl Ledger) -> Result<(), tower_credits::LedgerError> {
+async fn seed(ledger: &impl LedgerAdmin) -> Result<(), tower_credits::LedgerError> {
     let rich_credits = std::env::var("DEMO_RICH_CREDITS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -53,10 +54,17 @@ async fn seed(ledger: &impl Ledger) -> Result<(), tower_credits::LedgerError> {
     ] {
         let account = AccountId::new(account)?;
         ledger
-            .configure(&account, AccountSettings::new().low_balance_threshold(100))
+            .configure(Configure::new(
+                &account,
+                AccountSettings::new().low_balance_threshold(100),
+            ))
             .await?;
         ledger
-            .top_up(&account, credits, &format!("seed-{account}-{credits}"))
+            .top_up(TopUp::new(
+                &account,
+                credits,
+                format!("seed-{account}-{credits}"),
+            ))
             .await?;
         ledger
             .register_api_key(&ApiKeyHash::of(key), &account)

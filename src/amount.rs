@@ -11,7 +11,7 @@ use crate::ledger::LedgerError;
 pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
 
 /// Checks that `amount` is at most [`MAX_AMOUNT`].
-pub(crate) fn check_amount(amount: u64) -> Result<u64, LedgerError> {
+pub fn check_amount(amount: u64) -> Result<u64, LedgerError> {
     if amount > MAX_AMOUNT {
         Err(LedgerError::AmountOutOfRange {
             amount,
@@ -23,7 +23,7 @@ pub(crate) fn check_amount(amount: u64) -> Result<u64, LedgerError> {
 }
 
 /// Adds `amount` to a running total, refusing a sum past [`MAX_AMOUNT`].
-pub(crate) fn checked_total(total: u64, amount: u64) -> Result<u64, LedgerError> {
+pub fn checked_total(total: u64, amount: u64) -> Result<u64, LedgerError> {
     match total.checked_add(amount) {
         Some(sum) if sum <= MAX_AMOUNT => Ok(sum),
         _ => Err(LedgerError::TotalOutOfRange {

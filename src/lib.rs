@@ -111,9 +111,10 @@ pub use charge::{Charge, ChargeError};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use ledger::RedisLedger;
 pub use ledger::{
-    AccountId, AccountSettings, AnyLedger, Balance, ErrorKind, Extended, Held, HoldId,
-    Insufficient, Ledger, LedgerError, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome,
-    Settlement, TopUp, Usage,
+    AccountId, AccountSettings, AnyLedger, Balance, BoxLedger, Configure, ErrorKind, Extend,
+    Extended, Held, HoldId, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports,
+    MemoryLedger, Reserve, ReserveOutcome, Settle, SettleDecision, SettleOutcome, Settlement,
+    TopUp, ToppedUp, Usage,
 };
 pub use middleware::classify;
 pub use middleware::classify::Protocol;

@@ -31,6 +31,7 @@ use tower_credits::ledger::RedisLedger;
 use tower_credits::{
     AccountId, HoldId, Ledger, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome,
 };
+use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 const KEYS: [&str; 6] = ["acct", "holds", "expiry", "done", "usage", "topups"];
 
@@ -111,7 +112,7 @@ async fn memory_hot_account_is_bounded_and_returns_to_idle() {
     let clock = ManualClock::new();
     let l = MemoryLedger::builder().clock(clock.clone()).build();
     let a = acct("acct_hot");
-    l.top_up(&a, 1_000_000, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 1_000_000, "pay-1")).await.unwrap();
     assert_eq!(l.remembered_closed_ids(&a), None, "idle: no hold tables");
 
     // 1,000 pairs a second (2,000 closed ids a second) for 20 s, TTL 2 s: an id is kept
@@ -159,7 +160,7 @@ async fn memory_refund_flood_of_unseen_ids_drains() {
     let clock = ManualClock::new();
     let l = MemoryLedger::builder().clock(clock.clone()).build();
     let a = acct("acct_flood");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     // 40 refunds a second of ids never reserved, for 100 s: each tombstone stands 61 s
     // (the 60 s default TTL + 1 s), about 2,440 at a time.
     let mut most = 0;
@@ -190,7 +191,7 @@ async fn redis_hot_account_is_bounded_and_drops_its_done_key() {
     let l = redis_ledger(&server, &clock, Duration::from_secs(2)).await;
     let name = "acct_hot";
     let a = acct(name);
-    l.top_up(&a, 1_000_000, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 1_000_000, "pay-1")).await.unwrap();
     let ttl = Duration::from_secs(1);
 
     // Idle size of a used account: one pair, then its ids forgotten.
@@ -251,7 +252,7 @@ async fn redis_refund_flood_of_unseen_ids_drains() {
     let l = redis_ledger(&server, &clock, Duration::from_secs(2)).await;
     let name = "acct_flood";
     let a = acct(name);
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     let done = key(name, "done");
     // 40 refunds a second (test clock) of ids never reserved, for 100 s: each tombstone
     // stands 63 s (60 s default TTL + 2 s call timeout + 1 s): at most about 2,520.
@@ -303,7 +304,9 @@ async fn state_per_account() {
     let l = MemoryLedger::builder().clock(clock.clone()).build();
     let a = acct("acct_measured");
     let before_account = alloc::live_bytes();
-    l.top_up(&a, u64::MAX >> 12, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, u64::MAX >> 12, "pay-1"))
+        .await
+        .unwrap();
     // Warm: one request (its route's usage entry stays), its id then forgotten.
     let h = HoldId::generate();
     l.reserve(
@@ -356,7 +359,9 @@ async fn state_per_account() {
         .unwrap();
     let name = "acct_measured";
     let a = acct(name);
-    l.top_up(&a, u64::MAX >> 12, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, u64::MAX >> 12, "pay-1"))
+        .await
+        .unwrap();
     let h = HoldId::generate();
     let r = Reserve::new(a.clone(), h.clone(), 1)
         .ttl(TTL)

@@ -26,6 +26,7 @@ use support::rig::{assert_conserved, wait_until};
 use tonic::{Code, Request};
 use tower_credits::pricing::Pricing;
 use tower_credits::{AccountId, CreditLayer, MemoryLedger, Protocol};
+use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 const SAY_PRICE: u64 = 10;
 const COUNT_PRICE: u64 = 20;
@@ -108,10 +109,7 @@ async fn settled(ledger: &MemoryLedger, acct: &AccountId) -> tower_credits::Bala
     let (l, a) = (ledger.clone(), acct.clone());
     wait_until("the hold settles", move || {
         let (l, a) = (l.clone(), a.clone());
-        async move {
-            use tower_credits::Ledger;
-            l.balance(&a).await.unwrap().held == 0
-        }
+        async move { l.balance(&a).await.unwrap().held == 0 }
     })
     .await;
     assert_conserved(ledger, acct).await
@@ -369,7 +367,7 @@ async fn a_client_streaming_upload_reset_before_its_end_commits_the_chunks_recei
         echo::chunks_received(id) == 3
     })
     .await;
-    use tower_credits::Ledger;
+
     assert_eq!(ledger.balance(&acct).await.unwrap().held, 20, "still held");
     tx.send_reset(h2::Reason::CANCEL);
     let b = settled(&ledger, &acct).await;
@@ -626,8 +624,8 @@ async fn a_mixed_server_refuses_grpc_routes_the_grpc_way_and_http_routes_with_40
     assert_eq!(answer.json()["status"], 402);
 
     // And a gRPC route the account can afford is billed by grpc-status.
-    use tower_credits::Ledger;
-    ledger.top_up(&acct, 100, "more").await.unwrap();
+
+    ledger.top_up(TopUp::new(&acct, 100, "more")).await.unwrap();
     let reply = client
         .say(with_key(
             SayRequest {

@@ -62,8 +62,9 @@ use tokio::sync::{oneshot, Semaphore};
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
 use tower_credits::{
-    AccountId, AccountSettings, BillingStats, Charge, CreditLayer, HoldId, Ledger, Protocol,
+    AccountId, AccountSettings, BillingStats, Charge, CreditLayer, HoldId, Protocol,
 };
+use tower_credits::{Configure, LedgerAdmin, LedgerReports, TopUp};
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// The replicas' per-call deadline.
@@ -934,7 +935,7 @@ async fn top_up(env: &Env, rng: &mut Rng, account: &AccountId, tally: &mut Tally
     let ledger = &env.ledgers[rng.next() as usize % env.ledgers.len()];
     let result = bounded(
         "a top-up",
-        ledger.top_up(&chosen.account, chosen.amount, &chosen.key),
+        ledger.top_up(TopUp::new(&chosen.account, chosen.amount, &chosen.key)),
     )
     .await;
     let mut t = env.top_ups.lock().unwrap();
@@ -1167,7 +1168,10 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
         let account = account(&patient, &name, &key, SEED_CREDITS).await;
         let limit = if i % 3 == 0 { 100 } else { 0 };
         patient
-            .configure(&account, AccountSettings::new().credit_limit(limit))
+            .configure(Configure::new(
+                &account,
+                AccountSettings::new().credit_limit(limit),
+            ))
             .await
             .unwrap();
         credit_limits.insert(account.clone(), limit);
@@ -1294,7 +1298,10 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     let mut ran_unanswered = 0;
     for (key, (account, amount)) in &all_keys {
         if !confirmed.contains_key(key) {
-            let done = patient.top_up(account, *amount, key).await.unwrap();
+            let done = patient
+                .top_up(TopUp::new(account, *amount, key))
+                .await
+                .unwrap();
             replayed_at_the_end += 1;
             if done.replayed {
                 ran_unanswered += 1;

@@ -14,6 +14,7 @@ use tower_credits::ledger::RedisLedger;
 use tower_credits::{
     AccountId, ApiKeyHash, ErrorKind, HoldId, Ledger, LedgerError, Reserve, ReserveOutcome,
 };
+use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 const PATIENT: Duration = Duration::from_secs(5);
 
@@ -53,8 +54,8 @@ async fn a_key_of_the_wrong_type_is_corrupt() {
     let server = RedisServer::start();
     let l = ledger(&server, PATIENT).await;
     let (a, fine) = (acct("acct_broken"), acct("acct_fine"));
-    l.top_up(&a, 100, "pay-1").await.unwrap();
-    l.top_up(&fine, 100, "pay-2").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
+    l.top_up(TopUp::new(&fine, 100, "pay-2")).await.unwrap();
     assert_eq!(
         server.cli(&["SET", "credits:{acct_broken}:holds", "x"]),
         "OK"
@@ -69,7 +70,7 @@ async fn a_key_of_the_wrong_type_is_corrupt() {
         "OK"
     );
     assert_corrupt(l.balance(&a).await);
-    assert_corrupt(l.top_up(&a, 5, "pay-3").await);
+    assert_corrupt(l.top_up(TopUp::new(&a, 5, "pay-3")).await);
 
     let held = l
         .reserve(Reserve::new(fine.clone(), hold("h1"), 10))
@@ -85,12 +86,12 @@ async fn a_script_error_is_corrupt() {
     let server = RedisServer::start();
     let l = ledger(&server, PATIENT).await;
     let a = acct("acct_nan");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     assert_eq!(
         server.cli(&["HSET", "credits:{acct_nan}:acct", "topped_up", "lots"]),
         "0"
     );
-    assert_corrupt(l.top_up(&a, 5, "pay-2").await);
+    assert_corrupt(l.top_up(TopUp::new(&a, 5, "pay-2")).await);
     assert_eq!(
         server.cli(&["HGET", "credits:{acct_nan}:acct", "topped_up"]),
         "lots"
@@ -111,7 +112,7 @@ async fn an_unexpected_reply_is_corrupt() {
     let claim = l.top_up_claim_key("pay_hash");
     assert_eq!(server.cli(&["HSET", &claim, "f", "v"]), "1");
     let a = acct("acct_claim");
-    assert_corrupt(l.top_up(&a, 5, "pay_hash").await);
+    assert_corrupt(l.top_up(TopUp::new(&a, 5, "pay_hash")).await);
     assert!(matches!(
         l.balance(&a).await,
         Err(LedgerError::UnknownAccount)
@@ -126,7 +127,7 @@ async fn a_paused_or_killed_server_is_unavailable() {
     let timeout = Duration::from_millis(200);
     let l = ledger(&server, timeout).await;
     let a = acct("acct_outage");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     l.balance(&a).await.unwrap();
 
     server.pause();
@@ -150,7 +151,7 @@ async fn a_paused_or_killed_server_is_unavailable() {
         );
         assert_eq!(e.kind(), ErrorKind::Unavailable, "{e:?}");
         assert!(!e.is_corrupt());
-        let e = l.top_up(&a, 1, "pay-2").await.unwrap_err();
+        let e = l.top_up(TopUp::new(&a, 1, "pay-2")).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unavailable, "{e:?}");
     }
 }

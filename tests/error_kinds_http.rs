@@ -37,6 +37,7 @@ use tower_credits::{
     AccountId, ApiKeyHash, CreditLayer, CreditService, Ledger, LedgerError, MemoryLedger,
     OutagePolicy, Protocol, RedisLedger, ResponseFuture, MAX_AMOUNT,
 };
+use tower_credits::{LedgerAdmin, LedgerReports};
 
 // ---------------------------------------------------------------------------------------
 // A probing ledger: counts reserves and key lookups, can hold lookups on a gate, and can
@@ -86,7 +87,7 @@ impl<L: Ledger> Probe<L> {
 
 macro_rules! pass {
     ($($name:ident($($arg:ident: $ty:ty),*) -> $t:ty;)*) => {
-        $(fn $name(&self, $($arg: $ty),*) -> Self::Future<$t> {
+        $(fn $name(&self, $($arg: $ty),*) -> <Self as Ledger>::Future<$t> {
             Box::pin(self.inner.$name($($arg),*))
         })*
     };
@@ -118,15 +119,24 @@ impl<L: Ledger> Ledger for Probe<L> {
     }
 
     pass! {
-        commit(a: &AccountId, h: &tower_credits::HoldId, n: u64) -> tower_credits::Settlement;
-        refund(a: &AccountId, h: &tower_credits::HoldId) -> tower_credits::Settlement;
-        extend(a: &AccountId, h: &tower_credits::HoldId, t: Duration) -> tower_credits::Extended;
-        top_up(a: &AccountId, n: u64, k: &str) -> tower_credits::TopUp;
-        balance(a: &AccountId) -> tower_credits::Balance;
-        usage(a: &AccountId) -> tower_credits::Usage;
-        configure(a: &AccountId, s: tower_credits::AccountSettings) -> ();
+        settle(s: tower_credits::Settle) -> tower_credits::Settlement;
+        extend(e: tower_credits::Extend) -> tower_credits::Extended;
+    }
+}
+
+impl<L: Ledger + LedgerAdmin> LedgerAdmin for Probe<L> {
+    pass! {
+        top_up(t: tower_credits::TopUp) -> tower_credits::ToppedUp;
+        configure(c: tower_credits::Configure) -> ();
         register_api_key(k: &ApiKeyHash, a: &AccountId) -> ();
         revoke_api_key(k: &ApiKeyHash) -> bool;
+    }
+}
+
+impl<L: Ledger + LedgerReports> LedgerReports for Probe<L> {
+    pass! {
+        balance(a: &AccountId) -> tower_credits::Balance;
+        usage(a: &AccountId) -> tower_credits::Usage;
     }
 }
 
@@ -278,7 +288,7 @@ fn assert_reply_problem(reply: &Reply, want: StatusCode, kind: &str) {
     );
 }
 
-async fn available_of<L: Ledger>(ledger: &L, account: &AccountId) -> i64 {
+async fn available_of<L: LedgerReports>(ledger: &L, account: &AccountId) -> i64 {
     ledger.balance(account).await.unwrap().available
 }
 

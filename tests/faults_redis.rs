@@ -27,6 +27,7 @@ use support::rig::{assert_balanced, pricing, wait_for_async, wait_until, DEADLIN
 use tokio::sync::{oneshot, Notify};
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
+use tower_credits::LedgerReports;
 use tower_credits::{
     AccountId, Balance, Charge, CreditLayer, HoldId, Ledger, LedgerError, OutagePolicy,
     SettleOutcome,

@@ -11,6 +11,7 @@ use support::rig::assert_conserved;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 use tower_credits::pricing::Pricing;
+use tower_credits::LedgerReports;
 use tower_credits::{CreditLayer, Ledger, MemoryLedger, Protocol};
 
 struct Grpc {

@@ -28,7 +28,8 @@ use support::rig::{assert_conserved, wait_until};
 use tonic::{Code, Request};
 use tonic_web::{GrpcWebClientLayer, GrpcWebClientService, GrpcWebLayer};
 use tower_credits::pricing::Pricing;
-use tower_credits::{AccountId, Balance, CreditLayer, Ledger, MemoryLedger, Protocol};
+use tower_credits::LedgerReports;
+use tower_credits::{AccountId, Balance, CreditLayer, MemoryLedger, Protocol};
 
 /// Where `GrpcWebLayer` sits relative to the credit layer.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tower::{Layer, ServiceExt};
 use tower_credits::pricing::{Price, Pricing};
 use tower_credits::{AccountSettings, Charge, CreditLayer, Ledger, MemoryLedger, SettleOutcome};
+use tower_credits::{Configure, LedgerAdmin, LedgerReports};
 
 #[derive(Clone, Default)]
 struct Gates {
@@ -278,7 +279,10 @@ async fn insufficient_with_an_overdraft_counts_the_credit_limit() {
     let f = fixture().await;
     let acct = account(&f.ledger, "acct_od", "key-od", 10).await;
     f.ledger
-        .configure(&acct, AccountSettings::new().credit_limit(30))
+        .configure(Configure::new(
+            &acct,
+            AccountSettings::new().credit_limit(30),
+        ))
         .await
         .unwrap();
     let client = http1();

@@ -15,6 +15,7 @@ use support::rig::{pricing, wait_until, DEADLINE};
 use tokio::sync::Notify;
 use tower_credits::clock::ManualClock;
 use tower_credits::{Charge, CreditLayer, Ledger, MemoryLedger, OutagePolicy, SettleOutcome};
+use tower_credits::{LedgerAdmin, LedgerReports};
 
 const ROUTES: &[(&str, u64)] = &[
     ("GET /v1/echo", 3),

@@ -20,6 +20,7 @@ use tower_credits::{
     AccountId, AccountSettings, ApiKeyHash, HoldId, Ledger, LedgerError, Reserve, ReserveOutcome,
     SettleOutcome, MAX_AMOUNT,
 };
+use tower_credits::{Configure, Extend, LedgerAdmin, LedgerReports, TopUp};
 
 /// Call deadline of the ledgers of tests that are not about deadlines: generous, so a busy
 /// machine (tests run in parallel, `appendfsync always`) does not fail them.
@@ -107,7 +108,7 @@ async fn scripts_flushed_from_the_server_are_loaded_again() {
     let server = RedisServer::start();
     let l = ledger(&server).await;
     let a = acct("acct_noscript");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     expect_held(
         l.reserve(Reserve::new(a.clone(), hold("h1"), 10))
             .await
@@ -149,7 +150,7 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
     let server = RedisServer::start();
     let l = ledger(&server).await;
     let a = acct("acct_lua");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     expect_held(
         l.reserve(Reserve::new(a.clone(), hold("open"), 10))
             .await
@@ -259,7 +260,7 @@ async fn aof_restart_keeps_balances_and_holds() {
     let mut server = RedisServer::start_with(RedisOptions::aof_always());
     let l = ledger(&server).await;
     let a = acct("acct_durable");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     expect_held(
         l.reserve(Reserve::new(a.clone(), hold("done"), 30))
             .await
@@ -298,7 +299,12 @@ async fn aof_restart_keeps_balances_and_holds() {
         ReserveOutcome::Closed(SettleOutcome::AlreadyRefunded)
     ));
     // The payment id still credits once.
-    assert!(l.top_up(&a, 100, "pay-1").await.unwrap().replayed);
+    assert!(
+        l.top_up(TopUp::new(&a, 100, "pay-1"))
+            .await
+            .unwrap()
+            .replayed
+    );
     assert_eq!(l.lookup_api_key(&key).await.unwrap(), Some(a.clone()));
     let usage = l.usage(&a).await.unwrap();
     assert_eq!(usage.by_route[""].credits, 35);
@@ -318,7 +324,10 @@ async fn holds_of_a_vanished_service_come_back_after_their_ttl() {
     let clock = ManualClock::new();
     let a = acct("acct_vanished");
     let survivor = ledger_on(&server, &clock).await;
-    survivor.top_up(&a, 1_000, "pay-1").await.unwrap();
+    survivor
+        .top_up(TopUp::new(&a, 1_000, "pay-1"))
+        .await
+        .unwrap();
 
     {
         let doomed = ledger_on(&server, &clock).await;
@@ -369,7 +378,7 @@ async fn closed_hold_ids_are_forgotten_after_the_retention() {
         .unwrap();
     let grace = PATIENT + Duration::from_secs(1);
     let a = acct("acct_retention");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     expect_held(
         l.reserve(Reserve::new(a.clone(), hold("h1"), 10).ttl(Duration::from_secs(10)))
             .await
@@ -430,7 +439,7 @@ async fn reserve_against_a_paused_server_times_out_and_leaves_no_hold() {
         .await
         .unwrap();
     let a = acct("acct_paused");
-    patient.top_up(&a, 100, "pay-1").await.unwrap();
+    patient.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     // Warm up: the scripts are loaded, so the paused call is the reserve itself.
     let warm = Reserve::new(a.clone(), hold("warm"), 1);
     expect_held(patient.reserve(warm).await.unwrap());
@@ -484,7 +493,7 @@ async fn a_dropped_reserve_is_refunded() {
     let server = RedisServer::start();
     let l = ledger(&server).await;
     let a = acct("acct_dropped");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     expect_held(
         l.reserve(Reserve::new(a.clone(), hold("warm"), 1))
             .await
@@ -532,7 +541,7 @@ async fn a_dead_server_is_unavailable() {
     let mut server = RedisServer::start();
     let l = ledger(&server).await;
     let a = acct("acct_dead");
-    l.top_up(&a, 10, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 10, "pay-1")).await.unwrap();
     let url = server.url();
     server.kill();
 
@@ -607,7 +616,7 @@ async fn amounts_past_max_are_refused_before_redis() {
     let out_of_range = |r: &LedgerError| matches!(r, LedgerError::AmountOutOfRange { max, .. } if *max == MAX_AMOUNT);
 
     for amount in [too_big, u64::MAX] {
-        let r = l.top_up(&a, amount, "pay-1").await.unwrap_err();
+        let r = l.top_up(TopUp::new(&a, amount, "pay-1")).await.unwrap_err();
         assert!(out_of_range(&r), "{r:?}");
         let r = l
             .reserve(Reserve::new(a.clone(), hold("h1"), amount))
@@ -617,12 +626,18 @@ async fn amounts_past_max_are_refused_before_redis() {
         let r = l.commit(&a, &hold("h1"), amount).await.unwrap_err();
         assert!(out_of_range(&r), "{r:?}");
         let r = l
-            .configure(&a, AccountSettings::new().credit_limit(amount))
+            .configure(Configure::new(
+                &a,
+                AccountSettings::new().credit_limit(amount),
+            ))
             .await
             .unwrap_err();
         assert!(out_of_range(&r), "{r:?}");
         let r = l
-            .configure(&a, AccountSettings::new().low_balance_threshold(amount))
+            .configure(Configure::new(
+                &a,
+                AccountSettings::new().low_balance_threshold(amount),
+            ))
             .await
             .unwrap_err();
         assert!(out_of_range(&r), "{r:?}");
@@ -631,7 +646,7 @@ async fn amounts_past_max_are_refused_before_redis() {
         .reserve(Reserve::new(a.clone(), hold("h1"), 1).ttl(Duration::ZERO))
         .await;
     assert!(matches!(r, Err(LedgerError::InvalidTtl { .. })), "{r:?}");
-    let r = l.top_up(&a, 1, "bad key").await;
+    let r = l.top_up(TopUp::new(&a, 1, "bad key")).await;
     assert!(
         matches!(r, Err(LedgerError::InvalidIdempotencyKey)),
         "{r:?}"
@@ -640,12 +655,12 @@ async fn amounts_past_max_are_refused_before_redis() {
     assert_eq!(server.dbsize(), 0);
 
     // The largest amount is stored exactly (a double would round 2^53 + 1).
-    l.top_up(&a, MAX_AMOUNT, "max").await.unwrap();
+    l.top_up(TopUp::new(&a, MAX_AMOUNT, "max")).await.unwrap();
     assert_eq!(
         acct_field(&server, "acct_max", "topped_up"),
         MAX_AMOUNT as i64
     );
-    let r = l.top_up(&a, 1, "one-more").await.unwrap_err();
+    let r = l.top_up(TopUp::new(&a, 1, "one-more")).await.unwrap_err();
     assert!(
         matches!(r, LedgerError::TotalOutOfRange { total, max } if total == too_big && max == MAX_AMOUNT),
         "{r:?}"
@@ -707,7 +722,9 @@ async fn unknown_accounts_create_no_keys() {
         SettleOutcome::Unknown
     );
     assert_eq!(
-        l.extend(&ghost, &h, Duration::from_secs(5)).await.unwrap(),
+        l.extend(Extend::new(&ghost, &h, Duration::from_secs(5)))
+            .await
+            .unwrap(),
         tower_credits::Extended::NotOpen(SettleOutcome::Unknown)
     );
     assert!(script_calls(&server) >= 6, "the scripts did run");
@@ -740,7 +757,10 @@ async fn replicas_racing_on_one_account_never_overshoot() {
         );
     }
     let a = acct("acct_race");
-    replicas[0].top_up(&a, CREDITS, "pay-1").await.unwrap();
+    replicas[0]
+        .top_up(TopUp::new(&a, CREDITS, "pay-1"))
+        .await
+        .unwrap();
 
     // Phase 1: everyone holds as much as they can get.
     let granted = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -836,10 +856,13 @@ async fn keys_follow_the_documented_layout() {
     let server = RedisServer::start();
     let l = ledger(&server).await;
     let a = acct("user@example.com");
-    l.configure(&a, AccountSettings::new().low_balance_threshold(5))
-        .await
-        .unwrap();
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.configure(Configure::new(
+        &a,
+        AccountSettings::new().low_balance_threshold(5),
+    ))
+    .await
+    .unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     expect_held(
         l.reserve(Reserve::new(a.clone(), hold("h1"), 10).route("GET /x"))
             .await
@@ -914,7 +937,7 @@ async fn keys_follow_the_documented_layout() {
         other.balance(&a).await,
         Err(LedgerError::UnknownAccount)
     ));
-    other.top_up(&a, 1, "pay-1").await.unwrap();
+    other.top_up(TopUp::new(&a, 1, "pay-1")).await.unwrap();
     assert_eq!(
         server.cli(&["HGET", "billing:{user@example.com}:acct", "topped_up"]),
         "1"
@@ -933,7 +956,7 @@ async fn max_open_holds_is_enforced() {
         .await
         .unwrap();
     let a = acct("acct_capped");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     expect_held(
         l.reserve(Reserve::new(a.clone(), hold("h1"), 1))
             .await
@@ -986,8 +1009,8 @@ async fn the_sweeper_reclaims_expired_holds_of_idle_accounts() {
     let l = ledger_on(&server, &clock).await;
     let idle = acct("acct_idle");
     let live = acct("acct_live");
-    l.top_up(&idle, 1_000, "pay-1").await.unwrap();
-    l.top_up(&live, 100, "pay-2").await.unwrap();
+    l.top_up(TopUp::new(&idle, 1_000, "pay-1")).await.unwrap();
+    l.top_up(TopUp::new(&live, 100, "pay-2")).await.unwrap();
     for i in 0..100 {
         let r = Reserve::new(idle.clone(), hold(&format!("idle-{i}")), 3)
             .ttl(Duration::from_secs(10))
@@ -1040,7 +1063,7 @@ async fn calls_trust_next_expiry_and_the_sweeper_does_not() {
     let clock = ManualClock::new();
     let l = ledger_on(&server, &clock).await;
     let a = acct("acct_hint");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     let r = Reserve::new(a.clone(), hold("h1"), 3).ttl(Duration::from_secs(10));
     let held = expect_held(l.reserve(r).await.unwrap());
     assert_eq!(
@@ -1078,7 +1101,7 @@ async fn spawn_sweeper_reclaims_in_the_background_and_ends_with_the_ledger() {
     let clock = ManualClock::new();
     let l = ledger_on(&server, &clock).await;
     let a = acct("acct_swept");
-    l.top_up(&a, 50, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&a, 50, "pay-1")).await.unwrap();
     for id in ["h1", "h2"] {
         let r = Reserve::new(a.clone(), hold(id), 20).ttl(Duration::from_secs(1));
         expect_held(l.reserve(r).await.unwrap());
@@ -1116,7 +1139,9 @@ async fn the_sweeper_visits_every_master_of_a_cluster() {
     let names: Vec<String> = (0..8).map(|i| format!("acct_sweep_{i}")).collect();
     for name in &names {
         let a = acct(name);
-        l.top_up(&a, 100, &format!("pay-{name}")).await.unwrap();
+        l.top_up(TopUp::new(&a, 100, format!("pay-{name}")))
+            .await
+            .unwrap();
         for i in 0..2 {
             let r = Reserve::new(a.clone(), hold(&format!("h{i}")), 5).ttl(Duration::from_secs(5));
             expect_held(l.reserve(r).await.unwrap());
@@ -1191,15 +1216,15 @@ async fn a_crash_between_claim_and_top_up_is_healed_by_the_retry() {
         l.balance(&a).await,
         Err(LedgerError::UnknownAccount)
     ));
-    let r = l.top_up(&b, 50, "pay_crash").await;
+    let r = l.top_up(TopUp::new(&b, 50, "pay_crash")).await;
     assert!(
         matches!(&r, Err(LedgerError::TopUpKeyClaimed { account }) if *account == a),
         "{r:?}"
     );
 
-    let t = l.top_up(&a, 50, "pay_crash").await.unwrap();
+    let t = l.top_up(TopUp::new(&a, 50, "pay_crash")).await.unwrap();
     assert_eq!((t.replayed, t.available), (false, 50));
-    let t = l.top_up(&a, 50, "pay_crash").await.unwrap();
+    let t = l.top_up(TopUp::new(&a, 50, "pay_crash")).await.unwrap();
     assert_eq!((t.replayed, t.available), (true, 50));
     assert_eq!(l.balance(&a).await.unwrap().topped_up, 50);
     assert_eq!(server.cli(&["GET", &claim]), "acct_crash");
@@ -1218,14 +1243,19 @@ async fn a_lost_claim_is_made_again_by_the_replay_or_the_conflict() {
     let server = RedisServer::start();
     let l = ledger(&server).await;
     let (a, b) = (acct("acct_kept"), acct("acct_thief"));
-    l.top_up(&a, 10, "pay_old").await.unwrap();
-    l.top_up(&a, 20, "pay_older").await.unwrap();
+    l.top_up(TopUp::new(&a, 10, "pay_old")).await.unwrap();
+    l.top_up(TopUp::new(&a, 20, "pay_older")).await.unwrap();
     for key in ["pay_old", "pay_older"] {
         assert_eq!(server.cli(&["DEL", &l.top_up_claim_key(key)]), "1");
     }
-    assert!(l.top_up(&a, 10, "pay_old").await.unwrap().replayed);
+    assert!(
+        l.top_up(TopUp::new(&a, 10, "pay_old"))
+            .await
+            .unwrap()
+            .replayed
+    );
     assert!(matches!(
-        l.top_up(&a, 99, "pay_older").await,
+        l.top_up(TopUp::new(&a, 99, "pay_older")).await,
         Err(LedgerError::TopUpConflict {
             first_amount: 20,
             amount: 99
@@ -1234,7 +1264,7 @@ async fn a_lost_claim_is_made_again_by_the_replay_or_the_conflict() {
     for key in ["pay_old", "pay_older"] {
         assert_eq!(server.cli(&["GET", &l.top_up_claim_key(key)]), "acct_kept");
         assert!(matches!(
-            l.top_up(&b, 10, key).await,
+            l.top_up(TopUp::new(&b, 10, key)).await,
             Err(LedgerError::TopUpKeyClaimed { .. })
         ));
     }

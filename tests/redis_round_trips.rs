@@ -19,7 +19,8 @@ use http_support::{account, get_req, http1, send, Server};
 use support::redis::RedisServer;
 use support::rig::{wait_for, DEADLINE};
 use tower_credits::pricing::Pricing;
-use tower_credits::{CreditLayer, Ledger, RedisLedger};
+use tower_credits::LedgerReports;
+use tower_credits::{CreditLayer, RedisLedger};
 
 const REQUESTS: usize = 25;
 

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tower::{Layer, ServiceExt};
 use tower_credits::clock::ManualClock;
 use tower_credits::pricing::Pricing;
-use tower_credits::{AccountId, ApiKeyHash, Charge, CreditLayer, Ledger, MemoryLedger};
+use tower_credits::{AccountId, ApiKeyHash, Charge, CreditLayer, MemoryLedger};
+use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -21,7 +22,7 @@ async fn setup() -> (MemoryLedger, ManualClock, AccountId) {
     let clock = ManualClock::new();
     let ledger = MemoryLedger::builder().clock(clock.clone()).build();
     let acct = AccountId::new("acct_long").unwrap();
-    ledger.top_up(&acct, 100, "seed").await.unwrap();
+    ledger.top_up(TopUp::new(&acct, 100, "seed")).await.unwrap();
     ledger
         .register_api_key(&ApiKeyHash::of("key-long"), &acct)
         .await

@@ -18,6 +18,7 @@ use support::rig::{wait_for_async, DEADLINE};
 use tower_credits::account::AccountResolver;
 use tower_credits::pricing::Pricing;
 use tower_credits::{AccountId, ApiKeyHash, CreditLayer, Ledger, MemoryLedger};
+use tower_credits::{LedgerAdmin, LedgerReports};
 
 const RAW_KEY: &str = "sk-live-7f3a9c1e5b2d4f60";
 

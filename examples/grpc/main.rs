@@ -19,7 +19,8 @@ use std::time::Duration;
 use echo::{ChatRequest, CountRequest, EchoClient, EchoServer, SayRequest, UploadChunk};
 use tonic::Request;
 use tower_credits::pricing::Pricing;
-use tower_credits::{AccountId, ApiKeyHash, CreditLayer, Ledger, MemoryLedger, Protocol};
+use tower_credits::{AccountId, ApiKeyHash, CreditLayer, MemoryLedger, Protocol};
+use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 fn with_key<T>(message: T, key: &str) -> Request<T> {
     let mut request = Request::new(message);
@@ -38,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         let account = AccountId::new(account)?;
         ledger
-            .top_up(&account, credits, &format!("seed-{account}"))
+            .top_up(TopUp::new(&account, credits, format!("seed-{account}")))
             .await?;
         ledger
             .register_api_key(&ApiKeyHash::of(key), &account)

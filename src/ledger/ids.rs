@@ -189,7 +189,7 @@ impl fmt::Display for HoldId {
 }
 
 /// Checks a top-up idempotency key: 1 to 255 bytes of printable ASCII (no spaces).
-pub(crate) fn check_idempotency_key(key: &str) -> Result<(), LedgerError> {
+pub fn check_idempotency_key(key: &str) -> Result<(), LedgerError> {
     if key.is_empty()
         || key.len() > MAX_IDEMPOTENCY_KEY_LEN
         || !key.bytes().all(|b| b.is_ascii_graphic())
@@ -200,11 +200,25 @@ pub(crate) fn check_idempotency_key(key: &str) -> Result<(), LedgerError> {
 }
 
 /// Checks a route label used for usage accounting: at most 256 bytes, no control characters.
-pub(crate) fn check_route(route: &str) -> Result<(), LedgerError> {
+pub fn check_route(route: &str) -> Result<(), LedgerError> {
     if route.len() > 256 || route.chars().any(char::is_control) {
         return Err(LedgerError::InvalidRoute);
     }
     Ok(())
+}
+
+/// Lets request constructors take `&AccountId` as well as an owned one.
+impl From<&AccountId> for AccountId {
+    fn from(account: &AccountId) -> Self {
+        account.clone()
+    }
+}
+
+/// Lets request constructors take `&HoldId` as well as an owned one.
+impl From<&HoldId> for HoldId {
+    fn from(hold: &HoldId) -> Self {
+        hold.clone()
+    }
 }
 
 #[cfg(test)]

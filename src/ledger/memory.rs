@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 
 use super::{
     burn_rate_after, check_idempotency_key, check_route, check_ttl, decayed_rate, runway_secs,
-    AccountId, AccountSettings, Balance, Extended, Held, HoldId, Insufficient, Ledger, LedgerError,
-    LongestTtl, Reserve, ReserveOutcome, RouteUsage, SettleOutcome, Settlement, TopUp, Usage,
-    RECLAIM_LIMIT,
+    AccountId, AccountSettings, Balance, Configure, Extend, Extended, Held, HoldId, Insufficient,
+    Ledger, LedgerAdmin, LedgerError, LedgerReports, LongestTtl, Reserve, ReserveOutcome,
+    RouteUsage, Settle, SettleOutcome, Settlement, TopUp, ToppedUp, Usage, RECLAIM_LIMIT,
 };
 use crate::amount::{check_amount, checked_total};
 use crate::api_key::ApiKeyHash;
@@ -62,12 +62,13 @@ fn forget_at(now_ms: u64, expires_at_ms: u64) -> u64 {
 /// ```
 /// use std::time::Duration;
 /// use tower_credits::{clock::ManualClock, AccountId, HoldId, Ledger, MemoryLedger, Reserve};
+/// use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
 /// let clock = ManualClock::new();
 /// let ledger = MemoryLedger::builder().clock(clock.clone()).build();
 /// let acct = AccountId::new("acct_1")?;
-/// ledger.top_up(&acct, 10, "pay-1").await?;
+/// ledger.top_up(TopUp::new(&acct, 10, "pay-1")).await?;
 /// let hold = HoldId::generate();
 /// ledger.reserve(Reserve::new(acct.clone(), hold, 10).ttl(Duration::from_secs(5))).await?;
 /// assert_eq!(ledger.balance(&acct).await?.available, 0);
@@ -637,7 +638,12 @@ impl MemoryLedger {
         }
     }
 
-    fn do_top_up(&self, account: &AccountId, amount: u64, key: &str) -> Result<TopUp, LedgerError> {
+    fn do_top_up(
+        &self,
+        account: &AccountId,
+        amount: u64,
+        key: &str,
+    ) -> Result<ToppedUp, LedgerError> {
         check_amount(amount)?;
         check_idempotency_key(key)?;
         let now = self.inner.clock.now_ms();
@@ -662,7 +668,7 @@ impl MemoryLedger {
                     amount,
                 });
             }
-            return Ok(TopUp {
+            return Ok(ToppedUp {
                 amount,
                 replayed: true,
                 available: state.available(),
@@ -671,7 +677,7 @@ impl MemoryLedger {
         state.topped_up = checked_total(state.topped_up, amount)?;
         topups.insert(digest, (account.clone(), amount));
         state.rearm_warning();
-        Ok(TopUp {
+        Ok(ToppedUp {
             amount,
             replayed: false,
             available: state.available(),
@@ -703,22 +709,39 @@ impl Ledger for MemoryLedger {
         ready(self.do_reserve(reserve))
     }
 
-    fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement> {
-        ready(self.do_settle(account, hold, Some(actual)))
+    fn settle(&self, settle: Settle) -> Self::Future<Settlement> {
+        ready(self.do_settle(settle.account(), settle.hold_id(), settle.actual()))
     }
 
-    fn refund(&self, account: &AccountId, hold: &HoldId) -> Self::Future<Settlement> {
-        ready(self.do_settle(account, hold, None))
+    fn extend(&self, extend: Extend) -> Self::Future<Extended> {
+        ready(self.do_extend(extend.account(), extend.hold_id(), extend.hold_ttl()))
     }
 
-    fn extend(&self, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self::Future<Extended> {
-        ready(self.do_extend(account, hold, ttl))
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
+        ready(Ok(self.inner.api_keys.read().get(key).cloned()))
+    }
+}
+
+impl LedgerAdmin for MemoryLedger {
+    fn top_up(&self, top_up: TopUp) -> Self::Future<ToppedUp> {
+        ready(self.do_top_up(top_up.account(), top_up.amount(), top_up.idempotency_key()))
     }
 
-    fn top_up(&self, account: &AccountId, amount: u64, key: &str) -> Self::Future<TopUp> {
-        ready(self.do_top_up(account, amount, key))
+    fn configure(&self, configure: Configure) -> Self::Future<()> {
+        ready(self.do_configure(configure.account(), configure.settings().clone()))
     }
 
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
+        self.inner.api_keys.write().insert(*key, account.clone());
+        ready(Ok(()))
+    }
+
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
+        ready(Ok(self.inner.api_keys.write().remove(key).is_some()))
+    }
+}
+
+impl LedgerReports for MemoryLedger {
     fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
         ready(self.with_account(account, |state, now| {
             Ok(Balance {
@@ -740,23 +763,6 @@ impl Ledger for MemoryLedger {
                 by_route: state.usage.clone(),
             })
         }))
-    }
-
-    fn configure(&self, account: &AccountId, settings: AccountSettings) -> Self::Future<()> {
-        ready(self.do_configure(account, settings))
-    }
-
-    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
-        self.inner.api_keys.write().insert(*key, account.clone());
-        ready(Ok(()))
-    }
-
-    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
-        ready(Ok(self.inner.api_keys.read().get(key).cloned()))
-    }
-
-    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
-        ready(Ok(self.inner.api_keys.write().remove(key).is_some()))
     }
 }
 

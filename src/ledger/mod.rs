@@ -1,9 +1,11 @@
 //! The ledger: where credits are held, committed, refunded and topped up.
 //!
-//! [`Ledger`] is the contract every store implements; [`MemoryLedger`] keeps balances in
-//! process, `RedisLedger` (feature `redis`) keeps them in
-//! Redis or Redis Cluster, shared by every replica. Both pass one conformance suite
-//! (`tests/conformance/`). [`AnyLedger`] picks one at run time.
+//! The contract is three traits: [`Ledger`], the hot path the middleware needs (reserve,
+//! settle, extend, key lookup); [`LedgerAdmin`] (top-up, configure, API keys); and
+//! [`LedgerReports`] (balance, usage). [`MemoryLedger`] keeps balances in process,
+//! `RedisLedger` (feature `redis`) keeps them in Redis or Redis Cluster, shared by every
+//! replica. Both pass one conformance suite. [`AnyLedger`] picks one of them at run time;
+//! [`BoxLedger`] erases any ledger's type.
 //!
 //! # The contract in short
 //!
@@ -13,10 +15,10 @@
 //!   never seen leaves a tombstone so a late reserve of that id never holds. A refused
 //!   reserve writes nothing; business refusals are outcomes ([`ReserveOutcome`]: not enough
 //!   credits, too many open holds, an unknown account, a closed id), not errors.
-//! * [`commit`](Ledger::commit) charges `actual`, clamped to the hold; the rest goes back.
-//!   [`refund`](Ledger::refund) gives everything back. Settling a hold that already settled
+//! * [`settle`](Ledger::settle) commits `actual`, clamped to the hold (the rest goes back),
+//!   or refunds everything. Settling a hold that already settled
 //!   or expired is a no-op that says so ([`SettleOutcome`]); nothing moves twice.
-//! * [`top_up`](Ledger::top_up): a payment id (the idempotency key) credits exactly one
+//! * [`top_up`](LedgerAdmin::top_up): a payment id (the idempotency key) credits exactly one
 //!   account, once, forever: a replay on that account with the same amount returns the
 //!   first result, another amount is [`LedgerError::TopUpConflict`], the same key on
 //!   another account is [`LedgerError::TopUpKeyClaimed`] (nothing credited). A refused
@@ -33,25 +35,29 @@ use std::time::Duration;
 
 use crate::api_key::ApiKeyHash;
 
+mod boxed;
 mod error;
 mod ids;
 mod memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
-pub(crate) mod runway;
+pub mod runway;
 mod types;
+pub mod validate;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisLedger, RedisLedgerBuilder};
+pub use boxed::{BoxLedger, BoxLedgerFuture};
 pub use error::{ErrorKind, LedgerError};
 pub(crate) use ids::{check_idempotency_key, check_route};
 pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
 pub use memory::{MemoryLedger, MemoryLedgerBuilder};
-pub(crate) use runway::{burn_rate_after, decayed_rate, runway_secs};
+pub use runway::{burn_rate_after, decayed_rate, runway_secs};
 pub use types::{
-    AccountSettings, Balance, Extended, Held, Insufficient, Reserve, ReserveOutcome, RouteUsage,
-    SettleOutcome, Settlement, TopUp, Usage, DEFAULT_HOLD_TTL,
+    AccountSettings, Balance, Configure, Extend, Extended, Held, Insufficient, Reserve,
+    ReserveOutcome, RouteUsage, Settle, SettleDecision, SettleOutcome, Settlement, TopUp, ToppedUp,
+    Usage, DEFAULT_HOLD_TTL,
 };
 
 /// Longest hold time to live a ledger accepts.
@@ -62,26 +68,31 @@ pub const MAX_HOLD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// sweeper.
 pub const RECLAIM_LIMIT: usize = 64;
 
-/// A store of prepaid credits. See the [module docs](self) for the contract.
+/// The hot path of a store of prepaid credits: what [`CreditLayer`](crate::CreditLayer)
+/// needs. See the [module docs](self) for the contract; [`LedgerAdmin`] and
+/// [`LedgerReports`] are the rest.
 ///
-/// Each operation is atomic and, for a networked store, one round trip. The futures are
-/// named by [`Ledger::Future`] so the middleware can keep them in its own state machine
-/// without boxing (the in-memory ledger answers with [`std::future::Ready`]); they are
-/// `Unpin` so a settle can be polled once in place and then moved to a background task.
+/// Each operation is atomic and, for a networked store, one round trip. Every operation
+/// takes a request struct ([`Reserve`], [`Settle`], [`Extend`]), so a field can be added
+/// to a request without breaking a ledger or its callers. The futures are named by
+/// [`Ledger::Future`] so the middleware keeps them in its own state machine without boxing
+/// (the in-memory ledger answers with [`std::future::Ready`]); they are `Unpin` so a settle
+/// can be polled once in place and then handed to a worker.
 ///
 /// ```
-/// use tower_credits::{AccountId, HoldId, Ledger, MemoryLedger, Reserve, ReserveOutcome};
+/// use tower_credits::{AccountId, HoldId, Ledger, LedgerAdmin, LedgerReports, MemoryLedger};
+/// use tower_credits::{Reserve, ReserveOutcome, Settle, TopUp};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
 /// let ledger = MemoryLedger::new();
 /// let acct = AccountId::new("acct_42")?;
-/// ledger.top_up(&acct, 100, "payment-1").await?;
+/// ledger.top_up(TopUp::new(&acct, 100, "payment-1")).await?;
 ///
 /// let hold = HoldId::generate();
 /// let outcome = ledger.reserve(Reserve::new(acct.clone(), hold.clone(), 30)).await?;
 /// assert!(matches!(outcome, ReserveOutcome::Held(_)));
 ///
-/// let settled = ledger.commit(&acct, &hold, 12).await?;
+/// let settled = ledger.settle(Settle::commit(&acct, &hold, 12)).await?;
 /// assert_eq!(settled.committed, 12);
 /// assert_eq!(ledger.balance(&acct).await?.available, 88);
 /// # Ok(()) }
@@ -93,41 +104,50 @@ pub trait Ledger: Clone + Send + Sync + 'static {
     /// Holds credits; see the [module docs](self).
     fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome>;
 
-    /// Commits `actual` credits of the hold (clamped to the hold) and releases the rest.
-    fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement>;
+    /// Commits (clamped to the hold, the rest released) or refunds a hold. Settling a hold
+    /// that already settled or expired is a no-op that says so; a refund of an id never
+    /// seen leaves a tombstone.
+    fn settle(&self, settle: Settle) -> Self::Future<Settlement>;
 
-    /// Gives the whole hold back. An id never seen leaves a tombstone.
-    fn refund(&self, account: &AccountId, hold: &HoldId) -> Self::Future<Settlement>;
+    /// Keeps an open hold alive for its TTL from now.
+    fn extend(&self, extend: Extend) -> Self::Future<Extended>;
 
-    /// Keeps an open hold alive for `ttl` from now.
-    fn extend(&self, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self::Future<Extended>;
+    /// The account an API key belongs to.
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>>;
 
-    /// Adds credits once per `idempotency_key`, which belongs to the first account it
-    /// credits (kept forever); see the [module docs](self).
-    fn top_up(
-        &self,
-        account: &AccountId,
-        amount: u64,
-        idempotency_key: &str,
-    ) -> Self::Future<TopUp>;
+    /// Shorthand for `settle(Settle::commit(account, hold, actual))`.
+    fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement> {
+        self.settle(Settle::commit(account, hold, actual))
+    }
 
+    /// Shorthand for `settle(Settle::refund(account, hold))`.
+    fn refund(&self, account: &AccountId, hold: &HoldId) -> Self::Future<Settlement> {
+        self.settle(Settle::refund(account, hold))
+    }
+}
+
+/// Administration of a ledger: credits in, account settings, API keys.
+pub trait LedgerAdmin: Ledger {
+    /// Adds credits once per payment id; see the [module docs](self).
+    fn top_up(&self, top_up: TopUp) -> Self::Future<ToppedUp>;
+
+    /// Sets an account's credit limit and low-balance threshold (creates the account).
+    fn configure(&self, configure: Configure) -> Self::Future<()>;
+
+    /// Maps an API key (by its hash) to an account. Re-registering moves the key.
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()>;
+
+    /// Forgets an API key; `true` if it was registered.
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool>;
+}
+
+/// Reporting: what an account has and what it spent.
+pub trait LedgerReports: Ledger {
     /// The account's balance and totals.
     fn balance(&self, account: &AccountId) -> Self::Future<Balance>;
 
     /// The account's committed credits by route.
     fn usage(&self, account: &AccountId) -> Self::Future<Usage>;
-
-    /// Sets the account's credit limit and low-balance threshold (creates the account).
-    fn configure(&self, account: &AccountId, settings: AccountSettings) -> Self::Future<()>;
-
-    /// Maps an API key (by its hash) to an account. Re-registering moves the key.
-    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()>;
-
-    /// The account an API key belongs to.
-    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>>;
-
-    /// Forgets an API key; `true` if it was registered.
-    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool>;
 }
 
 /// A ledger chosen at run time: in memory, or Redis when the `redis` feature is on.
@@ -202,35 +222,38 @@ impl Ledger for AnyLedger {
     fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
         dispatch!(self, l => l.reserve(reserve))
     }
-    fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement> {
-        dispatch!(self, l => l.commit(account, hold, actual))
+    fn settle(&self, settle: Settle) -> Self::Future<Settlement> {
+        dispatch!(self, l => l.settle(settle))
     }
-    fn refund(&self, account: &AccountId, hold: &HoldId) -> Self::Future<Settlement> {
-        dispatch!(self, l => l.refund(account, hold))
+    fn extend(&self, extend: Extend) -> Self::Future<Extended> {
+        dispatch!(self, l => l.extend(extend))
     }
-    fn extend(&self, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self::Future<Extended> {
-        dispatch!(self, l => l.extend(account, hold, ttl))
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
+        dispatch!(self, l => l.lookup_api_key(key))
     }
-    fn top_up(&self, account: &AccountId, amount: u64, key: &str) -> Self::Future<TopUp> {
-        dispatch!(self, l => l.top_up(account, amount, key))
+}
+
+impl LedgerAdmin for AnyLedger {
+    fn top_up(&self, top_up: TopUp) -> Self::Future<ToppedUp> {
+        dispatch!(self, l => l.top_up(top_up))
     }
+    fn configure(&self, configure: Configure) -> Self::Future<()> {
+        dispatch!(self, l => l.configure(configure))
+    }
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
+        dispatch!(self, l => l.register_api_key(key, account))
+    }
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
+        dispatch!(self, l => l.revoke_api_key(key))
+    }
+}
+
+impl LedgerReports for AnyLedger {
     fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
         dispatch!(self, l => l.balance(account))
     }
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
         dispatch!(self, l => l.usage(account))
-    }
-    fn configure(&self, account: &AccountId, settings: AccountSettings) -> Self::Future<()> {
-        dispatch!(self, l => l.configure(account, settings))
-    }
-    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
-        dispatch!(self, l => l.register_api_key(key, account))
-    }
-    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
-        dispatch!(self, l => l.lookup_api_key(key))
-    }
-    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
-        dispatch!(self, l => l.revoke_api_key(key))
     }
 }
 
@@ -271,8 +294,8 @@ impl LongestTtl {
     }
 }
 
-/// Checks a hold ttl against the accepted range.
-pub(crate) fn check_ttl(ttl: Duration) -> Result<u64, LedgerError> {
+/// Checks a hold ttl against the accepted range; the TTL in ms.
+pub fn check_ttl(ttl: Duration) -> Result<u64, LedgerError> {
     let ms = ttl.as_millis();
     if ms == 0 || ttl > MAX_HOLD_TTL {
         return Err(LedgerError::InvalidTtl { ttl });

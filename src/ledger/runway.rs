@@ -3,21 +3,21 @@
 //! on either; the Redis scripts carry [`BURN_RATE_TAU_SECS`] in their generated prelude.
 
 /// Time constant of the burn-rate average: spend older than a few hours barely counts.
-pub(crate) const BURN_RATE_TAU_SECS: f64 = 3600.0;
+pub const BURN_RATE_TAU_SECS: f64 = 3600.0;
 
 /// Decays `rate` (credits/s) from `rate_at_ms` to `now_ms` and adds `spent` credits.
-pub(crate) fn burn_rate_after(rate: f64, rate_at_ms: u64, now_ms: u64, spent: u64) -> f64 {
+pub fn burn_rate_after(rate: f64, rate_at_ms: u64, now_ms: u64, spent: u64) -> f64 {
     decayed_rate(rate, rate_at_ms, now_ms) + spent as f64 / BURN_RATE_TAU_SECS
 }
 
 /// `rate` decayed from `rate_at_ms` to `now_ms`.
-pub(crate) fn decayed_rate(rate: f64, rate_at_ms: u64, now_ms: u64) -> f64 {
+pub fn decayed_rate(rate: f64, rate_at_ms: u64, now_ms: u64) -> f64 {
     let dt = now_ms.saturating_sub(rate_at_ms) as f64 / 1000.0;
     rate * (-dt / BURN_RATE_TAU_SECS).exp()
 }
 
 /// Seconds `available` lasts at `rate` credits/s; `None` when nothing is being spent.
-pub(crate) fn runway_secs(available: i64, rate: f64) -> Option<u64> {
+pub fn runway_secs(available: i64, rate: f64) -> Option<u64> {
     if rate <= 1e-9 {
         return None;
     }

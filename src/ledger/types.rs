@@ -69,6 +69,200 @@ impl Reserve {
     pub fn amount(&self) -> u64 {
         self.amount
     }
+
+    /// How long the hold lives unless settled or extended.
+    pub fn hold_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The route the hold pays for, if any: usage is recorded under it at commit.
+    pub fn route_label(&self) -> Option<&str> {
+        self.route.as_deref()
+    }
+}
+
+/// How a hold is settled: commit what was used (the rest goes back), or refund it all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SettleDecision {
+    /// Charge this much, clamped to the hold.
+    Commit(u64),
+    /// Give the whole hold back.
+    Refund,
+}
+
+/// A request to settle a hold: [`Settle::commit`] or [`Settle::refund`].
+///
+/// ```
+/// use tower_credits::{AccountId, HoldId, Settle};
+///
+/// let acct = AccountId::new("acct_42")?;
+/// let hold = HoldId::generate();
+/// let settle = Settle::commit(&acct, &hold, 12);
+/// assert_eq!(settle.actual(), Some(12));
+/// assert_eq!(Settle::refund(&acct, &hold).actual(), None);
+/// # Ok::<_, tower_credits::LedgerError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Settle {
+    account: AccountId,
+    hold_id: HoldId,
+    decision: SettleDecision,
+}
+
+impl Settle {
+    /// Commit `actual` credits of the hold (clamped to it) and release the rest.
+    pub fn commit(account: impl Into<AccountId>, hold_id: impl Into<HoldId>, actual: u64) -> Self {
+        Self::new(account, hold_id, SettleDecision::Commit(actual))
+    }
+
+    /// Give the whole hold back. An id never seen leaves a tombstone.
+    pub fn refund(account: impl Into<AccountId>, hold_id: impl Into<HoldId>) -> Self {
+        Self::new(account, hold_id, SettleDecision::Refund)
+    }
+
+    /// Settle as `decision` says.
+    pub fn new(
+        account: impl Into<AccountId>,
+        hold_id: impl Into<HoldId>,
+        decision: SettleDecision,
+    ) -> Self {
+        Self {
+            account: account.into(),
+            hold_id: hold_id.into(),
+            decision,
+        }
+    }
+
+    /// The account of the hold.
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+
+    /// The hold's id.
+    pub fn hold_id(&self) -> &HoldId {
+        &self.hold_id
+    }
+
+    /// Commit or refund.
+    pub fn decision(&self) -> SettleDecision {
+        self.decision
+    }
+
+    /// The actual cost to commit, unclamped; `None` for a refund.
+    pub fn actual(&self) -> Option<u64> {
+        match self.decision {
+            SettleDecision::Commit(actual) => Some(actual),
+            SettleDecision::Refund => None,
+        }
+    }
+}
+
+/// A request to keep an open hold alive for `ttl` from now.
+#[derive(Debug, Clone)]
+pub struct Extend {
+    account: AccountId,
+    hold_id: HoldId,
+    ttl: Duration,
+}
+
+impl Extend {
+    /// Keep `hold_id` of `account` alive for `ttl` from now.
+    pub fn new(account: impl Into<AccountId>, hold_id: impl Into<HoldId>, ttl: Duration) -> Self {
+        Self {
+            account: account.into(),
+            hold_id: hold_id.into(),
+            ttl,
+        }
+    }
+
+    /// The account of the hold.
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+
+    /// The hold's id.
+    pub fn hold_id(&self) -> &HoldId {
+        &self.hold_id
+    }
+
+    /// How long the hold lives from now.
+    pub fn hold_ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// A request to add credits to an account, once per payment id.
+///
+/// ```
+/// use tower_credits::{AccountId, TopUp};
+///
+/// let top_up = TopUp::new(&AccountId::new("acct_42")?, 100, "pay_123");
+/// assert_eq!((top_up.amount(), top_up.idempotency_key()), (100, "pay_123"));
+/// # Ok::<_, tower_credits::LedgerError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct TopUp {
+    account: AccountId,
+    amount: u64,
+    idempotency_key: String,
+}
+
+impl TopUp {
+    /// Add `amount` credits to `account` under the payment id `idempotency_key`.
+    pub fn new(
+        account: impl Into<AccountId>,
+        amount: u64,
+        idempotency_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            account: account.into(),
+            amount,
+            idempotency_key: idempotency_key.into(),
+        }
+    }
+
+    /// The account to credit.
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+
+    /// Credits to add.
+    pub fn amount(&self) -> u64 {
+        self.amount
+    }
+
+    /// The payment id: it credits one account, once.
+    pub fn idempotency_key(&self) -> &str {
+        &self.idempotency_key
+    }
+}
+
+/// A request to set an account's settings (creating the account).
+#[derive(Debug, Clone)]
+pub struct Configure {
+    account: AccountId,
+    settings: AccountSettings,
+}
+
+impl Configure {
+    /// Set `account`'s `settings`.
+    pub fn new(account: impl Into<AccountId>, settings: AccountSettings) -> Self {
+        Self {
+            account: account.into(),
+            settings,
+        }
+    }
+
+    /// The account.
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &AccountSettings {
+        &self.settings
+    }
 }
 
 /// The answer to [`Ledger::reserve`](super::Ledger::reserve).
@@ -94,7 +288,9 @@ pub enum ReserveOutcome {
 }
 
 /// A hold that was placed (or found already placed, for a retried reserve).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A ledger outside this crate makes one with [`Held::new`] and sets the other fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Held {
     /// Credits held.
@@ -114,7 +310,7 @@ pub struct Held {
 }
 
 /// A refused reserve.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Insufficient {
     /// The credits asked for.
@@ -125,7 +321,29 @@ pub struct Insufficient {
     pub credit_limit: u64,
 }
 
+impl Held {
+    /// `amount` held, leaving `available`, expiring at `expires_at_ms` (ms since the Unix
+    /// epoch); no overdraft, no threshold, not replayed, no runway.
+    pub fn new(amount: u64, available: i64, expires_at_ms: u64) -> Self {
+        Self {
+            amount,
+            available,
+            expires_at_ms,
+            ..Self::default()
+        }
+    }
+}
+
 impl Insufficient {
+    /// `required` credits asked for, `available` and `credit_limit` as they are.
+    pub fn new(required: u64, available: i64, credit_limit: u64) -> Self {
+        Self {
+            required,
+            available,
+            credit_limit,
+        }
+    }
+
     /// How many more credits the request needs: `required - (available + credit_limit)`.
     pub fn shortfall(&self) -> u64 {
         let spendable = self.available as i128 + self.credit_limit as i128;
@@ -160,6 +378,8 @@ impl SettleOutcome {
 }
 
 /// The answer to a commit or refund.
+///
+/// A ledger outside this crate makes one with [`Settlement::new`] and sets the other fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Settlement {
@@ -182,6 +402,22 @@ pub struct Settlement {
     pub runway_secs: Option<u64>,
 }
 
+impl Settlement {
+    /// A settle that ended as `outcome`; nothing committed or released, no balance known.
+    pub fn new(outcome: SettleOutcome) -> Self {
+        Self {
+            outcome,
+            committed: 0,
+            released: 0,
+            clamped: false,
+            available: None,
+            low_balance_threshold: None,
+            threshold_crossed: false,
+            runway_secs: None,
+        }
+    }
+}
+
 /// The answer to [`Ledger::extend`](super::Ledger::extend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -192,10 +428,10 @@ pub enum Extended {
     NotOpen(SettleOutcome),
 }
 
-/// The answer to [`Ledger::top_up`](super::Ledger::top_up).
+/// The answer to [`LedgerAdmin::top_up`](super::LedgerAdmin::top_up).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct TopUp {
+pub struct ToppedUp {
     /// Credits added by the key (the first time).
     pub amount: u64,
     /// `true` when the key had already been credited and this call changed nothing.
@@ -204,10 +440,22 @@ pub struct TopUp {
     pub available: i64,
 }
 
+impl ToppedUp {
+    /// `amount` credited by the key (the first time), `available` after the call.
+    pub fn new(amount: u64, available: i64, replayed: bool) -> Self {
+        Self {
+            amount,
+            replayed,
+            available,
+        }
+    }
+}
+
 /// An account's balance and running totals.
 ///
-/// Conservation: `topped_up == available + held + committed`, always.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Conservation: `topped_up == available + held + committed`, always. A ledger outside
+/// this crate makes one with `Balance::default()` and sets its fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Balance {
     /// Credits that can be held now (negative only within the overdraft).
@@ -254,6 +502,13 @@ impl AccountSettings {
     pub fn low_balance_threshold(mut self, credits: u64) -> Self {
         self.low_balance_threshold = Some(credits);
         self
+    }
+}
+
+impl RouteUsage {
+    /// `credits` committed over `calls` commits.
+    pub fn new(credits: u64, calls: u64) -> Self {
+        Self { credits, calls }
     }
 }
 

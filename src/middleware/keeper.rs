@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use super::guard::{decide, Decision, End, HoldCtx};
 use super::settle::{settle_call, settled, Ticket};
-use crate::ledger::{Extended, Ledger, LedgerError, Settlement};
+use crate::ledger::{Extend, Extended, Ledger, LedgerError, Settlement};
 use crate::outage::{Breaker, Stats};
 
 /// First retry delay of a call the ledger did not answer; doubles up to [`MAX_RETRY_DELAY`].
@@ -322,7 +322,11 @@ async fn extend<L: Ledger>(
         let asked = Instant::now();
         match ctx
             .ledger
-            .extend(charge.account(), charge.hold_id(), ctx.hold_ttl)
+            .extend(Extend::new(
+                charge.account(),
+                charge.hold_id(),
+                ctx.hold_ttl,
+            ))
             .await
         {
             Ok(Extended::Until(_)) => {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::config::Shared;
 use super::guard::{Decision, HoldCtx};
 use super::keeper::{self, BodyWatch, FirstTry, Job};
-use crate::ledger::{Ledger, LedgerError, SettleOutcome, Settlement};
+use crate::ledger::{Ledger, LedgerError, Settle, SettleOutcome, Settlement};
 use crate::outage::Stats;
 use crate::wire::headers::CreditHeaders;
 
@@ -39,14 +39,11 @@ pub(crate) fn settle_call<L: Ledger>(
     decision: Decision,
 ) -> L::Future<Settlement> {
     let charge = &hold.charge;
-    match decision {
-        Decision::Commit(actual) => ledger.commit(
-            charge.account(),
-            charge.hold_id(),
-            actual.min(charge.reserved()),
-        ),
-        Decision::Refund => ledger.refund(charge.account(), charge.hold_id()),
-    }
+    let (account, hold_id) = (charge.account(), charge.hold_id());
+    ledger.settle(match decision {
+        Decision::Commit(actual) => Settle::commit(account, hold_id, actual.min(charge.reserved())),
+        Decision::Refund => Settle::refund(account, hold_id),
+    })
 }
 
 /// Counts a settle's final answer.

@@ -36,11 +36,12 @@ use tower_credits::{
     Insufficient, Ledger, LedgerError, Reserve, ReserveOutcome, SettleOutcome, Settlement,
     MAX_AMOUNT,
 };
+use tower_credits::{Configure, Extend, LedgerAdmin, LedgerReports, TopUp};
 
 /// How the suite gets ledgers to test.
 pub trait Harness: Send + Sync + 'static {
     /// The ledger under test.
-    type L: tower_credits::Ledger;
+    type L: tower_credits::Ledger + tower_credits::LedgerAdmin + tower_credits::LedgerReports;
     /// A ledger with fresh, empty state (no accounts shared with any other call), and the ManualClock that moves its time.
     fn ledger(
         &self,
@@ -168,7 +169,10 @@ fn assert_nothing_moved(s: &Settlement, outcome: SettleOutcome) {
 async fn funded<H: Harness>(h: &H, id: &str, credits: u64) -> (H::L, ManualClock, AccountId) {
     let (ledger, clock) = h.ledger().await;
     let a = acct(id);
-    let t = ledger.top_up(&a, credits, "initial").await.unwrap();
+    let t = ledger
+        .top_up(TopUp::new(&a, credits, "initial"))
+        .await
+        .unwrap();
     assert_eq!(
         (t.amount, t.replayed, t.available),
         (credits, false, credits as i64)
@@ -195,9 +199,9 @@ pub async fn top_up_then_balance<H: Harness>(h: &H) {
         Err(LedgerError::UnknownAccount)
     ));
 
-    let t = l.top_up(&a, 100, "pay-1").await.unwrap();
+    let t = l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     assert_eq!((t.amount, t.replayed, t.available), (100, false, 100));
-    let t = l.top_up(&a, 25, "pay-2").await.unwrap();
+    let t = l.top_up(TopUp::new(&a, 25, "pay-2")).await.unwrap();
     assert_eq!((t.amount, t.replayed, t.available), (25, false, 125));
 
     let b = assert_conserved(&l, &a).await;
@@ -212,9 +216,9 @@ pub async fn top_up_then_balance<H: Harness>(h: &H) {
 pub async fn top_up_replay_is_idempotent<H: Harness>(h: &H) {
     let (l, _clock) = h.ledger().await;
     let a = acct("acct_replay");
-    let first = l.top_up(&a, 100, "pay_123").await.unwrap();
+    let first = l.top_up(TopUp::new(&a, 100, "pay_123")).await.unwrap();
     assert!(!first.replayed);
-    let again = l.top_up(&a, 100, "pay_123").await.unwrap();
+    let again = l.top_up(TopUp::new(&a, 100, "pay_123")).await.unwrap();
     assert_eq!(
         (again.amount, again.replayed, again.available),
         (100, true, 100)
@@ -222,7 +226,7 @@ pub async fn top_up_replay_is_idempotent<H: Harness>(h: &H) {
 
     // Still credited once after the balance moved.
     expect_held(reserve(&l, &a, &hold("h1"), 30).await);
-    let again = l.top_up(&a, 100, "pay_123").await.unwrap();
+    let again = l.top_up(TopUp::new(&a, 100, "pay_123")).await.unwrap();
     assert_eq!((again.amount, again.replayed), (100, true));
     let b = assert_conserved(&l, &a).await;
     assert_eq!(totals(&b), (70, 30, 0, 100, 1));
@@ -232,8 +236,8 @@ pub async fn top_up_replay_is_idempotent<H: Harness>(h: &H) {
 pub async fn top_up_same_key_other_amount_conflicts<H: Harness>(h: &H) {
     let (l, _clock) = h.ledger().await;
     let a = acct("acct_conflict");
-    l.top_up(&a, 100, "pay-1").await.unwrap();
-    match l.top_up(&a, 99, "pay-1").await {
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
+    match l.top_up(TopUp::new(&a, 99, "pay-1")).await {
         Err(LedgerError::TopUpConflict {
             first_amount,
             amount,
@@ -241,7 +245,12 @@ pub async fn top_up_same_key_other_amount_conflicts<H: Harness>(h: &H) {
         other => panic!("expected TopUpConflict, got {other:?}"),
     }
     // The key keeps its first amount.
-    assert!(l.top_up(&a, 100, "pay-1").await.unwrap().replayed);
+    assert!(
+        l.top_up(TopUp::new(&a, 100, "pay-1"))
+            .await
+            .unwrap()
+            .replayed
+    );
     let b = assert_conserved(&l, &a).await;
     assert_eq!(totals(&b), (100, 0, 0, 100, 0));
 }
@@ -267,29 +276,29 @@ fn assert_claimed_by<T: std::fmt::Debug>(r: Result<T, LedgerError>, owner: &Acco
 pub async fn a_payment_id_credits_one_account_once<H: Harness>(h: &H) {
     let (l, _clock) = h.ledger().await;
     let (a, b) = (acct("acct_a"), acct("acct_b"));
-    let ta = l.top_up(&a, 100, "pay_1").await.unwrap();
+    let ta = l.top_up(TopUp::new(&a, 100, "pay_1")).await.unwrap();
     assert_eq!((ta.replayed, ta.available), (false, 100));
     // Another account: refused, and the account is not even created.
     for amount in [100, 40] {
-        assert_claimed_by(l.top_up(&b, amount, "pay_1").await, &a);
+        assert_claimed_by(l.top_up(TopUp::new(&b, amount, "pay_1")).await, &a);
     }
     assert!(matches!(
         l.balance(&b).await,
         Err(LedgerError::UnknownAccount)
     ));
     // An existing account is not credited either.
-    l.top_up(&b, 5, "pay_2").await.unwrap();
-    assert_claimed_by(l.top_up(&b, 100, "pay_1").await, &a);
+    l.top_up(TopUp::new(&b, 5, "pay_2")).await.unwrap();
+    assert_claimed_by(l.top_up(TopUp::new(&b, 100, "pay_1")).await, &a);
     assert_eq!(totals(&assert_conserved(&l, &b).await), (5, 0, 0, 5, 0));
-    assert_claimed_by(l.top_up(&a, 5, "pay_2").await, &b);
+    assert_claimed_by(l.top_up(TopUp::new(&a, 5, "pay_2")).await, &b);
 
     // The first account replays its key, and a conflict on the amount stays a conflict.
-    let again = l.top_up(&a, 100, "pay_1").await.unwrap();
+    let again = l.top_up(TopUp::new(&a, 100, "pay_1")).await.unwrap();
     assert_eq!(
         (again.amount, again.replayed, again.available),
         (100, true, 100)
     );
-    let conflict = l.top_up(&a, 99, "pay_1").await.unwrap_err();
+    let conflict = l.top_up(TopUp::new(&a, 99, "pay_1")).await.unwrap_err();
     assert!(
         matches!(
             conflict,
@@ -310,21 +319,35 @@ pub async fn a_payment_id_credits_one_account_once<H: Harness>(h: &H) {
 pub async fn a_refused_top_up_frees_its_key<H: Harness>(h: &H) {
     let (l, _clock, full) = funded(h, "acct_full_key", MAX_AMOUNT - 5).await;
     let other = acct("acct_other_key");
-    let r = l.top_up(&full, 6, "pay_refused").await.unwrap_err();
+    let r = l
+        .top_up(TopUp::new(&full, 6, "pay_refused"))
+        .await
+        .unwrap_err();
     assert!(matches!(r, LedgerError::TotalOutOfRange { .. }), "{r:?}");
     assert_eq!(r.kind(), ErrorKind::InvalidInput);
     // Free on another account...
-    let t = l.top_up(&other, 7, "pay_refused").await.unwrap();
+    let t = l
+        .top_up(TopUp::new(&other, 7, "pay_refused"))
+        .await
+        .unwrap();
     assert_eq!((t.replayed, t.available), (false, 7));
-    assert_claimed_by(l.top_up(&full, 5, "pay_refused").await, &other);
+    assert_claimed_by(l.top_up(TopUp::new(&full, 5, "pay_refused")).await, &other);
 
     // ... and on the same account, with an amount that fits.
-    let r = l.top_up(&full, 6, "pay_again").await.unwrap_err();
+    let r = l
+        .top_up(TopUp::new(&full, 6, "pay_again"))
+        .await
+        .unwrap_err();
     assert!(matches!(r, LedgerError::TotalOutOfRange { .. }), "{r:?}");
-    let t = l.top_up(&full, 5, "pay_again").await.unwrap();
+    let t = l.top_up(TopUp::new(&full, 5, "pay_again")).await.unwrap();
     assert_eq!((t.replayed, t.available), (false, MAX_AMOUNT as i64));
-    assert!(l.top_up(&full, 5, "pay_again").await.unwrap().replayed);
-    assert_claimed_by(l.top_up(&other, 5, "pay_again").await, &full);
+    assert!(
+        l.top_up(TopUp::new(&full, 5, "pay_again"))
+            .await
+            .unwrap()
+            .replayed
+    );
+    assert_claimed_by(l.top_up(TopUp::new(&other, 5, "pay_again")).await, &full);
     assert_eq!(
         totals(&assert_conserved(&l, &full).await),
         (MAX_AMOUNT as i64, 0, 0, MAX_AMOUNT, 0)
@@ -342,7 +365,7 @@ pub async fn concurrent_top_ups_of_one_key_credit_one_account<H: Harness>(h: &H)
         .cloned()
         .map(|a| {
             let l = l.clone();
-            tokio::spawn(async move { l.top_up(&a, 10, "pay_race").await })
+            tokio::spawn(async move { l.top_up(TopUp::new(&a, 10, "pay_race")).await })
         })
         .collect();
     let mut winners = Vec::new();
@@ -452,7 +475,7 @@ pub async fn reserve_unknown_account_creates_nothing<H: Harness>(h: &H) {
     ));
 
     // Once it exists, the same hold id holds: the refusal left no tombstone.
-    l.top_up(&ghost, 10, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&ghost, 10, "pay-1")).await.unwrap();
     let held = expect_held(reserve(&l, &ghost, &hold("h1"), 10).await);
     assert!(!held.replayed);
     assert_eq!(
@@ -482,7 +505,7 @@ pub async fn zero_amount_reserve_and_commit<H: Harness>(h: &H) {
 
     // A zero hold fits an empty account too; a commit of more is clamped to zero.
     let empty = acct("acct_empty");
-    l.top_up(&empty, 0, "nothing").await.unwrap();
+    l.top_up(TopUp::new(&empty, 0, "nothing")).await.unwrap();
     expect_held(reserve(&l, &empty, &hold("h2"), 0).await);
     let s = l.commit(&empty, &hold("h2"), 3).await.unwrap();
     assert_eq!(
@@ -496,7 +519,7 @@ pub async fn zero_amount_reserve_and_commit<H: Harness>(h: &H) {
 pub async fn max_amount_bounds<H: Harness>(h: &H) {
     let (l, _clock) = h.ledger().await;
     let (big, other) = (acct("acct_big"), acct("acct_other"));
-    let t = l.top_up(&big, MAX_AMOUNT, "max").await.unwrap();
+    let t = l.top_up(TopUp::new(&big, MAX_AMOUNT, "max")).await.unwrap();
     assert_eq!(t.available, MAX_AMOUNT as i64);
 
     let too_big = MAX_AMOUNT + 1;
@@ -504,13 +527,19 @@ pub async fn max_amount_bounds<H: Harness>(h: &H) {
         matches!(r, LedgerError::AmountOutOfRange { amount, max }
             if *amount == too_big && *max == MAX_AMOUNT)
     };
-    let r = l.top_up(&other, too_big, "too-big").await.unwrap_err();
+    let r = l
+        .top_up(TopUp::new(&other, too_big, "too-big"))
+        .await
+        .unwrap_err();
     assert!(is_out_of_range(&r), "{r:?}");
     assert!(matches!(
         l.balance(&other).await,
         Err(LedgerError::UnknownAccount)
     ));
-    let r = l.top_up(&big, u64::MAX, "way-too-big").await.unwrap_err();
+    let r = l
+        .top_up(TopUp::new(&big, u64::MAX, "way-too-big"))
+        .await
+        .unwrap_err();
     assert!(matches!(r, LedgerError::AmountOutOfRange { .. }), "{r:?}");
 
     let r = l
@@ -544,7 +573,10 @@ pub async fn max_amount_bounds<H: Harness>(h: &H) {
 
     // Settings are amounts too.
     let r = l
-        .configure(&other, AccountSettings::new().credit_limit(too_big))
+        .configure(Configure::new(
+            &other,
+            AccountSettings::new().credit_limit(too_big),
+        ))
         .await
         .unwrap_err();
     assert!(is_out_of_range(&r), "{r:?}");
@@ -559,7 +591,7 @@ pub async fn max_amount_bounds<H: Harness>(h: &H) {
 pub async fn top_up_past_max_total_is_refused<H: Harness>(h: &H) {
     let (l, _clock, a) = funded(h, "acct_full", MAX_AMOUNT - 5).await;
     for (amount, key) in [(6, "six"), (MAX_AMOUNT, "max")] {
-        match l.top_up(&a, amount, key).await {
+        match l.top_up(TopUp::new(&a, amount, key)).await {
             Err(LedgerError::TotalOutOfRange { max, .. }) => assert_eq!(max, MAX_AMOUNT),
             other => panic!("expected TotalOutOfRange, got {other:?}"),
         }
@@ -571,10 +603,10 @@ pub async fn top_up_past_max_total_is_refused<H: Harness>(h: &H) {
     );
 
     // The refused key was not recorded: it may now credit another amount.
-    let t = l.top_up(&a, 5, "six").await.unwrap();
+    let t = l.top_up(TopUp::new(&a, 5, "six")).await.unwrap();
     assert_eq!((t.replayed, t.available), (false, MAX_AMOUNT as i64));
     assert!(matches!(
-        l.top_up(&a, 1, "one-more").await,
+        l.top_up(TopUp::new(&a, 1, "one-more")).await,
         Err(LedgerError::TotalOutOfRange { .. })
     ));
     assert_eq!(assert_conserved(&l, &a).await.topped_up, MAX_AMOUNT);
@@ -584,9 +616,12 @@ pub async fn top_up_past_max_total_is_refused<H: Harness>(h: &H) {
 /// changes nothing.
 pub async fn reserve_past_max_total_is_refused<H: Harness>(h: &H) {
     let (l, _clock, a) = funded(h, "acct_huge", MAX_AMOUNT).await;
-    l.configure(&a, AccountSettings::new().credit_limit(MAX_AMOUNT))
-        .await
-        .unwrap();
+    l.configure(Configure::new(
+        &a,
+        AccountSettings::new().credit_limit(MAX_AMOUNT),
+    ))
+    .await
+    .unwrap();
     expect_held(reserve(&l, &a, &hold("h1"), MAX_AMOUNT).await);
     let r = l.reserve(Reserve::new(a.clone(), hold("h2"), 1)).await;
     assert!(
@@ -603,7 +638,7 @@ pub async fn reserve_past_max_total_is_refused<H: Harness>(h: &H) {
 /// `available` may go down to `-credit_limit`, not below, and refusals report the limit.
 pub async fn overdraft_with_credit_limit<H: Harness>(h: &H) {
     let (l, _clock, a) = funded(h, "acct_overdraft", 10).await;
-    l.configure(&a, AccountSettings::new().credit_limit(20))
+    l.configure(Configure::new(&a, AccountSettings::new().credit_limit(20)))
         .await
         .unwrap();
     let b = assert_conserved(&l, &a).await;
@@ -634,13 +669,13 @@ pub async fn overdraft_with_credit_limit<H: Harness>(h: &H) {
     assert_eq!(totals(&b), (-20, 0, 30, 10, 0));
 
     // Lowering the limit below the debt refuses even a zero hold until a top-up.
-    l.configure(&a, AccountSettings::new().credit_limit(5))
+    l.configure(Configure::new(&a, AccountSettings::new().credit_limit(5)))
         .await
         .unwrap();
     let refusal = expect_insufficient(reserve(&l, &a, &hold("h6"), 0).await);
     assert_eq!((refusal.available, refusal.credit_limit), (-20, 5));
     assert_eq!(refusal.shortfall(), 15);
-    l.top_up(&a, 15, "pay-2").await.unwrap();
+    l.top_up(TopUp::new(&a, 15, "pay-2")).await.unwrap();
     assert_eq!(
         expect_held(reserve(&l, &a, &hold("h6"), 0).await).available,
         -5
@@ -648,9 +683,12 @@ pub async fn overdraft_with_credit_limit<H: Harness>(h: &H) {
 
     // `configure` creates an account.
     let fresh = acct("acct_fresh");
-    l.configure(&fresh, AccountSettings::new().credit_limit(5))
-        .await
-        .unwrap();
+    l.configure(Configure::new(
+        &fresh,
+        AccountSettings::new().credit_limit(5),
+    ))
+    .await
+    .unwrap();
     let b = assert_conserved(&l, &fresh).await;
     assert_eq!((totals(&b), b.credit_limit), ((0, 0, 0, 0, 0), 5));
     assert_eq!(
@@ -767,7 +805,9 @@ pub async fn refund_of_unknown_hold_leaves_tombstone<H: Harness>(h: &H) {
     let s = l.commit(&a, &late, 10).await.unwrap();
     assert!(!s.outcome.is_applied() && s.committed == 0, "{s:?}");
     assert!(matches!(
-        l.extend(&a, &late, Duration::from_secs(60)).await.unwrap(),
+        l.extend(Extend::new(&a, &late, Duration::from_secs(60)))
+            .await
+            .unwrap(),
         Extended::NotOpen(_)
     ));
     assert_eq!(totals(&assert_conserved(&l, &a).await), (50, 0, 0, 50, 0));
@@ -784,7 +824,7 @@ pub async fn commit_of_unknown_hold_moves_nothing<H: Harness>(h: &H) {
     assert!(l.usage(&a).await.unwrap().by_route.is_empty());
     // A hold belongs to its account: another account cannot settle it.
     let b = acct("acct_stranger");
-    l.top_up(&b, 1, "pay-1").await.unwrap();
+    l.top_up(TopUp::new(&b, 1, "pay-1")).await.unwrap();
     assert_nothing_moved(
         &l.commit(&b, &hold("other"), 5).await.unwrap(),
         SettleOutcome::Unknown,
@@ -808,7 +848,7 @@ pub async fn settle_on_unknown_account_is_unknown<H: Harness>(h: &H) {
     assert_nothing_moved(&s, SettleOutcome::Unknown);
     assert_eq!(s.available, None);
     assert_eq!(
-        l.extend(&ghost, &hold("h1"), Duration::from_secs(30))
+        l.extend(Extend::new(&ghost, hold("h1"), Duration::from_secs(30)))
             .await
             .unwrap(),
         Extended::NotOpen(SettleOutcome::Unknown)
@@ -875,7 +915,7 @@ pub async fn expired_hold_returns_and_cannot_settle<H: Harness>(h: &H) {
         SettleOutcome::Expired,
     );
     assert_eq!(
-        l.extend(&a, &hold("h1"), Duration::from_secs(60))
+        l.extend(Extend::new(&a, hold("h1"), Duration::from_secs(60)))
             .await
             .unwrap(),
         Extended::NotOpen(SettleOutcome::Expired)
@@ -903,7 +943,7 @@ pub async fn extend_keeps_hold_alive<H: Harness>(h: &H) {
     );
     clock.advance(Duration::from_secs(5));
     match l
-        .extend(&a, &hold("h1"), Duration::from_secs(20))
+        .extend(Extend::new(&a, hold("h1"), Duration::from_secs(20)))
         .await
         .unwrap()
     {
@@ -926,7 +966,7 @@ pub async fn extend_keeps_hold_alive<H: Harness>(h: &H) {
             .unwrap(),
     );
     assert!(matches!(
-        l.extend(&a, &hold("h2"), Duration::from_secs(20))
+        l.extend(Extend::new(&a, hold("h2"), Duration::from_secs(20)))
             .await
             .unwrap(),
         Extended::Until(_)
@@ -953,7 +993,7 @@ pub async fn extend_to_a_shorter_ttl_expires_sooner<H: Harness>(h: &H) {
     // Any later call learns the earliest expiry (25 s) before the extend shortens it.
     assert_eq!(totals(&assert_conserved(&l, &a).await), (70, 30, 0, 100, 1));
     match l
-        .extend(&a, &hold("long"), Duration::from_secs(15))
+        .extend(Extend::new(&a, hold("long"), Duration::from_secs(15)))
         .await
         .unwrap()
     {
@@ -976,15 +1016,15 @@ pub async fn extend_of_settled_hold_is_not_open<H: Harness>(h: &H) {
     expect_held(reserve(&l, &a, &hold("r"), 10).await);
     l.refund(&a, &hold("r")).await.unwrap();
     assert_eq!(
-        l.extend(&a, &hold("c"), ttl).await.unwrap(),
+        l.extend(Extend::new(&a, hold("c"), ttl)).await.unwrap(),
         Extended::NotOpen(SettleOutcome::AlreadyCommitted)
     );
     assert_eq!(
-        l.extend(&a, &hold("r"), ttl).await.unwrap(),
+        l.extend(Extend::new(&a, hold("r"), ttl)).await.unwrap(),
         Extended::NotOpen(SettleOutcome::AlreadyRefunded)
     );
     assert_eq!(
-        l.extend(&a, &hold("never"), ttl).await.unwrap(),
+        l.extend(Extend::new(&a, hold("never"), ttl)).await.unwrap(),
         Extended::NotOpen(SettleOutcome::Unknown)
     );
     // Extending an unknown id leaves no tombstone.
@@ -1011,7 +1051,7 @@ pub async fn invalid_ttl_is_refused<H: Harness>(h: &H) {
     assert_eq!(totals(&assert_conserved(&l, &a).await), (100, 0, 0, 100, 0));
 
     expect_held(reserve(&l, &a, &hold("h1"), 10).await);
-    let r = l.extend(&a, &hold("h1"), Duration::ZERO).await;
+    let r = l.extend(Extend::new(&a, hold("h1"), Duration::ZERO)).await;
     assert!(matches!(r, Err(LedgerError::InvalidTtl { .. })), "{r:?}");
     // The longest ttl is fine.
     let r = l
@@ -1020,7 +1060,9 @@ pub async fn invalid_ttl_is_refused<H: Harness>(h: &H) {
         .unwrap();
     expect_held(r);
     assert!(matches!(
-        l.extend(&a, &hold("h1"), MAX_HOLD_TTL).await.unwrap(),
+        l.extend(Extend::new(&a, hold("h1"), MAX_HOLD_TTL))
+            .await
+            .unwrap(),
         Extended::Until(_)
     ));
     assert_eq!(totals(&assert_conserved(&l, &a).await), (80, 20, 0, 100, 2));
@@ -1032,7 +1074,7 @@ pub async fn invalid_arguments_write_nothing<H: Harness>(h: &H) {
     let a = acct("acct_invalid");
     let long_key = "k".repeat(256);
     for key in ["", "has space", "tab\there", "é", long_key.as_str()] {
-        let r = l.top_up(&a, 10, key).await;
+        let r = l.top_up(TopUp::new(&a, 10, key)).await;
         assert!(
             matches!(r, Err(LedgerError::InvalidIdempotencyKey)),
             "key {key:?}: {r:?}"
@@ -1043,8 +1085,8 @@ pub async fn invalid_arguments_write_nothing<H: Harness>(h: &H) {
         Err(LedgerError::UnknownAccount)
     ));
     // The longest key and every printable character are fine.
-    l.top_up(&a, 10, &"k".repeat(255)).await.unwrap();
-    l.top_up(&a, 10, "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    l.top_up(TopUp::new(&a, 10, "k".repeat(255))).await.unwrap();
+    l.top_up(TopUp::new(&a, 10, "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"))
         .await
         .unwrap();
 
@@ -1167,9 +1209,12 @@ async fn spend<L: Ledger>(l: &L, a: &AccountId, id: &str, amount: u64) -> Settle
 /// per crossing.
 pub async fn low_balance_threshold_crossed_once_per_crossing<H: Harness>(h: &H) {
     let (l, _clock, a) = funded(h, "acct_low", 100).await;
-    l.configure(&a, AccountSettings::new().low_balance_threshold(50))
-        .await
-        .unwrap();
+    l.configure(Configure::new(
+        &a,
+        AccountSettings::new().low_balance_threshold(50),
+    ))
+    .await
+    .unwrap();
     let b = assert_conserved(&l, &a).await;
     assert_eq!(b.low_balance_threshold, Some(50));
     let held = expect_held(reserve(&l, &a, &hold("peek"), 0).await);
@@ -1189,7 +1234,7 @@ pub async fn low_balance_threshold_crossed_once_per_crossing<H: Harness>(h: &H) 
     assert_eq!((s.available, s.threshold_crossed), (Some(30), false));
 
     // A top-up lifts it above; the next commit below is a new crossing.
-    l.top_up(&a, 100, "pay-2").await.unwrap(); // 130
+    l.top_up(TopUp::new(&a, 100, "pay-2")).await.unwrap(); // 130
     let s = spend(&l, &a, "s6", 70).await; // 60: above
     assert_eq!((s.available, s.threshold_crossed), (Some(60), false));
     let s = spend(&l, &a, "s7", 20).await; // 40: crossed again
@@ -1198,7 +1243,7 @@ pub async fn low_balance_threshold_crossed_once_per_crossing<H: Harness>(h: &H) 
     assert_eq!((s.available, s.threshold_crossed), (Some(39), false));
 
     // A refund that lifts it above re-arms too.
-    l.top_up(&a, 41, "pay-3").await.unwrap(); // 80
+    l.top_up(TopUp::new(&a, 41, "pay-3")).await.unwrap(); // 80
     expect_held(reserve(&l, &a, &hold("big"), 30).await); // 50
     let s = spend(&l, &a, "s9", 5).await; // 45: crossed
     assert_eq!((s.available, s.threshold_crossed), (Some(45), true));
@@ -1216,9 +1261,12 @@ pub async fn low_balance_threshold_crossed_once_per_crossing<H: Harness>(h: &H) 
 /// An expired hold that lifts `available` back above the threshold re-arms the warning.
 pub async fn low_balance_threshold_rearms_after_expiry<H: Harness>(h: &H) {
     let (l, clock, a) = funded(h, "acct_low_expiry", 100).await;
-    l.configure(&a, AccountSettings::new().low_balance_threshold(50))
-        .await
-        .unwrap();
+    l.configure(Configure::new(
+        &a,
+        AccountSettings::new().low_balance_threshold(50),
+    ))
+    .await
+    .unwrap();
     expect_held(
         l.reserve(Reserve::new(a.clone(), hold("stuck"), 40).ttl(Duration::from_secs(10)))
             .await
@@ -1244,8 +1292,8 @@ pub async fn low_balance_threshold_rearms_after_expiry<H: Harness>(h: &H) {
 pub async fn api_keys_register_lookup_revoke<H: Harness>(h: &H) {
     let (l, _clock) = h.ledger().await;
     let (a, b) = (acct("acct_keys_a"), acct("acct_keys_b"));
-    l.top_up(&a, 1, "pay-1").await.unwrap();
-    l.top_up(&b, 1, "pay-2").await.unwrap();
+    l.top_up(TopUp::new(&a, 1, "pay-1")).await.unwrap();
+    l.top_up(TopUp::new(&b, 1, "pay-2")).await.unwrap();
     // Raw keys unique to this run, in case the store's key records are shared.
     let raw = format!("sk_test_{}", HoldId::generate());
     let key = ApiKeyHash::of(&raw);
@@ -1406,7 +1454,9 @@ pub async fn many_accounts_are_independent<H: Harness>(h: &H) {
         let l = l.clone();
         let i = i as u64;
         tasks.push(tokio::spawn(async move {
-            l.top_up(&a, 100 + i, &format!("pay-{i}")).await.unwrap();
+            l.top_up(TopUp::new(&a, 100 + i, format!("pay-{i}")))
+                .await
+                .unwrap();
             let id = hold("h1");
             expect_held(
                 l.reserve(Reserve::new(a.clone(), id.clone(), 10 + i).route("GET /many"))

@@ -43,6 +43,7 @@ use tower_credits::{
     AccountId, AccountSettings, Extended, HoldId, Ledger, LedgerError, Reserve, ReserveOutcome,
     SettleOutcome, Settlement,
 };
+use tower_credits::{Configure, Extend, LedgerAdmin, LedgerReports, TopUp};
 
 use super::Harness;
 use crate::support::rig::is_conserved;
@@ -90,7 +91,7 @@ pub enum Pick {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// `top_up(ACCOUNTS[acct], amount, KEYS[key])`.
-    TopUp {
+    ToppedUp {
         acct: usize,
         amount: u64,
         key: usize,
@@ -126,7 +127,7 @@ pub enum Op {
 /// An [`Op`] with its hold id resolved to a number (the id is `h<number>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    TopUp {
+    ToppedUp {
         acct: usize,
         amount: u64,
         key: usize,
@@ -198,7 +199,7 @@ impl Resolver {
 
     fn resolve(&mut self, model: &Model, op: Op) -> Step {
         match op {
-            Op::TopUp { acct, amount, key } => Step::TopUp { acct, amount, key },
+            Op::ToppedUp { acct, amount, key } => Step::ToppedUp { acct, amount, key },
             Op::Reserve {
                 acct,
                 hold,
@@ -246,7 +247,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let ttl = || proptest::sample::select(&TTL_SECS[..]);
     prop_oneof![
         3 => (acct(), prop_oneof![Just(100u64), 0..=150u64], 0..KEYS.len())
-            .prop_map(|(acct, amount, key)| Op::TopUp { acct, amount, key }),
+            .prop_map(|(acct, amount, key)| Op::ToppedUp { acct, amount, key }),
         6 => (
             acct(),
             new_hold(),
@@ -280,7 +281,7 @@ pub fn ops_strategy() -> impl Strategy<Value = Vec<Op>> {
 /// Every case starts with these: the first account funded and configured (so it has its
 /// low-balance threshold), the second funded, the third unknown.
 pub const SETUP: [Op; 3] = [
-    Op::TopUp {
+    Op::ToppedUp {
         acct: 0,
         amount: 100,
         key: 0,
@@ -289,7 +290,7 @@ pub const SETUP: [Op; 3] = [
         acct: 0,
         credit_limit: 0,
     },
-    Op::TopUp {
+    Op::ToppedUp {
         acct: 1,
         amount: 100,
         key: 0,
@@ -419,7 +420,7 @@ enum Obs {
     },
     Until,
     NotOpen(SettleOutcome),
-    TopUp {
+    ToppedUp {
         amount: u64,
         replayed: bool,
         available: i64,
@@ -469,7 +470,7 @@ impl Model {
         self.reclaim_all();
         let now = self.now;
         match *op {
-            Step::TopUp { acct, amount, key } => {
+            Step::ToppedUp { acct, amount, key } => {
                 let key = KEYS[key];
                 let owned = self.topups.get(key).copied();
                 if let Some((owner, _)) = owned.filter(|&(owner, _)| owner != acct) {
@@ -484,7 +485,7 @@ impl Model {
                             amount,
                         };
                     }
-                    return Obs::TopUp {
+                    return Obs::ToppedUp {
                         amount,
                         replayed: true,
                         available: a.available(),
@@ -493,7 +494,7 @@ impl Model {
                 a.topped_up += amount;
                 self.topups.insert(key, (acct, amount));
                 a.rearm();
-                Obs::TopUp {
+                Obs::ToppedUp {
                     amount,
                     replayed: false,
                     available: a.available(),
@@ -709,7 +710,7 @@ fn hold_id(n: usize) -> HoldId {
 }
 
 /// Runs one operation on the ledger; for a hold or extension, also returns the expiry.
-async fn run_op<L: Ledger>(
+async fn run_op<L: Ledger + LedgerAdmin + LedgerReports>(
     ledger: &L,
     clock: &ManualClock,
     ids: &Ids,
@@ -717,13 +718,13 @@ async fn run_op<L: Ledger>(
 ) -> (Obs, Option<u64>) {
     let acct = |i: usize| &ids.accounts[i];
     match *op {
-        Step::TopUp {
+        Step::ToppedUp {
             acct: a,
             amount,
             key,
-        } => match ledger.top_up(acct(a), amount, KEYS[key]).await {
+        } => match ledger.top_up(TopUp::new(acct(a), amount, KEYS[key])).await {
             Ok(t) => (
-                Obs::TopUp {
+                Obs::ToppedUp {
                     amount: t.amount,
                     replayed: t.replayed,
                     available: t.available,
@@ -786,7 +787,11 @@ async fn run_op<L: Ledger>(
             hold: h,
             ttl_secs,
         } => match ledger
-            .extend(acct(a), &hold_id(h), Duration::from_secs(ttl_secs))
+            .extend(Extend::new(
+                acct(a),
+                hold_id(h),
+                Duration::from_secs(ttl_secs),
+            ))
             .await
         {
             Ok(Extended::Until(at)) => (Obs::Until, Some(at)),
@@ -806,7 +811,7 @@ async fn run_op<L: Ledger>(
             if let Some(t) = THRESHOLDS[a] {
                 settings = settings.low_balance_threshold(t);
             }
-            match ledger.configure(acct(a), settings).await {
+            match ledger.configure(Configure::new(acct(a), settings)).await {
                 Ok(()) => (Obs::Done, None),
                 Err(e) => (obs_of_error(e), None),
             }
@@ -815,7 +820,7 @@ async fn run_op<L: Ledger>(
 }
 
 /// Compares every account's balance (and, with `usage`, its usage) with the model.
-async fn compare_accounts<L: Ledger>(
+async fn compare_accounts<L: LedgerReports>(
     ledger: &L,
     model: &mut Model,
     ids: &Ids,

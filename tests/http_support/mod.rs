@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower_credits::{AccountId, AccountSettings, ApiKeyHash, Ledger, MemoryLedger};
+use tower_credits::{Configure, LedgerAdmin, LedgerReports, TopUp};
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -117,15 +118,15 @@ pub fn post_json(url: &str, key: &str, json: serde_json::Value) -> Request<Full<
 }
 
 /// An account with `credits`, reachable by API key `key`.
-pub async fn account<L: Ledger>(ledger: &L, name: &str, key: &str, credits: u64) -> AccountId {
+pub async fn account<L: LedgerAdmin>(ledger: &L, name: &str, key: &str, credits: u64) -> AccountId {
     let account = AccountId::new(name).unwrap();
     ledger
-        .configure(&account, AccountSettings::new())
+        .configure(Configure::new(&account, AccountSettings::new()))
         .await
         .unwrap();
     if credits > 0 {
         ledger
-            .top_up(&account, credits, &format!("seed-{name}"))
+            .top_up(TopUp::new(&account, credits, format!("seed-{name}")))
             .await
             .unwrap();
     }
@@ -145,28 +146,37 @@ pub async fn available(ledger: &MemoryLedger, account: &AccountId) -> i64 {
 pub struct DownLedger;
 
 macro_rules! down {
-    ($($name:ident($($arg:ty),*) -> $t:ty;)*) => {
-        impl Ledger for DownLedger {
-            type Future<T: Send + 'static> = std::future::Ready<Result<T, tower_credits::LedgerError>>;
+    ($($trait:ident { $($name:ident($($arg:ty),*) -> $t:ty;)* })*) => {
+        $(impl $trait for DownLedger {
+            down!(@future $trait);
             $(fn $name(&self, $(_: $arg),*) -> Self::Future<$t> {
                 std::future::ready(Err(tower_credits::LedgerError::Unavailable("connection refused to 10.0.0.7:6379".into())))
             })*
-        }
+        })*
     };
+    (@future Ledger) => {
+        type Future<T: Send + 'static> = std::future::Ready<Result<T, tower_credits::LedgerError>>;
+    };
+    (@future $other:ident) => {};
 }
 
 down! {
-    reserve(tower_credits::Reserve) -> tower_credits::ReserveOutcome;
-    commit(&tower_credits::AccountId, &tower_credits::HoldId, u64) -> tower_credits::Settlement;
-    refund(&tower_credits::AccountId, &tower_credits::HoldId) -> tower_credits::Settlement;
-    extend(&tower_credits::AccountId, &tower_credits::HoldId, std::time::Duration) -> tower_credits::Extended;
-    top_up(&tower_credits::AccountId, u64, &str) -> tower_credits::TopUp;
-    balance(&tower_credits::AccountId) -> tower_credits::Balance;
-    usage(&tower_credits::AccountId) -> tower_credits::Usage;
-    configure(&tower_credits::AccountId, tower_credits::AccountSettings) -> ();
-    register_api_key(&tower_credits::ApiKeyHash, &AccountId) -> ();
-    lookup_api_key(&tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
-    revoke_api_key(&tower_credits::ApiKeyHash) -> bool;
+    Ledger {
+        reserve(tower_credits::Reserve) -> tower_credits::ReserveOutcome;
+        settle(tower_credits::Settle) -> tower_credits::Settlement;
+        extend(tower_credits::Extend) -> tower_credits::Extended;
+        lookup_api_key(&tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
+    }
+    LedgerAdmin {
+        top_up(tower_credits::TopUp) -> tower_credits::ToppedUp;
+        configure(tower_credits::Configure) -> ();
+        register_api_key(&tower_credits::ApiKeyHash, &AccountId) -> ();
+        revoke_api_key(&tower_credits::ApiKeyHash) -> bool;
+    }
+    LedgerReports {
+        balance(&tower_credits::AccountId) -> tower_credits::Balance;
+        usage(&tower_credits::AccountId) -> tower_credits::Usage;
+    }
 }
 
 /// A [`MemoryLedger`] whose store can be switched off: while `down`, every call fails as
@@ -224,26 +234,35 @@ impl SwitchLedger {
 }
 
 macro_rules! switch {
-    ($($name:ident($($arg:ident: $ty:ty),*) -> $t:ty;)*) => {
-        impl Ledger for SwitchLedger {
-            type Future<T: Send + 'static> = std::future::Ready<Result<T, tower_credits::LedgerError>>;
+    ($($trait:ident { $($name:ident($($arg:ident: $ty:ty),*) -> $t:ty;)* })*) => {
+        $(impl $trait for SwitchLedger {
+            switch!(@future $trait);
             $(fn $name(&self, $($arg: $ty),*) -> Self::Future<$t> {
-                self.gate(stringify!($name), || self.inner.$name($($arg),*))
+                self.gate(stringify!($name), || $trait::$name(&self.inner, $($arg),*))
             })*
-        }
+        })*
     };
+    (@future Ledger) => {
+        type Future<T: Send + 'static> = std::future::Ready<Result<T, tower_credits::LedgerError>>;
+    };
+    (@future $other:ident) => {};
 }
 
 switch! {
-    reserve(r: tower_credits::Reserve) -> tower_credits::ReserveOutcome;
-    commit(a: &tower_credits::AccountId, h: &tower_credits::HoldId, n: u64) -> tower_credits::Settlement;
-    refund(a: &tower_credits::AccountId, h: &tower_credits::HoldId) -> tower_credits::Settlement;
-    extend(a: &tower_credits::AccountId, h: &tower_credits::HoldId, t: std::time::Duration) -> tower_credits::Extended;
-    top_up(a: &tower_credits::AccountId, n: u64, k: &str) -> tower_credits::TopUp;
-    balance(a: &tower_credits::AccountId) -> tower_credits::Balance;
-    usage(a: &tower_credits::AccountId) -> tower_credits::Usage;
-    configure(a: &tower_credits::AccountId, s: tower_credits::AccountSettings) -> ();
-    register_api_key(k: &tower_credits::ApiKeyHash, a: &tower_credits::AccountId) -> ();
-    lookup_api_key(k: &tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
-    revoke_api_key(k: &tower_credits::ApiKeyHash) -> bool;
+    Ledger {
+        reserve(r: tower_credits::Reserve) -> tower_credits::ReserveOutcome;
+        settle(s: tower_credits::Settle) -> tower_credits::Settlement;
+        extend(e: tower_credits::Extend) -> tower_credits::Extended;
+        lookup_api_key(k: &tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
+    }
+    LedgerAdmin {
+        top_up(t: tower_credits::TopUp) -> tower_credits::ToppedUp;
+        configure(c: tower_credits::Configure) -> ();
+        register_api_key(k: &tower_credits::ApiKeyHash, a: &tower_credits::AccountId) -> ();
+        revoke_api_key(k: &tower_credits::ApiKeyHash) -> bool;
+    }
+    LedgerReports {
+        balance(a: &tower_credits::AccountId) -> tower_credits::Balance;
+        usage(a: &tower_credits::AccountId) -> tower_credits::Usage;
+    }
 }

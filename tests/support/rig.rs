@@ -9,7 +9,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tower_credits::pricing::Pricing;
-use tower_credits::{AccountId, Balance, Ledger};
+use tower_credits::LedgerReports;
+use tower_credits::{AccountId, Balance};
 
 /// How long a test waits on a condition before failing. Generous: it only bounds a hang
 /// on a loaded machine (tests run in parallel, Redis with `appendfsync always`).
@@ -91,7 +92,7 @@ pub fn assert_balanced(b: &Balance) {
 }
 
 /// The balance of `account`, after checking `topped_up = available + held + committed`.
-pub async fn assert_conserved<L: Ledger>(ledger: &L, account: &AccountId) -> Balance {
+pub async fn assert_conserved<L: LedgerReports>(ledger: &L, account: &AccountId) -> Balance {
     let b = ledger
         .balance(account)
         .await

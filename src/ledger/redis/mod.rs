@@ -90,12 +90,12 @@
 //!
 //! ```no_run
 //! use tower_credits::ledger::RedisLedger;
-//! use tower_credits::{AccountId, HoldId, Ledger, Reserve, ReserveOutcome};
+//! use tower_credits::{AccountId, HoldId, Ledger, LedgerAdmin, Reserve, ReserveOutcome, TopUp};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
 //! let ledger = RedisLedger::builder().url("redis://127.0.0.1:6379").build().await?;
 //! let acct = AccountId::new("acct_42")?;
-//! ledger.top_up(&acct, 100, "payment-1").await?;
+//! ledger.top_up(TopUp::new(&acct, 100, "payment-1")).await?;
 //!
 //! let hold = HoldId::generate();
 //! let outcome = ledger.reserve(Reserve::new(acct.clone(), hold.clone(), 30)).await?;
@@ -113,8 +113,9 @@ use std::time::Duration;
 use redis::Value;
 
 use super::{
-    check_idempotency_key, check_route, check_ttl, AccountId, AccountSettings, Balance, Extended,
-    HoldId, Ledger, LedgerError, LongestTtl, Reserve, ReserveOutcome, Settlement, TopUp, Usage,
+    check_idempotency_key, check_route, check_ttl, AccountId, AccountSettings, Balance, Configure,
+    Extend, Extended, HoldId, Ledger, LedgerAdmin, LedgerError, LedgerReports, LongestTtl, Reserve,
+    ReserveOutcome, Settle, Settlement, TopUp, ToppedUp, Usage,
 };
 use crate::amount::check_amount;
 use crate::api_key::ApiKeyHash;
@@ -349,7 +350,7 @@ impl RedisLedger {
         account: &AccountId,
         amount: u64,
         key: &str,
-    ) -> Result<RedisFuture<TopUp>, LedgerError> {
+    ) -> Result<RedisFuture<ToppedUp>, LedgerError> {
         check_amount(amount)?;
         check_idempotency_key(key)?;
         // First the claim (its own key, in its own slot on a cluster), then the account's
@@ -450,42 +451,12 @@ impl Ledger for RedisLedger {
         boxed(self.do_reserve(reserve))
     }
 
-    fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement> {
-        boxed(self.do_settle(account, hold, Some(actual)))
+    fn settle(&self, settle: Settle) -> Self::Future<Settlement> {
+        boxed(self.do_settle(settle.account(), settle.hold_id(), settle.actual()))
     }
 
-    fn refund(&self, account: &AccountId, hold: &HoldId) -> Self::Future<Settlement> {
-        boxed(self.do_settle(account, hold, None))
-    }
-
-    fn extend(&self, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self::Future<Extended> {
-        boxed(self.do_extend(account, hold, ttl))
-    }
-
-    fn top_up(&self, account: &AccountId, amount: u64, key: &str) -> Self::Future<TopUp> {
-        boxed(self.do_top_up(account, amount, key))
-    }
-
-    fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
-        let call = self.account_script(&BALANCE, account, |_| {});
-        Box::pin(async move { reply::balance(call.await?) })
-    }
-
-    fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
-        let call = self.account_script(&USAGE, account, |_| {});
-        Box::pin(async move { reply::usage(call.await?) })
-    }
-
-    fn configure(&self, account: &AccountId, settings: AccountSettings) -> Self::Future<()> {
-        boxed(self.do_configure(account, settings))
-    }
-
-    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(keys::api_key(&self.inner.prefix, key))
-            .arg(account.as_str());
-        let call = self.command::<()>(cmd);
-        Box::pin(call)
+    fn extend(&self, extend: Extend) -> Self::Future<Extended> {
+        boxed(self.do_extend(extend.account(), extend.hold_id(), extend.hold_ttl()))
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
@@ -501,11 +472,41 @@ impl Ledger for RedisLedger {
             }
         })
     }
+}
+
+impl LedgerAdmin for RedisLedger {
+    fn top_up(&self, top_up: TopUp) -> Self::Future<ToppedUp> {
+        boxed(self.do_top_up(top_up.account(), top_up.amount(), top_up.idempotency_key()))
+    }
+
+    fn configure(&self, configure: Configure) -> Self::Future<()> {
+        boxed(self.do_configure(configure.account(), configure.settings().clone()))
+    }
+
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(keys::api_key(&self.inner.prefix, key))
+            .arg(account.as_str());
+        let call = self.command::<()>(cmd);
+        Box::pin(call)
+    }
 
     fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(keys::api_key(&self.inner.prefix, key));
         let call = self.command::<i64>(cmd);
         Box::pin(async move { Ok(call.await? > 0) })
+    }
+}
+
+impl LedgerReports for RedisLedger {
+    fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
+        let call = self.account_script(&BALANCE, account, |_| {});
+        Box::pin(async move { reply::balance(call.await?) })
+    }
+
+    fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
+        let call = self.account_script(&USAGE, account, |_| {});
+        Box::pin(async move { reply::usage(call.await?) })
     }
 }

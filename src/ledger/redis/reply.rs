@@ -11,7 +11,7 @@ use redis::Value;
 use super::scripts::{BALANCE, CONFIGURE, EXTEND, RESERVE, SETTLE, SWEEP, TOP_UP, USAGE};
 use crate::ledger::{
     decayed_rate, runway_secs, AccountId, Balance, Extended, Held, Insufficient, LedgerError,
-    ReserveOutcome, SettleOutcome, Settlement, TopUp, Usage,
+    ReserveOutcome, SettleOutcome, Settlement, ToppedUp, Usage,
 };
 
 /// A reply no script of this version sends: a mismatch between the Rust side and the
@@ -281,10 +281,10 @@ pub(super) fn extend(value: Value) -> Result<Extended, LedgerError> {
 }
 
 /// The reply of `top_up` of `amount`.
-pub(super) fn top_up(value: Value, amount: u64) -> Result<TopUp, LedgerError> {
+pub(super) fn top_up(value: Value, amount: u64) -> Result<ToppedUp, LedgerError> {
     let mut reply = Reply::new(TOP_UP.name, value)?;
     let result = match reply.string()?.as_str() {
-        "topped_up" => Ok(TopUp {
+        "topped_up" => Ok(ToppedUp {
             amount,
             replayed: reply.flag()?,
             available: reply.i64()?,
