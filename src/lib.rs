@@ -49,7 +49,7 @@
 //! ```
 //!
 //! Callers send `Authorization: Bearer <api key>`; register keys with
-//! [`Ledger::register_api_key`] and [`ApiKeyHash::of`]. The repository's README shows the
+//! [`LedgerAdmin::register_api_key`] and [`ApiKeyHash::of`]. The repository's README shows the
 //! quickstart (`cargo run --example quickstart`) and the responses it captured.
 //!
 //! # Feature flags

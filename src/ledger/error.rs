@@ -50,7 +50,7 @@ pub enum LedgerError {
         /// The ttl given.
         ttl: Duration,
     },
-    /// [`balance`](super::Ledger::balance) or [`usage`](super::Ledger::usage) of an
+    /// [`balance`](super::LedgerReports::balance) or [`usage`](super::LedgerReports::usage) of an
     /// account never topped up or configured (a reserve answers
     /// [`ReserveOutcome::UnknownAccount`](super::ReserveOutcome::UnknownAccount) instead).
     #[error("unknown account")]

@@ -1,6 +1,6 @@
 //! The checks every faithful ledger makes before it writes anything, public so a ledger
 //! written outside this crate makes the same ones (and refuses the same input with the
-//! same [`LedgerError`]).
+//! same [`LedgerError`](super::LedgerError)).
 //!
 //! Account and hold ids are checked when they are made ([`AccountId::new`](super::AccountId::new),
 //! [`HoldId::new`](super::HoldId::new)), so a ledger never sees an invalid one.
