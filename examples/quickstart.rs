@@ -7,7 +7,9 @@
 //! Listens on 127.0.0.1:3000 (`PORT` overrides) with two accounts: API key `demo-rich`
 //! (1000 credits, `DEMO_RICH_CREDITS` overrides) and `demo-poor` (5 credits), both warned
 //! below 100. `GET /v1/echo` costs 1, `POST /v1/generate` holds 50 and charges the JSON
-//! field `tokens`, `GET /health` is free. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
+//! field `tokens` (a `credits-max-cost` cap of at least 10 lowers the hold), `GET /v1/credits`
+//! answers the caller's balance and spend by route, `GET /health` is free. Any billed route
+//! answers a quote instead when sent `credits-quote: 1`. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
 //!
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart` keeps the balances in
 //! Redis instead; run two (with different `PORT`s) and they behave as two replicas.
@@ -18,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tower_credits::pricing::Pricing;
+use tower_credits::readout::CreditsReadout;
 use tower_credits::{
     AccountId, AccountSettings, AnyLedger, ApiKeyHash, Charge, CreditLayer, MemoryLedger,
     RedisLedger,
@@ -113,11 +116,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ledger = ledger().await?;
     seed(&ledger).await?;
 
-    let layer = CreditLayer::new(ledger)
+    let layer = CreditLayer::new(ledger.clone())
         .pricing(
             Pricing::new()
                 .route("GET /v1/echo", 1)
+                // Holds 50, runs with as little as 10 under a `credits-max-cost` cap.
                 .route("POST /v1/generate", 50)
+                .min_price(10)
+                .authenticated("GET /v1/credits")
                 .free("GET /health"),
         )
         .low_balance_threshold(100)
@@ -128,6 +134,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/v1/echo", get(echo))
         .route("/v1/generate", post(generate))
+        .route_service("/v1/credits", CreditsReadout::new(ledger))
         .route("/health", get(|| async { "ok\n" }))
         .layer(layer);
 
@@ -144,7 +151,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  curl -i -H 'Authorization: Bearer demo-rich' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 12}}' {base}/v1/generate"
     );
     println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 12}}' {base}/v1/generate   # 402");
-    println!("  curl -i -H 'Authorization: Bearer wrong-key' {base}/v1/echo   # 401\n");
+    println!("  curl -i -H 'Authorization: Bearer wrong-key' {base}/v1/echo   # 401");
+    println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Credits-Quote: 1' -X POST {base}/v1/generate   # quote");
+    println!("  curl -i -H 'Authorization: Bearer demo-rich' -H 'Credits-Max-Cost: 20' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 40}}' {base}/v1/generate   # capped at 20");
+    println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/credits   # balance and spend by route\n");
 
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -62,6 +62,7 @@
 //! | `tonic` | gRPC refusals with `google.rpc` rich details (`ErrorInfo`, `Help`) | `tonic`, `tonic-types` |
 //! | `redis` | [`RedisLedger`]: balances shared by every replica, on Redis or Redis Cluster | `redis` (tokio, connection manager, cluster) |
 //! | `test-util` | test helpers: the Redis clock offset, and the parser oracles the fuzz targets use | nothing |
+//! | `conformance` | [`conformance`]: the ledger conformance suite and its model check, for a ledger of your own (see [Writing a ledger](#writing-a-ledger)) | `proptest`, tokio's `rt-multi-thread` |
 //!
 //! # Code map
 //!
@@ -84,6 +85,40 @@
 //! see: headers, problem JSON, gRPC statuses), and `ledger/` (the [`Ledger`] contract,
 //! `memory.rs`, `runway.rs`, and `redis/` with one Lua script per operation).
 //!
+//! # Writing a ledger
+//!
+//! [`CreditLayer`] works with any store that implements the ledger contract, written in
+//! this crate or outside it, with only the public API:
+//!
+//! * three traits: [`Ledger`], the hot path the layer needs (`reserve`, `settle`, `extend`,
+//!   `lookup_api_key`; `commit` and `refund` are provided shorthands for `settle`),
+//!   [`LedgerAdmin`] (`top_up`, `configure`, `register_api_key`, `revoke_api_key`) and
+//!   [`LedgerReports`] (`balance`, `usage`). The [`ledger`] module docs state the contract:
+//!   holds, replays, tombstones, clamping, idempotent top-ups, the four error kinds,
+//!   conservation;
+//! * every operation takes a request struct ([`Reserve`], [`Settle`], [`Extend`],
+//!   [`TopUp`], [`Configure`]), read through its getters, so a field can be added later
+//!   without breaking a ledger;
+//! * the outcomes are made with constructors and then filled in ([`Held::new`],
+//!   [`Insufficient::new`], [`Settlement::new`], [`ToppedUp::new`],
+//!   [`RouteUsage::new`](ledger::RouteUsage::new), `Balance::default()`,
+//!   `Usage::default()`), since their structs are `#[non_exhaustive]`;
+//! * [`ledger::validate`] has the checks every faithful ledger makes before it writes
+//!   (amounts, totals, TTLs, routes, idempotency keys), so it refuses the same input with
+//!   the same [`LedgerError`]; [`ledger::runway`] has the burn-rate and runway math, so the
+//!   `credits-runway` header means the same on every ledger;
+//! * [`Ledger::Future`] names the future: [`std::future::Ready`] for a ledger that answers
+//!   at once, a boxed future for a networked one. [`BoxLedger`] erases a ledger's type.
+//!
+//! Then prove it: the `conformance` feature publishes the suite this crate's own ledgers
+//! pass ([`conformance`]: about forty cases and a proptest model check). Implement
+//! [`conformance::Harness`] for your ledger and expand
+//! `tower_credits::conformance_suite!(MyHarness);` in an integration test. The repository's
+//! `examples/custom_ledger/` writes a ledger from scratch on the public API (`TinyLedger`:
+//! one lock, expiring holds reclaimed in bounded steps, tombstones, top-up key claims, the
+//! low-balance latch, usage by route) and a decorator that records every operation of any
+//! ledger; `tests/conformance_example.rs` runs the suite on both.
+//!
 //! [tower]: https://docs.rs/tower
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -93,6 +128,9 @@ mod amount;
 mod api_key;
 mod charge;
 pub mod clock;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 #[cfg(any(fuzzing, feature = "test-util"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -100,6 +138,7 @@ pub mod ledger;
 mod middleware;
 pub mod outage;
 pub mod pricing;
+pub mod readout;
 mod wire;
 
 pub use amount::MAX_AMOUNT;

@@ -39,6 +39,11 @@ pub enum Price {
     Free,
     /// Hold this many credits before the inner service runs; the actual cost may be lower.
     Hold(u64),
+    /// Resolve the caller's account (refusing unknown callers, as a billed route does) but
+    /// hold and charge nothing: for routes that serve the caller its own data, such as the
+    /// [readout](crate::readout). The handler finds the [`AccountId`](crate::AccountId) in
+    /// the request extensions.
+    Authenticated,
 }
 
 /// A priced request: how much to hold and under which route label it is accounted.
@@ -50,6 +55,9 @@ pub struct Priced {
     pub route: Option<Arc<str>>,
     /// What the route bills, when [`Pricing::protocol`] says; else the layer's.
     pub protocol: Option<Protocol>,
+    /// The least the route can run with, when it declared one ([`Pricing::min_price`]): a
+    /// `Credits-Max-Cost` at least this much lowers the hold to it.
+    pub min: Option<u64>,
 }
 
 type PriceFn = dyn Fn(&Method, &str) -> Price + Send + Sync;
@@ -75,6 +83,7 @@ struct Rule {
     pattern: Arc<str>,
     segments: Vec<Segment>,
     price: Price,
+    min: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -177,6 +186,41 @@ impl Pricing {
         self.rule(route, Price::Hold(credits))
     }
 
+    /// Declares that the route added last can run with as little as `credits`: a caller's
+    /// `Credits-Max-Cost` between this and the route's price lowers the hold to it (an AI
+    /// route can cut `max_tokens`); below it, the call is refused `412` before the handler
+    /// runs. A route without a minimum has its price as minimum, so a cap never makes a
+    /// fixed-price route cheaper.
+    ///
+    /// ```
+    /// use tower_credits::pricing::Pricing;
+    ///
+    /// let pricing = Pricing::new().route("POST /v1/generate", 50).min_price(10);
+    /// # let _ = pricing;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When no route was added yet, or the last route is not a [`Price::Hold`] of at least
+    /// `credits`.
+    pub fn min_price(mut self, credits: u64) -> Self {
+        let rule = self.rules.last_mut().expect("min_price follows a route");
+        match rule.price {
+            Price::Hold(price) if credits <= price => rule.min = Some(credits),
+            _ => panic!(
+                "min_price({credits}) on {:?}: the route must hold at least that much",
+                rule.pattern
+            ),
+        }
+        self
+    }
+
+    /// Lets requests matching `route` resolve the caller's account but hold nothing
+    /// ([`Price::Authenticated`]).
+    pub fn authenticated(self, route: &str) -> Self {
+        self.rule(route, Price::Authenticated)
+    }
+
     /// Lets requests matching `route` skip the ledger.
     pub fn free(self, route: &str) -> Self {
         self.rule(route, Price::Free)
@@ -260,6 +304,7 @@ impl Pricing {
             pattern: Arc::from(pattern),
             segments,
             price,
+            min: None,
         });
         Ok(self)
     }
@@ -293,6 +338,7 @@ impl Pricing {
                 price: rule.price,
                 route: Some(rule.pattern.clone()),
                 protocol,
+                min: rule.min,
             };
         }
         let price = match &self.fallback {
@@ -306,6 +352,7 @@ impl Pricing {
             price,
             route: None,
             protocol,
+            min: None,
         }
     }
 
@@ -315,10 +362,11 @@ impl Pricing {
         Priced {
             price: match self.unpriced {
                 Price::Hold(n) => Price::Hold(n),
-                Price::Free => Self::DEFAULT_UNPRICED,
+                Price::Free | Price::Authenticated => Self::DEFAULT_UNPRICED,
             },
             route: None,
             protocol,
+            min: None,
         }
     }
 

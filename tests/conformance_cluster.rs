@@ -5,7 +5,6 @@
 //! One cluster for the whole test binary (started on first use, kept in a `static`); every
 //! `ledger()` call gets a key prefix of its own, so no two cases share state.
 
-mod conformance;
 mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +13,7 @@ use std::time::Duration;
 
 use support::redis::RedisCluster;
 use tower_credits::clock::ManualClock;
+use tower_credits::conformance::Harness;
 use tower_credits::ledger::RedisLedger;
 
 fn cluster() -> &'static RedisCluster {
@@ -29,7 +29,7 @@ fn fresh_prefix() -> String {
 
 struct ClusterHarness;
 
-impl conformance::Harness for ClusterHarness {
+impl Harness for ClusterHarness {
     type L = RedisLedger;
 
     async fn ledger(&self) -> (RedisLedger, ManualClock) {
@@ -48,4 +48,4 @@ impl conformance::Harness for ClusterHarness {
     }
 }
 
-conformance::conformance_suite!(ClusterHarness);
+tower_credits::conformance_suite!(ClusterHarness);

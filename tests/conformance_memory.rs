@@ -1,15 +1,13 @@
 //! The ledger conformance suite, run against [`MemoryLedger`].
 
-mod conformance;
-mod support;
-
 use tower_credits::clock::ManualClock;
+use tower_credits::conformance::Harness;
 use tower_credits::MemoryLedger;
 
 /// Every call makes a new ledger on a new manual clock.
 struct MemoryHarness;
 
-impl conformance::Harness for MemoryHarness {
+impl Harness for MemoryHarness {
     type L = MemoryLedger;
 
     async fn ledger(&self) -> (MemoryLedger, ManualClock) {
@@ -19,4 +17,4 @@ impl conformance::Harness for MemoryHarness {
     }
 }
 
-conformance::conformance_suite!(MemoryHarness);
+tower_credits::conformance_suite!(MemoryHarness);

@@ -3,7 +3,6 @@
 //! One server for the whole test binary (started on first use, kept in a `static`); every
 //! `ledger()` call gets a key prefix of its own, so no two cases share state.
 
-mod conformance;
 mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +11,7 @@ use std::time::Duration;
 
 use support::redis::RedisServer;
 use tower_credits::clock::ManualClock;
+use tower_credits::conformance::Harness;
 use tower_credits::ledger::RedisLedger;
 
 fn server() -> &'static RedisServer {
@@ -27,7 +27,7 @@ fn fresh_prefix() -> String {
 
 struct RedisHarness;
 
-impl conformance::Harness for RedisHarness {
+impl Harness for RedisHarness {
     type L = RedisLedger;
 
     async fn ledger(&self) -> (RedisLedger, ManualClock) {
@@ -46,4 +46,4 @@ impl conformance::Harness for RedisHarness {
     }
 }
 
-conformance::conformance_suite!(RedisHarness);
+tower_credits::conformance_suite!(RedisHarness);

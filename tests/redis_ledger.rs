@@ -172,7 +172,7 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
     // The exact text the ledger loads: the generated prelude, lib.lua, the script.
     let reserve = &RedisLedger::script_source("reserve").expect("reserve script");
     let top_up = &RedisLedger::script_source("top_up").expect("top_up script");
-    let good_reserve = ["0", "3600000", "h1", "5", "60000", "", ""];
+    let good_reserve = ["0", "3600000", "h1", "5", "60000", "", "", ""];
     let bad_reserves: Vec<(usize, &str)> = vec![
         (0, "-1"),
         (1, "1e3"),
@@ -193,6 +193,9 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
         (5, "\u{85}"),
         (5, "r".repeat(257).leak()),
         (6, "two"),
+        (7, "-1"),
+        (7, "1e3"),
+        (7, "9007199254740992"),
     ];
     for (i, bad) in bad_reserves {
         let mut args = good_reserve.to_vec();

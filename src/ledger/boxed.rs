@@ -48,6 +48,24 @@ impl fmt::Debug for BoxLedger {
     }
 }
 
+/// Reports of any ledger, behind a reference: what the layer's quotes and readouts use
+/// (see [`Ledger::reports`]). Implemented for every [`LedgerReports`].
+pub trait DynReports: Send + Sync {
+    /// [`LedgerReports::balance`], boxed.
+    fn balance_boxed(&self, account: &AccountId) -> BoxLedgerFuture<Balance>;
+    /// [`LedgerReports::usage`], boxed.
+    fn usage_boxed(&self, account: &AccountId) -> BoxLedgerFuture<Usage>;
+}
+
+impl<L: LedgerReports> DynReports for L {
+    fn balance_boxed(&self, account: &AccountId) -> BoxLedgerFuture<Balance> {
+        Box::pin(LedgerReports::balance(self, account))
+    }
+    fn usage_boxed(&self, account: &AccountId) -> BoxLedgerFuture<Usage> {
+        Box::pin(LedgerReports::usage(self, account))
+    }
+}
+
 /// The object-safe side of the three ledger traits.
 trait Erased: Send + Sync + 'static {
     fn reserve(&self, reserve: Reserve) -> BoxLedgerFuture<ReserveOutcome>;
@@ -109,6 +127,9 @@ impl Ledger for BoxLedger {
     }
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         self.inner.lookup_api_key(key)
+    }
+    fn reports(&self) -> Option<&dyn DynReports> {
+        Some(self)
     }
 }
 

@@ -471,6 +471,9 @@ impl MemoryLedger {
 
     fn do_reserve(&self, r: Reserve) -> Result<ReserveOutcome, LedgerError> {
         check_amount(r.amount)?;
+        if let Some(min) = r.min_amount {
+            check_amount(min)?;
+        }
         let ttl_ms = check_ttl(r.ttl)?;
         if let Some(route) = &r.route {
             check_route(route)?;
@@ -493,20 +496,26 @@ impl MemoryLedger {
                 return Ok(ReserveOutcome::Closed(already(how)));
             }
             let spendable = state.available() as i128 + state.credit_limit as i128;
-            if (r.amount as i128) > spendable {
+            // All of it, or (with a minimum) what the account can afford down to it.
+            let least = r.min_amount.unwrap_or(r.amount).min(r.amount);
+            let amount = if (r.amount as i128) <= spendable {
+                r.amount
+            } else if (least as i128) <= spendable {
+                spendable as u64
+            } else {
                 return Ok(ReserveOutcome::Insufficient(Insufficient {
-                    required: r.amount,
+                    required: least,
                     available: state.available(),
                     credit_limit: state.credit_limit,
                 }));
-            }
+            };
             if let Some(limit) = max_open {
                 if state.open_holds() as u64 >= limit {
                     return Ok(ReserveOutcome::TooManyHolds { limit });
                 }
             }
             // committed + held can reach topped_up + credit_limit: keep both in range.
-            let held = checked_total(state.held, r.amount)?;
+            let held = checked_total(state.held, amount)?;
             checked_total(state.committed, held)?;
             let expires_at_ms = now + ttl_ms;
             state.held = held;
@@ -515,13 +524,13 @@ impl MemoryLedger {
             activity.holds.insert(
                 r.hold_id,
                 OpenHold {
-                    amount: r.amount,
+                    amount,
                     expires_at_ms,
                     route: r.route,
                 },
             );
             Ok(ReserveOutcome::Held(Held {
-                amount: r.amount,
+                amount,
                 available: state.available(),
                 credit_limit: state.credit_limit,
                 low_balance_threshold: state.threshold,
@@ -719,6 +728,10 @@ impl Ledger for MemoryLedger {
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         ready(Ok(self.inner.api_keys.read().get(key).cloned()))
+    }
+
+    fn reports(&self) -> Option<&dyn super::DynReports> {
+        Some(self)
     }
 }
 

@@ -48,7 +48,7 @@ pub mod validate;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisLedger, RedisLedgerBuilder};
-pub use boxed::{BoxLedger, BoxLedgerFuture};
+pub use boxed::{BoxLedger, BoxLedgerFuture, DynReports};
 pub use error::{ErrorKind, LedgerError};
 pub(crate) use ids::{check_idempotency_key, check_route};
 pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
@@ -114,6 +114,13 @@ pub trait Ledger: Clone + Send + Sync + 'static {
 
     /// The account an API key belongs to.
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>>;
+
+    /// This ledger's reports, when it has them: what lets the layer answer quotes
+    /// (`Credits-Quote`) with the caller's balance. A ledger that implements
+    /// [`LedgerReports`] returns `Some(self)`; the default is `None` (quotes answer `501`).
+    fn reports(&self) -> Option<&dyn DynReports> {
+        None
+    }
 
     /// Shorthand for `settle(Settle::commit(account, hold, actual))`.
     fn commit(&self, account: &AccountId, hold: &HoldId, actual: u64) -> Self::Future<Settlement> {
@@ -230,6 +237,9 @@ impl Ledger for AnyLedger {
     }
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         dispatch!(self, l => l.lookup_api_key(key))
+    }
+    fn reports(&self) -> Option<&dyn DynReports> {
+        Some(self)
     }
 }
 

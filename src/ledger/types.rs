@@ -28,6 +28,7 @@ pub struct Reserve {
     pub(crate) amount: u64,
     pub(crate) ttl: Duration,
     pub(crate) route: Option<Arc<str>>,
+    pub(crate) min_amount: Option<u64>,
 }
 
 impl Reserve {
@@ -39,7 +40,23 @@ impl Reserve {
             amount,
             ttl: DEFAULT_HOLD_TTL,
             route: None,
+            min_amount: None,
         }
+    }
+
+    /// Holds what the account can afford, down to `credits`, when it cannot afford the
+    /// whole `amount`: the ledger holds `min(amount, available + credit_limit)` if that is
+    /// at least `credits`, in the same atomic step (no read-then-reserve race), and
+    /// [`Held::amount`] says what was held. Without it (the default), a reserve holds the
+    /// whole amount or nothing.
+    pub fn min_amount(mut self, credits: u64) -> Self {
+        self.min_amount = Some(credits);
+        self
+    }
+
+    /// The least this reserve may hold, if it may hold less than [`amount`](Self::amount).
+    pub fn least_amount(&self) -> Option<u64> {
+        self.min_amount
     }
 
     /// How long the hold lives unless settled or extended (default 60 s).

@@ -16,7 +16,10 @@ use crate::charge::Charge;
 use crate::ledger::{
     AccountId, HoldId, Insufficient, Ledger, LedgerError, Reserve, ReserveOutcome,
 };
+use crate::ledger::{Balance, BoxLedgerFuture};
 use crate::outage::{OutagePolicy, Stats};
+use crate::wire::headers::InvalidHeader;
+use crate::wire::quote::Quote;
 use crate::wire::{grpc, headers, problem};
 
 use super::body::{BodySettle, ResponseBody};
@@ -84,24 +87,59 @@ pin_project! {
             expires: Instant,
         },
         PassThrough { #[pin] fut: F },
+        Quote {
+            fut: BoxLedgerFuture<Balance>,
+            min_price: Option<u64>,
+            amount: u64,
+        },
         Refused { refusal: Refusal },
         Done,
     }
 }
 
 /// What is being billed, carried from `call` to the reserve.
-struct Billing {
+pub(crate) struct Billing {
     hold_id: HoldId,
     amount: u64,
+    /// A ranged route: hold what the account can afford, down to this.
+    min_amount: Option<u64>,
     route: Option<Arc<str>>,
+    intent: Intent,
+}
+
+/// What the request wants once its account is known.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Intent {
+    /// Hold `amount` and run the call.
+    Hold,
+    /// Answer what the call would cost, without running it.
+    Quote { min_price: Option<u64> },
+    /// Run the call with nothing held: the handler finds the `AccountId` in the extensions.
+    Authenticate,
 }
 
 impl Billing {
-    fn new(amount: u64, route: Option<Arc<str>>) -> Self {
+    /// Lets the hold shrink to what the account can afford, down to `least`.
+    pub(crate) fn min_amount(mut self, least: Option<u64>) -> Self {
+        self.min_amount = least.filter(|&least| least < self.amount);
+        self
+    }
+}
+
+impl Intent {
+    pub(crate) fn is_quote(self) -> bool {
+        matches!(self, Intent::Quote { .. })
+    }
+}
+
+impl Billing {
+    pub(crate) fn new(amount: u64, route: Option<Arc<str>>, intent: Intent) -> Self {
         Self {
             hold_id: HoldId::generate(),
             amount,
+            min_amount: None,
             route,
+            intent,
         }
     }
 }
@@ -109,7 +147,8 @@ impl Billing {
 /// A refusal, built into a response once the response body type is known.
 pub(crate) enum Refusal {
     Unauthorized(Unauthorized),
-    Insufficient(AccountId, Insufficient),
+    /// Not enough credits for even the least the call runs with; and the full price.
+    Insufficient(AccountId, Insufficient, u64),
     TooManyHolds(u64),
     Unavailable,
     /// Billing failed on our side (not an outage): `500`.
@@ -118,6 +157,18 @@ pub(crate) enum Refusal {
     LedgerBusy,
     /// The handler ran past the hold lifetime cap and was cancelled.
     LifetimeExceeded(std::time::Duration),
+    /// A billing request header the layer reads is malformed.
+    InvalidHeader(InvalidHeader),
+    /// The caller's spend cap is below the least the route runs with.
+    MaxCostExceeded {
+        price: u64,
+        min_price: Option<u64>,
+        max_cost: u64,
+    },
+    /// A quote, though the ledger cannot report balances.
+    QuotesUnsupported,
+    /// Not a refusal: the answer to a quote of a free route.
+    FreeQuote,
 }
 
 impl<S, ReqBody, L> fmt::Debug for ResponseFuture<S, ReqBody, L>
@@ -193,16 +244,10 @@ where
         protocol: Protocol,
         req: Request<ReqBody>,
         account: AccountId,
-        (amount, route): (u64, Option<Arc<str>>),
+        billing: Billing,
     ) -> Self {
-        let billing = Billing::new(amount, route);
-        let fut = reserve_call(&shared, &account, &billing);
-        let state = State::Reserve {
-            fut,
-            req,
-            billing,
-            account,
-        };
+        let mut inner = inner;
+        let state = after_account(&shared, &mut inner, req, billing, account);
         Self::new(shared, inner, protocol, state)
     }
 
@@ -212,10 +257,9 @@ where
         protocol: Protocol,
         req: Request<ReqBody>,
         (hash, lead): (ApiKeyHash, LookupLead),
-        (amount, route): (u64, Option<Arc<str>>),
+        billing: Billing,
     ) -> Self {
         let fut = shared.ledger.lookup_api_key(&hash);
-        let billing = Billing::new(amount, route);
         let state = State::LookUp {
             fut,
             hash,
@@ -233,9 +277,8 @@ where
         protocol: Protocol,
         req: Request<ReqBody>,
         (hash, wait): (ApiKeyHash, Follower),
-        (amount, route): (u64, Option<Arc<str>>),
+        billing: Billing,
     ) -> Self {
-        let billing = Billing::new(amount, route);
         let state = State::AwaitLookUp {
             wait,
             hash,
@@ -246,6 +289,47 @@ where
     }
 }
 
+/// Once the account is known: hold (the usual case), quote, or pass with nothing held.
+fn after_account<S, ReqBody, L>(
+    shared: &Shared<L>,
+    inner: &mut S,
+    mut req: Request<ReqBody>,
+    billing: Billing,
+    account: AccountId,
+) -> State<S::Future, ReqBody, L>
+where
+    S: Service<Request<ReqBody>>,
+    L: Ledger,
+{
+    match billing.intent {
+        Intent::Hold => {
+            let fut = reserve_call(shared, &account, &billing);
+            State::Reserve {
+                fut,
+                req,
+                billing,
+                account,
+            }
+        }
+        Intent::Quote { min_price } => match shared.ledger.reports() {
+            Some(reports) => State::Quote {
+                fut: reports.balance_boxed(&account),
+                min_price,
+                amount: billing.amount,
+            },
+            None => State::Refused {
+                refusal: Refusal::QuotesUnsupported,
+            },
+        },
+        Intent::Authenticate => {
+            req.extensions_mut().insert(account);
+            State::PassThrough {
+                fut: inner.call(req),
+            }
+        }
+    }
+}
+
 fn reserve_call<L: Ledger>(
     shared: &Shared<L>,
     account: &AccountId,
@@ -253,6 +337,9 @@ fn reserve_call<L: Ledger>(
 ) -> L::Future<ReserveOutcome> {
     let mut reserve =
         Reserve::new(account.clone(), billing.hold_id.clone(), billing.amount).ttl(shared.hold_ttl);
+    if let Some(least) = billing.min_amount {
+        reserve = reserve.min_amount(least);
+    }
     if let Some(route) = &billing.route {
         reserve = reserve.route(route.clone());
     }
@@ -365,17 +452,19 @@ where
                     });
                     let next = match found {
                         Ok(Some(account)) => {
-                            let fut = reserve_call(shared, &account, &billing);
-                            State::Reserve {
-                                fut,
-                                req,
-                                billing,
-                                account,
-                            }
+                            after_account(shared, this.inner, req, billing, account)
                         }
                         Ok(None) => State::Refused {
                             refusal: Refusal::Unauthorized(Unauthorized::UnknownKey),
                         },
+                        // A quote never runs the call, so it is never served unbilled.
+                        Err(error) if billing.intent.is_quote() => {
+                            let refusal = match ledger_failed(shared, &mut req, &error, None, 0) {
+                                AfterError::Refuse(refusal) => refusal,
+                                AfterError::ServeUnbilled => Refusal::Unavailable,
+                            };
+                            State::Refused { refusal }
+                        }
                         Err(error) => {
                             match ledger_failed(shared, &mut req, &error, None, billing.amount) {
                                 AfterError::Refuse(refusal) => State::Refused { refusal },
@@ -398,13 +487,7 @@ where
                     };
                     let next = match answer {
                         Answer::Found(Some(account)) => {
-                            let fut = reserve_call(shared, &account, &billing);
-                            State::Reserve {
-                                fut,
-                                req,
-                                billing,
-                                account,
-                            }
+                            after_account(shared, this.inner, req, billing, account)
                         }
                         Answer::Found(None) => State::Refused {
                             refusal: Refusal::Unauthorized(Unauthorized::UnknownKey),
@@ -417,7 +500,7 @@ where
                         }
                         Answer::Outage => {
                             Stats::add(&shared.stats.outages, 1);
-                            if serves_unbilled(shared.outage, None) {
+                            if serves_unbilled(shared.outage, None) && !billing.intent.is_quote() {
                                 serve_unbilled(shared, &mut req, None, billing.amount);
                                 State::PassThrough {
                                     fut: this.inner.call(req),
@@ -494,15 +577,16 @@ where
                             continue;
                         }
                         Ok(ReserveOutcome::Insufficient(refusal)) => {
-                            Refusal::Insufficient(account, refusal)
+                            Refusal::Insufficient(account, refusal, billing.amount)
                         }
                         Ok(ReserveOutcome::UnknownAccount) => Refusal::Insufficient(
                             account,
                             Insufficient {
-                                required: billing.amount,
+                                required: billing.min_amount.unwrap_or(billing.amount),
                                 available: 0,
                                 credit_limit: 0,
                             },
+                            billing.amount,
                         ),
                         Ok(ReserveOutcome::TooManyHolds { limit }) => Refusal::TooManyHolds(limit),
                         Ok(other) => {
@@ -588,6 +672,44 @@ where
                         }
                     });
                 }
+                StateProj::Quote {
+                    fut,
+                    min_price,
+                    amount,
+                } => {
+                    let balance = ready!(fut.as_mut().poll(cx));
+                    let (min_price, amount) = (*min_price, *amount);
+                    record(&shared.breaker, &balance);
+                    let balance = match balance {
+                        Ok(balance) => balance,
+                        // Never topped up or configured: nothing to spend.
+                        Err(LedgerError::UnknownAccount) => Balance::default(),
+                        Err(error) => {
+                            let mut req = Request::new(());
+                            let refusal = match ledger_failed(shared, &mut req, &error, None, 0) {
+                                AfterError::Refuse(refusal) => refusal,
+                                // A quote is never served unbilled: there is nothing to serve.
+                                AfterError::ServeUnbilled => Refusal::Unavailable,
+                            };
+                            this.state.set(State::Refused { refusal });
+                            continue;
+                        }
+                    };
+                    this.state.set(State::Done);
+                    let quote = Quote {
+                        price: amount,
+                        min_price,
+                        available: Some(balance.available),
+                        credit_limit: balance.credit_limit,
+                        threshold: balance
+                            .low_balance_threshold
+                            .or(shared.low_balance_threshold),
+                        runway_secs: balance.runway_secs,
+                        price_version: shared.pricing.version_header().cloned(),
+                    };
+                    let response = quote.into_response(&shared.headers);
+                    return Poll::Ready(Ok(response.map(ResponseBody::refusal)));
+                }
                 StateProj::Refused { .. } => {
                     let StateOwned::Refused { refusal } =
                         this.state.as_mut().project_replace(State::Done)
@@ -611,12 +733,28 @@ fn refuse<L: Ledger, B>(
     let ctx = shared.problem_ctx(protocol.is_grpc());
     let mut response = match refusal {
         Refusal::Unauthorized(why) => problem::unauthorized(&ctx, &why),
-        Refusal::Insufficient(account, i) => problem::insufficient(&ctx, &account, &i),
+        Refusal::Insufficient(account, i, price) => {
+            problem::insufficient(&ctx, &account, &i, price)
+        }
         Refusal::TooManyHolds(limit) => problem::too_many_holds(&ctx, limit),
         Refusal::Unavailable => problem::unavailable(&ctx),
         Refusal::LifetimeExceeded(lifetime) => problem::lifetime_exceeded(&ctx, lifetime),
         Refusal::BillingError => problem::billing_error(&ctx),
         Refusal::LedgerBusy => problem::ledger_busy(&ctx),
+        Refusal::InvalidHeader(bad) => {
+            problem::invalid_header(&ctx, bad.name.as_str(), bad.expected)
+        }
+        Refusal::MaxCostExceeded {
+            price,
+            min_price,
+            max_cost,
+        } => problem::max_cost_exceeded(&ctx, price, min_price, max_cost),
+        Refusal::QuotesUnsupported => problem::quotes_unsupported(&ctx),
+        Refusal::FreeQuote => Quote {
+            price_version: shared.pricing.version_header().cloned(),
+            ..Quote::default()
+        }
+        .into_response(&shared.headers),
     };
     if protocol == Protocol::GrpcWeb {
         // A trailers-only gRPC-Web response: the status in the headers, an empty body.

@@ -7,7 +7,7 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::config::{BillingErrorKind, Shared};
-use super::future::{Refusal, ResponseFuture};
+use super::future::{Billing, Intent, Refusal, ResponseFuture};
 use super::layer::CreditLayer;
 use super::lookups::Lookup;
 use crate::account::{RequestView, Resolution};
@@ -15,6 +15,7 @@ use crate::amount::MAX_AMOUNT;
 use crate::ledger::Ledger;
 use crate::outage::Stats;
 use crate::pricing::Price;
+use crate::wire::headers::CallerAsks;
 
 /// The service made by a [`CreditLayer`]: bills each request, then calls `S`.
 pub struct CreditService<S, L: Ledger> {
@@ -91,10 +92,27 @@ where
             .price(req.method(), req.uri().path(), matched_path(&req));
         // Server configuration, never the request's content type.
         let protocol = priced.protocol.unwrap_or(shared.protocol);
-        let amount = match priced.price {
+        // What the caller asks of billing: a quote, a spend cap.
+        let asks = match CallerAsks::read(req.headers(), &shared.headers) {
+            Ok(asks) => asks,
+            Err(bad) => {
+                let refusal = Refusal::InvalidHeader(bad);
+                return ResponseFuture::refused(shared.clone(), inner, protocol, refusal);
+            }
+        };
+        let (amount, intent) = match priced.price {
+            Price::Free if asks.quote => {
+                let refusal = Refusal::FreeQuote;
+                return ResponseFuture::refused(shared.clone(), inner, protocol, refusal);
+            }
             Price::Free => {
                 return ResponseFuture::pass_through(shared.clone(), inner, protocol, req)
             }
+            Price::Authenticated if asks.quote => {
+                let refusal = Refusal::FreeQuote;
+                return ResponseFuture::refused(shared.clone(), inner, protocol, refusal);
+            }
+            Price::Authenticated => (0, Intent::Authenticate),
             Price::Hold(amount) if amount > MAX_AMOUNT => {
                 // A pricing closure's bug, not an outage: no ledger call, no retry.
                 let detail = format!("price {amount} for {} {}", req.method(), req.uri().path());
@@ -102,7 +120,30 @@ where
                 let refusal = Refusal::BillingError;
                 return ResponseFuture::refused(shared.clone(), inner, protocol, refusal);
             }
-            Price::Hold(amount) => amount,
+            Price::Hold(price) => {
+                // A cap never makes a route cheaper than the least it runs with.
+                let least = priced.min.unwrap_or(price);
+                let amount = match asks.max_cost {
+                    Some(max_cost) if max_cost < least => {
+                        let refusal = Refusal::MaxCostExceeded {
+                            price,
+                            min_price: priced.min,
+                            max_cost,
+                        };
+                        return ResponseFuture::refused(shared.clone(), inner, protocol, refusal);
+                    }
+                    Some(max_cost) => price.min(max_cost),
+                    None => price,
+                };
+                let intent = if asks.quote {
+                    Intent::Quote {
+                        min_price: priced.min,
+                    }
+                } else {
+                    Intent::Hold
+                };
+                (amount, intent)
+            }
         };
         let view = RequestView {
             method: req.method(),
@@ -129,10 +170,16 @@ where
         if !allowed {
             // The ledger is known to be down: answer now instead of waiting out a timeout.
             Stats::add(&shared.stats.breaker_fast_failures, 1);
+            if intent.is_quote() {
+                // A quote never runs the call: nothing to serve unbilled.
+                Stats::add(&shared.stats.outages, 1);
+                let refusal = Refusal::Unavailable;
+                return ResponseFuture::refused(shared.clone(), inner, protocol, refusal);
+            }
             let account = account.ok();
             return ResponseFuture::outage(shared.clone(), inner, protocol, req, account, amount);
         }
-        let billing = (amount, priced.route);
+        let billing = Billing::new(amount, priced.route, intent).min_amount(priced.min);
         match account {
             Ok(account) => {
                 ResponseFuture::reserve(shared.clone(), inner, protocol, req, account, billing)

@@ -16,8 +16,10 @@ use crate::ledger::{AccountId, Insufficient};
 pub(crate) enum GrpcCode {
     #[cfg_attr(feature = "tonic", allow(dead_code))]
     FailedPrecondition = 9,
+    InvalidArgument = 3,
     DeadlineExceeded = 4,
     ResourceExhausted = 8,
+    Unimplemented = 12,
     Internal = 13,
     Unauthenticated = 16,
     Unavailable = 14,
@@ -107,6 +109,41 @@ pub(super) fn grpc_insufficient(
     _: &ProblemCtx<'_>,
     _: &AccountId,
     _: &Insufficient,
+    _: u64,
+    detail: String,
+) -> Refusal {
+    grpc_refusal(GrpcCode::FailedPrecondition, &detail)
+}
+
+#[cfg(feature = "tonic")]
+pub(super) fn grpc_max_cost_exceeded(
+    _: &ProblemCtx<'_>,
+    price: u64,
+    min_price: Option<u64>,
+    max_cost: u64,
+    detail: String,
+) -> Refusal {
+    use std::collections::HashMap;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    let metadata = HashMap::from([
+        ("price".to_owned(), price.to_string()),
+        (
+            "min_price".to_owned(),
+            min_price.unwrap_or(price).to_string(),
+        ),
+        ("max_cost".to_owned(), max_cost.to_string()),
+    ]);
+    let details = ErrorDetails::with_error_info("MAX_COST_EXCEEDED", "tower-credits", metadata);
+    tonic::Status::with_error_details(tonic::Code::FailedPrecondition, detail, details)
+        .into_http::<Option<Bytes>>()
+}
+
+#[cfg(not(feature = "tonic"))]
+pub(super) fn grpc_max_cost_exceeded(
+    _: &ProblemCtx<'_>,
+    _: u64,
+    _: Option<u64>,
     _: u64,
     detail: String,
 ) -> Refusal {

@@ -18,6 +18,13 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// | `credits-hold-id` | cost settles at body end | the open hold's id |
 /// | `credits-price-version` | the pricing has a version | that version |
 ///
+/// And two request headers callers send:
+///
+/// | default | value | effect |
+/// |---|---|---|
+/// | `credits-quote` | `1` | answer the price and whether it is affordable, without running the call |
+/// | `credits-max-cost` | digits, at most [`MAX_AMOUNT`](crate::MAX_AMOUNT) | the most this call may be charged |
+///
 /// ```
 /// use tower_credits::CreditHeaders;
 ///
@@ -33,6 +40,8 @@ pub struct CreditHeaders {
     pub(crate) runway: HeaderName,
     pub(crate) hold_id: HeaderName,
     pub(crate) price_version: HeaderName,
+    pub(crate) quote: HeaderName,
+    pub(crate) max_cost: HeaderName,
 }
 
 impl Default for CreditHeaders {
@@ -45,6 +54,8 @@ impl Default for CreditHeaders {
             runway: HeaderName::from_static("credits-runway"),
             hold_id: HeaderName::from_static("credits-hold-id"),
             price_version: HeaderName::from_static("credits-price-version"),
+            quote: HeaderName::from_static("credits-quote"),
+            max_cost: HeaderName::from_static("credits-max-cost"),
         }
     }
 }
@@ -82,6 +93,10 @@ setter! {
     hold_id,
     /// Renames `credits-price-version`.
     price_version,
+    /// Renames the request header `credits-quote`.
+    quote,
+    /// Renames the request header `credits-max-cost`.
+    max_cost,
 }
 
 // Header values are cut from a per-thread buffer. `HeaderValue::from(u64)` allocates twice
@@ -124,6 +139,69 @@ fn cut(write: impl FnOnce(&mut BytesMut)) -> HeaderValue {
         HeaderValue::from_maybe_shared(buf.split().freeze())
             .expect("figures and warnings are visible ASCII")
     })
+}
+
+/// What a caller asked of billing in its request headers.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CallerAsks {
+    /// `credits-quote: 1`: price the call, do not run it.
+    pub(crate) quote: bool,
+    /// `credits-max-cost: N`: the most this call may be charged.
+    pub(crate) max_cost: Option<u64>,
+}
+
+/// A request header the layer reads that holds something it cannot accept.
+#[derive(Debug, Clone)]
+pub(crate) struct InvalidHeader {
+    pub(crate) name: HeaderName,
+    pub(crate) expected: &'static str,
+}
+
+impl CallerAsks {
+    pub(crate) fn read(headers: &HeaderMap, names: &CreditHeaders) -> Result<Self, InvalidHeader> {
+        let mut asks = Self::default();
+        let one = |name: &HeaderName, expected| {
+            let mut values = headers.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (None, _) => Ok(None),
+                (Some(value), None) => Ok(Some(value.as_bytes())),
+                (Some(_), Some(_)) => Err(InvalidHeader {
+                    name: name.clone(),
+                    expected,
+                }),
+            }
+        };
+        const QUOTE: &str = "`1`, once";
+        if let Some(value) = one(&names.quote, QUOTE)? {
+            if value != b"1" {
+                return Err(InvalidHeader {
+                    name: names.quote.clone(),
+                    expected: QUOTE,
+                });
+            }
+            asks.quote = true;
+        }
+        const MAX_COST: &str =
+            "a whole number of credits (digits only, at most 9007199254740991), once";
+        if let Some(value) = one(&names.max_cost, MAX_COST)? {
+            let invalid = || InvalidHeader {
+                name: names.max_cost.clone(),
+                expected: MAX_COST,
+            };
+            if value.is_empty() || value.len() > 16 || !value.iter().all(u8::is_ascii_digit) {
+                return Err(invalid());
+            }
+            let n: u64 = std::str::from_utf8(value)
+                .expect("digits")
+                .parse()
+                .map_err(|_| invalid())?;
+            if n > crate::MAX_AMOUNT {
+                return Err(invalid());
+            }
+            asks.max_cost = Some(n);
+        }
+        Ok(asks)
+    }
 }
 
 /// Writes the figures of a settled request: cost, hold, remaining, the warning and the
@@ -172,6 +250,45 @@ pub(crate) fn write_warning(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn asks(pairs: &[(&'static str, &'static str)]) -> Result<CallerAsks, InvalidHeader> {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        CallerAsks::read(&h, &CreditHeaders::default())
+    }
+
+    #[test]
+    fn caller_asks_are_strict() {
+        let none = asks(&[]).unwrap();
+        assert!(!none.quote && none.max_cost.is_none());
+        assert!(asks(&[("credits-quote", "1")]).unwrap().quote);
+        assert_eq!(
+            asks(&[("credits-max-cost", "0")]).unwrap().max_cost,
+            Some(0)
+        );
+        assert_eq!(
+            asks(&[("credits-max-cost", "9007199254740991")])
+                .unwrap()
+                .max_cost,
+            Some(crate::MAX_AMOUNT)
+        );
+        for bad in [
+            vec![("credits-quote", "yes")],
+            vec![("credits-quote", "1"), ("credits-quote", "1")],
+            vec![("credits-max-cost", "")],
+            vec![("credits-max-cost", "-1")],
+            vec![("credits-max-cost", "+5")],
+            vec![("credits-max-cost", " 5")],
+            vec![("credits-max-cost", "1e3")],
+            vec![("credits-max-cost", "9007199254740992")],
+            vec![("credits-max-cost", "99999999999999999999")],
+            vec![("credits-max-cost", "5"), ("credits-max-cost", "6")],
+        ] {
+            assert!(asks(&bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn values_cut_from_shared_buffers_keep_their_own_text() {

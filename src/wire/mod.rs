@@ -7,3 +7,4 @@
 pub(crate) mod grpc;
 pub(crate) mod headers;
 pub mod problem;
+pub(crate) mod quote;

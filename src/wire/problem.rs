@@ -7,6 +7,8 @@
 //! | too many open holds | `429` | `RESOURCE_EXHAUSTED` |
 //! | ledger down or slow | `503` + `Retry-After` | `UNAVAILABLE` |
 //! | too many unknown API keys being checked at once | `503` + `Retry-After: 1` (`ledger-busy`) | `UNAVAILABLE` |
+//! | a malformed `credits-quote` or `credits-max-cost` | `400` (`invalid-header`) | `INVALID_ARGUMENT` |
+//! | `credits-max-cost` below the least the route runs with | `412` (`max-cost-exceeded`, with `price`, `min_price`, `max_cost`) | `FAILED_PRECONDITION` + `ErrorInfo{reason: "MAX_COST_EXCEEDED"}` |
 //! | billing failed on our side (an unexpected ledger reply, a script error, a price out of range) | `500` (`billing-error`) | `INTERNAL` |
 //! | a handler ran past the hold lifetime cap | `504` (`hold-lifetime-exceeded`) | `DEADLINE_EXCEEDED` |
 //!
@@ -24,6 +26,8 @@
 //!   "required": 10,
 //!   "available": 3,
 //!   "shortfall": 7,
+//!   "price": 10,
+//!   "max_affordable": 0,
 //!   "top_up_url": "https://example.com/billing"
 //! }
 //! ```
@@ -32,7 +36,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{Map, Value};
 
-use super::grpc::{grpc_insufficient, grpc_refusal, GrpcCode};
+use super::grpc::{grpc_insufficient, grpc_max_cost_exceeded, grpc_refusal, GrpcCode};
 use crate::account::Unauthorized;
 use crate::ledger::{AccountId, Insufficient};
 
@@ -82,13 +86,26 @@ fn problem(
     response
 }
 
-fn shortfall_detail(required: u64, available: i64, credit_limit: u64, shortfall: u64) -> String {
+fn shortfall_detail(
+    required: u64,
+    price: Option<u64>,
+    available: i64,
+    credit_limit: u64,
+    shortfall: u64,
+) -> String {
     let credits = |n: i128| if n == 1 { "credit" } else { "credits" };
     let mut detail = format!(
         "This request costs {required} {}; {available} {} available",
         credits(required as i128),
         if available == 1 { "is" } else { "are" }
     );
+    if let Some(price) = price.filter(|&price| price > required) {
+        detail = format!(
+            "This request needs at least {required} {} (up to {price}); {available} {} available",
+            credits(required as i128),
+            if available == 1 { "is" } else { "are" }
+        );
+    }
     if credit_limit > 0 {
         detail.push_str(&format!(" with an overdraft of {credit_limit}"));
     }
@@ -100,10 +117,12 @@ pub(crate) fn insufficient(
     ctx: &ProblemCtx<'_>,
     account: &AccountId,
     refusal: &Insufficient,
+    price: u64,
 ) -> Refusal {
     let shortfall = refusal.shortfall();
     let mut detail = shortfall_detail(
         refusal.required,
+        Some(price),
         refusal.available,
         refusal.credit_limit,
         shortfall,
@@ -120,6 +139,20 @@ pub(crate) fn insufficient(
     extra.insert("required".into(), refusal.required.into());
     extra.insert("available".into(), refusal.available.into());
     extra.insert("shortfall".into(), shortfall.into());
+    // `required` is the least the call runs with; `price`, its full hold; what the account
+    // could hold now is below `required`, so nothing can be served.
+    extra.insert("price".into(), price.into());
+    let spendable = (refusal.available as i128 + refusal.credit_limit as i128).max(0);
+    let max_affordable = (price as i128).min(spendable) as u64;
+    extra.insert(
+        "max_affordable".into(),
+        if max_affordable < refusal.required {
+            0
+        } else {
+            max_affordable
+        }
+        .into(),
+    );
     if refusal.credit_limit > 0 {
         extra.insert("credit_limit".into(), refusal.credit_limit.into());
     }
@@ -196,6 +229,66 @@ pub(crate) fn lifetime_exceeded(ctx: &ProblemCtx<'_>, lifetime: std::time::Durat
     )
 }
 
+pub(crate) fn invalid_header(ctx: &ProblemCtx<'_>, name: &str, expected: &str) -> Refusal {
+    let detail =
+        format!("The `{name}` header is not valid: expected {expected}. Nothing was charged.");
+    if ctx.grpc {
+        return grpc_refusal(GrpcCode::InvalidArgument, &detail);
+    }
+    let mut extra = Map::new();
+    extra.insert("header".into(), name.into());
+    problem(
+        ctx,
+        StatusCode::BAD_REQUEST,
+        "invalid-header",
+        "Invalid header",
+        detail,
+        extra,
+    )
+}
+
+pub(crate) fn max_cost_exceeded(
+    ctx: &ProblemCtx<'_>,
+    price: u64,
+    min_price: Option<u64>,
+    max_cost: u64,
+) -> Refusal {
+    let least = min_price.unwrap_or(price);
+    let detail = format!(
+        "This request needs at least {least} credits to run, more than the {max_cost} your `credits-max-cost` allows. Nothing was charged."
+    );
+    if ctx.grpc {
+        return grpc_max_cost_exceeded(ctx, price, min_price, max_cost, detail);
+    }
+    let mut extra = Map::new();
+    extra.insert("price".into(), price.into());
+    extra.insert("min_price".into(), least.into());
+    extra.insert("max_cost".into(), max_cost.into());
+    problem(
+        ctx,
+        StatusCode::PRECONDITION_FAILED,
+        "max-cost-exceeded",
+        "Spend cap below the price",
+        detail,
+        extra,
+    )
+}
+
+pub(crate) fn quotes_unsupported(ctx: &ProblemCtx<'_>) -> Refusal {
+    let detail = "This service's ledger does not report balances, so it cannot quote.";
+    if ctx.grpc {
+        return grpc_refusal(GrpcCode::Unimplemented, detail);
+    }
+    problem(
+        ctx,
+        StatusCode::NOT_IMPLEMENTED,
+        "quotes-unsupported",
+        "Quotes unsupported",
+        detail.into(),
+        Map::new(),
+    )
+}
+
 pub(crate) fn billing_error(ctx: &ProblemCtx<'_>) -> Refusal {
     let detail = "Billing failed on our side; nothing was charged. This is not something a retry fixes: the service's operators have been told.";
     if ctx.grpc {
@@ -257,12 +350,16 @@ mod tests {
     #[test]
     fn detail_reads_well() {
         assert_eq!(
-            shortfall_detail(10, 3, 0, 7),
+            shortfall_detail(10, None, 3, 0, 7),
             "This request costs 10 credits; 3 are available, 7 short."
         );
         assert_eq!(
-            shortfall_detail(1, -5, 5, 1),
+            shortfall_detail(1, Some(1), -5, 5, 1),
             "This request costs 1 credit; -5 are available with an overdraft of 5, 1 short."
+        );
+        assert_eq!(
+            shortfall_detail(10, Some(50), 4, 0, 6),
+            "This request needs at least 10 credits (up to 50); 4 are available, 6 short."
         );
     }
 }

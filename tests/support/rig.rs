@@ -9,8 +9,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tower_credits::pricing::Pricing;
-use tower_credits::LedgerReports;
-use tower_credits::{AccountId, Balance};
+use tower_credits::Balance;
 
 /// How long a test waits on a condition before failing. Generous: it only bounds a hang
 /// on a loaded machine (tests run in parallel, Redis with `appendfsync always`).
@@ -73,12 +72,6 @@ pub fn pricing(routes: &[(&str, u64)]) -> Pricing {
     })
 }
 
-/// Whether `topped_up = available + held + committed` (in `i128`: no overflow can hide a
-/// break).
-pub fn is_conserved(b: &Balance) -> bool {
-    b.topped_up as i128 == b.available as i128 + b.held as i128 + b.committed as i128
-}
-
 /// Panics unless `b` is conserved: `topped_up = available + held + committed`.
 pub fn assert_balanced(b: &Balance) {
     assert!(
@@ -91,46 +84,7 @@ pub fn assert_balanced(b: &Balance) {
     );
 }
 
-/// The balance of `account`, after checking `topped_up = available + held + committed`.
-pub async fn assert_conserved<L: LedgerReports>(ledger: &L, account: &AccountId) -> Balance {
-    let b = ledger
-        .balance(account)
-        .await
-        .unwrap_or_else(|e| panic!("balance of {account}: {e}"));
-    assert!(is_conserved(&b), "conservation broken for {account}: {b:?}");
-    b
-}
-
-/// SplitMix64: small, seedable, good enough to pick outcomes and amounts. The same seed
-/// gives the same sequence, so a failing seed replays.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    /// One of `items` (not empty).
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.next() as usize % items.len()]
-    }
-}
+// The conservation check and the seeded generator are published with the conformance
+// suite (feature `conformance`, on for every test through the dev-dependency).
+#[allow(unused_imports)]
+pub use tower_credits::conformance::{assert_conserved, is_conserved, Rng};

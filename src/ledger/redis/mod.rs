@@ -285,6 +285,9 @@ impl RedisLedger {
 
     fn do_reserve(&self, r: Reserve) -> Result<RedisFuture<ReserveOutcome>, LedgerError> {
         check_amount(r.amount)?;
+        if let Some(min) = r.min_amount {
+            check_amount(min)?;
+        }
         let ttl_ms = check_ttl(r.ttl)?;
         if let Some(route) = &r.route {
             check_route(route)?;
@@ -301,7 +304,8 @@ impl RedisLedger {
                 .arg(r.amount)
                 .arg(ttl_ms)
                 .arg(r.route.as_deref().unwrap_or(""))
-                .arg(limit_arg);
+                .arg(limit_arg)
+                .arg(r.min_amount.map_or(String::new(), |m| m.to_string()));
         });
         let ledger = self.clone();
         Ok(Box::pin(async move {
@@ -471,6 +475,10 @@ impl Ledger for RedisLedger {
                 }),
             }
         })
+    }
+
+    fn reports(&self) -> Option<&dyn super::DynReports> {
+        Some(self)
     }
 }
 

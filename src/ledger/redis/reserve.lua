@@ -14,6 +14,7 @@
 -- ARGV[5]: hold ttl, ms (1 .. 86400000)
 -- ARGV[6]: route label ('' for none)
 -- ARGV[7]: most open holds allowed ('' for no limit)
+-- ARGV[8]: least amount to hold ('' for all or nothing)
 -- Returns one of:
 --   {'held', amount, available, credit_limit, threshold | -1, expires_at_ms, replayed 0|1,
 --    rate, rate_at_ms, now_ms}  (the burn rate as in settle.lua, for the runway)
@@ -36,6 +37,10 @@ if type(route) ~= 'string' or #route > 256 or string.find(route, '[%z\1-\31\127]
   bad('route')
 end
 local max_open = opt_uint_arg(7, 'max open holds')
+local least = opt_uint_arg(8, 'least amount')
+if not least or least > amount then
+  least = amount
+end
 
 local a, now = open_account(offset, grace)
 if not a then
@@ -52,9 +57,13 @@ local how = closed_how(id)
 if how then
   return { 'closed', already(how) }
 end
--- amount > available + credit_limit, written so that no sum leaves the exact range.
+-- amount > available + credit_limit, written so that no sum leaves the exact range. With a
+-- least amount, hold what the account can afford down to it, in this same atomic step.
 if amount - a.credit_limit > available(a) then
-  return { 'insufficient', amount, available(a), a.credit_limit }
+  if least - a.credit_limit > available(a) then
+    return { 'insufficient', least, available(a), a.credit_limit }
+  end
+  amount = available(a) + a.credit_limit
 end
 if max_open and redis.call('ZCARD', KEYS[3]) >= max_open then
   return { 'too_many_holds' }

@@ -72,7 +72,7 @@ macro_rules! spec {
 /// `reserve`: holds credits of one account.
 pub(super) static RESERVE: ScriptSpec = spec!(
     "reserve",
-    args: account_args!["hold id", "amount to hold", "hold ttl", "route label", "most open holds"],
+    args: account_args!["hold id", "amount to hold", "hold ttl", "route label", "most open holds", "least amount to hold"],
     reply: "{'held', amount, available, credit_limit, threshold | -1, expires_at_ms, replayed 0|1,
             rate, rate_at_ms, now_ms}
             {'insufficient', required, available, credit_limit}

@@ -1,61 +1,114 @@
-//! The ledger conformance suite: one set of cases, written against the [`Ledger`] trait,
-//! that every ledger must pass.
+//! The ledger conformance suite (feature `conformance`): one set of cases, written against
+//! the [`Ledger`], [`LedgerAdmin`] and [`LedgerReports`] traits, that every ledger must
+//! pass. [`MemoryLedger`](crate::MemoryLedger) and
+//! [`RedisLedger`](crate::ledger::RedisLedger) (on one server and on a Redis Cluster) run
+//! it in this crate's own tests; a ledger written outside this crate runs the very same
+//! cases.
 //!
-//! A test file brings its own [`Harness`] (how to make a fresh ledger and the clock that
-//! moves its time) and expands [`conformance_suite!`] with it:
+//! # Running it against your ledger
 //!
-//! ```ignore
-//! mod conformance;
+//! Turn the feature on for your tests, bring a [`Harness`] (how to make a fresh ledger,
+//! and the [`ManualClock`] that moves its time) and expand
+//! [`conformance_suite!`](crate::conformance_suite) with it in an integration test:
 //!
-//! struct MyHarness;
-//! impl conformance::Harness for MyHarness { /* ... */ }
-//!
-//! conformance::conformance_suite!(MyHarness);
+//! ```toml
+//! [dev-dependencies]
+//! tower-credits = { version = "0.1", features = ["conformance"] }
 //! ```
 //!
-//! Each case becomes its own `#[tokio::test]`. The cases never sleep: time moves only
-//! through [`ManualClock::advance`], and since a networked ledger may add its own real clock
-//! to the manual offset, a case never relies on time standing still between two calls.
-//! Holds that must stay open live at least 10 s, and holds that must expire are outlived by
-//! a clear margin.
+//! ```
+//! // tests/conformance.rs
+//! use tower_credits::clock::ManualClock;
+//! use tower_credits::conformance::Harness;
+//! use tower_credits::MemoryLedger; // your ledger here
+//!
+//! struct MyHarness;
+//!
+//! impl Harness for MyHarness {
+//!     type L = MemoryLedger;
+//!
+//!     async fn ledger(&self) -> (MemoryLedger, ManualClock) {
+//!         let clock = ManualClock::new();
+//!         (MemoryLedger::builder().clock(clock.clone()).build(), clock)
+//!     }
+//! }
+//!
+//! tower_credits::conformance_suite!(MyHarness);
+//! # fn main() {}
+//! ```
+//!
+//! Each case becomes its own `#[test]`, run on a two-worker multi-thread tokio runtime
+//! that the macro starts through this crate's own `tokio` (your crate needs no tokio
+//! dev-dependency for it; the feature turns on tokio's `rt-multi-thread`). `cargo test`
+//! then runs about forty cases, among them [`model_state_machine`]: random operation
+//! sequences compared step by step with a reference model, shrunk to a minimal sequence on
+//! failure (`PROPTEST_CASES` sets how many; 64 by default). The cases are also public
+//! functions, so a test may run one of them alone: `conformance::top_up_then_balance(&h).await`.
+//!
+//! # What the suite assumes of a ledger
+//!
+//! * Every [`Harness::ledger`] call gives a ledger with fresh, empty state, whose time is
+//!   the manual clock's (a networked ledger may add its own real clock to the manual
+//!   offset, as `RedisLedger` does: no case relies on time standing still between calls).
+//! * No limit on open holds (or one far above 64 per account).
+//! * A closed hold id is remembered at least 1 s and at most 5 s past its hold's expiry
+//!   (or its close, if later): [`MemoryLedger`](crate::MemoryLedger) keeps it 1 s, a
+//!   networked ledger its call timeout + 1 s. A refund tombstone of a never-seen id is
+//!   kept as long as the longest TTL reserved with (at least the default 60 s) + that grace.
+//! * Per-call deadlines of seconds, not milliseconds: the concurrency cases run 64 tasks.
+//!
+//! The cases never sleep: time moves only through [`ManualClock::advance`]. Holds that must
+//! stay open live at least 10 s, and holds that must expire are outlived by a clear margin.
+//! See `examples/custom_ledger/` in the repository for a ledger written from scratch
+//! against the public API, and the test that runs this suite on it.
 
 pub mod model;
 
-pub use crate::support::rig::assert_conserved;
-use crate::support::rig::Rng;
-
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower_credits::clock::{Clock, ManualClock, SystemClock};
-use tower_credits::ledger::MAX_HOLD_TTL;
-use tower_credits::{
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::ledger::MAX_HOLD_TTL;
+use crate::{
     AccountId, AccountSettings, ApiKeyHash, Balance, ErrorKind, Extended, Held, HoldId,
     Insufficient, Ledger, LedgerError, Reserve, ReserveOutcome, SettleOutcome, Settlement,
     MAX_AMOUNT,
 };
-use tower_credits::{Configure, Extend, LedgerAdmin, LedgerReports, TopUp};
+use crate::{Configure, Extend, LedgerAdmin, LedgerReports, TopUp};
 
 /// How the suite gets ledgers to test.
 pub trait Harness: Send + Sync + 'static {
     /// The ledger under test.
-    type L: tower_credits::Ledger + tower_credits::LedgerAdmin + tower_credits::LedgerReports;
-    /// A ledger with fresh, empty state (no accounts shared with any other call), and the ManualClock that moves its time.
-    fn ledger(
-        &self,
-    ) -> impl std::future::Future<Output = (Self::L, tower_credits::clock::ManualClock)> + Send;
+    type L: Ledger + LedgerAdmin + LedgerReports;
+
+    /// A ledger with fresh, empty state (no accounts, top-up keys or API keys shared with
+    /// any other call), and the [`ManualClock`] that moves its time.
+    fn ledger(&self) -> impl Future<Output = (Self::L, ManualClock)> + Send;
 }
 
-/// Expands into one `#[tokio::test]` per conformance case (and the model-based test),
-/// each calling `conformance::<case>(&$harness).await`.
+/// Expands into one `#[test]` per conformance case (and the model-based test), each
+/// running `tower_credits::conformance::<case>(&$harness)` on a fresh multi-thread tokio
+/// runtime. See the [module docs](crate::conformance) for an example.
 ///
 /// `$harness` is evaluated once per test, inside the test's async body, so it may be an
-/// `.await` expression. The invoking test crate must declare `mod conformance;` at its root.
+/// `.await` expression. Expand it once per module: the tests are named after the cases.
+#[macro_export]
 macro_rules! conformance_suite {
-    ($harness:expr) => {
-        $crate::conformance::conformance_suite!(@cases $harness;
+    (@cases $harness:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::run(async {
+                    $crate::conformance::$case(&$harness).await
+                })
+            }
+        )+
+    };
+    ($harness:expr $(,)?) => {
+        $crate::conformance_suite!(@cases $harness;
             top_up_then_balance,
             top_up_replay_is_idempotent,
             top_up_same_key_other_amount_conflicts,
@@ -64,6 +117,8 @@ macro_rules! conformance_suite {
             concurrent_top_ups_of_one_key_credit_one_account,
             reserve_holds_credits,
             reserve_insufficient_writes_nothing,
+            an_affordable_hold_takes_what_is_left_down_to_its_minimum,
+            concurrent_affordable_holds_never_overspend,
             reserve_unknown_account_creates_nothing,
             zero_amount_reserve_and_commit,
             max_amount_bounds,
@@ -95,18 +150,81 @@ macro_rules! conformance_suite {
             model_state_machine,
         );
     };
-    (@cases $harness:expr; $($case:ident),+ $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                $crate::conformance::$case(&$harness).await
-            }
-        )+
-    };
 }
-pub(crate) use conformance_suite;
 
 pub use model::model_state_machine;
+
+/// Runs one case to its end on a new two-worker multi-thread tokio runtime (with every
+/// driver on): what each test of [`conformance_suite!`](crate::conformance_suite) calls.
+pub fn run<F: Future>(case: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("start a tokio runtime for a conformance case")
+        .block_on(case)
+}
+
+// ---------------------------------------------------------------------------------------
+// Conservation and a seeded generator (also used by the crate's own tests)
+// ---------------------------------------------------------------------------------------
+
+/// Whether `topped_up = available + held + committed` (in `i128`: no overflow can hide a
+/// break).
+pub fn is_conserved(b: &Balance) -> bool {
+    b.topped_up as i128 == b.available as i128 + b.held as i128 + b.committed as i128
+}
+
+/// The balance of `account`, after checking `topped_up = available + held + committed`.
+///
+/// # Panics
+///
+/// When the balance cannot be read or is not conserved.
+pub async fn assert_conserved<L: LedgerReports>(ledger: &L, account: &AccountId) -> Balance {
+    let b = ledger
+        .balance(account)
+        .await
+        .unwrap_or_else(|e| panic!("balance of {account}: {e}"));
+    assert!(is_conserved(&b), "conservation broken for {account}: {b:?}");
+    b
+}
+
+/// SplitMix64: small, seedable, good enough to pick outcomes and amounts. The same seed
+/// gives the same sequence, so a failing seed replays.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    /// One of `items` (not empty).
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.next() as usize % items.len()]
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -449,6 +567,75 @@ pub async fn reserve_insufficient_writes_nothing<H: Harness>(h: &H) {
     assert!(!held.replayed);
     assert_eq!(held.available, 0);
     assert_eq!(totals(&assert_conserved(&l, &a).await), (0, 10, 0, 10, 1));
+}
+
+/// A reserve with a minimum holds what the account can afford, down to the minimum, in one
+/// atomic step; below the minimum it is refused for the minimum, writing nothing.
+pub async fn an_affordable_hold_takes_what_is_left_down_to_its_minimum<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_range", 30).await;
+    // Enough for all of it: the whole amount.
+    let held = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 20).min_amount(5))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((held.amount, held.available), (20, 10));
+    // Not enough for all: what is left, above the minimum.
+    let held = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h2"), 50).min_amount(5))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((held.amount, held.available), (10, 0));
+    // A retry answers the first hold, not a new amount.
+    let again = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h2"), 50).min_amount(5))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((again.amount, again.replayed), (10, true));
+    // Below the minimum: refused for the minimum, nothing written.
+    let refusal = expect_insufficient(
+        l.reserve(Reserve::new(a.clone(), hold("h3"), 50).min_amount(1))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (refusal.required, refusal.available, refusal.shortfall()),
+        (1, 0, 1)
+    );
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (0, 30, 0, 30, 2));
+    // Settling the shrunk hold commits at most what was held.
+    let settled = l.commit(&a, &hold("h2"), 50).await.unwrap();
+    assert_eq!((settled.committed, settled.clamped), (10, true));
+    assert_conserved(&l, &a).await;
+}
+
+/// Many ranged reserves racing on one account hold no more than it has, and every one that
+/// was served holds at least its minimum.
+pub async fn concurrent_affordable_holds_never_overspend<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_race", 100).await;
+    let calls = (0..40).map(|i| {
+        let (l, a) = (l.clone(), a.clone());
+        tokio::spawn(async move {
+            let reserve = Reserve::new(a, hold(&format!("r{i}")), 9).min_amount(3);
+            l.reserve(reserve).await.unwrap()
+        })
+    });
+    let mut held = 0;
+    for call in calls.collect::<Vec<_>>() {
+        match call.await.unwrap() {
+            ReserveOutcome::Held(h) => {
+                assert!((3..=9).contains(&h.amount), "{h:?}");
+                held += h.amount;
+            }
+            ReserveOutcome::Insufficient(i) => assert_eq!(i.required, 3),
+            other => panic!("{other:?}"),
+        }
+    }
+    let b = assert_conserved(&l, &a).await;
+    assert_eq!(b.held, held);
+    assert!(b.available >= 0 && b.available < 3, "{b:?}");
 }
 
 /// A reserve on an account never topped up or configured answers `UnknownAccount` (an
@@ -979,7 +1166,6 @@ pub async fn extend_keeps_hold_alive<H: Harness>(h: &H) {
     );
 }
 
-/// Extending a hold that is no longer open says why.
 /// An extend sets the hold's expiry to now + ttl, which may be sooner than before: the
 /// hold then comes back at the new time. (Found by the model test once the Redis scripts
 /// learned to skip the expiry index until the earliest expiry they know of.)
@@ -1008,6 +1194,7 @@ pub async fn extend_to_a_shorter_ttl_expires_sooner<H: Harness>(h: &H) {
     );
 }
 
+/// Extending a hold that is no longer open says why.
 pub async fn extend_of_settled_hold_is_not_open<H: Harness>(h: &H) {
     let (l, _clock, a) = funded(h, "acct_extend_closed", 100).await;
     let ttl = Duration::from_secs(60);

@@ -1,0 +1,476 @@
+//! [`TinyLedger`]: a ledger written outside tower-credits, on its public API only, that
+//! passes the published conformance suite (`tests/conformance_example.rs` runs it).
+//!
+//! Everything is in one `Mutex<State>`: simple, and every operation is atomic. What it
+//! keeps of the contract, and how:
+//!
+//! * input is checked with `ledger::validate` before anything is written, so it refuses
+//!   the same input with the same `LedgerError` as the crate's own ledgers;
+//! * holds expire: each account keeps an expiry index, and every call on the account
+//!   reclaims at most `RECLAIM_LIMIT` expired holds first (bounded work per call);
+//! * closed ids (settled, expired, refund tombstones) are remembered with how they closed,
+//!   for 1 s past the hold's expiry; a tombstone as long as the longest TTL reserved with;
+//! * a payment id credits one account, once (the key's claim), and a refused top-up
+//!   leaves its key free;
+//! * the low-balance warning is a latch, re-armed when `available` is back at or above the
+//!   threshold; runway and usage by route use the public `ledger::runway` helpers and
+//!   outcome constructors.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::{ready, Ready};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tower_credits::clock::{Clock, SystemClock};
+use tower_credits::ledger::runway::{burn_rate_after, decayed_rate, runway_secs};
+use tower_credits::ledger::validate::{
+    check_amount, check_idempotency_key, check_route, check_ttl, checked_total,
+};
+use tower_credits::ledger::{RouteUsage, DEFAULT_HOLD_TTL, RECLAIM_LIMIT};
+use tower_credits::{
+    AccountId, ApiKeyHash, Balance, Configure, Extend, Extended, Held, HoldId, Insufficient,
+    Ledger, LedgerAdmin, LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle,
+    SettleOutcome, Settlement, TopUp, ToppedUp, Usage,
+};
+
+/// How long a closed id is remembered past its hold's expiry (or its close, if later):
+/// a call answers before it returns here, so no call about the id is still on its way;
+/// 1 s of margin, like `MemoryLedger`.
+const CLOSED_GRACE_MS: u64 = 1_000;
+
+/// Prepaid credits in process memory, behind one lock. Clones share the balances.
+#[derive(Clone)]
+pub struct TinyLedger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clock: Box<dyn Clock>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    accounts: HashMap<AccountId, Account>,
+    /// Every payment id credited: the account it belongs to and its amount.
+    topups: HashMap<String, (AccountId, u64)>,
+    api_keys: HashMap<ApiKeyHash, AccountId>,
+    /// The longest TTL reserved with (ms): how long a refund tombstone is kept.
+    longest_ttl_ms: u64,
+}
+
+#[derive(Default)]
+struct Account {
+    topped_up: u64,
+    committed: u64,
+    held: u64,
+    credit_limit: u64,
+    threshold: Option<u64>,
+    /// The low-balance warning was given and not re-armed since.
+    warned: bool,
+    /// Burn rate (credits/s) as of `rate_at_ms`.
+    rate: f64,
+    rate_at_ms: u64,
+    usage: BTreeMap<String, RouteUsage>,
+    holds: HashMap<HoldId, OpenHold>,
+    /// Open holds by expiry.
+    expiry: BTreeSet<(u64, HoldId)>,
+    /// Closed ids and how they closed, until their forget-at time.
+    closed: HashMap<HoldId, SettleOutcome>,
+    /// `closed` by forget-at time.
+    forget: BTreeSet<(u64, HoldId)>,
+    /// The latest forget-at time: once passed, all of `closed` goes at once.
+    closed_until: u64,
+}
+
+struct OpenHold {
+    amount: u64,
+    expires_at_ms: u64,
+    route: Option<String>,
+}
+
+/// What a closed id answers when settled or reserved again.
+fn already(how: SettleOutcome) -> SettleOutcome {
+    match how {
+        SettleOutcome::Committed => SettleOutcome::AlreadyCommitted,
+        SettleOutcome::Refunded => SettleOutcome::AlreadyRefunded,
+        other => other,
+    }
+}
+
+impl Account {
+    fn available(&self) -> i64 {
+        self.topped_up as i64 - self.committed as i64 - self.held as i64
+    }
+
+    fn runway(&self, now: u64) -> Option<u64> {
+        runway_secs(
+            self.available(),
+            decayed_rate(self.rate, self.rate_at_ms, now),
+        )
+    }
+
+    fn remember(&mut self, id: HoldId, how: SettleOutcome, forget_at: u64) {
+        self.forget.insert((forget_at, id.clone()));
+        self.closed.insert(id, how);
+        self.closed_until = self.closed_until.max(forget_at);
+    }
+
+    /// Reclaims up to `RECLAIM_LIMIT` expired holds, and forgets closed ids whose time
+    /// has come (all at once when the last one's has, else up to `RECLAIM_LIMIT`).
+    fn reclaim(&mut self, now: u64) {
+        let mut reclaimed = false;
+        for _ in 0..RECLAIM_LIMIT {
+            match self.expiry.first() {
+                Some(&(at, _)) if at <= now => {}
+                _ => break,
+            }
+            let (_, id) = self.expiry.pop_first().expect("checked above");
+            if let Some(hold) = self.holds.remove(&id) {
+                self.held -= hold.amount;
+                self.remember(id, SettleOutcome::Expired, now + CLOSED_GRACE_MS);
+                reclaimed = true;
+            }
+        }
+        if self.closed_until <= now {
+            self.closed.clear();
+            self.forget.clear();
+        } else {
+            for _ in 0..RECLAIM_LIMIT {
+                match self.forget.first() {
+                    Some(&(at, _)) if at <= now => {}
+                    _ => break,
+                }
+                let (_, id) = self.forget.pop_first().expect("checked above");
+                self.closed.remove(&id);
+            }
+        }
+        if reclaimed {
+            self.rearm();
+        }
+    }
+
+    /// Re-arms the low-balance warning once `available` is back at or above the threshold.
+    fn rearm(&mut self) {
+        if let Some(threshold) = self.threshold {
+            if self.available() >= threshold as i64 {
+                self.warned = false;
+            }
+        }
+    }
+
+    fn held(&self, amount: u64, expires_at_ms: u64, now: u64) -> Held {
+        let mut held = Held::new(amount, self.available(), expires_at_ms);
+        held.credit_limit = self.credit_limit;
+        held.low_balance_threshold = self.threshold;
+        held.runway_secs = self.runway(now);
+        held
+    }
+
+    fn settlement(&self, outcome: SettleOutcome, now: u64) -> Settlement {
+        let mut settlement = Settlement::new(outcome);
+        settlement.available = Some(self.available());
+        settlement.low_balance_threshold = self.threshold;
+        settlement.runway_secs = self.runway(now);
+        settlement
+    }
+}
+
+impl Default for TinyLedger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TinyLedger {
+    /// A ledger on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(SystemClock)
+    }
+
+    /// A ledger whose holds expire by `clock` (a `ManualClock` in tests).
+    pub fn with_clock(clock: impl Clock) -> Self {
+        let state = State {
+            longest_ttl_ms: DEFAULT_HOLD_TTL.as_millis() as u64,
+            ..State::default()
+        };
+        Self {
+            inner: Arc::new(Inner {
+                clock: Box::new(clock),
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    /// The time, and the state locked.
+    fn lock(&self) -> (u64, MutexGuard<'_, State>) {
+        let state = self
+            .inner
+            .state
+            .lock()
+            .expect("no operation panics holding the lock");
+        (self.inner.clock.now_ms(), state)
+    }
+
+    /// Runs `op` on an existing account, after reclaiming its expired holds.
+    fn with_account<T>(
+        &self,
+        account: &AccountId,
+        op: impl FnOnce(&mut Account, u64) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let (now, mut state) = self.lock();
+        let account = state
+            .accounts
+            .get_mut(account)
+            .ok_or(LedgerError::UnknownAccount)?;
+        account.reclaim(now);
+        op(account, now)
+    }
+
+    fn do_reserve(&self, r: &Reserve) -> Result<ReserveOutcome, LedgerError> {
+        check_amount(r.amount())?;
+        if let Some(least) = r.least_amount() {
+            check_amount(least)?;
+        }
+        let ttl_ms = check_ttl(r.hold_ttl())?;
+        if let Some(route) = r.route_label() {
+            check_route(route)?;
+        }
+        let (now, mut guard) = self.lock();
+        let state = &mut *guard;
+        state.longest_ttl_ms = state.longest_ttl_ms.max(ttl_ms);
+        let Some(a) = state.accounts.get_mut(r.account()) else {
+            return Ok(ReserveOutcome::UnknownAccount);
+        };
+        a.reclaim(now);
+        if let Some(hold) = a.holds.get(r.hold_id()) {
+            // A retried reserve: the first answer, whatever this one asks for.
+            let mut held = a.held(hold.amount, hold.expires_at_ms, now);
+            held.replayed = true;
+            return Ok(ReserveOutcome::Held(held));
+        }
+        if let Some(&how) = a.closed.get(r.hold_id()) {
+            return Ok(ReserveOutcome::Closed(already(how)));
+        }
+        // All of it, or (with a least amount) what the account can afford down to it.
+        let spendable = a.available() as i128 + a.credit_limit as i128;
+        let least = r.least_amount().unwrap_or(r.amount()).min(r.amount());
+        let amount = if r.amount() as i128 <= spendable {
+            r.amount()
+        } else if least as i128 <= spendable {
+            spendable as u64
+        } else {
+            let refusal = Insufficient::new(least, a.available(), a.credit_limit);
+            return Ok(ReserveOutcome::Insufficient(refusal));
+        };
+        // committed + held may reach topped_up + credit_limit: keep both in range.
+        let held = checked_total(a.held, amount)?;
+        checked_total(a.committed, held)?;
+        a.held = held;
+        let expires_at_ms = now + ttl_ms;
+        a.expiry.insert((expires_at_ms, r.hold_id().clone()));
+        a.holds.insert(
+            r.hold_id().clone(),
+            OpenHold {
+                amount,
+                expires_at_ms,
+                route: r.route_label().map(str::to_owned),
+            },
+        );
+        Ok(ReserveOutcome::Held(a.held(amount, expires_at_ms, now)))
+    }
+
+    fn do_settle(&self, s: &Settle) -> Result<Settlement, LedgerError> {
+        let actual = s.actual();
+        if let Some(actual) = actual {
+            check_amount(actual)?;
+        }
+        let (now, mut guard) = self.lock();
+        let state = &mut *guard;
+        let tombstone_ms = state.longest_ttl_ms + CLOSED_GRACE_MS;
+        let Some(a) = state.accounts.get_mut(s.account()) else {
+            // No account: nothing to say about its balance, nothing written.
+            return Ok(Settlement::new(SettleOutcome::Unknown));
+        };
+        a.reclaim(now);
+        let id = s.hold_id();
+        let Some(hold) = a.holds.remove(id) else {
+            if let Some(&how) = a.closed.get(id) {
+                return Ok(a.settlement(already(how), now));
+            }
+            if actual.is_none() {
+                // A refund that overtook its reserve: the tombstone keeps that reserve out.
+                a.remember(id.clone(), SettleOutcome::Refunded, now + tombstone_ms);
+            }
+            return Ok(a.settlement(SettleOutcome::Unknown, now));
+        };
+        a.expiry.remove(&(hold.expires_at_ms, id.clone()));
+        a.held -= hold.amount;
+        let (outcome, charged, clamped) = match actual {
+            Some(actual) => (
+                SettleOutcome::Committed,
+                actual.min(hold.amount),
+                actual > hold.amount,
+            ),
+            None => (SettleOutcome::Refunded, 0, false),
+        };
+        let mut crossed = false;
+        if outcome == SettleOutcome::Committed {
+            a.committed += charged;
+            a.rate = burn_rate_after(a.rate, a.rate_at_ms, now, charged);
+            a.rate_at_ms = now;
+            let usage = a.usage.entry(hold.route.unwrap_or_default()).or_default();
+            usage.credits += charged;
+            usage.calls += 1;
+            if let Some(threshold) = a.threshold {
+                if a.available() < threshold as i64 && !a.warned {
+                    (a.warned, crossed) = (true, true);
+                }
+            }
+        }
+        a.rearm();
+        let forget_at = now.max(hold.expires_at_ms) + CLOSED_GRACE_MS;
+        a.remember(id.clone(), outcome, forget_at);
+        let mut settlement = a.settlement(outcome, now);
+        settlement.committed = charged;
+        settlement.released = hold.amount - charged;
+        settlement.clamped = clamped;
+        settlement.threshold_crossed = crossed;
+        Ok(settlement)
+    }
+
+    fn do_extend(&self, e: &Extend) -> Result<Extended, LedgerError> {
+        let ttl_ms = check_ttl(e.hold_ttl())?;
+        let result = self.with_account(e.account(), |a, now| {
+            let id = e.hold_id();
+            let Some(hold) = a.holds.get_mut(id) else {
+                let how = a.closed.get(id).copied().map(already);
+                return Ok(Extended::NotOpen(how.unwrap_or(SettleOutcome::Unknown)));
+            };
+            a.expiry.remove(&(hold.expires_at_ms, id.clone()));
+            hold.expires_at_ms = now + ttl_ms;
+            a.expiry.insert((hold.expires_at_ms, id.clone()));
+            Ok(Extended::Until(hold.expires_at_ms))
+        });
+        match result {
+            Err(LedgerError::UnknownAccount) => Ok(Extended::NotOpen(SettleOutcome::Unknown)),
+            other => other,
+        }
+    }
+
+    fn do_top_up(&self, t: &TopUp) -> Result<ToppedUp, LedgerError> {
+        check_amount(t.amount())?;
+        check_idempotency_key(t.idempotency_key())?;
+        let (now, mut guard) = self.lock();
+        let state = &mut *guard;
+        let first = match state.topups.get(t.idempotency_key()) {
+            // Another account's payment: this one is not even created.
+            Some((owner, _)) if owner != t.account() => {
+                return Err(LedgerError::TopUpKeyClaimed {
+                    account: owner.clone(),
+                })
+            }
+            Some(&(_, first)) => Some(first),
+            None => None,
+        };
+        let a = state.accounts.entry(t.account().clone()).or_default();
+        a.reclaim(now);
+        if let Some(first) = first {
+            if first != t.amount() {
+                return Err(LedgerError::TopUpConflict {
+                    first_amount: first,
+                    amount: t.amount(),
+                });
+            }
+            return Ok(ToppedUp::new(first, a.available(), true));
+        }
+        // Refused past MAX_AMOUNT before the key is claimed: the key stays free.
+        a.topped_up = checked_total(a.topped_up, t.amount())?;
+        a.rearm();
+        let topped_up = ToppedUp::new(t.amount(), a.available(), false);
+        let claim = (t.account().clone(), t.amount());
+        state.topups.insert(t.idempotency_key().to_owned(), claim);
+        Ok(topped_up)
+    }
+
+    fn do_configure(&self, c: &Configure) -> Result<(), LedgerError> {
+        let settings = c.settings();
+        check_amount(settings.credit_limit)?;
+        if let Some(threshold) = settings.low_balance_threshold {
+            check_amount(threshold)?;
+        }
+        let (_, mut state) = self.lock();
+        let a = state.accounts.entry(c.account().clone()).or_default();
+        a.credit_limit = settings.credit_limit;
+        a.threshold = settings.low_balance_threshold;
+        a.rearm();
+        Ok(())
+    }
+}
+
+impl Ledger for TinyLedger {
+    // Every answer is ready at once: no boxing, no task.
+    type Future<T: Send + 'static> = Ready<Result<T, LedgerError>>;
+
+    fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
+        ready(self.do_reserve(&reserve))
+    }
+
+    fn settle(&self, settle: Settle) -> Self::Future<Settlement> {
+        ready(self.do_settle(&settle))
+    }
+
+    fn extend(&self, extend: Extend) -> Self::Future<Extended> {
+        ready(self.do_extend(&extend))
+    }
+
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
+        let (_, state) = self.lock();
+        ready(Ok(state.api_keys.get(key).cloned()))
+    }
+}
+
+impl LedgerAdmin for TinyLedger {
+    fn top_up(&self, top_up: TopUp) -> Self::Future<ToppedUp> {
+        ready(self.do_top_up(&top_up))
+    }
+
+    fn configure(&self, configure: Configure) -> Self::Future<()> {
+        ready(self.do_configure(&configure))
+    }
+
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
+        let (_, mut state) = self.lock();
+        state.api_keys.insert(*key, account.clone());
+        ready(Ok(()))
+    }
+
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
+        let (_, mut state) = self.lock();
+        ready(Ok(state.api_keys.remove(key).is_some()))
+    }
+}
+
+impl LedgerReports for TinyLedger {
+    fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
+        ready(self.with_account(account, |a, now| {
+            let mut balance = Balance::default();
+            balance.available = a.available();
+            balance.held = a.held;
+            balance.committed = a.committed;
+            balance.topped_up = a.topped_up;
+            balance.credit_limit = a.credit_limit;
+            balance.low_balance_threshold = a.threshold;
+            balance.open_holds = a.holds.len() as u64;
+            balance.runway_secs = a.runway(now);
+            Ok(balance)
+        }))
+    }
+
+    fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
+        ready(self.with_account(account, |a, _| {
+            let mut usage = Usage::default();
+            usage.by_route = a.usage.clone();
+            Ok(usage)
+        }))
+    }
+}

@@ -1,0 +1,167 @@
+//! The caller's own readout: balance, spend by route and runway, for the calling key,
+//! without calling a paid route.
+//!
+//! [`CreditsReadout`] is a tower service you mount where callers can reach it, behind the
+//! [`CreditLayer`](crate::CreditLayer) with the route priced
+//! [`Price::Authenticated`](crate::pricing::Price::Authenticated): the layer resolves the
+//! caller's account (refusing unknown keys as usual) and holds nothing; the readout answers
+//! `200 application/json`:
+//!
+//! ```json
+//! {
+//!   "account": "acct_42",
+//!   "available": 958,
+//!   "held": 0,
+//!   "committed": 42,
+//!   "credit_limit": 0,
+//!   "thresholds": [100],
+//!   "runway_secs": 86400,
+//!   "routes": [
+//!     { "route": "/v1/echo", "calls": 30, "credits": 30, "average_cost": 1.0 },
+//!     { "route": "/v1/generate", "calls": 1, "credits": 12, "average_cost": 12.0 }
+//!   ]
+//! }
+//! ```
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use tower_credits::pricing::Pricing;
+//! use tower_credits::readout::CreditsReadout;
+//! use tower_credits::{CreditLayer, MemoryLedger};
+//!
+//! let ledger = MemoryLedger::new();
+//! let layer = CreditLayer::new(ledger.clone())
+//!     .pricing(Pricing::new().route("GET /v1/echo", 1).authenticated("GET /v1/credits"));
+//! let app = Router::new()
+//!     .route("/v1/echo", get(|| async { "echo" }))
+//!     .route_service("/v1/credits", CreditsReadout::new(ledger))
+//!     .layer(layer);
+//! # let _: Router = app;
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+use tower_service::Service;
+
+use crate::ledger::{AccountId, LedgerError, LedgerReports};
+
+/// Answers the calling account's balance and spend by route; see the [module docs](self).
+#[derive(Clone)]
+pub struct CreditsReadout<L> {
+    ledger: L,
+}
+
+impl<L> fmt::Debug for CreditsReadout<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreditsReadout").finish_non_exhaustive()
+    }
+}
+
+impl<L: LedgerReports> CreditsReadout<L> {
+    /// A readout of `ledger`.
+    pub fn new(ledger: L) -> Self {
+        Self { ledger }
+    }
+}
+
+impl<L: LedgerReports, B> Service<Request<B>> for CreditsReadout<L> {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Put there by the layer for a route priced `Price::Authenticated`.
+        let Some(account) = req.extensions().get::<AccountId>().cloned() else {
+            return Box::pin(async {
+                Ok(answer(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({
+                        "title": "Readout not behind the credit layer",
+                        "status": 500,
+                        "detail": "Price this route `Price::Authenticated` in the CreditLayer in front of it.",
+                    }),
+                ))
+            });
+        };
+        let balance = self.ledger.balance(&account);
+        let usage = self.ledger.usage(&account);
+        Box::pin(async move {
+            let (balance, usage) = match (balance.await, usage.await) {
+                (Ok(b), Ok(u)) => (b, u),
+                (Err(LedgerError::UnknownAccount), _) | (_, Err(LedgerError::UnknownAccount)) => {
+                    (Default::default(), Default::default())
+                }
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::error!(%error, "readout: the ledger did not answer");
+                    let mut response = answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({
+                            "title": "Billing unavailable",
+                            "status": 503,
+                            "detail": "Balances cannot be read right now. Retry shortly.",
+                        }),
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+                    return Ok(response);
+                }
+            };
+            let routes: Vec<Value> = usage
+                .by_route
+                .iter()
+                .map(|(route, used)| {
+                    let average = if used.calls == 0 {
+                        0.0
+                    } else {
+                        used.credits as f64 / used.calls as f64
+                    };
+                    json!({
+                        "route": route,
+                        "calls": used.calls,
+                        "credits": used.credits,
+                        "average_cost": average,
+                    })
+                })
+                .collect();
+            Ok(answer(
+                StatusCode::OK,
+                &json!({
+                    "account": account.as_str(),
+                    "available": balance.available,
+                    "held": balance.held,
+                    "committed": balance.committed,
+                    "credit_limit": balance.credit_limit,
+                    "thresholds": balance.low_balance_threshold.into_iter().collect::<Vec<_>>(),
+                    "runway_secs": balance.runway_secs,
+                    "routes": routes,
+                }),
+            ))
+        })
+    }
+}
+
+fn answer(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).expect("JSON of plain values");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
