@@ -204,11 +204,9 @@ async fn sequential_requests_see_exact_balances() {
         let answer = send(&client, get_req(&f.server.url("/v1/echo"), Some("key-seq"))).await;
         assert_eq!(answer.int("credits-remaining"), 105 - i);
         assert_eq!(available(&f.ledger, &acct).await, 105 - i);
-        // The runway forecast appears once the account has spent something.
-        match i {
-            1 => assert_eq!(answer.header("credits-runway"), None),
-            _ => assert!(answer.int("credits-runway") > 0),
-        }
+        // Ten requests in a second are no spend history: no runway is forecast (the
+        // conformance suite moves a clock past five minutes to see it appear).
+        assert_eq!(answer.header("credits-runway"), None);
         // Threshold 100: the warning starts once the balance is below it.
         let remaining = 105 - i;
         match answer.header("credits-warning") {

@@ -21,7 +21,7 @@ use std::future::{ready, Ready};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tower_credits::clock::{Clock, SystemClock};
-use tower_credits::ledger::runway::{burn_rate_after, decayed_rate, runway_secs};
+use tower_credits::ledger::runway::{burn_rate_after, decayed_rate, runway_known, runway_secs};
 use tower_credits::ledger::validate::{
     check_amount, check_idempotency_key, check_route, check_ttl, checked_total,
 };
@@ -70,6 +70,9 @@ struct Account {
     /// Burn rate (credits/s) as of `rate_at_ms`.
     rate: f64,
     rate_at_ms: u64,
+    /// Commits of at least a credit, and the first one's time: a runway needs history.
+    commits: u64,
+    first_commit_ms: Option<u64>,
     usage: BTreeMap<String, RouteUsage>,
     holds: HashMap<HoldId, OpenHold>,
     /// Open holds by expiry.
@@ -103,6 +106,9 @@ impl Account {
     }
 
     fn runway(&self, now: u64) -> Option<u64> {
+        if !runway_known(self.commits, self.first_commit_ms, now) {
+            return None;
+        }
         runway_secs(
             self.available(),
             decayed_rate(self.rate, self.rate_at_ms, now),
@@ -318,6 +324,10 @@ impl TinyLedger {
             a.committed += charged;
             a.rate = burn_rate_after(a.rate, a.rate_at_ms, now, charged);
             a.rate_at_ms = now;
+            if charged > 0 {
+                a.commits += 1;
+                a.first_commit_ms.get_or_insert(now);
+            }
             let usage = a.usage.entry(hold.route.unwrap_or_default()).or_default();
             usage.credits += charged;
             usage.calls += 1;

@@ -142,6 +142,7 @@ macro_rules! conformance_suite {
             invalid_arguments_write_nothing,
             usage_by_route_accumulates,
             runway_follows_spending,
+            a_runway_needs_history_not_a_burst,
             low_balance_threshold_crossed_once_per_crossing,
             low_balance_threshold_rearms_after_expiry,
             api_keys_register_lookup_revoke,
@@ -1366,13 +1367,35 @@ pub async fn runway_follows_spending<H: Harness>(h: &H) {
     let (l, clock, a) = funded(h, "acct_runway", 1_000).await;
     let first = expect_held(reserve(&l, &a, &hold("r0"), 0).await);
     assert_eq!(first.runway_secs, None, "nothing spent yet");
-    // 360 credits spent: a rate of 360 / 3600 s = 0.1 credit/s, 640 left: 6400 s.
-    let spent = spend(&l, &a, "r1", 360).await;
-    let after = spent.runway_secs.expect("a runway once spending");
-    assert!((6_000..=6_500).contains(&after), "runway {after}");
+    // Nine commits over five minutes and more: not enough history for a runway.
+    for i in 0..9 {
+        let spent = spend(&l, &a, &format!("s{i}"), 10).await;
+        assert_eq!(
+            spent.runway_secs, None,
+            "commit {i}: no runway from so little"
+        );
+        clock.advance(Duration::from_secs(40));
+    }
+    // The tenth, 6 minutes after the first: now there is one. 100 credits spent over six
+    // minutes (a one-hour time constant): about 0.026 credit/s, 900 left: about 34,000 s.
+    let spent = spend(&l, &a, "s9", 10).await;
+    let after = spent
+        .runway_secs
+        .expect("a runway once the history is long enough");
+    assert!((30_000..=38_000).contains(&after), "runway {after}");
     let held = expect_held(reserve(&l, &a, &hold("r2"), 0).await);
     let at_reserve = held.runway_secs.expect("reserve reports the runway");
-    assert!((6_000..=6_500).contains(&at_reserve), "runway {at_reserve}");
+    assert!(
+        (30_000..=38_000).contains(&at_reserve),
+        "runway {at_reserve}"
+    );
+    // A top-up is not spend: it lengthens the runway (more to spend), not the rate.
+    l.top_up(TopUp::new(&a, 900, "runway-more")).await.unwrap();
+    let topped = l.balance(&a).await.unwrap().runway_secs.expect("still");
+    assert!(
+        topped > at_reserve * 3 / 2,
+        "runway {topped} after a top-up"
+    );
     // An idle hour decays the rate (time constant one hour): the balance lasts longer.
     clock.advance(Duration::from_secs(3600));
     let later = l
@@ -1381,7 +1404,33 @@ pub async fn runway_follows_spending<H: Harness>(h: &H) {
         .unwrap()
         .runway_secs
         .expect("still spending");
-    assert!(later > at_reserve * 2, "runway {later} after an idle hour");
+    assert!(later > topped * 2, "runway {later} after an idle hour");
+    assert_conserved(&l, &a).await;
+}
+
+/// Ten commits in a burst are not a history: the runway waits until the first of them is
+/// five minutes old; top-ups alone never make one.
+pub async fn a_runway_needs_history_not_a_burst<H: Harness>(h: &H) {
+    let (l, clock, a) = funded(h, "acct_burst", 1_000).await;
+    for i in 0..3 {
+        l.top_up(TopUp::new(&a, 100, format!("burst-top-{i}")))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(600));
+    assert_eq!(
+        l.balance(&a).await.unwrap().runway_secs,
+        None,
+        "top-ups are not spend"
+    );
+    for i in 0..12 {
+        let spent = spend(&l, &a, &format!("b{i}"), 5).await;
+        assert_eq!(spent.runway_secs, None, "a burst of {i} commits");
+    }
+    assert_eq!(l.balance(&a).await.unwrap().runway_secs, None);
+    clock.advance(Duration::from_secs(301));
+    let held = expect_held(reserve(&l, &a, &hold("later"), 0).await);
+    assert!(held.runway_secs.is_some(), "the burst is five minutes old");
     assert_conserved(&l, &a).await;
 }
 

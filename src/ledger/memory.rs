@@ -13,10 +13,11 @@ use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
 use super::{
-    burn_rate_after, check_idempotency_key, check_route, check_ttl, decayed_rate, runway_secs,
-    AccountId, AccountSettings, Balance, Configure, Extend, Extended, Held, HoldId, Insufficient,
-    Ledger, LedgerAdmin, LedgerError, LedgerReports, LongestTtl, Reserve, ReserveOutcome,
-    RouteUsage, Settle, SettleOutcome, Settlement, TopUp, ToppedUp, Usage, RECLAIM_LIMIT,
+    burn_rate_after, check_idempotency_key, check_route, check_ttl, decayed_rate,
+    runway::runway_known, runway_secs, AccountId, AccountSettings, Balance, Configure, Extend,
+    Extended, Held, HoldId, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports,
+    LongestTtl, Reserve, ReserveOutcome, RouteUsage, Settle, SettleOutcome, Settlement, TopUp,
+    ToppedUp, Usage, RECLAIM_LIMIT,
 };
 use crate::amount::{check_amount, checked_total};
 use crate::api_key::ApiKeyHash;
@@ -196,6 +197,9 @@ struct AccountState {
     warned: bool,
     rate: f64,
     rate_at_ms: u64,
+    /// Commits of at least a credit, and when the first was: the history a runway needs.
+    commits: u64,
+    first_commit_ms: Option<u64>,
     usage: BTreeMap<String, RouteUsage>,
     activity: Option<Box<Activity>>,
 }
@@ -264,6 +268,9 @@ impl AccountState {
     }
 
     fn runway(&self, now_ms: u64) -> Option<u64> {
+        if !runway_known(self.commits, self.first_commit_ms, now_ms) {
+            return None;
+        }
         runway_secs(
             self.available(),
             decayed_rate(self.rate, self.rate_at_ms, now_ms),
@@ -587,6 +594,10 @@ impl MemoryLedger {
                 state.committed += charged;
                 state.rate = burn_rate_after(state.rate, state.rate_at_ms, now, charged);
                 state.rate_at_ms = now;
+                if charged > 0 {
+                    state.commits += 1;
+                    state.first_commit_ms.get_or_insert(now);
+                }
                 // Look up before inserting: a known route costs no allocation per commit.
                 let route = hold.route.as_deref().unwrap_or_default();
                 if !state.usage.contains_key(route) {

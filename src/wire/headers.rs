@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// | `credits-reserved` | every billed request | the hold |
 /// | `credits-remaining` | every billed request | available after this request settles |
 /// | `credits-warning` | remaining below the low-balance threshold | `low-balance; remaining=40; threshold=100` |
-/// | `credits-runway` | the account has a recent spend rate | seconds the balance lasts at that rate |
+/// | `credits-runway` | the account has a spend history (10 commits, the first 5 minutes ago or more) | seconds the balance lasts at its recent spend rate |
 /// | `credits-hold-id` | cost settles at body end | the open hold's id |
 /// | `credits-price-version` | the pricing has a version | that version |
 ///

@@ -22,4 +22,4 @@ if not a then
 end
 
 return { 'balance', available(a), a.held, a.committed, a.topped_up, a.credit_limit,
-  threshold_reply(a), redis.call('ZCARD', KEYS[3]), rate_reply(a), a.rate_at, now }
+  threshold_reply(a), redis.call('ZCARD', KEYS[3]), rate_reply(a, now), a.rate_at, now }

@@ -68,7 +68,7 @@ end
 -- HMGET also answers what an EXISTS would. `rate_text` is the rate as Redis stores it.
 local function load_account()
   local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
-    'threshold', 'warned', 'rate', 'rate_at', 'next_expiry')
+    'threshold', 'warned', 'rate', 'rate_at', 'next_expiry', 'commits', 'first_commit_at')
   return {
     exists = (f[1] or f[4]) and true or false,
     rate_text = f[7] or '0',
@@ -81,6 +81,8 @@ local function load_account()
     rate = tonumber(f[7]) or 0,
     rate_at = tonumber(f[8]) or 0,
     next_expiry = tonumber(f[9]), -- nil: not known yet, so reclaim looks
+    commits = tonumber(f[10]) or 0,
+    first_commit_at = tonumber(f[11]),
   }
 end
 
@@ -103,7 +105,12 @@ end
 
 -- The burn rate for the Rust side to decay, as Redis stores it (exact): the text loaded,
 -- or re-read when this script changed it (numbers never become strings in Lua).
-local function rate_reply(a)
+local function rate_reply(a, now)
+  -- No runway until the spend history says something (ledger::runway::runway_known).
+  if a.commits < RUNWAY_MIN_COMMITS or not a.first_commit_at
+      or now - a.first_commit_at < RUNWAY_MIN_SPAN_MS then
+    return '0'
+  end
   if a.rate_changed then
     return redis.call('HGET', KEYS[1], 'rate')
   end

@@ -51,7 +51,7 @@ local open = tonumber(redis.call('HGET', KEYS[2], id))
 if open then
   local expires_at = tonumber(redis.call('ZSCORE', KEYS[3], id))
   return { 'held', open, available(a), a.credit_limit, threshold_reply(a), expires_at, 1,
-    rate_reply(a), a.rate_at, now }
+    rate_reply(a, now), a.rate_at, now }
 end
 local how = closed_how(id)
 if how then
@@ -92,4 +92,4 @@ else
   redis.call('HSET', KEYS[1], 'held', a.held)
 end
 return { 'held', amount, available(a), a.credit_limit, threshold_reply(a), expires_at, 0,
-  rate_reply(a), a.rate_at, now }
+  rate_reply(a, now), a.rate_at, now }

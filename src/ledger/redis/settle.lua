@@ -37,7 +37,7 @@ end
 
 local function reply(outcome, committed, released, clamped, crossed)
   return { 'settled', outcome, committed, released, clamped, available(a), threshold_reply(a),
-    crossed, rate_reply(a), a.rate_at, now }
+    crossed, rate_reply(a, now), a.rate_at, now }
 end
 
 local hold = redis.call('HMGET', KEYS[2], id, id .. ':route')
@@ -78,6 +78,15 @@ if mode == 'commit' then
   -- One write for the four figures (exact: every total is at most 2^53 - 1).
   redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
     'rate_at', now)
+  -- The spend history that earns a runway: commits of at least a credit, and the first.
+  if charged > 0 then
+    a.commits = a.commits + 1
+    redis.call('HSET', KEYS[1], 'commits', a.commits)
+    if not a.first_commit_at then
+      a.first_commit_at = now
+      redis.call('HSET', KEYS[1], 'first_commit_at', now)
+    end
+  end
   redis.call('HINCRBY', KEYS[5], 'credits:' .. route, charged)
   redis.call('HINCRBY', KEYS[5], 'calls:' .. route, 1)
   if a.threshold and available(a) < a.threshold and not a.warned then
