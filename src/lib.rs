@@ -59,7 +59,7 @@
 //! | feature | enables | pulls in |
 //! |---|---|---|
 //! | `axum` | the [`Charge`] extractor, and pricing by axum's `MatchedPath` | `axum` (no default features) |
-//! | `tonic` | gRPC refusals with `google.rpc` rich details (`ErrorInfo`, `Help`) | `tonic`, `tonic-types` |
+//! | `tonic` | gRPC refusals with `google.rpc` rich details (`ErrorInfo`, `Help`), and [`credits_grpc`]: the caller's quote and readout as a gRPC service | `tonic`, `tonic-types`, `prost`, `tonic-prost` |
 //! | `redis` | [`RedisLedger`]: balances shared by every replica, on Redis or Redis Cluster | `redis` (tokio, connection manager, cluster) |
 //! | `test-util` | test helpers: the Redis clock offset, and the parser oracles the fuzz targets use | nothing |
 //! | `conformance` | [`conformance`]: the ledger conformance suite and its model check, for a ledger of your own (see [Writing a ledger](#writing-a-ledger)) | `proptest`, tokio's `rt-multi-thread` |
@@ -131,6 +131,9 @@ pub mod clock;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod credits_grpc;
 #[cfg(any(fuzzing, feature = "test-util"))]
 #[doc(hidden)]
 pub mod fuzzing;

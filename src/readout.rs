@@ -51,7 +51,7 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 use tower_service::Service;
 
-use crate::ledger::{AccountId, LedgerError, LedgerReports};
+use crate::ledger::{AccountId, LedgerError, LedgerReports, RouteUsage};
 
 /// Answers the calling account's balance and spend by route; see the [module docs](self).
 #[derive(Clone)]
@@ -123,16 +123,11 @@ impl<L: LedgerReports, B> Service<Request<B>> for CreditsReadout<L> {
                 .by_route
                 .iter()
                 .map(|(route, used)| {
-                    let average = if used.calls == 0 {
-                        0.0
-                    } else {
-                        used.credits as f64 / used.calls as f64
-                    };
                     json!({
                         "route": route,
                         "calls": used.calls,
                         "credits": used.credits,
-                        "average_cost": average,
+                        "average_cost": average_cost(used),
                     })
                 })
                 .collect();
@@ -150,6 +145,15 @@ impl<L: LedgerReports, B> Service<Request<B>> for CreditsReadout<L> {
                 }),
             ))
         })
+    }
+}
+
+/// Credits per call on a route (0 before its first commit): the readout's `average_cost`.
+pub(crate) fn average_cost(used: &RouteUsage) -> f64 {
+    if used.calls == 0 {
+        0.0
+    } else {
+        used.credits as f64 / used.calls as f64
     }
 }
 

@@ -7,7 +7,9 @@
 //! Starts `echo.Echo` on 127.0.0.1:50051 (`PORT` overrides) over the embedded ledger, then
 //! acts as its own client: a paid call, a call that costs less than its hold, a refused one,
 //! a streamed call settled at the end of the stream, a bidirectional chat billed per message
-//! and an upload billed per chunk. `cargo run --example grpc -- serve` only serves.
+//! and an upload billed per chunk; then it asks `tower_credits.v1.Credits`, served next to
+//! `echo.Echo` behind the same layer, for a quote of `Say` and for its readout.
+//! `cargo run --example grpc -- serve` only serves.
 //!
 //! The layer bills gRPC: `.protocol(Protocol::Grpc)` is server configuration, so success is
 //! `grpc-status: 0` and refusals are gRPC statuses whatever a caller's headers say.
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use echo::{ChatRequest, CountRequest, EchoClient, EchoServer, SayRequest, UploadChunk};
 use tonic::Request;
+use tower_credits::credits_grpc::{CreditsClient, CreditsServer, QuoteRequest, ReadoutRequest};
 use tower_credits::pricing::Pricing;
 use tower_credits::{AccountId, ApiKeyHash, CreditLayer, MemoryLedger, Protocol};
 use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
@@ -45,14 +48,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .register_api_key(&ApiKeyHash::of(key), &account)
             .await?;
     }
+    let pricing = Pricing::new()
+        .route("/echo.Echo/Say", 10)
+        .route("/echo.Echo/Count", 20)
+        .route("/echo.Echo/Chat", 20)
+        .route("/echo.Echo/Upload", 20)
+        // The caller's own quote and readout: the account is resolved, nothing is held.
+        .authenticated("/tower_credits.v1.Credits/{*method}");
     let layer = CreditLayer::new(ledger.clone())
-        .pricing(
-            Pricing::new()
-                .route("/echo.Echo/Say", 10)
-                .route("/echo.Echo/Count", 20)
-                .route("/echo.Echo/Chat", 20)
-                .route("/echo.Echo/Upload", 20),
-        )
+        .pricing(pricing.clone())
         .protocol(Protocol::Grpc)
         .low_balance_threshold(100)
         .top_up_url("https://example.com/billing");
@@ -71,6 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tonic::transport::Server::builder()
             .layer(layer)
             .add_service(EchoServer)
+            .add_service(CreditsServer::new(ledger.clone(), pricing))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move {
@@ -173,6 +178,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             uploaded.metadata().get("credits-cost"),
             uploaded.metadata().get("credits-remaining")
         );
+
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let mut credits = CreditsClient::new(channel);
+        let quote = credits
+            .quote(with_key(
+                QuoteRequest {
+                    method: "/echo.Echo/Say".into(),
+                    max_cost: None,
+                },
+                "demo-rich",
+            ))
+            .await?
+            .into_inner();
+        println!(
+            "Quote of Say: price={} available={:?} affordable={} shortfall={} max_affordable={:?}",
+            quote.price, quote.available, quote.affordable, quote.shortfall, quote.max_affordable
+        );
+        let readout = credits
+            .readout(with_key(ReadoutRequest {}, "demo-rich"))
+            .await?
+            .into_inner();
+        println!(
+            "Readout of {}: available={} held={} committed={} runway_secs={:?}",
+            readout.account,
+            readout.available,
+            readout.held,
+            readout.committed,
+            readout.runway_secs
+        );
+        for route in &readout.routes {
+            println!(
+                "  {}: {} calls, {} credits, {:.1} per call",
+                route.route, route.calls, route.credits, route.average_cost
+            );
+        }
         let _ = stop_tx.send(());
     }
     server.await??;
