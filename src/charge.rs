@@ -162,7 +162,11 @@ impl Charge {
         &self.inner.hold_id
     }
 
-    /// Credits held for this request: the most it can cost.
+    /// Credits held for this request: the most it can cost. On a route with a minimum
+    /// price ([`Pricing::min_price`](crate::pricing::Pricing::min_price)) the hold may be
+    /// less than the price (a caller's `credits-max-cost`, or what its balance affords):
+    /// **bound the work by it** (an AI handler cuts `max_tokens` to it), since a cost set
+    /// above the hold is charged at the hold.
     pub fn reserved(&self) -> u64 {
         self.inner.reserved
     }

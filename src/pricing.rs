@@ -201,9 +201,18 @@ impl Pricing {
     ///
     /// # Panics
     ///
-    /// When no route was added yet, or the last route is not a [`Price::Hold`] of at least
-    /// `credits`.
+    /// When no route was added yet, when `credits` is 0 (the route would run for nothing
+    /// for any caller who asks, or whose balance is empty), or when the last route is not a
+    /// [`Price::Hold`] of at least `credits`.
+    ///
+    /// **The handler must bound its work by [`Charge::reserved`](crate::Charge::reserved)**:
+    /// the hold may be anywhere between the minimum and the price (a caller's cap, or what
+    /// its balance affords), and a cost set above the hold is charged at the hold.
     pub fn min_price(mut self, credits: u64) -> Self {
+        assert!(
+            credits > 0,
+            "min_price(0) would let any caller run the route for free"
+        );
         let rule = self.rules.last_mut().expect("min_price follows a route");
         match rule.price {
             Price::Hold(price) if credits <= price => rule.min = Some(credits),
@@ -327,11 +336,12 @@ impl Pricing {
             self.find(matched, path, |m| m == method)
         };
         if let Some(rule) = found {
-            if rule.price == Price::Free
+            if matches!(rule.price, Price::Free | Price::Authenticated)
                 && rule.method.is_none()
                 && self.priced_under_another_method(path, matched)
             {
-                // A catch-all free rule does not free a path priced for other methods.
+                // A catch-all free (or authenticated-only) rule does not free a path priced
+                // for other methods: axum may run the priced handler for any method.
                 return self.unpriced_default(protocol);
             }
             return Priced {
@@ -345,7 +355,9 @@ impl Pricing {
             Some(f) => f(if head { &Method::GET } else { method }, path),
             None => self.unpriced,
         };
-        if price == Price::Free && self.priced_under_another_method(path, matched) {
+        if matches!(price, Price::Free | Price::Authenticated)
+            && self.priced_under_another_method(path, matched)
+        {
             return self.unpriced_default(protocol);
         }
         Priced {
@@ -614,6 +626,38 @@ mod tests {
     #[test]
     fn lower_case_methods_are_refused() {
         assert!(Pricing::new().try_rule("get /x", Price::Hold(1)).is_err());
+    }
+
+    #[test]
+    fn an_authenticated_catch_all_does_not_free_a_priced_path() {
+        let p = Pricing::new()
+            .route("GET /v1/work", 50)
+            .authenticated("/v1/{*rest}");
+        assert_eq!(
+            p.price(&Method::GET, "/v1/work", None).price,
+            Price::Hold(50)
+        );
+        assert_eq!(
+            p.price(&Method::POST, "/v1/work", None).price,
+            Pricing::DEFAULT_UNPRICED
+        );
+        assert_eq!(
+            p.price(&Method::GET, "/v1/credits", None).price,
+            Price::Authenticated
+        );
+        let unpriced = Pricing::new()
+            .route("GET /v1/work", 50)
+            .unpriced(Price::Authenticated);
+        assert_eq!(
+            unpriced.price(&Method::POST, "/v1/work", None).price,
+            Pricing::DEFAULT_UNPRICED
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "min_price(0)")]
+    fn a_zero_minimum_is_refused() {
+        let _ = Pricing::new().route("POST /v1/gen", 50).min_price(0);
     }
 
     #[test]

@@ -769,28 +769,45 @@ async fn a_deferred_charge_is_refunded_when_the_caller_leaves_before_the_head() 
     assert_eq!((b.available, b.held, b.committed), (100, 0, 0));
 }
 
+/// A failing status is refunded when the handler metered nothing, and charged what it
+/// metered when it did (a handler that wants its failure free says `set(0)`), even if the
+/// body is dropped.
 #[tokio::test]
-async fn a_failed_deferred_response_is_refunded_even_if_its_body_is_dropped() {
-    let ledger = MemoryLedger::new();
-    let acct = account(&ledger, "acct_fd", "key-fd", 100).await;
-    let svc = CreditLayer::new(ledger.clone())
-        .pricing(Pricing::new().route("/x", 30))
-        .layer(tower::service_fn(|req: Request<Full<Bytes>>| async move {
-            let charge = req.extensions().get::<Charge>().unwrap().clone();
-            charge.defer();
-            charge.add(7).unwrap();
-            let mut response = Response::new(Body::from_stream(futures_util::stream::pending::<
-                Result<Bytes, Infallible>,
-            >()));
-            *response.status_mut() = StatusCode::BAD_GATEWAY;
-            Ok::<_, Infallible>(response)
-        }));
-    let response = svc
-        .oneshot(get_req("http://localhost/x", Some("key-fd")))
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["credits-cost"], "0");
-    drop(response);
-    let b = ledger.balance(&acct).await.unwrap();
-    assert_eq!((b.available, b.held, b.committed), (100, 0, 0));
+async fn a_failed_response_is_refunded_unless_the_handler_metered_it() {
+    for (metered, cost) in [(None, 0), (Some(7), 7), (Some(0), 0)] {
+        let ledger = MemoryLedger::new();
+        let acct = account(&ledger, "acct_fd", "key-fd", 100).await;
+        let svc = CreditLayer::new(ledger.clone())
+            .pricing(Pricing::new().route("/x", 30))
+            .layer(tower::service_fn(
+                move |req: Request<Full<Bytes>>| async move {
+                    let charge = req.extensions().get::<Charge>().unwrap().clone();
+                    charge.defer();
+                    if let Some(n) = metered {
+                        charge.set(n).unwrap();
+                    }
+                    let mut response =
+                        Response::new(Body::from_stream(futures_util::stream::pending::<
+                            Result<Bytes, Infallible>,
+                        >()));
+                    *response.status_mut() = StatusCode::BAD_GATEWAY;
+                    Ok::<_, Infallible>(response)
+                },
+            ));
+        let response = svc
+            .oneshot(get_req("http://localhost/x", Some("key-fd")))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["credits-cost"],
+            cost.to_string().as_str()
+        );
+        drop(response);
+        let b = ledger.balance(&acct).await.unwrap();
+        assert_eq!(
+            (b.available, b.held, b.committed),
+            (100 - cost as i64, 0, cost),
+            "metered {metered:?}"
+        );
+    }
 }

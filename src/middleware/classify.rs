@@ -16,7 +16,7 @@
 //! | what happened | verdict | the hold |
 //! |---|---|---|
 //! | head with a success (HTTP: the success predicate, default below 400; gRPC: `grpc-status: 0` in the head) | [`Verdict::Success`] | committed: the [`Charge`](crate::Charge)'s cost |
-//! | head with a failure (a failing status, a non-zero `grpc-status`) | [`Verdict::Failure`] | refunded |
+//! | head with a failure (a failing status, a non-zero `grpc-status`) | [`Verdict::Failure`] | refunded (a `Charge` the handler metered with `set`/`add`: committed so far) |
 //! | gRPC head without `grpc-status` | [`Verdict::Unknown`] | waits for the trailers |
 //! | gRPC `CANCELLED` or `DEADLINE_EXCEEDED` (the caller reset the call, or its deadline ran out) | [`Verdict::Unknown`] | an early end: the `Charge` so far |
 //! | trailers with `grpc-status: 0` / non-zero | success / failure | committed / refunded (a metered `Charge`: committed so far) |
@@ -25,7 +25,8 @@
 //! | response future dropped before the head | — | refunded, unless the handler already called `set`/`add` (then the `Charge` so far) |
 //!
 //! The client chose to stop; the server did not fail: only an explicit failure refunds, and
-//! not a stream the caller already read that its handler metered.
+//! not work its handler metered with `set`/`add` (a handler that wants a failure free calls
+//! `charge.set(0)` first).
 //!
 //! A gRPC status in the head counts only for a trailers-only response (one whose body is
 //! already over): a head that says `grpc-status` and then streams a body waits for the

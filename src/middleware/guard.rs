@@ -5,20 +5,19 @@
 //! | how the request ended | settles |
 //! |---|---|
 //! | success | commit: the `Charge` (its price unless the handler set a cost) |
-//! | the head said failure (a failing status, a trailers-only non-OK `grpc-status`) | refund |
-//! | the trailers said failure, `Charge` untouched | refund |
-//! | the trailers said failure after the handler metered the stream with `set`/`add` | commit: the `Charge` so far |
+//! | the response said failure (a failing status, a non-OK `grpc-status`), `Charge` untouched | refund |
+//! | the response said failure after the handler metered its work with `set`/`add` | commit: the `Charge` so far |
 //! | inner service error, panic, handler cancelled past the lifetime cap | refund |
 //! | dropped before the head, `Charge` untouched | refund |
 //! | dropped before the head after `set`/`add` (a cancelled upload) | commit: the `Charge` so far |
 //! | after the head: client reset, body dropped, body error, no status | commit: the `Charge` so far |
 //!
-//! A failure at the head means the caller got nothing but the error. A failure in the
-//! trailers comes after a body the caller read: if the handler metered it with `set`/`add`,
-//! the caller pays for what was metered, or it could read every item of a metered stream
-//! and then make it fail (a malformed last message, an id that does not exist) to get all
-//! of it refunded. A handler that wants such a failure to be free calls `charge.set(0)`
-//! before failing.
+//! A handler that metered its work with `set`/`add` is taken at its word, failure or not:
+//! otherwise a caller could read every item of a metered stream and then make it fail (a
+//! malformed last message, an id that does not exist), or reset a client-streaming upload so
+//! that the handler answers an error first, and get all of it refunded. A handler that wants
+//! a failure to be free calls `charge.set(0)` before failing; a fixed-price call (no
+//! `set`/`add`) that fails is refunded.
 
 use std::fmt;
 use std::sync::Arc;
@@ -75,13 +74,13 @@ impl End {
 pub(crate) fn decide(end: End, charge: &Closed) -> Decision {
     match end {
         End::Success | End::Early => Decision::Commit(charge.to_commit()),
-        End::Failure | End::Error => Decision::Refund,
-        // Work the handler metered was done (and, after a body, delivered), even if no one
-        // reads the answer or the stream ends in an error status.
-        End::FailureAfterBody | End::BeforeHead if charge.actual.is_some() => {
+        End::Error => Decision::Refund,
+        // Work the handler metered was done, even if no one reads the answer or the call
+        // ends in an error status.
+        End::Failure | End::FailureAfterBody | End::BeforeHead if charge.actual.is_some() => {
             Decision::Commit(charge.to_commit())
         }
-        End::FailureAfterBody | End::BeforeHead => Decision::Refund,
+        End::Failure | End::FailureAfterBody | End::BeforeHead => Decision::Refund,
     }
 }
 
@@ -212,7 +211,7 @@ mod tests {
         let used = closed(Some(7));
         assert_eq!(decide(End::Early, &used), Decision::Commit(7));
         assert_eq!(decide(End::BeforeHead, &used), Decision::Commit(7));
-        assert_eq!(decide(End::Failure, &used), Decision::Refund);
+        assert_eq!(decide(End::Failure, &used), Decision::Commit(7));
         assert_eq!(decide(End::FailureAfterBody, &used), Decision::Commit(7));
         assert_eq!(decide(End::FailureAfterBody, &fixed), Decision::Refund);
         assert_eq!(decide(End::Error, &used), Decision::Refund);

@@ -162,6 +162,8 @@ where
         // Key lookups have a breaker of their own: a flood of unknown keys against a slow
         // ledger must not fail billing for callers whose keys are cached.
         let allowed = match &account {
+            // Nothing to hold, and the account is known: no ledger call to guard.
+            Ok(_) if matches!(intent, Intent::Authenticate) => true,
             Ok(_) => shared.breaker.allow(),
             // A lookup's answer goes to the lookups' breaker: let that one decide, so the
             // billing breaker's probe goes to a request whose answer it will hear.
