@@ -26,6 +26,7 @@ static ALLOC: alloc::Counting = alloc::Counting;
 use std::time::{Duration, Instant};
 
 use support::redis::RedisServer;
+use support::rig::wait_for_async;
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
 use tower_credits::{
@@ -68,15 +69,6 @@ async fn pair<L: Ledger>(l: &L, a: &AccountId, ttl: Duration) {
         l.refund(a, &f).await.unwrap().outcome,
         SettleOutcome::Refunded
     );
-}
-
-/// Waits (on Redis's clock) until `cond` holds, or panics after `deadline`.
-async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while !cond() {
-        assert!(Instant::now() < until, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn zcard(server: &RedisServer, key: &str) -> u64 {
@@ -197,8 +189,9 @@ async fn redis_hot_account_is_bounded_and_drops_its_done_key() {
     // Idle size of a used account: one pair, then its ids forgotten.
     pair(&l, &a, ttl).await;
     let done = key(name, "done");
-    eventually("the first ids to go", Duration::from_secs(30), || {
-        server.cli(&["EXISTS", &done]) == "0"
+    wait_for_async("the first ids to go", Duration::from_secs(30), || {
+        let holds = server.cli(&["EXISTS", &done]) == "0";
+        async move { holds.then_some(()) }
     })
     .await;
     let idle = redis_bytes(&server, name);
@@ -227,8 +220,9 @@ async fn redis_hot_account_is_bounded_and_drops_its_done_key() {
     );
 
     // Traffic stops: no call, no sweep; Redis drops the key by its own clock.
-    eventually("the done key to expire", Duration::from_secs(30), || {
-        server.cli(&["EXISTS", &done]) == "0"
+    wait_for_async("the done key to expire", Duration::from_secs(30), || {
+        let holds = server.cli(&["EXISTS", &done]) == "0";
+        async move { holds.then_some(()) }
     })
     .await;
     for k in ["holds", "expiry"] {
@@ -369,8 +363,9 @@ async fn state_per_account() {
     l.reserve(r).await.unwrap();
     l.commit(&a, &h, 1).await.unwrap();
     let done = key(name, "done");
-    eventually("the warm-up id to go", Duration::from_secs(60), || {
-        server.cli(&["EXISTS", &done]) == "0"
+    wait_for_async("the warm-up id to go", Duration::from_secs(60), || {
+        let holds = server.cli(&["EXISTS", &done]) == "0";
+        async move { holds.then_some(()) }
     })
     .await;
     let idle = redis_bytes(&server, name);
@@ -401,8 +396,9 @@ async fn state_per_account() {
         }
     }
     let real = started.elapsed();
-    eventually("the done key to expire", Duration::from_secs(60), || {
-        server.cli(&["EXISTS", &done]) == "0"
+    wait_for_async("the done key to expire", Duration::from_secs(60), || {
+        let holds = server.cli(&["EXISTS", &done]) == "0";
+        async move { holds.then_some(()) }
     })
     .await;
     let after = redis_bytes(&server, name);

@@ -718,7 +718,9 @@ async fn shutdown_waits_for_settles_on_a_paused_redis() {
         "nothing confirmed yet: {stats:?}"
     );
 
-    // Redis comes back while the shutdown waits.
+    // Redis comes back while the shutdown waits. The delay is a schedule, not an
+    // assertion: whenever Redis resumes, `shutdown` must return true only once the pending
+    // commit has landed, which the assertions below check on the ledger itself.
     let resume = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         server.resume();
