@@ -5,11 +5,15 @@
 //! ```
 //!
 //! Listens on 127.0.0.1:3000 (`PORT` overrides) with two accounts: API key `demo-rich`
-//! (1000 credits, `DEMO_RICH_CREDITS` overrides) and `demo-poor` (5 credits), both warned
-//! below 100. `GET /v1/echo` costs 1, `POST /v1/generate` holds 50 and charges the JSON
+//! (1000 credits, `DEMO_RICH_CREDITS` overrides; threshold 100) and `demo-poor` (5 credits;
+//! thresholds 100 and 4: its first `GET /v1/echo` fires `balance.low` for 100, its second
+//! for 4, and its first 402 fires `balance.depleted`). `GET /v1/echo` costs 1, `POST /v1/generate` holds 50 and charges the JSON
 //! field `tokens` (a `credits-max-cost` cap of at least 10 lowers the hold), `GET /v1/credits`
 //! answers the caller's balance and spend by route, `GET /health` is free. Any billed route
 //! answers a quote instead when sent `credits-quote: 1`. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
+//!
+//! Events are printed; with `CREDITS_WEBHOOK_URL` and `CREDITS_WEBHOOK_SECRET` set they are
+//! also posted there, signed (`Credits-Signature`; `http://` only to a loopback address).
 //!
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart` keeps the balances in
 //! Redis instead; run two (with different `PORT`s) and they behave as two replicas.
@@ -19,6 +23,7 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tower_credits::events::{Dispatcher, Webhook};
 use tower_credits::pricing::Pricing;
 use tower_credits::readout::CreditsReadout;
 use tower_credits::{
@@ -51,17 +56,15 @@ async fn seed(ledger: &impl LedgerAdmin) -> Result<(), tower_credits::LedgerErro
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    for (key, account, credits) in [
-        ("demo-rich", "acct_rich", rich_credits),
-        ("demo-poor", "acct_poor", 5),
+    for (key, account, credits, thresholds) in [
+        ("demo-rich", "acct_rich", rich_credits, &[100][..]),
+        ("demo-poor", "acct_poor", 5, &[100, 4][..]),
     ] {
         let account = AccountId::new(account)?;
-        ledger
-            .configure(Configure::new(
-                &account,
-                AccountSettings::new().low_balance_threshold(100),
-            ))
-            .await?;
+        let settings = thresholds
+            .iter()
+            .fold(AccountSettings::new(), |s, &t| s.low_balance_threshold(t));
+        ledger.configure(Configure::new(&account, settings)).await?;
         ledger
             .top_up(TopUp::new(
                 &account,
@@ -116,6 +119,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ledger = ledger().await?;
     seed(&ledger).await?;
 
+    // Low-balance, runway and depletion events: printed, and posted to a webhook if set.
+    let mut dispatcher = Dispatcher::new(ledger.clone()).on_event(|event| async move {
+        println!("event: {}", String::from_utf8_lossy(&event.to_json()));
+        Ok(())
+    });
+    if let (Ok(url), Ok(secret)) = (
+        std::env::var("CREDITS_WEBHOOK_URL"),
+        std::env::var("CREDITS_WEBHOOK_SECRET"),
+    ) {
+        let webhook = Webhook::new(&url, secret)?;
+        println!("events: posted to {}", webhook.redacted_url());
+        dispatcher = dispatcher.webhook(webhook);
+    }
+    let events = dispatcher.spawn();
+
     let layer = CreditLayer::new(ledger.clone())
         .pricing(
             Pricing::new()
@@ -127,6 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .free("GET /health"),
         )
         .low_balance_threshold(100)
+        .events(events)
         .top_up_url("https://example.com/billing");
     // Kept to shut the layer's hold keeper down after the server stops.
     let credits = layer.clone();

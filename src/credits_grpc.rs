@@ -97,6 +97,7 @@ use crate::amount::MAX_AMOUNT;
 use crate::ledger::{AccountId, Balance, LedgerError, LedgerReports, Usage};
 use crate::pricing::{Price, Pricing};
 use crate::readout::average_cost;
+use crate::wire::headers::Thresholds;
 use crate::wire::quote::Quote;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -366,7 +367,7 @@ impl<L: LedgerReports> Inner<L> {
             min_price: priced.min,
             available: Some(balance.available),
             credit_limit: balance.credit_limit,
-            threshold: balance.low_balance_threshold,
+            thresholds: Thresholds::new(balance.thresholds, None),
             runway_secs: balance.runway_secs,
             price_version,
         }))
@@ -389,7 +390,7 @@ impl<L: LedgerReports> Inner<L> {
             held: balance.held,
             committed: balance.committed,
             credit_limit: balance.credit_limit,
-            thresholds: balance.low_balance_threshold.into_iter().collect(),
+            thresholds: balance.thresholds,
             runway_secs: balance.runway_secs,
             routes: usage
                 .by_route

@@ -62,6 +62,7 @@
 //! | `tonic` | gRPC refusals with `google.rpc` rich details (`ErrorInfo`, `Help`), and [`credits_grpc`]: the caller's quote and readout as a gRPC service | `tonic`, `tonic-types`, `prost`, `tonic-prost` |
 //! | `redis` | [`RedisLedger`]: balances shared by every replica, on Redis or Redis Cluster | `redis` (tokio, connection manager, cluster) |
 //! | `test-util` | test helpers: the Redis clock offset, and the parser oracles the fuzz targets use | nothing |
+//! | `webhook` | [`events::Webhook`] and [`events::verify_signature`]: signed HTTPS delivery of credit events, and its check on the receiving side | `hyper-util`, `hyper-rustls` and `rustls` on `ring`, `hmac` |
 //! | `conformance` | [`conformance`]: the ledger conformance suite and its model check, for a ledger of your own (see [Writing a ledger](#writing-a-ledger)) | `proptest`, tokio's `rt-multi-thread` |
 //!
 //! # Code map
@@ -82,8 +83,10 @@
 //!
 //! Around it: `account.rs` (who pays), `pricing.rs` (how much), `charge.rs` (what the
 //! handler used), `outage.rs` (what to do when the ledger is down), `wire/` (what callers
-//! see: headers, problem JSON, gRPC statuses), and `ledger/` (the [`Ledger`] contract,
-//! `memory.rs`, `runway.rs`, and `redis/` with one Lua script per operation).
+//! see: headers, problem JSON, gRPC statuses), `ledger/` (the [`Ledger`] contract,
+//! `memory.rs`, `runway.rs`, `events.rs` (what a ledger detects, its outbox), and `redis/`
+//! with one Lua script per operation), and `events/` (the [`events::Dispatcher`] that
+//! delivers credit events: callback, signed webhooks, retries, dead letters).
 //!
 //! # Writing a ledger
 //!
@@ -134,6 +137,7 @@ pub mod conformance;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod credits_grpc;
+pub mod events;
 #[cfg(any(fuzzing, feature = "test-util"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -153,10 +157,10 @@ pub use charge::{Charge, ChargeError};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use ledger::RedisLedger;
 pub use ledger::{
-    AccountId, AccountSettings, AnyLedger, Balance, BoxLedger, Configure, ErrorKind, Extend,
-    Extended, Held, HoldId, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports,
-    MemoryLedger, Reserve, ReserveOutcome, Settle, SettleDecision, SettleOutcome, Settlement,
-    TopUp, ToppedUp, Usage,
+    AccountId, AccountSettings, AnyLedger, Balance, BoxLedger, Configure, CreditEvent, ErrorKind,
+    EventKind, EventOutbox, Extend, Extended, Held, HoldId, Insufficient, Ledger, LedgerAdmin,
+    LedgerError, LedgerReports, MemoryLedger, Reserve, ReserveOutcome, Settle, SettleDecision,
+    SettleOutcome, Settlement, Threshold, TopUp, ToppedUp, Usage,
 };
 pub use middleware::classify;
 pub use middleware::classify::Protocol;

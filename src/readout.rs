@@ -139,7 +139,7 @@ impl<L: LedgerReports, B> Service<Request<B>> for CreditsReadout<L> {
                     "held": balance.held,
                     "committed": balance.committed,
                     "credit_limit": balance.credit_limit,
-                    "thresholds": balance.low_balance_threshold.into_iter().collect::<Vec<_>>(),
+                    "thresholds": balance.thresholds,
                     "runway_secs": balance.runway_secs,
                     "routes": routes,
                 }),

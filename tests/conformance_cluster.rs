@@ -49,3 +49,4 @@ impl Harness for ClusterHarness {
 }
 
 tower_credits::conformance_suite!(ClusterHarness);
+tower_credits::conformance_outbox_suite!(ClusterHarness);

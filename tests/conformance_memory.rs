@@ -18,3 +18,4 @@ impl Harness for MemoryHarness {
 }
 
 tower_credits::conformance_suite!(MemoryHarness);
+tower_credits::conformance_outbox_suite!(MemoryHarness);

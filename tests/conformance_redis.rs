@@ -47,3 +47,4 @@ impl Harness for RedisHarness {
 }
 
 tower_credits::conformance_suite!(RedisHarness);
+tower_credits::conformance_outbox_suite!(RedisHarness);

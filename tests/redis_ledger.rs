@@ -157,10 +157,12 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
             .unwrap(),
     );
 
-    let keys: Vec<String> = ["acct", "holds", "expiry", "done", "usage", "topups"]
-        .iter()
-        .map(|s| format!("credits:{{acct_lua}}:{s}"))
-        .collect();
+    let keys: Vec<String> = [
+        "acct", "holds", "expiry", "done", "usage", "topups", "outbox", "leases", "dead",
+    ]
+    .iter()
+    .map(|s| format!("credits:{{acct_lua}}:{s}"))
+    .collect();
     let snapshot = |server: &RedisServer| -> Vec<String> {
         keys.iter()
             .map(|k| server.cli(&["DUMP", k]))
@@ -172,7 +174,18 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
     // The exact text the ledger loads: the generated prelude, lib.lua, the script.
     let reserve = &RedisLedger::script_source("reserve").expect("reserve script");
     let top_up = &RedisLedger::script_source("top_up").expect("top_up script");
-    let good_reserve = ["0", "3600000", "h1", "5", "60000", "", "", ""];
+    let good_reserve = [
+        "0",
+        "3600000",
+        "h1",
+        "5",
+        "60000",
+        "",
+        "",
+        "",
+        "replica-1",
+        "30000",
+    ];
     let bad_reserves: Vec<(usize, &str)> = vec![
         (0, "-1"),
         (1, "1e3"),
@@ -196,6 +209,12 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
         (7, "-1"),
         (7, "1e3"),
         (7, "9007199254740992"),
+        (8, ""),
+        (8, "a b"),
+        (8, "{x}"),
+        (8, "r".repeat(65).leak()),
+        (9, "-1"),
+        (9, "86400001"),
     ];
     for (i, bad) in bad_reserves {
         let mut args = good_reserve.to_vec();

@@ -12,24 +12,43 @@
 //!   for 1 s past the hold's expiry; a tombstone as long as the longest TTL reserved with;
 //! * a payment id credits one account, once (the key's claim), and a refused top-up
 //!   leaves its key free;
-//! * the low-balance warning is a latch, re-armed when `available` is back at or above the
-//!   threshold; runway and usage by route use the public `ledger::runway` helpers and
-//!   outcome constructors.
+//! * alerts are latches, evaluated inside the operation that moves the credits, under the
+//!   same lock, so each crossing is detected exactly once:
+//!   - a commit that leaves `available` below an armed threshold fires one
+//!     `balance.low` event for it and disarms it (highest threshold first; two thresholds
+//!     of one value fire one event). Only a top-up re-arms a threshold, and only one that
+//!     lifts `available` back to it: credits coming back by a refund or an expired hold
+//!     re-arm nothing. A percentage threshold resolves against the last top-up;
+//!   - a commit that leaves the runway forecast below the account's horizon fires
+//!     `balance.runway_low` once until the next top-up;
+//!   - a reserve refused for lack of credits fires `balance.depleted` once until the
+//!     next top-up;
+//! * runway and usage by route use the public `ledger::runway` helpers and outcome
+//!   constructors.
+//!
+//! It does not implement `EventOutbox`: it keeps no outbox and delivers nothing. The events
+//! it detects are returned in `Settlement::events` and `Insufficient::events`, once, for
+//! the caller to deliver (a ledger that wants the crate's `Dispatcher` to deliver them,
+//! with retries and leases across replicas, implements `EventOutbox` as well).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::{ready, Ready};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tower_credits::clock::{Clock, SystemClock};
 use tower_credits::ledger::runway::{burn_rate_after, decayed_rate, runway_known, runway_secs};
 use tower_credits::ledger::validate::{
     check_amount, check_idempotency_key, check_route, check_ttl, checked_total,
 };
-use tower_credits::ledger::{RouteUsage, DEFAULT_HOLD_TTL, RECLAIM_LIMIT};
+use tower_credits::ledger::{
+    check_alerts, RouteUsage, DEFAULT_HOLD_TTL, DEFAULT_RUNWAY_HORIZON, RECLAIM_LIMIT,
+};
 use tower_credits::{
-    AccountId, ApiKeyHash, Balance, Configure, Extend, Extended, Held, HoldId, Insufficient,
-    Ledger, LedgerAdmin, LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle,
-    SettleOutcome, Settlement, TopUp, ToppedUp, Usage,
+    AccountId, ApiKeyHash, Balance, Configure, CreditEvent, EventKind, Extend, Extended, Held,
+    HoldId, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports, Reserve, ReserveOutcome,
+    Settle, SettleOutcome, Settlement, Threshold, TopUp, ToppedUp, Usage,
 };
 
 /// How long a closed id is remembered past its hold's expiry (or its close, if later):
@@ -46,6 +65,8 @@ pub struct TinyLedger {
 struct Inner {
     clock: Box<dyn Clock>,
     state: Mutex<State>,
+    /// The next event's receipt: unique in this ledger, so per account, and never reused.
+    receipts: AtomicU64,
 }
 
 #[derive(Default)]
@@ -64,9 +85,7 @@ struct Account {
     committed: u64,
     held: u64,
     credit_limit: u64,
-    threshold: Option<u64>,
-    /// The low-balance warning was given and not re-armed since.
-    warned: bool,
+    alerts: Alerts,
     /// Burn rate (credits/s) as of `rate_at_ms`.
     rate: f64,
     rate_at_ms: u64,
@@ -83,6 +102,85 @@ struct Account {
     forget: BTreeSet<(u64, HoldId)>,
     /// The latest forget-at time: once passed, all of `closed` goes at once.
     closed_until: u64,
+}
+
+/// An account's thresholds and horizon, and which of its events have fired.
+#[derive(Default)]
+struct Alerts {
+    thresholds: Vec<Threshold>,
+    /// `fired[i]`: `thresholds[i]` fired and waits for a top-up to re-arm.
+    fired: Vec<bool>,
+    /// `None`: `DEFAULT_RUNWAY_HORIZON`; zero: no runway events.
+    horizon: Option<Duration>,
+    runway_fired: bool,
+    depleted_fired: bool,
+    /// What percentage thresholds resolve against.
+    last_top_up: u64,
+}
+
+impl Alerts {
+    /// New thresholds (all armed) and horizon; the same thresholds set again keep what
+    /// fired, so one crossing is reported once.
+    fn configure(&mut self, thresholds: &[Threshold], horizon: Option<Duration>) {
+        if self.thresholds != thresholds {
+            self.thresholds = thresholds.to_vec();
+            self.fired = vec![false; thresholds.len()];
+        }
+        self.horizon = horizon;
+    }
+
+    /// The thresholds in credits, highest first, each value once.
+    fn resolved(&self) -> Vec<u64> {
+        let mut values: Vec<u64> = self
+            .thresholds
+            .iter()
+            .map(|t| t.credits(self.last_top_up))
+            .collect();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values.dedup();
+        values
+    }
+
+    fn horizon(&self) -> Duration {
+        self.horizon.unwrap_or(DEFAULT_RUNWAY_HORIZON)
+    }
+
+    /// After a commit that left `available` and `runway`: the thresholds crossed (highest
+    /// first, now disarmed), and the runway if `balance.runway_low` fires.
+    fn after_commit(&mut self, available: i64, runway: Option<u64>) -> (Vec<u64>, Option<u64>) {
+        let mut crossed = Vec::new();
+        for (t, fired) in self.thresholds.iter().zip(&mut self.fired) {
+            let value = t.credits(self.last_top_up);
+            if !*fired && available < value as i64 {
+                *fired = true;
+                crossed.push(value);
+            }
+        }
+        crossed.sort_unstable_by(|a, b| b.cmp(a));
+        crossed.dedup();
+        let horizon = self.horizon().as_secs();
+        let runway_low = runway.filter(|&secs| !self.runway_fired && secs < horizon);
+        self.runway_fired |= runway_low.is_some();
+        (crossed, runway_low)
+    }
+
+    /// After a refusal for lack of credits: whether `balance.depleted` fires.
+    fn after_refusal(&mut self) -> bool {
+        !std::mem::replace(&mut self.depleted_fired, true)
+    }
+
+    /// After a top-up of `amount` that left `available`: re-arms the thresholds it lifted
+    /// `available` back to, and the runway and depletion events.
+    fn after_top_up(&mut self, amount: u64, available: i64) {
+        self.last_top_up = amount;
+        for (t, fired) in self.thresholds.iter().zip(&mut self.fired) {
+            if available >= t.credits(amount) as i64 {
+                *fired = false;
+            }
+        }
+        self.runway_fired = false;
+        self.depleted_fired = false;
+    }
 }
 
 struct OpenHold {
@@ -124,7 +222,6 @@ impl Account {
     /// Reclaims up to `RECLAIM_LIMIT` expired holds, and forgets closed ids whose time
     /// has come (all at once when the last one's has, else up to `RECLAIM_LIMIT`).
     fn reclaim(&mut self, now: u64) {
-        let mut reclaimed = false;
         for _ in 0..RECLAIM_LIMIT {
             match self.expiry.first() {
                 Some(&(at, _)) if at <= now => {}
@@ -133,8 +230,8 @@ impl Account {
             let (_, id) = self.expiry.pop_first().expect("checked above");
             if let Some(hold) = self.holds.remove(&id) {
                 self.held -= hold.amount;
+                // The credits come back, but only a top-up re-arms a threshold.
                 self.remember(id, SettleOutcome::Expired, now + CLOSED_GRACE_MS);
-                reclaimed = true;
             }
         }
         if self.closed_until <= now {
@@ -150,24 +247,12 @@ impl Account {
                 self.closed.remove(&id);
             }
         }
-        if reclaimed {
-            self.rearm();
-        }
-    }
-
-    /// Re-arms the low-balance warning once `available` is back at or above the threshold.
-    fn rearm(&mut self) {
-        if let Some(threshold) = self.threshold {
-            if self.available() >= threshold as i64 {
-                self.warned = false;
-            }
-        }
     }
 
     fn held(&self, amount: u64, expires_at_ms: u64, now: u64) -> Held {
         let mut held = Held::new(amount, self.available(), expires_at_ms);
         held.credit_limit = self.credit_limit;
-        held.low_balance_threshold = self.threshold;
+        held.thresholds = self.alerts.resolved();
         held.runway_secs = self.runway(now);
         held
     }
@@ -175,7 +260,7 @@ impl Account {
     fn settlement(&self, outcome: SettleOutcome, now: u64) -> Settlement {
         let mut settlement = Settlement::new(outcome);
         settlement.available = Some(self.available());
-        settlement.low_balance_threshold = self.threshold;
+        settlement.thresholds = self.alerts.resolved();
         settlement.runway_secs = self.runway(now);
         settlement
     }
@@ -203,6 +288,7 @@ impl TinyLedger {
             inner: Arc::new(Inner {
                 clock: Box::new(clock),
                 state: Mutex::new(state),
+                receipts: AtomicU64::new(1),
             }),
         }
     }
@@ -215,6 +301,12 @@ impl TinyLedger {
             .lock()
             .expect("no operation panics holding the lock");
         (self.inner.clock.now_ms(), state)
+    }
+
+    /// An event of `kind` for `account`, left with `available`, detected now.
+    fn event(&self, kind: EventKind, account: &AccountId, available: i64, now: u64) -> CreditEvent {
+        let receipt = self.inner.receipts.fetch_add(1, Ordering::Relaxed);
+        CreditEvent::new(kind, account.clone(), available, now, receipt.to_string())
     }
 
     /// Runs `op` on an existing account, after reclaiming its expired holds.
@@ -265,7 +357,11 @@ impl TinyLedger {
         } else if least as i128 <= spendable {
             spendable as u64
         } else {
-            let refusal = Insufficient::new(least, a.available(), a.credit_limit);
+            let mut refusal = Insufficient::new(least, a.available(), a.credit_limit);
+            if a.alerts.after_refusal() {
+                let event = self.event(EventKind::Depleted, r.account(), a.available(), now);
+                refusal.events.push(event);
+            }
             return Ok(ReserveOutcome::Insufficient(refusal));
         };
         // committed + held may reach topped_up + credit_limit: keep both in range.
@@ -319,7 +415,8 @@ impl TinyLedger {
             ),
             None => (SettleOutcome::Refunded, 0, false),
         };
-        let mut crossed = false;
+        // Only a commit fires events; a refund gives credits back but re-arms nothing.
+        let mut events = Vec::new();
         if outcome == SettleOutcome::Committed {
             a.committed += charged;
             a.rate = burn_rate_after(a.rate, a.rate_at_ms, now, charged);
@@ -331,20 +428,24 @@ impl TinyLedger {
             let usage = a.usage.entry(hold.route.unwrap_or_default()).or_default();
             usage.credits += charged;
             usage.calls += 1;
-            if let Some(threshold) = a.threshold {
-                if a.available() < threshold as i64 && !a.warned {
-                    (a.warned, crossed) = (true, true);
-                }
+            let available = a.available();
+            let (crossed, runway_low) = a.alerts.after_commit(available, a.runway(now));
+            for threshold in crossed {
+                let event = self.event(EventKind::BalanceLow, s.account(), available, now);
+                events.push(event.with_threshold(threshold));
+            }
+            if let Some(runway) = runway_low {
+                let event = self.event(EventKind::RunwayLow, s.account(), available, now);
+                events.push(event.with_runway_secs(runway));
             }
         }
-        a.rearm();
         let forget_at = now.max(hold.expires_at_ms) + CLOSED_GRACE_MS;
         a.remember(id.clone(), outcome, forget_at);
         let mut settlement = a.settlement(outcome, now);
         settlement.committed = charged;
         settlement.released = hold.amount - charged;
         settlement.clamped = clamped;
-        settlement.threshold_crossed = crossed;
+        settlement.events = events;
         Ok(settlement)
     }
 
@@ -395,7 +496,8 @@ impl TinyLedger {
         }
         // Refused past MAX_AMOUNT before the key is claimed: the key stays free.
         a.topped_up = checked_total(a.topped_up, t.amount())?;
-        a.rearm();
+        let available = a.available();
+        a.alerts.after_top_up(t.amount(), available);
         let topped_up = ToppedUp::new(t.amount(), a.available(), false);
         let claim = (t.account().clone(), t.amount());
         state.topups.insert(t.idempotency_key().to_owned(), claim);
@@ -405,14 +507,12 @@ impl TinyLedger {
     fn do_configure(&self, c: &Configure) -> Result<(), LedgerError> {
         let settings = c.settings();
         check_amount(settings.credit_limit)?;
-        if let Some(threshold) = settings.low_balance_threshold {
-            check_amount(threshold)?;
-        }
+        check_alerts(&settings.thresholds, settings.runway_horizon)?;
         let (_, mut state) = self.lock();
         let a = state.accounts.entry(c.account().clone()).or_default();
         a.credit_limit = settings.credit_limit;
-        a.threshold = settings.low_balance_threshold;
-        a.rearm();
+        a.alerts
+            .configure(&settings.thresholds, settings.runway_horizon);
         Ok(())
     }
 }
@@ -469,7 +569,8 @@ impl LedgerReports for TinyLedger {
             balance.committed = a.committed;
             balance.topped_up = a.topped_up;
             balance.credit_limit = a.credit_limit;
-            balance.low_balance_threshold = a.threshold;
+            balance.thresholds = a.alerts.resolved();
+            balance.runway_horizon = a.alerts.horizon();
             balance.open_holds = a.holds.len() as u64;
             balance.runway_secs = a.runway(now);
             Ok(balance)

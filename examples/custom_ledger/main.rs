@@ -10,7 +10,11 @@
 //! ```
 //!
 //! Bills three calls through a `CreditLayer` on `RecordingLedger<TinyLedger>`, then prints
-//! the balance, the usage and what the layer asked of the ledger.
+//! the balance, the usage and what the layer asked of the ledger. Last, it calls the ledger
+//! directly to show the credit events it detects (`balance.low`, `balance.depleted`):
+//! `TinyLedger` keeps no outbox (it does not implement `EventOutbox`, so a `Dispatcher`
+//! cannot deliver for it), it returns them in `Settlement::events` and
+//! `Insufficient::events` for the caller to deliver.
 
 mod ledger;
 mod recording;
@@ -21,8 +25,9 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower::{Layer, ServiceExt};
 use tower_credits::pricing::Pricing;
-use tower_credits::{AccountId, AccountSettings, ApiKeyHash, CreditLayer};
-use tower_credits::{Configure, LedgerAdmin, LedgerReports, TopUp};
+use tower_credits::{AccountId, AccountSettings, ApiKeyHash, CreditLayer, HoldId};
+use tower_credits::{Configure, Ledger, LedgerAdmin, LedgerReports, Reserve, ReserveOutcome};
+use tower_credits::{CreditEvent, TopUp};
 
 use ledger::TinyLedger;
 use recording::RecordingLedger;
@@ -85,5 +90,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for op in ledger.log() {
         println!("  {op}");
     }
+
+    // The second call crossed the threshold and the third was refused: the layer logged
+    // those events, but has no outbox to deliver them from. Called directly, the ledger
+    // hands them over. A top-up re-arms both (2 + 10 = 12 credits).
+    ledger.top_up(TopUp::new(&account, 10, "payment-2")).await?;
+    let hold = HoldId::generate();
+    ledger
+        .reserve(Reserve::new(account.clone(), hold.clone(), 8))
+        .await?;
+    let settlement = ledger.commit(&account, &hold, 8).await?; // 4: below 5
+    settlement.events.iter().for_each(print_event);
+    let refused = ledger
+        .reserve(Reserve::new(account.clone(), HoldId::generate(), 5))
+        .await?;
+    if let ReserveOutcome::Insufficient(refusal) = refused {
+        refusal.events.iter().for_each(print_event);
+    }
     Ok(())
+}
+
+/// Prints `event` as a receiver would get it.
+fn print_event(event: &CreditEvent) {
+    println!("event: {}", String::from_utf8_lossy(&event.to_json()));
 }

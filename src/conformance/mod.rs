@@ -63,6 +63,7 @@
 //! against the public API, and the test that runs this suite on it.
 
 pub mod model;
+mod outbox;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -72,10 +73,11 @@ use std::time::Duration;
 
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::ledger::MAX_HOLD_TTL;
+use crate::ledger::MAX_THRESHOLDS;
 use crate::{
-    AccountId, AccountSettings, ApiKeyHash, Balance, ErrorKind, Extended, Held, HoldId,
+    AccountId, AccountSettings, ApiKeyHash, Balance, ErrorKind, EventKind, Extended, Held, HoldId,
     Insufficient, Ledger, LedgerError, Reserve, ReserveOutcome, SettleOutcome, Settlement,
-    MAX_AMOUNT,
+    Threshold, MAX_AMOUNT,
 };
 use crate::{Configure, Extend, LedgerAdmin, LedgerReports, TopUp};
 
@@ -144,7 +146,12 @@ macro_rules! conformance_suite {
             runway_follows_spending,
             a_runway_needs_history_not_a_burst,
             low_balance_threshold_crossed_once_per_crossing,
-            low_balance_threshold_rearms_after_expiry,
+            only_a_top_up_rearms_a_threshold,
+            several_thresholds_fire_one_event_each,
+            a_percentage_threshold_follows_the_last_top_up,
+            depletion_fires_once_until_a_top_up,
+            concurrent_commits_crossing_a_threshold_fire_one_event,
+            invalid_thresholds_are_refused,
             api_keys_register_lookup_revoke,
             concurrent_reserves_never_overshoot,
             many_accounts_are_independent,
@@ -154,6 +161,10 @@ macro_rules! conformance_suite {
 }
 
 pub use model::model_state_machine;
+pub use outbox::{
+    a_lapsed_lease_is_claimed_once, dead_letters_are_kept_with_their_reason,
+    detected_events_wait_leased_until_acknowledged, OutboxHarness,
+};
 
 /// Runs one case to its end on a new two-worker multi-thread tokio runtime (with every
 /// driver on): what each test of [`conformance_suite!`](crate::conformance_suite) calls.
@@ -280,7 +291,7 @@ pub fn assert_expires_in(expires_at_ms: u64, clock: &ManualClock, ttl: Duration)
 fn assert_nothing_moved(s: &Settlement, outcome: SettleOutcome) {
     assert_eq!(s.outcome, outcome, "{s:?}");
     assert_eq!((s.committed, s.released, s.clamped), (0, 0, false), "{s:?}");
-    assert!(!s.threshold_crossed, "{s:?}");
+    assert!(s.events.is_empty(), "{s:?}");
     assert!(!s.outcome.is_applied());
 }
 
@@ -326,7 +337,7 @@ pub async fn top_up_then_balance<H: Harness>(h: &H) {
     let b = assert_conserved(&l, &a).await;
     assert_eq!(totals(&b), (125, 0, 0, 125, 0));
     assert_eq!(b.credit_limit, 0);
-    assert_eq!(b.low_balance_threshold, None);
+    assert_eq!(b.thresholds, Vec::<u64>::new());
     assert_eq!(b.runway_secs, None, "nothing spent yet: no runway");
     assert!(l.usage(&a).await.unwrap().by_route.is_empty());
 }
@@ -529,7 +540,7 @@ pub async fn reserve_holds_credits<H: Harness>(h: &H) {
     assert_eq!(held.amount, 30);
     assert_eq!(held.available, 70);
     assert_eq!(held.credit_limit, 0);
-    assert_eq!(held.low_balance_threshold, None);
+    assert_eq!(held.thresholds, Vec::<u64>::new());
     assert!(!held.replayed);
     assert_expires_in(held.expires_at_ms, &clock, ttl);
     assert_eq!(totals(&assert_conserved(&l, &a).await), (70, 30, 0, 100, 1));
@@ -899,7 +910,7 @@ pub async fn commit_less_than_hold_releases_rest<H: Harness>(h: &H) {
     assert_eq!(s.outcome, SettleOutcome::Committed);
     assert_eq!((s.committed, s.released, s.clamped), (15, 25, false));
     assert_eq!(s.available, Some(85));
-    assert!(!s.threshold_crossed);
+    assert!(s.events.is_empty());
     assert!(s.outcome.is_applied());
     assert_eq!(totals(&assert_conserved(&l, &a).await), (85, 0, 15, 100, 0));
 }
@@ -1441,8 +1452,27 @@ async fn spend<L: Ledger>(l: &L, a: &AccountId, id: &str, amount: u64) -> Settle
     s
 }
 
-/// A commit that takes `available` below the account's threshold says so exactly once
-/// per crossing.
+/// The `balance.low` thresholds of a settlement's events.
+pub fn low_events(s: &Settlement) -> Vec<u64> {
+    s.events
+        .iter()
+        .filter(|e| e.kind == EventKind::BalanceLow)
+        .map(|e| e.threshold.expect("balance.low names its threshold"))
+        .collect()
+}
+
+/// Checks an event's fields against the settlement that detected it.
+#[track_caller]
+fn assert_event(s: &Settlement, a: &AccountId) {
+    for e in &s.events {
+        assert_eq!(&e.account, a, "{e:?}");
+        assert_eq!(Some(e.available), s.available, "{e:?}");
+        assert!(e.id.starts_with("evt_"), "{e:?}");
+    }
+}
+
+/// A commit that takes `available` below the account's threshold fires `balance.low`
+/// exactly once per crossing.
 pub async fn low_balance_threshold_crossed_once_per_crossing<H: Harness>(h: &H) {
     let (l, _clock, a) = funded(h, "acct_low", 100).await;
     l.configure(Configure::new(
@@ -1452,51 +1482,46 @@ pub async fn low_balance_threshold_crossed_once_per_crossing<H: Harness>(h: &H) 
     .await
     .unwrap();
     let b = assert_conserved(&l, &a).await;
-    assert_eq!(b.low_balance_threshold, Some(50));
+    assert_eq!(b.thresholds, vec![50]);
     let held = expect_held(reserve(&l, &a, &hold("peek"), 0).await);
-    assert_eq!(held.low_balance_threshold, Some(50));
+    assert_eq!(held.thresholds, vec![50]);
     l.refund(&a, &hold("peek")).await.unwrap();
 
     let s = spend(&l, &a, "s1", 30).await; // 70: above
-    assert_eq!((s.available, s.threshold_crossed), (Some(70), false));
-    assert_eq!(s.low_balance_threshold, Some(50));
+    assert_eq!((s.available, low_events(&s)), (Some(70), vec![]));
+    assert_eq!(s.thresholds, vec![50]);
     let s = spend(&l, &a, "s2", 20).await; // 50: not below
-    assert_eq!((s.available, s.threshold_crossed), (Some(50), false));
+    assert_eq!((s.available, low_events(&s)), (Some(50), vec![]));
     let s = spend(&l, &a, "s3", 10).await; // 40: crossed
-    assert_eq!((s.available, s.threshold_crossed), (Some(40), true));
+    assert_eq!((s.available, low_events(&s)), (Some(40), vec![50]));
+    assert_event(&s, &a);
+    let first_id = s.events[0].id.clone();
     let s = spend(&l, &a, "s4", 10).await; // 30: still below, already said
-    assert_eq!((s.available, s.threshold_crossed), (Some(30), false));
+    assert_eq!((s.available, low_events(&s)), (Some(30), vec![]));
     let s = spend(&l, &a, "s5", 0).await;
-    assert_eq!((s.available, s.threshold_crossed), (Some(30), false));
+    assert_eq!((s.available, low_events(&s)), (Some(30), vec![]));
 
-    // A top-up lifts it above; the next commit below is a new crossing.
+    // A top-up lifts it above; the next commit below is a new crossing, a new event.
     l.top_up(TopUp::new(&a, 100, "pay-2")).await.unwrap(); // 130
     let s = spend(&l, &a, "s6", 70).await; // 60: above
-    assert_eq!((s.available, s.threshold_crossed), (Some(60), false));
+    assert_eq!((s.available, low_events(&s)), (Some(60), vec![]));
     let s = spend(&l, &a, "s7", 20).await; // 40: crossed again
-    assert_eq!((s.available, s.threshold_crossed), (Some(40), true));
+    assert_eq!((s.available, low_events(&s)), (Some(40), vec![50]));
+    assert_ne!(s.events[0].id, first_id, "each crossing is its own event");
     let s = spend(&l, &a, "s8", 1).await;
-    assert_eq!((s.available, s.threshold_crossed), (Some(39), false));
+    assert_eq!((s.available, low_events(&s)), (Some(39), vec![]));
 
-    // A refund that lifts it above re-arms too.
-    l.top_up(TopUp::new(&a, 41, "pay-3")).await.unwrap(); // 80
-    expect_held(reserve(&l, &a, &hold("big"), 30).await); // 50
-    let s = spend(&l, &a, "s9", 5).await; // 45: crossed
-    assert_eq!((s.available, s.threshold_crossed), (Some(45), true));
-    let s = l.refund(&a, &hold("big")).await.unwrap(); // 75
-    assert_eq!((s.available, s.threshold_crossed), (Some(75), false));
-    let s = spend(&l, &a, "s10", 30).await; // 45: crossed
-    assert_eq!((s.available, s.threshold_crossed), (Some(45), true));
-
-    // A refund or a failed reserve never reports a crossing.
+    // A refund never fires.
     expect_held(reserve(&l, &a, &hold("r1"), 5).await);
-    assert!(!l.refund(&a, &hold("r1")).await.unwrap().threshold_crossed);
+    assert!(l.refund(&a, &hold("r1")).await.unwrap().events.is_empty());
     assert_conserved(&l, &a).await;
 }
 
-/// An expired hold that lifts `available` back above the threshold re-arms the warning.
-pub async fn low_balance_threshold_rearms_after_expiry<H: Harness>(h: &H) {
-    let (l, clock, a) = funded(h, "acct_low_expiry", 100).await;
+/// Credits that come back by a refund or an expired hold do not re-arm a threshold: the
+/// caller who lets holds lapse gets no second warning for the same fall. A top-up that
+/// lifts `available` back to the threshold does; one that leaves it below does not.
+pub async fn only_a_top_up_rearms_a_threshold<H: Harness>(h: &H) {
+    let (l, clock, a) = funded(h, "acct_low_rearm", 100).await;
     l.configure(Configure::new(
         &a,
         AccountSettings::new().low_balance_threshold(50),
@@ -1509,15 +1534,183 @@ pub async fn low_balance_threshold_rearms_after_expiry<H: Harness>(h: &H) {
             .unwrap(),
     ); // 60
     let s = spend(&l, &a, "s1", 30).await; // 30: crossed
-    assert_eq!((s.available, s.threshold_crossed), (Some(30), true));
+    assert_eq!((s.available, low_events(&s)), (Some(30), vec![50]));
     clock.advance(Duration::from_secs(20)); // the stuck hold comes back: 70
-    let b = assert_conserved(&l, &a).await;
-    assert_eq!(totals(&b), (70, 0, 30, 100, 0));
-    let s = spend(&l, &a, "s2", 30).await; // 40: a new crossing
-    assert_eq!((s.available, s.threshold_crossed), (Some(40), true));
-    let s = spend(&l, &a, "s3", 1).await;
-    assert_eq!((s.available, s.threshold_crossed), (Some(39), false));
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (70, 0, 30, 100, 0));
+    let s = spend(&l, &a, "s2", 30).await; // 40: below again, but not re-armed
+    assert_eq!((s.available, low_events(&s)), (Some(40), vec![]));
+    // The same threshold set again (with a new credit limit) re-arms nothing either.
+    let same = AccountSettings::new()
+        .low_balance_threshold(50)
+        .credit_limit(5);
+    l.configure(Configure::new(&a, same)).await.unwrap();
+    let s = spend(&l, &a, "s2b", 0).await;
+    assert_eq!(
+        low_events(&s),
+        Vec::<u64>::new(),
+        "the same crossing, reported once"
+    );
+
+    expect_held(reserve(&l, &a, &hold("big"), 30).await); // 10
+    let s = l.refund(&a, &hold("big")).await.unwrap(); // 40
+    assert!(s.events.is_empty());
+    l.top_up(TopUp::new(&a, 5, "pay-small")).await.unwrap(); // 45: still below 50
+    let s = spend(&l, &a, "s3", 1).await; // 44
+    assert_eq!(
+        low_events(&s),
+        Vec::<u64>::new(),
+        "a top-up that stays below re-arms nothing"
+    );
+    l.top_up(TopUp::new(&a, 10, "pay-back")).await.unwrap(); // 54: back above
+    let s = spend(&l, &a, "s4", 5).await; // 49
+    assert_eq!((s.available, low_events(&s)), (Some(49), vec![50]));
     assert_conserved(&l, &a).await;
+}
+
+/// Several thresholds (the quickstart's `demo-poor`: 5 credits, thresholds 100 and 4):
+/// each fires once, the `Credits-Warning` threshold is the lowest above the balance.
+pub async fn several_thresholds_fire_one_event_each<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_poor", 5).await;
+    l.configure(Configure::new(
+        &a,
+        AccountSettings::new()
+            .low_balance_threshold(100)
+            .low_balance_threshold(4),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(assert_conserved(&l, &a).await.thresholds, vec![100, 4]);
+    let s = spend(&l, &a, "s1", 1).await; // 4: below 100 only
+    assert_eq!((s.available, low_events(&s)), (Some(4), vec![100]));
+    let s = spend(&l, &a, "s2", 1).await; // 3: below 4 now
+    assert_eq!((s.available, low_events(&s)), (Some(3), vec![4]));
+    for i in 3..=5 {
+        let s = spend(&l, &a, &format!("s{i}"), 1).await;
+        assert!(s.events.is_empty(), "{s:?}");
+    }
+    // One top-up past both re-arms both; one commit that falls below both fires both,
+    // highest first.
+    l.top_up(TopUp::new(&a, 200, "pay-2")).await.unwrap(); // 200
+    let s = spend(&l, &a, "s6", 198).await; // 2
+    assert_eq!(low_events(&s), vec![100, 4]);
+    assert_event(&s, &a);
+    assert_ne!(s.events[0].id, s.events[1].id);
+    assert_conserved(&l, &a).await;
+}
+
+/// A threshold given as a percentage of the last top-up moves with it.
+pub async fn a_percentage_threshold_follows_the_last_top_up<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_pct", 1_000).await;
+    l.configure(Configure::new(
+        &a,
+        AccountSettings::new().threshold(Threshold::PercentOfLastTopUp(10)),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(assert_conserved(&l, &a).await.thresholds, vec![100]);
+    let s = spend(&l, &a, "s1", 899).await; // 101
+    assert!(s.events.is_empty());
+    let s = spend(&l, &a, "s2", 2).await; // 99
+    assert_eq!(low_events(&s), vec![100]);
+    l.top_up(TopUp::new(&a, 5_000, "pay-2")).await.unwrap(); // 5 099; threshold 500
+    assert_eq!(assert_conserved(&l, &a).await.thresholds, vec![500]);
+    let s = spend(&l, &a, "s3", 4_600).await; // 499
+    assert_eq!(low_events(&s), vec![500]);
+    assert_conserved(&l, &a).await;
+}
+
+/// The first refusal for lack of credits fires `balance.depleted`, once until the next
+/// top-up; the refusal writes nothing else.
+pub async fn depletion_fires_once_until_a_top_up<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_depleted", 10).await;
+    let before = assert_conserved(&l, &a).await;
+    let refusal = expect_insufficient(reserve(&l, &a, &hold("r1"), 11).await);
+    assert_eq!(refusal.events.len(), 1, "{refusal:?}");
+    let e = &refusal.events[0];
+    assert_eq!(
+        (e.kind, &e.account, e.available),
+        (EventKind::Depleted, &a, 10)
+    );
+    assert_eq!((e.threshold, e.runway_secs), (None, None));
+    let refusal = expect_insufficient(reserve(&l, &a, &hold("r2"), 11).await);
+    assert!(refusal.events.is_empty(), "once until the next top-up");
+    assert_eq!(
+        assert_conserved(&l, &a).await,
+        before,
+        "a refusal moves nothing"
+    );
+    l.top_up(TopUp::new(&a, 1, "pay-2")).await.unwrap();
+    expect_held(reserve(&l, &a, &hold("r3"), 11).await);
+    let refusal = expect_insufficient(reserve(&l, &a, &hold("r4"), 1).await);
+    assert_eq!(refusal.events.len(), 1);
+    assert_ne!(refusal.events[0].id, e.id);
+    // An unknown account is not depleted: it fires nothing and creates nothing.
+    let ghost = acct("acct_ghost");
+    assert!(matches!(
+        reserve(&l, &ghost, &hold("g"), 1).await,
+        ReserveOutcome::UnknownAccount
+    ));
+    assert!(matches!(
+        l.balance(&ghost).await,
+        Err(LedgerError::UnknownAccount)
+    ));
+}
+
+/// 64 commits racing across one threshold fire exactly one event.
+pub async fn concurrent_commits_crossing_a_threshold_fire_one_event<H: Harness>(h: &H) {
+    const TASKS: u64 = 64;
+    let (l, _clock, a) = funded(h, "acct_race_low", 2 * TASKS).await;
+    l.configure(Configure::new(
+        &a,
+        AccountSettings::new().low_balance_threshold(TASKS + TASKS / 2),
+    ))
+    .await
+    .unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (l, a) = (l.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = hold(&format!("c{task}"));
+            expect_held(
+                l.reserve(Reserve::new(a.clone(), id.clone(), 1))
+                    .await
+                    .unwrap_or_else(|e| under_load("reserve", e)),
+            );
+            let s = l
+                .commit(&a, &id, 1)
+                .await
+                .unwrap_or_else(|e| under_load("commit", e));
+            low_events(&s).len()
+        }));
+    }
+    let mut fired = 0;
+    for task in tasks {
+        fired += task.await.expect("a commit task panicked");
+    }
+    assert_eq!(fired, 1, "one crossing, one event");
+    assert_eq!(assert_conserved(&l, &a).await.available, TASKS as i64);
+}
+
+/// Thresholds the ledger cannot keep are refused, and change nothing.
+pub async fn invalid_thresholds_are_refused<H: Harness>(h: &H) {
+    let (l, _clock, a) = funded(h, "acct_bad_thresholds", 10).await;
+    let too_many = (0..=MAX_THRESHOLDS as u64).fold(AccountSettings::new(), |s, t| {
+        s.low_balance_threshold(t + 1)
+    });
+    for settings in [
+        too_many,
+        AccountSettings::new().threshold(Threshold::PercentOfLastTopUp(0)),
+        AccountSettings::new().threshold(Threshold::PercentOfLastTopUp(101)),
+        AccountSettings::new().low_balance_threshold(MAX_AMOUNT + 1),
+        AccountSettings::new().runway_horizon(Duration::from_secs(400 * 86_400)),
+    ] {
+        let err = l
+            .configure(Configure::new(&a, settings.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{settings:?}: {err}");
+    }
+    assert_eq!(assert_conserved(&l, &a).await.thresholds, Vec::<u64>::new());
 }
 
 // ---------------------------------------------------------------------------------------

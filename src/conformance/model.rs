@@ -30,9 +30,10 @@
 //! * a top-up key belongs to the first account it credits: the same key on another
 //!   account is `TopUpKeyClaimed` and creates nothing;
 //! * the low-balance warning is a latch: a commit that leaves `available` below the
-//!   threshold reports a crossing if the latch is open and closes it; anything that
-//!   brings `available` back to or above the threshold (top-up, refund, a commit that
-//!   releases, an expired hold coming back, a new threshold) opens it again.
+//!   threshold reports a crossing (a `balance.low` event) if the latch is open and closes
+//!   it; only a top-up that brings `available` back to or above the threshold, or setting
+//!   the threshold again, opens it (a refund or an expired hold coming back does not);
+//! * a refusal for lack of credits reports `balance.depleted` once until the next top-up.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -348,6 +349,7 @@ struct ModelAccount {
     credit_limit: u64,
     threshold: Option<u64>,
     warned: bool,
+    depleted: bool,
     holds: BTreeMap<usize, ModelHold>,
     done: BTreeMap<usize, SettleOutcome>,
     /// When each id of `done` is forgotten (model seconds): from then on it is unknown.
@@ -360,7 +362,7 @@ impl ModelAccount {
         self.topped_up as i64 - self.committed as i64 - self.held as i64
     }
 
-    /// The warning re-arms whenever `available` is back at or above the threshold.
+    /// A top-up re-arms the warning when `available` is back at or above the threshold.
     fn rearm(&mut self) {
         if let Some(t) = self.threshold {
             if self.available() >= t as i64 {
@@ -397,7 +399,6 @@ impl ModelAccount {
             self.held -= h.amount;
             self.close(id, SettleOutcome::Expired, now + GRACE_SECS);
         }
-        self.rearm();
     }
 
     fn settled(&self, outcome: SettleOutcome) -> Obs {
@@ -407,8 +408,8 @@ impl ModelAccount {
             released: 0,
             clamped: false,
             available: Some(self.available()),
-            threshold: self.threshold,
-            crossed: false,
+            thresholds: self.threshold.into_iter().collect(),
+            low: Vec::new(),
         }
     }
 }
@@ -429,13 +430,15 @@ enum Obs {
         amount: u64,
         available: i64,
         credit_limit: u64,
-        threshold: Option<u64>,
+        thresholds: Vec<u64>,
         replayed: bool,
     },
     Insufficient {
         required: u64,
         available: i64,
         credit_limit: u64,
+        /// `balance.depleted` fired.
+        depleted: bool,
     },
     Closed(SettleOutcome),
     Settled {
@@ -444,8 +447,9 @@ enum Obs {
         released: u64,
         clamped: bool,
         available: Option<i64>,
-        threshold: Option<u64>,
-        crossed: bool,
+        thresholds: Vec<u64>,
+        /// The thresholds of the `balance.low` events it fired.
+        low: Vec<u64>,
     },
     Until,
     NotOpen(SettleOutcome),
@@ -480,8 +484,8 @@ fn unknown_account_settlement() -> Obs {
         released: 0,
         clamped: false,
         available: None,
-        threshold: None,
-        crossed: false,
+        thresholds: Vec::new(),
+        low: Vec::new(),
     }
 }
 
@@ -523,6 +527,7 @@ impl Model {
                 a.topped_up += amount;
                 self.topups.insert(key, (acct, amount));
                 a.rearm();
+                a.depleted = false;
                 Obs::ToppedUp {
                     amount,
                     replayed: false,
@@ -544,7 +549,7 @@ impl Model {
                         amount: h.amount,
                         available: a.available(),
                         credit_limit: a.credit_limit,
-                        threshold: a.threshold,
+                        thresholds: a.threshold.into_iter().collect(),
                         replayed: true,
                     };
                 }
@@ -552,10 +557,12 @@ impl Model {
                     return Obs::Closed(already(how));
                 }
                 if amount as i64 > a.available() + a.credit_limit as i64 {
+                    let depleted = !std::mem::replace(&mut a.depleted, true);
                     return Obs::Insufficient {
                         required: amount,
                         available: a.available(),
                         credit_limit: a.credit_limit,
+                        depleted,
                     };
                 }
                 a.held += amount;
@@ -572,7 +579,7 @@ impl Model {
                     amount,
                     available: a.available(),
                     credit_limit: a.credit_limit,
-                    threshold: a.threshold,
+                    thresholds: a.threshold.into_iter().collect(),
                     replayed: false,
                 }
             }
@@ -598,7 +605,6 @@ impl Model {
                 if crossed {
                     a.warned = true;
                 }
-                a.rearm();
                 a.close(hold, SettleOutcome::Committed, h.expires_at + GRACE_SECS);
                 Obs::Settled {
                     outcome: SettleOutcome::Committed,
@@ -606,8 +612,8 @@ impl Model {
                     released: h.amount - charged,
                     clamped: actual > h.amount,
                     available: Some(a.available()),
-                    threshold: a.threshold,
-                    crossed,
+                    thresholds: a.threshold.into_iter().collect(),
+                    low: a.threshold.filter(|_| crossed).into_iter().collect(),
                 }
             }
             Step::Refund { acct, hold } => {
@@ -623,7 +629,6 @@ impl Model {
                     return a.settled(SettleOutcome::Unknown);
                 };
                 a.held -= h.amount;
-                a.rearm();
                 a.close(hold, SettleOutcome::Refunded, h.expires_at + GRACE_SECS);
                 Obs::Settled {
                     outcome: SettleOutcome::Refunded,
@@ -631,8 +636,8 @@ impl Model {
                     released: h.amount,
                     clamped: false,
                     available: Some(a.available()),
-                    threshold: a.threshold,
-                    crossed: false,
+                    thresholds: a.threshold.into_iter().collect(),
+                    low: Vec::new(),
                 }
             }
             Step::Extend {
@@ -664,8 +669,11 @@ impl Model {
             Step::Configure { acct, credit_limit } => {
                 let a = self.accounts[acct].get_or_insert_with(Default::default);
                 a.credit_limit = credit_limit;
+                // New thresholds are armed; the same ones set again keep what fired.
+                if a.threshold != THRESHOLDS[acct] {
+                    a.warned = false;
+                }
                 a.threshold = THRESHOLDS[acct];
-                a.rearm();
                 Obs::Done
             }
         }
@@ -712,8 +720,13 @@ fn obs_of_settlement(s: Settlement) -> Obs {
         released: s.released,
         clamped: s.clamped,
         available: s.available,
-        threshold: s.low_balance_threshold,
-        crossed: s.threshold_crossed,
+        thresholds: s.thresholds,
+        low: s
+            .events
+            .iter()
+            .filter(|e| e.kind == crate::EventKind::BalanceLow)
+            .filter_map(|e| e.threshold)
+            .collect(),
     }
 }
 
@@ -780,7 +793,7 @@ async fn run_op<L: Ledger + LedgerAdmin + LedgerReports>(
                         amount: held.amount,
                         available: held.available,
                         credit_limit: held.credit_limit,
-                        threshold: held.low_balance_threshold,
+                        thresholds: held.thresholds,
                         replayed: held.replayed,
                     },
                     Some(held.expires_at_ms),
@@ -790,6 +803,10 @@ async fn run_op<L: Ledger + LedgerAdmin + LedgerReports>(
                         required: i.required,
                         available: i.available,
                         credit_limit: i.credit_limit,
+                        depleted: i
+                            .events
+                            .iter()
+                            .any(|e| e.kind == crate::EventKind::Depleted),
                     },
                     None,
                 ),
@@ -867,7 +884,7 @@ async fn compare_accounts<L: LedgerReports>(
                     m.committed,
                     m.topped_up,
                     m.credit_limit,
-                    m.threshold,
+                    m.threshold.into_iter().collect::<Vec<_>>(),
                     m.holds.len() as u64,
                 );
                 let got = (
@@ -876,7 +893,7 @@ async fn compare_accounts<L: LedgerReports>(
                     b.committed,
                     b.topped_up,
                     b.credit_limit,
-                    b.low_balance_threshold,
+                    b.thresholds.clone(),
                     b.open_holds,
                 );
                 if want != got {

@@ -50,6 +50,14 @@ pub enum LedgerError {
         /// The ttl given.
         ttl: Duration,
     },
+    /// An account setting (a threshold, a runway horizon) the ledger does not accept.
+    #[error("invalid {what}: {detail}")]
+    InvalidSetting {
+        /// The setting.
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// [`balance`](super::LedgerReports::balance) or [`usage`](super::LedgerReports::usage) of an
     /// account never topped up or configured (a reserve answers
     /// [`ReserveOutcome::UnknownAccount`](super::ReserveOutcome::UnknownAccount) instead).
@@ -114,6 +122,7 @@ impl LedgerError {
             | Self::AmountOutOfRange { .. }
             | Self::TotalOutOfRange { .. }
             | Self::InvalidTtl { .. }
+            | Self::InvalidSetting { .. }
             | Self::UnknownAccount => ErrorKind::InvalidInput,
             Self::TopUpConflict { .. } | Self::TopUpKeyClaimed { .. } => ErrorKind::Conflict,
             Self::Timeout(_) | Self::Unavailable(_) => ErrorKind::Unavailable,

@@ -12,12 +12,14 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
+use super::outbox_memory::MemoryOutbox;
 use super::{
-    burn_rate_after, check_idempotency_key, check_route, check_ttl, decayed_rate,
-    runway::runway_known, runway_secs, AccountId, AccountSettings, Balance, Configure, Extend,
-    Extended, Held, HoldId, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports,
-    LongestTtl, Reserve, ReserveOutcome, RouteUsage, Settle, SettleOutcome, Settlement, TopUp,
-    ToppedUp, Usage, RECLAIM_LIMIT,
+    burn_rate_after, check_alerts, check_idempotency_key, check_route, check_ttl, decayed_rate,
+    runway::runway_known, runway_secs, AccountId, AccountSettings, Alerts, Balance, Configure,
+    CreditEvent, DeadLetter, EventKind, EventOutbox, Extend, Extended, Held, HoldId, Insufficient,
+    Ledger, LedgerAdmin, LedgerError, LedgerReports, LongestTtl, OutboxFuture, Reserve,
+    ReserveOutcome, RouteUsage, Settle, SettleOutcome, Settlement, TopUp, ToppedUp, Usage,
+    RECLAIM_LIMIT,
 };
 use crate::amount::{check_amount, checked_total};
 use crate::api_key::ApiKeyHash;
@@ -96,12 +98,15 @@ struct Inner {
     /// How long a refund tombstone of a never-seen id is kept (see [`LongestTtl`]).
     longest_ttl: LongestTtl,
     max_open_holds: Option<u64>,
+    /// Detected events until delivered (an in-process queue with leases).
+    outbox: MemoryOutbox,
 }
 
 /// Builds a [`MemoryLedger`].
 pub struct MemoryLedgerBuilder {
     clock: Arc<dyn Clock>,
     max_open_holds: Option<u64>,
+    event_lease: Duration,
 }
 
 impl fmt::Debug for MemoryLedgerBuilder {
@@ -126,6 +131,13 @@ impl MemoryLedgerBuilder {
         self
     }
 
+    /// How long a detected event stays leased to the dispatcher of this process before
+    /// another claim may take it (default [`DEFAULT_EVENT_LEASE`](super::DEFAULT_EVENT_LEASE)).
+    pub fn event_lease(mut self, lease: Duration) -> Self {
+        self.event_lease = lease;
+        self
+    }
+
     /// Builds the ledger.
     pub fn build(self) -> MemoryLedger {
         MemoryLedger {
@@ -134,9 +146,10 @@ impl MemoryLedgerBuilder {
                 shard_hasher: RandomState::default(),
                 api_keys: RwLock::default(),
                 topups: Mutex::default(),
-                clock: self.clock,
+                clock: self.clock.clone(),
                 longest_ttl: LongestTtl::default(),
                 max_open_holds: self.max_open_holds,
+                outbox: MemoryOutbox::new(self.clock.clone(), self.event_lease),
             }),
         }
     }
@@ -193,8 +206,8 @@ struct AccountState {
     committed: u64,
     held: u64,
     credit_limit: u64,
-    threshold: Option<u64>,
-    warned: bool,
+    /// Thresholds, runway horizon, and which events have fired.
+    alerts: Alerts,
     rate: f64,
     rate_at_ms: u64,
     /// Commits of at least a credit, and when the first was: the history a runway needs.
@@ -301,7 +314,6 @@ impl AccountState {
             return;
         };
         let mut released = 0;
-        let mut reclaimed = false;
         for _ in 0..RECLAIM_LIMIT {
             let Some(first) = activity.expiry.first() else {
                 break;
@@ -314,33 +326,20 @@ impl AccountState {
                 released += hold.amount;
                 let forget = forget_at(now_ms, hold.expires_at_ms);
                 activity.remember(closed_key(&id), SettleOutcome::Expired, forget);
-                reclaimed = true;
             }
         }
         activity.forget_due(now_ms);
         if activity.is_empty() {
             self.activity = None;
         }
+        // Expired holds give credits back, but only a top-up re-arms a threshold: a caller
+        // who lets holds lapse must not get a second warning for the same fall.
         self.held -= released;
-        if reclaimed {
-            // Expired holds give credits back: like a refund, that may lift `available`
-            // above the threshold, and the next fall below it is a new crossing.
-            self.rearm_warning();
-        }
     }
 
     /// Remembers how `id` closed, until `forget_at` (ms).
     fn close(&mut self, id: &HoldId, how: SettleOutcome, forget_at: u64) {
         self.activity().remember(closed_key(id), how, forget_at);
-    }
-
-    /// Clears the warning flag once the balance is back at or above the threshold.
-    fn rearm_warning(&mut self) {
-        if let Some(threshold) = self.threshold {
-            if self.available() >= threshold as i64 {
-                self.warned = false;
-            }
-        }
     }
 
     fn settlement(&self, outcome: SettleOutcome, now_ms: u64) -> Settlement {
@@ -350,8 +349,8 @@ impl AccountState {
             released: 0,
             clamped: false,
             available: Some(self.available()),
-            low_balance_threshold: self.threshold,
-            threshold_crossed: false,
+            thresholds: self.alerts.resolved(),
+            events: Vec::new(),
             runway_secs: self.runway(now_ms),
         }
     }
@@ -373,8 +372,8 @@ fn unknown_settlement() -> Settlement {
         released: 0,
         clamped: false,
         available: None,
-        low_balance_threshold: None,
-        threshold_crossed: false,
+        thresholds: Vec::new(),
+        events: Vec::new(),
         runway_secs: None,
     }
 }
@@ -404,6 +403,7 @@ impl MemoryLedger {
         MemoryLedgerBuilder {
             clock: Arc::new(SystemClock),
             max_open_holds: None,
+            event_lease: super::DEFAULT_EVENT_LEASE,
         }
     }
 
@@ -487,13 +487,14 @@ impl MemoryLedger {
         }
         self.inner.longest_ttl.note(ttl_ms);
         let max_open = self.inner.max_open_holds;
+        let outbox = &self.inner.outbox;
         let result = self.with_account(&r.account, |state, now| {
             if let Some(hold) = state.open_hold(&r.hold_id) {
                 return Ok(ReserveOutcome::Held(Held {
                     amount: hold.amount,
                     available: state.available(),
                     credit_limit: state.credit_limit,
-                    low_balance_threshold: state.threshold,
+                    thresholds: state.alerts.resolved(),
                     expires_at_ms: hold.expires_at_ms,
                     replayed: true,
                     runway_secs: state.runway(now),
@@ -510,11 +511,13 @@ impl MemoryLedger {
             } else if (least as i128) <= spendable {
                 spendable as u64
             } else {
-                return Ok(ReserveOutcome::Insufficient(Insufficient {
-                    required: least,
-                    available: state.available(),
-                    credit_limit: state.credit_limit,
-                }));
+                let mut refusal = Insufficient::new(least, state.available(), state.credit_limit);
+                if state.alerts.after_refusal() {
+                    let event =
+                        outbox.new_event(EventKind::Depleted, &r.account, state.available(), now);
+                    refusal.events.push(outbox.push(event, now));
+                }
+                return Ok(ReserveOutcome::Insufficient(refusal));
             };
             if let Some(limit) = max_open {
                 if state.open_holds() as u64 >= limit {
@@ -540,7 +543,7 @@ impl MemoryLedger {
                 amount,
                 available: state.available(),
                 credit_limit: state.credit_limit,
-                low_balance_threshold: state.threshold,
+                thresholds: state.alerts.resolved(),
                 expires_at_ms,
                 replayed: false,
                 runway_secs: state.runway(now),
@@ -589,7 +592,7 @@ impl MemoryLedger {
                 ),
                 None => (SettleOutcome::Refunded, 0, false),
             };
-            let mut crossed = false;
+            let mut events = Vec::new();
             if outcome == SettleOutcome::Committed {
                 state.committed += charged;
                 state.rate = burn_rate_after(state.rate, state.rate_at_ms, now, charged);
@@ -606,20 +609,28 @@ impl MemoryLedger {
                 let usage = state.usage.get_mut(route).expect("inserted above");
                 usage.credits += charged;
                 usage.calls += 1;
-                if let Some(threshold) = state.threshold {
-                    if state.available() < threshold as i64 && !state.warned {
-                        state.warned = true;
-                        crossed = true;
-                    }
+                let available = state.available();
+                let (crossed, runway_low) = state.alerts.after_commit(available, state.runway(now));
+                let outbox = &self.inner.outbox;
+                for threshold in crossed {
+                    let event = outbox
+                        .new_event(EventKind::BalanceLow, account, available, now)
+                        .with_threshold(threshold);
+                    events.push(outbox.push(event, now));
+                }
+                if let Some(runway) = runway_low {
+                    let event = outbox
+                        .new_event(EventKind::RunwayLow, account, available, now)
+                        .with_runway_secs(runway);
+                    events.push(outbox.push(event, now));
                 }
             }
-            state.rearm_warning();
             state.close(hold_id, outcome, forget_at(now, hold.expires_at_ms));
             let mut settlement = state.settlement(outcome, now);
             settlement.committed = charged;
             settlement.released = hold.amount - charged;
             settlement.clamped = clamped;
-            settlement.threshold_crossed = crossed;
+            settlement.events = events;
             Ok(settlement)
         });
         match result {
@@ -696,7 +707,8 @@ impl MemoryLedger {
         }
         state.topped_up = checked_total(state.topped_up, amount)?;
         topups.insert(digest, (account.clone(), amount));
-        state.rearm_warning();
+        let available = state.available();
+        state.alerts.after_top_up(amount, available);
         Ok(ToppedUp {
             amount,
             replayed: false,
@@ -710,14 +722,13 @@ impl MemoryLedger {
         settings: AccountSettings,
     ) -> Result<(), LedgerError> {
         check_amount(settings.credit_limit)?;
-        if let Some(threshold) = settings.low_balance_threshold {
-            check_amount(threshold)?;
-        }
+        check_alerts(&settings.thresholds, settings.runway_horizon)?;
         let mut shard = self.shard(account).lock();
         let state = shard.accounts.entry(account.clone()).or_default();
         state.credit_limit = settings.credit_limit;
-        state.threshold = settings.low_balance_threshold;
-        state.rearm_warning();
+        state
+            .alerts
+            .configure(settings.thresholds, settings.runway_horizon);
         Ok(())
     }
 }
@@ -765,6 +776,38 @@ impl LedgerAdmin for MemoryLedger {
     }
 }
 
+impl EventOutbox for MemoryLedger {
+    fn replica(&self) -> &str {
+        self.inner.outbox.replica()
+    }
+
+    fn claim(&self, lease: Duration, max: usize) -> OutboxFuture<Vec<CreditEvent>> {
+        Box::pin(ready(Ok(self.inner.outbox.claim(lease, max))))
+    }
+
+    fn renew(&self, event: &CreditEvent, lease: Duration) -> OutboxFuture<bool> {
+        Box::pin(ready(Ok(self.inner.outbox.renew(event, lease))))
+    }
+
+    fn ack(&self, event: &CreditEvent) -> OutboxFuture<()> {
+        self.inner.outbox.ack(event);
+        Box::pin(ready(Ok(())))
+    }
+
+    fn dead_letter(&self, event: &CreditEvent, reason: &str) -> OutboxFuture<()> {
+        self.inner.outbox.dead_letter(event, reason);
+        Box::pin(ready(Ok(())))
+    }
+
+    fn dead_letters(&self, account: &AccountId) -> OutboxFuture<Vec<DeadLetter>> {
+        Box::pin(ready(Ok(self.inner.outbox.dead_letters(account))))
+    }
+
+    fn pending(&self, account: &AccountId) -> OutboxFuture<Vec<CreditEvent>> {
+        Box::pin(ready(Ok(self.inner.outbox.pending(account))))
+    }
+}
+
 impl LedgerReports for MemoryLedger {
     fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
         ready(self.with_account(account, |state, now| {
@@ -774,7 +817,8 @@ impl LedgerReports for MemoryLedger {
                 committed: state.committed,
                 topped_up: state.topped_up,
                 credit_limit: state.credit_limit,
-                low_balance_threshold: state.threshold,
+                thresholds: state.alerts.resolved(),
+                runway_horizon: state.alerts.horizon(),
                 open_holds: state.open_holds() as u64,
                 runway_secs: state.runway(now),
             })

@@ -13,10 +13,14 @@
 //!   after lazily reclaiming the account's expired holds (bounded work per call). The caller
 //!   makes the [`HoldId`]: a retried reserve returns the first answer, and a refund of an id
 //!   never seen leaves a tombstone so a late reserve of that id never holds. A refused
-//!   reserve writes nothing; business refusals are outcomes ([`ReserveOutcome`]: not enough
-//!   credits, too many open holds, an unknown account, a closed id), not errors.
+//!   reserve writes nothing but, at the first refusal for lack of credits until the next
+//!   top-up, the depletion marker and its `balance.depleted` event
+//!   ([`Insufficient::events`]); business refusals are outcomes ([`ReserveOutcome`]: not
+//!   enough credits, too many open holds, an unknown account, a closed id), not errors.
 //! * [`settle`](Ledger::settle) commits `actual`, clamped to the hold (the rest goes back),
-//!   or refunds everything. Settling a hold that already settled
+//!   or refunds everything. A commit that crosses one of the account's thresholds (or its
+//!   runway horizon) returns the event in [`Settlement::events`], exactly once per crossing;
+//!   only a top-up re-arms it (see [`CreditEvent`], [`EventOutbox`]). Settling a hold that already settled
 //!   or expired is a no-op that says so ([`SettleOutcome`]); nothing moves twice.
 //! * [`top_up`](LedgerAdmin::top_up): a payment id (the idempotency key) credits exactly one
 //!   account, once, forever: a replay on that account with the same amount returns the
@@ -37,8 +41,10 @@ use crate::api_key::ApiKeyHash;
 
 mod boxed;
 mod error;
+mod events;
 mod ids;
 mod memory;
+mod outbox_memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
@@ -50,6 +56,11 @@ pub mod validate;
 pub use self::redis::{RedisLedger, RedisLedgerBuilder};
 pub use boxed::{BoxLedger, BoxLedgerFuture, DynReports};
 pub use error::{ErrorKind, LedgerError};
+pub(crate) use events::Alerts;
+pub use events::{
+    check_alerts, CreditEvent, DeadLetter, EventKind, EventOutbox, OutboxFuture, Threshold,
+    DEFAULT_EVENT_LEASE, DEFAULT_RUNWAY_HORIZON, MAX_RUNWAY_HORIZON, MAX_THRESHOLDS,
+};
 pub(crate) use ids::{check_idempotency_key, check_route};
 pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
 pub use memory::{MemoryLedger, MemoryLedgerBuilder};
@@ -138,7 +149,8 @@ pub trait LedgerAdmin: Ledger {
     /// Adds credits once per payment id; see the [module docs](self).
     fn top_up(&self, top_up: TopUp) -> Self::Future<ToppedUp>;
 
-    /// Sets an account's credit limit and low-balance threshold (creates the account).
+    /// Sets an account's credit limit, low-balance thresholds (all armed) and runway
+    /// horizon (creates the account).
     fn configure(&self, configure: Configure) -> Self::Future<()>;
 
     /// Maps an API key (by its hash) to an account. Re-registering moves the key.
@@ -264,6 +276,40 @@ impl LedgerReports for AnyLedger {
     }
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
         dispatch!(self, l => l.usage(account))
+    }
+}
+
+macro_rules! outbox_dispatch {
+    ($self:ident, $ledger:ident => $call:expr) => {
+        match $self {
+            AnyLedger::Memory($ledger) => $call,
+            #[cfg(feature = "redis")]
+            AnyLedger::Redis($ledger) => $call,
+        }
+    };
+}
+
+impl EventOutbox for AnyLedger {
+    fn replica(&self) -> &str {
+        outbox_dispatch!(self, l => l.replica())
+    }
+    fn claim(&self, lease: Duration, max: usize) -> OutboxFuture<Vec<CreditEvent>> {
+        outbox_dispatch!(self, l => l.claim(lease, max))
+    }
+    fn renew(&self, event: &CreditEvent, lease: Duration) -> OutboxFuture<bool> {
+        outbox_dispatch!(self, l => l.renew(event, lease))
+    }
+    fn ack(&self, event: &CreditEvent) -> OutboxFuture<()> {
+        outbox_dispatch!(self, l => l.ack(event))
+    }
+    fn dead_letter(&self, event: &CreditEvent, reason: &str) -> OutboxFuture<()> {
+        outbox_dispatch!(self, l => l.dead_letter(event, reason))
+    }
+    fn dead_letters(&self, account: &AccountId) -> OutboxFuture<Vec<DeadLetter>> {
+        outbox_dispatch!(self, l => l.dead_letters(account))
+    }
+    fn pending(&self, account: &AccountId) -> OutboxFuture<Vec<CreditEvent>> {
+        outbox_dispatch!(self, l => l.pending(account))
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{AccountId, HoldId};
+use super::{AccountId, CreditEvent, HoldId, Threshold};
 
 /// Default time a hold lives before the ledger reclaims it: 60 seconds.
 pub const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(60);
@@ -316,8 +316,8 @@ pub struct Held {
     pub available: i64,
     /// The account's overdraft allowance.
     pub credit_limit: u64,
-    /// The account's own low-balance threshold, if it has one.
-    pub low_balance_threshold: Option<u64>,
+    /// The account's own low-balance thresholds in credits, highest first (empty: none).
+    pub thresholds: Vec<u64>,
     /// When the hold expires, in ms since the Unix epoch (ledger clock).
     pub expires_at_ms: u64,
     /// `true` when this hold id was already held and this call changed nothing.
@@ -336,6 +336,9 @@ pub struct Insufficient {
     pub available: i64,
     /// The account's overdraft allowance.
     pub credit_limit: u64,
+    /// Events this refusal detected (`balance.depleted`, once until the next top-up),
+    /// already in the ledger's outbox and leased to this replica.
+    pub events: Vec<CreditEvent>,
 }
 
 impl Held {
@@ -358,6 +361,7 @@ impl Insufficient {
             required,
             available,
             credit_limit,
+            events: Vec::new(),
         }
     }
 
@@ -410,11 +414,13 @@ pub struct Settlement {
     pub clamped: bool,
     /// The account's available balance after this call (`None` for unknown accounts).
     pub available: Option<i64>,
-    /// The account's own low-balance threshold, if it has one.
-    pub low_balance_threshold: Option<u64>,
-    /// `true` exactly once per crossing: this commit took `available` below the account's
-    /// own threshold.
-    pub threshold_crossed: bool,
+    /// The account's own low-balance thresholds in credits, highest first (empty: none).
+    pub thresholds: Vec<u64>,
+    /// Events this commit detected, exactly once per crossing (`balance.low` for each
+    /// threshold it crossed, `balance.runway_low`), already in the ledger's outbox and
+    /// leased to this replica: hand them to a
+    /// [`Dispatcher`](crate::events::Dispatcher) to deliver now.
+    pub events: Vec<CreditEvent>,
     /// Seconds the balance lasts at the account's recent spend rate, when it spends.
     pub runway_secs: Option<u64>,
 }
@@ -428,8 +434,8 @@ impl Settlement {
             released: 0,
             clamped: false,
             available: None,
-            low_balance_threshold: None,
-            threshold_crossed: false,
+            thresholds: Vec::new(),
+            events: Vec::new(),
             runway_secs: None,
         }
     }
@@ -485,8 +491,10 @@ pub struct Balance {
     pub topped_up: u64,
     /// Overdraft allowed.
     pub credit_limit: u64,
-    /// The account's own low-balance threshold.
-    pub low_balance_threshold: Option<u64>,
+    /// The account's own low-balance thresholds in credits, highest first (empty: none).
+    pub thresholds: Vec<u64>,
+    /// The account's runway horizon (`balance.runway_low` fires below it; zero: never).
+    pub runway_horizon: Duration,
     /// Number of open holds.
     pub open_holds: u64,
     /// Seconds the balance lasts at the recent spend rate, when it spends.
@@ -499,12 +507,18 @@ pub struct Balance {
 pub struct AccountSettings {
     /// Overdraft allowed: `available` may fall to `-credit_limit`.
     pub credit_limit: u64,
-    /// Warn when `available` falls below this; `None` uses the layer's default.
-    pub low_balance_threshold: Option<u64>,
+    /// Low-balance thresholds (at most [`MAX_THRESHOLDS`](super::MAX_THRESHOLDS)): a
+    /// commit that leaves `available` below one fires `balance.low` for it once; only a
+    /// top-up that lifts `available` back to it re-arms it. Empty: none (the layer's
+    /// default still warns in headers, but sends no event).
+    pub thresholds: Vec<Threshold>,
+    /// `balance.runway_low` fires when the runway forecast falls below this (`None`:
+    /// [`DEFAULT_RUNWAY_HORIZON`](super::DEFAULT_RUNWAY_HORIZON); zero: never).
+    pub runway_horizon: Option<Duration>,
 }
 
 impl AccountSettings {
-    /// Strictly prepaid, no own threshold.
+    /// Strictly prepaid, no own threshold, the default runway horizon.
     pub fn new() -> Self {
         Self::default()
     }
@@ -515,9 +529,20 @@ impl AccountSettings {
         self
     }
 
-    /// Sets the low-balance threshold.
-    pub fn low_balance_threshold(mut self, credits: u64) -> Self {
-        self.low_balance_threshold = Some(credits);
+    /// Adds a low-balance threshold of `credits`.
+    pub fn low_balance_threshold(self, credits: u64) -> Self {
+        self.threshold(Threshold::Credits(credits))
+    }
+
+    /// Adds a low-balance threshold.
+    pub fn threshold(mut self, threshold: Threshold) -> Self {
+        self.thresholds.push(threshold);
+        self
+    }
+
+    /// Sets the runway horizon (zero: no runway events).
+    pub fn runway_horizon(mut self, horizon: Duration) -> Self {
+        self.runway_horizon = Some(horizon);
         self
     }
 }

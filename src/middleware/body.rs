@@ -148,7 +148,7 @@ impl BodySettle {
         let names = settler.headers();
         trailers.insert(names.cost.clone(), headers::int(cost));
         trailers.insert(names.remaining.clone(), headers::int(hold.remaining(cost)));
-        headers::write_warning(trailers, names, hold.remaining(cost), hold.threshold);
+        headers::write_warning(trailers, names, hold.remaining(cost), &hold.thresholds);
     }
 }
 

@@ -10,6 +10,7 @@ use super::keeper::{Keeper, WorkerCtx};
 use super::lookups::KeyLookups;
 use super::settle::PendingSettlements;
 use crate::account::AccountResolver;
+use crate::events::Events;
 use crate::ledger::Ledger;
 use crate::outage::{Breaker, OutagePolicy, Stats, Unbilled};
 use crate::pricing::Pricing;
@@ -38,6 +39,8 @@ pub(crate) struct Shared<L: Ledger> {
     /// Set once an HTTP-billed route answered with a gRPC content type.
     pub(crate) warned_grpc_on_http: Arc<AtomicBool>,
     pub(crate) low_balance_threshold: Option<u64>,
+    /// Where detected events go at once (else they wait in the outbox for a claim).
+    pub(crate) events: Option<Events>,
     pub(crate) top_up_url: Option<String>,
     pub(crate) problem_type_base: String,
     pub(crate) retry_after: Duration,
@@ -99,6 +102,7 @@ impl<L: Ledger> Shared<L> {
             ledger: self.ledger.clone(),
             breaker: self.breaker.clone(),
             stats: self.stats.clone(),
+            events: self.events.clone(),
             hold_ttl: self.hold_ttl,
             stall_timeout: self.stall_timeout(),
         }

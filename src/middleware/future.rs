@@ -18,7 +18,7 @@ use crate::ledger::{
 };
 use crate::ledger::{Balance, BoxLedgerFuture};
 use crate::outage::{OutagePolicy, Stats};
-use crate::wire::headers::InvalidHeader;
+use crate::wire::headers::{InvalidHeader, Thresholds};
 use crate::wire::quote::Quote;
 use crate::wire::{grpc, headers, problem};
 
@@ -555,9 +555,10 @@ where
                             let hold = HoldCtx {
                                 charge: charge.clone(),
                                 available: held.available,
-                                threshold: held
-                                    .low_balance_threshold
-                                    .or(shared.low_balance_threshold),
+                                thresholds: Thresholds::new(
+                                    held.thresholds,
+                                    shared.low_balance_threshold,
+                                ),
                                 runway_secs: held.runway_secs,
                             };
                             let settler: Arc<dyn Settler> = shared.clone();
@@ -577,15 +578,14 @@ where
                             continue;
                         }
                         Ok(ReserveOutcome::Insufficient(refusal)) => {
+                            if let Some(events) = &shared.events {
+                                events.deliver(refusal.events.iter().cloned());
+                            }
                             Refusal::Insufficient(account, refusal, billing.amount)
                         }
                         Ok(ReserveOutcome::UnknownAccount) => Refusal::Insufficient(
                             account,
-                            Insufficient {
-                                required: billing.min_amount.unwrap_or(billing.amount),
-                                available: 0,
-                                credit_limit: 0,
-                            },
+                            Insufficient::new(billing.min_amount.unwrap_or(billing.amount), 0, 0),
                             billing.amount,
                         ),
                         Ok(ReserveOutcome::TooManyHolds { limit }) => Refusal::TooManyHolds(limit),
@@ -701,9 +701,10 @@ where
                         min_price,
                         available: Some(balance.available),
                         credit_limit: balance.credit_limit,
-                        threshold: balance
-                            .low_balance_threshold
-                            .or(shared.low_balance_threshold),
+                        thresholds: Thresholds::new(
+                            balance.thresholds,
+                            shared.low_balance_threshold,
+                        ),
                         runway_secs: balance.runway_secs,
                         price_version: shared.pricing.version_header().cloned(),
                     };
@@ -812,7 +813,7 @@ fn finish<L: Ledger, B: http_body::Body>(
             hold.charge.reserved(),
             cost,
             hold.remaining(cost),
-            hold.threshold,
+            &hold.thresholds,
             hold.runway_secs,
         );
         return Response::from_parts(parts, ResponseBody::inner(body));
@@ -829,7 +830,7 @@ fn finish<L: Ledger, B: http_body::Body>(
         names.hold_id.clone(),
         http::HeaderValue::from_str(hold.charge.hold_id().as_str()).expect("hold ids are ASCII"),
     );
-    headers::write_warning(&mut parts.headers, names, hold.available, hold.threshold);
+    headers::write_warning(&mut parts.headers, names, hold.available, &hold.thresholds);
     headers::write_runway(&mut parts.headers, names, hold.runway_secs);
     let scanner = (protocol == Protocol::GrpcWeb)
         .then(|| TrailerScanner::for_response(&parts.headers))

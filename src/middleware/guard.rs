@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::classify::Verdict;
 use super::settle::Settler;
 use crate::charge::{Charge, Closed};
+use crate::wire::headers::Thresholds;
 
 /// What to do with a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +91,8 @@ pub(crate) struct HoldCtx {
     pub(crate) charge: Charge,
     /// The account's available balance right after the reserve.
     pub(crate) available: i64,
-    /// The account's threshold, else the layer's.
-    pub(crate) threshold: Option<u64>,
+    /// The account's thresholds, else the layer's.
+    pub(crate) thresholds: Thresholds,
     /// Seconds the balance lasts at the account's recent spend rate, as of the reserve.
     pub(crate) runway_secs: Option<u64>,
 }

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::guard::{decide, Decision, End, HoldCtx};
 use super::settle::{settle_call, settled, Ticket};
+use crate::events::Events;
 use crate::ledger::{Extend, Extended, Ledger, LedgerError, Settlement};
 use crate::outage::{Breaker, Stats};
 
@@ -116,6 +117,7 @@ pub(crate) struct WorkerCtx<L> {
     pub(crate) ledger: L,
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) events: Option<Events>,
     pub(crate) hold_ttl: Duration,
     pub(crate) stall_timeout: Duration,
 }
@@ -149,6 +151,9 @@ impl<L: Ledger> Default for Keeper<L> {
 impl<L: Ledger> Keeper<L> {
     /// Hands `job` to the worker, starting it on first use. Gives the job back when the
     /// keeper is closed or there is no runtime to run it on.
+    // The job comes back whole (it is large) only on that cold path, to be settled in
+    // place: boxing every job to shrink it would cost an allocation on the hot path.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn send(
         &self,
         job: Job<L>,
@@ -292,7 +297,7 @@ async fn finish_settle<L: Ledger>(
                 ctx.breaker.record(false);
                 let now = Instant::now();
                 if now >= deadline {
-                    return settled(&ctx.stats, hold, decision, Err(error));
+                    return settled(&ctx.stats, ctx.events.as_ref(), hold, decision, Err(error));
                 }
                 tokio::time::sleep(delay.min(deadline - now)).await;
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
@@ -303,7 +308,7 @@ async fn finish_settle<L: Ledger>(
                 if answer.is_ok() {
                     ctx.breaker.record(true);
                 }
-                return settled(&ctx.stats, hold, decision, answer);
+                return settled(&ctx.stats, ctx.events.as_ref(), hold, decision, answer);
             }
         }
     }

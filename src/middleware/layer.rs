@@ -6,6 +6,7 @@ use http::StatusCode;
 use tower_layer::Layer;
 
 use crate::account::AccountResolver;
+use crate::events::Events;
 use crate::ledger::{Ledger, DEFAULT_HOLD_TTL};
 use crate::outage::{BillingStats, Breaker, OutagePolicy, Unbilled};
 use crate::pricing::Pricing;
@@ -96,6 +97,7 @@ impl<L: Ledger> CreditLayer<L> {
                 classifiers: Classifiers::default(),
                 warned_grpc_on_http: Arc::default(),
                 low_balance_threshold: None,
+                events: None,
                 top_up_url: None,
                 problem_type_base: DEFAULT_PROBLEM_TYPE_BASE.to_owned(),
                 retry_after: Duration::from_secs(1),
@@ -218,6 +220,14 @@ impl<L: Ledger> CreditLayer<L> {
     /// without their own threshold.
     pub fn low_balance_threshold(self, credits: u64) -> Self {
         self.with(|s| s.low_balance_threshold = Some(credits))
+    }
+
+    /// Delivers the events this layer's requests detect (`balance.low`,
+    /// `balance.runway_low`, `balance.depleted`) at once, through a running
+    /// [`Dispatcher`](crate::events::Dispatcher). Without it, they wait in the ledger's
+    /// outbox until a dispatcher claims them.
+    pub fn events(self, events: Events) -> Self {
+        self.with(|s| s.events = Some(events))
     }
 
     /// Where callers top up, given in every `402`.

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::config::Shared;
 use super::guard::{Decision, HoldCtx};
 use super::keeper::{self, BodyWatch, FirstTry, Job};
+use crate::events::Events;
 use crate::ledger::{Ledger, LedgerError, Settle, SettleOutcome, Settlement};
 use crate::outage::Stats;
 use crate::wire::headers::CreditHeaders;
@@ -49,6 +50,7 @@ pub(crate) fn settle_call<L: Ledger>(
 /// Counts a settle's final answer.
 pub(crate) fn settled(
     stats: &Stats,
+    events: Option<&Events>,
     hold: &HoldCtx,
     decision: Decision,
     result: Result<Settlement, LedgerError>,
@@ -61,8 +63,11 @@ pub(crate) fn settled(
             SettleOutcome::Committed | SettleOutcome::AlreadyCommitted => {
                 Stats::add(&stats.commits, 1);
                 Stats::add(&stats.credits_committed, actual.min(hold.charge.reserved()));
-                if s.threshold_crossed {
-                    tracing::info!(%account, available = ?s.available, threshold = ?s.low_balance_threshold, "account fell below its low-balance threshold");
+                for event in &s.events {
+                    tracing::info!(%account, event = %event.id, kind = %event.kind, available = event.available, threshold = ?event.threshold, runway_secs = ?event.runway_secs, "credit event detected");
+                }
+                if let Some(events) = events {
+                    events.deliver(s.events);
                 }
             }
             outcome => {
@@ -119,10 +124,22 @@ impl<L: Ledger> Settler for Shared<L> {
         let first = match polled {
             Poll::Ready(Ok(settlement)) => {
                 self.breaker.record(true);
-                return settled(&self.stats, hold, decision, Ok(settlement));
+                return settled(
+                    &self.stats,
+                    self.events.as_ref(),
+                    hold,
+                    decision,
+                    Ok(settlement),
+                );
             }
             Poll::Ready(Err(error)) if !error.is_unavailable() => {
-                return settled(&self.stats, hold, decision, Err(error));
+                return settled(
+                    &self.stats,
+                    self.events.as_ref(),
+                    hold,
+                    decision,
+                    Err(error),
+                );
             }
             Poll::Ready(Err(error)) => FirstTry::Unavailable(error),
             Poll::Pending => FirstTry::Pending(first),

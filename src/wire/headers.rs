@@ -212,13 +212,13 @@ pub(crate) fn write_settled(
     reserved: u64,
     cost: u64,
     remaining: i64,
-    threshold: Option<u64>,
+    thresholds: &Thresholds,
     runway_secs: Option<u64>,
 ) {
     headers.insert(names.cost.clone(), int(cost));
     headers.insert(names.reserved.clone(), int(reserved));
     headers.insert(names.remaining.clone(), int(remaining));
-    write_warning(headers, names, remaining, threshold);
+    write_warning(headers, names, remaining, thresholds);
     write_runway(headers, names, runway_secs);
 }
 
@@ -233,17 +233,45 @@ pub(crate) fn write_runway(
     }
 }
 
-/// `credits-warning`, when `remaining` is below the threshold.
+/// The thresholds a warning is measured against: the account's own, else the layer's
+/// default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Thresholds {
+    /// The account's own, in credits (any order).
+    pub(crate) own: Vec<u64>,
+    /// The layer's default, for an account without its own.
+    pub(crate) fallback: Option<u64>,
+}
+
+impl Thresholds {
+    /// The account's thresholds, else `fallback`.
+    pub(crate) fn new(own: Vec<u64>, fallback: Option<u64>) -> Self {
+        Self { own, fallback }
+    }
+
+    /// The threshold a warning names at `remaining`: the lowest one above it (the next
+    /// the caller is about to cross is already crossed; the lowest crossed is the most
+    /// urgent).
+    pub(crate) fn warning_at(&self, remaining: i64) -> Option<u64> {
+        let crossed = |t: &u64| remaining < *t as i64;
+        if self.own.is_empty() {
+            self.fallback.filter(crossed)
+        } else {
+            self.own.iter().copied().filter(crossed).min()
+        }
+    }
+}
+
+/// `credits-warning`, when `remaining` is below a threshold: it names the lowest threshold
+/// above `remaining`.
 pub(crate) fn write_warning(
     headers: &mut HeaderMap,
     names: &CreditHeaders,
     remaining: i64,
-    threshold: Option<u64>,
+    thresholds: &Thresholds,
 ) {
-    if let Some(threshold) = threshold {
-        if remaining < threshold as i64 {
-            headers.insert(names.warning.clone(), warning(remaining, threshold));
-        }
+    if let Some(threshold) = thresholds.warning_at(remaining) {
+        headers.insert(names.warning.clone(), warning(remaining, threshold));
     }
 }
 

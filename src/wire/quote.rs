@@ -18,7 +18,7 @@ pub(crate) struct Quote {
     /// The account's available balance; `None` for a free route (no account).
     pub(crate) available: Option<i64>,
     pub(crate) credit_limit: u64,
-    pub(crate) threshold: Option<u64>,
+    pub(crate) thresholds: headers::Thresholds,
     pub(crate) runway_secs: Option<u64>,
     pub(crate) price_version: Option<HeaderValue>,
 }
@@ -108,7 +108,7 @@ impl Quote {
             let remaining = available.saturating_sub(hold as i64);
             h.insert(names.reserved.clone(), headers::int(hold));
             h.insert(names.remaining.clone(), headers::int(remaining));
-            headers::write_warning(h, names, remaining, self.threshold);
+            headers::write_warning(h, names, remaining, &self.thresholds);
             headers::write_runway(h, names, self.runway_secs);
         }
         response

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests. Each test binary uses a part of them.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod receiver;
 pub mod redis;
 pub mod rig;

@@ -7,11 +7,14 @@
 -- KEYS[4]: <prefix>:{<account>}:done
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
+-- KEYS[7]: <prefix>:{<account>}:outbox   (not used here)
+-- KEYS[8]: <prefix>:{<account>}:leases   (not used here)
+-- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- Returns one of:
---   {'balance', available, held, committed, topped_up, credit_limit, threshold | -1,
---    open_holds, rate, rate_at_ms, now_ms}
+--   {'balance', available, held, committed, topped_up, credit_limit, {thresholds},
+--    runway_horizon_secs, open_holds, rate, rate_at_ms, now_ms}
 --   {'unknown_account'}   (nothing written)
 
 local offset, grace = common_args()
@@ -22,4 +25,5 @@ if not a then
 end
 
 return { 'balance', available(a), a.held, a.committed, a.topped_up, a.credit_limit,
-  threshold_reply(a), redis.call('ZCARD', KEYS[3]), rate_reply(a, now), a.rate_at, now }
+  thresholds_reply(a), a.horizon or DEFAULT_RUNWAY_HORIZON_SECS, redis.call('ZCARD', KEYS[3]),
+  rate_reply(a, now), a.rate_at, now }

@@ -50,6 +50,7 @@ pub struct RedisLedgerBuilder {
     call_timeout: Duration,
     connect_timeout: Duration,
     max_open_holds: Option<u64>,
+    event_lease: Duration,
     #[cfg(feature = "test-util")]
     test_clock: Option<ManualClock>,
     /// Tests only: keep closed ids this much longer than any call could need.
@@ -83,6 +84,7 @@ impl Default for RedisLedgerBuilder {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_open_holds: None,
+            event_lease: crate::ledger::DEFAULT_EVENT_LEASE,
             #[cfg(feature = "test-util")]
             test_clock: None,
             #[cfg(feature = "test-util")]
@@ -173,6 +175,15 @@ impl RedisLedgerBuilder {
         self
     }
 
+    /// How long an event this replica detects stays leased to it before another replica's
+    /// dispatcher may claim it (default
+    /// [`DEFAULT_EVENT_LEASE`](crate::ledger::DEFAULT_EVENT_LEASE)): what a replica that
+    /// dies before it delivers costs in delay.
+    pub fn event_lease(mut self, lease: Duration) -> Self {
+        self.event_lease = lease;
+        self
+    }
+
     /// Connects and builds the ledger.
     ///
     /// Fails with [`LedgerError::Unavailable`] when no address was given, the address is
@@ -232,6 +243,9 @@ impl RedisLedgerBuilder {
                     .min(crate::ledger::MAX_HOLD_TTL.as_millis() as u64),
                 longest_ttl: Default::default(),
                 max_open_holds: self.max_open_holds,
+                replica: format!("replica-{}", uuid::Uuid::now_v7().simple()),
+                event_lease_ms: (self.event_lease.as_millis() as u64)
+                    .clamp(1, crate::ledger::MAX_HOLD_TTL.as_millis() as u64),
                 #[cfg(feature = "test-util")]
                 test_clock: self.test_clock,
             }),

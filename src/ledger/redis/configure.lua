@@ -1,4 +1,5 @@
--- configure: sets the account's credit limit and low-balance threshold (Ledger::configure).
+-- configure: sets the account's credit limit, low-balance thresholds (all armed) and runway
+-- horizon (Ledger::configure).
 -- Creates the account. Like the in-memory ledger, reclaims nothing.
 -- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
 -- redis/mod.rs.
@@ -8,25 +9,59 @@
 -- KEYS[4]: <prefix>:{<account>}:done     (not used here)
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
+-- KEYS[7]: <prefix>:{<account>}:outbox   (not used here)
+-- KEYS[8]: <prefix>:{<account>}:leases   (not used here)
+-- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests; unused)
 -- ARGV[2]: closed-id grace, ms (unused)
 -- ARGV[3]: credit limit
--- ARGV[4]: low-balance threshold ('' for none)
+-- ARGV[4]: low-balance thresholds ('100,4,10%': credits, or percent of the last top-up;
+--          '' for none), at most 8
+-- ARGV[5]: runway horizon, s ('' for the default)
 -- Returns:
 --   {'configured'}
 
 common_args()
 local credit_limit = uint_arg(3, 'credit limit')
-local threshold = opt_uint_arg(4, 'threshold')
-
-local a = load_account()
-redis.call('HSET', KEYS[1], 'credit_limit', credit_limit)
-a.credit_limit = credit_limit
-if threshold then
-  redis.call('HSET', KEYS[1], 'threshold', threshold)
-else
-  redis.call('HDEL', KEYS[1], 'threshold')
+local thresholds = ARGV[4]
+if type(thresholds) ~= 'string' or #thresholds > 8 * 17 then
+  bad('thresholds')
 end
-a.threshold = threshold
-rearm_warning(a)
+local count = 0
+for item in string.gmatch(thresholds, '[^,]*') do
+  -- gmatch also yields the empty matches between separators: only whole items count.
+  if item ~= '' then
+    count = count + 1
+    local digits, pct = string.match(item, '^(%d+)(%%?)$')
+    if not digits or #digits > 16 or tonumber(digits) > MAX_AMOUNT
+        or (pct == '%' and (tonumber(digits) < 1 or tonumber(digits) > 100)) then
+      bad('thresholds')
+    end
+  end
+end
+if count > 8 or string.find(thresholds, ',,') or string.find(thresholds, '^,')
+    or string.find(thresholds, ',$') then
+  bad('thresholds')
+end
+local horizon = opt_uint_arg(5, 'runway horizon')
+
+-- New thresholds are all armed; the same ones, set again (say with a new credit limit),
+-- keep what fired: the same crossing is not reported twice.
+local old = redis.call('HMGET', KEYS[1], 'thresholds', 'threshold')
+if (old[1] or old[2] or '') ~= thresholds then
+  redis.call('HSET', KEYS[1], 'fired', 0)
+end
+redis.call('HSET', KEYS[1], 'credit_limit', credit_limit)
+if thresholds ~= '' then
+  redis.call('HSET', KEYS[1], 'thresholds', thresholds)
+else
+  redis.call('HDEL', KEYS[1], 'thresholds')
+end
+-- An account of an older version kept one `threshold`: the list above replaces it.
+redis.call('HDEL', KEYS[1], 'threshold', 'warned')
+if horizon then
+  redis.call('HSET', KEYS[1], 'horizon', horizon)
+else
+  redis.call('HDEL', KEYS[1], 'horizon')
+end
 return { 'configured' }

@@ -4,9 +4,10 @@ use crate::api_key::ApiKeyHash;
 use crate::ledger::AccountId;
 
 /// The suffixes of an account's keys, in the `KEYS` order every account script takes them
-/// (`KEYS[1]` … `KEYS[6]`); what each holds is the data model of the [module docs](super).
-pub(super) const ACCOUNT_KEY_SUFFIXES: [&str; 6] =
-    ["acct", "holds", "expiry", "done", "usage", "topups"];
+/// (`KEYS[1]` … `KEYS[9]`); what each holds is the data model of the [module docs](super).
+pub(super) const ACCOUNT_KEY_SUFFIXES: [&str; 9] = [
+    "acct", "holds", "expiry", "done", "usage", "topups", "outbox", "leases", "dead",
+];
 
 /// `<prefix>:{<account>}:<suffix>`: one key of an account, under the hash tag
 /// `{<account>}`. [`AccountId`] admits no `{` or `}`, so the account cannot break out of

@@ -2,10 +2,11 @@
 -- MAX_AMOUNT, RECLAIM_LIMIT and BURN_RATE_TAU_SECS from the Rust constants) to every
 -- account script.
 --
--- Every account script gets the same six keys, in the order of the data model (the
+-- Every account script gets the same nine keys, in the order of the data model (the
 -- module docs of redis/mod.rs), all under one hash tag `{<account>}` so the script touches
 -- one slot (and runs unchanged on Redis Cluster); the helpers here use KEYS[1] (acct),
--- KEYS[2] (holds), KEYS[3] (expiry) and KEYS[4] (done).
+-- KEYS[2] (holds), KEYS[3] (expiry), KEYS[4] (done), KEYS[7] (outbox) and KEYS[8]
+-- (leases).
 --
 -- Rules: every ARGV is validated before the first write (a Lua error midway does not roll
 -- back); amounts are never turned into strings here (no `tostring`, no `..`): they are
@@ -49,6 +50,15 @@ local function hold_id_arg(i)
   return v
 end
 
+-- ARGV[i] as a replica name: 1 to 64 ASCII letters, digits, '_', '-' or '.'.
+local function replica_arg(i)
+  local v = ARGV[i]
+  if type(v) ~= 'string' or #v < 1 or #v > 64 or not string.find(v, '^[A-Za-z0-9_%.%-]+$') then
+    bad('replica')
+  end
+  return v
+end
+
 -- The common arguments of every account script: ARGV[1] clock offset (ms, 0 outside
 -- tests) and ARGV[2] the closed-id grace (ms): how long a closed hold id is remembered past
 -- its hold's expiry (the call timeout + 1 s).
@@ -62,13 +72,15 @@ local function now_ms(offset)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + offset
 end
 
--- The account's fields, as numbers (threshold is nil when the account has none).
+-- The account's fields, as numbers (`thresholds_text` is the stored list of thresholds,
+-- '100,4,10%', or nil; an account written by an older version keeps one `threshold`).
 -- `exists` is false for an account never topped up nor configured: every account has
 -- `topped_up` (written by top_up) or `credit_limit` (written by configure), so this one
 -- HMGET also answers what an EXISTS would. `rate_text` is the rate as Redis stores it.
 local function load_account()
   local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
-    'threshold', 'warned', 'rate', 'rate_at', 'next_expiry', 'commits', 'first_commit_at')
+    'thresholds', 'fired', 'rate', 'rate_at', 'next_expiry', 'commits', 'first_commit_at',
+    'horizon', 'runway_fired', 'depleted', 'last_topup', 'threshold')
   return {
     exists = (f[1] or f[4]) and true or false,
     rate_text = f[7] or '0',
@@ -76,8 +88,12 @@ local function load_account()
     committed = tonumber(f[2]) or 0,
     held = tonumber(f[3]) or 0,
     credit_limit = tonumber(f[4]) or 0,
-    threshold = tonumber(f[5]),
-    warned = f[6] == '1',
+    thresholds_text = f[5] or f[16],
+    fired = tonumber(f[6]) or 0,
+    horizon = tonumber(f[12]), -- nil: DEFAULT_RUNWAY_HORIZON_SECS
+    runway_fired = f[13] == '1',
+    depleted = f[14] == '1',
+    last_topup = tonumber(f[15]) or 0,
     rate = tonumber(f[7]) or 0,
     rate_at = tonumber(f[8]) or 0,
     next_expiry = tonumber(f[9]), -- nil: not known yet, so reclaim looks
@@ -99,8 +115,102 @@ local function incr(a, field, by)
   end
 end
 
-local function threshold_reply(a)
-  return a.threshold or -1
+-- The account's thresholds as stored: a list of { n = credits } or { pct = percent }.
+local function thresholds_of(a)
+  local list = {}
+  if a.thresholds_text then
+    for item in string.gmatch(a.thresholds_text, '[^,]+') do
+      if string.sub(item, -1) == '%' then
+        list[#list + 1] = { pct = tonumber(string.sub(item, 1, -2)) }
+      else
+        list[#list + 1] = { n = tonumber(item) }
+      end
+    end
+  end
+  return list
+end
+
+-- A threshold in credits, given the last top-up: a percentage is floor(last * pct / 100),
+-- computed exactly (last * pct may pass 2^53): fmod is exact, and last - r divides by 100.
+local function threshold_value(t, last_topup)
+  if t.pct then
+    local r = math.fmod(last_topup, 100)
+    return (last_topup - r) / 100 * t.pct + math.floor(r * t.pct / 100)
+  end
+  return t.n
+end
+
+-- The thresholds in credits, highest first, each once (the reply's `thresholds`).
+local function thresholds_reply(a)
+  local values, seen = {}, {}
+  for _, t in ipairs(thresholds_of(a)) do
+    local v = threshold_value(t, a.last_topup)
+    if not seen[v] then
+      seen[v] = true
+      values[#values + 1] = v
+    end
+  end
+  table.sort(values, function(x, y) return x > y end)
+  return values
+end
+
+-- Whether bit i (from 1) of a fired mask is set.
+local function fired_bit(mask, i)
+  return math.floor(mask / 2 ^ (i - 1)) % 2 == 1
+end
+
+-- Appends an event to the account's outbox (KEYS[7]) and leases it (KEYS[8]) to the
+-- replica that made this call: the event and the credits move in one atomic step, so a
+-- replica that dies right after leaves it for another. Its `seq` (a counter kept with the
+-- account, so never reused, even when an emptied outbox is deleted and Redis's clock
+-- steps back) is what its id is derived from. Returns it as the reply shows it.
+local function emit(a, now, owner, lease_ms, kind, threshold, runway)
+  local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
+  local entry = redis.call('XADD', KEYS[7], '*', 'type', kind, 'available', available(a),
+    'threshold', threshold or -1, 'runway', runway or -1, 'at', now, 'seq', seq)
+  redis.call('HSET', KEYS[8], entry, now + lease_ms, entry .. ':owner', owner)
+  return { entry, kind, available(a), threshold or -1, runway or -1, now, seq }
+end
+
+-- After a commit: each armed threshold `available` fell below fires `balance.low` once
+-- and is disarmed (highest first); a runway below the horizon fires `balance.runway_low`
+-- once. Only a top-up re-arms them (top_up.lua). Returns the events.
+local function alerts_after_commit(a, now, owner, lease_ms)
+  local events, crossed, seen = {}, {}, {}
+  local fired = a.fired
+  for i, t in ipairs(thresholds_of(a)) do
+    local v = threshold_value(t, a.last_topup)
+    if not fired_bit(fired, i) and available(a) < v then
+      fired = fired + 2 ^ (i - 1)
+      if not seen[v] then
+        seen[v] = true
+        crossed[#crossed + 1] = v
+      end
+    end
+  end
+  if fired ~= a.fired then
+    a.fired = fired
+    redis.call('HSET', KEYS[1], 'fired', fired)
+  end
+  table.sort(crossed, function(x, y) return x > y end)
+  for _, v in ipairs(crossed) do
+    events[#events + 1] = emit(a, now, owner, lease_ms, 'balance.low', v, nil)
+  end
+  local horizon = a.horizon or DEFAULT_RUNWAY_HORIZON_SECS
+  if not a.runway_fired and horizon > 0 and a.rate > 1e-9
+      and a.commits >= RUNWAY_MIN_COMMITS and a.first_commit_at
+      and now - a.first_commit_at >= RUNWAY_MIN_SPAN_MS then
+    local runway = 0
+    if available(a) > 0 then
+      runway = math.floor(available(a) / a.rate)
+    end
+    if runway < horizon then
+      a.runway_fired = true
+      redis.call('HSET', KEYS[1], 'runway_fired', 1)
+      events[#events + 1] = emit(a, now, owner, lease_ms, 'balance.runway_low', nil, runway)
+    end
+  end
+  return events
 end
 
 -- The burn rate for the Rust side to decay, as Redis stores it (exact): the text loaded,
@@ -125,14 +235,6 @@ local function already(how)
     return 'already_refunded'
   end
   return how
-end
-
--- Clears the warning flag once the balance is back at or above the threshold.
-local function rearm_warning(a)
-  if a.threshold and a.warned and available(a) >= a.threshold then
-    redis.call('HSET', KEYS[1], 'warned', 0)
-    a.warned = false
-  end
 end
 
 -- How a hold id closed, kept in the low two bits of its `done` score, above them the time
@@ -195,10 +297,7 @@ local function reclaim_expired(a, now, grace)
   if reclaimed > 0 then
     expire_done(forget_at(now, now, grace), now)
   end
-  -- Credits that came back may lift the balance over the threshold: a new crossing.
-  if #expired > 0 then
-    rearm_warning(a)
-  end
+  -- Credits that came back re-arm no threshold: only a top-up does.
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   a.next_expiry = tonumber(first[2]) or NO_OPEN_HOLDS
   redis.call('HSET', KEYS[1], 'next_expiry', a.next_expiry)
@@ -206,8 +305,7 @@ local function reclaim_expired(a, now, grace)
 end
 
 -- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index, never a
--- scan), re-arms the low-balance warning if that lifted the balance over the threshold,
--- and forgets up to RECLAIM_LIMIT closed ids whose forget-at time has come (the key's
+-- scan), and forgets up to RECLAIM_LIMIT closed ids whose forget-at time has come (the key's
 -- PEXPIRE drops the rest once the last is due). Returns how many holds went back.
 --
 -- `next_expiry` (no open hold expires before it) spares the expiry index a look on most

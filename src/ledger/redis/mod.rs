@@ -14,12 +14,15 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `threshold` (absent: none), `warned` (0/1), `rate` (burn rate, credits/s), `rate_at` (ms), `next_expiry` (ms; no open hold expires earlier, so most calls skip the expiry index). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
+//! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `thresholds` (`100,4,10%`: credits or a percentage of the last top-up; absent: none), `fired` (bit *i* set: threshold *i* fired, waits for a top-up), `last_topup`, `horizon` (runway horizon, s; absent: the default), `runway_fired` and `depleted` (0/1: the event fired, waits for a top-up), `rate` (burn rate, credits/s), `rate_at` (ms), `next_expiry` (ms; no open hold expires earlier, so most calls skip the expiry index). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
 //! | `credits:{acct}:holds` | HASH | open hold id → amount; `<id>:route` → route label |
 //! | `credits:{acct}:expiry` | ZSET | open hold ids scored by expiry (ms): the expiry index |
 //! | `credits:{acct}:done` | ZSET | closed hold ids and refund tombstones, scored by when they are forgotten (ms) × 4 + how (1 committed, 2 refunded, 3 expired); an id is forgotten once no call about it can come: its hold's expiry (or the close, if later) + the [call timeout](RedisLedgerBuilder::call_timeout) + 1 s, and a tombstone of a never-seen id after the longest hold TTL this ledger has reserved with (at least [`DEFAULT_HOLD_TTL`](super::DEFAULT_HOLD_TTL)) + call timeout + 1 s. Pruned when due, at most [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) per call, and the key's `PEXPIRE` follows the latest forget-at time, so an account whose traffic stops loses it whole. |
 //! | `credits:{acct}:usage` | HASH | `credits:<route>` → credits committed, `calls:<route>` → commits |
 //! | `credits:{acct}:topups` | HASH | top-up idempotency key → amount; never expires (a payment id credits once, ever) |
+//! | `credits:{acct}:outbox` | STREAM | detected events (`type`, `available`, `threshold`, `runway`, `at`) until delivered; the entry id is the event's receipt. Deleted once empty. |
+//! | `credits:{acct}:leases` | HASH | outbox entry id → lease end (ms); `<id>:owner` → the replica holding it |
+//! | `credits:{acct}:dead` | STREAM | events whose delivery gave up, with the `reason`; kept for an operator |
 //! | `credits:topup:<sha256 hex>` | STRING | the account a top-up idempotency key belongs to (its claim); never expires (a payment id credits one account) |
 //! | `credits:apikey:<sha256 hex>` | STRING | account id of an API key (keys are stored only as hashes) |
 //!
@@ -113,9 +116,9 @@ use std::time::Duration;
 use redis::Value;
 
 use super::{
-    check_idempotency_key, check_route, check_ttl, AccountId, AccountSettings, Balance, Configure,
-    Extend, Extended, HoldId, Ledger, LedgerAdmin, LedgerError, LedgerReports, LongestTtl, Reserve,
-    ReserveOutcome, Settle, Settlement, TopUp, ToppedUp, Usage,
+    check_alerts, check_idempotency_key, check_route, check_ttl, AccountId, AccountSettings,
+    Balance, Configure, Extend, Extended, HoldId, Ledger, LedgerAdmin, LedgerError, LedgerReports,
+    LongestTtl, Reserve, ReserveOutcome, Settle, Settlement, TopUp, ToppedUp, Usage,
 };
 use crate::amount::check_amount;
 use crate::api_key::ApiKeyHash;
@@ -125,6 +128,7 @@ use crate::clock::ManualClock;
 mod builder;
 mod conn;
 mod keys;
+mod outbox;
 mod reply;
 mod scripts;
 mod sweep;
@@ -179,6 +183,10 @@ struct Inner {
     /// How long a refund tombstone of a never-seen id stands (see [`LongestTtl`]).
     longest_ttl: LongestTtl,
     max_open_holds: Option<u64>,
+    /// This instance's name in event leases.
+    replica: String,
+    /// How long an event this instance detects stays leased to it.
+    event_lease_ms: u64,
     #[cfg(feature = "test-util")]
     test_clock: Option<ManualClock>,
 }
@@ -305,16 +313,19 @@ impl RedisLedger {
                 .arg(ttl_ms)
                 .arg(r.route.as_deref().unwrap_or(""))
                 .arg(limit_arg)
-                .arg(r.min_amount.map_or(String::new(), |m| m.to_string()));
+                .arg(r.min_amount.map_or(String::new(), |m| m.to_string()))
+                .arg(self.inner.replica.as_str())
+                .arg(self.inner.event_lease_ms);
         });
         let ledger = self.clone();
         Ok(Box::pin(async move {
             // From the first poll on, the script may run: unless an answer comes back, the
             // hold id is refunded (on an error, or when this future is dropped).
+            let account = r.account.clone();
             let mut guard = RefundUnanswered(Some((ledger, r.account, r.hold_id, r.ttl)));
             let value = call.await?;
             guard.0 = None;
-            reply::reserve(value, limit)
+            reply::reserve(value, limit, &account)
         }))
     }
 
@@ -331,9 +342,14 @@ impl RedisLedger {
             inv.arg(hold.as_str())
                 .arg(if actual.is_some() { "commit" } else { "refund" })
                 .arg(actual.unwrap_or(0))
-                .arg(self.inner.longest_ttl.get());
+                .arg(self.inner.longest_ttl.get())
+                .arg(self.inner.replica.as_str())
+                .arg(self.inner.event_lease_ms);
         });
-        Ok(Box::pin(async move { reply::settle(call.await?) }))
+        let account = account.clone();
+        Ok(Box::pin(
+            async move { reply::settle(call.await?, &account) },
+        ))
     }
 
     fn do_extend(
@@ -417,16 +433,17 @@ impl RedisLedger {
         settings: AccountSettings,
     ) -> Result<RedisFuture<()>, LedgerError> {
         check_amount(settings.credit_limit)?;
-        if let Some(threshold) = settings.low_balance_threshold {
-            check_amount(threshold)?;
-        }
+        check_alerts(&settings.thresholds, settings.runway_horizon)?;
+        let thresholds: Vec<String> = settings.thresholds.iter().map(|t| t.encode()).collect();
         let call = self.account_script(&CONFIGURE, account, |inv| {
-            inv.arg(settings.credit_limit).arg(
-                settings
-                    .low_balance_threshold
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
-            );
+            inv.arg(settings.credit_limit)
+                .arg(thresholds.join(","))
+                .arg(
+                    settings
+                        .runway_horizon
+                        .map(|h| h.as_secs().to_string())
+                        .unwrap_or_default(),
+                );
         });
         Ok(Box::pin(async move { reply::configure(call.await?) }))
     }

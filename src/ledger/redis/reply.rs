@@ -8,10 +8,10 @@ use std::fmt;
 
 use redis::Value;
 
-use super::scripts::{BALANCE, CONFIGURE, EXTEND, RESERVE, SETTLE, SWEEP, TOP_UP, USAGE};
+use super::scripts::{BALANCE, CONFIGURE, EXTEND, OUTBOX, RESERVE, SETTLE, SWEEP, TOP_UP, USAGE};
 use crate::ledger::{
-    decayed_rate, runway_secs, AccountId, Balance, Extended, Held, Insufficient, LedgerError,
-    ReserveOutcome, SettleOutcome, Settlement, ToppedUp, Usage,
+    decayed_rate, runway_secs, AccountId, Balance, CreditEvent, DeadLetter, EventKind, Extended,
+    Held, Insufficient, LedgerError, ReserveOutcome, SettleOutcome, Settlement, ToppedUp, Usage,
 };
 
 /// A reply no script of this version sends: a mismatch between the Rust side and the
@@ -112,15 +112,65 @@ impl Reply {
         }
     }
 
-    /// The next item, a threshold: `-1` for none.
-    fn threshold(&mut self) -> Result<Option<u64>, LedgerError> {
+    /// The next item, an amount or `-1` for none.
+    fn optional(&mut self) -> Result<Option<u64>, LedgerError> {
         match self.i64()? {
             -1 => Ok(None),
             n => match u64::try_from(n) {
                 Ok(n) if n <= crate::MAX_AMOUNT => Ok(Some(n)),
-                _ => Err(self.err(format!("{n} is not a threshold"))),
+                _ => Err(self.err(format!("{n} is not an amount"))),
             },
         }
+    }
+
+    /// The next item, a nested array, read with its own cursor.
+    fn nested(&mut self) -> Result<Reply, LedgerError> {
+        let value = self.next()?;
+        Reply::new(self.script, value)
+    }
+
+    /// The next item, an array of thresholds (credits).
+    fn thresholds(&mut self) -> Result<Vec<u64>, LedgerError> {
+        let mut list = self.nested()?;
+        let mut values = Vec::with_capacity(list.items.len());
+        while list.items.len() > 0 {
+            values.push(list.u64()?);
+        }
+        Ok(values)
+    }
+
+    /// The next item, one event of `account`: `{entry_id, type, available, threshold | -1,
+    /// runway_secs | -1, at_ms, seq}`; its id derives from the account and `seq`.
+    fn event(&mut self, account: &AccountId) -> Result<CreditEvent, LedgerError> {
+        let mut e = self.nested()?;
+        let receipt = e.string()?;
+        let kind = e.string()?;
+        let kind = EventKind::parse(&kind)
+            .ok_or_else(|| e.err(format!("{kind:?} is not an event type")))?;
+        let available = e.i64()?;
+        let threshold = e.optional()?;
+        let runway = match e.i64()? {
+            -1 => None,
+            n => Some(u64::try_from(n).map_err(|_| e.err(format!("{n} is not a runway")))?),
+        };
+        let at = e.time_ms()?;
+        let seq = e.u64()?;
+        e.end()?;
+        let mut event = CreditEvent::new(kind, account.clone(), available, at, seq.to_string())
+            .with_receipt(receipt);
+        event.threshold = threshold;
+        event.runway_secs = runway;
+        Ok(event)
+    }
+
+    /// The next item, an array of events of `account`.
+    fn events(&mut self, account: &AccountId) -> Result<Vec<CreditEvent>, LedgerError> {
+        let mut list = self.nested()?;
+        let mut events = Vec::new();
+        while list.items.len() > 0 {
+            events.push(list.event(account)?);
+        }
+        Ok(events)
     }
 
     /// The next item, a float stored by Redis (`"%.17g"`), as a string.
@@ -193,7 +243,11 @@ fn runway(reply: &mut Reply, available: i64) -> Result<Option<u64>, LedgerError>
 }
 
 /// The reply of `reserve`; `limit` is the most open holds the call allowed.
-pub(super) fn reserve(value: Value, limit: Option<u64>) -> Result<ReserveOutcome, LedgerError> {
+pub(super) fn reserve(
+    value: Value,
+    limit: Option<u64>,
+    account: &AccountId,
+) -> Result<ReserveOutcome, LedgerError> {
     let mut reply = Reply::new(RESERVE.name, value)?;
     let result = match reply.string()?.as_str() {
         "held" => {
@@ -203,17 +257,17 @@ pub(super) fn reserve(value: Value, limit: Option<u64>) -> Result<ReserveOutcome
                 amount,
                 available,
                 credit_limit: reply.u64()?,
-                low_balance_threshold: reply.threshold()?,
+                thresholds: reply.thresholds()?,
                 expires_at_ms: reply.time_ms()?,
                 replayed: reply.flag()?,
                 runway_secs: runway(&mut reply, available)?,
             }))
         }
-        "insufficient" => Ok(ReserveOutcome::Insufficient(Insufficient {
-            required: reply.u64()?,
-            available: reply.i64()?,
-            credit_limit: reply.u64()?,
-        })),
+        "insufficient" => {
+            let mut refusal = Insufficient::new(reply.u64()?, reply.i64()?, reply.u64()?);
+            refusal.events = reply.events(account)?;
+            Ok(ReserveOutcome::Insufficient(refusal))
+        }
         "closed" => Ok(ReserveOutcome::Closed(reply.outcome()?)),
         "too_many_holds" => Ok(ReserveOutcome::TooManyHolds {
             limit: limit.ok_or_else(|| reply.err("too_many_holds without a limit"))?,
@@ -227,7 +281,7 @@ pub(super) fn reserve(value: Value, limit: Option<u64>) -> Result<ReserveOutcome
 }
 
 /// The reply of `settle` (a commit or a refund).
-pub(super) fn settle(value: Value) -> Result<Settlement, LedgerError> {
+pub(super) fn settle(value: Value, account: &AccountId) -> Result<Settlement, LedgerError> {
     let mut reply = Reply::new(SETTLE.name, value)?;
     match reply.string()?.as_str() {
         "settled" => {
@@ -236,9 +290,9 @@ pub(super) fn settle(value: Value) -> Result<Settlement, LedgerError> {
             let released = reply.u64()?;
             let clamped = reply.flag()?;
             let available = reply.i64()?;
-            let low_balance_threshold = reply.threshold()?;
-            let threshold_crossed = reply.flag()?;
+            let thresholds = reply.thresholds()?;
             let runway = runway(&mut reply, available)?;
+            let events = reply.events(account)?;
             reply.end()?;
             Ok(Settlement {
                 outcome,
@@ -246,23 +300,14 @@ pub(super) fn settle(value: Value) -> Result<Settlement, LedgerError> {
                 released,
                 clamped,
                 available: Some(available),
-                low_balance_threshold,
-                threshold_crossed,
+                thresholds,
+                events,
                 runway_secs: runway,
             })
         }
         "unknown_account" => {
             reply.end()?;
-            Ok(Settlement {
-                outcome: SettleOutcome::Unknown,
-                committed: 0,
-                released: 0,
-                clamped: false,
-                available: None,
-                low_balance_threshold: None,
-                threshold_crossed: false,
-                runway_secs: None,
-            })
+            Ok(Settlement::new(SettleOutcome::Unknown))
         }
         tag => Err(reply.unknown_tag(tag)),
     }
@@ -342,7 +387,8 @@ pub(super) fn balance(value: Value) -> Result<Balance, LedgerError> {
                 committed: reply.u64()?,
                 topped_up: reply.u64()?,
                 credit_limit: reply.u64()?,
-                low_balance_threshold: reply.threshold()?,
+                thresholds: reply.thresholds()?,
+                runway_horizon: std::time::Duration::from_secs(reply.time_ms()?),
                 open_holds: reply.u64()?,
                 runway_secs: runway(&mut reply, available)?,
             };
@@ -410,6 +456,59 @@ pub(super) fn sweep(value: Value) -> Result<u64, LedgerError> {
     }
 }
 
+/// The reply of `outbox` `claim` or `pending`: the events of `account`.
+pub(super) fn outbox_events(
+    value: Value,
+    account: &AccountId,
+) -> Result<Vec<CreditEvent>, LedgerError> {
+    let mut reply = Reply::new(OUTBOX.name, value)?;
+    match reply.string()?.as_str() {
+        "events" => {
+            let mut events = Vec::new();
+            while reply.items.len() > 0 {
+                events.push(reply.event(account)?);
+            }
+            Ok(events)
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+/// The reply of `outbox` `dead_letters`.
+pub(super) fn dead_letters(
+    value: Value,
+    account: &AccountId,
+) -> Result<Vec<DeadLetter>, LedgerError> {
+    let mut reply = Reply::new(OUTBOX.name, value)?;
+    match reply.string()?.as_str() {
+        "dead_letters" => {
+            let mut dead = Vec::new();
+            while reply.items.len() > 0 {
+                let mut pair = reply.nested()?;
+                let event = pair.event(account)?;
+                let reason = pair.string()?;
+                pair.end()?;
+                dead.push(DeadLetter::new(event, reason));
+            }
+            Ok(dead)
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+/// The reply of `outbox` `renew`, `ack` or `dead`.
+pub(super) fn outbox_done(value: Value) -> Result<bool, LedgerError> {
+    let mut reply = Reply::new(OUTBOX.name, value)?;
+    match reply.string()?.as_str() {
+        "done" => {
+            let done = reply.flag()?;
+            reply.end()?;
+            Ok(done)
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,7 +524,7 @@ mod tests {
         let mut r = Reply::new("x", Value::Array(vec![Value::Int(-2)])).unwrap();
         assert!(r.u64().is_err());
         let mut r = Reply::new("x", Value::Array(vec![Value::Int(-1)])).unwrap();
-        assert_eq!(r.threshold().unwrap(), None);
+        assert_eq!(r.optional().unwrap(), None);
         let mut r = Reply::new("x", Value::Array(vec![])).unwrap();
         assert!(r.i64().is_err());
         let r = Reply::new("x", Value::Array(vec![Value::Int(1)])).unwrap();
@@ -453,7 +552,8 @@ mod tests {
     #[test]
     fn decoders_read_their_shapes() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let settled = settle(Value::Array(vec![bulk("unknown_account")])).unwrap();
+        let a = AccountId::new("acct_1").unwrap();
+        let settled = settle(Value::Array(vec![bulk("unknown_account")]), &a).unwrap();
         assert_eq!(settled.outcome, SettleOutcome::Unknown);
         assert_eq!(settled.available, None);
         let extended = extend(Value::Array(vec![bulk("until"), Value::Int(7)])).unwrap();
@@ -475,14 +575,16 @@ mod tests {
         );
         assert!(configure(Value::Array(vec![bulk("nope")])).is_err());
         assert!(matches!(
-            reserve(Value::Array(vec![bulk("too_many_holds")]), Some(3)),
+            reserve(Value::Array(vec![bulk("too_many_holds")]), Some(3), &a),
             Ok(ReserveOutcome::TooManyHolds { limit: 3 })
         ));
-        assert!(reserve(Value::Array(vec![bulk("too_many_holds")]), None)
-            .unwrap_err()
-            .is_corrupt());
+        assert!(
+            reserve(Value::Array(vec![bulk("too_many_holds")]), None, &a)
+                .unwrap_err()
+                .is_corrupt()
+        );
         assert_eq!(
-            reserve(Value::Array(vec![bulk("unknown_account")]), None).unwrap(),
+            reserve(Value::Array(vec![bulk("unknown_account")]), None, &a).unwrap(),
             ReserveOutcome::UnknownAccount
         );
         // A reply of an unknown shape, or a tag no script sends, is corrupt, not an outage.
@@ -491,10 +593,47 @@ mod tests {
             Value::Array(vec![bulk("held")]),
             Value::Array(vec![bulk("no_such_tag")]),
         ] {
-            let err = reserve(odd, None).unwrap_err();
+            let err = reserve(odd, None, &a).unwrap_err();
             assert!(err.is_corrupt() && !err.is_unavailable(), "{err:?}");
         }
         let err = top_up(Value::Array(vec![bulk("topped_up"), Value::Int(2)]), 1).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+
+        // Events: nested, typed; an unknown type is corrupt.
+        let event = |kind: &str| {
+            Value::Array(vec![
+                bulk("1700000000000-0"),
+                bulk(kind),
+                Value::Int(4),
+                Value::Int(100),
+                Value::Int(-1),
+                Value::Int(1_700_000_000_000),
+                Value::Int(7),
+            ])
+        };
+        let insufficient = |events: Vec<Value>| {
+            Value::Array(vec![
+                bulk("insufficient"),
+                Value::Int(5),
+                Value::Int(4),
+                Value::Int(0),
+                Value::Array(events),
+            ])
+        };
+        let ReserveOutcome::Insufficient(refusal) =
+            reserve(insufficient(vec![event("balance.low")]), None, &a).unwrap()
+        else {
+            panic!("not a refusal")
+        };
+        let e = &refusal.events[0];
+        assert_eq!(
+            (e.kind, e.available, e.threshold, e.runway_secs),
+            (EventKind::BalanceLow, 4, Some(100), None)
+        );
+        assert_eq!(e.receipt, "1700000000000-0");
+        assert!(reserve(insufficient(vec![event("balance.rich")]), None, &a)
+            .unwrap_err()
+            .is_corrupt());
+        assert!(outbox_done(Value::Array(vec![bulk("done"), Value::Int(2)])).is_err());
     }
 }

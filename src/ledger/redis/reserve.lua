@@ -7,6 +7,9 @@
 -- KEYS[4]: <prefix>:{<account>}:done
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
+-- KEYS[7]: <prefix>:{<account>}:outbox
+-- KEYS[8]: <prefix>:{<account>}:leases
+-- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- ARGV[3]: hold id
@@ -15,10 +18,12 @@
 -- ARGV[6]: route label ('' for none)
 -- ARGV[7]: most open holds allowed ('' for no limit)
 -- ARGV[8]: least amount to hold ('' for all or nothing)
+-- ARGV[9]: replica: who a depletion event this refusal detects is leased to
+-- ARGV[10]: event lease, ms
 -- Returns one of:
---   {'held', amount, available, credit_limit, threshold | -1, expires_at_ms, replayed 0|1,
+--   {'held', amount, available, credit_limit, {thresholds}, expires_at_ms, replayed 0|1,
 --    rate, rate_at_ms, now_ms}  (the burn rate as in settle.lua, for the runway)
---   {'insufficient', required, available, credit_limit}
+--   {'insufficient', required, available, credit_limit, {events}}  (as in settle.lua)
 --   {'closed', 'already_committed' | 'already_refunded' | 'expired'}
 --   {'too_many_holds'}
 --   {'total_out_of_range', total, amount}   (the sum that would pass MAX_AMOUNT)
@@ -41,6 +46,8 @@ local least = opt_uint_arg(8, 'least amount')
 if not least or least > amount then
   least = amount
 end
+local owner = replica_arg(9)
+local lease_ms = uint_arg(10, 'event lease', 86400000)
 
 local a, now = open_account(offset, grace)
 if not a then
@@ -50,7 +57,7 @@ end
 local open = tonumber(redis.call('HGET', KEYS[2], id))
 if open then
   local expires_at = tonumber(redis.call('ZSCORE', KEYS[3], id))
-  return { 'held', open, available(a), a.credit_limit, threshold_reply(a), expires_at, 1,
+  return { 'held', open, available(a), a.credit_limit, thresholds_reply(a), expires_at, 1,
     rate_reply(a, now), a.rate_at, now }
 end
 local how = closed_how(id)
@@ -61,7 +68,13 @@ end
 -- least amount, hold what the account can afford down to it, in this same atomic step.
 if amount - a.credit_limit > available(a) then
   if least - a.credit_limit > available(a) then
-    return { 'insufficient', least, available(a), a.credit_limit }
+    -- The first refusal until the next top-up tells someone: the one write a refusal makes.
+    local events = {}
+    if not a.depleted then
+      redis.call('HSET', KEYS[1], 'depleted', 1)
+      events[1] = emit(a, now, owner, lease_ms, 'balance.depleted', nil, nil)
+    end
+    return { 'insufficient', least, available(a), a.credit_limit, events }
   end
   amount = available(a) + a.credit_limit
 end
@@ -91,5 +104,5 @@ if expires_at < a.next_expiry then
 else
   redis.call('HSET', KEYS[1], 'held', a.held)
 end
-return { 'held', amount, available(a), a.credit_limit, threshold_reply(a), expires_at, 0,
+return { 'held', amount, available(a), a.credit_limit, thresholds_reply(a), expires_at, 0,
   rate_reply(a, now), a.rate_at, now }

@@ -45,8 +45,8 @@ pub(super) struct ScriptSpec {
     script: OnceLock<Script>,
 }
 
-/// Every account script takes the account's six keys, in this order: `lib.lua` reads
-/// `KEYS[1]` … `KEYS[4]` by position.
+/// Every account script takes the account's nine keys, in this order: `lib.lua` reads
+/// `KEYS[1]` … `KEYS[4]`, `KEYS[7]` and `KEYS[8]` by position.
 const ACCOUNT_KEYS: &[&str] = &ACCOUNT_KEY_SUFFIXES;
 
 /// The arguments every account script takes first (read by `common_args` in `lib.lua`).
@@ -72,10 +72,10 @@ macro_rules! spec {
 /// `reserve`: holds credits of one account.
 pub(super) static RESERVE: ScriptSpec = spec!(
     "reserve",
-    args: account_args!["hold id", "amount to hold", "hold ttl", "route label", "most open holds", "least amount to hold"],
-    reply: "{'held', amount, available, credit_limit, threshold | -1, expires_at_ms, replayed 0|1,
+    args: account_args!["hold id", "amount to hold", "hold ttl", "route label", "most open holds", "least amount to hold", "replica", "event lease"],
+    reply: "{'held', amount, available, credit_limit, {thresholds}, expires_at_ms, replayed 0|1,
             rate, rate_at_ms, now_ms}
-            {'insufficient', required, available, credit_limit}
+            {'insufficient', required, available, credit_limit, {events}}
             {'closed', 'already_committed' | 'already_refunded' | 'expired'}
             {'too_many_holds'}
             {'total_out_of_range', total, amount}
@@ -85,9 +85,9 @@ pub(super) static RESERVE: ScriptSpec = spec!(
 /// `settle`: commits or refunds one hold.
 pub(super) static SETTLE: ScriptSpec = spec!(
     "settle",
-    args: account_args!["hold id", "'commit' or 'refund'", "actual cost", "tombstone ttl"],
-    reply: "{'settled', outcome, committed, released, clamped 0|1, available, threshold | -1,
-            threshold_crossed 0|1, rate, rate_at_ms, now_ms}
+    args: account_args!["hold id", "'commit' or 'refund'", "actual cost", "tombstone ttl", "replica", "event lease"],
+    reply: "{'settled', outcome, committed, released, clamped 0|1, available, {thresholds},
+            rate, rate_at_ms, now_ms, {events}}
             {'unknown_account'}",
 );
 
@@ -113,8 +113,8 @@ pub(super) static TOP_UP: ScriptSpec = spec!(
 pub(super) static BALANCE: ScriptSpec = spec!(
     "balance",
     args: account_args![],
-    reply: "{'balance', available, held, committed, topped_up, credit_limit, threshold | -1,
-            open_holds, rate, rate_at_ms, now_ms}
+    reply: "{'balance', available, held, committed, topped_up, credit_limit, {thresholds},
+            runway_horizon_secs, open_holds, rate, rate_at_ms, now_ms}
             {'unknown_account'}",
 );
 
@@ -126,10 +126,10 @@ pub(super) static USAGE: ScriptSpec = spec!(
             {'unknown_account'}",
 );
 
-/// `configure`: credit limit and low-balance threshold.
+/// `configure`: credit limit, low-balance thresholds and runway horizon.
 pub(super) static CONFIGURE: ScriptSpec = spec!(
     "configure",
-    args: account_args!["credit limit", "low-balance threshold"],
+    args: account_args!["credit limit", "low-balance thresholds", "runway horizon"],
     reply: "{'configured'}",
 );
 
@@ -141,9 +141,18 @@ pub(super) static SWEEP: ScriptSpec = spec!(
             {'unknown_account'}",
 );
 
+/// `outbox`: the account's detected events (claim, renew, ack, dead-letter, list).
+pub(super) static OUTBOX: ScriptSpec = spec!(
+    "outbox",
+    args: account_args!["operation", "replica", "lease", "entry id", "most entries", "reason"],
+    reply: "{'events', {event}, ...}
+            {'dead_letters', {event, reason}, ...}
+            {'done', 0|1}",
+);
+
 /// Every script of the ledger.
-pub(super) static SPECS: [&ScriptSpec; 8] = [
-    &RESERVE, &SETTLE, &EXTEND, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP,
+pub(super) static SPECS: [&ScriptSpec; 9] = [
+    &RESERVE, &SETTLE, &EXTEND, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP, &OUTBOX,
 ];
 
 /// Builds (hashes) every script of [`SPECS`] and the claim scripts, once per process.
@@ -203,12 +212,14 @@ pub(super) fn prelude() -> &'static str {
              local RECLAIM_LIMIT = {}\n\
              local BURN_RATE_TAU_SECS = {}\n\
              local RUNWAY_MIN_COMMITS = {}\n\
-             local RUNWAY_MIN_SPAN_MS = {}\n",
+             local RUNWAY_MIN_SPAN_MS = {}\n\
+             local DEFAULT_RUNWAY_HORIZON_SECS = {}\n",
             crate::MAX_AMOUNT,
             crate::ledger::RECLAIM_LIMIT,
             lua_float(crate::ledger::runway::BURN_RATE_TAU_SECS),
             crate::ledger::runway::RUNWAY_MIN_COMMITS,
             crate::ledger::runway::RUNWAY_MIN_SPAN_MS,
+            crate::ledger::DEFAULT_RUNWAY_HORIZON.as_secs(),
         )
     });
     &PRELUDE

@@ -7,18 +7,25 @@
 -- KEYS[4]: <prefix>:{<account>}:done
 -- KEYS[5]: <prefix>:{<account>}:usage
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
+-- KEYS[7]: <prefix>:{<account>}:outbox
+-- KEYS[8]: <prefix>:{<account>}:leases
+-- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- ARGV[3]: hold id
 -- ARGV[4]: 'commit' or 'refund'
 -- ARGV[5]: actual cost to commit ('0' for a refund); clamped to the hold
 -- ARGV[6]: tombstone ttl, ms: the longest TTL a reserve of an unseen id may have had
+-- ARGV[7]: replica: who the events this commit detects are leased to
+-- ARGV[8]: event lease, ms
 -- In the reply, outcome is 'committed' | 'refunded' | 'already_committed'
 -- | 'already_refunded' | 'expired' | 'unknown' (a refund of an unknown id leaves a
--- tombstone), and rate the stored burn rate (credits/s) as a string, to be decayed to now_ms.
+-- tombstone), rate the stored burn rate (credits/s) as a string, to be decayed to now_ms,
+-- and each event {entry_id, type, available, threshold | -1, runway_secs | -1, at_ms,
+-- seq} (its id derives from the account and seq).
 -- Returns one of:
---   {'settled', outcome, committed, released, clamped 0|1, available, threshold | -1,
---    threshold_crossed 0|1, rate, rate_at_ms, now_ms}
+--   {'settled', outcome, committed, released, clamped 0|1, available, {thresholds},
+--    rate, rate_at_ms, now_ms, {events}}
 --   {'unknown_account'}   (nothing written)
 
 local offset, grace = common_args()
@@ -29,15 +36,17 @@ if mode ~= 'commit' and mode ~= 'refund' then
 end
 local actual = uint_arg(5, 'actual cost')
 local tombstone_ttl = uint_arg(6, 'tombstone ttl', 86400000)
+local owner = replica_arg(7)
+local lease_ms = uint_arg(8, 'event lease', 86400000)
 
 local a, now = open_account(offset, grace)
 if not a then
   return { 'unknown_account' }
 end
 
-local function reply(outcome, committed, released, clamped, crossed)
-  return { 'settled', outcome, committed, released, clamped, available(a), threshold_reply(a),
-    crossed, rate_reply(a, now), a.rate_at, now }
+local function reply(outcome, committed, released, clamped, events)
+  return { 'settled', outcome, committed, released, clamped, available(a), thresholds_reply(a),
+    rate_reply(a, now), a.rate_at, now, events }
 end
 
 local hold = redis.call('HMGET', KEYS[2], id, id .. ':route')
@@ -45,7 +54,7 @@ local amount = tonumber(hold[1])
 if not amount then
   local how = closed_how(id)
   if how then
-    return reply(already(how), 0, 0, 0, 0)
+    return reply(already(how), 0, 0, 0, {})
   end
   if mode == 'refund' then
     -- A refund that overtook its reserve: the tombstone keeps the reserve out, as long as
@@ -54,7 +63,7 @@ if not amount then
     close(id, 'refunded', forget)
     expire_done(forget, now)
   end
-  return reply('unknown', 0, 0, 0, 0)
+  return reply('unknown', 0, 0, 0, {})
 end
 
 local route = hold[2] or ''
@@ -64,7 +73,7 @@ redis.call('HDEL', KEYS[2], id, id .. ':route')
 redis.call('ZREM', KEYS[3], id)
 a.held = a.held - amount
 
-local outcome, charged, clamped, crossed = 'refunded', 0, 0, 0
+local outcome, charged, clamped, events = 'refunded', 0, 0, {}
 if mode == 'commit' then
   outcome = 'committed'
   charged = math.min(actual, amount)
@@ -89,16 +98,11 @@ if mode == 'commit' then
   end
   redis.call('HINCRBY', KEYS[5], 'credits:' .. route, charged)
   redis.call('HINCRBY', KEYS[5], 'calls:' .. route, 1)
-  if a.threshold and available(a) < a.threshold and not a.warned then
-    redis.call('HSET', KEYS[1], 'warned', 1)
-    a.warned = true
-    crossed = 1
-  end
+  events = alerts_after_commit(a, now, owner, lease_ms)
 else
   redis.call('HSET', KEYS[1], 'held', a.held)
 end
-rearm_warning(a)
 local forget = forget_at(now, expires_at, grace)
 close(id, outcome, forget)
 expire_done(forget, now)
-return reply(outcome, charged, amount - charged, clamped, crossed)
+return reply(outcome, charged, amount - charged, clamped, events)

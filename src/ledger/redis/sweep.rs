@@ -54,16 +54,28 @@ impl RedisLedger {
     /// # Ok(()) }
     /// ```
     pub async fn sweep_expired(&self) -> Result<u64, LedgerError> {
-        let pattern = expiry_pattern(&self.inner.prefix);
-        match &self.inner.conn {
-            Conn::Standalone(_) => self.sweep_node(None, &pattern).await,
-            Conn::Cluster(_) => {
-                let mut reclaimed = 0;
-                for master in self.masters().await? {
-                    reclaimed += self.sweep_node(Some(master), &pattern).await?;
+        let mut reclaimed = 0;
+        for node in self.nodes().await? {
+            let mut cursor = 0;
+            loop {
+                let (next, accounts) = self.scan_accounts(node, "expiry", cursor).await?;
+                for account in accounts {
+                    reclaimed += self.sweep_account(&account).await?;
                 }
-                Ok(reclaimed)
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
+        }
+        Ok(reclaimed)
+    }
+
+    /// Every node to `SCAN`: the one server, or each master of a cluster.
+    pub(super) async fn nodes(&self) -> Result<Vec<Option<Route>>, LedgerError> {
+        match &self.inner.conn {
+            Conn::Standalone(_) => Ok(vec![None]),
+            Conn::Cluster(_) => Ok(self.masters().await?.into_iter().map(Some).collect()),
         }
     }
 
@@ -108,35 +120,33 @@ impl RedisLedger {
 
     /// Walks one node's keyspace (`None`: the standalone server; on a cluster, the master
     /// that owns `Some(route)`), sweeping every account found.
-    async fn sweep_node(&self, node: Option<Route>, pattern: &str) -> Result<u64, LedgerError> {
-        let mut reclaimed = 0;
-        let mut cursor: u64 = 0;
-        loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            let (next, keys): (u64, Vec<String>) = match node {
-                None => self.command(cmd).await?,
-                Some(route) => {
-                    let routing =
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                    let value = self.routed(cmd, routing).await?;
-                    redis::from_redis_value(value).map_err(|e| unexpected("SCAN", e.to_string()))?
-                }
-            };
-            for key in keys {
-                if let Some(account) = account_of(&self.inner.prefix, &key) {
-                    reclaimed += self.sweep_account(&account).await?;
-                }
+    /// One `SCAN` step of `node` from `cursor` over the accounts' keys ending in
+    /// `suffix`: the next cursor (0 at the end) and the accounts found.
+    pub(super) async fn scan_accounts(
+        &self,
+        node: Option<Route>,
+        suffix: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<AccountId>), LedgerError> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(key_pattern(&self.inner.prefix, suffix))
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let (next, keys): (u64, Vec<String>) = match node {
+            None => self.command(cmd).await?,
+            Some(route) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let value = self.routed(cmd, routing).await?;
+                redis::from_redis_value(value).map_err(|e| unexpected("SCAN", e.to_string()))?
             }
-            if next == 0 {
-                return Ok(reclaimed);
-            }
-            cursor = next;
-        }
+        };
+        let accounts = keys
+            .iter()
+            .filter_map(|key| account_of(&self.inner.prefix, key, suffix))
+            .collect();
+        Ok((next, accounts))
     }
 
     /// Runs the `sweep` script on one account: how many of its holds went back.
@@ -173,25 +183,27 @@ impl RedisLedger {
 
 /// `SCAN MATCH` pattern of every account's expiry index: `<prefix>:{*}:expiry`, with the
 /// glob characters a prefix may hold (`*`, `?`, `[`, `]`, `\`) escaped.
-fn expiry_pattern(prefix: &str) -> String {
-    let mut pattern = String::with_capacity(prefix.len() + 12);
+fn key_pattern(prefix: &str, suffix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + suffix.len() + 5);
     for c in prefix.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
             pattern.push('\\');
         }
         pattern.push(c);
     }
-    pattern.push_str(":{*}:expiry");
+    pattern.push_str(":{*}:");
+    pattern.push_str(suffix);
     pattern
 }
 
 /// The account of an expiry index key `<prefix>:{<account>}:expiry`, if the key is one
 /// (a key that only looks like one, or holds an invalid id, is skipped).
-fn account_of(prefix: &str, key: &str) -> Option<AccountId> {
+fn account_of(prefix: &str, key: &str, suffix: &str) -> Option<AccountId> {
     let id = key
         .strip_prefix(prefix)?
         .strip_prefix(":{")?
-        .strip_suffix("}:expiry")?;
+        .strip_suffix(suffix)?
+        .strip_suffix("}:")?;
     AccountId::new(id).ok()
 }
 
@@ -241,9 +253,9 @@ mod tests {
 
     #[test]
     fn the_pattern_escapes_glob_characters_of_the_prefix() {
-        assert_eq!(expiry_pattern("credits"), "credits:{*}:expiry");
+        assert_eq!(key_pattern("credits", "expiry"), "credits:{*}:expiry");
         assert_eq!(
-            expiry_pattern("a*b?[c]\\"),
+            key_pattern("a*b?[c]\\", "expiry"),
             "a\\*b\\?\\[c\\]\\\\:{*}:expiry"
         );
     }
@@ -251,7 +263,7 @@ mod tests {
     #[test]
     fn accounts_are_read_back_from_expiry_keys() {
         assert_eq!(
-            account_of("credits", "credits:{acct_42}:expiry"),
+            account_of("credits", "credits:{acct_42}:expiry", "expiry"),
             Some(AccountId::new("acct_42").unwrap())
         );
         for other in [
@@ -261,7 +273,7 @@ mod tests {
             "credits:{}:expiry",
             "credits:acct:expiry",
         ] {
-            assert_eq!(account_of("credits", other), None, "{other}");
+            assert_eq!(account_of("credits", other, "expiry"), None, "{other}");
         }
     }
 

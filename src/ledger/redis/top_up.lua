@@ -10,6 +10,9 @@
 -- KEYS[4]: <prefix>:{<account>}:done
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
 -- KEYS[6]: <prefix>:{<account>}:topups
+-- KEYS[7]: <prefix>:{<account>}:outbox   (not used here)
+-- KEYS[8]: <prefix>:{<account>}:leases   (not used here)
+-- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- ARGV[3]: amount
@@ -47,5 +50,15 @@ end
 redis.call('HINCRBY', KEYS[1], 'topped_up', amount)
 a.topped_up = a.topped_up + amount
 redis.call('HSET', KEYS[6], key, amount)
-rearm_warning(a)
+-- A top-up re-arms each threshold it lifted `available` back to (a percentage now of this
+-- top-up), the runway reminder and the depletion event.
+a.last_topup = amount
+local fired = a.fired
+for i, t in ipairs(thresholds_of(a)) do
+  if fired_bit(fired, i) and available(a) >= threshold_value(t, a.last_topup) then
+    fired = fired - 2 ^ (i - 1)
+  end
+end
+redis.call('HSET', KEYS[1], 'last_topup', amount, 'fired', fired, 'runway_fired', 0,
+  'depleted', 0)
 return { 'topped_up', 0, available(a) }

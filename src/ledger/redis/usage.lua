@@ -8,6 +8,9 @@
 -- KEYS[4]: <prefix>:{<account>}:done
 -- KEYS[5]: <prefix>:{<account>}:usage
 -- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
+-- KEYS[7]: <prefix>:{<account>}:outbox   (not used here)
+-- KEYS[8]: <prefix>:{<account>}:leases   (not used here)
+-- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- Returns one of:
