@@ -152,6 +152,7 @@ macro_rules! conformance_suite {
             depletion_fires_once_until_a_top_up,
             concurrent_commits_crossing_a_threshold_fire_one_event,
             invalid_thresholds_are_refused,
+            runway_low_fires_once_until_a_top_up,
             api_keys_register_lookup_revoke,
             concurrent_reserves_never_overshoot,
             many_accounts_are_independent,
@@ -1689,6 +1690,69 @@ pub async fn concurrent_commits_crossing_a_threshold_fire_one_event<H: Harness>(
     }
     assert_eq!(fired, 1, "one crossing, one event");
     assert_eq!(assert_conserved(&l, &a).await.available, TASKS as i64);
+}
+
+/// `balance.runway_low` fires once, at the first commit whose forecast (with the history
+/// rule of the runway: 10 commits, 5 minutes) is below the account's horizon; a top-up
+/// re-arms it; a zero horizon never fires.
+pub async fn runway_low_fires_once_until_a_top_up<H: Harness>(h: &H) {
+    let (l, clock, a) = funded(h, "acct_runway_low", 100).await;
+    let hour = Duration::from_secs(3_600);
+    l.configure(Configure::new(
+        &a,
+        AccountSettings::new().runway_horizon(hour),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(assert_conserved(&l, &a).await.runway_horizon, hour);
+    let runway_events = |s: &Settlement| -> Vec<u64> {
+        s.events
+            .iter()
+            .filter(|e| e.kind == EventKind::RunwayLow)
+            .map(|e| e.runway_secs.expect("runway_low names its runway"))
+            .collect()
+    };
+    // Nine commits over six minutes: not yet a history, no forecast, no event.
+    for i in 0..9 {
+        let s = spend(&l, &a, &format!("r{i}"), 6).await;
+        assert_eq!(runway_events(&s), Vec::<u64>::new(), "commit {i}");
+        clock.advance(Duration::from_secs(40));
+    }
+    // The tenth: 40 left at about 60 credits an hour, well under the hour.
+    let s = spend(&l, &a, "r9", 6).await;
+    let fired = runway_events(&s);
+    assert_eq!(fired.len(), 1, "{s:?}");
+    assert!(fired[0] < 3_600, "{fired:?}");
+    let forecast = s
+        .runway_secs
+        .expect("a runway once the history is long enough");
+    assert!(
+        fired[0].abs_diff(forecast) <= 1,
+        "{fired:?} vs the forecast {forecast}"
+    );
+    let s = spend(&l, &a, "r10", 1).await;
+    assert!(runway_events(&s).is_empty(), "once until a top-up");
+    // A top-up re-arms it; spending that leaves days of runway fires nothing; falling
+    // under the hour again does.
+    l.top_up(TopUp::new(&a, 10_000, "pay-2")).await.unwrap();
+    let s = spend(&l, &a, "r11", 1).await;
+    assert!(runway_events(&s).is_empty(), "{s:?}");
+    let s = spend(&l, &a, "r12", 10_030).await;
+    assert_eq!(runway_events(&s).len(), 1, "{s:?}");
+
+    // A zero horizon: no runway events at all.
+    let (l, clock, b) = funded(h, "acct_runway_off", 100).await;
+    l.configure(Configure::new(
+        &b,
+        AccountSettings::new().runway_horizon(Duration::ZERO),
+    ))
+    .await
+    .unwrap();
+    for i in 0..12 {
+        let s = spend(&l, &b, &format!("o{i}"), 6).await;
+        assert!(runway_events(&s).is_empty(), "{s:?}");
+        clock.advance(Duration::from_secs(40));
+    }
 }
 
 /// Thresholds the ledger cannot keep are refused, and change nothing.
