@@ -111,7 +111,12 @@
 //!   the same [`LedgerError`]; [`ledger::runway`] has the burn-rate and runway math, so the
 //!   `credits-runway` header means the same on every ledger;
 //! * [`Ledger::Future`] names the future: [`std::future::Ready`] for a ledger that answers
-//!   at once, a boxed future for a networked one. [`BoxLedger`] erases a ledger's type.
+//!   at once, a boxed future for a networked one. [`BoxLedger`] erases a ledger's type;
+//! * events are part of the contract: a commit returns what it detected in
+//!   [`Settlement::events`], a refusal in [`Insufficient::events`] ([`CreditEvent::new`],
+//!   [`ledger::check_alerts`], thresholds re-armed only by a top-up); a ledger that keeps
+//!   them until delivered also implements [`EventOutbox`], which a
+//!   [`Dispatcher`](events::Dispatcher) drains (and `conformance_outbox_suite!` checks).
 //!
 //! Then prove it: the `conformance` feature publishes the suite this crate's own ledgers
 //! pass ([`conformance`]: about forty cases and a proptest model check). Implement
@@ -119,7 +124,7 @@
 //! `tower_credits::conformance_suite!(MyHarness);` in an integration test. The repository's
 //! `examples/custom_ledger/` writes a ledger from scratch on the public API (`TinyLedger`:
 //! one lock, expiring holds reclaimed in bounded steps, tombstones, top-up key claims, the
-//! low-balance latch, usage by route) and a decorator that records every operation of any
+//! low-balance, runway and depletion latches, usage by route) and a decorator that records every operation of any
 //! ledger; `tests/conformance_example.rs` runs the suite on both.
 //!
 //! [tower]: https://docs.rs/tower
