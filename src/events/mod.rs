@@ -9,7 +9,9 @@
 //!
 //! **Delivery is at least once.** A replica killed after it delivered but before it
 //! acknowledged leaves the event for another, which delivers it again with the same
-//! [`id`](crate::CreditEvent::id): receivers deduplicate by `id`.
+//! [`id`](crate::CreditEvent::id): receivers deduplicate by `id`. Each event is delivered
+//! and retried on its own, so events of one account may arrive out of order: receivers
+//! order them by `created_at`.
 //!
 //! ```
 //! use tower_credits::events::Dispatcher;
