@@ -30,25 +30,20 @@ use redis::aio::MultiplexedConnection;
 use support::redis_server::BenchRedis;
 use support::report::{Report, Target};
 use tower_credits::ledger::redis::{DEFAULT_CALL_TIMEOUT, DEFAULT_KEY_PREFIX};
-use tower_credits::ledger::DEFAULT_HOLD_TTL;
+use tower_credits::ledger::{DEFAULT_EVENT_LEASE, DEFAULT_HOLD_TTL};
 use tower_credits::{AccountId, HoldId, Ledger, RedisLedger, Reserve, ReserveOutcome, MAX_AMOUNT};
 use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
-/// The scripts' text, assembled as `src/ledger/redis/scripts.rs` assembles it (`lib.lua`,
-/// a newline, the operation), so `redis-benchmark` calls the same SHA the ledger calls.
-const RESERVE_LUA: &str = concat!(
-    include_str!("../src/ledger/redis/lib.lua"),
-    "\n",
-    include_str!("../src/ledger/redis/reserve.lua")
-);
-const SETTLE_LUA: &str = concat!(
-    include_str!("../src/ledger/redis/lib.lua"),
-    "\n",
-    include_str!("../src/ledger/redis/settle.lua")
-);
+/// The scripts' full text as the ledger sends it (generated prelude, `lib.lua`, the
+/// operation), so `redis-benchmark` calls the same SHA the ledger calls.
+fn script_text(name: &str) -> String {
+    RedisLedger::script_source(name).expect("the ledger has this script")
+}
 
 /// In `KEYS` order (`src/ledger/redis/keys.rs`).
-const KEY_SUFFIXES: [&str; 6] = ["acct", "holds", "expiry", "done", "usage", "topups"];
+const KEY_SUFFIXES: [&str; 9] = [
+    "acct", "holds", "expiry", "done", "usage", "topups", "outbox", "leases", "dead",
+];
 
 /// Each concurrency level alternates the ledger and the ceiling this many times: on a
 /// shared 2-core machine the load drifts, and only neighbouring runs compare fairly.
@@ -343,8 +338,11 @@ async fn ceiling(
         format!("{RESERVE_ID_PREFIX}__rand_int__"),
         "1".to_owned(),
         DEFAULT_HOLD_TTL.as_millis().to_string(),
-        String::new(), // no route, as `Reserve::new`
-        String::new(), // no open-holds limit, as the builder's default
+        String::new(),              // no route, as `Reserve::new`
+        String::new(),              // no open-holds limit, as the builder's default
+        String::new(),              // all or nothing, as `Reserve::new`
+        "replica-bench".to_owned(), // who events would be leased to (none fire here)
+        DEFAULT_EVENT_LEASE.as_millis().to_string(),
     ]);
     // Ids drawn below 2e9: among some 10^4 reserves, a repeat (a cheaper replay) is rare.
     let reserves = redis_benchmark(con, port, shape, 2_000_000_000, &reserve).await;
@@ -364,6 +362,8 @@ async fn ceiling(
         "commit".to_owned(),
         "1".to_owned(),
         DEFAULT_HOLD_TTL.as_millis().to_string(), // tombstone ttl: the longest reserved
+        "replica-bench".to_owned(),
+        DEFAULT_EVENT_LEASE.as_millis().to_string(),
     ]);
     let commits = redis_benchmark(con, port, shape, keyspace, &commit).await;
     let committed = hget_u64(con, &account_keys(&commit_acct)[0], "committed").await;
@@ -393,9 +393,10 @@ async fn load_scripts(con: &mut MultiplexedConnection) -> Option<(String, String
         println!("redis-benchmark is not on PATH: the ceiling rows are skipped");
         return None;
     }
+    let (reserve_lua, settle_lua) = (script_text("reserve"), script_text("settle"));
     let shas = (
-        redis::Script::new(RESERVE_LUA).get_hash().to_owned(),
-        redis::Script::new(SETTLE_LUA).get_hash().to_owned(),
+        redis::Script::new(&reserve_lua).get_hash().to_owned(),
+        redis::Script::new(&settle_lua).get_hash().to_owned(),
     );
     // The ledger ran both already: had it loaded other text, these would be unknown.
     let known: Vec<bool> = redis::cmd("SCRIPT")
@@ -411,7 +412,7 @@ async fn load_scripts(con: &mut MultiplexedConnection) -> Option<(String, String
              (src/ledger/redis/scripts.rs changed?): the ceiling runs this bench's copy"
         );
     }
-    for (src, sha) in [(RESERVE_LUA, &shas.0), (SETTLE_LUA, &shas.1)] {
+    for (src, sha) in [(&reserve_lua, &shas.0), (&settle_lua, &shas.1)] {
         let loaded: String = redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(src)
