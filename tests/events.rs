@@ -333,7 +333,8 @@ async fn a_failing_receiver_gets_the_event_after_retries() {
     assert_clean(&receiver);
 }
 
-/// A delivery that runs out of retries is kept as a dead letter, counted, never dropped.
+/// A delivery that runs out of retries is kept as a dead letter, counted, never dropped;
+/// requeued once the receiver is fixed, it is delivered with its id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_nobody_takes_is_kept_as_a_dead_letter() {
     let receiver = Receiver::http(SECRET).await.fail_first(usize::MAX);
@@ -354,6 +355,15 @@ async fn an_event_nobody_takes_is_kept_as_a_dead_letter() {
     assert_eq!(receiver.deliveries(), 0);
     assert!(ledger.pending(&acct).await.unwrap().is_empty());
     assert_eq!(events.stats().dead_lettered(), 1);
+
+    // The receiver is fixed; the operator requeues the dead letter: delivered, same id.
+    receiver.set_fail_first(0);
+    assert!(ledger.requeue(&dead[0]).await.unwrap());
+    receiver.wait_for_deliveries(1).await;
+    drained(&ledger, &acct).await;
+    assert_eq!(receiver.ids(), vec![dead[0].event.id.clone()]);
+    assert!(ledger.dead_letters(&acct).await.unwrap().is_empty());
+    assert_clean(&receiver);
 }
 
 /// Replica A detects an event, then dies: either before it delivered (`deliver_first`

@@ -102,7 +102,8 @@ pub async fn a_lapsed_lease_is_claimed_once<H: OutboxHarness>(h: &H) {
         .is_empty());
 }
 
-/// A delivery that gave up is kept, with its reason, and leaves the outbox.
+/// A delivery that gave up is kept, with its reason, and leaves the outbox; requeued, it
+/// comes back with the same id.
 pub async fn dead_letters_are_kept_with_their_reason<H: OutboxHarness>(h: &H) {
     let (l, clock) = h.ledger().await;
     let a = acct("acct_outbox_dead");
@@ -127,4 +128,14 @@ pub async fn dead_letters_are_kept_with_their_reason<H: OutboxHarness>(h: &H) {
         .await
         .unwrap()
         .is_empty());
+
+    // Requeued (the receiver was fixed): unleased, the same id, claimed at once.
+    assert!(l.requeue(&dead[0]).await.unwrap());
+    assert!(!l.requeue(&dead[0]).await.unwrap(), "requeued once");
+    assert!(l.dead_letters(&a).await.unwrap().is_empty());
+    let claimed = l.claim(Duration::from_secs(10), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, event.id, "the same event, the same id");
+    l.ack(&claimed[0]).await.unwrap();
+    assert!(l.pending(&a).await.unwrap().is_empty());
 }

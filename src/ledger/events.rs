@@ -277,15 +277,25 @@ pub struct DeadLetter {
     pub event: CreditEvent,
     /// Why the last attempt failed.
     pub reason: String,
+    /// Where the ledger keeps the dead letter (opaque), for
+    /// [`EventOutbox::requeue`].
+    pub receipt: String,
 }
 
 impl DeadLetter {
-    /// `event`, given up on because of `reason`.
+    /// `event`, given up on because of `reason`; kept under the event's receipt.
     pub fn new(event: CreditEvent, reason: impl Into<String>) -> Self {
         Self {
+            receipt: event.receipt.clone(),
             event,
             reason: reason.into(),
         }
+    }
+
+    /// Sets where the ledger keeps the dead letter.
+    pub fn with_receipt(mut self, receipt: impl Into<String>) -> Self {
+        self.receipt = receipt.into();
+        self
     }
 }
 
@@ -322,6 +332,11 @@ pub trait EventOutbox: Send + Sync + 'static {
 
     /// The dead letters of `account`, oldest first.
     fn dead_letters(&self, account: &AccountId) -> OutboxFuture<Vec<DeadLetter>>;
+
+    /// Puts a dead letter back in the outbox, unleased, with the same event id (say once
+    /// the receiver is fixed): the next claim delivers it. `false` when it is no longer a
+    /// dead letter.
+    fn requeue(&self, dead: &DeadLetter) -> OutboxFuture<bool>;
 
     /// Events of `account` still waiting in the outbox (delivered ones are gone), oldest
     /// first.

@@ -803,6 +803,10 @@ impl EventOutbox for MemoryLedger {
         Box::pin(ready(Ok(self.inner.outbox.dead_letters(account))))
     }
 
+    fn requeue(&self, dead: &DeadLetter) -> OutboxFuture<bool> {
+        Box::pin(ready(Ok(self.inner.outbox.requeue(dead))))
+    }
+
     fn pending(&self, account: &AccountId) -> OutboxFuture<Vec<CreditEvent>> {
         Box::pin(ready(Ok(self.inner.outbox.pending(account))))
     }

@@ -308,6 +308,9 @@ impl EventOutbox for AnyLedger {
     fn dead_letters(&self, account: &AccountId) -> OutboxFuture<Vec<DeadLetter>> {
         outbox_dispatch!(self, l => l.dead_letters(account))
     }
+    fn requeue(&self, dead: &DeadLetter) -> OutboxFuture<bool> {
+        outbox_dispatch!(self, l => l.requeue(dead))
+    }
     fn pending(&self, account: &AccountId) -> OutboxFuture<Vec<CreditEvent>> {
         outbox_dispatch!(self, l => l.pending(account))
     }

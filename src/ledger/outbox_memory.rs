@@ -134,6 +134,26 @@ impl MemoryOutbox {
         }
     }
 
+    /// Moves a dead letter back to the queue, unleased.
+    pub(crate) fn requeue(&self, dead: &DeadLetter) -> bool {
+        let mut state = self.state.lock();
+        let Some(i) = state.dead.iter().position(|d| d.receipt == dead.receipt) else {
+            return false;
+        };
+        let letter = state.dead.remove(i);
+        let Some(seq) = MemoryOutbox::seq(&letter.event) else {
+            return false;
+        };
+        state.pending.insert(
+            seq,
+            Pending {
+                event: letter.event,
+                leased_until_ms: 0,
+            },
+        );
+        true
+    }
+
     pub(crate) fn dead_letters(&self, account: &AccountId) -> Vec<DeadLetter> {
         let state = self.state.lock();
         state

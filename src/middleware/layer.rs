@@ -225,7 +225,9 @@ impl<L: Ledger> CreditLayer<L> {
     /// Delivers the events this layer's requests detect (`balance.low`,
     /// `balance.runway_low`, `balance.depleted`) at once, through a running
     /// [`Dispatcher`](crate::events::Dispatcher). Without it, they wait in the ledger's
-    /// outbox until a dispatcher claims them.
+    /// outbox until a dispatcher claims them. Build the dispatcher on a clone of this
+    /// layer's ledger: a detected event is leased to the ledger instance that detected it,
+    /// and another instance could only take it over once that lease lapses.
     pub fn events(self, events: Events) -> Self {
         self.with(|s| s.events = Some(events))
     }

@@ -13,17 +13,18 @@
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (unused)
 -- ARGV[3]: operation: 'claim' | 'renew' | 'ack' | 'dead' | 'pending' | 'dead_letters'
+--          | 'requeue'
 -- ARGV[4]: replica ('claim', 'renew')
 -- ARGV[5]: lease, ms ('claim', 'renew'; else '0')
--- ARGV[6]: entry id ('renew', 'ack', 'dead'; else '')
+-- ARGV[6]: entry id ('renew', 'ack', 'dead'; the dead letter's for 'requeue'; else '')
 -- ARGV[7]: most entries ('claim', 'pending', 'dead_letters'; else '0')
 -- ARGV[8]: reason ('dead'; else '')
 -- An event in a reply is {entry_id, type, available, threshold | -1, runway_secs | -1,
 -- at_ms, seq}, as settle.lua shows it.
 -- Returns one of:
 --   {'events', {event}, ...}                (claim, pending)
---   {'dead_letters', {event, reason}, ...}
---   {'done', 0|1}                           (renew: whether the lease is still ours)
+--   {'dead_letters', {event, reason, dead_entry_id}, ...}
+--   {'done', 0|1}                           (renew, requeue: whether it was there)
 
 local offset = common_args()
 local op = ARGV[3]
@@ -112,8 +113,19 @@ elseif op == 'dead_letters' then
   for _, entry in ipairs(redis.call('XRANGE', KEYS[9], '-', '+', 'COUNT', count)) do
     local f = entry[2]
     out[#out + 1] = { { f[2], f[4], tonumber(f[6]), tonumber(f[8]), tonumber(f[10]),
-      tonumber(f[12]), tonumber(f[14]) }, f[16] }
+      tonumber(f[12]), tonumber(f[14]) }, f[16], entry[1] }
   end
   return out
+elseif op == 'requeue' then
+  -- Back to the outbox, unleased (the next claim takes it), with its seq: the same id.
+  local entry = redis.call('XRANGE', KEYS[9], entry_id, entry_id)[1]
+  if not entry then
+    return { 'done', 0 }
+  end
+  local f = entry[2]
+  redis.call('XADD', KEYS[7], '*', 'type', f[4], 'available', f[6], 'threshold', f[8],
+    'runway', f[10], 'at', f[12], 'seq', f[14])
+  redis.call('XDEL', KEYS[9], entry_id)
+  return { 'done', 1 }
 end
 bad('operation')

@@ -123,6 +123,18 @@ impl EventOutbox for RedisLedger {
         Box::pin(async move { reply::dead_letters(call.await?, &account) })
     }
 
+    fn requeue(&self, dead: &DeadLetter) -> OutboxFuture<bool> {
+        let call = self.outbox_op(
+            &dead.event.account,
+            "requeue",
+            Duration::ZERO,
+            &dead.receipt,
+            0,
+            "",
+        );
+        Box::pin(async move { reply::outbox_done(call.await?) })
+    }
+
     fn pending(&self, account: &AccountId) -> OutboxFuture<Vec<CreditEvent>> {
         let call = self.outbox_op(account, "pending", Duration::ZERO, "", LIST_LIMIT, "");
         let account = account.clone();

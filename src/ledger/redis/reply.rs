@@ -487,8 +487,9 @@ pub(super) fn dead_letters(
                 let mut pair = reply.nested()?;
                 let event = pair.event(account)?;
                 let reason = pair.string()?;
+                let receipt = pair.string()?;
                 pair.end()?;
-                dead.push(DeadLetter::new(event, reason));
+                dead.push(DeadLetter::new(event, reason).with_receipt(receipt));
             }
             Ok(dead)
         }

@@ -141,12 +141,12 @@ pub(super) static SWEEP: ScriptSpec = spec!(
             {'unknown_account'}",
 );
 
-/// `outbox`: the account's detected events (claim, renew, ack, dead-letter, list).
+/// `outbox`: the account's detected events (claim, renew, ack, dead-letter, requeue, list).
 pub(super) static OUTBOX: ScriptSpec = spec!(
     "outbox",
     args: account_args!["operation", "replica", "lease", "entry id", "most entries", "reason"],
     reply: "{'events', {event}, ...}
-            {'dead_letters', {event, reason}, ...}
+            {'dead_letters', {event, reason, dead_entry_id}, ...}
             {'done', 0|1}",
 );
 
