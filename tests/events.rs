@@ -51,6 +51,7 @@ fn dispatcher<L: TestLedger>(ledger: &L, receiver: &Receiver, attempts: u32) -> 
     Dispatcher::new(ledger.clone())
         .webhook(hook(receiver))
         .retry(quick_retries(attempts))
+        .lease(Duration::from_secs(2))
         .scan_every(Duration::from_millis(100))
         .spawn()
 }
@@ -232,9 +233,12 @@ async fn one_event_for_64_concurrent_commits_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_event_for_64_concurrent_commits_on_redis() {
     let redis = RedisServer::start();
+    // A lease well inside the test's deadline: should a settle's first answer be lost,
+    // the event is claimed by the scan instead.
     let ledger = RedisLedger::builder()
         .url(redis.url())
         .call_timeout(Duration::from_secs(2))
+        .event_lease(Duration::from_secs(2))
         .build()
         .await
         .unwrap();
@@ -247,6 +251,7 @@ async fn one_event_for_64_concurrent_commits_on_cluster() {
     let ledger = RedisLedger::builder()
         .cluster_urls(cluster.urls())
         .call_timeout(Duration::from_secs(2))
+        .event_lease(Duration::from_secs(2))
         .build()
         .await
         .unwrap();
@@ -407,6 +412,9 @@ async fn kill_the_detecting_replica(
                         Ok(())
                     }
                 })
+                // A's lease covers one attempt: its send timeout plus the lease.
+                .send_timeout(Duration::from_secs(2))
+                .lease(lease)
                 .scan_every(Duration::from_secs(3600))
                 .spawn();
             let acct = account(&ledger, "acct_replicas", "replica-key", 10, &[5]).await;
@@ -474,7 +482,8 @@ async fn a_replica_killed_before_delivering_leaves_the_event_to_another() {
     assert_eq!(receiver.ids(), vec![detected.id.clone()]);
     assert_clean(&receiver);
     println!(
-        "a replica killed before delivering cost {cost:?} of delay (lease 1.5 s + scan 0.1 s)"
+        "a replica killed before delivering cost {cost:?} of delay (the lease of its \
+         attempt: send timeout 2 s + lease 1.5 s; then a scan, every 0.1 s)"
     );
 }
 

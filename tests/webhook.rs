@@ -153,11 +153,16 @@ async fn unanswered_delivery_times_out() {
 
 #[tokio::test]
 async fn refused_connection_is_a_transport_error() {
-    // Bind then drop: the port is (almost certainly) closed for the send below.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A listener that hangs up on every connection before answering (a port merely
+    // closed could be taken by a parallel test's receiver).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hang_up = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            drop(stream);
+        }
+    });
     let hook = Webhook::new(&format!("http://{addr}/hooks?token=t0ps3cret"), SECRET).unwrap();
     match hook.send("evt_1", event("evt_1")).await {
         Err(DeliveryError::Transport(text)) => {
@@ -165,6 +170,7 @@ async fn refused_connection_is_a_transport_error() {
         }
         other => panic!("expected a transport error, got {other:?}"),
     }
+    hang_up.abort();
 }
 
 #[tokio::test]

@@ -1767,6 +1767,7 @@ pub async fn invalid_thresholds_are_refused<H: Harness>(h: &H) {
         AccountSettings::new().threshold(Threshold::PercentOfLastTopUp(101)),
         AccountSettings::new().low_balance_threshold(MAX_AMOUNT + 1),
         AccountSettings::new().runway_horizon(Duration::from_secs(400 * 86_400)),
+        AccountSettings::new().runway_horizon(Duration::from_millis(1_500)),
     ] {
         let err = l
             .configure(Configure::new(&a, settings.clone()))

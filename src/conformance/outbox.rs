@@ -63,6 +63,17 @@ pub async fn detected_events_wait_leased_until_acknowledged<H: OutboxHarness>(h:
         "gone"
     );
     l.ack(&event).await.unwrap(); // acknowledging twice is harmless
+
+    // The outbox emptied; the next event is kept under a new receipt, with a new id, and
+    // a late acknowledgement of the first cannot remove it.
+    let refused = l
+        .reserve(Reserve::new(a.clone(), hold("h2"), 100))
+        .await
+        .unwrap();
+    let next = expect_insufficient(refused).events[0].clone();
+    assert_ne!((&next.receipt, &next.id), (&event.receipt, &event.id));
+    l.ack(&event).await.unwrap();
+    assert_eq!(l.pending(&a).await.unwrap(), vec![next]);
 }
 
 /// Once its lease lapses an event is claimed, by one claim only, with the same id.

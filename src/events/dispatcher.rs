@@ -154,8 +154,17 @@ impl Dispatcher {
     /// handle is dropped and its deliveries are done: keep it (give it to
     /// [`CreditLayer::events`](crate::CreditLayer::events), or hold it) for as long as the
     /// replica runs.
+    ///
+    /// A dispatcher without a sink ([`on_event`](Self::on_event) or
+    /// [`webhook`](Self::webhook)) delivers nothing and claims nothing: the events stay in
+    /// the outbox for a dispatcher that can deliver them.
     #[must_use = "the dispatcher stops when its `Events` handle is dropped"]
     pub fn spawn(self) -> Events {
+        if self.sinks.is_empty() {
+            tracing::warn!(
+                "an event dispatcher without a callback or webhook: events stay in the outbox"
+            );
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(EventStats::default());
         let worker = Worker {
@@ -166,7 +175,8 @@ impl Dispatcher {
             send_timeout: self.send_timeout,
             stats: stats.clone(),
         };
-        tokio::spawn(worker.run(rx, self.scan_every));
+        // `interval` refuses a zero period.
+        tokio::spawn(worker.run(rx, self.scan_every.max(Duration::from_millis(1))));
         Events { tx, stats }
     }
 }
@@ -271,7 +281,17 @@ impl InFlight {
         true
     }
 
-    fn finish(&mut self, task: tokio::task::Id) {
+    /// A delivery task ended (or panicked).
+    fn finished(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let task = match done {
+            Ok((task, ())) => task,
+            Err(error) => {
+                // The event stays in the outbox, leased: once the lease lapses a scan (here
+                // or on another replica) delivers it again.
+                tracing::error!(%error, "an event delivery panicked; it is retried once its lease lapses");
+                error.id()
+            }
+        };
         if let Some(id) = self.by_task.remove(&task) {
             self.ids.remove(&id);
         }
@@ -297,12 +317,18 @@ impl Worker {
         loop {
             tokio::select! {
                 event = rx.recv(), if open => match event {
+                    Some(_) if this.sinks.is_empty() => {}
                     Some(event) => {
                         in_flight.start(event, &this);
                     }
                     None => open = false,
                 },
-                _ = ticker.tick(), if open => {
+                _ = ticker.tick(), if open && !this.sinks.is_empty() => {
+                    // Deliveries that ended since: their events may be claimable again
+                    // (a requeued dead letter) and must not be taken for in flight.
+                    while let Some(done) = in_flight.tasks.try_join_next_with_id() {
+                        in_flight.finished(done);
+                    }
                     match this.outbox.claim(this.lease, CLAIM_BATCH).await {
                         Ok(events) => {
                             for event in events {
@@ -315,16 +341,7 @@ impl Worker {
                     }
                 }
                 Some(done) = in_flight.tasks.join_next_with_id(), if !in_flight.tasks.is_empty() => {
-                    let task = match done {
-                        Ok((task, ())) => task,
-                        Err(error) => {
-                            // The event stays in the outbox, leased: once the lease lapses a
-                            // scan (here or on another replica) delivers it again.
-                            tracing::error!(%error, "an event delivery panicked; it is retried once its lease lapses");
-                            error.id()
-                        }
-                    };
-                    in_flight.finish(task);
+                    in_flight.finished(done);
                 }
                 else => return,
             }
@@ -337,6 +354,19 @@ impl Worker {
         let mut waiting: Vec<Arc<dyn Sink>> = self.sinks.to_vec();
         let mut last_error = String::new();
         for attempt in 0..self.retry.attempts() {
+            // Ours for the whole attempt (every sink may take its timeout), or not ours at
+            // all: acknowledged meanwhile (a copy from the channel after a scan delivered
+            // it), or taken over by another replica after a lapse. A ledger that cannot
+            // say gets the attempt anyway: at least once.
+            let budget = self
+                .send_timeout
+                .saturating_mul(waiting.len() as u32)
+                .saturating_add(self.lease);
+            if let Ok(false) = self.outbox.renew(&event, budget).await {
+                self.stats.lost_leases.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(event = %event.id, "event acknowledged or taken over elsewhere; not sent again");
+                return;
+            }
             let mut failed = Vec::new();
             for sink in waiting {
                 let attempt_result =
@@ -366,7 +396,11 @@ impl Worker {
             }
             // Keep the event ours across the wait: another replica must not start over.
             let ceiling = self.retry.ceiling(attempt);
-            match self.outbox.renew(&event, ceiling + self.lease).await {
+            match self
+                .outbox
+                .renew(&event, ceiling.saturating_add(self.lease))
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     self.stats.lost_leases.fetch_add(1, Ordering::Relaxed);

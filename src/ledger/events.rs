@@ -113,6 +113,13 @@ pub fn check_alerts(
             detail: format!("longer than {} days", MAX_RUNWAY_HORIZON.as_secs() / 86_400),
         });
     }
+    // Kept in whole seconds: a sub-second horizon would silently mean "never".
+    if horizon.is_some_and(|h| !h.is_zero() && h.subsec_nanos() != 0) {
+        return Err(LedgerError::InvalidSetting {
+            what: "runway horizon",
+            detail: "not a whole number of seconds (zero turns runway events off)".to_owned(),
+        });
+    }
     Ok(())
 }
 

@@ -75,7 +75,7 @@ impl MemoryOutbox {
             seq,
             Pending {
                 event: event.clone(),
-                leased_until_ms: now_ms + self.lease_ms,
+                leased_until_ms: now_ms.saturating_add(self.lease_ms),
             },
         );
         event
@@ -100,7 +100,7 @@ impl MemoryOutbox {
             .filter(|p| p.leased_until_ms <= now)
             .take(max)
             .map(|p| {
-                p.leased_until_ms = now + lease.as_millis() as u64;
+                p.leased_until_ms = now.saturating_add(lease.as_millis() as u64);
                 p.event.clone()
             })
             .collect()
@@ -112,7 +112,7 @@ impl MemoryOutbox {
         // One process, one replica: the lease is ours while the event waits.
         match MemoryOutbox::seq(event).and_then(|s| state.pending.get_mut(&s)) {
             Some(p) => {
-                p.leased_until_ms = now + lease.as_millis() as u64;
+                p.leased_until_ms = now.saturating_add(lease.as_millis() as u64);
                 true
             }
             None => false,

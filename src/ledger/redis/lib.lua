@@ -159,14 +159,21 @@ local function fired_bit(mask, i)
   return math.floor(mask / 2 ^ (i - 1)) % 2 == 1
 end
 
+-- A fresh outbox entry number from a counter kept with the account, given to XADD as
+-- the entry id (`<n>-0`): never reused, even once an emptied outbox was deleted (which
+-- forgets a stream's last id) or Redis's clock stepped back, so an acknowledgement that
+-- arrives late can only ever remove the event it was meant for.
+local function next_entry()
+  return redis.call('HINCRBY', KEYS[1], 'events', 1)
+end
+
 -- Appends an event to the account's outbox (KEYS[7]) and leases it (KEYS[8]) to the
 -- replica that made this call: the event and the credits move in one atomic step, so a
--- replica that dies right after leaves it for another. Its `seq` (a counter kept with the
--- account, so never reused, even when an emptied outbox is deleted and Redis's clock
--- steps back) is what its id is derived from. Returns it as the reply shows it.
+-- replica that dies right after leaves it for another. Its `seq` (the entry's counter)
+-- and `at` are what its id is derived from. Returns it as the reply shows it.
 local function emit(a, now, owner, lease_ms, kind, threshold, runway)
-  local seq = redis.call('HINCRBY', KEYS[1], 'events', 1)
-  local entry = redis.call('XADD', KEYS[7], '*', 'type', kind, 'available', available(a),
+  local seq = next_entry()
+  local entry = redis.call('XADD', KEYS[7], seq, 'type', kind, 'available', available(a),
     'threshold', threshold or -1, 'runway', runway or -1, 'at', now, 'seq', seq)
   redis.call('HSET', KEYS[8], entry, now + lease_ms, entry .. ':owner', owner)
   return { entry, kind, available(a), threshold or -1, runway or -1, now, seq }

@@ -1,7 +1,7 @@
 -- outbox: the account's detected events, until delivered (EventOutbox for RedisLedger).
 -- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
 -- redis/mod.rs.
--- KEYS[1]: <prefix>:{<account>}:acct     (not used here)
+-- KEYS[1]: <prefix>:{<account>}:acct     (its `events` counter, for 'requeue')
 -- KEYS[2]: <prefix>:{<account>}:holds    (not used here)
 -- KEYS[3]: <prefix>:{<account>}:expiry   (not used here)
 -- KEYS[4]: <prefix>:{<account>}:done     (not used here)
@@ -123,8 +123,9 @@ elseif op == 'requeue' then
     return { 'done', 0 }
   end
   local f = entry[2]
-  redis.call('XADD', KEYS[7], '*', 'type', f[4], 'available', f[6], 'threshold', f[8],
-    'runway', f[10], 'at', f[12], 'seq', f[14])
+  -- A fresh entry id (the old one may be below the outbox's last), the same seq and at.
+  redis.call('XADD', KEYS[7], next_entry(), 'type', f[4], 'available', f[6],
+    'threshold', f[8], 'runway', f[10], 'at', f[12], 'seq', f[14])
   redis.call('XDEL', KEYS[9], entry_id)
   return { 'done', 1 }
 end

@@ -60,7 +60,7 @@ impl RedisLedger {
                     // One account's trouble (an event this version cannot read, a slow
                     // slot) must not stop the others' recovery: it is retried next scan.
                     let events = self
-                        .outbox_op(&account, "claim", lease, "", left as u64, "")
+                        .outbox_op(&account, "claim", lease, "", left.min(10_000) as u64, "")
                         .await
                         .and_then(|value| reply::outbox_events(value, &account));
                     match events {

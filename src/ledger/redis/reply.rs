@@ -156,8 +156,11 @@ impl Reply {
         let at = e.time_ms()?;
         let seq = e.u64()?;
         e.end()?;
-        let mut event = CreditEvent::new(kind, account.clone(), available, at, seq.to_string())
-            .with_receipt(receipt);
+        // The seq alone would repeat if a failover lost the counter's last writes; with
+        // the detection time it does not.
+        let mut event =
+            CreditEvent::new(kind, account.clone(), available, at, format!("{seq}.{at}"))
+                .with_receipt(receipt);
         event.threshold = threshold;
         event.runway_secs = runway;
         Ok(event)
