@@ -49,7 +49,7 @@ local horizon = opt_uint_arg(5, 'runway horizon')
 -- keep what fired: the same crossing is not reported twice.
 local old = redis.call('HMGET', KEYS[1], 'thresholds', 'threshold')
 if (old[1] or old[2] or '') ~= thresholds then
-  redis.call('HSET', KEYS[1], 'fired', 0)
+  redis.call('HDEL', KEYS[1], 'fired')
 end
 redis.call('HSET', KEYS[1], 'credit_limit', credit_limit)
 if thresholds ~= '' then

@@ -52,13 +52,19 @@ a.topped_up = a.topped_up + amount
 redis.call('HSET', KEYS[6], key, amount)
 -- A top-up re-arms each threshold it lifted `available` back to (a percentage now of this
 -- top-up), the runway reminder and the depletion event.
+-- Flags are written only when set: an account that never crossed anything keeps none.
 a.last_topup = amount
+redis.call('HSET', KEYS[1], 'last_topup', amount)
 local fired = a.fired
 for i, t in ipairs(thresholds_of(a)) do
   if fired_bit(fired, i) and available(a) >= threshold_value(t, a.last_topup) then
     fired = fired - 2 ^ (i - 1)
   end
 end
-redis.call('HSET', KEYS[1], 'last_topup', amount, 'fired', fired, 'runway_fired', 0,
-  'depleted', 0)
+if fired ~= a.fired then
+  redis.call('HSET', KEYS[1], 'fired', fired)
+end
+if a.runway_fired or a.depleted then
+  redis.call('HDEL', KEYS[1], 'runway_fired', 'depleted')
+end
 return { 'topped_up', 0, available(a) }
