@@ -19,6 +19,7 @@ use support::redis::{RedisCluster, RedisServer};
 use support::rig::{wait_for_async, wait_until, DEADLINE};
 use tower::ServiceExt;
 use tower_credits::events::{Dispatcher, Events, RetryPolicy, Webhook};
+use tower_credits::ledger::RedisLedgerBuilder;
 use tower_credits::pricing::Pricing;
 use tower_credits::{
     AccountId, AccountSettings, ApiKeyHash, Configure, CreditEvent, CreditLayer, EventOutbox,
@@ -230,31 +231,28 @@ async fn one_event_for_64_concurrent_commits_in_memory() {
     one_event_for_64_concurrent_commits(MemoryLedger::new()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_event_for_64_concurrent_commits_on_redis() {
-    let redis = RedisServer::start();
-    // A lease well inside the test's deadline: should a settle's first answer be lost,
-    // the event is claimed by the scan instead.
-    let ledger = RedisLedger::builder()
-        .url(redis.url())
+/// A Redis ledger for these tests: generous call deadlines, and an event lease well inside
+/// the tests' deadline (should a settle's first answer be lost, the scan claims the event).
+async fn redis_ledger(builder: RedisLedgerBuilder) -> RedisLedger {
+    builder
         .call_timeout(Duration::from_secs(2))
         .event_lease(Duration::from_secs(2))
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_for_64_concurrent_commits_on_redis() {
+    let redis = RedisServer::start();
+    let ledger = redis_ledger(RedisLedger::builder().url(redis.url())).await;
     one_event_for_64_concurrent_commits(ledger).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_event_for_64_concurrent_commits_on_cluster() {
     let cluster = RedisCluster::start();
-    let ledger = RedisLedger::builder()
-        .cluster_urls(cluster.urls())
-        .call_timeout(Duration::from_secs(2))
-        .event_lease(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap();
+    let ledger = redis_ledger(RedisLedger::builder().cluster_urls(cluster.urls())).await;
     one_event_for_64_concurrent_commits(ledger).await;
 }
 
@@ -443,12 +441,7 @@ async fn kill_the_detecting_replica(
         assert_eq!(receiver.deliveries(), 0);
     }
 
-    let ledger_b = RedisLedger::builder()
-        .url(redis.url())
-        .call_timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap();
+    let ledger_b = redis_ledger(RedisLedger::builder().url(redis.url())).await;
     assert_ne!(ledger_b.replica(), "", "each instance is its own replica");
     let events_b = Dispatcher::new(ledger_b.clone())
         .webhook(hook(&receiver))
