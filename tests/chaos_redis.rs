@@ -558,11 +558,15 @@ impl RawReplies {
     }
 }
 
-/// Waits until the upload named `id` has received `n` chunks (its handler metered them).
+/// Waits until the upload named `id` has received `n` chunks (its handler metered them),
+/// failing the test after the shared deadline.
 async fn chunks_received(id: &str, n: u32) {
-    while echo::chunks_received(id) < n {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_for_async(
+        &format!("upload {id} to receive {n} chunks"),
+        DEADLINE,
+        || async { (echo::chunks_received(id) >= n).then_some(()) },
+    )
+    .await
 }
 
 /// A Count (server-streaming) call through tonic: the client reads `k` items of a longer
