@@ -718,11 +718,15 @@ async fn shutdown_waits_for_settles_on_a_paused_redis() {
         "nothing confirmed yet: {stats:?}"
     );
 
-    // Redis comes back while the shutdown waits. The delay is a schedule, not an
-    // assertion: whenever Redis resumes, `shutdown` must return true only once the pending
-    // commit has landed, which the assertions below check on the ledger itself.
+    // Redis comes back while the shutdown waits: once the keeper has retried the commit
+    // after the shutdown began. `shutdown` must return true only once the pending commit
+    // has landed, which the assertions below check on the ledger itself.
+    let retries = layer.stats().settle_retries;
     let resume = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_until("a settle retry while the shutdown waits", || async {
+            layer.stats().settle_retries > retries
+        })
+        .await;
         server.resume();
     };
     let (finished, ()) = tokio::join!(layer.shutdown(Duration::from_secs(10)), resume);
