@@ -24,10 +24,9 @@ use http_body_util::BodyExt;
 use support::alloc::{allocations, live_bytes, Counting};
 use support::report::{Report, Target};
 use tower::{Layer, Service, ServiceExt};
+use tower_credits::ledger::{HoldId, Reserve, MAX_AMOUNT};
 use tower_credits::pricing::Pricing;
-use tower_credits::{
-    AccountId, ApiKeyHash, CreditLayer, HoldId, Ledger, MemoryLedger, Reserve, MAX_AMOUNT,
-};
+use tower_credits::{AccountId, ApiKeyHash, CreditLayer, Ledger, MemoryLedger};
 use tower_credits::{LedgerAdmin, TopUp};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;

@@ -30,8 +30,9 @@ use redis::aio::MultiplexedConnection;
 use support::redis_server::BenchRedis;
 use support::report::{Report, Target};
 use tower_credits::ledger::redis::{DEFAULT_CALL_TIMEOUT, DEFAULT_KEY_PREFIX};
+use tower_credits::ledger::{HoldId, Reserve, ReserveOutcome, MAX_AMOUNT};
 use tower_credits::ledger::{DEFAULT_EVENT_LEASE, DEFAULT_HOLD_TTL};
-use tower_credits::{AccountId, HoldId, Ledger, RedisLedger, Reserve, ReserveOutcome, MAX_AMOUNT};
+use tower_credits::{AccountId, Ledger, RedisLedger};
 use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 /// The scripts' full text as the ledger sends it (generated prelude, `lib.lua`, the

@@ -24,13 +24,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tower_credits::events::{Dispatcher, Webhook};
+use tower_credits::ledger::AnyLedger;
+use tower_credits::ledger::Configure;
 use tower_credits::pricing::Pricing;
 use tower_credits::readout::CreditsReadout;
 use tower_credits::{
-    AccountId, AccountSettings, AnyLedger, ApiKeyHash, Charge, CreditLayer, MemoryLedger,
-    RedisLedger,
+    AccountId, AccountSettings, ApiKeyHash, Charge, CreditLayer, MemoryLedger, RedisLedger,
 };
-use tower_credits::{Configure, LedgerAdmin, TopUp};
+use tower_credits::{LedgerAdmin, TopUp};
 
 #[derive(Deserialize)]
 struct Generate {

@@ -24,6 +24,12 @@ use http::{header, HeaderMap, HeaderName, Method, Uri};
 use crate::api_key::ApiKeyHash;
 use crate::ledger::AccountId;
 
+/// Distinct API keys not in the cache looked up in the ledger at once (and as many again
+/// for keys recently seen valid), unless
+/// [`CreditLayer::max_concurrent_key_lookups`](crate::CreditLayer::max_concurrent_key_lookups)
+/// says.
+pub const DEFAULT_MAX_CONCURRENT_KEY_LOOKUPS: usize = 64;
+
 /// Known API keys are cached this long (so revocation takes up to this long to apply).
 pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(60);
 /// Unknown API keys are cached this long (so a new key works after at most this).

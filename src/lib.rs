@@ -65,28 +65,15 @@
 //! | `webhook` | [`events::Webhook`] and [`events::verify_signature`]: signed HTTPS delivery of credit events, and its check on the receiving side | `hyper-util`, `hyper-rustls` and `rustls` on `ring`, `webpki-roots`, `url`, `hmac` |
 //! | `conformance` | [`conformance`]: the ledger conformance suite and its model check, for a ledger of your own (see [Writing a ledger](#writing-a-ledger)) | `proptest`, tokio's `rt-multi-thread` |
 //!
-//! # Code map
+//! # Refusals in your own shape
 //!
-//! A request takes the hold → run → settle path through `src/middleware/`, in this order:
+//! Every refusal is a [`Refusal`] with its figures. By default HTTP routes answer RFC 9457
+//! problem JSON (the `402` keeps the seed API's `"error": "Insufficient account balance"`)
+//! and gRPC routes a status with rich details;
+//! [`CreditLayer::refusal_response`] answers HTTP refusals in your API's own error shape
+//! (for example OpenAI-style `{"error": {"message", "type", "code"}}`).
 //!
-//! | file | holds |
-//! |---|---|
-//! | `middleware/layer.rs` | [`CreditLayer`], its builder methods |
-//! | `middleware/config.rs` | the configuration every service of a layer shares |
-//! | `middleware/service.rs` | [`CreditService`]: resolves the account, prices, starts the future |
-//! | `middleware/future.rs` | [`ResponseFuture`]: key lookup, reserve, inner call, settle at the head |
-//! | `middleware/classify.rs` | the one place that decides commit, refund or wait for the end |
-//! | `middleware/body.rs` | [`ResponseBody`]: settles at the end of a body whose cost grows with it |
-//! | `middleware/grpc_web.rs` | the gRPC-Web trailer frame, read from the body |
-//! | `middleware/guard.rs` | the drop guard, and the settle decision written once |
-//! | `middleware/settle.rs` | the ledger calls that commit, refund and renew, their retries |
-//!
-//! Around it: `account.rs` (who pays), `pricing.rs` (how much), `charge.rs` (what the
-//! handler used), `outage.rs` (what to do when the ledger is down), `wire/` (what callers
-//! see: headers, problem JSON, gRPC statuses), `ledger/` (the [`Ledger`] contract,
-//! `memory.rs`, `runway.rs`, `events.rs` (what a ledger detects, its outbox), and `redis/`
-//! with one Lua script per operation), and `events/` (the [`events::Dispatcher`] that
-//! delivers credit events: callback, signed webhooks, retries, dead letters).
+//! The repository's `ARCHITECTURE.md` maps the code: which file holds which decision.
 //!
 //! # Writing a ledger
 //!
@@ -99,11 +86,11 @@
 //!   [`LedgerReports`] (`balance`, `usage`). The [`ledger`] module docs state the contract:
 //!   holds, replays, tombstones, clamping, idempotent top-ups, the four error kinds,
 //!   conservation;
-//! * every operation takes a request struct ([`Reserve`], [`Settle`], [`Extend`],
-//!   [`TopUp`], [`Configure`]), read through its getters, so a field can be added later
+//! * every operation takes a request struct ([`ledger::Reserve`], [`ledger::Settle`],
+//!   [`ledger::Extend`], [`TopUp`], [`ledger::Configure`]), read through its getters, so a field can be added later
 //!   without breaking a ledger;
-//! * the outcomes are made with constructors and then filled in ([`Held::new`],
-//!   [`Insufficient::new`], [`Settlement::new`], [`ToppedUp::new`],
+//! * the outcomes are made with constructors and then filled in ([`ledger::Held::new`],
+//!   [`ledger::Insufficient::new`], [`ledger::Settlement::new`], [`ledger::ToppedUp::new`],
 //!   [`RouteUsage::new`](ledger::RouteUsage::new), `Balance::default()`,
 //!   `Usage::default()`), since their structs are `#[non_exhaustive]`;
 //! * [`ledger::validate`] has the checks every faithful ledger makes before it writes
@@ -111,11 +98,12 @@
 //!   the same [`LedgerError`]; [`ledger::runway`] has the burn-rate and runway math, so the
 //!   `credits-runway` header means the same on every ledger;
 //! * [`Ledger::Future`] names the future: [`std::future::Ready`] for a ledger that answers
-//!   at once, a boxed future for a networked one. [`BoxLedger`] erases a ledger's type;
+//!   at once, a boxed future for a networked one. [`ledger::BoxLedger`] erases a ledger's type;
 //! * events are part of the contract: a commit returns what it detected in
-//!   [`Settlement::events`], a refusal in [`Insufficient::events`] ([`CreditEvent::new`],
+//!   [`ledger::Settlement::events`], a refusal in [`ledger::Insufficient::events`]
+//!   ([`events::CreditEvent::new`],
 //!   [`ledger::check_alerts`], thresholds re-armed only by a top-up); a ledger that keeps
-//!   them until delivered also implements [`EventOutbox`], which a
+//!   them until delivered also implements [`events::EventOutbox`], which a
 //!   [`Dispatcher`](events::Dispatcher) drains (and `conformance_outbox_suite!` checks).
 //!
 //! Then prove it: the `conformance` feature publishes the suite this crate's own ledgers
@@ -134,7 +122,9 @@
 pub mod account;
 mod amount;
 mod api_key;
+mod backoff;
 mod charge;
+pub mod classify;
 pub mod clock;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
@@ -151,30 +141,29 @@ mod middleware;
 pub mod outage;
 pub mod pricing;
 pub mod readout;
+mod refusal;
 mod wire;
 
-pub use amount::MAX_AMOUNT;
+// What an application uses. Ledger authors' items are under [`ledger`], event types under
+// [`events`].
 pub use api_key::ApiKeyHash;
 #[cfg(feature = "axum")]
 pub use charge::MissingCharge;
 pub use charge::{Charge, ChargeError};
+pub use classify::Protocol;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use ledger::RedisLedger;
 pub use ledger::{
-    AccountId, AccountSettings, AnyLedger, Balance, BoxLedger, Configure, CreditEvent, ErrorKind,
-    EventKind, EventOutbox, Extend, Extended, Held, HoldId, Insufficient, Ledger, LedgerAdmin,
-    LedgerError, LedgerReports, MemoryLedger, Reserve, ReserveOutcome, Settle, SettleDecision,
-    SettleOutcome, Settlement, Threshold, TopUp, ToppedUp, Usage,
+    AccountId, AccountSettings, Balance, Ledger, LedgerAdmin, LedgerError, LedgerReports,
+    MemoryLedger, Threshold, TopUp,
 };
-pub use middleware::classify;
-pub use middleware::classify::Protocol;
 pub use middleware::{
-    CreditLayer, CreditService, PendingSettlements, ReaderStalled, ResponseBody, ResponseFuture,
-    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_MAX_CONCURRENT_KEY_LOOKUPS,
-    DEFAULT_MAX_HOLD_LIFETIME,
+    CreditLayer, CreditService, HoldLifetimeExceeded, PendingSettlements, ReaderStalled,
+    ResponseBody, ResponseFuture,
 };
 pub use outage::{BillingStats, OutagePolicy};
+pub use refusal::Refusal;
 pub use wire::headers::CreditHeaders;
 pub use wire::problem;
 

@@ -11,6 +11,12 @@ use parking_lot::Mutex;
 
 use crate::ledger::AccountId;
 
+/// Consecutive ledger outages that open the circuit breaker, unless
+/// [`CreditLayer::circuit_breaker`](crate::CreditLayer::circuit_breaker) says.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// How long an open circuit breaker fails requests fast before probing the ledger again.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+
 /// What a [`CreditLayer`](crate::CreditLayer) does when the ledger is down or too slow to
 /// hold credits for a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,6 +36,45 @@ pub enum OutagePolicy {
     /// then served, unbilled and unattributed** (counted under `None`). Only where that is
     /// acceptable.
     FailOpenAnyKey,
+}
+
+/// What a request does when its ledger call failed: the one outage decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutageDecision {
+    /// Refuse `503`: the ledger is unavailable and the policy does not serve this request.
+    Unavailable,
+    /// Refuse `500`: the ledger answered with an error that is not an outage (a bug, corrupt
+    /// state). Never retried, never served unbilled: a bug does not heal by waiting.
+    BillingError,
+    /// Serve the request unbilled, and count it.
+    ServeUnbilled,
+}
+
+impl OutagePolicy {
+    /// Decides for a failed ledger call (or an open breaker, which is an outage):
+    /// `unavailable` says whether it was an outage; `account_known`, whether the caller's
+    /// account was known without the ledger; `runs_the_call`, whether serving it runs the
+    /// service (a quote never does, so it is never served unbilled).
+    pub(crate) fn decide(
+        self,
+        unavailable: bool,
+        account_known: bool,
+        runs_the_call: bool,
+    ) -> OutageDecision {
+        if !unavailable {
+            return OutageDecision::BillingError;
+        }
+        let serves = match self {
+            OutagePolicy::FailOpenAnyKey => true,
+            OutagePolicy::FailOpen => account_known,
+            OutagePolicy::FailClosed => false,
+        };
+        if serves && runs_the_call {
+            OutageDecision::ServeUnbilled
+        } else {
+            OutageDecision::Unavailable
+        }
+    }
 }
 
 /// Opens after `failures` consecutive ledger failures: for `cooldown` every request fails
@@ -119,6 +164,16 @@ impl Breaker {
                 tracing::warn!(failures, cooldown = ?self.cooldown, "ledger unreachable: circuit breaker open");
             }
             self.probing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Records a ledger answer: only an outage counts against the breaker; an error that
+    /// is not an outage (a bug, corrupt state) says nothing about the ledger's health.
+    pub(crate) fn record_answer<T>(&self, answer: &Result<T, crate::ledger::LedgerError>) {
+        match answer {
+            Ok(_) => self.record(true),
+            Err(error) if error.is_unavailable() => self.record(false),
+            Err(_) => {}
         }
     }
 
@@ -321,6 +376,32 @@ impl Unbilled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outage_decision_as_a_table() {
+        use OutageDecision::{BillingError, ServeUnbilled, Unavailable};
+        use OutagePolicy::{FailClosed, FailOpen, FailOpenAnyKey};
+        // (policy, outage?, account known?, runs the call?) -> decision
+        let table = [
+            (FailClosed, true, true, true, Unavailable),
+            (FailOpen, true, true, true, ServeUnbilled),
+            (FailOpen, true, false, true, Unavailable),
+            (FailOpenAnyKey, true, false, true, ServeUnbilled),
+            // A quote is never served unbilled: there is nothing to serve.
+            (FailOpen, true, true, false, Unavailable),
+            (FailOpenAnyKey, true, false, false, Unavailable),
+            // Not an outage: a billing error, whatever the policy.
+            (FailOpenAnyKey, false, true, true, BillingError),
+            (FailClosed, false, false, false, BillingError),
+        ];
+        for (policy, outage, known, runs, want) in table {
+            assert_eq!(
+                policy.decide(outage, known, runs),
+                want,
+                "{policy:?} outage={outage} known={known} runs={runs}"
+            );
+        }
+    }
 
     #[test]
     fn unbilled_accounts_are_bounded() {

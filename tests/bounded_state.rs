@@ -29,9 +29,8 @@ use support::redis::RedisServer;
 use support::rig::wait_for_async;
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
-use tower_credits::{
-    AccountId, HoldId, Ledger, MemoryLedger, Reserve, ReserveOutcome, SettleOutcome,
-};
+use tower_credits::ledger::{HoldId, Reserve, ReserveOutcome, SettleOutcome};
+use tower_credits::{AccountId, Ledger, MemoryLedger};
 use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 const KEYS: [&str; 6] = ["acct", "holds", "expiry", "done", "usage", "topups"];

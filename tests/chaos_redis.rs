@@ -60,11 +60,11 @@ use support::redis::{RedisOptions, RedisServer};
 use support::rig::{assert_balanced, pricing, wait_for_async, Rng, DEADLINE};
 use tokio::sync::{oneshot, Semaphore};
 use tower_credits::clock::ManualClock;
+use tower_credits::ledger::Configure;
+use tower_credits::ledger::HoldId;
 use tower_credits::ledger::RedisLedger;
-use tower_credits::{
-    AccountId, AccountSettings, BillingStats, Charge, CreditLayer, HoldId, Protocol,
-};
-use tower_credits::{Configure, LedgerAdmin, LedgerReports, TopUp};
+use tower_credits::{AccountId, AccountSettings, BillingStats, Charge, CreditLayer, Protocol};
+use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// The replicas' per-call deadline.
@@ -1214,8 +1214,10 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = listener.local_addr().unwrap();
-    // The same ledger, breaker and counters, billing the tonic server as gRPC.
+    // The same ledger, billing the tonic server as gRPC: a layer reconfigured from a clone
+    // has its own keeper, breaker and counters, so it is summed and drained as a fourth.
     let grpc_layer = layers[0].clone().protocol(Protocol::Grpc);
+    layers.push(grpc_layer.clone());
     let log = hooks.log.clone();
     let grpc_server = tokio::spawn(async move {
         tonic::transport::Server::builder()

@@ -57,7 +57,8 @@ mod recorded {
 #[tokio::test]
 async fn the_recording_ledger_records_every_operation() {
     use recording::{Recorded, RecordingLedger};
-    use tower_credits::{AccountId, HoldId, Ledger, LedgerAdmin, LedgerReports, Reserve, TopUp};
+    use tower_credits::ledger::{HoldId, Reserve};
+    use tower_credits::{AccountId, Ledger, LedgerAdmin, LedgerReports, TopUp};
 
     let ledger = RecordingLedger::new(ledger::TinyLedger::new());
     let acct = AccountId::new("acct_log").unwrap();

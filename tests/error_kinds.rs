@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use support::redis::RedisServer;
 use tower_credits::ledger::RedisLedger;
-use tower_credits::{
-    AccountId, ApiKeyHash, ErrorKind, HoldId, Ledger, LedgerError, Reserve, ReserveOutcome,
-};
+use tower_credits::ledger::{ErrorKind, HoldId, Reserve, ReserveOutcome};
+use tower_credits::{AccountId, ApiKeyHash, Ledger, LedgerError};
 use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 const PATIENT: Duration = Duration::from_secs(5);

@@ -32,10 +32,11 @@ use support::rig::{pricing, wait_for_async, DEADLINE};
 use tokio::sync::watch;
 use tower::Service;
 use tower_credits::account::AccountResolver;
+use tower_credits::ledger::MAX_AMOUNT;
 use tower_credits::pricing::{Price, Pricing};
 use tower_credits::{
     AccountId, ApiKeyHash, CreditLayer, CreditService, Ledger, LedgerError, MemoryLedger,
-    OutagePolicy, Protocol, RedisLedger, ResponseFuture, MAX_AMOUNT,
+    OutagePolicy, Protocol, RedisLedger, ResponseFuture,
 };
 use tower_credits::{LedgerAdmin, LedgerReports};
 
@@ -96,7 +97,10 @@ macro_rules! pass {
 impl<L: Ledger> Ledger for Probe<L> {
     type Future<T: Send + 'static> = BoxFut<T>;
 
-    fn reserve(&self, r: tower_credits::Reserve) -> Self::Future<tower_credits::ReserveOutcome> {
+    fn reserve(
+        &self,
+        r: tower_credits::ledger::Reserve,
+    ) -> Self::Future<tower_credits::ledger::ReserveOutcome> {
         self.reserves.fetch_add(1, Ordering::SeqCst);
         Box::pin(self.inner.reserve(r))
     }
@@ -119,15 +123,15 @@ impl<L: Ledger> Ledger for Probe<L> {
     }
 
     pass! {
-        settle(s: tower_credits::Settle) -> tower_credits::Settlement;
-        extend(e: tower_credits::Extend) -> tower_credits::Extended;
+        settle(s: tower_credits::ledger::Settle) -> tower_credits::ledger::Settlement;
+        extend(e: tower_credits::ledger::Extend) -> tower_credits::ledger::Extended;
     }
 }
 
 impl<L: Ledger + LedgerAdmin> LedgerAdmin for Probe<L> {
     pass! {
-        top_up(t: tower_credits::TopUp) -> tower_credits::ToppedUp;
-        configure(c: tower_credits::Configure) -> ();
+        top_up(t: tower_credits::TopUp) -> tower_credits::ledger::ToppedUp;
+        configure(c: tower_credits::ledger::Configure) -> ();
         register_api_key(k: &ApiKeyHash, a: &AccountId) -> ();
         revoke_api_key(k: &ApiKeyHash) -> bool;
     }
@@ -136,7 +140,7 @@ impl<L: Ledger + LedgerAdmin> LedgerAdmin for Probe<L> {
 impl<L: Ledger + LedgerReports> LedgerReports for Probe<L> {
     pass! {
         balance(a: &AccountId) -> tower_credits::Balance;
-        usage(a: &AccountId) -> tower_credits::Usage;
+        usage(a: &AccountId) -> tower_credits::ledger::Usage;
     }
 }
 
@@ -614,6 +618,46 @@ async fn unknown_keys_past_the_bound_are_shed_and_cached_keys_still_pay() {
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(ledger.lookups() - lookups, 9);
     assert_eq!(layer.stats().key_lookups_shed, 193);
+}
+
+/// Second review, finding 6: a flood of made-up keys fills every lookup slot against a slow
+/// ledger. A key the ledger recently said is valid, whose cache entry has lapsed (here: keys
+/// are not cached at all), still gets a slot of its own and is billed, not refused `503`.
+#[tokio::test]
+async fn a_key_seen_valid_keeps_a_lookup_slot_during_a_flood() {
+    let ledger = Probe::new(MemoryLedger::new());
+    let acct = account(&ledger, "acct_regular", "key-regular", 100).await;
+    let uncached = AccountResolver::api_key().key_ttl(Duration::ZERO, Duration::ZERO);
+    let layer = CreditLayer::new(ledger.clone())
+        .account_resolver(uncached)
+        .max_concurrent_key_lookups(8);
+    let handler = Handler::default();
+    let mut svc: Direct<_> = CreditService::new(handler.clone(), &layer);
+    assert_eq!(
+        finish(start(&mut svc, "key-regular")).await.status,
+        StatusCode::OK
+    );
+
+    ledger.close_gate();
+    let flood: Vec<_> = (0..64)
+        .map(|i| start(&mut svc, &format!("made-up-{i}")))
+        .collect();
+    let shed = layer.stats().key_lookups_shed;
+    assert_eq!(shed, 56, "eight lookups in flight, the rest shed");
+    let regular = start(&mut svc, "key-regular");
+    assert_eq!(
+        layer.stats().key_lookups_shed,
+        shed,
+        "the regular caller's key was shed by the flood"
+    );
+    ledger.open_gate();
+    let reply = tokio::time::timeout(DEADLINE, finish(regular))
+        .await
+        .expect("answered");
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.header("credits-cost"), Some("1"));
+    finish_all(flood).await;
+    assert_eq!(available_of(&ledger, &acct).await, 98);
 }
 
 /// Redis stopped (SIGSTOP): a flood of made-up keys is shed past the bound, and the

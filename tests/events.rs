@@ -18,12 +18,14 @@ use support::receiver::Receiver;
 use support::redis::{RedisCluster, RedisServer};
 use support::rig::{wait_for_async, wait_until, DEADLINE};
 use tower::ServiceExt;
+use tower_credits::events::{CreditEvent, EventOutbox};
 use tower_credits::events::{Dispatcher, Events, RetryPolicy, Webhook};
 use tower_credits::ledger::RedisLedgerBuilder;
+use tower_credits::ledger::{Configure, HoldId, Reserve};
 use tower_credits::pricing::Pricing;
 use tower_credits::{
-    AccountId, AccountSettings, ApiKeyHash, Configure, CreditEvent, CreditLayer, EventOutbox,
-    HoldId, Ledger, LedgerAdmin, LedgerReports, MemoryLedger, RedisLedger, Reserve, TopUp,
+    AccountId, AccountSettings, ApiKeyHash, CreditLayer, Ledger, LedgerAdmin, LedgerReports,
+    MemoryLedger, RedisLedger, TopUp,
 };
 
 const SECRET: &[u8] = b"whsec_tower_credits_tests";
@@ -558,7 +560,7 @@ async fn a_callback_that_panics_or_hangs_does_not_stop_delivery() {
         .spawn();
     let acct = account(&ledger, "acct_panics", "panics-key", 0, &[]).await;
     let hold = HoldId::new("refused").unwrap();
-    let tower_credits::ReserveOutcome::Insufficient(refusal) = ledger
+    let tower_credits::ledger::ReserveOutcome::Insufficient(refusal) = ledger
         .reserve(Reserve::new(acct.clone(), hold, 1))
         .await
         .unwrap()

@@ -27,11 +27,9 @@ use support::rig::{assert_balanced, pricing, wait_for_async, wait_until, DEADLIN
 use tokio::sync::{oneshot, Notify};
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
+use tower_credits::ledger::{HoldId, SettleOutcome};
 use tower_credits::LedgerReports;
-use tower_credits::{
-    AccountId, Balance, Charge, CreditLayer, HoldId, Ledger, LedgerError, OutagePolicy,
-    SettleOutcome,
-};
+use tower_credits::{AccountId, Balance, Charge, CreditLayer, Ledger, LedgerError, OutagePolicy};
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// The ledger's per-call deadline in these tests.

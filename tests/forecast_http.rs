@@ -25,11 +25,12 @@ use http_support::*;
 use serde_json::{json, Value};
 use support::redis::RedisServer;
 use support::rig::{assert_conserved, wait_until};
+use tower_credits::ledger::{Configure, MAX_AMOUNT};
 use tower_credits::pricing::Pricing;
 use tower_credits::readout::CreditsReadout;
 use tower_credits::{
-    AccountId, AccountSettings, ApiKeyHash, Balance, Charge, Configure, CreditLayer, Ledger,
-    LedgerAdmin, LedgerReports, MemoryLedger, RedisLedger, TopUp, MAX_AMOUNT,
+    AccountId, AccountSettings, ApiKeyHash, Balance, Charge, CreditLayer, Ledger, LedgerAdmin,
+    LedgerReports, MemoryLedger, RedisLedger, TopUp,
 };
 
 /// A ledger the generic test bodies run on.

@@ -17,9 +17,11 @@ use http_support::*;
 use support::rig::{assert_conserved, pricing, wait_until, DEADLINE};
 use tokio::sync::Notify;
 use tower::{Layer, ServiceExt};
+use tower_credits::ledger::Configure;
+use tower_credits::ledger::SettleOutcome;
 use tower_credits::pricing::{Price, Pricing};
-use tower_credits::{AccountSettings, Charge, CreditLayer, Ledger, MemoryLedger, SettleOutcome};
-use tower_credits::{Configure, LedgerAdmin, LedgerReports};
+use tower_credits::{AccountSettings, Charge, CreditLayer, Ledger, MemoryLedger};
+use tower_credits::{LedgerAdmin, LedgerReports};
 
 #[derive(Clone, Default)]
 struct Gates {

@@ -38,9 +38,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tower::{Layer, ServiceExt};
 use tower_credits::ledger::RedisLedger;
+use tower_credits::ledger::{Extend, Extended, Reserve, ReserveOutcome, Settle, Settlement};
 use tower_credits::{
-    AccountId, ApiKeyHash, Balance, Charge, CreditLayer, Extend, Extended, Ledger, LedgerError,
-    LedgerReports, MemoryLedger, ReaderStalled, Reserve, ReserveOutcome, Settle, Settlement,
+    AccountId, ApiKeyHash, Balance, Charge, CreditLayer, Ledger, LedgerError, LedgerReports,
+    MemoryLedger, ReaderStalled,
 };
 
 /// A request not answered within this hangs: the test fails (a hang check, not a speed

@@ -14,7 +14,8 @@ use http_support::*;
 use support::rig::{pricing, wait_until, DEADLINE};
 use tokio::sync::Notify;
 use tower_credits::clock::ManualClock;
-use tower_credits::{Charge, CreditLayer, Ledger, MemoryLedger, OutagePolicy, SettleOutcome};
+use tower_credits::ledger::SettleOutcome;
+use tower_credits::{Charge, CreditLayer, Ledger, MemoryLedger, OutagePolicy};
 use tower_credits::{LedgerAdmin, LedgerReports};
 
 const ROUTES: &[(&str, u64)] = &[

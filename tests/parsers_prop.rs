@@ -5,8 +5,9 @@ use http::Method;
 use proptest::prelude::*;
 use tower_credits::account::{Unauthorized, MAX_API_KEY_LEN};
 use tower_credits::fuzzing;
+use tower_credits::ledger::HoldId;
 use tower_credits::pricing::{Price, Pricing};
-use tower_credits::{AccountId, ApiKeyHash, HoldId};
+use tower_credits::{AccountId, ApiKeyHash};
 
 /// RFC 6750 `b64token` characters: what an API key may hold.
 const TOKEN: &str = "[A-Za-z0-9._~+/=-]";

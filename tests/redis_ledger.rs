@@ -16,11 +16,10 @@ use support::redis::{RedisCluster, RedisOptions, RedisServer};
 use support::rig::{wait_for_async, DEADLINE};
 use tower_credits::clock::ManualClock;
 use tower_credits::ledger::RedisLedger;
-use tower_credits::{
-    AccountId, AccountSettings, ApiKeyHash, HoldId, Ledger, LedgerError, Reserve, ReserveOutcome,
-    SettleOutcome, MAX_AMOUNT,
-};
-use tower_credits::{Configure, Extend, LedgerAdmin, LedgerReports, TopUp};
+use tower_credits::ledger::{Configure, Extend};
+use tower_credits::ledger::{HoldId, Reserve, ReserveOutcome, SettleOutcome, MAX_AMOUNT};
+use tower_credits::{AccountId, AccountSettings, ApiKeyHash, Ledger, LedgerError};
+use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 /// Call deadline of the ledgers of tests that are not about deadlines: generous, so a busy
 /// machine (tests run in parallel, `appendfsync always`) does not fail them.
@@ -53,7 +52,7 @@ async fn ledger_on(server: &RedisServer, clock: &ManualClock) -> RedisLedger {
         .expect("connect to the test redis-server")
 }
 
-fn expect_held(outcome: ReserveOutcome) -> tower_credits::Held {
+fn expect_held(outcome: ReserveOutcome) -> tower_credits::ledger::Held {
     match outcome {
         ReserveOutcome::Held(held) => held,
         other => panic!("expected a hold, got {other:?}"),
@@ -747,7 +746,7 @@ async fn unknown_accounts_create_no_keys() {
         l.extend(Extend::new(&ghost, &h, Duration::from_secs(5)))
             .await
             .unwrap(),
-        tower_credits::Extended::NotOpen(SettleOutcome::Unknown)
+        tower_credits::ledger::Extended::NotOpen(SettleOutcome::Unknown)
     );
     assert!(script_calls(&server) >= 6, "the scripts did run");
     assert_eq!(server.dbsize(), 0);

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tower_credits::clock::{Clock, SystemClock};
+use tower_credits::events::{CreditEvent, EventKind};
 use tower_credits::ledger::runway::{burn_rate_after, decayed_rate, runway_known, runway_secs};
 use tower_credits::ledger::validate::{
     check_amount, check_idempotency_key, check_route, check_ttl, checked_total,
@@ -45,10 +46,13 @@ use tower_credits::ledger::validate::{
 use tower_credits::ledger::{
     check_alerts, RouteUsage, DEFAULT_HOLD_TTL, DEFAULT_RUNWAY_HORIZON, RECLAIM_LIMIT,
 };
+use tower_credits::ledger::{
+    Configure, Extend, Extended, Held, HoldId, Insufficient, Reserve, ReserveOutcome, Settle,
+    SettleOutcome, Settlement, ToppedUp, Usage,
+};
 use tower_credits::{
-    AccountId, ApiKeyHash, Balance, Configure, CreditEvent, EventKind, Extend, Extended, Held,
-    HoldId, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports, Reserve, ReserveOutcome,
-    Settle, SettleOutcome, Settlement, Threshold, TopUp, ToppedUp, Usage,
+    AccountId, ApiKeyHash, Balance, Ledger, LedgerAdmin, LedgerError, LedgerReports, Threshold,
+    TopUp,
 };
 
 /// How long a closed id is remembered past its hold's expiry (or its close, if later):

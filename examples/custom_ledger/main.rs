@@ -24,10 +24,13 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use tower::{Layer, ServiceExt};
+use tower_credits::events::CreditEvent;
+use tower_credits::ledger::HoldId;
+use tower_credits::ledger::{Configure, Reserve, ReserveOutcome};
 use tower_credits::pricing::Pricing;
-use tower_credits::{AccountId, AccountSettings, ApiKeyHash, CreditLayer, HoldId};
-use tower_credits::{Configure, Ledger, LedgerAdmin, LedgerReports, Reserve, ReserveOutcome};
-use tower_credits::{CreditEvent, TopUp};
+use tower_credits::TopUp;
+use tower_credits::{AccountId, AccountSettings, ApiKeyHash, CreditLayer};
+use tower_credits::{Ledger, LedgerAdmin, LedgerReports};
 
 use ledger::TinyLedger;
 use recording::RecordingLedger;

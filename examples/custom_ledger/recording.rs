@@ -5,10 +5,10 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use tower_credits::{
-    AccountId, ApiKeyHash, Balance, Configure, Extend, Extended, Ledger, LedgerAdmin,
-    LedgerReports, Reserve, ReserveOutcome, Settle, Settlement, TopUp, ToppedUp, Usage,
+use tower_credits::ledger::{
+    Configure, Extend, Extended, Reserve, ReserveOutcome, Settle, Settlement, ToppedUp, Usage,
 };
+use tower_credits::{AccountId, ApiKeyHash, Balance, Ledger, LedgerAdmin, LedgerReports, TopUp};
 
 /// One operation asked of a ledger, with its request.
 #[derive(Debug, Clone)]

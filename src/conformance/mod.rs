@@ -72,14 +72,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::events::EventKind;
 use crate::ledger::MAX_HOLD_TTL;
 use crate::ledger::MAX_THRESHOLDS;
-use crate::{
-    AccountId, AccountSettings, ApiKeyHash, Balance, ErrorKind, EventKind, Extended, Held, HoldId,
-    Insufficient, Ledger, LedgerError, Reserve, ReserveOutcome, SettleOutcome, Settlement,
-    Threshold, MAX_AMOUNT,
+use crate::ledger::{Configure, Extend};
+use crate::ledger::{
+    ErrorKind, Extended, Held, HoldId, Insufficient, Reserve, ReserveOutcome, SettleOutcome,
+    Settlement, MAX_AMOUNT,
 };
-use crate::{Configure, Extend, LedgerAdmin, LedgerReports, TopUp};
+use crate::{AccountId, AccountSettings, ApiKeyHash, Balance, Ledger, LedgerError, Threshold};
+use crate::{LedgerAdmin, LedgerReports, TopUp};
 
 /// How the suite gets ledgers to test.
 pub trait Harness: Send + Sync + 'static {

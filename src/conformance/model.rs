@@ -39,11 +39,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::clock::{Clock, ManualClock, SystemClock};
-use crate::{
-    AccountId, AccountSettings, Extended, HoldId, Ledger, LedgerError, Reserve, ReserveOutcome,
-    SettleOutcome, Settlement,
-};
-use crate::{Configure, Extend, LedgerAdmin, LedgerReports, TopUp};
+use crate::ledger::{Configure, Extend};
+use crate::ledger::{Extended, HoldId, Reserve, ReserveOutcome, SettleOutcome, Settlement};
+use crate::{AccountId, AccountSettings, Ledger, LedgerError};
+use crate::{LedgerAdmin, LedgerReports, TopUp};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
@@ -724,7 +723,7 @@ fn obs_of_settlement(s: Settlement) -> Obs {
         low: s
             .events
             .iter()
-            .filter(|e| e.kind == crate::EventKind::BalanceLow)
+            .filter(|e| e.kind == crate::events::EventKind::BalanceLow)
             .filter_map(|e| e.threshold)
             .collect(),
     }
@@ -806,7 +805,7 @@ async fn run_op<L: Ledger + LedgerAdmin + LedgerReports>(
                         depleted: i
                             .events
                             .iter()
-                            .any(|e| e.kind == crate::EventKind::Depleted),
+                            .any(|e| e.kind == crate::events::EventKind::Depleted),
                     },
                     None,
                 ),

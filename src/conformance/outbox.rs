@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use super::{acct, expect_held, expect_insufficient, hold, Harness};
-use crate::{
-    AccountSettings, Configure, EventKind, EventOutbox, Ledger, LedgerAdmin, Reserve, TopUp,
-};
+use crate::events::{EventKind, EventOutbox};
+use crate::ledger::{Configure, Reserve};
+use crate::{AccountSettings, Ledger, LedgerAdmin, TopUp};
 
 /// Expands into one `#[test]` per outbox case, like
 /// [`conformance_suite!`](crate::conformance_suite).

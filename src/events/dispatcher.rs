@@ -244,8 +244,8 @@ impl fmt::Debug for Events {
 
 impl Events {
     /// Delivers events a ledger operation just detected (from
-    /// [`Settlement::events`](crate::Settlement::events) or
-    /// [`Insufficient::events`](crate::Insufficient::events)), off the caller's task.
+    /// [`Settlement::events`](crate::ledger::Settlement::events) or
+    /// [`Insufficient::events`](crate::ledger::Insufficient::events)), off the caller's task.
     pub fn deliver(&self, events: impl IntoIterator<Item = CreditEvent>) {
         for event in events {
             // A stopped dispatcher leaves the event in the outbox: another claims it.

@@ -9,7 +9,7 @@
 //!
 //! **Delivery is at least once.** A replica killed after it delivered but before it
 //! acknowledged leaves the event for another, which delivers it again with the same
-//! [`id`](crate::CreditEvent::id): receivers deduplicate by `id`. Each event is delivered
+//! [`id`](crate::events::CreditEvent::id): receivers deduplicate by `id`. Each event is delivered
 //! and retried on its own, so events of one account may arrive out of order: receivers
 //! order them by `created_at`.
 //!
@@ -62,4 +62,4 @@ pub use signature::verify_signature;
 #[cfg(feature = "webhook")]
 pub use webhook::Webhook;
 
-pub use crate::ledger::{CreditEvent, DeadLetter, EventKind, EventOutbox};
+pub use crate::ledger::events::{CreditEvent, DeadLetter, EventKind, EventOutbox};

@@ -19,7 +19,8 @@ pub type BoxLedgerFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>
 /// Each call boxes its future (one allocation); cloning is an `Arc` clone.
 ///
 /// ```
-/// use tower_credits::{BoxLedger, CreditLayer, MemoryLedger};
+/// use tower_credits::{CreditLayer, MemoryLedger};
+/// use tower_credits::ledger::BoxLedger;
 ///
 /// let ledger = BoxLedger::new(MemoryLedger::new());
 /// let layer: CreditLayer<BoxLedger> = CreditLayer::new(ledger);

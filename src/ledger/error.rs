@@ -28,7 +28,7 @@ pub enum LedgerError {
     /// The route label is longer than 256 bytes or has control characters.
     #[error("invalid route label: at most 256 bytes, no control characters")]
     InvalidRoute,
-    /// An amount is larger than [`MAX_AMOUNT`](crate::MAX_AMOUNT).
+    /// An amount is larger than [`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT).
     #[error("amount {amount} is out of range (max {max})")]
     AmountOutOfRange {
         /// The amount given.
@@ -36,7 +36,7 @@ pub enum LedgerError {
         /// The largest amount accepted.
         max: u64,
     },
-    /// The operation would push a running total past [`MAX_AMOUNT`](crate::MAX_AMOUNT).
+    /// The operation would push a running total past [`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT).
     #[error("total {total} would be out of range (max {max})")]
     TotalOutOfRange {
         /// The total the operation would have made (saturated).

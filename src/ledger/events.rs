@@ -68,7 +68,7 @@ impl Threshold {
         }
     }
 
-    /// Checks the threshold: credits within [`MAX_AMOUNT`](crate::MAX_AMOUNT), a
+    /// Checks the threshold: credits within [`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT), a
     /// percentage within 1..=100.
     pub fn check(self) -> Result<(), LedgerError> {
         match self {
@@ -458,13 +458,15 @@ mod tests {
     fn percentages_resolve_against_the_last_top_up() {
         assert_eq!(Threshold::PercentOfLastTopUp(10).credits(5_000), 500);
         assert_eq!(
-            Threshold::PercentOfLastTopUp(100).credits(crate::MAX_AMOUNT),
-            crate::MAX_AMOUNT
+            Threshold::PercentOfLastTopUp(100).credits(crate::ledger::MAX_AMOUNT),
+            crate::ledger::MAX_AMOUNT
         );
         assert_eq!(Threshold::PercentOfLastTopUp(33).credits(10), 3);
         assert!(Threshold::PercentOfLastTopUp(0).check().is_err());
         assert!(Threshold::PercentOfLastTopUp(101).check().is_err());
-        assert!(Threshold::Credits(crate::MAX_AMOUNT + 1).check().is_err());
+        assert!(Threshold::Credits(crate::ledger::MAX_AMOUNT + 1)
+            .check()
+            .is_err());
         assert!(check_alerts(&[Threshold::Credits(1); MAX_THRESHOLDS + 1], None).is_err());
     }
 

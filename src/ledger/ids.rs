@@ -91,7 +91,7 @@ impl std::str::FromStr for AccountId {
 /// [`HoldId::generate`] makes a UUIDv7 (time-ordered, unique across replicas).
 ///
 /// ```
-/// use tower_credits::HoldId;
+/// use tower_credits::ledger::HoldId;
 ///
 /// let a = HoldId::generate();
 /// let b = HoldId::generate();

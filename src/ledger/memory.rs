@@ -64,7 +64,8 @@ fn forget_at(now_ms: u64, expires_at_ms: u64) -> u64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_credits::{clock::ManualClock, AccountId, HoldId, Ledger, MemoryLedger, Reserve};
+/// use tower_credits::{clock::ManualClock, AccountId, Ledger, MemoryLedger};
+/// use tower_credits::ledger::{HoldId, Reserve};
 /// use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {

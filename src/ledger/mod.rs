@@ -29,7 +29,7 @@
 //!   top-up leaves the key free.
 //! * Errors come in four [kinds](ErrorKind): invalid input, conflict, unavailable (retry
 //!   later) and corrupt (an unexpected reply or a script error: never retried).
-//! * Every amount and total stays within [`MAX_AMOUNT`](crate::MAX_AMOUNT) (2^53 − 1).
+//! * Every amount and total stays within [`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT) (2^53 − 1).
 //! * Conservation holds at every instant: `topped_up = available + held + committed`.
 
 use std::future::Future;
@@ -41,7 +41,7 @@ use crate::api_key::ApiKeyHash;
 
 mod boxed;
 mod error;
-mod events;
+pub(crate) mod events;
 mod ids;
 mod memory;
 mod outbox_memory;
@@ -54,13 +54,17 @@ pub mod validate;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisLedger, RedisLedgerBuilder};
+pub use crate::amount::MAX_AMOUNT;
+pub use crate::middleware::DEFAULT_MAX_HOLD_LIFETIME;
 pub use boxed::{BoxLedger, BoxLedgerFuture, DynReports};
 pub use error::{ErrorKind, LedgerError};
 pub(crate) use events::Alerts;
+// Event types are public under `crate::events` only.
 pub use events::{
-    check_alerts, CreditEvent, DeadLetter, EventKind, EventOutbox, OutboxFuture, Threshold,
-    DEFAULT_EVENT_LEASE, DEFAULT_RUNWAY_HORIZON, MAX_RUNWAY_HORIZON, MAX_THRESHOLDS,
+    check_alerts, OutboxFuture, Threshold, DEFAULT_EVENT_LEASE, DEFAULT_RUNWAY_HORIZON,
+    MAX_RUNWAY_HORIZON, MAX_THRESHOLDS,
 };
+pub(crate) use events::{CreditEvent, DeadLetter, EventKind, EventOutbox};
 pub(crate) use ids::{check_idempotency_key, check_route};
 pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
 pub use memory::{MemoryLedger, MemoryLedgerBuilder};
@@ -91,8 +95,10 @@ pub const RECLAIM_LIMIT: usize = 64;
 /// can be polled once in place and then handed to a worker.
 ///
 /// ```
-/// use tower_credits::{AccountId, HoldId, Ledger, LedgerAdmin, LedgerReports, MemoryLedger};
-/// use tower_credits::{Reserve, ReserveOutcome, Settle, TopUp};
+/// use tower_credits::{AccountId, Ledger, LedgerAdmin, LedgerReports, MemoryLedger};
+/// use tower_credits::ledger::HoldId;
+/// use tower_credits::TopUp;
+/// use tower_credits::ledger::{Reserve, ReserveOutcome, Settle};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
 /// let ledger = MemoryLedger::new();
@@ -172,7 +178,8 @@ pub trait LedgerReports: Ledger {
 /// A ledger chosen at run time: in memory, or Redis when the `redis` feature is on.
 ///
 /// ```
-/// use tower_credits::{AnyLedger, MemoryLedger};
+/// use tower_credits::MemoryLedger;
+/// use tower_credits::ledger::AnyLedger;
 ///
 /// let ledger: AnyLedger = MemoryLedger::new().into();
 /// # let _ = ledger;

@@ -13,7 +13,8 @@ pub const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(60);
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_credits::{AccountId, HoldId, Reserve};
+/// use tower_credits::AccountId;
+/// use tower_credits::ledger::{HoldId, Reserve};
 ///
 /// let reserve = Reserve::new(AccountId::new("acct_42")?, HoldId::generate(), 10)
 ///     .ttl(Duration::from_secs(30))
@@ -111,7 +112,8 @@ pub enum SettleDecision {
 /// A request to settle a hold: [`Settle::commit`] or [`Settle::refund`].
 ///
 /// ```
-/// use tower_credits::{AccountId, HoldId, Settle};
+/// use tower_credits::AccountId;
+/// use tower_credits::ledger::{HoldId, Settle};
 ///
 /// let acct = AccountId::new("acct_42")?;
 /// let hold = HoldId::generate();

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use tower_credits::ledger::validate::{check_amount, checked_total};
-//! use tower_credits::MAX_AMOUNT;
+//! use tower_credits::ledger::MAX_AMOUNT;
 //!
 //! assert!(check_amount(MAX_AMOUNT).is_ok());
 //! assert!(check_amount(MAX_AMOUNT + 1).is_err());

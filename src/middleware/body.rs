@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -12,10 +12,11 @@ use pin_project_lite::pin_project;
 
 use std::sync::Arc;
 
-use super::classify::{Classify, Verdict};
 use super::grpc_web::TrailerScanner;
-use super::guard::{End, HoldGuard};
-use super::keeper::BodyWatch;
+use super::guard::HoldGuard;
+use super::keeper::Cut;
+use super::settlement::{at_body_end, cost_of, Awaiting};
+use crate::classify::{Classify, Verdict};
 use crate::wire::headers;
 
 pin_project! {
@@ -28,8 +29,11 @@ pin_project! {
     /// hyper stops polling then — and the final `credits-cost` and `credits-remaining` go in
     /// the trailers. A body that ends early (dropped, reset, failed, no status at all) commits
     /// what its `Charge` says so far; see [`classify`](crate::classify). A body whose reader
-    /// stops reading for the layer's [`stall_timeout`](crate::CreditLayer::stall_timeout) is
-    /// committed the same way and ends with [`ReaderStalled`].
+    /// leaves a frame unread for the layer's
+    /// [`stall_timeout`](crate::CreditLayer::stall_timeout) is committed the same way and
+    /// ends with [`ReaderStalled`]; one still streaming at the
+    /// [`max_hold_lifetime`](crate::CreditLayer::max_hold_lifetime) ends with
+    /// [`HoldLifetimeExceeded`].
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -63,59 +67,29 @@ enum Tail {
 
 /// A hold waiting for the end of the body.
 pub(crate) struct BodySettle {
+    /// Watched by the keeper (renewals, lifetime cap, stall clock) when there is one.
     guard: HoldGuard,
-    /// The verdict at the head: [`Verdict::Success`] with a deferred cost, or
-    /// [`Verdict::Unknown`] (a gRPC status still to come).
-    head: Verdict,
+    /// What the end of the body decides: the cost, or the verdict too.
+    awaiting: Awaiting,
     classifier: Arc<dyn Classify>,
     /// gRPC-Web: the status may come in a trailer frame inside the body.
     scanner: Option<TrailerScanner>,
-    /// Shared with the keeper, which renews the hold while the body is read and ends it
-    /// when its reader stalls (`None`: no keeper to run it, e.g. no runtime).
-    watch: Option<WatchHandle>,
-}
-
-/// The body's side of a [`BodyWatch`]: tells the keeper when the body is gone.
-struct WatchHandle(Arc<BodyWatch>);
-
-impl Drop for WatchHandle {
-    fn drop(&mut self) {
-        self.0.gone();
-    }
 }
 
 impl BodySettle {
-    /// `expires`: when the hold would expire unless renewed.
+    /// `guard`: the hold, its head sent; watched by the keeper from now on.
     pub(crate) fn new(
         guard: HoldGuard,
-        head: Verdict,
+        awaiting: Awaiting,
         classifier: Arc<dyn Classify>,
         scanner: Option<TrailerScanner>,
-        expires: tokio::time::Instant,
     ) -> Box<Self> {
-        let watch = guard
-            .settler()
-            .watch(guard.hold(), expires)
-            .map(WatchHandle);
         Box::new(Self {
             guard,
-            head,
+            awaiting,
             classifier,
             scanner,
-            watch,
         })
-    }
-
-    /// The body is being polled; `true` when the keeper ended it because its reader had
-    /// stalled (the hold is settled: the body must end, with an error).
-    fn polled(&self) -> bool {
-        match &self.watch {
-            Some(WatchHandle(watch)) => {
-                watch.polled();
-                watch.stalled()
-            }
-            None => false,
-        }
     }
 
     fn observe(&mut self, data: &Bytes) {
@@ -128,23 +102,19 @@ impl BodySettle {
     /// `trailers` (the inner body's, when `from_inner`, else our own).
     fn finish(self: Box<Self>, trailers: &mut HeaderMap, from_inner: bool) {
         let this = *self;
-        let end = match this.head {
-            Verdict::Success => End::Success,
-            _ => {
-                let mut verdict = this
-                    .classifier
-                    .classify_end(from_inner.then_some(&*trailers));
-                if verdict == Verdict::Unknown {
-                    if let Some(framed) = this.scanner.as_ref().and_then(TrailerScanner::trailers) {
-                        verdict = this.classifier.classify_end(Some(framed));
-                    }
+        let (classifier, scanner) = (&this.classifier, &this.scanner);
+        let end = at_body_end(this.awaiting, || {
+            let verdict = classifier.classify_end(from_inner.then_some(&*trailers));
+            match scanner.as_ref().and_then(TrailerScanner::trailers) {
+                Some(framed) if verdict == Verdict::Unknown => {
+                    classifier.classify_end(Some(framed))
                 }
-                End::at_body_end(verdict)
+                _ => verdict,
             }
-        };
+        });
         let hold = this.guard.hold().clone();
         let settler = this.guard.settler().clone();
-        let cost = this.guard.settle(end).map_or(0, |d| hold.cost_of(d));
+        let cost = this.guard.settle(end).map_or(0, cost_of);
         let names = settler.headers();
         trailers.insert(names.cost.clone(), headers::int(cost));
         trailers.insert(names.remaining.clone(), headers::int(hold.remaining(cost)));
@@ -152,16 +122,76 @@ impl BodySettle {
     }
 }
 
+/// A frame of a settling body, passed on: the hold settles at the trailers, at the end, or
+/// when the inner body says it ended (hyper will not poll a body that says so).
+fn settle_on_end<E: Into<BoxError>>(
+    polled: Option<Result<Frame<Bytes>, E>>,
+    ended: bool,
+    settle: &mut Option<Box<BodySettle>>,
+    tail: &mut Tail,
+) -> Option<Result<Frame<Bytes>, BoxError>> {
+    let finish = |settle: &mut Option<Box<BodySettle>>, trailers: &mut HeaderMap, inner| {
+        if let Some(pending) = settle.take() {
+            pending.finish(trailers, inner);
+        }
+    };
+    match polled {
+        Some(Ok(frame)) => {
+            if let (Some(data), Some(pending)) = (frame.data_ref(), settle.as_mut()) {
+                pending.observe(data);
+            }
+            match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    finish(settle, &mut trailers, true);
+                    *tail = Tail::Done;
+                    Some(Ok(Frame::trailers(trailers)))
+                }
+                Err(frame) => {
+                    if ended {
+                        let mut trailers = HeaderMap::new();
+                        finish(settle, &mut trailers, false);
+                        *tail = Tail::Trailers(trailers);
+                    }
+                    Some(Ok(frame))
+                }
+            }
+        }
+        Some(Err(error)) => {
+            // A broken stream after a good head: the guard, dropped, commits what the
+            // `Charge` says so far.
+            *settle = None;
+            Some(Err(error.into()))
+        }
+        None => {
+            let mut trailers = HeaderMap::new();
+            finish(settle, &mut trailers, false);
+            *tail = Tail::Done;
+            Some(Ok(Frame::trailers(trailers)))
+        }
+    }
+}
+
 /// The error type of [`ResponseBody`]: the inner body's error, or [`ReaderStalled`].
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A [`ResponseBody`] that settles at its end was not read for the layer's
+/// A [`ResponseBody`] that settles at its end left a frame unread for the layer's
 /// [`stall_timeout`](crate::CreditLayer::stall_timeout): its hold was committed at what the
-/// `Charge` said so far, and the body ends with this error.
+/// `Charge` said so far, and the body ends with this error. A body waiting on the handler
+/// (nothing to send yet) is never stalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the reader stopped reading; the response was cut short and billed for what was sent")]
 #[non_exhaustive]
 pub struct ReaderStalled;
+
+/// A [`ResponseBody`] that settles at its end was still streaming at the layer's
+/// [`max_hold_lifetime`](crate::CreditLayer::max_hold_lifetime): its hold was committed at
+/// what the `Charge` said so far, and the body ends with this error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the response ran past the hold lifetime cap; it was cut short and billed for what was sent"
+)]
+#[non_exhaustive]
+pub struct HoldLifetimeExceeded;
 
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
@@ -249,54 +279,28 @@ where
                 let Some(pending) = settle.as_mut() else {
                     return body.poll_frame(cx).map_err(Into::into);
                 };
-                if pending.polled() {
-                    // Settled for a stalled reader: end the stream visibly truncated.
-                    *settle = None;
-                    *tail = Tail::Done;
-                    return Poll::Ready(Some(Err(Box::new(ReaderStalled))));
-                }
-                let polled = ready!(body.as_mut().poll_frame(cx));
-                Poll::Ready(match polled {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            pending.observe(data);
-                        }
-                        match frame.into_trailers() {
-                            Ok(mut trailers) => {
-                                if let Some(pending) = settle.take() {
-                                    pending.finish(&mut trailers, true);
-                                }
-                                *tail = Tail::Done;
-                                Some(Ok(Frame::trailers(trailers)))
-                            }
-                            Err(frame) => {
-                                if body.is_end_stream() {
-                                    // hyper will not poll a body that says it ended: settle now.
-                                    let mut trailers = HeaderMap::new();
-                                    if let Some(pending) = settle.take() {
-                                        pending.finish(&mut trailers, false);
-                                    }
-                                    *tail = Tail::Trailers(trailers);
-                                }
-                                Some(Ok(frame))
-                            }
-                        }
-                    }
-                    Some(Err(error)) => {
-                        // A broken stream after a good head: the guard, dropped, commits
-                        // what the `Charge` says so far.
+                if let Some(watch) = pending.guard.watched() {
+                    if let Some(cut) = watch.cut() {
+                        // The keeper settled it: end the stream visibly truncated.
                         *settle = None;
-                        Some(Err(error.into()))
-                    }
-                    None => {
-                        let mut trailers = HeaderMap::new();
-                        if let Some(pending) = settle.take() {
-                            pending.finish(&mut trailers, false);
-                        }
                         *tail = Tail::Done;
-                        Some(Ok(Frame::trailers(trailers)))
+                        let error: BoxError = match cut {
+                            Cut::Stalled => Box::new(ReaderStalled),
+                            Cut::Lifetime => Box::new(HoldLifetimeExceeded),
+                        };
+                        return Poll::Ready(Some(Err(error)));
                     }
-                })
+                }
+                let Poll::Ready(polled) = body.as_mut().poll_frame(cx) else {
+                    if let Some(watch) = pending.guard.watched() {
+                        watch.waiting(cx.waker());
+                    }
+                    return Poll::Pending;
+                };
+                if let Some(watch) = pending.guard.watched() {
+                    watch.delivered();
+                }
+                Poll::Ready(settle_on_end(polled, body.is_end_stream(), settle, tail))
             }
         }
     }

@@ -5,19 +5,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::classify::{Classifiers, Protocol};
 use super::keeper::{Keeper, WorkerCtx};
 use super::lookups::KeyLookups;
 use super::settle::PendingSettlements;
 use crate::account::AccountResolver;
+use crate::classify::{Classifiers, Protocol};
 use crate::events::Events;
 use crate::ledger::Ledger;
 use crate::outage::{Breaker, OutagePolicy, Stats, Unbilled};
 use crate::pricing::Pricing;
+use crate::refusal::RenderRefusal;
 use crate::wire::headers::CreditHeaders;
 use crate::wire::problem::ProblemCtx;
 
-/// Everything a layer's services share. Cloned only while the layer is being configured.
+/// Everything a layer's services share: its frozen configuration, and the runtime state
+/// (keeper, breakers, counters) that belongs to that configuration alone. Cloned only
+/// while the layer is being configured, and every builder call gives the copy runtime
+/// state of its own ([`Shared::fresh_runtime`]).
 #[derive(Clone)]
 pub(crate) struct Shared<L: Ledger> {
     pub(crate) ledger: L,
@@ -47,8 +51,14 @@ pub(crate) struct Shared<L: Ledger> {
     pub(crate) pending: PendingSettlements,
     pub(crate) outage: OutagePolicy,
     pub(crate) breaker: Arc<Breaker>,
+    /// The billing breaker's settings; the key-lookup breaker follows them.
+    pub(crate) breaker_failures: u32,
+    pub(crate) breaker_cooldown: Duration,
+    pub(crate) max_key_lookups: usize,
     pub(crate) stats: Arc<Stats>,
     pub(crate) unbilled: Unbilled,
+    /// Renders HTTP refusals in the user's shape.
+    pub(crate) render_refusal: Option<RenderRefusal>,
 }
 
 /// Billing errors that are logged once per kind (they repeat on every request until fixed).
@@ -69,6 +79,25 @@ pub(crate) enum BillingErrorKind {
 }
 
 impl<L: Ledger> Shared<L> {
+    /// New runtime state for this configuration: a keeper (whose worker takes this
+    /// configuration's TTL, stall timeout and events), breakers built from its settings,
+    /// counters from zero. A layer cloned and then reconfigured shares none of it with its
+    /// original.
+    pub(crate) fn fresh_runtime(&mut self) {
+        self.keeper = Arc::default();
+        self.breaker = Arc::new(Breaker::new(self.breaker_failures, self.breaker_cooldown));
+        self.lookups = Arc::new(KeyLookups::new(
+            self.max_key_lookups,
+            self.breaker_failures,
+            self.breaker_cooldown,
+        ));
+        self.stats = Arc::default();
+        self.unbilled = Unbilled::default();
+        self.pending = PendingSettlements::default();
+        self.logged = Arc::default();
+        self.warned_grpc_on_http = Arc::default();
+    }
+
     /// Counts a billing error, and logs its kind the first time, with what to do.
     pub(crate) fn billing_error(&self, kind: BillingErrorKind, detail: &dyn std::fmt::Display) {
         crate::outage::Stats::add(&self.stats.billing_errors, 1);

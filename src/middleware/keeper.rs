@@ -8,12 +8,14 @@
 //! * **settles** the ledger did not answer on their first poll: the request's task sent
 //!   the command (so a caller's next request sees it settled) and the keeper waits for the
 //!   reply, retrying with backoff while the hold lives (settles are idempotent by hold id);
-//! * **renewals** of holds whose handler is still running, retried until the hold would
-//!   expire, so one failed extend never loses a hold;
-//! * **watches** of bodies that settle at their end: renewed every third of the hold's TTL
-//!   while the body makes progress; a body not polled for the stall timeout is committed
-//!   at what its `Charge` says so far and ends with an error when next polled, so a reader
-//!   that stops reading cannot pin a hold (and its account's credits) for ever.
+//! * **one watch per hold** that outlives its first renewal, or whose body settles at its
+//!   end: it renews the hold every third of its TTL (retried until it would expire), runs
+//!   the lifetime cap on its own timer, and keeps the stall clock. Past the cap, or once a
+//!   frame handed to the server has been left unread for the stall timeout (a stalled
+//!   reader), the watch cuts the hold: it settles it through the same code as every other
+//!   end ([`settle_hold`]), at what its `Charge` says so far, and wakes the request or body,
+//!   which then ends. A body waiting on the handler (a server with nothing to send yet) is
+//!   never a stalled reader.
 //!
 //! [`CreditLayer::shutdown`](crate::CreditLayer::shutdown) closes the channel and joins
 //! the worker. A settle arriving after that is polled once in place; if the ledger has
@@ -22,7 +24,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -30,31 +32,32 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::guard::{decide, Decision, End, HoldCtx};
-use super::settle::{settle_call, settled, Ticket};
+use super::guard::{settle_hold, HoldCtx};
+use super::settle::{settle_call, settled, Settler, Ticket};
+use super::settlement::End;
+pub(crate) use super::watch::{Cut, HoldWatch};
+use crate::backoff::Backoff;
 use crate::events::Events;
-use crate::ledger::{Extend, Extended, Ledger, LedgerError, Settlement};
+use crate::ledger::{Extend, Extended, Ledger, LedgerError, SettleDecision, Settlement};
 use crate::outage::{Breaker, Stats};
 
-/// First retry delay of a call the ledger did not answer; doubles up to [`MAX_RETRY_DELAY`].
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(25);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// The backoff of settles and renewals the ledger did not answer.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(25), Duration::from_secs(2));
 
 /// Work handed to the keeper.
 pub(crate) enum Job<L: Ledger> {
     /// Finish a settle: its first try is pending, or found the ledger unavailable.
     Settle {
         hold: HoldCtx,
-        decision: Decision,
+        decision: SettleDecision,
         first: FirstTry<L>,
         ticket: Ticket,
     },
-    /// Renew a hold now, retrying until it would expire.
-    Extend { hold: HoldCtx, expires: Instant },
-    /// Keep a body's hold alive while the body makes progress; end it when it stalls.
+    /// Watch a hold until it is settled: renewals, the lifetime cap, the stall clock.
     Watch {
         hold: HoldCtx,
-        watch: Arc<BodyWatch>,
+        watch: Arc<HoldWatch>,
+        settler: Arc<dyn Settler>,
         expires: Instant,
     },
 }
@@ -65,51 +68,6 @@ pub(crate) enum FirstTry<L: Ledger> {
     Pending(L::Future<Settlement>),
     /// The ledger could not be reached.
     Unavailable(LedgerError),
-}
-
-/// What a body and the keeper share about a body that settles at its end.
-#[derive(Debug)]
-pub(crate) struct BodyWatch {
-    origin: Instant,
-    /// When the body was last polled, in ms since `origin`.
-    last_poll_ms: AtomicU64,
-    /// Set by the keeper when the body stalled and was settled for it.
-    stalled: AtomicBool,
-    /// Signalled when the body is gone (ended or dropped), so the keeper lets go of it at
-    /// once rather than at its next renewal.
-    gone: tokio::sync::Notify,
-}
-
-impl BodyWatch {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last_poll_ms: AtomicU64::new(0),
-            stalled: AtomicBool::new(false),
-            gone: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// The body ended or was dropped: the keeper stops watching it.
-    pub(crate) fn gone(&self) {
-        // A stored permit if the keeper is not waiting yet.
-        self.gone.notify_one();
-    }
-
-    /// The body was polled: the reader is reading.
-    pub(crate) fn polled(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
-        self.last_poll_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last_poll(&self) -> Instant {
-        self.origin + Duration::from_millis(self.last_poll_ms.load(Ordering::Relaxed))
-    }
-
-    /// Whether the keeper ended this body because its reader stalled.
-    pub(crate) fn stalled(&self) -> bool {
-        self.stalled.load(Ordering::Acquire)
-    }
 }
 
 /// What the worker needs, cloned out of the layer's configuration when it starts.
@@ -264,16 +222,16 @@ impl<L: Ledger> Worker<L> {
                 finish_settle(&ctx, &hold, decision, first).await;
                 drop(ticket);
             }),
-            Job::Extend { hold, expires } => Box::pin(async move {
-                extend(&ctx, &hold, expires).await;
-            }),
             Job::Watch {
                 hold,
                 watch,
+                settler,
                 expires,
             } => {
                 let close = self.close.clone();
-                Box::pin(async move { keep(&ctx, hold, watch, expires, close).await })
+                Box::pin(async move {
+                    keep(&ctx, &hold, &watch, &*settler, expires, close).await;
+                })
             }
         }
     }
@@ -286,11 +244,11 @@ impl<L: Ledger> Worker<L> {
 async fn finish_settle<L: Ledger>(
     ctx: &WorkerCtx<L>,
     hold: &HoldCtx,
-    decision: Decision,
+    decision: SettleDecision,
     mut answer: Result<Settlement, LedgerError>,
 ) {
     let deadline = Instant::now() + ctx.hold_ttl;
-    let mut delay = FIRST_RETRY_DELAY;
+    let mut backoff = RETRY;
     loop {
         match answer {
             Err(error) if error.is_unavailable() => {
@@ -299,8 +257,7 @@ async fn finish_settle<L: Ledger>(
                 if now >= deadline {
                     return settled(&ctx.stats, ctx.events.as_ref(), hold, decision, Err(error));
                 }
-                tokio::time::sleep(delay.min(deadline - now)).await;
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                tokio::time::sleep(backoff.delay().min(deadline - now)).await;
                 Stats::add(&ctx.stats.settle_retries, 1);
                 answer = settle_call(&ctx.ledger, hold, decision).await;
             }
@@ -316,34 +273,22 @@ async fn finish_settle<L: Ledger>(
 
 /// Renews a hold, retrying until `expires` (when the ledger gives its credits back
 /// anyway). Returns the new expiry, or `None` when the hold is gone.
-async fn extend<L: Ledger>(
-    ctx: &WorkerCtx<L>,
-    hold: &HoldCtx,
-    expires: Instant,
-) -> Option<Instant> {
+async fn renew<L: Ledger>(ctx: &WorkerCtx<L>, hold: &HoldCtx, expires: Instant) -> Option<Instant> {
     let charge = &hold.charge;
-    let mut delay = FIRST_RETRY_DELAY;
+    let mut backoff = RETRY;
     loop {
         let asked = Instant::now();
-        match ctx
-            .ledger
-            .extend(Extend::new(
-                charge.account(),
-                charge.hold_id(),
-                ctx.hold_ttl,
-            ))
-            .await
-        {
+        let extend = Extend::new(charge.account(), charge.hold_id(), ctx.hold_ttl);
+        match ctx.ledger.extend(extend).await {
             Ok(Extended::Until(_)) => {
                 ctx.breaker.record(true);
                 return Some(asked + ctx.hold_ttl);
             }
             Ok(_) => return None,
-            Err(error) if error.is_unavailable() && Instant::now() + delay < expires => {
+            Err(error) if error.is_unavailable() && Instant::now() + backoff.peek() < expires => {
                 ctx.breaker.record(false);
                 tracing::debug!(hold = %charge.hold_id(), %error, "renewal failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                tokio::time::sleep(backoff.delay()).await;
             }
             Err(error) => {
                 tracing::warn!(hold = %charge.hold_id(), %error, "could not renew hold; it expires and its credits go back");
@@ -353,42 +298,47 @@ async fn extend<L: Ledger>(
     }
 }
 
-/// Keeps a streaming body's hold: renewed every third of its TTL while the body is being
-/// read; committed at what the `Charge` says so far once the reader stalls.
+/// Watches one hold until it is settled: renewed every third of its TTL, cut at the
+/// lifetime cap, or once its reader stalls.
 async fn keep<L: Ledger>(
     ctx: &WorkerCtx<L>,
-    hold: HoldCtx,
-    watch: Arc<BodyWatch>,
+    hold: &HoldCtx,
+    watch: &HoldWatch,
+    settler: &dyn Settler,
     mut expires: Instant,
     mut close: watch::Receiver<bool>,
 ) {
     let every = ctx.hold_ttl / 3;
     loop {
         let renew_at = expires - (ctx.hold_ttl - every);
-        let stall_at = watch.last_poll() + ctx.stall_timeout;
+        let now = Instant::now();
+        let mut wake = renew_at.min(watch.cap_at);
+        if let Some(stall_at) = watch.stall_at(ctx.stall_timeout, now) {
+            wake = wake.min(stall_at);
+        }
         tokio::select! {
-            () = tokio::time::sleep_until(renew_at.min(stall_at)) => {}
-            // The body settled (or will, when dropped): nothing left to keep.
+            () = tokio::time::sleep_until(wake) => {}
+            // The holder settled (or will, when dropped): nothing left to keep.
             () = watch.gone.notified() => return,
-            // Shutdown: stop renewing; the body still settles when it ends or is dropped.
+            // Shutdown: stop renewing; the hold still settles when its holder ends.
             _ = close.wait_for(|closed| *closed) => return,
         }
         if hold.charge.is_closed() {
-            return; // The body ended and settled.
+            return; // Settled by its holder.
         }
         let now = Instant::now();
-        if now >= watch.last_poll() + ctx.stall_timeout {
-            let Some(closed) = hold.charge.close() else {
-                return;
-            };
-            watch.stalled.store(true, Ordering::Release);
-            let decision = decide(End::Early, &closed);
-            tracing::info!(hold = %hold.charge.hold_id(), "reader stalled; committed what the charge says so far");
-            let first = settle_call(&ctx.ledger, &hold, decision).await;
-            return finish_settle(ctx, &hold, decision, first).await;
+        let cut = if now >= watch.cap_at {
+            Some(Cut::Lifetime)
+        } else if watch.stalled(ctx.stall_timeout, now) {
+            Some(Cut::Stalled)
+        } else {
+            None
+        };
+        if let Some(cut) = cut {
+            return cut_hold(hold, watch, settler, cut);
         }
         if now >= renew_at {
-            match extend(ctx, &hold, expires).await {
+            match renew(ctx, hold, expires).await {
                 Some(until) => expires = until,
                 None => return,
             }
@@ -396,7 +346,24 @@ async fn keep<L: Ledger>(
     }
 }
 
-/// Starts watching a body: what the body keeps to record its progress.
-pub(crate) fn watch() -> Arc<BodyWatch> {
-    Arc::new(BodyWatch::new())
+/// Settles a hold the keeper cut, like any other early end (the `Charge` so far), and
+/// wakes its holder, which then ends: the request answers `504`, the body ends with an
+/// error.
+fn cut_hold(hold: &HoldCtx, watch: &HoldWatch, settler: &dyn Settler, cut: Cut) {
+    let end = if watch.is_streaming() {
+        End::Early
+    } else {
+        End::BeforeHead
+    };
+    if settle_hold(settler, hold, end).is_some() {
+        match cut {
+            Cut::Lifetime => {
+                tracing::warn!(hold = %hold.charge.hold_id(), "hold ran past its lifetime cap; cut and settled at what its charge says so far")
+            }
+            Cut::Stalled => {
+                tracing::info!(hold = %hold.charge.hold_id(), "reader stalled; committed what the charge says so far")
+            }
+        }
+        watch.mark_cut(cut);
+    }
 }

@@ -13,23 +13,18 @@ use crate::pricing::Pricing;
 use crate::wire::headers::CreditHeaders;
 use crate::wire::problem::DEFAULT_PROBLEM_TYPE_BASE;
 
-use super::classify::{Classifiers, Classify, HttpStatus, Protocol};
 use super::config::Shared;
 use super::lookups::KeyLookups;
 use super::service::CreditService;
 use super::settle::PendingSettlements;
-
-/// Distinct unknown API keys looked up in the ledger at once, unless
-/// [`CreditLayer::max_concurrent_key_lookups`] says.
-pub const DEFAULT_MAX_CONCURRENT_KEY_LOOKUPS: usize = 64;
+use crate::classify::{Classifiers, Classify, HttpStatus, Protocol};
+use crate::refusal::Refusal;
 
 /// How long a handler may hold credits unless [`CreditLayer::max_hold_lifetime`] says.
 pub const DEFAULT_MAX_HOLD_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
-/// Consecutive ledger outages that open the circuit breaker.
-pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
-/// How long an open circuit breaker fails requests fast before probing the ledger again.
-pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+use crate::account::DEFAULT_MAX_CONCURRENT_KEY_LOOKUPS;
+use crate::outage::{DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES};
 
 /// Bills every request to the service it wraps: resolves the caller's account, holds the
 /// request's price, runs the service, then commits the actual cost or refunds.
@@ -107,14 +102,25 @@ impl<L: Ledger> CreditLayer<L> {
                     DEFAULT_BREAKER_FAILURES,
                     DEFAULT_BREAKER_COOLDOWN,
                 )),
+                breaker_failures: DEFAULT_BREAKER_FAILURES,
+                breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+                max_key_lookups: DEFAULT_MAX_CONCURRENT_KEY_LOOKUPS,
                 stats: Arc::default(),
                 unbilled: Unbilled::default(),
+                render_refusal: None,
             }),
         }
     }
 
+    /// Every builder method: a new configuration, with runtime state of its own (keeper,
+    /// breakers, counters), so a clone reconfigured never shares them with its original.
+    /// Configure a layer before taking its `stats()`, `unbilled()` or
+    /// `pending_settlements()`, and before serving with it.
     fn with(mut self, f: impl FnOnce(&mut Shared<L>)) -> Self {
-        f(Arc::make_mut(&mut self.shared));
+        let mut shared = (*self.shared).clone();
+        f(&mut shared);
+        shared.fresh_runtime();
+        self.shared = Arc::new(shared);
         self
     }
 
@@ -162,11 +168,14 @@ impl<L: Ledger> CreditLayer<L> {
         self.with(|s| s.protocol = protocol)
     }
 
-    /// A body that settles at its end (a deferred charge, a gRPC stream) and is not polled
-    /// for this long — its reader stopped reading — is committed at what its `Charge` says
-    /// so far, and ends with an error when next polled (an HTTP/2 `RST_STREAM`, an HTTP/1
-    /// connection close), so a stalled reader cannot pin its hold. Default: half the hold
-    /// TTL.
+    /// A body that settles at its end (a deferred charge, a gRPC stream) whose last frame
+    /// was handed to the server and left unread this long — its reader stopped reading —
+    /// is committed at what its `Charge` says so far, and ends with [`ReaderStalled`]
+    /// (an HTTP/2 `RST_STREAM`, an HTTP/1 connection close), so a stalled reader cannot pin
+    /// its hold. A body waiting on its handler (a server with nothing to send yet) is never
+    /// stalled: the stall clock does not run then. Default: half the hold TTL.
+    ///
+    /// [`ReaderStalled`]: crate::ReaderStalled
     ///
     /// # Panics
     ///
@@ -176,10 +185,21 @@ impl<L: Ledger> CreditLayer<L> {
         self.with(|s| s.stall_timeout = Some(timeout))
     }
 
-    /// The longest a handler may run while holding credits (default 15 minutes): past
-    /// it the request is cancelled (its inner future dropped), refunded, and answered
-    /// `504` (gRPC `DEADLINE_EXCEEDED`). Holds are renewed until then.
+    /// The longest a request may hold credits (default 15 minutes), on its own timer.
+    /// Past it, a handler still running is cancelled (its inner future dropped) and
+    /// answered `504` (gRPC `DEADLINE_EXCEEDED`); a body still streaming ends with
+    /// [`HoldLifetimeExceeded`](crate::HoldLifetimeExceeded). Either way the hold settles
+    /// like any other early end: at what its [`Charge`](crate::Charge) metered so far (a
+    /// fixed-price call that never answered is refunded). Holds are renewed until then.
+    ///
+    /// # Panics
+    ///
+    /// When `lifetime` is zero.
     pub fn max_hold_lifetime(self, lifetime: Duration) -> Self {
+        assert!(
+            !lifetime.is_zero(),
+            "the hold lifetime cap must not be zero"
+        );
         self.with(|s| s.max_hold_lifetime = lifetime)
     }
 
@@ -194,13 +214,7 @@ impl<L: Ledger> CreditLayer<L> {
     /// When `max` is zero.
     pub fn max_concurrent_key_lookups(self, max: usize) -> Self {
         assert!(max > 0, "at least one key lookup must be allowed");
-        self.with(|s| {
-            s.lookups = Arc::new(KeyLookups::new(
-                max,
-                DEFAULT_BREAKER_FAILURES,
-                DEFAULT_BREAKER_COOLDOWN,
-            ))
-        })
+        self.with(|s| s.max_key_lookups = max)
     }
 
     /// Which HTTP statuses count as success and are charged (default: below 400), on
@@ -218,7 +232,15 @@ impl<L: Ledger> CreditLayer<L> {
 
     /// Warn (`credits-warning`) when the remaining balance is below this, for accounts
     /// without their own threshold.
+    ///
+    /// # Panics
+    ///
+    /// When `credits` is above [`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT).
     pub fn low_balance_threshold(self, credits: u64) -> Self {
+        assert!(
+            credits <= crate::ledger::MAX_AMOUNT,
+            "low balance threshold above MAX_AMOUNT"
+        );
         self.with(|s| s.low_balance_threshold = Some(credits))
     }
 
@@ -245,8 +267,17 @@ impl<L: Ledger> CreditLayer<L> {
         self.with(|s| s.problem_type_base = base)
     }
 
-    /// `Retry-After` of a `503` when the ledger is unavailable (default 1 s).
+    /// `Retry-After` of a `503` when the ledger is unavailable (default 1 s; whole
+    /// seconds, rounded down).
+    ///
+    /// # Panics
+    ///
+    /// When `after` is under a second (a `Retry-After: 0` invites a retry storm).
     pub fn retry_after(self, after: Duration) -> Self {
+        assert!(
+            after >= Duration::from_secs(1),
+            "retry_after must be at least a second"
+        );
         self.with(|s| s.retry_after = after)
     }
 
@@ -256,11 +287,66 @@ impl<L: Ledger> CreditLayer<L> {
         self.with(|s| s.outage = policy)
     }
 
-    /// The circuit breaker: after `failures` consecutive ledger outages, requests fail fast
+    /// The circuit breakers: after `failures` consecutive ledger outages, requests fail fast
     /// for `cooldown` (no ledger call), then one probe is let through. Defaults: 5 failures,
-    /// 1 s.
+    /// 1 s. Billing and API-key lookups each have a breaker with these settings (a flood of
+    /// unknown keys cannot open the one that guards billing).
+    ///
+    /// # Panics
+    ///
+    /// When `failures` or `cooldown` is zero.
     pub fn circuit_breaker(self, failures: u32, cooldown: Duration) -> Self {
-        self.with(|s| s.breaker = Arc::new(Breaker::new(failures, cooldown)))
+        assert!(
+            failures > 0,
+            "the circuit breaker needs at least one failure to open"
+        );
+        assert!(
+            !cooldown.is_zero(),
+            "the circuit breaker cooldown must not be zero"
+        );
+        self.with(|s| {
+            s.breaker_failures = failures;
+            s.breaker_cooldown = cooldown;
+        })
+    }
+
+    /// Answers refusals of HTTP routes in your API's own error shape: `render` gets the
+    /// [`Refusal`], with its figures, and returns the response, or `None` for the default
+    /// (RFC 9457 problem JSON with the seed's `error` string). Where your response has no
+    /// `Retry-After`, `WWW-Authenticate` or `Cache-Control`, the default's are kept. gRPC
+    /// routes keep their status codes.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{header, Response};
+    /// use tower_credits::{CreditLayer, MemoryLedger, Refusal};
+    ///
+    /// // OpenAI-style errors: {"error": {"message", "type", "code"}}.
+    /// let layer = CreditLayer::new(MemoryLedger::new()).refusal_response(|refusal: &Refusal| {
+    ///     let kind = match refusal {
+    ///         Refusal::InsufficientCredits { .. } => "insufficient_quota",
+    ///         Refusal::Unauthorized(_) => "invalid_request_error",
+    ///         _ => "api_error",
+    ///     };
+    ///     let body = serde_json::json!({"error": {
+    ///         "message": refusal.to_string(),
+    ///         "type": kind,
+    ///         "code": refusal.code(),
+    ///     }});
+    ///     Response::builder()
+    ///         .status(refusal.status())
+    ///         .header(header::CONTENT_TYPE, "application/json")
+    ///         .body(Bytes::from(body.to_string()))
+    ///         .ok()
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn refusal_response(
+        self,
+        render: impl Fn(&Refusal) -> Option<http::Response<bytes::Bytes>> + Send + Sync + 'static,
+    ) -> Self {
+        let render: crate::refusal::RenderRefusal = Arc::new(render);
+        self.with(|s| s.render_refusal = Some(render))
     }
 
     /// Counters of this layer's billing: holds, confirmed commits and credits, refunds,

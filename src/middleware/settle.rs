@@ -14,37 +14,32 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::config::Shared;
-use super::guard::{Decision, HoldCtx};
-use super::keeper::{self, BodyWatch, FirstTry, Job};
+use super::guard::HoldCtx;
+use super::keeper::{FirstTry, HoldWatch, Job};
 use crate::events::Events;
-use crate::ledger::{Ledger, LedgerError, Settle, SettleOutcome, Settlement};
+use crate::ledger::{Ledger, LedgerError, Settle, SettleDecision, SettleOutcome, Settlement};
 use crate::outage::Stats;
 use crate::wire::headers::CreditHeaders;
 
 /// The type-erased side of [`Shared`] that bodies and guards need, so `ResponseBody` is not
 /// generic over the ledger.
 pub(crate) trait Settler: Send + Sync + 'static {
-    /// Settles: the first try now, the rest by the keeper.
-    fn settle(&self, hold: &HoldCtx, decision: Decision);
-    /// Renews a hold whose handler still runs; it would expire at `expires`.
-    fn extend(&self, hold: &HoldCtx, expires: Instant);
-    /// Hands a body that settles at its end to the keeper, which renews its hold while it
-    /// is read and ends it when its reader stalls.
-    fn watch(&self, hold: &HoldCtx, expires: Instant) -> Option<Arc<BodyWatch>>;
+    /// Settles (`decision` is already clamped to the hold): the first try now, the rest by
+    /// the keeper.
+    fn settle(&self, hold: &HoldCtx, decision: SettleDecision);
+    /// Hands a hold to the keeper's watch (renewals, lifetime cap, stall clock); it would
+    /// expire at `expires`. `false` when there is no keeper to run it.
+    fn watch(self: Arc<Self>, hold: &HoldCtx, watch: Arc<HoldWatch>, expires: Instant) -> bool;
     fn headers(&self) -> &CreditHeaders;
 }
 
 pub(crate) fn settle_call<L: Ledger>(
     ledger: &L,
     hold: &HoldCtx,
-    decision: Decision,
+    decision: SettleDecision,
 ) -> L::Future<Settlement> {
     let charge = &hold.charge;
-    let (account, hold_id) = (charge.account(), charge.hold_id());
-    ledger.settle(match decision {
-        Decision::Commit(actual) => Settle::commit(account, hold_id, actual.min(charge.reserved())),
-        Decision::Refund => Settle::refund(account, hold_id),
-    })
+    ledger.settle(Settle::new(charge.account(), charge.hold_id(), decision))
 }
 
 /// Counts a settle's final answer.
@@ -52,17 +47,17 @@ pub(crate) fn settled(
     stats: &Stats,
     events: Option<&Events>,
     hold: &HoldCtx,
-    decision: Decision,
+    decision: SettleDecision,
     result: Result<Settlement, LedgerError>,
 ) {
     let account = hold.charge.account();
     let hold_id = hold.charge.hold_id();
     match (decision, result) {
-        (Decision::Commit(actual), Ok(s)) => match s.outcome {
+        (SettleDecision::Commit(actual), Ok(s)) => match s.outcome {
             // A retried commit whose first try ran: committed once, with the same amount.
             SettleOutcome::Committed | SettleOutcome::AlreadyCommitted => {
                 Stats::add(&stats.commits, 1);
-                Stats::add(&stats.credits_committed, actual.min(hold.charge.reserved()));
+                Stats::add(&stats.credits_committed, actual);
                 for event in &s.events {
                     tracing::info!(%account, event = %event.id, kind = %event.kind, available = event.available, threshold = ?event.threshold, runway_secs = ?event.runway_secs, "credit event detected");
                 }
@@ -72,15 +67,15 @@ pub(crate) fn settled(
             }
             outcome => {
                 Stats::add(&stats.commits_lost, 1);
-                Stats::add(&stats.credits_lost, actual.min(hold.charge.reserved()));
+                Stats::add(&stats.credits_lost, actual);
                 tracing::warn!(%account, hold = %hold_id, ?outcome, "commit found no open hold; its credits went back (unbilled)");
             }
         },
-        (Decision::Refund, Ok(_)) => Stats::add(&stats.refunds, 1),
+        (SettleDecision::Refund, Ok(_)) => Stats::add(&stats.refunds, 1),
         (decision, Err(error)) => {
-            if let Decision::Commit(actual) = decision {
+            if let SettleDecision::Commit(actual) = decision {
                 Stats::add(&stats.commits_lost, 1);
-                Stats::add(&stats.credits_lost, actual.min(hold.charge.reserved()));
+                Stats::add(&stats.credits_lost, actual);
             }
             tracing::error!(%account, hold = %hold_id, %error, ?decision, "settle failed for good; the hold will expire and be refunded");
         }
@@ -88,19 +83,7 @@ pub(crate) fn settled(
 }
 
 impl<L: Ledger> Settler for Shared<L> {
-    fn settle(&self, hold: &HoldCtx, decision: Decision) {
-        if let Decision::Commit(actual) = decision {
-            if actual > hold.charge.reserved() {
-                let charge = &hold.charge;
-                tracing::warn!(
-                    account = %charge.account(),
-                    hold = %charge.hold_id(),
-                    reserved = charge.reserved(),
-                    asked = actual,
-                    "actual cost exceeds the hold; charged at the hold"
-                );
-            }
-        }
+    fn settle(&self, hold: &HoldCtx, decision: SettleDecision) {
         // The first poll happens here, in the request's task: an in-memory ledger answers
         // at once, a networked one puts its command on the connection before the response
         // head leaves, so the caller's next request sees this one settled.
@@ -117,7 +100,7 @@ impl<L: Ledger> Settler for Shared<L> {
                 Ok(polled) => polled,
                 Err(_) => {
                     tracing::error!("settle outside a tokio runtime failed; the hold will expire and be refunded");
-                    return lost(&self.stats, hold, decision);
+                    return lost(&self.stats, decision);
                 }
             }
         };
@@ -154,29 +137,22 @@ impl<L: Ledger> Settler for Shared<L> {
         if let Err(Job::Settle { hold, decision, .. }) = self.keeper.send(job, || self.worker_ctx())
         {
             tracing::error!(hold = %hold.charge.hold_id(), "no hold keeper (shut down, or no runtime); this settle was sent once and the hold expires if it did not land");
-            lost(&self.stats, &hold, decision);
+            lost(&self.stats, decision);
         }
     }
 
-    fn extend(&self, hold: &HoldCtx, expires: Instant) {
-        let job = Job::Extend {
+    fn watch(self: Arc<Self>, hold: &HoldCtx, watch: Arc<HoldWatch>, expires: Instant) -> bool {
+        let job = Job::Watch {
             hold: hold.clone(),
+            watch,
+            settler: self.clone(),
             expires,
         };
         if self.keeper.send(job, || self.worker_ctx()).is_err() {
             tracing::warn!(hold = %hold.charge.hold_id(), "no hold keeper (shut down, or no runtime); hold not renewed");
+            return false;
         }
-    }
-
-    fn watch(&self, hold: &HoldCtx, expires: Instant) -> Option<Arc<BodyWatch>> {
-        let watch = keeper::watch();
-        let job = Job::Watch {
-            hold: hold.clone(),
-            watch: watch.clone(),
-            expires,
-        };
-        self.keeper.send(job, || self.worker_ctx()).ok()?;
-        Some(watch)
+        true
     }
 
     fn headers(&self) -> &CreditHeaders {
@@ -186,10 +162,10 @@ impl<L: Ledger> Settler for Shared<L> {
 
 /// Counts a commit no ledger confirmed (a refund that never landed costs nothing: the
 /// hold's expiry gives the credits back all the same).
-fn lost(stats: &Stats, hold: &HoldCtx, decision: Decision) {
-    if let Decision::Commit(actual) = decision {
+fn lost(stats: &Stats, decision: SettleDecision) {
+    if let SettleDecision::Commit(actual) = decision {
         Stats::add(&stats.commits_lost, 1);
-        Stats::add(&stats.credits_lost, actual.min(hold.charge.reserved()));
+        Stats::add(&stats.credits_lost, actual);
     }
 }
 

@@ -8,7 +8,7 @@ use http::header;
 #[cfg(not(feature = "tonic"))]
 use http::{HeaderValue, Response};
 
-use super::problem::{ProblemCtx, Refusal};
+use super::problem::{ProblemCtx, WireResponse};
 use crate::ledger::{AccountId, Insufficient};
 
 /// gRPC status codes used here (numbering from `google.rpc.Code`).
@@ -44,7 +44,7 @@ pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
 }
 
 /// A trailers-only gRPC response: status and message in the headers, empty body.
-pub(super) fn grpc_refusal(code: GrpcCode, message: &str) -> Refusal {
+pub(super) fn grpc_refusal(code: GrpcCode, message: &str) -> WireResponse {
     #[cfg(feature = "tonic")]
     {
         tonic::Status::new(tonic::Code::from_i32(code as i32), message).into_http::<Option<Bytes>>()
@@ -82,7 +82,7 @@ pub(super) fn grpc_insufficient(
     refusal: &Insufficient,
     shortfall: u64,
     detail: String,
-) -> Refusal {
+) -> WireResponse {
     use std::collections::HashMap;
     use tonic_types::{ErrorDetails, StatusExt};
 
@@ -111,7 +111,7 @@ pub(super) fn grpc_insufficient(
     _: &Insufficient,
     _: u64,
     detail: String,
-) -> Refusal {
+) -> WireResponse {
     grpc_refusal(GrpcCode::FailedPrecondition, &detail)
 }
 
@@ -122,7 +122,7 @@ pub(super) fn grpc_max_cost_exceeded(
     min_price: Option<u64>,
     max_cost: u64,
     detail: String,
-) -> Refusal {
+) -> WireResponse {
     use std::collections::HashMap;
     use tonic_types::{ErrorDetails, StatusExt};
 
@@ -146,7 +146,7 @@ pub(super) fn grpc_max_cost_exceeded(
     _: Option<u64>,
     _: u64,
     detail: String,
-) -> Refusal {
+) -> WireResponse {
     grpc_refusal(GrpcCode::FailedPrecondition, &detail)
 }
 

@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// | default | value | effect |
 /// |---|---|---|
 /// | `credits-quote` | `1` | answer the price and whether it is affordable, without running the call |
-/// | `credits-max-cost` | digits, at most [`MAX_AMOUNT`](crate::MAX_AMOUNT) | the most this call may be charged |
+/// | `credits-max-cost` | digits, at most [`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT) | the most this call may be charged |
 ///
 /// ```
 /// use tower_credits::CreditHeaders;
@@ -157,33 +157,57 @@ pub(crate) struct InvalidHeader {
     pub(crate) expected: &'static str,
 }
 
-impl CallerAsks {
-    pub(crate) fn read(headers: &HeaderMap, names: &CreditHeaders) -> Result<Self, InvalidHeader> {
-        let mut asks = Self::default();
-        let one = |name: &HeaderName, expected| {
-            let mut values = headers.get_all(name).iter();
-            match (values.next(), values.next()) {
-                (None, _) => Ok(None),
-                (Some(value), None) => Ok(Some(value.as_bytes())),
-                (Some(_), Some(_)) => Err(InvalidHeader {
-                    name: name.clone(),
-                    expected,
-                }),
-            }
-        };
-        const QUOTE: &str = "`1`, once";
-        if let Some(value) = one(&names.quote, QUOTE)? {
-            if value != b"1" {
-                return Err(InvalidHeader {
-                    name: names.quote.clone(),
-                    expected: QUOTE,
-                });
-            }
-            asks.quote = true;
+/// The one value of `name`, if sent; sent twice is malformed.
+fn one<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+    expected: &'static str,
+) -> Result<Option<&'h [u8]>, InvalidHeader> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => Ok(Some(value.as_bytes())),
+        (Some(_), Some(_)) => Err(InvalidHeader {
+            name: name.clone(),
+            expected,
+        }),
+    }
+}
+
+impl From<InvalidHeader> for crate::refusal::Refusal {
+    fn from(bad: InvalidHeader) -> Self {
+        crate::refusal::Refusal::InvalidHeader {
+            name: bad.name,
+            expected: bad.expected,
         }
+    }
+}
+
+impl CallerAsks {
+    /// `credits-quote` alone: what a free route reads (it ignores the rest).
+    pub(crate) fn read_quote(
+        headers: &HeaderMap,
+        names: &CreditHeaders,
+    ) -> Result<bool, InvalidHeader> {
+        const QUOTE: &str = "`1`, once";
+        match one(headers, &names.quote, QUOTE)? {
+            None => Ok(false),
+            Some(b"1") => Ok(true),
+            Some(_) => Err(InvalidHeader {
+                name: names.quote.clone(),
+                expected: QUOTE,
+            }),
+        }
+    }
+
+    pub(crate) fn read(headers: &HeaderMap, names: &CreditHeaders) -> Result<Self, InvalidHeader> {
+        let mut asks = Self {
+            quote: Self::read_quote(headers, names)?,
+            ..Self::default()
+        };
         const MAX_COST: &str =
             "a whole number of credits (digits only, at most 9007199254740991), once";
-        if let Some(value) = one(&names.max_cost, MAX_COST)? {
+        if let Some(value) = one(headers, &names.max_cost, MAX_COST)? {
             let invalid = || InvalidHeader {
                 name: names.max_cost.clone(),
                 expected: MAX_COST,
@@ -195,7 +219,7 @@ impl CallerAsks {
                 .expect("digits")
                 .parse()
                 .map_err(|_| invalid())?;
-            if n > crate::MAX_AMOUNT {
+            if n > crate::ledger::MAX_AMOUNT {
                 return Err(invalid());
             }
             asks.max_cost = Some(n);
@@ -262,6 +286,27 @@ impl Thresholds {
     }
 }
 
+/// The head of a response settled at the end of its body: the hold, a lower bound of the
+/// balance (the final figures come in trailers), the hold id, the warning and the runway.
+pub(crate) fn write_pending(
+    headers: &mut HeaderMap,
+    names: &CreditHeaders,
+    reserved: u64,
+    available: i64,
+    hold_id: &crate::ledger::HoldId,
+    thresholds: &Thresholds,
+    runway_secs: Option<u64>,
+) {
+    headers.insert(names.reserved.clone(), int(reserved));
+    headers.insert(names.remaining.clone(), int(available));
+    headers.insert(
+        names.hold_id.clone(),
+        HeaderValue::from_str(hold_id.as_str()).expect("hold ids are ASCII"),
+    );
+    write_warning(headers, names, available, thresholds);
+    write_runway(headers, names, runway_secs);
+}
+
 /// `credits-warning`, when `remaining` is below a threshold: it names the lowest threshold
 /// above `remaining`.
 pub(crate) fn write_warning(
@@ -300,7 +345,7 @@ mod tests {
             asks(&[("credits-max-cost", "9007199254740991")])
                 .unwrap()
                 .max_cost,
-            Some(crate::MAX_AMOUNT)
+            Some(crate::ledger::MAX_AMOUNT)
         );
         for bad in [
             vec![("credits-quote", "yes")],

@@ -42,7 +42,7 @@ use crate::ledger::{AccountId, Insufficient};
 
 /// A refusal as it goes on the wire: a problem JSON body, or none (a gRPC trailers-only
 /// response). The middleware wraps the body into its own response body type.
-pub(crate) type Refusal = Response<Option<Bytes>>;
+pub(crate) type WireResponse = Response<Option<Bytes>>;
 
 /// Default base of the problem `type` URIs.
 pub const DEFAULT_PROBLEM_TYPE_BASE: &str = "urn:tower-credits:problem:";
@@ -65,7 +65,7 @@ fn problem(
     title: &str,
     detail: String,
     extra: Map<String, Value>,
-) -> Refusal {
+) -> WireResponse {
     let mut body = Map::new();
     if status == StatusCode::PAYMENT_REQUIRED {
         // First, as in the seed API: `{"error": "Insufficient account balance", ...}`.
@@ -118,7 +118,7 @@ pub(crate) fn insufficient(
     account: &AccountId,
     refusal: &Insufficient,
     price: u64,
-) -> Refusal {
+) -> WireResponse {
     let shortfall = refusal.shortfall();
     let mut detail = shortfall_detail(
         refusal.required,
@@ -174,7 +174,7 @@ pub(crate) fn insufficient(
     response
 }
 
-pub(crate) fn unauthorized(ctx: &ProblemCtx<'_>, why: &Unauthorized) -> Refusal {
+pub(crate) fn unauthorized(ctx: &ProblemCtx<'_>, why: &Unauthorized) -> WireResponse {
     if ctx.grpc {
         return grpc_refusal(GrpcCode::Unauthenticated, &why.detail());
     }
@@ -192,7 +192,7 @@ pub(crate) fn unauthorized(ctx: &ProblemCtx<'_>, why: &Unauthorized) -> Refusal 
     response
 }
 
-pub(crate) fn too_many_holds(ctx: &ProblemCtx<'_>, limit: u64) -> Refusal {
+pub(crate) fn too_many_holds(ctx: &ProblemCtx<'_>, limit: u64) -> WireResponse {
     let detail = format!(
         "This account already has {limit} requests in flight, the most allowed. Retry when one finishes."
     );
@@ -211,7 +211,10 @@ pub(crate) fn too_many_holds(ctx: &ProblemCtx<'_>, limit: u64) -> Refusal {
     )
 }
 
-pub(crate) fn lifetime_exceeded(ctx: &ProblemCtx<'_>, lifetime: std::time::Duration) -> Refusal {
+pub(crate) fn lifetime_exceeded(
+    ctx: &ProblemCtx<'_>,
+    lifetime: std::time::Duration,
+) -> WireResponse {
     let detail = format!(
         "This request ran longer than the {} s a request may hold credits; it was cancelled and nothing was charged.",
         lifetime.as_secs()
@@ -229,7 +232,7 @@ pub(crate) fn lifetime_exceeded(ctx: &ProblemCtx<'_>, lifetime: std::time::Durat
     )
 }
 
-pub(crate) fn invalid_header(ctx: &ProblemCtx<'_>, name: &str, expected: &str) -> Refusal {
+pub(crate) fn invalid_header(ctx: &ProblemCtx<'_>, name: &str, expected: &str) -> WireResponse {
     let detail =
         format!("The `{name}` header is not valid: expected {expected}. Nothing was charged.");
     if ctx.grpc {
@@ -252,7 +255,7 @@ pub(crate) fn max_cost_exceeded(
     price: u64,
     min_price: Option<u64>,
     max_cost: u64,
-) -> Refusal {
+) -> WireResponse {
     let least = min_price.unwrap_or(price);
     let detail = format!(
         "This request needs at least {least} credits to run, more than the {max_cost} your `credits-max-cost` allows. Nothing was charged."
@@ -274,7 +277,7 @@ pub(crate) fn max_cost_exceeded(
     )
 }
 
-pub(crate) fn quotes_unsupported(ctx: &ProblemCtx<'_>) -> Refusal {
+pub(crate) fn quotes_unsupported(ctx: &ProblemCtx<'_>) -> WireResponse {
     let detail = "This service's ledger does not report balances, so it cannot quote.";
     if ctx.grpc {
         return grpc_refusal(GrpcCode::Unimplemented, detail);
@@ -289,7 +292,7 @@ pub(crate) fn quotes_unsupported(ctx: &ProblemCtx<'_>) -> Refusal {
     )
 }
 
-pub(crate) fn billing_error(ctx: &ProblemCtx<'_>) -> Refusal {
+pub(crate) fn billing_error(ctx: &ProblemCtx<'_>) -> WireResponse {
     let detail = "Billing failed on our side; nothing was charged. This is not something a retry fixes: the service's operators have been told.";
     if ctx.grpc {
         return grpc_refusal(GrpcCode::Internal, detail);
@@ -304,7 +307,7 @@ pub(crate) fn billing_error(ctx: &ProblemCtx<'_>) -> Refusal {
     )
 }
 
-pub(crate) fn ledger_busy(ctx: &ProblemCtx<'_>) -> Refusal {
+pub(crate) fn ledger_busy(ctx: &ProblemCtx<'_>) -> WireResponse {
     let detail =
         "Too many API keys are being checked right now; nothing was charged. Retry shortly.";
     if ctx.grpc {
@@ -324,7 +327,7 @@ pub(crate) fn ledger_busy(ctx: &ProblemCtx<'_>) -> Refusal {
     response
 }
 
-pub(crate) fn unavailable(ctx: &ProblemCtx<'_>) -> Refusal {
+pub(crate) fn unavailable(ctx: &ProblemCtx<'_>) -> WireResponse {
     let detail = "Billing is unavailable right now; nothing was charged. Retry shortly.";
     if ctx.grpc {
         return grpc_refusal(GrpcCode::Unavailable, detail);

@@ -6,7 +6,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use super::headers::{self, CreditHeaders};
-use super::problem::Refusal;
+use super::problem::WireResponse;
 
 /// What a quote says.
 #[derive(Debug, Clone, Default)]
@@ -58,7 +58,7 @@ impl Quote {
     /// The `200 application/json` answer, with the headers a real call would carry except
     /// `credits-cost`. `shortfall` is what is missing for the full price; a `402` says
     /// what is missing for the least the route runs with.
-    pub(crate) fn into_response(self, names: &CreditHeaders) -> Refusal {
+    pub(crate) fn into_response(self, names: &CreditHeaders) -> WireResponse {
         let mut body = Map::new();
         body.insert("price".into(), self.price.into());
         if let Some(min) = self.min_price {

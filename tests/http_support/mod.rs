@@ -11,8 +11,9 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use tower_credits::ledger::Configure;
 use tower_credits::{AccountId, AccountSettings, ApiKeyHash, Ledger, MemoryLedger};
-use tower_credits::{Configure, LedgerAdmin, LedgerReports, TopUp};
+use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -162,20 +163,20 @@ macro_rules! down {
 
 down! {
     Ledger {
-        reserve(tower_credits::Reserve) -> tower_credits::ReserveOutcome;
-        settle(tower_credits::Settle) -> tower_credits::Settlement;
-        extend(tower_credits::Extend) -> tower_credits::Extended;
+        reserve(tower_credits::ledger::Reserve) -> tower_credits::ledger::ReserveOutcome;
+        settle(tower_credits::ledger::Settle) -> tower_credits::ledger::Settlement;
+        extend(tower_credits::ledger::Extend) -> tower_credits::ledger::Extended;
         lookup_api_key(&tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
     }
     LedgerAdmin {
-        top_up(tower_credits::TopUp) -> tower_credits::ToppedUp;
-        configure(tower_credits::Configure) -> ();
+        top_up(tower_credits::TopUp) -> tower_credits::ledger::ToppedUp;
+        configure(tower_credits::ledger::Configure) -> ();
         register_api_key(&tower_credits::ApiKeyHash, &AccountId) -> ();
         revoke_api_key(&tower_credits::ApiKeyHash) -> bool;
     }
     LedgerReports {
         balance(&tower_credits::AccountId) -> tower_credits::Balance;
-        usage(&tower_credits::AccountId) -> tower_credits::Usage;
+        usage(&tower_credits::AccountId) -> tower_credits::ledger::Usage;
     }
 }
 
@@ -250,19 +251,19 @@ macro_rules! switch {
 
 switch! {
     Ledger {
-        reserve(r: tower_credits::Reserve) -> tower_credits::ReserveOutcome;
-        settle(s: tower_credits::Settle) -> tower_credits::Settlement;
-        extend(e: tower_credits::Extend) -> tower_credits::Extended;
+        reserve(r: tower_credits::ledger::Reserve) -> tower_credits::ledger::ReserveOutcome;
+        settle(s: tower_credits::ledger::Settle) -> tower_credits::ledger::Settlement;
+        extend(e: tower_credits::ledger::Extend) -> tower_credits::ledger::Extended;
         lookup_api_key(k: &tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
     }
     LedgerAdmin {
-        top_up(t: tower_credits::TopUp) -> tower_credits::ToppedUp;
-        configure(c: tower_credits::Configure) -> ();
+        top_up(t: tower_credits::TopUp) -> tower_credits::ledger::ToppedUp;
+        configure(c: tower_credits::ledger::Configure) -> ();
         register_api_key(k: &tower_credits::ApiKeyHash, a: &tower_credits::AccountId) -> ();
         revoke_api_key(k: &tower_credits::ApiKeyHash) -> bool;
     }
     LedgerReports {
         balance(a: &tower_credits::AccountId) -> tower_credits::Balance;
-        usage(a: &tower_credits::AccountId) -> tower_credits::Usage;
+        usage(a: &tower_credits::AccountId) -> tower_credits::ledger::Usage;
     }
 }

@@ -149,7 +149,7 @@ impl RedisLedgerBuilder {
     }
 
     /// The most open holds one account may have; a reserve beyond it answers
-    /// [`ReserveOutcome::TooManyHolds`](crate::ReserveOutcome::TooManyHolds) (default: no
+    /// [`ReserveOutcome::TooManyHolds`](crate::ledger::ReserveOutcome::TooManyHolds) (default: no
     /// limit).
     pub fn max_open_holds(mut self, limit: u64) -> Self {
         self.max_open_holds = Some(limit);

@@ -53,7 +53,7 @@
 //! `KEYS`, named after the keys above, its `ARGV` and its reply shapes), which drives the
 //! loader, the invocations and the typed decoders of `reply.rs`; a test checks each file's
 //! header against it. Every script is a prelude generated from the Rust constants
-//! ([`MAX_AMOUNT`](crate::MAX_AMOUNT), [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT), the
+//! ([`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT), [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT), the
 //! burn-rate time constant), then the helpers of `lib.lua`, then the file. They are hashed once per process and called by SHA (`EVALSHA`),
 //! loaded again on `NOSCRIPT`. They read the clock with `TIME` (one clock for every
 //! replica), validate every argument before the first write, keep amounts out of strings
@@ -93,7 +93,8 @@
 //!
 //! ```no_run
 //! use tower_credits::ledger::RedisLedger;
-//! use tower_credits::{AccountId, HoldId, Ledger, LedgerAdmin, Reserve, ReserveOutcome, TopUp};
+//! use tower_credits::{AccountId, Ledger, LedgerAdmin, TopUp};
+//! use tower_credits::ledger::{HoldId, Reserve, ReserveOutcome};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_credits::LedgerError> {
 //! let ledger = RedisLedger::builder().url("redis://127.0.0.1:6379").build().await?;
@@ -304,7 +305,7 @@ impl RedisLedger {
         let limit = self.inner.max_open_holds;
         // A limit past MAX_AMOUNT cannot be reached: send none.
         let limit_arg = match limit {
-            Some(limit) if limit <= crate::MAX_AMOUNT => limit.to_string(),
+            Some(limit) if limit <= crate::ledger::MAX_AMOUNT => limit.to_string(),
             _ => String::new(),
         };
         let call = self.account_script(&RESERVE, &r.account, |inv| {

@@ -92,7 +92,7 @@ impl Reply {
     fn u64(&mut self) -> Result<u64, LedgerError> {
         let n = self.i64()?;
         match u64::try_from(n) {
-            Ok(n) if n <= crate::MAX_AMOUNT => Ok(n),
+            Ok(n) if n <= crate::ledger::MAX_AMOUNT => Ok(n),
             _ => Err(self.err(format!("{n} is not an amount"))),
         }
     }
@@ -117,7 +117,7 @@ impl Reply {
         match self.i64()? {
             -1 => Ok(None),
             n => match u64::try_from(n) {
-                Ok(n) if n <= crate::MAX_AMOUNT => Ok(Some(n)),
+                Ok(n) if n <= crate::ledger::MAX_AMOUNT => Ok(Some(n)),
                 _ => Err(self.err(format!("{n} is not an amount"))),
             },
         }
@@ -230,7 +230,7 @@ impl Reply {
 fn total_out_of_range(total: u64, amount: u64) -> LedgerError {
     LedgerError::TotalOutOfRange {
         total: total.saturating_add(amount),
-        max: crate::MAX_AMOUNT,
+        max: crate::ledger::MAX_AMOUNT,
     }
 }
 
@@ -521,7 +521,7 @@ mod tests {
     fn odd_replies_are_typed_errors() {
         let err = Reply::new("balance", Value::Int(3)).err().unwrap();
         assert!(matches!(err, LedgerError::Corrupt(_)));
-        assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+        assert_eq!(err.kind(), crate::ledger::ErrorKind::Corrupt);
         assert!(err.is_corrupt() && !err.is_unavailable());
         assert!(err.to_string().contains("balance script"));
 
@@ -601,7 +601,7 @@ mod tests {
             assert!(err.is_corrupt() && !err.is_unavailable(), "{err:?}");
         }
         let err = top_up(Value::Array(vec![bulk("topped_up"), Value::Int(2)]), 1).unwrap_err();
-        assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+        assert_eq!(err.kind(), crate::ledger::ErrorKind::Corrupt);
 
         // Events: nested, typed; an unknown type is corrupt.
         let event = |kind: &str| {

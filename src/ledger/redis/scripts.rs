@@ -5,7 +5,7 @@
 //! in order) and the shape of its reply. The table drives everything else:
 //!
 //! * the loader: a script's text is a [prelude](prelude) generated from the Rust constants
-//!   ([`MAX_AMOUNT`](crate::MAX_AMOUNT), [`RECLAIM_LIMIT`](crate::ledger::RECLAIM_LIMIT),
+//!   ([`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT), [`RECLAIM_LIMIT`](crate::ledger::RECLAIM_LIMIT),
 //!   `BURN_RATE_TAU_SECS`), then `lib.lua` (shared helpers: argument checks, the clock, the
 //!   lazy reclaim of expired holds), then the script's own file;
 //! * the invocation: [`ScriptSpec::invoke`] passes the keys the spec names and checks (in
@@ -214,7 +214,7 @@ pub(super) fn prelude() -> &'static str {
              local RUNWAY_MIN_COMMITS = {}\n\
              local RUNWAY_MIN_SPAN_MS = {}\n\
              local DEFAULT_RUNWAY_HORIZON_SECS = {}\n",
-            crate::MAX_AMOUNT,
+            crate::ledger::MAX_AMOUNT,
             crate::ledger::RECLAIM_LIMIT,
             lua_float(crate::ledger::runway::BURN_RATE_TAU_SECS),
             crate::ledger::runway::RUNWAY_MIN_COMMITS,

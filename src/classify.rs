@@ -20,9 +20,9 @@
 //! | gRPC head without `grpc-status` | [`Verdict::Unknown`] | waits for the trailers |
 //! | gRPC `CANCELLED` or `DEADLINE_EXCEEDED` (the caller reset the call, or its deadline ran out) | [`Verdict::Unknown`] | an early end: the `Charge` so far |
 //! | trailers with `grpc-status: 0` / non-zero | success / failure | committed / refunded (a metered `Charge`: committed so far) |
-//! | early end after the head (client reset, body dropped, body error, no status at all) | — | committed: the `Charge` so far |
-//! | inner service error, panic before the head, past the hold lifetime cap | — | refunded |
-//! | response future dropped before the head | — | refunded, unless the handler already called `set`/`add` (then the `Charge` so far) |
+//! | early end after the head (client reset, body dropped, body error, no status at all, a stalled reader, the hold lifetime cap) | — | committed: the `Charge` so far |
+//! | inner service error, panic before the head | — | refunded |
+//! | response future dropped, or the handler cut at the hold lifetime cap, before the head | — | refunded, unless the handler already called `set`/`add` (then the `Charge` so far) |
 //!
 //! The client chose to stop; the server did not fail: only an explicit failure refunds, and
 //! not work its handler metered with `set`/`add` (a handler that wants a failure free calls
@@ -100,20 +100,58 @@ pub enum Verdict {
     Unknown,
 }
 
+/// What a classifier answers at the response head: a verdict now, or "ask me again at the
+/// end of the body" (tower-http's `ClassifiedResponse::Ready` / `RequiresEos`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Classified {
+    /// The head decides. [`Verdict::Unknown`] here is an end with no verdict (the caller
+    /// cancelled): committed at what the `Charge` says so far.
+    Ready(Verdict),
+    /// The verdict comes at the end of the body: [`Classify::classify_end`] is asked then,
+    /// with the trailers, if any.
+    AtEnd,
+}
+
+/// The response head as a classifier sees it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ResponseHead<'a> {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: &'a HeaderMap,
+    /// Whether the body is already over (`Body::is_end_stream`): for gRPC, a trailers-only
+    /// response, whose status in the head is final.
+    pub body_ended: bool,
+}
+
+impl<'a> ResponseHead<'a> {
+    /// A head with this status and headers; `body_ended` as [`ResponseHead::body_ended`].
+    pub fn new(status: StatusCode, headers: &'a HeaderMap, body_ended: bool) -> Self {
+        Self {
+            status,
+            headers,
+            body_ended,
+        }
+    }
+}
+
 /// Decides what a response says about billing. The layer holds one per protocol; the
-/// defaults are [`HttpStatus`] and [`GrpcStatus`].
+/// defaults are [`HttpStatus`] and [`GrpcStatus`]. Whether the settle then happens at the
+/// head or at the end of the body is the layer's (a deferred `Charge` waits for the end).
 ///
 /// ```
-/// use http::{HeaderMap, StatusCode};
-/// use tower_credits::classify::{Classify, Protocol, Verdict};
+/// use http::HeaderMap;
+/// use tower_credits::classify::{Classified, Classify, Protocol, ResponseHead, Verdict};
 /// use tower_credits::{CreditLayer, MemoryLedger};
 ///
 /// /// Bills only 2xx; anything else is refunded.
 /// struct Only2xx;
 ///
 /// impl Classify for Only2xx {
-///     fn classify_head(&self, status: StatusCode, _: &HeaderMap) -> Verdict {
-///         if status.is_success() { Verdict::Success } else { Verdict::Failure }
+///     fn classify_head(&self, head: ResponseHead<'_>) -> Classified {
+///         Classified::Ready(if head.status.is_success() { Verdict::Success } else { Verdict::Failure })
 ///     }
 ///     fn classify_end(&self, _: Option<&HeaderMap>) -> Verdict {
 ///         Verdict::Unknown
@@ -124,12 +162,13 @@ pub enum Verdict {
 /// # let _ = layer;
 /// ```
 pub trait Classify: Send + Sync + 'static {
-    /// The verdict at the response head.
-    fn classify_head(&self, status: StatusCode, headers: &HeaderMap) -> Verdict;
+    /// The verdict at the response head, or [`Classified::AtEnd`].
+    fn classify_head(&self, head: ResponseHead<'_>) -> Classified;
 
     /// The verdict at the end of the body, from its trailers (HTTP trailers, or the
     /// gRPC-Web trailer frame), if any. Asked only when the head said
-    /// [`Verdict::Unknown`]; answering `Unknown` commits what the `Charge` says so far.
+    /// [`Classified::AtEnd`] or `Ready(Unknown)`; answering `Unknown` commits what the
+    /// `Charge` says so far.
     fn classify_end(&self, trailers: Option<&HeaderMap>) -> Verdict;
 }
 
@@ -167,12 +206,12 @@ impl fmt::Debug for HttpStatus {
 }
 
 impl Classify for HttpStatus {
-    fn classify_head(&self, status: StatusCode, _: &HeaderMap) -> Verdict {
-        if (self.success)(status) {
+    fn classify_head(&self, head: ResponseHead<'_>) -> Classified {
+        Classified::Ready(if (self.success)(head.status) {
             Verdict::Success
         } else {
             Verdict::Failure
-        }
+        })
     }
 
     fn classify_end(&self, _: Option<&HeaderMap>) -> Verdict {
@@ -195,14 +234,21 @@ pub struct GrpcStatus;
 const ENDED_BY_CALLER: [u32; 2] = [1, 4];
 
 impl Classify for GrpcStatus {
-    fn classify_head(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
-        match grpc_status(headers) {
+    fn classify_head(&self, head: ResponseHead<'_>) -> Classified {
+        let verdict = match grpc_status(head.headers) {
+            // A status in the head is final only for a trailers-only response: with a body
+            // to come, the trailers say how it ended (a handler or proxy that copies request
+            // headers into the response cannot forge a refund).
+            Some(_) if !head.body_ended && head.status == StatusCode::OK => {
+                return Classified::AtEnd
+            }
             Some(0) => Verdict::Success,
             Some(code) if ENDED_BY_CALLER.contains(&code) => Verdict::Unknown,
             Some(_) => Verdict::Failure,
-            None if status != StatusCode::OK => Verdict::Failure,
-            None => Verdict::Unknown,
-        }
+            None if head.status != StatusCode::OK => Verdict::Failure,
+            None => return Classified::AtEnd,
+        };
+        Classified::Ready(verdict)
     }
 
     fn classify_end(&self, trailers: Option<&HeaderMap>) -> Verdict {
@@ -267,10 +313,14 @@ mod tests {
         let c = HttpStatus::new();
         let mut grpcish = HeaderMap::new();
         grpcish.insert("content-type", HeaderValue::from_static("application/grpc"));
-        assert_eq!(c.classify_head(StatusCode::OK, &grpcish), Verdict::Success);
         assert_eq!(
-            c.classify_head(StatusCode::NOT_FOUND, &HeaderMap::new()),
-            Verdict::Failure
+            c.classify_head(ResponseHead::new(StatusCode::OK, &grpcish, false)),
+            Classified::Ready(Verdict::Success)
+        );
+        let none = HeaderMap::new();
+        assert_eq!(
+            c.classify_head(ResponseHead::new(StatusCode::NOT_FOUND, &none, true)),
+            Classified::Ready(Verdict::Failure)
         );
         assert_eq!(c.classify_end(Some(&with_status("13"))), Verdict::Unknown);
     }
@@ -278,21 +328,20 @@ mod tests {
     #[test]
     fn grpc_reads_head_then_trailers() {
         let c = GrpcStatus;
+        let head = |status, headers: &HeaderMap, ended| {
+            c.classify_head(ResponseHead::new(status, headers, ended))
+        };
+        let ready = Classified::Ready;
+        let (ok, none) = (StatusCode::OK, HeaderMap::new());
+        assert_eq!(head(ok, &with_status("0"), true), ready(Verdict::Success));
+        assert_eq!(head(ok, &with_status("5"), true), ready(Verdict::Failure));
+        // A status in the head of a response that streams a body is not final.
+        assert_eq!(head(ok, &with_status("5"), false), Classified::AtEnd);
+        assert_eq!(head(ok, &with_status("0"), false), Classified::AtEnd);
+        assert_eq!(head(ok, &none, false), Classified::AtEnd);
         assert_eq!(
-            c.classify_head(StatusCode::OK, &with_status("0")),
-            Verdict::Success
-        );
-        assert_eq!(
-            c.classify_head(StatusCode::OK, &with_status("5")),
-            Verdict::Failure
-        );
-        assert_eq!(
-            c.classify_head(StatusCode::OK, &HeaderMap::new()),
-            Verdict::Unknown
-        );
-        assert_eq!(
-            c.classify_head(StatusCode::BAD_GATEWAY, &HeaderMap::new()),
-            Verdict::Failure
+            head(StatusCode::BAD_GATEWAY, &none, false),
+            ready(Verdict::Failure)
         );
         assert_eq!(c.classify_end(Some(&with_status("0"))), Verdict::Success);
         assert_eq!(c.classify_end(Some(&with_status("2"))), Verdict::Failure);
@@ -300,10 +349,7 @@ mod tests {
         assert_eq!(c.classify_end(Some(&with_status("x"))), Verdict::Unknown);
         // Ended by the caller (a reset seen by the handler, a deadline): an early end.
         for code in ["1", "4"] {
-            assert_eq!(
-                c.classify_head(StatusCode::OK, &with_status(code)),
-                Verdict::Unknown
-            );
+            assert_eq!(head(ok, &with_status(code), true), ready(Verdict::Unknown));
             assert_eq!(c.classify_end(Some(&with_status(code))), Verdict::Unknown);
         }
     }
