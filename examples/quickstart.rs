@@ -13,7 +13,11 @@
 //! answers a quote instead when sent `credits-quote: 1`. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
 //!
 //! Events are printed; with `CREDITS_WEBHOOK_URL` and `CREDITS_WEBHOOK_SECRET` set they are
-//! also posted there, signed (`Credits-Signature`; `http://` only to a loopback address).
+//! also posted there as Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+//! `webhook-signature`; `http://` only to a loopback address). The secret is `whsec_`
+//! followed by a base64 key of 24 to 64 bytes, for example
+//! `CREDITS_WEBHOOK_SECRET="whsec_$(openssl rand -base64 32)"`; several, space-separated,
+//! sign each event with each (a rotation). Any other form stops the quickstart at start.
 //!
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart` keeps the balances in
 //! Redis instead; run two (with different `PORT`s) and they behave as two replicas.
@@ -128,7 +132,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::var("CREDITS_WEBHOOK_URL"),
         std::env::var("CREDITS_WEBHOOK_SECRET"),
     ) {
-        let webhook = Webhook::new(&url, secret)?;
+        // `whsec_…`, or several space-separated during a rotation.
+        let mut secrets = secret.split_whitespace();
+        let mut webhook = Webhook::new(&url, secrets.next().unwrap_or_default())?;
+        for next in secrets {
+            webhook = webhook.also_sign_with(next)?;
+        }
         println!("events: posted to {}", webhook.redacted_url());
         dispatcher = dispatcher.webhook(webhook);
     }

@@ -26,7 +26,7 @@ use tower_credits::{
     HoldId, Ledger, LedgerAdmin, LedgerReports, MemoryLedger, RedisLedger, Reserve, TopUp,
 };
 
-const SECRET: &[u8] = b"whsec_tower_credits_tests";
+const SECRET: &str = "whsec_2Lrkhj70NcextOYSydLiiQyw7hu8HwbT";
 
 trait TestLedger: Ledger + LedgerAdmin + LedgerReports + EventOutbox + Clone {}
 impl<L: Ledger + LedgerAdmin + LedgerReports + EventOutbox + Clone> TestLedger for L {}
@@ -112,8 +112,9 @@ async fn drained<L: TestLedger>(ledger: &L, account: &AccountId) {
     .await;
 }
 
-/// Every delivery was signed right, carried its id in `credits-event-id`, and (on a clean
-/// run) no id came twice.
+/// Every delivery was signed right (the receiver checks each with `events::verify` and
+/// with the reference algorithm, and refuses it unless both pass), carried its id in the
+/// signed `webhook-id`, and (on a clean run) no id came twice.
 fn assert_clean(receiver: &Receiver) {
     assert_eq!(receiver.rejected(), 0, "a delivery failed verification");
     let ids = receiver.ids();
@@ -122,7 +123,7 @@ fn assert_clean(receiver: &Receiver) {
         .into_iter()
         .map(|h| h.unwrap_or_default())
         .collect();
-    assert_eq!(ids, headers, "credits-event-id names the body's id");
+    assert_eq!(ids, headers, "webhook-id names the body's id");
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(
         unique.len(),
