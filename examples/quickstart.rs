@@ -27,6 +27,7 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tower_credits::events::webhook::WebhookError;
 use tower_credits::events::{Dispatcher, Webhook};
 use tower_credits::pricing::Pricing;
 use tower_credits::readout::CreditsReadout;
@@ -111,6 +112,16 @@ async fn ledger() -> Result<AnyLedger, tower_credits::LedgerError> {
     }
 }
 
+/// A webhook to `url`, signing with each space-separated `whsec_` secret in `secrets`.
+fn webhook(url: &str, secrets: &str) -> Result<Webhook, WebhookError> {
+    let mut secrets = secrets.split_whitespace();
+    let mut webhook = Webhook::new(url, secrets.next().unwrap_or_default())?;
+    for next in secrets {
+        webhook = webhook.also_sign_with(next)?;
+    }
+    Ok(webhook)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -132,12 +143,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::var("CREDITS_WEBHOOK_URL"),
         std::env::var("CREDITS_WEBHOOK_SECRET"),
     ) {
-        // `whsec_…`, or several space-separated during a rotation.
-        let mut secrets = secret.split_whitespace();
-        let mut webhook = Webhook::new(&url, secrets.next().unwrap_or_default())?;
-        for next in secrets {
-            webhook = webhook.also_sign_with(next)?;
-        }
+        // `whsec_…`, or several space-separated during a rotation. Any other form stops
+        // here, before anything is served, with what is wrong (never the secret itself).
+        let webhook = webhook(&url, &secret).unwrap_or_else(|err| {
+            eprintln!("error: CREDITS_WEBHOOK_URL / CREDITS_WEBHOOK_SECRET: {err}");
+            std::process::exit(2)
+        });
         println!("events: posted to {}", webhook.redacted_url());
         dispatcher = dispatcher.webhook(webhook);
     }

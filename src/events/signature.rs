@@ -134,11 +134,15 @@ pub enum SecretError {
     /// The string does not start with `whsec_`.
     #[error(
         "a webhook secret must be `whsec_` followed by the base64 key (the Standard Webhooks \
-         form); this one does not start with `whsec_`"
+         form); this one does not start with `whsec_`: make one with \
+         `echo \"whsec_$(openssl rand -base64 32)\"`"
     )]
     MissingPrefix,
     /// What follows `whsec_` is not standard base64.
-    #[error("a webhook secret must be `whsec_` followed by the base64 key; the part after `whsec_` is not base64")]
+    #[error(
+        "a webhook secret must be `whsec_` followed by the base64 key; the part after \
+         `whsec_` is not base64: make one with `echo \"whsec_$(openssl rand -base64 32)\"`"
+    )]
     NotBase64,
     /// The key is shorter than [`MIN_KEY_LEN`] or longer than [`MAX_KEY_LEN`] bytes.
     #[error(
