@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use http::StatusCode;
 use http_support::*;
-use support::receiver::Receiver;
+use support::receiver::{reference, Receiver};
 use support::redis::{RedisCluster, RedisServer};
 use support::rig::{wait_for_async, wait_until, DEADLINE};
 use tower::ServiceExt;
@@ -124,6 +124,21 @@ fn assert_clean(receiver: &Receiver) {
         .map(|h| h.unwrap_or_default())
         .collect();
     assert_eq!(ids, headers, "webhook-id names the body's id");
+    // Each signature the dispatcher made, checked again with the reference algorithm at
+    // the time it was sent.
+    for record in receiver.records() {
+        assert_eq!(
+            reference::verify(
+                SECRET,
+                &record.headers,
+                &record.raw_body,
+                record.timestamp as i64
+            ),
+            Ok(()),
+            "{:?}",
+            record.event_id
+        );
+    }
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(
         unique.len(),
