@@ -13,7 +13,11 @@
 //! answers a quote instead when sent `credits-quote: 1`. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
 //!
 //! Events are printed; with `CREDITS_WEBHOOK_URL` and `CREDITS_WEBHOOK_SECRET` set they are
-//! also posted there, signed (`Credits-Signature`; `http://` only to a loopback address).
+//! also posted there as Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+//! `webhook-signature`; `http://` only to a loopback address). The secret is `whsec_`
+//! followed by a base64 key of 24 to 64 bytes, for example
+//! `CREDITS_WEBHOOK_SECRET="whsec_$(openssl rand -base64 32)"`; several, space-separated,
+//! sign each event with each (a rotation). Any other form stops the quickstart at start.
 //!
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart` keeps the balances in
 //! Redis instead; run two (with different `PORT`s) and they behave as two replicas.
@@ -23,6 +27,7 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tower_credits::events::webhook::WebhookError;
 use tower_credits::events::{Dispatcher, Webhook};
 use tower_credits::ledger::AnyLedger;
 use tower_credits::ledger::Configure;
@@ -108,6 +113,16 @@ async fn ledger() -> Result<AnyLedger, tower_credits::LedgerError> {
     }
 }
 
+/// A webhook to `url`, signing with each space-separated `whsec_` secret in `secrets`.
+fn webhook(url: &str, secrets: &str) -> Result<Webhook, WebhookError> {
+    let mut secrets = secrets.split_whitespace();
+    let mut webhook = Webhook::new(url, secrets.next().unwrap_or_default())?;
+    for next in secrets {
+        webhook = webhook.also_sign_with(next)?;
+    }
+    Ok(webhook)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -129,7 +144,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::var("CREDITS_WEBHOOK_URL"),
         std::env::var("CREDITS_WEBHOOK_SECRET"),
     ) {
-        let webhook = Webhook::new(&url, secret)?;
+        // `whsec_…`, or several space-separated during a rotation. Any other form stops
+        // here, before anything is served, with what is wrong (never the secret itself).
+        let webhook = webhook(&url, &secret).unwrap_or_else(|err| {
+            eprintln!("error: CREDITS_WEBHOOK_URL / CREDITS_WEBHOOK_SECRET: {err}");
+            std::process::exit(2)
+        });
         println!("events: posted to {}", webhook.redacted_url());
         dispatcher = dispatcher.webhook(webhook);
     }

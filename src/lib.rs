@@ -62,7 +62,7 @@
 //! | `tonic` | gRPC refusals with `google.rpc` rich details (`ErrorInfo`, `Help`), and [`credits_grpc`]: the caller's quote and readout as a gRPC service | `tonic`, `tonic-types`, `prost`, `tonic-prost` |
 //! | `redis` | [`RedisLedger`]: balances shared by every replica, on Redis or Redis Cluster | `redis` (tokio, connection manager, cluster) |
 //! | `test-util` | test helpers: the Redis clock offset, and the parser oracles the fuzz targets use | nothing |
-//! | `webhook` | [`events::Webhook`] and [`events::verify_signature`]: signed HTTPS delivery of credit events, and its check on the receiving side | `hyper-util`, `hyper-rustls` and `rustls` on `ring`, `webpki-roots`, `url`, `hmac` |
+//! | `webhook` | [`events::Webhook`] and [`events::verify`]: HTTPS delivery of credit events signed in the Standard Webhooks form, and its check on the receiving side | `hyper-util`, `hyper-rustls` and `rustls` on `ring`, `webpki-roots`, `url`, `hmac` |
 //! | `conformance` | [`conformance`]: the ledger conformance suite and its model check, for a ledger of your own (see [Writing a ledger](#writing-a-ledger)) | `proptest`, tokio's `rt-multi-thread` |
 //!
 //! # Refusals in your own shape

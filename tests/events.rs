@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use http::StatusCode;
 use http_support::*;
-use support::receiver::Receiver;
+use support::receiver::{reference, Receiver};
 use support::redis::{RedisCluster, RedisServer};
 use support::rig::{wait_for_async, wait_until, DEADLINE};
 use tower::ServiceExt;
@@ -28,7 +28,7 @@ use tower_credits::{
     MemoryLedger, RedisLedger, TopUp,
 };
 
-const SECRET: &[u8] = b"whsec_tower_credits_tests";
+const SECRET: &str = "whsec_2Lrkhj70NcextOYSydLiiQyw7hu8HwbT";
 
 trait TestLedger: Ledger + LedgerAdmin + LedgerReports + EventOutbox + Clone {}
 impl<L: Ledger + LedgerAdmin + LedgerReports + EventOutbox + Clone> TestLedger for L {}
@@ -114,8 +114,9 @@ async fn drained<L: TestLedger>(ledger: &L, account: &AccountId) {
     .await;
 }
 
-/// Every delivery was signed right, carried its id in `credits-event-id`, and (on a clean
-/// run) no id came twice.
+/// Every delivery was signed right (the receiver checks each with `events::verify` and
+/// with the reference algorithm, and refuses it unless both pass), carried its id in the
+/// signed `webhook-id`, and (on a clean run) no id came twice.
 fn assert_clean(receiver: &Receiver) {
     assert_eq!(receiver.rejected(), 0, "a delivery failed verification");
     let ids = receiver.ids();
@@ -124,7 +125,22 @@ fn assert_clean(receiver: &Receiver) {
         .into_iter()
         .map(|h| h.unwrap_or_default())
         .collect();
-    assert_eq!(ids, headers, "credits-event-id names the body's id");
+    assert_eq!(ids, headers, "webhook-id names the body's id");
+    // Each signature the dispatcher made, checked again with the reference algorithm at
+    // the time it was sent.
+    for record in receiver.records() {
+        assert_eq!(
+            reference::verify(
+                SECRET,
+                &record.headers,
+                &record.raw_body,
+                record.timestamp as i64
+            ),
+            Ok(()),
+            "{:?}",
+            record.event_id
+        );
+    }
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(
         unique.len(),

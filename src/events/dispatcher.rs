@@ -112,7 +112,10 @@ impl Dispatcher {
         self
     }
 
-    /// Posts each event, signed, to `webhook`.
+    /// Posts each event to `webhook`, signed in the Standard Webhooks form: `webhook-id`
+    /// is the event's [`id`](CreditEvent::id) (the same on every retry, so receivers
+    /// deduplicate by it), `webhook-timestamp` the attempt's time and `webhook-signature`
+    /// one `v1,` signature per secret (see [`signature`](super::signature)).
     #[cfg(feature = "webhook")]
     #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
     pub fn webhook(mut self, webhook: super::Webhook) -> Self {

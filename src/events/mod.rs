@@ -3,13 +3,15 @@
 //! A ledger detects each event inside the operation that moves the credits (exactly once
 //! per crossing) and keeps it in its outbox ([`EventOutbox`]). A
 //! [`Dispatcher`] delivers it: to your callback ([`Dispatcher::on_event`]) and, with the
-//! `webhook` feature, to signed HTTPS endpoints ([`Webhook`]). The replica that detected an
+//! `webhook` feature, to signed HTTPS endpoints ([`Webhook`], in the [Standard Webhooks]
+//! form). The replica that detected an
 //! event delivers it at once, off the request path; every replica's dispatcher also claims
 //! what a replica that died left behind, once its lease lapses.
 //!
 //! **Delivery is at least once.** A replica killed after it delivered but before it
 //! acknowledged leaves the event for another, which delivers it again with the same
-//! [`id`](crate::events::CreditEvent::id): receivers deduplicate by `id`. Each event is delivered
+//! [`id`](crate::events::CreditEvent::id) (a webhook's signed `webhook-id` header): receivers
+//! deduplicate by it. Each event is delivered
 //! and retried on its own, so events of one account may arrive out of order: receivers
 //! order them by `created_at`.
 //!
@@ -30,21 +32,26 @@
 //! # }
 //! ```
 //!
-//! A receiver of webhooks checks the signature before it trusts the body:
+//! A receiver of webhooks checks the signature before it trusts the body, with [`verify`]
+//! or any Standard Webhooks library, then deduplicates by `webhook-id`:
 //!
 //! ```
-//! # #[cfg(feature = "webhook")] {
-//! use std::time::Duration;
-//! use tower_credits::events::signature::{sign, verify_signature, DEFAULT_TOLERANCE};
+//! # #[cfg(feature = "webhook")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_credits::events::{verify, WebhookSecret};
 //!
-//! # let secret = b"whsec_test";
+//! let secret: WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse()?;
 //! # let body = br#"{"id":"evt_1","type":"balance.low"}"#;
-//! # let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-//! # let header = sign(secret, now, body);
-//! // `header` is the request's `Credits-Signature`, `body` its raw bytes.
-//! verify_signature(secret, &header, body, DEFAULT_TOLERANCE).expect("a genuine event");
-//! # }
+//! # let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+//! # let headers = tower_credits::events::signature::headers(&[secret.clone()], "evt_1", now, body)?;
+//! // `headers`: the request's headers; `body`: its raw bytes, before parsing.
+//! verify(&secret, &headers, body)?; // else answer 401
+//! let id = &headers["webhook-id"]; // seen before? answer 2xx and do nothing
+//! # let _ = id; Ok(()) }
+//! # #[cfg(not(feature = "webhook"))] fn main() {}
 //! ```
+//!
+//! [Standard Webhooks]: https://www.standardwebhooks.com/
 
 mod dispatcher;
 mod retry;
@@ -58,7 +65,7 @@ pub mod webhook;
 pub use dispatcher::{Dispatcher, EventStats, Events};
 pub use retry::RetryPolicy;
 #[cfg(feature = "webhook")]
-pub use signature::verify_signature;
+pub use signature::{verify, WebhookSecret};
 #[cfg(feature = "webhook")]
 pub use webhook::Webhook;
 

@@ -1,8 +1,12 @@
-//! Outbound webhooks: one signed HTTPS `POST` per delivery.
+//! Outbound webhooks: one signed HTTPS `POST` per delivery, in the [Standard Webhooks]
+//! form.
 //!
-//! A [`Webhook`] is an endpoint and the secret shared with its receiver. [`Webhook::send`]
-//! posts one event body, signed with [`sign`], and reports how
-//! the delivery went; retrying is the caller's business.
+//! A [`Webhook`] is an endpoint and the secret (or, during a rotation, the secrets) shared
+//! with its receiver. [`Webhook::send`] posts one event body with the `webhook-id`,
+//! `webhook-timestamp` and `webhook-signature` headers (see [`signature`](super::signature))
+//! and reports how the delivery went; retrying is the caller's business.
+//!
+//! [Standard Webhooks]: https://www.standardwebhooks.com/
 
 use std::fmt;
 use std::net::IpAddr;
@@ -22,17 +26,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use url::Url;
 
-use super::signature::{sign, SIGNATURE_HEADER};
-
-/// The name of the HTTP header that carries the event's id, the same as the body's `id`:
-/// receivers deduplicate retried deliveries by it.
-///
-/// ```
-/// use tower_credits::events::webhook::EVENT_ID_HEADER;
-///
-/// assert_eq!(EVENT_ID_HEADER, "credits-event-id");
-/// ```
-pub const EVENT_ID_HEADER: &str = "credits-event-id";
+use super::signature::{headers, SecretError, WebhookSecret};
 
 /// How long one delivery may take, connection and response included, unless
 /// [`Webhook::timeout`] says otherwise: 10 seconds.
@@ -51,9 +45,9 @@ pub enum WebhookError {
     /// scheme and host only: its path and query may carry a token.
     #[error("webhook URL must be https:// (http:// only to a loopback host), not {0}")]
     InsecureUrl(String),
-    /// The signing secret is empty: every signature would be forgeable.
-    #[error("webhook secret is empty")]
-    EmptySecret,
+    /// The signing secret is not `whsec_` followed by the base64 of a 24 to 64 byte key.
+    #[error("invalid webhook secret: {0}")]
+    Secret(#[from] SecretError),
     /// A root certificate given to [`Webhook::add_root_certificate_pem`] is not a valid
     /// PEM certificate.
     #[error("invalid root certificate: {0}")]
@@ -78,30 +72,37 @@ pub enum DeliveryError {
     /// No answer came within the webhook's timeout.
     #[error("webhook delivery timed out")]
     Timeout,
-    /// The event id cannot be sent as an HTTP header value (it has control characters).
-    #[error("event id is not a valid header value")]
+    /// The event id cannot be a `webhook-id`: it is empty, or has a `.` or a character
+    /// other than visible ASCII.
+    #[error("event id cannot be a `webhook-id` (visible ASCII without `.`)")]
     InvalidEventId,
 }
 
-/// A webhook endpoint: where signed events are posted, and the secret they are signed
+/// A webhook endpoint: where signed events are posted, and the secrets they are signed
 /// with.
 ///
-/// Cloning is cheap and clones share one connection pool. `Debug` never shows the secret.
+/// Cloning is cheap and clones share one connection pool. `Debug` never shows a secret.
 ///
 /// ```
 /// use std::time::Duration;
 /// use tower_credits::events::webhook::{Webhook, WebhookError};
 ///
-/// let hook = Webhook::new("https://billing.example.com/hooks", "whsec_123")?
+/// const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// let hook = Webhook::new("https://billing.example.com/hooks", SECRET)?
 ///     .timeout(Duration::from_secs(5));
 /// assert_eq!(hook.url(), "https://billing.example.com/hooks");
-/// assert!(!format!("{hook:?}").contains("whsec_123"));
+/// assert!(!format!("{hook:?}").contains("MfKQ9r8G"));
 ///
 /// // Plain HTTP only to this machine.
-/// assert!(Webhook::new("http://127.0.0.1:8080/hooks", "whsec_123").is_ok());
+/// assert!(Webhook::new("http://127.0.0.1:8080/hooks", SECRET).is_ok());
 /// assert!(matches!(
-///     Webhook::new("http://billing.example.com/hooks", "whsec_123"),
+///     Webhook::new("http://billing.example.com/hooks", SECRET),
 ///     Err(WebhookError::InsecureUrl(_)),
+/// ));
+/// // Secrets only in the Standard Webhooks form.
+/// assert!(matches!(
+///     Webhook::new("https://billing.example.com/hooks", "hunter2"),
+///     Err(WebhookError::Secret(_)),
 /// ));
 /// # Ok::<(), WebhookError>(())
 /// ```
@@ -110,7 +111,9 @@ pub struct Webhook {
     url: Url,
     /// `url` as the request target: the same URL, without its fragment.
     uri: Uri,
-    secret: Arc<[u8]>,
+    /// Every delivery is signed with each, in this order: the first given to
+    /// [`Webhook::new`], then each added by [`Webhook::also_sign_with`].
+    secrets: Arc<[WebhookSecret]>,
     timeout: Duration,
     /// The roots added by [`Webhook::add_root_certificate_pem`], on top of the Mozilla
     /// ones.
@@ -126,7 +129,10 @@ impl fmt::Debug for Webhook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Webhook")
             .field("url", &self.redacted_url())
-            .field("secret", &"<redacted>")
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
             .field("timeout", &self.timeout)
             .field("extra_roots", &self.roots.len())
             .finish()
@@ -138,28 +144,55 @@ impl Webhook {
     ///
     /// `url` must be `https://`, or `http://` to a loopback host (`127.0.0.0/8`, `::1`,
     /// `localhost`) for local receivers and tests; anything else is
-    /// [`WebhookError::InsecureUrl`]: signed bodies would cross the network in clear. An
-    /// empty `secret` is [`WebhookError::EmptySecret`].
+    /// [`WebhookError::InsecureUrl`]: signed bodies would cross the network in clear.
+    ///
+    /// `secret` must be in the Standard Webhooks form, `whsec_` followed by the base64 of
+    /// a 24 to 64 byte key (see [`WebhookSecret`]); anything else is
+    /// [`WebhookError::Secret`], which says what is wrong without showing the secret.
     ///
     /// Deliveries use rustls with the Mozilla root certificates (add a private CA with
     /// [`add_root_certificate_pem`](Self::add_root_certificate_pem)), time out after
     /// [`DEFAULT_TIMEOUT`], and do not follow redirects.
-    pub fn new(url: &str, secret: impl Into<Vec<u8>>) -> Result<Webhook, WebhookError> {
+    pub fn new(url: &str, secret: &str) -> Result<Webhook, WebhookError> {
         let url = Url::parse(url).map_err(|err| WebhookError::InvalidUrl(err.to_string()))?;
         check_url(&url)?;
         let uri = request_uri(&url)?;
-        let secret: Vec<u8> = secret.into();
-        if secret.is_empty() {
-            return Err(WebhookError::EmptySecret);
-        }
+        let secret: WebhookSecret = secret.parse()?;
         Ok(Webhook {
             url,
             uri,
-            secret: secret.into(),
+            secrets: Arc::new([secret]),
             timeout: DEFAULT_TIMEOUT,
             roots: Vec::new(),
             client: build_client(&[])?,
         })
+    }
+
+    /// Also signs every delivery with `secret`, for a rotation: the `webhook-signature`
+    /// header then carries one signature per secret, space-separated, and a receiver
+    /// holding any one of them passes.
+    ///
+    /// To rotate, add the new secret here, give it to the receiver, then drop the old one
+    /// from the sender. Fails like [`new`](Self::new) on a secret not in the `whsec_`
+    /// form.
+    ///
+    /// ```
+    /// use tower_credits::events::webhook::Webhook;
+    ///
+    /// let hook = Webhook::new(
+    ///     "https://billing.example.com/hooks",
+    ///     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", // the current secret
+    /// )?
+    /// .also_sign_with("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")?; // the next one
+    /// # let _ = hook;
+    /// # Ok::<(), tower_credits::events::webhook::WebhookError>(())
+    /// ```
+    pub fn also_sign_with(mut self, secret: &str) -> Result<Self, WebhookError> {
+        let secret: WebhookSecret = secret.parse()?;
+        let mut secrets = self.secrets.to_vec();
+        secrets.push(secret);
+        self.secrets = secrets.into();
+        Ok(self)
     }
 
     /// Sets how long one delivery may take, from connecting to the end of the answer's
@@ -211,29 +244,29 @@ impl Webhook {
     }
 
     /// Posts one event: `body` (JSON) with the headers `content-type: application/json`,
-    /// [`SIGNATURE_HEADER`] (signed now), [`EVENT_ID_HEADER`]` = event_id` and
-    /// `user-agent: tower-credits/<version>`.
+    /// `user-agent: tower-credits/<version>`, and the Standard Webhooks three:
+    /// `webhook-id: <event_id>`, `webhook-timestamp` (now, in Unix seconds) and
+    /// `webhook-signature` (one `v1,` signature per secret).
     ///
     /// A 2xx answer is `Ok`; any other is [`DeliveryError::Status`], and a failure to
     /// get an answer is [`DeliveryError::Transport`] or [`DeliveryError::Timeout`]. It
-    /// sends once: retrying, with the same `event_id`, is the caller's choice.
+    /// sends once: retrying, with the same `event_id` (receivers deduplicate by it), is
+    /// the caller's choice. An `event_id` that cannot be a `webhook-id` is
+    /// [`DeliveryError::InvalidEventId`], before anything is sent.
     pub async fn send(&self, event_id: &str, body: Bytes) -> Result<(), DeliveryError> {
-        let event_id =
-            HeaderValue::from_str(event_id).map_err(|_| DeliveryError::InvalidEventId)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        let signature = HeaderValue::try_from(sign(&self.secret, now, &body))
-            .map_err(|_| DeliveryError::Transport("invalid signature header".to_owned()))?;
-        let request = Request::builder()
+        let signed = headers(&self.secrets, event_id, now, &body)
+            .map_err(|_| DeliveryError::InvalidEventId)?;
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
             .header(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT))
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(SIGNATURE_HEADER, signature)
-            .header(EVENT_ID_HEADER, event_id)
             .body(Full::new(body))
             .map_err(|err| DeliveryError::Transport(error_text(&err)))?;
+        request.headers_mut().extend(signed);
         // The client follows no redirects: a 3xx comes back as it is, and is refused
         // below. Following one would post the signed body again to wherever `Location`
         // points, possibly another host, which could then replay it.
@@ -340,15 +373,18 @@ fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
+    /// A secret in the Standard Webhooks form (the specification's test key).
+    const S: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
     fn refused(url: &str) -> bool {
-        matches!(Webhook::new(url, "s"), Err(WebhookError::InsecureUrl(_)))
+        matches!(Webhook::new(url, S), Err(WebhookError::InsecureUrl(_)))
     }
 
     #[test]
     fn https_is_allowed_anywhere() {
-        let hook = Webhook::new("https://hooks.example.com/credits?x=1", "s").unwrap();
+        let hook = Webhook::new("https://hooks.example.com/credits?x=1", S).unwrap();
         assert_eq!(hook.url(), "https://hooks.example.com/credits?x=1");
-        assert!(Webhook::new("https://10.0.0.1:8443/", "s").is_ok());
+        assert!(Webhook::new("https://10.0.0.1:8443/", S).is_ok());
     }
 
     #[test]
@@ -361,7 +397,7 @@ mod tests {
             "http://localhost:9000/hooks",
             "http://LOCALHOST/",
         ] {
-            assert!(Webhook::new(url, "s").is_ok(), "{url}");
+            assert!(Webhook::new(url, S).is_ok(), "{url}");
         }
         for url in [
             "http://example.com/x",
@@ -381,48 +417,62 @@ mod tests {
         assert!(refused("ftp://example.com/x"));
         assert!(refused("file:///etc/passwd"));
         assert!(matches!(
-            Webhook::new("not a url", "s"),
+            Webhook::new("not a url", S),
             Err(WebhookError::InvalidUrl(_))
         ));
     }
 
     #[test]
     fn refusal_shows_scheme_and_host_only() {
-        let err = Webhook::new("http://example.com/x?token=t0ps3cret", "s").unwrap_err();
+        let err = Webhook::new("http://example.com/x?token=t0ps3cret", S).unwrap_err();
         assert!(matches!(&err, WebhookError::InsecureUrl(u) if u == "http://example.com"));
         assert!(!err.to_string().contains("t0ps3cret"));
     }
 
     #[test]
-    fn empty_secret_is_refused() {
+    fn secrets_not_in_the_whsec_form_are_refused() {
+        for secret in [
+            "",
+            "s",
+            "whsec_",
+            "whsec_quick start",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ] {
+            let err = Webhook::new("https://example.com/", secret).unwrap_err();
+            assert!(
+                matches!(err, WebhookError::Secret(_)),
+                "{secret:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("whsec_"), "{err}");
+        }
+        let hook = Webhook::new("https://example.com/", S).unwrap();
         assert!(matches!(
-            Webhook::new("https://example.com/", ""),
-            Err(WebhookError::EmptySecret)
-        ));
-        assert!(matches!(
-            Webhook::new("https://example.com/", Vec::new()),
-            Err(WebhookError::EmptySecret)
+            hook.also_sign_with("whsec_c2hvcnQ="),
+            Err(WebhookError::Secret(SecretError::KeyLength { len: 5 }))
         ));
     }
 
     #[test]
     fn debug_hides_the_secret() {
-        let hook = Webhook::new("https://example.com/hooks?token=q", "whsec_super_secret")
+        let hook = Webhook::new("https://example.com/hooks?token=q", S)
+            .unwrap()
+            .also_sign_with("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
             .unwrap()
             .timeout(Duration::from_secs(3));
         let debug = format!("{hook:?}");
-        assert!(!debug.contains("whsec_super_secret"), "{debug}");
+        assert!(!debug.contains("MfKQ9r8G"), "{debug}");
+        assert!(!debug.contains("C2FVsBQI"), "{debug}");
+        assert!(debug.contains("<2 redacted>"), "{debug}");
         assert!(!debug.contains("token"), "{debug}");
-        assert!(debug.contains("<redacted>"), "{debug}");
         assert!(debug.contains("https://example.com/hooks"), "{debug}");
         assert!(debug.contains("3s"), "{debug}");
-        let hook = Webhook::new("https://user:pass@example.com/h?token=q#frag", "s").unwrap();
+        let hook = Webhook::new("https://user:pass@example.com/h?token=q#frag", S).unwrap();
         assert_eq!(hook.redacted_url(), "https://example.com/h");
     }
 
     #[test]
     fn bad_root_certificates_are_refused() {
-        let hook = Webhook::new("https://example.com/", "s").unwrap();
+        let hook = Webhook::new("https://example.com/", S).unwrap();
         assert!(matches!(
             hook.clone().add_root_certificate_pem(b"not a pem"),
             Err(WebhookError::Certificate(_))
@@ -436,10 +486,13 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_event_id_is_refused_before_sending() {
-        let hook = Webhook::new("http://127.0.0.1:9/", "s").unwrap();
-        assert_eq!(
-            hook.send("evt\n1", Bytes::from_static(b"{}")).await,
-            Err(DeliveryError::InvalidEventId)
-        );
+        let hook = Webhook::new("http://127.0.0.1:9/", S).unwrap();
+        for id in ["evt\n1", "evt.1", ""] {
+            assert_eq!(
+                hook.send(id, Bytes::from_static(b"{}")).await,
+                Err(DeliveryError::InvalidEventId),
+                "{id:?}"
+            );
+        }
     }
 }
