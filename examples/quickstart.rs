@@ -15,6 +15,9 @@
 //! Events are printed; with `CREDITS_WEBHOOK_URL` and `CREDITS_WEBHOOK_SECRET` set they are
 //! also posted there, signed (`Credits-Signature`; `http://` only to a loopback address).
 //!
+//! `ADMIN_TOKEN=<16+ characters>` mounts the admin API at `/admin` (top-ups, settings, API
+//! keys; `Authorization: Bearer <ADMIN_TOKEN>`), outside the credit layer.
+//!
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart` keeps the balances in
 //! Redis instead; run two (with different `PORT`s) and they behave as two replicas.
 
@@ -23,6 +26,7 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tower_credits::admin::{AdminRouter, AdminToken};
 use tower_credits::events::{Dispatcher, Webhook};
 use tower_credits::pricing::Pricing;
 use tower_credits::readout::CreditsReadout;
@@ -150,12 +154,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Kept to shut the layer's hold keeper down after the server stops.
     let credits = layer.clone();
 
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/v1/echo", get(echo))
         .route("/v1/generate", post(generate))
-        .route_service("/v1/credits", CreditsReadout::new(ledger))
+        .route_service("/v1/credits", CreditsReadout::new(ledger.clone()))
         .route("/health", get(|| async { "ok\n" }))
         .layer(layer);
+    // Nested after `.layer`: the admin API is not billed, and its token is never read as an
+    // API key.
+    let admin_token = std::env::var("ADMIN_TOKEN").ok();
+    if let Some(token) = &admin_token {
+        let admin = AdminRouter::new(ledger.clone(), AdminToken::new(token)?);
+        app = app.nest("/admin", admin.into_router());
+    }
 
     let port: u16 = std::env::var("PORT")
         .ok()
@@ -174,6 +185,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Credits-Quote: 1' -X POST {base}/v1/generate   # quote");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' -H 'Credits-Max-Cost: 20' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 40}}' {base}/v1/generate   # capped at 20");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/credits   # balance and spend by route\n");
+    if admin_token.is_some() {
+        println!("admin API at {base}/admin (Authorization: Bearer $ADMIN_TOKEN):");
+        println!(
+            "  curl -i -H \"Authorization: Bearer $ADMIN_TOKEN\" {base}/admin/accounts/acct_poor"
+        );
+        println!("  curl -i -H \"Authorization: Bearer $ADMIN_TOKEN\" -H 'Content-Type: application/json' \\\n       -d '{{\"amount\": 500, \"idempotency_key\": \"pay_1\"}}' {base}/admin/accounts/acct_poor/top-ups");
+        println!("  curl -i -H \"Authorization: Bearer $ADMIN_TOKEN\" -X POST {base}/admin/accounts/acct_poor/keys\n");
+    } else {
+        println!("(set ADMIN_TOKEN to mount the admin API at /admin)\n");
+    }
 
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

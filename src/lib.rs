@@ -63,6 +63,7 @@
 //! | `redis` | [`RedisLedger`]: balances shared by every replica, on Redis or Redis Cluster | `redis` (tokio, connection manager, cluster) |
 //! | `test-util` | test helpers: the Redis clock offset, and the parser oracles the fuzz targets use | nothing |
 //! | `webhook` | [`events::Webhook`] and [`events::verify_signature`]: signed HTTPS delivery of credit events, and its check on the receiving side | `hyper-util`, `hyper-rustls` and `rustls` on `ring`, `webpki-roots`, `url`, `hmac` |
+//! | `admin` | [`admin`]: an axum router for top-ups, account settings and API keys, guarded by a bearer token compared in constant time | `axum` (with `json`), `subtle`, `getrandom` |
 //! | `conformance` | [`conformance`]: the ledger conformance suite and its model check, for a ledger of your own (see [Writing a ledger](#writing-a-ledger)) | `proptest`, tokio's `rt-multi-thread` |
 //!
 //! # Code map
@@ -132,6 +133,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod account;
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod amount;
 mod api_key;
 mod charge;
