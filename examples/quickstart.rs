@@ -15,6 +15,9 @@
 //! Events are printed; with `CREDITS_WEBHOOK_URL` and `CREDITS_WEBHOOK_SECRET` set they are
 //! also posted there, signed (`Credits-Signature`; `http://` only to a loopback address).
 //!
+//! `GET /metrics` answers Prometheus metrics (`credits_*`, see `tower_credits::metrics`), free
+//! and without a key. `RUST_LOG` sets what is logged (default `info`).
+//!
 //! `ADMIN_TOKEN=<16+ characters>` mounts the admin API at `/admin` (top-ups, settings, API
 //! keys; `Authorization: Bearer <ADMIN_TOKEN>`), outside the credit layer.
 //!
@@ -28,6 +31,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tower_credits::admin::{AdminRouter, AdminToken};
 use tower_credits::events::{Dispatcher, Webhook};
+use tower_credits::metrics::Metered;
 use tower_credits::pricing::Pricing;
 use tower_credits::readout::CreditsReadout;
 use tower_credits::{
@@ -120,7 +124,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let ledger = ledger().await?;
+    // Metrics through the `metrics` facade, rendered by the Prometheus exporter at
+    // `GET /metrics`; the ledger is wrapped once, and the wrapper used everywhere.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        // A histogram (summable across replicas), not the exporter's default summary.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                tower_credits::metrics::LEDGER_DURATION_SECONDS.into(),
+            ),
+            &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0],
+        )?
+        .install_recorder()?;
+    tower_credits::metrics::describe();
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let ledger = Metered::new(ledger().await?);
     seed(&ledger).await?;
 
     // Low-balance, runway and depletion events: printed, and posted to a webhook if set.
@@ -159,7 +183,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/v1/generate", post(generate))
         .route_service("/v1/credits", CreditsReadout::new(ledger.clone()))
         .route("/health", get(|| async { "ok\n" }))
-        .layer(layer);
+        .layer(layer)
+        // After `.layer`: free, no key.
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        );
     // Nested after `.layer`: the admin API is not billed, and its token is never read as an
     // API key.
     let admin_token = std::env::var("ADMIN_TOKEN").ok();
@@ -184,7 +213,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i -H 'Authorization: Bearer wrong-key' {base}/v1/echo   # 401");
     println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Credits-Quote: 1' -X POST {base}/v1/generate   # quote");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' -H 'Credits-Max-Cost: 20' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 40}}' {base}/v1/generate   # capped at 20");
-    println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/credits   # balance and spend by route\n");
+    println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/credits   # balance and spend by route");
+    println!("  curl -s {base}/metrics | grep credits_   # Prometheus metrics, free\n");
     if admin_token.is_some() {
         println!("admin API at {base}/admin (Authorization: Bearer $ADMIN_TOKEN):");
         println!(

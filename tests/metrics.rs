@@ -1,0 +1,347 @@
+//! The metrics of `metrics::Metered` after known traffic, read with `metrics-util`'s
+//! debugging recorder (installed per test, on the test's own thread).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::{ready, Future, Ready};
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tower_credits::clock::ManualClock;
+use tower_credits::metrics::Metered;
+use tower_credits::{
+    AccountId, ApiKeyHash, HoldId, Ledger, LedgerAdmin, LedgerError, LedgerReports, MemoryLedger,
+    Reserve, ReserveOutcome, Settle, SettleOutcome, TopUp,
+};
+
+/// One metric as the recorder saw it: `name{label=value,...}`.
+type Snapshot = BTreeMap<String, DebugValue>;
+
+/// Runs `traffic` on a current-thread runtime with a fresh debugging recorder, and returns
+/// what it recorded.
+fn recorded<F: Future<Output = ()>>(traffic: impl FnOnce() -> F) -> Snapshot {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || runtime.block_on(traffic()));
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let key = key.key();
+            let mut labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            let name = if labels.is_empty() {
+                key.name().to_owned()
+            } else {
+                format!("{}{{{}}}", key.name(), labels.join(","))
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+fn counter(snapshot: &Snapshot, name: &str) -> u64 {
+    match snapshot.get(name) {
+        Some(DebugValue::Counter(n)) => *n,
+        None => 0,
+        other => panic!("{name} is not a counter: {other:?}"),
+    }
+}
+
+fn gauge(snapshot: &Snapshot, name: &str) -> f64 {
+    match snapshot.get(name) {
+        Some(DebugValue::Gauge(v)) => v.into_inner(),
+        other => panic!("{name} is not a gauge: {other:?} in {snapshot:#?}"),
+    }
+}
+
+fn observations(snapshot: &Snapshot, name: &str) -> usize {
+    match snapshot.get(name) {
+        Some(DebugValue::Histogram(values)) => {
+            assert!(values.iter().all(|v| v.into_inner() >= 0.0));
+            values.len()
+        }
+        None => 0,
+        other => panic!("{name} is not a histogram: {other:?}"),
+    }
+}
+
+fn acct(id: &str) -> AccountId {
+    AccountId::new(id).unwrap()
+}
+
+fn hold(id: &str) -> HoldId {
+    HoldId::new(id).unwrap()
+}
+
+/// Known traffic straight on the ledger: every counter, the gauge and the histogram.
+#[test]
+fn credit_counters_after_known_traffic() {
+    let clock = ManualClock::new();
+    let snapshot = recorded(|| async move {
+        let ledger = Metered::new(MemoryLedger::builder().clock(clock.clone()).build());
+        let a = acct("acct_m");
+        ledger.top_up(TopUp::new(&a, 1000, "pay-1")).await.unwrap();
+        // Committed 30 of 100: 30 committed, 70 back.
+        ledger
+            .reserve(Reserve::new(a.clone(), hold("h1"), 100))
+            .await
+            .unwrap();
+        ledger.commit(&a, &hold("h1"), 30).await.unwrap();
+        // Refunded: 50 back.
+        ledger
+            .reserve(Reserve::new(a.clone(), hold("h2"), 50))
+            .await
+            .unwrap();
+        ledger.refund(&a, &hold("h2")).await.unwrap();
+        // Reserved twice under one id (a retry): held, and counted, once; left open.
+        ledger
+            .reserve(Reserve::new(a.clone(), hold("h3"), 20))
+            .await
+            .unwrap();
+        let retry = ledger
+            .reserve(Reserve::new(a.clone(), hold("h3"), 20))
+            .await
+            .unwrap();
+        assert!(matches!(retry, ReserveOutcome::Held(h) if h.replayed));
+        // Refused: nothing reserved.
+        let refused = ledger
+            .reserve(Reserve::new(a.clone(), hold("h4"), 5000))
+            .await
+            .unwrap();
+        assert!(matches!(refused, ReserveOutcome::Insufficient(_)));
+        // A settle replayed: nothing moves, nothing counted.
+        let again = ledger.commit(&a, &hold("h1"), 30).await.unwrap();
+        assert_eq!(again.outcome, SettleOutcome::AlreadyCommitted);
+        // Expired before its commit: its 10 credits are counted expired.
+        ledger
+            .reserve(Reserve::new(a.clone(), hold("h5"), 10).ttl(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(2));
+        let late = ledger.commit(&a, &hold("h5"), 10).await.unwrap();
+        assert_eq!(late.outcome, SettleOutcome::Expired);
+        ledger.balance(&a).await.unwrap();
+    });
+
+    assert_eq!(
+        counter(&snapshot, "credits_reserved_total"),
+        100 + 50 + 20 + 10
+    );
+    assert_eq!(counter(&snapshot, "credits_committed_total"), 30);
+    assert_eq!(counter(&snapshot, "credits_refunded_total"), 70 + 50);
+    assert_eq!(counter(&snapshot, "credits_expired_total"), 10);
+    assert_eq!(gauge(&snapshot, "credits_open_holds"), 1.0, "h3 is open");
+    // reserved = committed + refunded + expired + still held (h3's 20).
+    assert_eq!(180, 30 + 120 + 10 + 20);
+    assert_eq!(
+        observations(&snapshot, "credits_ledger_duration_seconds{op=reserve}"),
+        6
+    );
+    assert_eq!(
+        observations(&snapshot, "credits_ledger_duration_seconds{op=settle}"),
+        4
+    );
+    assert_eq!(
+        observations(&snapshot, "credits_ledger_duration_seconds{op=top_up}"),
+        1
+    );
+    assert_eq!(
+        observations(&snapshot, "credits_ledger_duration_seconds{op=balance}"),
+        1
+    );
+    // No store failed; no label carries the account.
+    assert!(!snapshot
+        .keys()
+        .any(|k| k.starts_with("credits_store_errors_total")));
+    assert!(
+        !snapshot.keys().any(|k| k.contains("acct_m")),
+        "an account id in a label without opting in: {snapshot:#?}"
+    );
+}
+
+/// The `account` label only when opted in.
+#[test]
+fn account_label_only_when_opted_in() {
+    let snapshot = recorded(|| async {
+        let ledger = Metered::new(MemoryLedger::new()).per_account(true);
+        for (account, amount) in [("acct_x", 7), ("acct_y", 9)] {
+            let a = acct(account);
+            ledger.top_up(TopUp::new(&a, 100, account)).await.unwrap();
+            let h = HoldId::generate();
+            ledger
+                .reserve(Reserve::new(a.clone(), h.clone(), amount))
+                .await
+                .unwrap();
+            ledger.commit(&a, &h, amount).await.unwrap();
+        }
+    });
+    assert_eq!(
+        counter(&snapshot, "credits_reserved_total{account=acct_x}"),
+        7
+    );
+    assert_eq!(
+        counter(&snapshot, "credits_committed_total{account=acct_y}"),
+        9
+    );
+    assert_eq!(
+        counter(&snapshot, "credits_reserved_total"),
+        0,
+        "no unlabelled series"
+    );
+    // The gauge and the histogram stay without accounts whatever the option.
+    assert_eq!(gauge(&snapshot, "credits_open_holds"), 0.0);
+    assert!(snapshot
+        .keys()
+        .filter(|k| k.starts_with("credits_ledger_duration_seconds")
+            || k.starts_with("credits_open_holds"))
+        .all(|k| !k.contains("account")));
+}
+
+/// A ledger whose every call fails with the next error of a list.
+#[derive(Clone)]
+struct Failing(std::sync::Arc<std::sync::Mutex<Vec<LedgerError>>>);
+
+impl Failing {
+    fn fail<T>(&self) -> Ready<Result<T, LedgerError>> {
+        ready(Err(self.0.lock().unwrap().remove(0)))
+    }
+}
+
+impl Ledger for Failing {
+    type Future<T: Send + 'static> = Ready<Result<T, LedgerError>>;
+    fn reserve(&self, _: Reserve) -> Self::Future<ReserveOutcome> {
+        self.fail()
+    }
+    fn settle(&self, _: Settle) -> Self::Future<tower_credits::Settlement> {
+        self.fail()
+    }
+    fn extend(&self, _: tower_credits::Extend) -> Self::Future<tower_credits::Extended> {
+        self.fail()
+    }
+    fn lookup_api_key(&self, _: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
+        self.fail()
+    }
+}
+
+/// Store errors by kind; the caller's own mistakes are not store errors.
+#[test]
+fn store_errors_by_kind() {
+    let snapshot = recorded(|| async {
+        let errors = vec![
+            LedgerError::Timeout(Duration::from_millis(50)),
+            LedgerError::Unavailable("connection refused".into()),
+            LedgerError::Unavailable("loading".into()),
+            LedgerError::Corrupt("unexpected reply".into()),
+            LedgerError::InvalidHoldId,
+        ];
+        let ledger = Metered::new(Failing(std::sync::Arc::new(std::sync::Mutex::new(errors))));
+        let a = acct("acct_e");
+        for _ in 0..3 {
+            assert!(ledger
+                .reserve(Reserve::new(a.clone(), HoldId::generate(), 1))
+                .await
+                .is_err());
+        }
+        assert!(ledger.refund(&a, &hold("h")).await.is_err());
+        assert!(ledger.lookup_api_key(&ApiKeyHash::of("k")).await.is_err());
+    });
+    assert_eq!(
+        counter(&snapshot, "credits_store_errors_total{kind=timeout}"),
+        1
+    );
+    assert_eq!(
+        counter(&snapshot, "credits_store_errors_total{kind=unavailable}"),
+        2
+    );
+    assert_eq!(
+        counter(&snapshot, "credits_store_errors_total{kind=corrupt}"),
+        1
+    );
+    assert_eq!(
+        snapshot
+            .keys()
+            .filter(|k| k.starts_with("credits_store_errors_total"))
+            .count(),
+        3
+    );
+    // Failed calls are timed too; no hold was opened.
+    assert_eq!(
+        observations(&snapshot, "credits_ledger_duration_seconds{op=reserve}"),
+        3
+    );
+    assert_eq!(
+        observations(
+            &snapshot,
+            "credits_ledger_duration_seconds{op=lookup_api_key}"
+        ),
+        1
+    );
+    assert_eq!(counter(&snapshot, "credits_reserved_total"), 0);
+}
+
+/// Through the layer: billed requests over a metered ledger, and an API key that is never
+/// a label.
+#[test]
+fn billed_requests_through_the_layer() {
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    let snapshot = recorded(|| async {
+        let ledger = Metered::new(MemoryLedger::new());
+        let a = acct("acct_h");
+        ledger.top_up(TopUp::new(&a, 100, "pay-h")).await.unwrap();
+        ledger
+            .register_api_key(&ApiKeyHash::of("secret-key-h"), &a)
+            .await
+            .unwrap();
+        let app =
+            axum::Router::new()
+                .route("/v1/echo", get(|| async { "echo" }))
+                .route(
+                    "/v1/fail",
+                    get(|| async { http::StatusCode::INTERNAL_SERVER_ERROR }),
+                )
+                .layer(tower_credits::CreditLayer::new(ledger.clone()).pricing(
+                    support::rig::pricing(&[("GET /v1/echo", 3), ("GET /v1/fail", 5)]),
+                ));
+        for path in ["/v1/echo", "/v1/echo", "/v1/fail"] {
+            let request = http::Request::get(path)
+                .header("authorization", "Bearer secret-key-h")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+        }
+        support::rig::wait_until("every settle", || {
+            let ledger = ledger.clone();
+            let a = a.clone();
+            async move { ledger.balance(&a).await.unwrap().held == 0 }
+        })
+        .await;
+    });
+    assert_eq!(counter(&snapshot, "credits_reserved_total"), 3 + 3 + 5);
+    assert_eq!(counter(&snapshot, "credits_committed_total"), 6);
+    assert_eq!(
+        counter(&snapshot, "credits_refunded_total"),
+        5,
+        "the failed call"
+    );
+    assert_eq!(gauge(&snapshot, "credits_open_holds"), 0.0);
+    let hash = ApiKeyHash::of("secret-key-h").to_hex();
+    assert!(
+        !snapshot
+            .keys()
+            .any(|k| k.contains("secret-key-h") || k.contains(&hash) || k.contains("acct_h")),
+        "{snapshot:#?}"
+    );
+}
