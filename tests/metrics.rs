@@ -345,3 +345,246 @@ fn billed_requests_through_the_layer() {
         "{snapshot:#?}"
     );
 }
+
+mod spans {
+    //! The `credits.reserve` and `credits.settle` spans, captured by a test subscriber.
+
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::Subscriber;
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+
+    use super::*;
+
+    /// One span as the subscriber saw it: its name, its parent's name, its fields.
+    #[derive(Debug, Clone, Default)]
+    pub(super) struct Captured {
+        pub(super) name: String,
+        pub(super) parent: Option<String>,
+        pub(super) fields: BTreeMap<String, String>,
+    }
+
+    #[derive(Clone, Default)]
+    pub(super) struct Capture(Arc<Mutex<Vec<(Id, Captured)>>>);
+
+    struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let mut captured = Captured {
+                name: attrs.metadata().name().to_owned(),
+                parent: ctx
+                    .span(id)
+                    .and_then(|span| span.parent().map(|p| p.name().to_owned())),
+                fields: BTreeMap::new(),
+            };
+            attrs.record(&mut Fields(&mut captured.fields));
+            self.0.lock().unwrap().push((id.clone(), captured));
+        }
+
+        fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+            let mut spans = self.0.lock().unwrap();
+            if let Some((_, captured)) = spans.iter_mut().rev().find(|(i, _)| i == id) {
+                values.record(&mut Fields(&mut captured.fields));
+            }
+        }
+    }
+
+    impl Capture {
+        pub(super) fn named(&self, name: &str) -> Vec<Captured> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, c)| c.clone())
+                .filter(|c| c.name == name)
+                .collect()
+        }
+
+        pub(super) fn all(&self) -> Vec<Captured> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, c)| c.clone())
+                .collect()
+        }
+    }
+
+    /// Runs `work` on a current-thread runtime under a capturing subscriber.
+    pub(super) fn captured<F: Future<Output = ()>>(work: impl FnOnce() -> F) -> Capture {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(capture.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || runtime.block_on(work()));
+        capture
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reserve_and_settle_spans_carry_their_fields_under_the_current_span() {
+        let capture = captured(|| async {
+            let ledger = Metered::new(MemoryLedger::new());
+            let a = acct("acct_s");
+            ledger.top_up(TopUp::new(&a, 1000, "pay-s")).await.unwrap();
+            let request = tracing::info_span!("request");
+            let work = async {
+                ledger
+                    .reserve(Reserve::new(a.clone(), hold("h-1"), 100))
+                    .await
+                    .unwrap();
+                ledger.commit(&a, &hold("h-1"), 30).await.unwrap();
+                ledger
+                    .reserve(Reserve::new(a.clone(), hold("h-2"), 5000))
+                    .await
+                    .unwrap();
+                ledger.refund(&a, &hold("h-3")).await.unwrap();
+            };
+            tracing::Instrument::instrument(work, request).await;
+        });
+        let reserves = capture.named("credits.reserve");
+        assert_eq!(reserves.len(), 2, "{:#?}", capture.all());
+        assert_eq!(reserves[0].parent.as_deref(), Some("request"));
+        assert_eq!(
+            reserves[0].fields,
+            fields(&[
+                ("account", "acct_s"),
+                ("hold_id", "h-1"),
+                ("price", "100"),
+                ("outcome", "held"),
+                ("held", "100"),
+                ("available", "900"),
+            ])
+        );
+        assert_eq!(
+            reserves[1].fields,
+            fields(&[
+                ("account", "acct_s"),
+                ("hold_id", "h-2"),
+                ("price", "5000"),
+                ("outcome", "insufficient"),
+                ("available", "970"),
+            ])
+        );
+        let settles = capture.named("credits.settle");
+        assert_eq!(settles.len(), 2);
+        assert!(settles
+            .iter()
+            .all(|s| s.parent.as_deref() == Some("request")));
+        assert_eq!(
+            settles[0].fields,
+            fields(&[
+                ("account", "acct_s"),
+                ("hold_id", "h-1"),
+                ("decision", "commit"),
+                ("price", "30"),
+                ("outcome", "committed"),
+                ("committed", "30"),
+                ("released", "70"),
+            ])
+        );
+        assert_eq!(
+            settles[1].fields,
+            fields(&[
+                ("account", "acct_s"),
+                ("hold_id", "h-3"),
+                ("decision", "refund"),
+                ("outcome", "unknown"),
+                ("committed", "0"),
+                ("released", "0"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_failed_call_is_an_error_outcome() {
+        let capture = captured(|| async {
+            let errors = vec![LedgerError::Unavailable("down".into())];
+            let ledger = Metered::new(Failing(Arc::new(Mutex::new(errors))));
+            let result = ledger
+                .reserve(Reserve::new(acct("acct_f"), hold("h-f"), 3))
+                .await;
+            assert!(result.is_err());
+        });
+        let reserve = &capture.named("credits.reserve")[0];
+        assert_eq!(reserve.fields["outcome"], "error");
+        assert_eq!(reserve.parent, None, "no current span: a root");
+    }
+
+    /// Through the layer under `tower_http::trace`: the spans are the request span's
+    /// children, and no span anywhere carries the API key.
+    #[test]
+    fn spans_through_the_layer_never_carry_the_key() {
+        use axum::routing::get;
+        use tower::ServiceExt;
+
+        let capture = captured(|| async {
+            let ledger = Metered::new(MemoryLedger::new());
+            let a = acct("acct_l");
+            ledger.top_up(TopUp::new(&a, 100, "pay-l")).await.unwrap();
+            ledger
+                .register_api_key(&ApiKeyHash::of("the-secret-api-key"), &a)
+                .await
+                .unwrap();
+            let app = axum::Router::new()
+                .route("/v1/echo", get(|| async { "echo" }))
+                .layer(
+                    tower_credits::CreditLayer::new(ledger.clone())
+                        .pricing(support::rig::pricing(&[("GET /v1/echo", 2)])),
+                )
+                .layer(tower_http::trace::TraceLayer::new_for_http());
+            let request = http::Request::get("/v1/echo")
+                .header("authorization", "Bearer the-secret-api-key")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), http::StatusCode::OK);
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            support::rig::wait_until("the commit", || {
+                let ledger = ledger.clone();
+                let a = a.clone();
+                async move { ledger.balance(&a).await.unwrap().committed == 2 }
+            })
+            .await;
+        });
+        let reserve = &capture.named("credits.reserve")[0];
+        assert_eq!(reserve.parent.as_deref(), Some("request"));
+        assert_eq!(reserve.fields["account"], "acct_l");
+        assert_eq!(reserve.fields["price"], "2");
+        let settle = &capture.named("credits.settle")[0];
+        assert_eq!(settle.fields["outcome"], "committed");
+        assert_eq!(settle.fields["hold_id"], reserve.fields["hold_id"]);
+        let hash = ApiKeyHash::of("the-secret-api-key").to_hex();
+        for span in capture.all() {
+            for value in span.fields.values() {
+                assert!(
+                    !value.contains("the-secret-api-key") && !value.contains(&hash),
+                    "{span:?}"
+                );
+            }
+        }
+        assert_eq!(settle.parent.as_deref(), Some("request"));
+    }
+}
