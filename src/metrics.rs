@@ -29,6 +29,7 @@
 //! | `credits_ledger_duration_seconds` | histogram | `op` | how long each ledger call took, errors included |
 //! | `credits_store_errors_total` | counter | `kind` | ledger calls that failed on the store's side |
 //! | `credits_open_holds` | gauge | | holds this replica placed that are still open |
+//! | `credits_webhook_deliveries_total` | counter | `result` | attempts to deliver a credit event |
 //!
 //! Over time `reserved = committed + refunded + expired + open`: every credit held ends in
 //! exactly one of the three, as this replica saw it.
@@ -40,6 +41,7 @@
 //! | `outcome` | `billed`, `refunded`, `refused`, `free`, `unbilled` |
 //! | `reason` | `ok`, `failed`, `cancelled`, `unauthorized`, `insufficient_balance`, `too_many_holds`, `max_cost_exceeded`, `invalid_header`, `ledger_unavailable`, `billing_error`, `lifetime_exceeded`, `quote` |
 //! | `op` | `reserve`, `settle`, `extend`, `lookup_api_key`, `top_up`, `configure`, `register_api_key`, `revoke_api_key`, `balance`, `usage` |
+//! | `result` | `delivered`, `failed` (retried later), `dead_lettered` |
 //! | `kind` | `timeout`, `unavailable` (the store could not answer), `corrupt` (it answered what no ledger of this version answers); bad input and top-up conflicts are the caller's, not the store's, and are not counted |
 //! | `account` | only with [`Metered::per_account`]: the account id |
 //!
@@ -102,6 +104,8 @@ pub const LEDGER_DURATION_SECONDS: &str = "credits_ledger_duration_seconds";
 pub const STORE_ERRORS_TOTAL: &str = "credits_store_errors_total";
 /// `credits_open_holds`.
 pub const OPEN_HOLDS: &str = "credits_open_holds";
+/// `credits_webhook_deliveries_total{result}`.
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "credits_webhook_deliveries_total";
 
 /// Registers the help text and unit of every metric with the installed recorder (call it
 /// after installing the exporter; optional).
@@ -135,6 +139,10 @@ pub fn describe() {
         "Ledger calls that failed on the store's side, by kind."
     );
     describe_gauge!(OPEN_HOLDS, "Holds this replica placed that are still open.");
+    describe_counter!(
+        WEBHOOK_DELIVERIES_TOTAL,
+        "Attempts to deliver a credit event, by result."
+    );
 }
 
 /// How a request ended, the `outcome` label of `credits_requests_total`.
@@ -226,6 +234,31 @@ pub(crate) fn request(outcome: Outcome, reason: Reason) {
 #[allow(dead_code)] // until the middleware records request outcomes
 pub(crate) fn unbilled(credits: u64) {
     ::metrics::counter!(UNBILLED_TOTAL).increment(credits);
+}
+
+/// How one attempt to deliver a credit event ended, the `result` label of
+/// `credits_webhook_deliveries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // until the dispatcher records its deliveries
+pub(crate) enum Delivery {
+    /// The receiver took it.
+    Delivered,
+    /// It failed and will be retried.
+    Failed,
+    /// It failed for the last time and went to the dead letters.
+    DeadLettered,
+}
+
+/// Counts one delivery attempt in `credits_webhook_deliveries_total{result}`: what the
+/// dispatcher calls after each attempt.
+#[allow(dead_code)] // until the dispatcher records its deliveries
+pub(crate) fn webhook_delivery(result: Delivery) {
+    let result = match result {
+        Delivery::Delivered => "delivered",
+        Delivery::Failed => "failed",
+        Delivery::DeadLettered => "dead_lettered",
+    };
+    ::metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "result" => result).increment(1);
 }
 
 /// How long past its time to live a hold this replica never saw settle is still counted
@@ -682,6 +715,8 @@ mod tests {
             request(Outcome::Refused, Reason::InsufficientBalance);
             request(Outcome::Unbilled, Reason::LedgerUnavailable);
             unbilled(7);
+            webhook_delivery(Delivery::Failed);
+            webhook_delivery(Delivery::Delivered);
         });
         let mut seen: Vec<(String, Vec<String>, u64)> = snapshotter
             .snapshot()
@@ -720,6 +755,16 @@ mod tests {
                     1
                 ),
                 (UNBILLED_TOTAL.into(), vec![], 7),
+                (
+                    WEBHOOK_DELIVERIES_TOTAL.into(),
+                    owned(&["result=delivered"]),
+                    1
+                ),
+                (
+                    WEBHOOK_DELIVERIES_TOTAL.into(),
+                    owned(&["result=failed"]),
+                    1
+                ),
             ]
         );
     }

@@ -664,3 +664,61 @@ async fn own_auth_layer_instead_of_a_token() {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(ledger.balance(&acct("acct_o")).await.unwrap().available, 7);
 }
+
+/// A store that cannot be reached: `503` problem JSON with `Retry-After`, on every route
+/// that calls it.
+#[tokio::test]
+async fn ledger_down_is_503() {
+    let mut server = RedisServer::start();
+    let ledger = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .expect("connect to the test redis-server");
+    let app = app(ledger);
+    assert_eq!(
+        top_up(&app, "acct_d", json!(5), "pay-d").await.status,
+        StatusCode::OK
+    );
+    server.kill();
+    let answers = [
+        get_json(&app, "/accounts/acct_d").await,
+        top_up(&app, "acct_d", json!(5), "pay-d2").await,
+        send_json(&app, Method::PUT, "/accounts/acct_d/settings", "{}").await,
+        send(
+            &app,
+            admin(Method::POST, "/accounts/acct_d/keys")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await,
+        send(
+            &app,
+            admin(Method::DELETE, &format!("/keys/{}", "0".repeat(64)))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await,
+    ];
+    for answer in answers {
+        answer.problem(StatusCode::SERVICE_UNAVAILABLE, "ledger-unavailable");
+        assert_eq!(answer.headers[header::RETRY_AFTER], "1");
+    }
+}
+
+/// A body past axum's limit (2 MB): `413` problem JSON, nothing credited.
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let ledger = MemoryLedger::new();
+    let app = app(ledger.clone());
+    let padding = "x".repeat(3 * 1024 * 1024);
+    let body = format!(r#"{{"amount": 5, "idempotency_key": "big", "pad": "{padding}"}}"#);
+    send_json(&app, Method::POST, "/accounts/acct_big/top-ups", &body)
+        .await
+        .problem(StatusCode::PAYLOAD_TOO_LARGE, "invalid-body");
+    assert!(
+        ledger.balance(&acct("acct_big")).await.is_err(),
+        "nothing written"
+    );
+}
