@@ -57,7 +57,7 @@
 //! # Spans
 //!
 //! Every reserve runs in a `credits.reserve` span and every settle in a `credits.settle`
-//! span (level `INFO`), children of the span that is current when the layer calls the
+//! span (level `DEBUG`, as `tower_http::trace`'s request spans), children of the span that is current when the layer calls the
 //! ledger — the request's span under `tower_http::trace`. Their fields:
 //!
 //! | span | fields |
@@ -67,7 +67,6 @@
 //!
 //! Neither carries an API key.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -75,6 +74,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use parking_lot::Mutex;
 use tracing::field::Empty;
 use tracing::Span;
@@ -296,8 +296,15 @@ impl Shared {
         }
         if self.per_account.load(Relaxed) {
             ::metrics::counter!(name, "account" => account.as_str().to_owned()).increment(credits);
-        } else {
-            ::metrics::counter!(name).increment(credits);
+            return;
+        }
+        // Literal names make static keys: nothing allocated or hashed per call.
+        match name {
+            RESERVED_TOTAL => ::metrics::counter!("credits_reserved_total").increment(credits),
+            COMMITTED_TOTAL => ::metrics::counter!("credits_committed_total").increment(credits),
+            REFUNDED_TOTAL => ::metrics::counter!("credits_refunded_total").increment(credits),
+            EXPIRED_TOTAL => ::metrics::counter!("credits_expired_total").increment(credits),
+            name => ::metrics::counter!(name).increment(credits),
         }
     }
 
@@ -325,7 +332,7 @@ impl Shared {
         for (account, amount) in expired {
             self.count(EXPIRED_TOTAL, &account, amount);
         }
-        ::metrics::gauge!(OPEN_HOLDS).set(open as f64);
+        ::metrics::gauge!("credits_open_holds").set(open as f64);
     }
 
     /// A hold is no longer open; its amount if this replica counted it open.
@@ -336,7 +343,7 @@ impl Shared {
             (removed, open.holds.len())
         };
         let removed = removed?;
-        ::metrics::gauge!(OPEN_HOLDS).set(open as f64);
+        ::metrics::gauge!("credits_open_holds").set(open as f64);
         Some(removed.amount)
     }
 
@@ -390,7 +397,7 @@ impl<L> Metered<L> {
             shared: Arc::new(Shared {
                 per_account: AtomicBool::new(false),
                 open: Mutex::new(OpenHolds {
-                    holds: HashMap::new(),
+                    holds: HashMap::default(),
                     next_prune: Instant::now(),
                 }),
             }),
@@ -472,8 +479,7 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         };
-        ::metrics::histogram!(LEDGER_DURATION_SECONDS, "op" => this.op)
-            .record(this.started.elapsed().as_secs_f64());
+        record_duration(this.op, this.started.elapsed().as_secs_f64());
         match &result {
             Ok(answer) => {
                 if let Some((done, call)) = &this.done {
@@ -495,6 +501,30 @@ where
         }
         Poll::Ready(result)
     }
+}
+
+/// Records a call's duration under a static key per operation (no allocation per call).
+fn record_duration(op: &'static str, secs: f64) {
+    macro_rules! by_op {
+        ($($op:literal),*) => {
+            match op {
+                $($op => ::metrics::histogram!("credits_ledger_duration_seconds", "op" => $op).record(secs),)*
+                op => ::metrics::histogram!(LEDGER_DURATION_SECONDS, "op" => op).record(secs),
+            }
+        };
+    }
+    by_op!(
+        "reserve",
+        "settle",
+        "extend",
+        "lookup_api_key",
+        "top_up",
+        "configure",
+        "register_api_key",
+        "revoke_api_key",
+        "balance",
+        "usage"
+    );
 }
 
 fn reserved(shared: &Shared, call: &Call, outcome: &ReserveOutcome, span: &Span) {
@@ -563,7 +593,7 @@ impl<L: Ledger> Ledger for Metered<L> {
     type Future<T: Send + 'static> = MeteredFuture<L::Future<T>, T>;
 
     fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "credits.reserve",
             account = %reserve.account(),
             hold_id = %reserve.hold_id(),
@@ -586,7 +616,7 @@ impl<L: Ledger> Ledger for Metered<L> {
             SettleDecision::Commit(_) => "commit",
             _ => "refund",
         };
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "credits.settle",
             account = %settle.account(),
             hold_id = %settle.hold_id(),

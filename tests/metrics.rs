@@ -15,12 +15,25 @@ use tower_credits::{
     Reserve, ReserveOutcome, Settle, SettleOutcome, TopUp,
 };
 
+/// Serializes this binary's tests. `tracing` caches whether a callsite is enabled, for
+/// every thread at once: a test on another thread that opens the same spans with no
+/// subscriber, while a span test registers its capturing one, can leave that cache stale
+/// for the span test (the spans then go nowhere).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// One metric as the recorder saw it: `name{label=value,...}`.
 type Snapshot = BTreeMap<String, DebugValue>;
 
 /// Runs `traffic` on a current-thread runtime with a fresh debugging recorder, and returns
 /// what it recorded.
 fn recorded<F: Future<Output = ()>>(traffic: impl FnOnce() -> F) -> Snapshot {
+    let _serial = serial();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -426,6 +439,7 @@ mod spans {
 
     /// Runs `work` on a current-thread runtime under a capturing subscriber.
     pub(super) fn captured<F: Future<Output = ()>>(work: impl FnOnce() -> F) -> Capture {
+        let _serial = serial();
         let capture = Capture::default();
         let subscriber = tracing_subscriber::registry().with(capture.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
