@@ -19,6 +19,12 @@
 //! `CREDITS_WEBHOOK_SECRET="whsec_$(openssl rand -base64 32)"`; several, space-separated,
 //! sign each event with each (a rotation). Any other form stops the quickstart at start.
 //!
+//! `GET /metrics` answers Prometheus metrics (`credits_*`, see `tower_credits::metrics`), free
+//! and without a key. `RUST_LOG` sets what is logged (default `info`).
+//!
+//! `ADMIN_TOKEN=<16+ characters>` mounts the admin API at `/admin` (top-ups, settings, API
+//! keys; `Authorization: Bearer <ADMIN_TOKEN>`), outside the credit layer.
+//!
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart` keeps the balances in
 //! Redis instead; run two (with different `PORT`s) and they behave as two replicas.
 
@@ -27,10 +33,12 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tower_credits::admin::{AdminRouter, AdminToken};
 use tower_credits::events::webhook::WebhookError;
 use tower_credits::events::{Dispatcher, Webhook};
 use tower_credits::ledger::AnyLedger;
 use tower_credits::ledger::Configure;
+use tower_credits::metrics::Metered;
 use tower_credits::pricing::Pricing;
 use tower_credits::readout::CreditsReadout;
 use tower_credits::{
@@ -132,7 +140,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let ledger = ledger().await?;
+    // Metrics through the `metrics` facade, rendered by the Prometheus exporter at
+    // `GET /metrics`; the ledger is wrapped once, and the wrapper used everywhere.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        // A histogram (summable across replicas), not the exporter's default summary.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                tower_credits::metrics::LEDGER_DURATION_SECONDS.into(),
+            ),
+            &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0],
+        )?
+        .install_recorder()?;
+    tower_credits::metrics::describe();
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let ledger = Metered::new(ledger().await?);
     seed(&ledger).await?;
 
     // Low-balance, runway and depletion events: printed, and posted to a webhook if set.
@@ -171,12 +199,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Kept to shut the layer's hold keeper down after the server stops.
     let credits = layer.clone();
 
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/v1/echo", get(echo))
         .route("/v1/generate", post(generate))
-        .route_service("/v1/credits", CreditsReadout::new(ledger))
+        .route_service("/v1/credits", CreditsReadout::new(ledger.clone()))
         .route("/health", get(|| async { "ok\n" }))
-        .layer(layer);
+        .layer(layer)
+        // After `.layer`: free, no key.
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        );
+    // Nested after `.layer`: the admin API is not billed, and its token is never read as an
+    // API key.
+    let admin_token = std::env::var("ADMIN_TOKEN").ok();
+    if let Some(token) = &admin_token {
+        let admin = AdminRouter::new(ledger.clone(), AdminToken::new(token)?);
+        app = app.nest("/admin", admin.into_router());
+    }
 
     let port: u16 = std::env::var("PORT")
         .ok()
@@ -194,7 +234,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i -H 'Authorization: Bearer wrong-key' {base}/v1/echo   # 401");
     println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Credits-Quote: 1' -X POST {base}/v1/generate   # quote");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' -H 'Credits-Max-Cost: 20' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 40}}' {base}/v1/generate   # capped at 20");
-    println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/credits   # balance and spend by route\n");
+    println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/credits   # balance and spend by route");
+    println!("  curl -s {base}/metrics | grep credits_   # Prometheus metrics, free\n");
+    if admin_token.is_some() {
+        println!("admin API at {base}/admin (Authorization: Bearer $ADMIN_TOKEN):");
+        println!(
+            "  curl -i -H \"Authorization: Bearer $ADMIN_TOKEN\" {base}/admin/accounts/acct_poor"
+        );
+        println!("  curl -i -H \"Authorization: Bearer $ADMIN_TOKEN\" -H 'Content-Type: application/json' \\\n       -d '{{\"amount\": 500, \"idempotency_key\": \"pay_1\"}}' {base}/admin/accounts/acct_poor/top-ups");
+        println!("  curl -i -H \"Authorization: Bearer $ADMIN_TOKEN\" -X POST {base}/admin/accounts/acct_poor/keys\n");
+    } else {
+        println!("(set ADMIN_TOKEN to mount the admin API at /admin)\n");
+    }
 
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -63,6 +63,8 @@
 //! | `redis` | [`RedisLedger`]: balances shared by every replica, on Redis or Redis Cluster | `redis` (tokio, connection manager, cluster) |
 //! | `test-util` | test helpers: the Redis clock offset, and the parser oracles the fuzz targets use | nothing |
 //! | `webhook` | [`events::Webhook`] and [`events::verify`]: HTTPS delivery of credit events signed in the Standard Webhooks form, and its check on the receiving side | `hyper-util`, `hyper-rustls` and `rustls` on `ring`, `webpki-roots`, `url`, `hmac` |
+//! | `admin` | [`admin`]: an axum router for top-ups, account settings and API keys, guarded by a bearer token compared in constant time | `axum` (with `json`), `subtle`, `getrandom` |
+//! | `metrics` | [`metrics::Metered`]: a ledger wrapper that records `credits_*` metrics through the `metrics` facade (any exporter) and opens `credits.reserve` / `credits.settle` spans | `metrics` |
 //! | `conformance` | [`conformance`]: the ledger conformance suite and its model check, for a ledger of your own (see [Writing a ledger](#writing-a-ledger)) | `proptest`, tokio's `rt-multi-thread` |
 //!
 //! # Refusals in your own shape
@@ -120,6 +122,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod account;
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod amount;
 mod api_key;
 mod backoff;
@@ -137,6 +142,9 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ledger;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod middleware;
 pub mod outage;
 pub mod pricing;

@@ -1,0 +1,801 @@
+//! Metrics and tracing spans of billing (feature `metrics`), through the [`metrics`]
+//! facade: install any exporter (Prometheus, StatsD, OpenTelemetry…) and the numbers below
+//! appear in it.
+//!
+//! [`Metered`] wraps any ledger and records what every operation did; the layer records
+//! each request's outcome. Wrap the ledger once per process and give the wrapper to the
+//! layer (and to the admin router, the dispatcher, …):
+//!
+//! ```
+//! use tower_credits::metrics::Metered;
+//! use tower_credits::{CreditLayer, MemoryLedger};
+//!
+//! tower_credits::metrics::describe(); // optional: help texts and units for the exporter
+//! let ledger = Metered::new(MemoryLedger::new());
+//! let layer = CreditLayer::new(ledger);
+//! # let _ = layer;
+//! ```
+//!
+//! # Metrics
+//!
+//! | name | type | labels | what it counts |
+//! |---|---|---|---|
+//! | `credits_requests_total` | counter | `outcome`, `reason` | requests the layer saw, by how they ended (see below) |
+//! | `credits_reserved_total` | counter | (`account`) | credits held by new holds (a retried reserve of the same hold counts once) |
+//! | `credits_committed_total` | counter | (`account`) | credits committed (charged) |
+//! | `credits_refunded_total` | counter | (`account`) | credits given back when a hold settled: a refund's whole hold, and the unused part of a commit |
+//! | `credits_expired_total` | counter | (`account`) | credits of this replica's holds that expired before they settled (the ledger reclaimed them) |
+//! | `credits_unbilled_total` | counter | | credits of requests served without billing (the outage policy let them through) |
+//! | `credits_ledger_duration_seconds` | histogram | `op` | how long each ledger call took, errors included |
+//! | `credits_store_errors_total` | counter | `kind` | ledger calls that failed on the store's side |
+//! | `credits_open_holds` | gauge | | holds this replica placed that are still open |
+//! | `credits_webhook_deliveries_total` | counter | `result` | attempts to deliver a credit event |
+//!
+//! Over time `reserved = committed + refunded + expired + open`: every credit held ends in
+//! exactly one of the three, as this replica saw it.
+//!
+//! Every label has a fixed, small set of values:
+//!
+//! | label | values |
+//! |---|---|
+//! | `outcome` | `billed`, `refunded`, `refused`, `free`, `unbilled` |
+//! | `reason` | `ok`, `failed`, `cancelled`, `unauthorized`, `insufficient_balance`, `too_many_holds`, `max_cost_exceeded`, `invalid_header`, `ledger_unavailable`, `billing_error`, `lifetime_exceeded`, `quote` |
+//! | `op` | `reserve`, `settle`, `extend`, `lookup_api_key`, `top_up`, `configure`, `register_api_key`, `revoke_api_key`, `balance`, `usage` |
+//! | `result` | `delivered`, `failed` (retried later), `dead_lettered` |
+//! | `kind` | `timeout`, `unavailable` (the store could not answer), `corrupt` (it answered what no ledger of this version answers); bad input and top-up conflicts are the caller's, not the store's, and are not counted |
+//! | `account` | only with [`Metered::per_account`]: the account id |
+//!
+//! No label ever carries an API key (nor its hash). None carries an account id unless you
+//! opt in with [`Metered::per_account`]: every account is then one more series of each of
+//! the four credit counters, so opt in only with a bounded number of accounts.
+//!
+//! `credits_open_holds` and `credits_expired_total` are what this replica knows: a hold
+//! another replica placed is not in them, and a hold whose settle reply was lost is no
+//! longer counted open once its settle is retried (or its time to live passed, plus a
+//! minute).
+//!
+//! # Spans
+//!
+//! Every reserve runs in a `credits.reserve` span and every settle in a `credits.settle`
+//! span (level `DEBUG`, as `tower_http::trace`'s request spans), children of the span that is current when the layer calls the
+//! ledger — the request's span under `tower_http::trace`. Their fields:
+//!
+//! | span | fields |
+//! |---|---|
+//! | `credits.reserve` | `account`, `hold_id`, `price` (credits asked for), `outcome` (`held`, `insufficient`, `closed`, `too_many_holds`, `unknown_account`, `error`), `held`, `available` |
+//! | `credits.settle` | `account`, `hold_id`, `decision` (`commit`, `refund`), `price` (the cost to commit), `outcome` (`committed`, `refunded`, `already_committed`, `already_refunded`, `expired`, `unknown`, `error`), `committed`, `released` |
+//!
+//! Neither carries an API key.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use foldhash::HashMap;
+use parking_lot::Mutex;
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::api_key::ApiKeyHash;
+use crate::ledger::{
+    AccountId, Balance, Configure, CreditEvent, DeadLetter, DynReports, EventOutbox, Extend,
+    Extended, HoldId, Ledger, LedgerAdmin, LedgerError, LedgerReports, OutboxFuture, Reserve,
+    ReserveOutcome, Settle, SettleDecision, SettleOutcome, Settlement, TopUp, ToppedUp, Usage,
+};
+
+/// `credits_requests_total{outcome,reason}`.
+pub const REQUESTS_TOTAL: &str = "credits_requests_total";
+/// `credits_reserved_total`.
+pub const RESERVED_TOTAL: &str = "credits_reserved_total";
+/// `credits_committed_total`.
+pub const COMMITTED_TOTAL: &str = "credits_committed_total";
+/// `credits_refunded_total`.
+pub const REFUNDED_TOTAL: &str = "credits_refunded_total";
+/// `credits_expired_total`.
+pub const EXPIRED_TOTAL: &str = "credits_expired_total";
+/// `credits_unbilled_total`.
+pub const UNBILLED_TOTAL: &str = "credits_unbilled_total";
+/// `credits_ledger_duration_seconds{op}`.
+pub const LEDGER_DURATION_SECONDS: &str = "credits_ledger_duration_seconds";
+/// `credits_store_errors_total{kind}`.
+pub const STORE_ERRORS_TOTAL: &str = "credits_store_errors_total";
+/// `credits_open_holds`.
+pub const OPEN_HOLDS: &str = "credits_open_holds";
+/// `credits_webhook_deliveries_total{result}`.
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "credits_webhook_deliveries_total";
+
+/// Registers the help text and unit of every metric with the installed recorder (call it
+/// after installing the exporter; optional).
+pub fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests the credit layer saw, by outcome and reason."
+    );
+    describe_counter!(RESERVED_TOTAL, "Credits held by new holds.");
+    describe_counter!(COMMITTED_TOTAL, "Credits committed (charged).");
+    describe_counter!(
+        REFUNDED_TOTAL,
+        "Credits given back when a hold settled (refunds and the unused part of commits)."
+    );
+    describe_counter!(
+        EXPIRED_TOTAL,
+        "Credits of this replica's holds that expired before they settled."
+    );
+    describe_counter!(
+        UNBILLED_TOTAL,
+        "Credits of requests served without billing (outage policy)."
+    );
+    describe_histogram!(
+        LEDGER_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of ledger calls, by operation."
+    );
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        "Ledger calls that failed on the store's side, by kind."
+    );
+    describe_gauge!(OPEN_HOLDS, "Holds this replica placed that are still open.");
+    describe_counter!(
+        WEBHOOK_DELIVERIES_TOTAL,
+        "Attempts to deliver a credit event, by result."
+    );
+}
+
+/// How a request ended, the `outcome` label of `credits_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // until the middleware records request outcomes
+pub(crate) enum Outcome {
+    /// Charged (committed).
+    Billed,
+    /// Held, then refunded.
+    Refunded,
+    /// Refused before the inner service ran.
+    Refused,
+    /// A free route (or a quote): nothing held.
+    Free,
+    /// Served without billing (the outage policy let it through).
+    Unbilled,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Billed => "billed",
+            Self::Refunded => "refunded",
+            Self::Refused => "refused",
+            Self::Free => "free",
+            Self::Unbilled => "unbilled",
+        }
+    }
+}
+
+/// Why a request ended as it did, the `reason` label of `credits_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // until the middleware records request outcomes
+pub(crate) enum Reason {
+    /// Nothing went wrong.
+    Ok,
+    /// The inner service failed (an error, a failure status, a panic).
+    Failed,
+    /// The caller went away before the response ended.
+    Cancelled,
+    /// No account, or an unknown API key.
+    Unauthorized,
+    /// Not enough credits.
+    InsufficientBalance,
+    /// The account has the most open holds it may have.
+    TooManyHolds,
+    /// The caller's `credits-max-cost` is below the least the route runs with.
+    MaxCostExceeded,
+    /// A malformed `credits-quote` or `credits-max-cost`.
+    InvalidHeader,
+    /// The ledger could not be reached.
+    LedgerUnavailable,
+    /// The ledger answered unexpectedly.
+    BillingError,
+    /// The handler ran past the hold lifetime cap.
+    LifetimeExceeded,
+    /// A quote was answered instead of the request.
+    Quote,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Unauthorized => "unauthorized",
+            Self::InsufficientBalance => "insufficient_balance",
+            Self::TooManyHolds => "too_many_holds",
+            Self::MaxCostExceeded => "max_cost_exceeded",
+            Self::InvalidHeader => "invalid_header",
+            Self::LedgerUnavailable => "ledger_unavailable",
+            Self::BillingError => "billing_error",
+            Self::LifetimeExceeded => "lifetime_exceeded",
+            Self::Quote => "quote",
+        }
+    }
+}
+
+/// Counts one request in `credits_requests_total{outcome,reason}`: what the middleware
+/// calls once per request, when it knows how the request ended.
+#[allow(dead_code)] // until the middleware records request outcomes
+pub(crate) fn request(outcome: Outcome, reason: Reason) {
+    ::metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str(), "reason" => reason.as_str())
+        .increment(1);
+}
+
+/// Adds `credits` served without billing to `credits_unbilled_total`.
+#[allow(dead_code)] // until the middleware records request outcomes
+pub(crate) fn unbilled(credits: u64) {
+    ::metrics::counter!(UNBILLED_TOTAL).increment(credits);
+}
+
+/// How one attempt to deliver a credit event ended, the `result` label of
+/// `credits_webhook_deliveries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // until the dispatcher records its deliveries
+pub(crate) enum Delivery {
+    /// The receiver took it.
+    Delivered,
+    /// It failed and will be retried.
+    Failed,
+    /// It failed for the last time and went to the dead letters.
+    DeadLettered,
+}
+
+/// Counts one delivery attempt in `credits_webhook_deliveries_total{result}`: what the
+/// dispatcher calls after each attempt.
+#[allow(dead_code)] // until the dispatcher records its deliveries
+pub(crate) fn webhook_delivery(result: Delivery) {
+    let result = match result {
+        Delivery::Delivered => "delivered",
+        Delivery::Failed => "failed",
+        Delivery::DeadLettered => "dead_lettered",
+    };
+    ::metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "result" => result).increment(1);
+}
+
+/// How long past its time to live a hold this replica never saw settle is still counted
+/// open (a settle may be retried a while after the hold expired).
+const EXPIRY_GRACE: Duration = Duration::from_secs(60);
+
+/// How often the open holds are checked for ones that expired unseen.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// One open hold, as this replica knows it.
+#[derive(Debug)]
+struct OpenHold {
+    amount: u64,
+    /// When to stop counting it open if no settle comes: its TTL from the last reserve or
+    /// extend, plus [`EXPIRY_GRACE`].
+    forget_at: Instant,
+}
+
+#[derive(Debug)]
+struct OpenHolds {
+    holds: HashMap<(AccountId, HoldId), OpenHold>,
+    next_prune: Instant,
+}
+
+#[derive(Debug)]
+struct Shared {
+    per_account: AtomicBool,
+    open: Mutex<OpenHolds>,
+}
+
+impl Shared {
+    fn count(&self, name: &'static str, account: &AccountId, credits: u64) {
+        if credits == 0 {
+            return;
+        }
+        if self.per_account.load(Relaxed) {
+            ::metrics::counter!(name, "account" => account.as_str().to_owned()).increment(credits);
+            return;
+        }
+        // Literal names make static keys: nothing allocated or hashed per call.
+        match name {
+            RESERVED_TOTAL => ::metrics::counter!("credits_reserved_total").increment(credits),
+            COMMITTED_TOTAL => ::metrics::counter!("credits_committed_total").increment(credits),
+            REFUNDED_TOTAL => ::metrics::counter!("credits_refunded_total").increment(credits),
+            EXPIRED_TOTAL => ::metrics::counter!("credits_expired_total").increment(credits),
+            name => ::metrics::counter!(name).increment(credits),
+        }
+    }
+
+    /// A hold was placed (or found placed): counted once per hold.
+    fn opened(&self, account: &AccountId, hold: &HoldId, amount: u64, ttl: Duration) {
+        let now = Instant::now();
+        let (new, expired, open) = {
+            let mut open = self.open.lock();
+            let expired = open.prune(now);
+            let new = open
+                .holds
+                .insert(
+                    (account.clone(), hold.clone()),
+                    OpenHold {
+                        amount,
+                        forget_at: now + ttl + EXPIRY_GRACE,
+                    },
+                )
+                .is_none();
+            (new, expired, open.holds.len())
+        };
+        if new {
+            self.count(RESERVED_TOTAL, account, amount);
+        }
+        for (account, amount) in expired {
+            self.count(EXPIRED_TOTAL, &account, amount);
+        }
+        ::metrics::gauge!("credits_open_holds").set(open as f64);
+    }
+
+    /// A hold is no longer open; its amount if this replica counted it open.
+    fn closed(&self, account: &AccountId, hold: &HoldId) -> Option<u64> {
+        let (removed, open) = {
+            let mut open = self.open.lock();
+            let removed = open.holds.remove(&(account.clone(), hold.clone()));
+            (removed, open.holds.len())
+        };
+        let removed = removed?;
+        ::metrics::gauge!("credits_open_holds").set(open as f64);
+        Some(removed.amount)
+    }
+
+    fn extended(&self, account: &AccountId, hold: &HoldId, ttl: Duration) {
+        if let Some(open) = self
+            .open
+            .lock()
+            .holds
+            .get_mut(&(account.clone(), hold.clone()))
+        {
+            open.forget_at = Instant::now() + ttl + EXPIRY_GRACE;
+        }
+    }
+}
+
+impl OpenHolds {
+    /// Forgets the holds that expired unseen (at most once per [`PRUNE_EVERY`]); their
+    /// accounts and amounts.
+    fn prune(&mut self, now: Instant) -> Vec<(AccountId, u64)> {
+        if now < self.next_prune {
+            return Vec::new();
+        }
+        self.next_prune = now + PRUNE_EVERY;
+        let mut expired = Vec::new();
+        self.holds.retain(|(account, _), hold| {
+            let keep = hold.forget_at > now;
+            if !keep {
+                expired.push((account.clone(), hold.amount));
+            }
+            keep
+        });
+        expired
+    }
+}
+
+/// A ledger that records [metrics](self) and opens `credits.reserve` / `credits.settle`
+/// spans around another ledger's operations. It changes no answer.
+///
+/// Clones share their counts of open holds: wrap the ledger once and clone the wrapper.
+#[derive(Debug, Clone)]
+pub struct Metered<L> {
+    inner: L,
+    shared: Arc<Shared>,
+}
+
+impl<L> Metered<L> {
+    /// Records the metrics of `ledger`'s operations.
+    pub fn new(ledger: L) -> Self {
+        Self {
+            inner: ledger,
+            shared: Arc::new(Shared {
+                per_account: AtomicBool::new(false),
+                open: Mutex::new(OpenHolds {
+                    holds: HashMap::default(),
+                    next_prune: Instant::now(),
+                }),
+            }),
+        }
+    }
+
+    /// Adds an `account` label to `credits_reserved_total`, `credits_committed_total`,
+    /// `credits_refunded_total` and `credits_expired_total` (off by default).
+    ///
+    /// **Every account becomes a series of each**: turn it on only when the number of
+    /// accounts is small and bounded. It applies to every clone of this wrapper.
+    pub fn per_account(self, on: bool) -> Self {
+        self.shared.per_account.store(on, Relaxed);
+        self
+    }
+
+    /// The wrapped ledger.
+    pub fn get_ref(&self) -> &L {
+        &self.inner
+    }
+
+    /// The wrapped ledger, unwrapped.
+    pub fn into_inner(self) -> L {
+        self.inner
+    }
+
+    fn future<F, T>(
+        &self,
+        inner: F,
+        op: &'static str,
+        span: Span,
+        done: Done<T>,
+    ) -> MeteredFuture<F, T> {
+        MeteredFuture {
+            inner,
+            op,
+            started: Instant::now(),
+            span,
+            shared: self.shared.clone(),
+            done,
+        }
+    }
+}
+
+/// What an operation's answer does to the metrics and its span.
+type Done<T> = Option<(fn(&Shared, &Call, &T, &Span), Call)>;
+
+/// What an answer is read against: the request's account, hold and TTL.
+#[derive(Debug)]
+struct Call {
+    account: AccountId,
+    hold: HoldId,
+    ttl: Duration,
+}
+
+/// The future of a [`Metered`] operation: the inner ledger's, timed, inside its span.
+#[derive(Debug)]
+pub struct MeteredFuture<F, T> {
+    inner: F,
+    op: &'static str,
+    started: Instant,
+    span: Span,
+    shared: Arc<Shared>,
+    done: Done<T>,
+}
+
+impl<F, T> Future for MeteredFuture<F, T>
+where
+    F: Future<Output = Result<T, LedgerError>> + Unpin,
+{
+    type Output = Result<T, LedgerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let result = {
+            let _entered = this.span.enter();
+            match Pin::new(&mut this.inner).poll(cx) {
+                Poll::Ready(result) => result,
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        record_duration(this.op, this.started.elapsed().as_secs_f64());
+        match &result {
+            Ok(answer) => {
+                if let Some((done, call)) = &this.done {
+                    done(&this.shared, call, answer, &this.span);
+                }
+            }
+            Err(error) => {
+                this.span.record("outcome", "error");
+                let kind = match error {
+                    LedgerError::Timeout(_) => Some("timeout"),
+                    LedgerError::Unavailable(_) => Some("unavailable"),
+                    LedgerError::Corrupt(_) => Some("corrupt"),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    ::metrics::counter!(STORE_ERRORS_TOTAL, "kind" => kind).increment(1);
+                }
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Records a call's duration under a static key per operation (no allocation per call).
+fn record_duration(op: &'static str, secs: f64) {
+    macro_rules! by_op {
+        ($($op:literal),*) => {
+            match op {
+                $($op => ::metrics::histogram!("credits_ledger_duration_seconds", "op" => $op).record(secs),)*
+                op => ::metrics::histogram!(LEDGER_DURATION_SECONDS, "op" => op).record(secs),
+            }
+        };
+    }
+    by_op!(
+        "reserve",
+        "settle",
+        "extend",
+        "lookup_api_key",
+        "top_up",
+        "configure",
+        "register_api_key",
+        "revoke_api_key",
+        "balance",
+        "usage"
+    );
+}
+
+fn reserved(shared: &Shared, call: &Call, outcome: &ReserveOutcome, span: &Span) {
+    let label = match outcome {
+        ReserveOutcome::Held(held) => {
+            span.record("held", held.amount);
+            span.record("available", held.available);
+            shared.opened(&call.account, &call.hold, held.amount, call.ttl);
+            "held"
+        }
+        ReserveOutcome::Insufficient(refusal) => {
+            span.record("available", refusal.available);
+            "insufficient"
+        }
+        ReserveOutcome::Closed(_) => "closed",
+        ReserveOutcome::TooManyHolds { .. } => "too_many_holds",
+        ReserveOutcome::UnknownAccount => "unknown_account",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    };
+    span.record("outcome", label);
+}
+
+fn settled(shared: &Shared, call: &Call, settlement: &Settlement, span: &Span) {
+    let label = match settlement.outcome {
+        SettleOutcome::Committed => "committed",
+        SettleOutcome::Refunded => "refunded",
+        SettleOutcome::AlreadyCommitted => "already_committed",
+        SettleOutcome::AlreadyRefunded => "already_refunded",
+        SettleOutcome::Expired => "expired",
+        SettleOutcome::Unknown => "unknown",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    };
+    span.record("outcome", label);
+    span.record("committed", settlement.committed);
+    span.record("released", settlement.released);
+    let was_open = shared.closed(&call.account, &call.hold);
+    match settlement.outcome {
+        SettleOutcome::Committed | SettleOutcome::Refunded => {
+            shared.count(COMMITTED_TOTAL, &call.account, settlement.committed);
+            shared.count(REFUNDED_TOTAL, &call.account, settlement.released);
+        }
+        SettleOutcome::Expired => {
+            if let Some(amount) = was_open {
+                shared.count(EXPIRED_TOTAL, &call.account, amount);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn extended(shared: &Shared, call: &Call, extended: &Extended, _span: &Span) {
+    match extended {
+        Extended::Until(_) => shared.extended(&call.account, &call.hold, call.ttl),
+        Extended::NotOpen(outcome) => {
+            let was_open = shared.closed(&call.account, &call.hold);
+            if let (SettleOutcome::Expired, Some(amount)) = (outcome, was_open) {
+                shared.count(EXPIRED_TOTAL, &call.account, amount);
+            }
+        }
+    }
+}
+
+impl<L: Ledger> Ledger for Metered<L> {
+    type Future<T: Send + 'static> = MeteredFuture<L::Future<T>, T>;
+
+    fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
+        let span = tracing::debug_span!(
+            "credits.reserve",
+            account = %reserve.account(),
+            hold_id = %reserve.hold_id(),
+            price = reserve.amount(),
+            outcome = Empty,
+            held = Empty,
+            available = Empty,
+        );
+        let call = Call {
+            account: reserve.account().clone(),
+            hold: reserve.hold_id().clone(),
+            ttl: reserve.hold_ttl(),
+        };
+        let inner = span.in_scope(|| self.inner.reserve(reserve));
+        self.future(inner, "reserve", span, Some((reserved, call)))
+    }
+
+    fn settle(&self, settle: Settle) -> Self::Future<Settlement> {
+        let decision = match settle.decision() {
+            SettleDecision::Commit(_) => "commit",
+            _ => "refund",
+        };
+        let span = tracing::debug_span!(
+            "credits.settle",
+            account = %settle.account(),
+            hold_id = %settle.hold_id(),
+            decision,
+            price = settle.actual(),
+            outcome = Empty,
+            committed = Empty,
+            released = Empty,
+        );
+        let call = Call {
+            account: settle.account().clone(),
+            hold: settle.hold_id().clone(),
+            ttl: Duration::ZERO,
+        };
+        let inner = span.in_scope(|| self.inner.settle(settle));
+        self.future(inner, "settle", span, Some((settled, call)))
+    }
+
+    fn extend(&self, extend: Extend) -> Self::Future<Extended> {
+        let call = Call {
+            account: extend.account().clone(),
+            hold: extend.hold_id().clone(),
+            ttl: extend.hold_ttl(),
+        };
+        let inner = self.inner.extend(extend);
+        self.future(inner, "extend", Span::none(), Some((extended, call)))
+    }
+
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
+        self.future(
+            self.inner.lookup_api_key(key),
+            "lookup_api_key",
+            Span::none(),
+            None,
+        )
+    }
+
+    fn reports(&self) -> Option<&dyn DynReports> {
+        self.inner.reports()
+    }
+}
+
+impl<L: LedgerAdmin> LedgerAdmin for Metered<L> {
+    fn top_up(&self, top_up: TopUp) -> Self::Future<ToppedUp> {
+        self.future(self.inner.top_up(top_up), "top_up", Span::none(), None)
+    }
+
+    fn configure(&self, configure: Configure) -> Self::Future<()> {
+        self.future(
+            self.inner.configure(configure),
+            "configure",
+            Span::none(),
+            None,
+        )
+    }
+
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
+        self.future(
+            self.inner.register_api_key(key, account),
+            "register_api_key",
+            Span::none(),
+            None,
+        )
+    }
+
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
+        self.future(
+            self.inner.revoke_api_key(key),
+            "revoke_api_key",
+            Span::none(),
+            None,
+        )
+    }
+}
+
+impl<L: LedgerReports> LedgerReports for Metered<L> {
+    fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
+        self.future(self.inner.balance(account), "balance", Span::none(), None)
+    }
+
+    fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
+        self.future(self.inner.usage(account), "usage", Span::none(), None)
+    }
+}
+
+impl<L: EventOutbox> EventOutbox for Metered<L> {
+    fn replica(&self) -> &str {
+        self.inner.replica()
+    }
+    fn claim(&self, lease: Duration, max: usize) -> OutboxFuture<Vec<CreditEvent>> {
+        self.inner.claim(lease, max)
+    }
+    fn renew(&self, event: &CreditEvent, lease: Duration) -> OutboxFuture<bool> {
+        self.inner.renew(event, lease)
+    }
+    fn ack(&self, event: &CreditEvent) -> OutboxFuture<()> {
+        self.inner.ack(event)
+    }
+    fn dead_letter(&self, event: &CreditEvent, reason: &str) -> OutboxFuture<()> {
+        self.inner.dead_letter(event, reason)
+    }
+    fn dead_letters(&self, account: &AccountId) -> OutboxFuture<Vec<DeadLetter>> {
+        self.inner.dead_letters(account)
+    }
+    fn requeue(&self, dead: &DeadLetter) -> OutboxFuture<bool> {
+        self.inner.requeue(dead)
+    }
+    fn pending(&self, account: &AccountId) -> OutboxFuture<Vec<CreditEvent>> {
+        self.inner.pending(account)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_outcome_and_reason() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        ::metrics::with_local_recorder(&recorder, || {
+            request(Outcome::Billed, Reason::Ok);
+            request(Outcome::Billed, Reason::Ok);
+            request(Outcome::Refused, Reason::InsufficientBalance);
+            request(Outcome::Unbilled, Reason::LedgerUnavailable);
+            unbilled(7);
+            webhook_delivery(Delivery::Failed);
+            webhook_delivery(Delivery::Delivered);
+        });
+        let mut seen: Vec<(String, Vec<String>, u64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let DebugValue::Counter(n) = value else {
+                    panic!("not a counter: {value:?}")
+                };
+                let labels = key
+                    .key()
+                    .labels()
+                    .map(|l| format!("{}={}", l.key(), l.value()))
+                    .collect();
+                (key.key().name().to_owned(), labels, n)
+            })
+            .collect();
+        seen.sort();
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    REQUESTS_TOTAL.into(),
+                    owned(&["outcome=billed", "reason=ok"]),
+                    2
+                ),
+                (
+                    REQUESTS_TOTAL.into(),
+                    owned(&["outcome=refused", "reason=insufficient_balance"]),
+                    1
+                ),
+                (
+                    REQUESTS_TOTAL.into(),
+                    owned(&["outcome=unbilled", "reason=ledger_unavailable"]),
+                    1
+                ),
+                (UNBILLED_TOTAL.into(), vec![], 7),
+                (
+                    WEBHOOK_DELIVERIES_TOTAL.into(),
+                    owned(&["result=delivered"]),
+                    1
+                ),
+                (
+                    WEBHOOK_DELIVERIES_TOTAL.into(),
+                    owned(&["result=failed"]),
+                    1
+                ),
+            ]
+        );
+    }
+}
