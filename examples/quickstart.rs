@@ -9,7 +9,9 @@
 //! thresholds 100 and 4: its first `GET /v1/echo` fires `balance.low` for 100, its second
 //! for 4, and its first 402 fires `balance.depleted`). `GET /v1/echo` costs 1, `POST /v1/generate` holds 50 and charges the JSON
 //! field `tokens` (a `credits-max-cost` cap of at least 10 lowers the hold), `GET /v1/credits`
-//! answers the caller's balance and spend by route, `GET /health` is free. Any billed route
+//! answers the caller's balance and spend by route, `GET /v1/stream?n=K` sends K server-sent
+//! events at 1 credit each (holds 20, ends at the hold with `"stop":"hold-exhausted"`, and
+//! always with an `event: credits` saying what it cost), `GET /health` is free. Any billed route
 //! answers a quote instead when sent `credits-quote: 1`. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
 //!
 //! Events are printed; with `CREDITS_WEBHOOK_URL` and `CREDITS_WEBHOOK_SECRET` set they are
@@ -30,8 +32,11 @@
 
 use std::time::Duration;
 
+use axum::extract::Query;
+use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tower_credits::admin::{AdminRouter, AdminToken};
 use tower_credits::events::webhook::WebhookError;
@@ -56,11 +61,34 @@ async fn echo(charge: Charge) -> String {
 }
 
 async fn generate(charge: Charge, Json(body): Json<Generate>) -> Json<serde_json::Value> {
-    // The route holds 50; the caller pays for the tokens really generated (at most 50).
+    // The route holds 50 (less under a cap): the work is bounded by the hold, and the caller
+    // pays for the tokens really generated.
+    let tokens = body.tokens.min(charge.reserved());
     charge
-        .set(body.tokens)
-        .expect("charge is open until the response head");
-    Json(serde_json::json!({ "generated_tokens": body.tokens.min(charge.reserved()) }))
+        .set(tokens)
+        .expect("charge is open until the response head, and within the hold");
+    Json(serde_json::json!({ "generated_tokens": tokens }))
+}
+
+#[derive(Deserialize)]
+struct StreamParams {
+    n: u64,
+}
+
+/// `n` server-sent events, 1 credit each, metered before each is sent. The route holds 20
+/// (as little as 1 when that is all the account has): past the hold the layer ends the
+/// stream cleanly, and every stream ends with an `event: credits` saying what it cost.
+async fn stream(
+    charge: Charge,
+    Query(params): Query<StreamParams>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    charge.defer();
+    let events = futures_util::stream::iter(0..params.n).map(move |i| {
+        // A handler may stop when this is refused; one that does not is cut by the layer.
+        let _ = charge.add(1);
+        Ok(Event::default().data(format!("{{\"i\":{i}}}")))
+    });
+    Sse::new(events)
 }
 
 /// Creates the demo accounts. Fixed top-up keys make this safe to run on every start and
@@ -190,18 +218,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // Holds 50, runs with as little as 10 under a `credits-max-cost` cap.
                 .route("POST /v1/generate", 50)
                 .min_price(10)
+                .route("GET /v1/stream", 20)
+                .min_price(1)
                 .authenticated("GET /v1/credits")
                 .free("GET /health"),
         )
         .low_balance_threshold(100)
         .events(events)
         .top_up_url("https://example.com/billing");
+    // Refusals are RFC 9457 problem JSON; an API with its own error shape renders them
+    // itself, for example OpenAI-style:
+    //   .refusal_response(|refusal| http::Response::builder()
+    //       .status(refusal.status())
+    //       .header("content-type", "application/json")
+    //       .body(serde_json::json!({"error": {"message": refusal.to_string(),
+    //           "type": "insufficient_quota", "code": refusal.code()}}).to_string().into())
+    //       .ok())
     // Kept to shut the layer's hold keeper down after the server stops.
     let credits = layer.clone();
 
     let mut app = Router::new()
         .route("/v1/echo", get(echo))
         .route("/v1/generate", post(generate))
+        .route("/v1/stream", get(stream))
         .route_service("/v1/credits", CreditsReadout::new(ledger.clone()))
         .route("/health", get(|| async { "ok\n" }))
         .layer(layer)
@@ -235,6 +274,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Credits-Quote: 1' -X POST {base}/v1/generate   # quote");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' -H 'Credits-Max-Cost: 20' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 40}}' {base}/v1/generate   # capped at 20");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/credits   # balance and spend by route");
+    println!("  curl -N -H 'Authorization: Bearer demo-rich' '{base}/v1/stream?n=5'   # SSE, ends with event: credits");
+    println!("  curl -N -H 'Authorization: Bearer demo-poor' '{base}/v1/stream?n=50'  # cut when its credits run out");
     println!("  curl -s {base}/metrics | grep credits_   # Prometheus metrics, free\n");
     if admin_token.is_some() {
         println!("admin API at {base}/admin (Authorization: Bearer $ADMIN_TOKEN):");

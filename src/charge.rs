@@ -15,10 +15,14 @@ const UNSET: u64 = CLOSED - 1;
 /// [`CreditLayer`](crate::CreditLayer).
 ///
 /// A handler reads the account and the hold, and sets or adds the **actual** cost when it is
-/// lower (or higher) than the price. Without a call to [`set`](Charge::set) or
-/// [`add`](Charge::add) the request is charged its price. The actual cost is clamped to the
-/// hold: a hold is the most a request may spend, like a card pre-authorisation, so an
-/// overrun is logged (a `tracing` warning) and charged at the hold.
+/// lower than the price. Without a call to [`set`](Charge::set) or [`add`](Charge::add) the
+/// request is charged its price. A hold is the most a request may spend, like a card
+/// pre-authorisation: a `set` or `add` past it is refused with
+/// [`ChargeError::HoldExceeded`] and records nothing, so work past the hold is never free
+/// by accident. A handler stops when it sees that error; one that goes on anyway is stopped
+/// by the layer: a streamed frame produced after a refused `add` is not delivered, and the
+/// stream ends cleanly, saying why (see [`CreditLayer`](crate::CreditLayer)). Meter a
+/// piece of work before you send it.
 ///
 /// The charge is settled when the response head leaves the service, so a caller's next
 /// request sees it. A handler that only knows the cost at the end of a streamed body calls
@@ -78,6 +82,10 @@ struct Inner {
     state: AtomicU64,
     deferred: AtomicBool,
     billed: bool,
+    /// `set`/`add` calls refused because they went past the hold.
+    refused: AtomicU64,
+    /// The account's available balance right after the reserve, when known.
+    available: Option<i64>,
 }
 
 /// What a [`Charge`] said when it was closed.
@@ -103,6 +111,15 @@ pub enum ChargeError {
     /// [`defer`](Charge::defer), or the deferred body ended.
     #[error("the charge was already settled; call `Charge::defer` before the response head to change it later")]
     AlreadySettled,
+    /// The cost would go past the hold, the most this request may spend: nothing was
+    /// recorded. Stop the work (a stream ends; the layer says why to the caller).
+    #[error("a cost of {requested} credits would exceed the {reserved} held for this request")]
+    HoldExceeded {
+        /// Credits held.
+        reserved: u64,
+        /// The cost the `set` or `add` asked for.
+        requested: u64,
+    },
 }
 
 impl fmt::Debug for Charge {
@@ -119,18 +136,30 @@ impl fmt::Debug for Charge {
 }
 
 impl Charge {
-    pub(crate) fn new(account: AccountId, hold_id: HoldId, reserved: u64) -> Self {
-        Self::with_billing(account, hold_id, reserved, true)
+    /// A billed charge; `available`: the account's balance right after the reserve.
+    pub(crate) fn new(
+        account: AccountId,
+        hold_id: HoldId,
+        reserved: u64,
+        available: Option<i64>,
+    ) -> Self {
+        Self::with_billing(account, hold_id, reserved, true, available)
     }
 
     /// The charge of a request served unbilled because the ledger was down
     /// ([`OutagePolicy::FailOpen`](crate::OutagePolicy::FailOpen)): nothing is held, and what
     /// the handler sets is not committed anywhere.
     pub(crate) fn unbilled(account: AccountId, price: u64) -> Self {
-        Self::with_billing(account, HoldId::generate(), price, false)
+        Self::with_billing(account, HoldId::generate(), price, false, None)
     }
 
-    fn with_billing(account: AccountId, hold_id: HoldId, reserved: u64, billed: bool) -> Self {
+    fn with_billing(
+        account: AccountId,
+        hold_id: HoldId,
+        reserved: u64,
+        billed: bool,
+        available: Option<i64>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 account,
@@ -139,6 +168,8 @@ impl Charge {
                 state: AtomicU64::new(UNSET),
                 deferred: AtomicBool::new(false),
                 billed,
+                refused: AtomicU64::new(0),
+                available,
             }),
         }
     }
@@ -165,13 +196,35 @@ impl Charge {
     /// Credits held for this request: the most it can cost. On a route with a minimum
     /// price ([`Pricing::min_price`](crate::pricing::Pricing::min_price)) the hold may be
     /// less than the price (a caller's `credits-max-cost`, or what its balance affords):
-    /// **bound the work by it** (an AI handler cuts `max_tokens` to it), since a cost set
-    /// above the hold is charged at the hold.
+    /// **bound the work by it** (an AI handler cuts `max_tokens` to it), since a cost
+    /// above the hold is refused ([`ChargeError::HoldExceeded`]).
     pub fn reserved(&self) -> u64 {
         self.inner.reserved
     }
 
-    /// The actual cost set so far, if any (unclamped).
+    /// Credits of the hold not yet metered: how much more work this request may do.
+    pub fn remaining_hold(&self) -> u64 {
+        self.inner.reserved - self.actual().unwrap_or(0).min(self.inner.reserved)
+    }
+
+    /// The account's balance once this request is settled at `cost`, as the layer will
+    /// report it in `credits-remaining`: for a handler that writes the same figures in its
+    /// own final chunk (an OpenAI-style usage chunk, say). `None` when the request is not
+    /// billed.
+    pub fn remaining_after(&self, cost: u64) -> Option<i64> {
+        let cost = cost.min(self.inner.reserved);
+        self.inner
+            .available
+            .map(|available| available + self.inner.reserved as i64 - cost as i64)
+    }
+
+    /// How many `set`/`add` calls were refused for going past the hold: the layer ends a
+    /// stream whose handler goes on after one.
+    pub(crate) fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::Acquire)
+    }
+
+    /// The actual cost set so far, if any.
     pub fn actual(&self) -> Option<u64> {
         match self.inner.state.load(Ordering::Acquire) & !CLOSED {
             UNSET => None,
@@ -186,12 +239,13 @@ impl Charge {
             .map_or(self.inner.reserved, |a| a.min(self.inner.reserved))
     }
 
-    /// Sets the actual cost.
+    /// Sets the actual cost; refused past the hold ([`ChargeError::HoldExceeded`]).
     pub fn set(&self, credits: u64) -> Result<(), ChargeError> {
         self.update(|_| credits).map(drop)
     }
 
     /// Adds to the actual cost (starting from 0 if none was set); returns the new total.
+    /// Refused past the hold ([`ChargeError::HoldExceeded`]): nothing is recorded.
     pub fn add(&self, credits: u64) -> Result<u64, ChargeError> {
         self.update(|current| current.unwrap_or(0).saturating_add(credits))
     }
@@ -205,6 +259,13 @@ impl Charge {
             }
             let current = (seen != UNSET).then_some(seen);
             let value = next(current).min(UNSET - 1);
+            if value > self.inner.reserved {
+                self.inner.refused.fetch_add(1, Ordering::AcqRel);
+                return Err(ChargeError::HoldExceeded {
+                    reserved: self.inner.reserved,
+                    requested: value,
+                });
+            }
             match self.inner.state.compare_exchange_weak(
                 seen,
                 value,
@@ -304,17 +365,53 @@ mod tests {
     use super::*;
 
     fn charge() -> Charge {
-        Charge::new(AccountId::new("a").unwrap(), HoldId::new("h").unwrap(), 50)
+        Charge::new(
+            AccountId::new("a").unwrap(),
+            HoldId::new("h").unwrap(),
+            50,
+            Some(100),
+        )
     }
 
     #[test]
-    fn cost_defaults_to_the_hold_and_clamps() {
+    fn cost_defaults_to_the_hold() {
         let c = charge();
-        assert_eq!(c.cost(), 50);
+        assert_eq!((c.cost(), c.remaining_hold()), (50, 50));
         c.set(12).unwrap();
-        assert_eq!(c.cost(), 12);
-        c.set(80).unwrap();
-        assert_eq!((c.actual(), c.cost()), (Some(80), 50));
+        assert_eq!((c.cost(), c.remaining_hold()), (12, 38));
+        assert_eq!(c.remaining_after(12), Some(138));
+    }
+
+    /// Adversarial twin: a handler that meters past its hold is refused, records nothing,
+    /// and the refusal is counted for the layer to end the stream.
+    #[test]
+    fn nothing_past_the_hold_is_recorded() {
+        let c = charge();
+        assert_eq!(
+            c.set(80),
+            Err(ChargeError::HoldExceeded {
+                reserved: 50,
+                requested: 80
+            })
+        );
+        assert_eq!((c.actual(), c.refused()), (None, 1));
+        assert_eq!(c.add(50).unwrap(), 50);
+        assert_eq!(c.remaining_hold(), 0);
+        assert_eq!(
+            c.add(1),
+            Err(ChargeError::HoldExceeded {
+                reserved: 50,
+                requested: 51
+            })
+        );
+        assert_eq!((c.actual(), c.cost(), c.refused()), (Some(50), 50, 2));
+        assert_eq!(
+            c.add(u64::MAX).unwrap_err(),
+            ChargeError::HoldExceeded {
+                reserved: 50,
+                requested: UNSET - 1
+            }
+        );
     }
 
     #[test]
@@ -348,7 +445,12 @@ mod tests {
     #[test]
     fn every_acknowledged_write_is_in_the_closed_figure() {
         for _ in 0..200 {
-            let c = Charge::new(AccountId::new("a").unwrap(), HoldId::generate(), u64::MAX);
+            let c = Charge::new(
+                AccountId::new("a").unwrap(),
+                HoldId::generate(),
+                1 << 40,
+                None,
+            );
             let writers: Vec<_> = (0..4)
                 .map(|_| {
                     let c = c.clone();

@@ -147,7 +147,6 @@ pub fn describe() {
 
 /// How a request ended, the `outcome` label of `credits_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // until the middleware records request outcomes
 pub(crate) enum Outcome {
     /// Charged (committed).
     Billed,
@@ -175,7 +174,6 @@ impl Outcome {
 
 /// Why a request ended as it did, the `reason` label of `credits_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // until the middleware records request outcomes
 pub(crate) enum Reason {
     /// Nothing went wrong.
     Ok,
@@ -222,16 +220,31 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// The reason a refusal is counted under.
+    pub(crate) fn of(refusal: &crate::Refusal) -> Self {
+        use crate::Refusal as R;
+        match refusal {
+            R::Unauthorized(_) => Self::Unauthorized,
+            R::InsufficientCredits { .. } => Self::InsufficientBalance,
+            R::TooManyHolds { .. } => Self::TooManyHolds,
+            R::Unavailable | R::LedgerBusy => Self::LedgerUnavailable,
+            R::LifetimeExceeded { .. } => Self::LifetimeExceeded,
+            R::InvalidHeader { .. } => Self::InvalidHeader,
+            R::MaxCostExceeded { .. } => Self::MaxCostExceeded,
+            _ => Self::BillingError,
+        }
+    }
+}
+
 /// Counts one request in `credits_requests_total{outcome,reason}`: what the middleware
 /// calls once per request, when it knows how the request ended.
-#[allow(dead_code)] // until the middleware records request outcomes
 pub(crate) fn request(outcome: Outcome, reason: Reason) {
     ::metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str(), "reason" => reason.as_str())
         .increment(1);
 }
 
 /// Adds `credits` served without billing to `credits_unbilled_total`.
-#[allow(dead_code)] // until the middleware records request outcomes
 pub(crate) fn unbilled(credits: u64) {
     ::metrics::counter!(UNBILLED_TOTAL).increment(credits);
 }
@@ -239,7 +252,6 @@ pub(crate) fn unbilled(credits: u64) {
 /// How one attempt to deliver a credit event ended, the `result` label of
 /// `credits_webhook_deliveries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // until the dispatcher records its deliveries
 pub(crate) enum Delivery {
     /// The receiver took it.
     Delivered,
@@ -251,7 +263,6 @@ pub(crate) enum Delivery {
 
 /// Counts one delivery attempt in `credits_webhook_deliveries_total{result}`: what the
 /// dispatcher calls after each attempt.
-#[allow(dead_code)] // until the dispatcher records its deliveries
 pub(crate) fn webhook_delivery(result: Delivery) {
     let result = match result {
         Delivery::Delivered => "delivered",

@@ -207,7 +207,8 @@ impl Pricing {
     ///
     /// **The handler must bound its work by [`Charge::reserved`](crate::Charge::reserved)**:
     /// the hold may be anywhere between the minimum and the price (a caller's cap, or what
-    /// its balance affords), and a cost set above the hold is charged at the hold.
+    /// its balance affords), and a cost above the hold is refused
+    /// ([`ChargeError::HoldExceeded`](crate::ChargeError::HoldExceeded)).
     pub fn min_price(mut self, credits: u64) -> Self {
         assert!(
             credits > 0,

@@ -16,9 +16,11 @@ use support::redis::RedisServer;
 use tower::ServiceExt;
 use tower_credits::account::AccountResolver;
 use tower_credits::admin::{AdminRouter, AdminToken};
-use tower_credits::pricing::Pricing;
-use tower_credits::{AccountId, ApiKeyHash, CreditLayer, LedgerAdmin, LedgerReports, MemoryLedger, RedisLedger};
 use tower_credits::ledger::MAX_AMOUNT;
+use tower_credits::pricing::Pricing;
+use tower_credits::{
+    AccountId, ApiKeyHash, CreditLayer, LedgerAdmin, LedgerReports, MemoryLedger, RedisLedger,
+};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 

@@ -262,11 +262,11 @@ fn routes(hooks: Hooks) -> Router {
         .with_state(hooks)
 }
 
-/// Charges `?cost=` (clamped to the price by the layer).
+/// Charges `?cost=`, bounded by the hold (a `Charge` refuses a cost past it).
 async fn ok(State(h): State<Hooks>, charge: Charge, Query(p): Query<Params>) -> &'static str {
     let cost = p.cost.expect("cost");
     work(&h.tick, p.ticks.unwrap_or(0)).await;
-    charge.set(cost).unwrap();
+    charge.set(cost.min(charge.reserved())).unwrap();
     h.log
         .record(&charge, Intent::Commit(cost.min(charge.reserved())));
     "ok"

@@ -82,7 +82,7 @@ fn routes(hooks: Hooks) -> Router {
             get(
                 |charge: Option<Charge>, Query(p): Query<Params>| async move {
                     if let (Some(charge), Some(cost)) = (charge, p.cost) {
-                        charge.set(cost).unwrap();
+                        charge.set(cost.min(charge.reserved())).unwrap();
                     }
                     "done"
                 },

@@ -103,10 +103,11 @@ fn app<L: TestLedger>(ledger: L, runs: Runs, layer: CreditLayer<L>) -> Router {
             post(
                 move |charge: Charge, Json(body): Json<Generate>| async move {
                     generate.fetch_add(1, Ordering::SeqCst);
-                    charge.set(body.tokens).unwrap();
+                    let tokens = body.tokens.min(charge.reserved());
+                    charge.set(tokens).unwrap();
                     Json(json!({
                         "reserved": charge.reserved(),
-                        "generated_tokens": body.tokens.min(charge.reserved()),
+                        "generated_tokens": tokens,
                     }))
                 },
             ),

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower_credits::clock::ManualClock;
-use tower_credits::metrics::Metered;
-use tower_credits::{AccountId, ApiKeyHash, Ledger, LedgerAdmin, LedgerError, LedgerReports, MemoryLedger, TopUp};
 use tower_credits::ledger::{HoldId, Reserve, ReserveOutcome, Settle, SettleOutcome};
+use tower_credits::metrics::Metered;
+use tower_credits::{
+    AccountId, ApiKeyHash, Ledger, LedgerAdmin, LedgerError, LedgerReports, MemoryLedger, TopUp,
+};
 
 /// Serializes this binary's tests. `tracing` caches whether a callsite is enabled, for
 /// every thread at once: a test on another thread that opens the same spans with no
@@ -236,7 +238,10 @@ impl Ledger for Failing {
     fn settle(&self, _: Settle) -> Self::Future<tower_credits::ledger::Settlement> {
         self.fail()
     }
-    fn extend(&self, _: tower_credits::ledger::Extend) -> Self::Future<tower_credits::ledger::Extended> {
+    fn extend(
+        &self,
+        _: tower_credits::ledger::Extend,
+    ) -> Self::Future<tower_credits::ledger::Extended> {
         self.fail()
     }
     fn lookup_api_key(&self, _: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

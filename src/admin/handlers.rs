@@ -14,11 +14,11 @@ use serde_json::{json, Map, Value};
 
 use super::errors::AdminError;
 use crate::api_key::ApiKeyHash;
+use crate::ledger::MAX_AMOUNT;
 use crate::ledger::{
     AccountId, AccountSettings, Configure, LedgerAdmin, LedgerError, LedgerReports, Threshold,
     TopUp, DEFAULT_RUNWAY_HORIZON, MAX_RUNWAY_HORIZON,
 };
-use crate::ledger::MAX_AMOUNT;
 
 /// The account id of the path, checked.
 fn account(path: Result<Path<String>, PathRejection>) -> Result<AccountId, AdminError> {

@@ -379,6 +379,11 @@ impl Worker {
                         Ok(result) => result,
                         Err(_) => Err(format!("no answer within {:?}", self.send_timeout)),
                     };
+                #[cfg(feature = "metrics")]
+                crate::metrics::webhook_delivery(match attempt_result {
+                    Ok(()) => crate::metrics::Delivery::Delivered,
+                    Err(_) => crate::metrics::Delivery::Failed,
+                });
                 match attempt_result {
                     Ok(()) => {}
                     Err(error) => {
@@ -417,6 +422,8 @@ impl Worker {
             tokio::time::sleep(self.retry.delay(attempt)).await;
         }
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::metrics::webhook_delivery(crate::metrics::Delivery::DeadLettered);
         tracing::error!(event = %event.id, kind = %event.kind, account = %event.account, reason = %last_error, "event delivery gave up; kept as a dead letter");
         for _ in 0..3 {
             match self.outbox.dead_letter(&event, &last_error).await {

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use super::grpc_web::TrailerScanner;
 use super::guard::HoldGuard;
 use super::keeper::Cut;
+use super::settlement::End;
 use super::settlement::{at_body_end, cost_of, Awaiting};
 use crate::classify::{Classify, Verdict};
-use crate::wire::headers;
+use crate::wire::{grpc, headers};
 
 pin_project! {
     /// Response body of a [`CreditService`](crate::CreditService).
@@ -60,8 +61,12 @@ pin_project! {
 enum Tail {
     /// The inner body is still streaming.
     Streaming,
-    /// Settled as the inner body ended; our trailers go out on the next poll.
-    Trailers(HeaderMap),
+    /// Settled as the inner body ended (or was cut at its hold): the SSE `credits` event,
+    /// if any, then our trailers, one per poll.
+    Closing {
+        event: Option<Bytes>,
+        trailers: HeaderMap,
+    },
     Done,
 }
 
@@ -74,6 +79,21 @@ pub(crate) struct BodySettle {
     classifier: Arc<dyn Classify>,
     /// gRPC-Web: the status may come in a trailer frame inside the body.
     scanner: Option<TrailerScanner>,
+    /// How the end is told: gRPC trailers, an SSE event, or HTTP trailers.
+    kind: StreamKind,
+    /// Refused `add`/`set` calls already seen: one more means a frame past the hold.
+    refused_seen: u64,
+}
+
+/// What a settling body is, for how it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamKind {
+    Http,
+    /// `text/event-stream`: the figures go in a final `event: credits` too.
+    Sse,
+    /// gRPC (HTTP/2, length-prefixed messages): a cut ends with `RESOURCE_EXHAUSTED`.
+    Grpc,
+    GrpcWeb,
 }
 
 impl BodySettle {
@@ -83,13 +103,33 @@ impl BodySettle {
         awaiting: Awaiting,
         classifier: Arc<dyn Classify>,
         scanner: Option<TrailerScanner>,
+        kind: StreamKind,
     ) -> Box<Self> {
+        let refused_seen = guard.hold().charge.refused();
         Box::new(Self {
             guard,
             awaiting,
             classifier,
             scanner,
+            kind,
+            refused_seen,
         })
+    }
+
+    /// A frame came from the handler: `Some(frame)` to deliver, or `None` when it went past
+    /// the hold (a refused `add` since the last frame) and the stream must end. A gRPC
+    /// frame keeps the messages that were paid for (tonic may put several in one frame).
+    fn admit(&mut self, frame: Frame<Bytes>) -> Result<Frame<Bytes>, Option<Frame<Bytes>>> {
+        let refused = self.guard.hold().charge.refused();
+        let unpaid = refused - self.refused_seen;
+        if unpaid == 0 {
+            return Ok(frame);
+        }
+        self.refused_seen = refused;
+        match (self.kind, frame.into_data()) {
+            (StreamKind::Grpc, Ok(data)) => Err(paid_messages(data, unpaid).map(Frame::data)),
+            _ => Err(None),
+        }
     }
 
     fn observe(&mut self, data: &Bytes) {
@@ -99,27 +139,94 @@ impl BodySettle {
     }
 
     /// Settles by what the end of the body says, and writes the final figures into
-    /// `trailers` (the inner body's, when `from_inner`, else our own).
-    fn finish(self: Box<Self>, trailers: &mut HeaderMap, from_inner: bool) {
+    /// `trailers` (the inner body's, when `from_inner`, else our own); returns the SSE
+    /// `credits` event to send before them. `cut`: the layer ended the stream at its hold.
+    fn finish(
+        self: Box<Self>,
+        trailers: &mut HeaderMap,
+        from_inner: bool,
+        cut: bool,
+    ) -> Option<Bytes> {
         let this = *self;
+        let kind = this.kind;
         let (classifier, scanner) = (&this.classifier, &this.scanner);
-        let end = at_body_end(this.awaiting, || {
-            let verdict = classifier.classify_end(from_inner.then_some(&*trailers));
-            match scanner.as_ref().and_then(TrailerScanner::trailers) {
-                Some(framed) if verdict == Verdict::Unknown => {
-                    classifier.classify_end(Some(framed))
+        let end = if cut {
+            End::Early
+        } else {
+            at_body_end(this.awaiting, || {
+                let verdict = classifier.classify_end(from_inner.then_some(&*trailers));
+                match scanner.as_ref().and_then(TrailerScanner::trailers) {
+                    Some(framed) if verdict == Verdict::Unknown => {
+                        classifier.classify_end(Some(framed))
+                    }
+                    _ => verdict,
                 }
-                _ => verdict,
-            }
-        });
+            })
+        };
         let hold = this.guard.hold().clone();
         let settler = this.guard.settler().clone();
-        let cost = this.guard.settle(end).map_or(0, cost_of);
+        // `None`: the keeper settled it first; the figures are not known here.
+        let cost = this.guard.settle(end).map(cost_of);
         let names = settler.headers();
-        trailers.insert(names.cost.clone(), headers::int(cost));
-        trailers.insert(names.remaining.clone(), headers::int(hold.remaining(cost)));
-        headers::write_warning(trailers, names, hold.remaining(cost), &hold.thresholds);
+        let reserved = hold.charge.reserved();
+        // The handler hit its hold: the layer cut the stream, or the handler stopped when
+        // its `add` was refused.
+        let hit = cut || hold.charge.refused() > 0;
+        if let Some(cost) = cost {
+            trailers.insert(names.cost.clone(), headers::int(cost));
+            trailers.insert(names.remaining.clone(), headers::int(hold.remaining(cost)));
+            headers::write_warning(trailers, names, hold.remaining(cost), &hold.thresholds);
+        }
+        if hit {
+            trailers.insert(
+                names.stop.clone(),
+                http::HeaderValue::from_static(HOLD_EXHAUSTED),
+            );
+        }
+        if cut && matches!(kind, StreamKind::Grpc | StreamKind::GrpcWeb) {
+            grpc::hold_exhausted(trailers, reserved, cost.unwrap_or(reserved));
+        }
+        (kind == StreamKind::Sse).then(|| {
+            let remaining = cost.map(|cost| hold.remaining(cost));
+            sse_credits_event(cost, remaining, reserved, hit)
+        })
     }
+}
+
+/// Why the layer ended a stream, as `credits-stop` and the SSE event's `stop` say.
+const HOLD_EXHAUSTED: &str = "hold-exhausted";
+
+/// The final SSE event: `event: credits` with the figures known (an unknown one is left
+/// out, never sent as 0), and `"stop"` when the layer ended the stream.
+fn sse_credits_event(cost: Option<u64>, remaining: Option<i64>, reserved: u64, cut: bool) -> Bytes {
+    let mut data = serde_json::Map::new();
+    if let Some(cost) = cost {
+        data.insert("cost".into(), cost.into());
+    }
+    if let Some(remaining) = remaining {
+        data.insert("remaining".into(), remaining.into());
+    }
+    data.insert("reserved".into(), reserved.into());
+    if cut {
+        data.insert("stop".into(), HOLD_EXHAUSTED.into());
+    }
+    let json = serde_json::Value::Object(data);
+    Bytes::from(format!("event: credits\ndata: {json}\n\n"))
+}
+
+/// The leading gRPC messages of `data` (5-byte length-prefixed) without the last `unpaid`
+/// ones; `None` if none is left or the framing cannot be read.
+fn paid_messages(data: Bytes, unpaid: u64) -> Option<Bytes> {
+    let mut ends = Vec::new();
+    let mut at = 0usize;
+    while at < data.len() {
+        let header = data.get(at..at + 5)?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        at = at.checked_add(5 + len).filter(|&end| end <= data.len())?;
+        ends.push(at);
+    }
+    let keep = ends.len().checked_sub(usize::try_from(unpaid).ok()?)?;
+    (keep > 0).then(|| data.slice(..ends[keep - 1]))
 }
 
 /// A frame of a settling body, passed on: the hold settles at the trailers, at the end, or
@@ -130,27 +237,55 @@ fn settle_on_end<E: Into<BoxError>>(
     settle: &mut Option<Box<BodySettle>>,
     tail: &mut Tail,
 ) -> Option<Result<Frame<Bytes>, BoxError>> {
-    let finish = |settle: &mut Option<Box<BodySettle>>, trailers: &mut HeaderMap, inner| {
-        if let Some(pending) = settle.take() {
-            pending.finish(trailers, inner);
-        }
+    // Settles, and queues what goes out after the last frame.
+    let close = |settle: &mut Option<Box<BodySettle>>, tail: &mut Tail, cut: bool| {
+        let mut trailers = HeaderMap::new();
+        let event = settle
+            .take()
+            .and_then(|pending| pending.finish(&mut trailers, false, cut));
+        *tail = Tail::Closing { event, trailers };
     };
     match polled {
         Some(Ok(frame)) => {
-            if let (Some(data), Some(pending)) = (frame.data_ref(), settle.as_mut()) {
+            let Some(pending) = settle.as_mut() else {
+                return Some(Ok(frame));
+            };
+            if let Some(data) = frame.data_ref() {
                 pending.observe(data);
             }
+            let frame = match pending.admit(frame) {
+                Ok(frame) => frame,
+                // Past the hold: end here, cleanly, with what was paid for.
+                Err(paid) => {
+                    close(settle, tail, true);
+                    return match paid {
+                        Some(frame) => Some(Ok(frame)),
+                        None => next_closing(tail),
+                    };
+                }
+            };
             match frame.into_trailers() {
                 Ok(mut trailers) => {
-                    finish(settle, &mut trailers, true);
-                    *tail = Tail::Done;
-                    Some(Ok(Frame::trailers(trailers)))
+                    let event = settle
+                        .take()
+                        .and_then(|pending| pending.finish(&mut trailers, true, false));
+                    match event {
+                        Some(event) => {
+                            *tail = Tail::Closing {
+                                event: None,
+                                trailers,
+                            };
+                            Some(Ok(Frame::data(event)))
+                        }
+                        None => {
+                            *tail = Tail::Done;
+                            Some(Ok(Frame::trailers(trailers)))
+                        }
+                    }
                 }
                 Err(frame) => {
                     if ended {
-                        let mut trailers = HeaderMap::new();
-                        finish(settle, &mut trailers, false);
-                        *tail = Tail::Trailers(trailers);
+                        close(settle, tail, false);
                     }
                     Some(Ok(frame))
                 }
@@ -163,10 +298,32 @@ fn settle_on_end<E: Into<BoxError>>(
             Some(Err(error.into()))
         }
         None => {
-            let mut trailers = HeaderMap::new();
-            finish(settle, &mut trailers, false);
-            *tail = Tail::Done;
-            Some(Ok(Frame::trailers(trailers)))
+            close(settle, tail, false);
+            next_closing(tail)
+        }
+    }
+}
+
+/// The next frame after the inner body: the SSE event, then the trailers, then nothing.
+fn next_closing(tail: &mut Tail) -> Option<Result<Frame<Bytes>, BoxError>> {
+    match std::mem::replace(tail, Tail::Done) {
+        Tail::Closing {
+            event: Some(event),
+            trailers,
+        } => {
+            *tail = Tail::Closing {
+                event: None,
+                trailers,
+            };
+            Some(Ok(Frame::data(event)))
+        }
+        Tail::Closing {
+            event: None,
+            trailers,
+        } => Some(Ok(Frame::trailers(trailers))),
+        other => {
+            *tail = other;
+            None
         }
     }
 }
@@ -265,15 +422,9 @@ where
                 settle,
                 tail,
             } => {
-                match std::mem::replace(tail, Tail::Streaming) {
-                    Tail::Done => {
-                        *tail = Tail::Done;
-                        return Poll::Ready(None);
-                    }
-                    Tail::Trailers(trailers) => {
-                        *tail = Tail::Done;
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
+                match tail {
+                    Tail::Done => return Poll::Ready(None),
+                    Tail::Closing { .. } => return Poll::Ready(next_closing(tail)),
                     Tail::Streaming => {}
                 }
                 let Some(pending) = settle.as_mut() else {
@@ -312,7 +463,7 @@ where
                 tail: Tail::Done, ..
             } => true,
             Kind::Inner {
-                tail: Tail::Trailers(_),
+                tail: Tail::Closing { .. },
                 ..
             } => false,
             Kind::Inner {

@@ -109,9 +109,13 @@ where
         plan: Plan,
     ) -> Self {
         let state = match plan {
-            Plan::Pass => State::PassThrough {
-                fut: inner.call(req),
-            },
+            Plan::Pass => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::request(crate::metrics::Outcome::Free, crate::metrics::Reason::Ok);
+                State::PassThrough {
+                    fut: inner.call(req),
+                }
+            }
             Plan::FreeQuote => State::Answer {
                 response: Some(quoted(&shared, 0, None, None)),
             },

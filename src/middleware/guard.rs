@@ -56,8 +56,26 @@ pub(crate) fn settle_hold(
         );
     }
     let decision = decide(end, &closed);
+    #[cfg(feature = "metrics")]
+    count(end, decision);
     settler.settle(hold, decision);
     Some(decision)
+}
+
+/// Counts a billed request by how it ended, in `credits_requests_total`.
+#[cfg(feature = "metrics")]
+fn count(end: End, decision: SettleDecision) {
+    use crate::metrics::{request, Outcome, Reason};
+    let outcome = match decision {
+        SettleDecision::Commit(_) => Outcome::Billed,
+        _ => Outcome::Refunded,
+    };
+    let reason = match end {
+        End::Success => Reason::Ok,
+        End::Early | End::BeforeHead => Reason::Cancelled,
+        End::Failure | End::FailureAfterBody | End::Error => Reason::Failed,
+    };
+    request(outcome, reason);
 }
 
 /// Settles a hold exactly once: explicitly with [`settle`](Self::settle), or when dropped

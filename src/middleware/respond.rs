@@ -5,7 +5,7 @@
 use http::{HeaderValue, Response};
 use tokio::time::Instant;
 
-use super::body::{BodySettle, ResponseBody};
+use super::body::{BodySettle, ResponseBody, StreamKind};
 use super::config::Shared;
 use super::grpc_web::TrailerScanner;
 use super::guard::HoldGuard;
@@ -24,6 +24,11 @@ pub(crate) fn refuse<L: Ledger>(
     protocol: Protocol,
     refusal: &Refusal,
 ) -> WireResponse {
+    #[cfg(feature = "metrics")]
+    crate::metrics::request(
+        crate::metrics::Outcome::Refused,
+        crate::metrics::Reason::of(refusal),
+    );
     let default = refusal.to_wire(&shared.problem_ctx(protocol.is_grpc()));
     if protocol.is_grpc() {
         return grpc_web_status(default, protocol);
@@ -56,6 +61,8 @@ pub(crate) fn quoted<L: Ledger>(
     min_price: Option<u64>,
     balance: Option<&Balance>,
 ) -> WireResponse {
+    #[cfg(feature = "metrics")]
+    crate::metrics::request(crate::metrics::Outcome::Free, crate::metrics::Reason::Quote);
     let quote = match balance {
         Some(balance) => Quote {
             price,
@@ -131,6 +138,27 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
     let scanner = (protocol == Protocol::GrpcWeb)
         .then(|| TrailerScanner::for_response(&parts.headers))
         .flatten();
-    let settle = BodySettle::new(guard, awaiting, classifier, scanner);
+    let kind = stream_kind(protocol, &parts.headers);
+    if matches!(kind, StreamKind::Http | StreamKind::Sse) {
+        headers::announce_trailers(&mut parts.headers, names);
+    }
+    let settle = BodySettle::new(guard, awaiting, classifier, scanner, kind);
     Response::from_parts(parts, ResponseBody::settling(body, settle))
+}
+
+/// How a body settled at its end tells its end: by protocol, and for HTTP by content type
+/// (an event stream gets a final `credits` event).
+fn stream_kind(protocol: Protocol, headers: &http::HeaderMap) -> StreamKind {
+    match protocol {
+        Protocol::Grpc => StreamKind::Grpc,
+        Protocol::GrpcWeb => StreamKind::GrpcWeb,
+        _ if headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream")) =>
+        {
+            StreamKind::Sse
+        }
+        _ => StreamKind::Http,
+    }
 }

@@ -135,7 +135,7 @@ mod tests {
     use crate::ledger::{AccountId, HoldId};
 
     fn closed(added: Option<u64>) -> Closed {
-        let charge = Charge::new(AccountId::new("a").unwrap(), HoldId::generate(), 20);
+        let charge = Charge::new(AccountId::new("a").unwrap(), HoldId::generate(), 20, None);
         if let Some(n) = added {
             charge.add(n).unwrap();
         }
@@ -171,7 +171,12 @@ mod tests {
 
     #[test]
     fn every_commit_is_clamped_to_the_hold() {
-        let over = closed(Some(55));
+        // A ledger-level figure past the hold (a charge refuses one, but a decision never
+        // trusts that): clamped.
+        let over = Closed {
+            actual: Some(55),
+            reserved: 20,
+        };
         for end in [End::Success, End::Early, End::BeforeHead, End::Failure] {
             assert_eq!(decide(end, &over), COMMIT(20), "{end:?}");
         }

@@ -196,6 +196,12 @@ where
             let amount = billing.amount;
             tracing::warn!(account = ?account.as_ref().map(AccountId::as_str), amount, "ledger unreachable: serving unbilled (fail open)");
             Stats::add(&shared.stats.served_unbilled, 1);
+            #[cfg(feature = "metrics")]
+            {
+                use crate::metrics::{request, unbilled, Outcome, Reason};
+                request(Outcome::Unbilled, Reason::LedgerUnavailable);
+                unbilled(amount);
+            }
             if let Some(account) = &account {
                 req.extensions_mut()
                     .insert(Charge::unbilled(account.clone(), amount));
@@ -224,7 +230,7 @@ where
     let refusal = match outcome {
         Ok(ReserveOutcome::Held(held)) => {
             Stats::add(&shared.stats.holds, 1);
-            let charge = Charge::new(account, billing.hold_id, held.amount);
+            let charge = Charge::new(account, billing.hold_id, held.amount, Some(held.available));
             let hold = HoldCtx {
                 charge: charge.clone(),
                 available: held.available,

@@ -76,6 +76,38 @@ pub(super) fn grpc_refusal(code: GrpcCode, message: &str) -> WireResponse {
 }
 
 #[cfg(feature = "tonic")]
+/// The trailers of a gRPC stream the layer ended at its hold: `RESOURCE_EXHAUSTED`, with
+/// `ErrorInfo{reason: "HOLD_EXHAUSTED"}` and the figures when built with `tonic`.
+pub(crate) fn hold_exhausted(trailers: &mut http::HeaderMap, reserved: u64, cost: u64) {
+    let message = format!(
+        "the stream reached the {reserved} credits held for it and was ended; {cost} charged"
+    );
+    let mut status = grpc_hold_exhausted(reserved, cost, message);
+    status.headers_mut().remove(header::CONTENT_TYPE);
+    for (name, value) in status.headers() {
+        trailers.insert(name.clone(), value.clone());
+    }
+}
+
+#[cfg(feature = "tonic")]
+fn grpc_hold_exhausted(reserved: u64, cost: u64, message: String) -> WireResponse {
+    use std::collections::HashMap;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    let metadata = HashMap::from([
+        ("reserved".to_owned(), reserved.to_string()),
+        ("cost".to_owned(), cost.to_string()),
+    ]);
+    let details = ErrorDetails::with_error_info("HOLD_EXHAUSTED", "tower-credits", metadata);
+    tonic::Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
+        .into_http::<Option<Bytes>>()
+}
+
+#[cfg(not(feature = "tonic"))]
+fn grpc_hold_exhausted(_: u64, _: u64, message: String) -> WireResponse {
+    grpc_refusal(GrpcCode::ResourceExhausted, &message)
+}
+
 pub(super) fn grpc_insufficient(
     ctx: &ProblemCtx<'_>,
     account: &AccountId,

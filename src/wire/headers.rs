@@ -17,6 +17,13 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// | `credits-runway` | the account has a spend history (10 commits, the first 5 minutes ago or more) | seconds the balance lasts at its recent spend rate |
 /// | `credits-hold-id` | cost settles at body end | the open hold's id |
 /// | `credits-price-version` | the pricing has a version | that version |
+/// | `credits-stop` (trailer) | the layer ended a stream at its hold | `hold-exhausted` |
+///
+/// A response whose cost is known only at the end of its body announces the trailers it
+/// will send in `Trailer` (appended to any the service set): HTTP/2 clients always get
+/// them, HTTP/1.1 clients when they sent `TE: trailers` (hyper's rule) and the body is
+/// chunked — a body with an exact size keeps its `Content-Length` and gets no trailers.
+/// `text/event-stream` responses also end with an `event: credits` carrying the figures.
 ///
 /// And two request headers callers send:
 ///
@@ -42,6 +49,7 @@ pub struct CreditHeaders {
     pub(crate) price_version: HeaderName,
     pub(crate) quote: HeaderName,
     pub(crate) max_cost: HeaderName,
+    pub(crate) stop: HeaderName,
 }
 
 impl Default for CreditHeaders {
@@ -56,6 +64,7 @@ impl Default for CreditHeaders {
             price_version: HeaderName::from_static("credits-price-version"),
             quote: HeaderName::from_static("credits-quote"),
             max_cost: HeaderName::from_static("credits-max-cost"),
+            stop: HeaderName::from_static("credits-stop"),
         }
     }
 }
@@ -97,6 +106,8 @@ setter! {
     quote,
     /// Renames the request header `credits-max-cost`.
     max_cost,
+    /// Renames the trailer `credits-stop`.
+    stop,
 }
 
 // Header values are cut from a per-thread buffer. `HeaderValue::from(u64)` allocates twice
@@ -283,6 +294,28 @@ impl Thresholds {
         } else {
             self.own.iter().copied().filter(crossed).min()
         }
+    }
+}
+
+/// Announces the trailers a response settled at the end of its body will send, appended to
+/// any `Trailer` the service set: hyper sends HTTP/1.1 trailers only when they are named.
+pub(crate) fn announce_trailers(headers: &mut HeaderMap, names: &CreditHeaders) {
+    let ours = [&names.cost, &names.remaining, &names.warning, &names.stop];
+    let mut value = String::new();
+    for existing in headers.get_all(http::header::TRAILER) {
+        if let Ok(existing) = existing.to_str() {
+            value.push_str(existing);
+            value.push_str(", ");
+        }
+    }
+    for (i, name) in ours.iter().enumerate() {
+        if i > 0 {
+            value.push_str(", ");
+        }
+        value.push_str(name.as_str());
+    }
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(http::header::TRAILER, value);
     }
 }
 
