@@ -11,6 +11,9 @@
 //!   and the µs spent inside the scripts (`INFO commandstats`).
 //! * 6, memory: `INFO memory` `used_memory` per idle account (100k accounts, each topped
 //!   up once), and whether settled, refunded and expired holds leave keys behind.
+//! * TLS: reserve + commit pairs over `rediss://` beside `redis://` on one server (a plain
+//!   and a TLS port), 1 and 16 tasks: µs per billed request, the pairs/s ratio, and this
+//!   process's CPU per pair (the client side of TLS, rustls on ring).
 //! * 7, atomicity: 64 tasks spending one account until it runs dry, a naive `GET` then
 //!   `DECRBY` on a string key vs the ledger's reserve + commit: credits spent beyond the
 //!   balance, and spends/s.
@@ -798,6 +801,217 @@ async fn naive_vs_lua(ledger: &RedisLedger, con: &MultiplexedConnection, report:
     );
 }
 
+const TLS: &str = "3b. TLS cost (rediss://, rustls on ring)";
+
+/// A `redis-server` with a plain port and a TLS port (`tls-auth-clients no`), its CA and
+/// certificate made by rcgen; killed on drop.
+struct TlsBenchServer {
+    child: std::process::Child,
+    plain: u16,
+    tls: u16,
+    ca_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsBenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_tls_server() -> Option<TlsBenchServer> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().ok()?;
+    let mut ca = CertificateParams::new(Vec::new()).ok()?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().ok()?;
+    let ca_pem = ca.self_signed(&ca_key).ok()?.pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().ok()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".into()])
+        .ok()?
+        .signed_by(&key, &issuer)
+        .ok()?;
+    std::fs::write(dir.path().join("ca.crt"), &ca_pem).ok()?;
+    std::fs::write(dir.path().join("server.crt"), cert.pem()).ok()?;
+    std::fs::write(dir.path().join("server.key"), key.serialize_pem()).ok()?;
+    let free = || -> Option<u16> {
+        Some(
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port(),
+        )
+    };
+    let (plain, tls) = (free()?, free()?);
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &plain.to_string(), "--tls-port", &tls.to_string()])
+        .args([
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let server = TlsBenchServer {
+        child,
+        plain,
+        tls,
+        ca_pem,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while [plain, tls]
+        .iter()
+        .any(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_err())
+    {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(server)
+}
+
+/// Rounds of each of plain and TLS per concurrency level, alternated: the TLS rows compare
+/// neighbouring runs on a shared machine.
+const TLS_ROUNDS: usize = 5;
+
+/// One round of [`tls_cost`]: pairs/s, and CPU µs per pair of this process and of
+/// redis-server (read through `con`).
+struct TlsRound {
+    rate: f64,
+    own_us: f64,
+    server_us: f64,
+}
+
+/// One task per account in `ids` looping reserve + commit, counted over [`WINDOW`] after
+/// [`WARM_UP`].
+async fn tls_round(
+    ledger: &RedisLedger,
+    con: &mut MultiplexedConnection,
+    ids: &[AccountId],
+) -> TlsRound {
+    let pairs = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = ids
+        .iter()
+        .map(|acct| {
+            let (ledger, acct) = (ledger.clone(), acct.clone());
+            let (pairs, stop) = (pairs.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    reserve_commit(&ledger, &acct).await;
+                    pairs.fetch_add(1, Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(WARM_UP).await;
+    let (n0, t0, cpu0) = (pairs.load(Relaxed), Instant::now(), Cpu::now(con).await);
+    tokio::time::sleep(WINDOW).await;
+    let (n1, t1, cpu1) = (pairs.load(Relaxed), Instant::now(), Cpu::now(con).await);
+    stop.store(true, Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let n = (n1 - n0) as f64;
+    TlsRound {
+        rate: n / (t1 - t0).as_secs_f64(),
+        own_us: 1e6 * (cpu1.own - cpu0.own) / n,
+        server_us: 1e6 * (cpu1.server - cpu0.server) / n,
+    }
+}
+
+/// What TLS adds to a billed request (reserve + commit): one server with a plain and a
+/// TLS port, a ledger on each, their rounds alternated ([`TLS_ROUNDS`] each; medians, the
+/// ratio the median of the paired rounds).
+async fn tls_cost(report: &mut Report) {
+    let Some(server) = start_tls_server() else {
+        println!("a redis-server with --tls-port could not be started: the TLS rows are skipped");
+        return;
+    };
+    let connect = |url: String, ca: Option<String>| async move {
+        let mut builder = RedisLedger::builder()
+            .url(url)
+            .call_timeout(Duration::from_secs(2));
+        if let Some(ca) = ca {
+            builder = builder.tls_ca_pem(ca);
+        }
+        builder.build().await.expect("connect the ledger")
+    };
+    let plain_url = format!("redis://127.0.0.1:{}", server.plain);
+    let plain = connect(plain_url.clone(), None).await;
+    let tls = connect(
+        format!("rediss://127.0.0.1:{}", server.tls),
+        Some(server.ca_pem.clone()),
+    )
+    .await;
+    let mut con = redis::Client::open(plain_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    for tasks in [1, 16] {
+        let ids = accounts(&format!("tls{tasks}"), tasks);
+        fund(&plain, &ids, MAX_AMOUNT).await;
+        let (mut p_runs, mut t_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=TLS_ROUNDS {
+            let p = tls_round(&plain, &mut con, &ids).await;
+            let t = tls_round(&tls, &mut con, &ids).await;
+            println!(
+                "  {tasks} in flight, round {round}: plain {:.0} pairs/s ({:.0} µs CPU here, \
+                 {:.0} µs in redis-server per pair), TLS {:.0} pairs/s ({:.0} µs, {:.0} µs)",
+                p.rate, p.own_us, p.server_us, t.rate, t.own_us, t.server_us
+            );
+            ratios.push(t.rate / p.rate);
+            p_runs.push(p);
+            t_runs.push(t);
+        }
+        let med = |runs: &[TlsRound], f: fn(&TlsRound) -> f64| median(runs.iter().map(f).collect());
+        let mut row = |what: String, value: f64, unit: &str| {
+            report.row(TLS, &what, value, unit, Target::None)
+        };
+        let n = if tasks == 1 {
+            "1 task".to_owned()
+        } else {
+            format!("{tasks} tasks")
+        };
+        row(
+            format!("plain redis://, {n}: µs per billed request (reserve + commit, wall)"),
+            1e6 / med(&p_runs, |r| r.rate),
+            "µs",
+        );
+        row(
+            format!("TLS rediss://, {n}: µs per billed request (reserve + commit, wall)"),
+            1e6 / med(&t_runs, |r| r.rate),
+            "µs",
+        );
+        row(
+            format!("TLS / plain pairs/s, {n} (median of {TLS_ROUNDS} paired rounds)"),
+            median(ratios),
+            "x",
+        );
+        row(
+            format!("plain, {n}: CPU per billed request, this process + redis-server"),
+            med(&p_runs, |r| r.own_us) + med(&p_runs, |r| r.server_us),
+            "µs",
+        );
+        row(
+            format!("TLS, {n}: CPU per billed request, this process + redis-server"),
+            med(&t_runs, |r| r.own_us) + med(&t_runs, |r| r.server_us),
+            "µs",
+        );
+    }
+}
+
 fn main() {
     let mut report = Report::new("redis");
     let Some(server) = BenchRedis::start() else {
@@ -830,6 +1044,7 @@ fn main() {
         efficiency(server.port, &ledger, &mut con, &mut report).await;
         memory(&ledger, &mut con, &mut report).await;
         naive_vs_lua(&ledger, &con, &mut report).await;
+        tls_cost(&mut report).await;
     });
     println!("redis bench took {:.1?}", started.elapsed());
     report.write();

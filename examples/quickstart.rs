@@ -28,7 +28,10 @@
 //! keys; `Authorization: Bearer <ADMIN_TOKEN>`), outside the credit layer.
 //!
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart` keeps the balances in
-//! Redis instead; run two (with different `PORT`s) and they behave as two replicas.
+//! Redis instead; run two (with different `PORT`s) and they behave as two replicas. A
+//! managed Redis takes its TLS URL, `REDIS_URL=rediss://default:<password>@<host>:<port>`
+//! (feature `redis-tls`, on for the examples): certificates chaining to a public root are
+//! trusted as they are; for a provider's or a private CA, set `REDIS_CA_FILE` to its PEM.
 
 use std::time::Duration;
 
@@ -140,7 +143,18 @@ async fn ledger() -> Result<AnyLedger, tower_credits::LedgerError> {
     match std::env::var("REDIS_URL") {
         Ok(url) => {
             println!("ledger: Redis at {}", without_credentials(&url));
-            Ok(RedisLedger::builder().url(url).build().await?.into())
+            let mut builder = RedisLedger::builder().url(url);
+            // A private CA (or a provider's own) for a `rediss://` URL.
+            if let Ok(path) = std::env::var("REDIS_CA_FILE") {
+                let pem = std::fs::read(&path).map_err(|e| {
+                    tower_credits::LedgerError::InvalidSetting {
+                        what: "REDIS_CA_FILE",
+                        detail: format!("cannot read {path}: {e}"),
+                    }
+                })?;
+                builder = builder.tls_ca_pem(pem);
+            }
+            Ok(builder.build().await?.into())
         }
         Err(_) => {
             println!("ledger: in memory (set REDIS_URL=redis://127.0.0.1:6379 to share it)");

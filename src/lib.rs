@@ -61,6 +61,7 @@
 //! | `axum` | the [`Charge`] extractor, and pricing by axum's `MatchedPath` | `axum` (no default features) |
 //! | `tonic` | gRPC refusals with `google.rpc` rich details (`ErrorInfo`, `Help`), and [`credits_grpc`]: the caller's quote and readout as a gRPC service | `tonic`, `tonic-types`, `prost`, `tonic-prost` |
 //! | `redis` | [`RedisLedger`]: balances shared by every replica, on Redis or Redis Cluster | `redis` (tokio, connection manager, cluster) |
+//! | `redis-tls` | `rediss://` for [`RedisLedger`] (managed Redis, standalone and Cluster): Mozilla's roots or a PEM CA, client certificates (mTLS) | `redis` with `tokio-rustls-comp` and `tls-rustls-webpki-roots`, `rustls` on `ring` |
 //! | `test-util` | test helpers: the Redis clock offset, and the parser oracles the fuzz targets use | nothing |
 //! | `webhook` | [`events::Webhook`] and [`events::verify`]: HTTPS delivery of credit events signed in the Standard Webhooks form, and its check on the receiving side | `hyper-util`, `hyper-rustls` and `rustls` on `ring`, `webpki-roots`, `url`, `hmac` |
 //! | `admin` | [`admin`]: an axum router for top-ups, account settings and API keys, guarded by a bearer token compared in constant time | `axum` (with `json`), `subtle`, `getrandom` |

@@ -439,3 +439,417 @@ impl std::fmt::Debug for RedisCluster {
         f.debug_list().entries(&self.nodes).finish()
     }
 }
+
+/// Test certificates for TLS servers, made with rcgen: a CA, a certificate for `127.0.0.1`
+/// and `localhost` signed by it (the server's, and the cluster bus's both ways), and a
+/// client certificate signed by it (for mTLS). Each [`RedisTlsServer`] copies the PEM files
+/// into its own directory.
+pub struct TestCa {
+    /// The CA's certificate, PEM: what a client gives to `tls_ca_pem`.
+    pub ca_pem: String,
+    /// The server's certificate and key, PEM.
+    server: (String, String),
+    /// A client certificate signed by the CA, PEM.
+    pub client_cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
+    pub client_key_pem: String,
+}
+
+impl TestCa {
+    /// A new CA and the certificates it signs.
+    pub fn generate() -> Self {
+        let (ca_pem, issuer) = new_ca("tower-credits test CA");
+        let server = signed_pair(
+            &issuer,
+            "redis test server",
+            &[
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client_cert_pem, client_key_pem) = signed_pair(
+            &issuer,
+            "tower-credits test client",
+            &[rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+        );
+        Self {
+            ca_pem,
+            server,
+            client_cert_pem,
+            client_key_pem,
+        }
+    }
+
+    /// The certificate of another CA, which signed none of these certificates.
+    pub fn unrelated_ca_pem() -> String {
+        new_ca("an unrelated CA").0
+    }
+
+    /// A client certificate and key signed by another CA, PEM.
+    pub fn unrelated_client_pair() -> (String, String) {
+        let (_, issuer) = new_ca("an unrelated client CA");
+        signed_pair(
+            &issuer,
+            "a stranger",
+            &[rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+        )
+    }
+
+    /// A server certificate for `127.0.0.1` signed by another CA, PEM (certificate, key).
+    pub fn unrelated_server_pair() -> (String, String) {
+        let (_, issuer) = new_ca("an unrelated server CA");
+        signed_pair(
+            &issuer,
+            "an impostor",
+            &[rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+        )
+    }
+
+    /// Writes `ca.crt`, `server.crt`, `server.key`, `client.crt` and `client.key` in `dir`.
+    fn write_to(&self, dir: &Path) {
+        for (name, pem) in [
+            ("ca.crt", &self.ca_pem),
+            ("server.crt", &self.server.0),
+            ("server.key", &self.server.1),
+            ("client.crt", &self.client_cert_pem),
+            ("client.key", &self.client_key_pem),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("write a test certificate");
+        }
+    }
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestCa")
+    }
+}
+
+/// A self-signed CA: its certificate (PEM) and what signs with it.
+fn new_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let mut params = rcgen::CertificateParams::new(Vec::new()).expect("no names to check");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let key = rcgen::KeyPair::generate().expect("generate a CA key");
+    let cert = params.self_signed(&key).expect("self-sign the test CA");
+    (cert.pem(), rcgen::Issuer::new(params, key))
+}
+
+/// A certificate for `127.0.0.1` and `localhost` signed by `issuer`: (certificate, key), PEM.
+fn signed_pair(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    name: &str,
+    usages: &[rcgen::ExtendedKeyUsagePurpose],
+) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("valid test names");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = usages.to_vec();
+    let key = rcgen::KeyPair::generate().expect("generate a test key");
+    let cert = params
+        .signed_by(&key, issuer)
+        .expect("sign a test certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Whether a [`RedisTlsServer`] asks its clients for a certificate (`tls-auth-clients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `tls-auth-clients yes`: a client without a certificate signed by the CA is refused.
+    Required,
+    /// `tls-auth-clients no`: no client certificate is asked for.
+    Off,
+}
+
+/// A `redis-server` that speaks only TLS (`--port 0 --tls-port <port>`), with a
+/// [`TestCa`]'s certificates, on a free loopback port in its own temporary directory.
+/// Killed (SIGKILL) when dropped.
+pub struct RedisTlsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl RedisTlsServer {
+    /// Starts a standalone TLS server.
+    pub fn start(ca: &TestCa, auth: ClientAuth) -> Self {
+        Self::start_node(ca, auth, false)
+    }
+
+    /// Starts a TLS server, `--cluster-enabled yes --tls-cluster yes` with `cluster`.
+    fn start_node(ca: &TestCa, auth: ClientAuth, cluster: bool) -> Self {
+        check_installed();
+        let mut last_log = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("tower-credits-redis-tls-")
+                .tempdir()
+                .expect("create a temporary directory");
+            ca.write_to(dir.path());
+            let mut server = Self {
+                child: None,
+                port: free_port(cluster),
+                dir,
+            };
+            match server.spawn(auth, cluster) {
+                Ok(()) => return server,
+                // The port was taken between the check and the bind: try another.
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("redis-server (TLS) did not start after {START_ATTEMPTS} attempts; last log:\n{last_log}");
+    }
+
+    /// Spawns the process and waits until it answers PING over TLS. On failure, returns
+    /// its log.
+    fn spawn(&mut self, auth: ClientAuth, cluster: bool) -> Result<(), String> {
+        let port = self.port.to_string();
+        let dir = self.dir.path().to_str().expect("utf-8 temp dir").to_owned();
+        let mut args: Vec<&str> = vec![
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.crt",
+            "--tls-auth-clients",
+            match auth {
+                ClientAuth::Required => "yes",
+                ClientAuth::Off => "no",
+            },
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+            "--logfile",
+            "server.log",
+            "--daemonize",
+            "no",
+        ];
+        if cluster {
+            args.extend([
+                "--tls-cluster",
+                "yes",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ]);
+        }
+        let child = Command::new("redis-server")
+            .args(&args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    panic!("{NOT_INSTALLED}");
+                }
+                panic!("cannot start redis-server: {e}")
+            });
+        spawn_watchdog(child.id(), self.dir.path());
+        self.child = Some(child);
+
+        let until = Instant::now() + START_DEADLINE;
+        loop {
+            if self.try_cli(&["PING"]).is_ok_and(|pong| pong == "PONG") {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            if Instant::now() >= until {
+                self.kill();
+                return Err(format!(
+                    "no PONG over TLS within {START_DEADLINE:?}:\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// `rediss://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port it listens on (it has no plain port).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its directory (certificates and log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The `redis-cli` flags of a TLS client with the test CA and client certificate.
+    fn tls_flags(&self) -> Vec<String> {
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            path("ca.crt"),
+            "--cert".into(),
+            path("client.crt"),
+            "--key".into(),
+            path("client.key"),
+        ]
+    }
+
+    /// Runs `redis-cli --tls … <args>`; panics on failure or an error reply.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|e| {
+            panic!("redis-cli --tls {args:?} on port {} failed: {e}", self.port)
+        })
+    }
+
+    /// Runs `redis-cli --tls … <args>`: the output, trimmed, or the error.
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        let flags = self.tls_flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        run_cli(self.port, &flags, args)
+    }
+
+    /// Runs `redis-cli --tls --insecure … <args>` (no check of the server's certificate,
+    /// for a server that no longer shows the test CA's); panics on failure or an error.
+    pub fn cli_insecure(&self, args: &[&str]) -> String {
+        let mut flags = self.tls_flags();
+        flags.push("--insecure".into());
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        run_cli(self.port, &flags, args).unwrap_or_else(|e| {
+            panic!(
+                "redis-cli --tls --insecure {args:?} on port {} failed: {e}",
+                self.port
+            )
+        })
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisTlsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl std::fmt::Debug for RedisTlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTlsServer")
+            .field("port", &self.port)
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+/// Three TLS masters (`--tls-cluster yes`: the bus and the announced addresses are TLS,
+/// there is no plain port), joined with `redis-cli --tls --cluster create`, ready when every
+/// node reports `cluster_state:ok`.
+pub struct RedisTlsCluster {
+    nodes: Vec<RedisTlsServer>,
+}
+
+impl RedisTlsCluster {
+    /// Starts and joins the cluster; its nodes do not ask for client certificates.
+    pub fn start(ca: &TestCa) -> Self {
+        let nodes: Vec<RedisTlsServer> = (0..3)
+            .map(|_| RedisTlsServer::start_node(ca, ClientAuth::Off, true))
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let mut args: Vec<String> = nodes[0].tls_flags();
+        args.extend(["--cluster".into(), "create".into()]);
+        args.extend(addrs);
+        args.extend([
+            "--cluster-replicas".into(),
+            "0".into(),
+            "--cluster-yes".into(),
+        ]);
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("[OK] All 16384 slots covered"),
+            "redis-cli --tls --cluster create failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        for node in &cluster.nodes {
+            wait_for(
+                &format!("cluster_state:ok on TLS port {}", node.port()),
+                START_DEADLINE,
+                || {
+                    let info = node.cli(&["CLUSTER", "INFO"]);
+                    (info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3"))
+                        .then_some(())
+                },
+            );
+        }
+        cluster
+    }
+
+    /// `rediss://127.0.0.1:<port>` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisTlsServer::url).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisTlsServer] {
+        &self.nodes
+    }
+}
+
+impl std::fmt::Debug for RedisTlsCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.nodes).finish()
+    }
+}

@@ -62,7 +62,15 @@ impl Conn {
 ///   key written by something else, `NOPERM`, `CROSSSLOT`, …) and a reply of the wrong type
 ///   or that cannot be parsed: a deployment bug or corrupt state, which a retry would not
 ///   mend.
+///
+/// With TLS, a connection the TLS layer refused (a certificate no longer trusted after a
+/// reconnect, a client certificate refused) is [`LedgerError::Corrupt`] too: a deployment
+/// error that retrying does not mend, never counted as an outage.
 pub(super) fn ledger_error(err: RedisError, call_timeout: Duration) -> LedgerError {
+    #[cfg(feature = "redis-tls")]
+    if let Some(reason) = tls_refusal(&err) {
+        return LedgerError::Corrupt(format!("TLS to Redis refused: {reason}").into());
+    }
     if err.is_timeout() {
         return LedgerError::Timeout(call_timeout);
     }
@@ -71,6 +79,73 @@ pub(super) fn ledger_error(err: RedisError, call_timeout: Duration) -> LedgerErr
     } else {
         LedgerError::Unavailable(Box::new(err))
     }
+}
+
+/// Why TLS refused a connection, when `err` is such a refusal: the rustls error with a
+/// hint, e.g. `invalid peer certificate: UnknownIssuer (the server's certificate is not
+/// signed by a trusted CA: …)`. A refusal is deterministic (certificates, names, dates,
+/// protocols), so it is a configuration error, never an outage; a connection that was
+/// merely lost or reset during the handshake is no refusal.
+#[cfg(feature = "redis-tls")]
+pub(super) fn tls_refusal(err: &RedisError) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as Tls};
+    let tls = find_rustls_error(std::error::Error::source(err)?)?;
+    let hint = match tls {
+        Tls::InvalidCertificate(Cert::UnknownIssuer) => {
+            "the server's certificate is not signed by a trusted CA: give its CA with \
+             `tls_ca_pem`"
+        }
+        Tls::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            "the server's certificate does not name the host of the URL"
+        }
+        Tls::InvalidCertificate(
+            Cert::Expired
+            | Cert::ExpiredContext { .. }
+            | Cert::NotValidYet
+            | Cert::NotValidYetContext { .. },
+        ) => "the server's certificate is expired or not yet valid",
+        Tls::InvalidCertificate(_) => "the server's certificate was refused",
+        Tls::AlertReceived(Alert::CertificateRequired) => {
+            "the server requires a client certificate, as with `tls-auth-clients yes`: give \
+             one with `tls_client_cert_pem`"
+        }
+        Tls::AlertReceived(
+            Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate
+            | Alert::AccessDenied,
+        ) => "the server refused the client certificate",
+        Tls::InvalidMessage(_) | Tls::InappropriateMessage { .. } => {
+            "the server does not speak TLS on this port: is it its `tls-port`?"
+        }
+        _ => "the TLS handshake failed",
+    };
+    Some(format!("{tls} ({hint})"))
+}
+
+/// The rustls error at the root of `err`: redis-rs keeps an I/O error in an `Arc`, and
+/// tokio-rustls the rustls error inside the I/O error (whose `source` skips it).
+#[cfg(feature = "redis-tls")]
+fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    use std::error::Error;
+    use std::sync::Arc;
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(shared) = err.downcast_ref::<Arc<dyn Error + Send + Sync>>() {
+            return find_rustls_error(&**shared);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return find_rustls_error(io.get_ref()?);
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// Error codes of replies that mean "not now", not "never": the store recovers by itself.
@@ -164,6 +239,34 @@ mod tests {
         ] {
             assert_eq!(kind(reply(line)), ErrorKind::Unavailable, "{line}");
         }
+    }
+
+    #[cfg(feature = "redis-tls")]
+    #[test]
+    fn tls_refusals_are_corrupt_and_lost_handshakes_unavailable() {
+        use std::io;
+        let refused = |tls: rustls::Error| -> RedisError {
+            io::Error::new(io::ErrorKind::InvalidData, tls).into()
+        };
+        let unknown = refused(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        let reason = tls_refusal(&unknown).expect("a refusal");
+        assert!(
+            reason.contains("UnknownIssuer") && reason.contains("tls_ca_pem"),
+            "{reason}"
+        );
+        assert_eq!(kind(unknown), ErrorKind::Corrupt);
+        let required = refused(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired,
+        ));
+        let reason = tls_refusal(&required).expect("a refusal");
+        assert!(reason.contains("tls_client_cert_pem"), "{reason}");
+        assert_eq!(kind(required), ErrorKind::Corrupt);
+        // A connection lost during the handshake is an outage, not a refusal.
+        let reset: RedisError = io::Error::from(io::ErrorKind::ConnectionReset).into();
+        assert!(tls_refusal(&reset).is_none());
+        assert_eq!(kind(reset), ErrorKind::Unavailable);
     }
 
     #[test]
