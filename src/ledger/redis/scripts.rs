@@ -74,8 +74,8 @@ pub(super) static RESERVE: ScriptSpec = spec!(
     "reserve",
     args: account_args!["hold id", "amount to hold", "hold ttl", "route label", "most open holds", "least amount to hold", "replica", "event lease"],
     reply: "{'held', amount, available, credit_limit, {thresholds}, expires_at_ms, replayed 0|1,
-            rate, rate_at_ms, now_ms}
-            {'insufficient', required, available, credit_limit, {events}}
+            rate, rate_at_ms, now_ms, holds_due}
+            {'insufficient', required, available, credit_limit, {events}, events_due}
             {'closed', 'already_committed' | 'already_refunded' | 'expired'}
             {'too_many_holds'}
             {'total_out_of_range', total, amount}
@@ -87,7 +87,7 @@ pub(super) static SETTLE: ScriptSpec = spec!(
     "settle",
     args: account_args!["hold id", "'commit' or 'refund'", "actual cost", "tombstone ttl", "replica", "event lease"],
     reply: "{'settled', outcome, committed, released, clamped 0|1, available, {thresholds},
-            rate, rate_at_ms, now_ms, {events}}
+            rate, rate_at_ms, now_ms, {events}, events_due}
             {'unknown_account'}",
 );
 
@@ -137,7 +137,7 @@ pub(super) static CONFIGURE: ScriptSpec = spec!(
 pub(super) static SWEEP: ScriptSpec = spec!(
     "sweep",
     args: account_args![],
-    reply: "{'swept', reclaimed, open_holds}
+    reply: "{'swept', reclaimed, open_holds, holds_due}
             {'unknown_account'}",
 );
 
@@ -145,9 +145,12 @@ pub(super) static SWEEP: ScriptSpec = spec!(
 pub(super) static OUTBOX: ScriptSpec = spec!(
     "outbox",
     args: account_args!["operation", "replica", "lease", "entry id", "most entries", "reason"],
-    reply: "{'events', {event}, ...}
+    reply: "{'claimed', events_due, {event}, ...}
+            {'events', {event}, ...}
             {'dead_letters', {event, reason, dead_entry_id}, ...}
-            {'done', 0|1}",
+            {'done', 0|1}
+            {'requeued', events_due}
+            {'due', events_due}",
 );
 
 /// Every script of the ledger.

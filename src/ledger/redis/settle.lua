@@ -22,10 +22,11 @@
 -- | 'already_refunded' | 'expired' | 'unknown' (a refund of an unknown id leaves a
 -- tombstone), rate the stored burn rate (credits/s) as a string, to be decayed to now_ms,
 -- and each event {entry_id, type, available, threshold | -1, runway_secs | -1, at_ms,
--- seq} (its id derives from the account and seq).
+-- seq} (its id derives from the account and seq), and events_due 0, or when the events
+-- due-index must look at the account (ms).
 -- Returns one of:
 --   {'settled', outcome, committed, released, clamped 0|1, available, {thresholds},
---    rate, rate_at_ms, now_ms, {events}}
+--    rate, rate_at_ms, now_ms, {events}, events_due}
 --   {'unknown_account'}   (nothing written)
 
 local offset, grace = common_args()
@@ -46,7 +47,7 @@ end
 
 local function reply(outcome, committed, released, clamped, events)
   return { 'settled', outcome, committed, released, clamped, available(a), thresholds_reply(a),
-    rate_reply(a, now), a.rate_at, now, events }
+    rate_reply(a, now), a.rate_at, now, events, a.events_due or 0 }
 end
 
 local hold = redis.call('HMGET', KEYS[2], id, id .. ':route')
