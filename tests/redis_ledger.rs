@@ -84,12 +84,12 @@ fn acct_field(server: &RedisServer, account: &str, field: &str) -> i64 {
     }
 }
 
-/// Number of script calls the server has seen (`EVAL`, `EVALSHA`).
+/// Number of script calls the server has seen (`EVAL`, `EVALSHA`, `FCALL`).
 fn script_calls(server: &RedisServer) -> u64 {
     server
         .cli(&["INFO", "commandstats"])
         .lines()
-        .filter(|l| l.starts_with("cmdstat_eval"))
+        .filter(|l| l.starts_with("cmdstat_eval") || l.starts_with("cmdstat_fcall"))
         .map(|l| {
             let calls = l.split("calls=").nth(1).expect("calls=");
             calls[..calls.find(',').unwrap()].parse::<u64>().unwrap()
@@ -101,12 +101,63 @@ fn script_calls(server: &RedisServer) -> u64 {
 // Scripts
 // ---------------------------------------------------------------------------------------
 
+/// The names of the Redis Function libraries loaded on the server.
+fn libraries(server: &RedisServer) -> Vec<String> {
+    let list = server.cli(&["FUNCTION", "LIST"]);
+    let lines: Vec<&str> = list.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0] == "library_name")
+        .map(|w| w[1].to_owned())
+        .collect()
+}
+
+/// On Redis 7 the scripts are one Function library, loaded at connect, versioned by name.
+/// After `FUNCTION FLUSH` (as after a restart without persistence, or a failover to a node
+/// that never got it) the next call is answered `Function not found`: the ledger loads the
+/// library again and the caller sees nothing of it.
+#[tokio::test]
+async fn the_function_library_is_loaded_again_when_the_server_lost_it() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    assert!(l.uses_functions());
+    let loaded = libraries(&server);
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    assert!(loaded[0].starts_with("tower_credits_"), "{loaded:?}");
+    let a = acct("acct_fn");
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 10))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        cached_scripts(&server),
+        1,
+        "only the top-up key claim is EVALSHA"
+    );
+
+    server.cli(&["FUNCTION", "FLUSH"]);
+    assert!(libraries(&server).is_empty());
+    let s = l.commit(&a, &hold("h1"), 4).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    assert_eq!(libraries(&server), loaded, "the same version, loaded again");
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.available, b.held, b.committed), (96, 0, 4));
+}
+
 /// After `SCRIPT FLUSH` (as after a restart without persistence of the script cache), the
 /// first `EVALSHA` gets `NOSCRIPT`, and the ledger loads the script and carries on.
 #[tokio::test]
 async fn scripts_flushed_from_the_server_are_loaded_again() {
     let server = RedisServer::start();
-    let l = ledger(&server).await;
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .evalsha_only()
+        .build()
+        .await
+        .unwrap();
     let a = acct("acct_noscript");
     l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     expect_held(

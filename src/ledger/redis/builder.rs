@@ -56,6 +56,9 @@ pub struct RedisLedgerBuilder {
     /// Tests only: keep closed ids this much longer than any call could need.
     #[cfg(feature = "test-util")]
     extra_closed_grace: Duration,
+    /// Tests only: call the scripts with `EVALSHA` even where Redis Functions exist.
+    #[cfg(feature = "test-util")]
+    evalsha_only: bool,
 }
 
 impl fmt::Debug for RedisLedgerBuilder {
@@ -89,6 +92,8 @@ impl Default for RedisLedgerBuilder {
             test_clock: None,
             #[cfg(feature = "test-util")]
             extra_closed_grace: Duration::ZERO,
+            #[cfg(feature = "test-util")]
+            evalsha_only: false,
         }
     }
 }
@@ -175,6 +180,15 @@ impl RedisLedgerBuilder {
         self
     }
 
+    /// Tests only (feature `test-util`): calls the scripts with `EVALSHA`, the fallback
+    /// below Redis 7.0, even where Redis Functions exist, so both paths can be tested.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn evalsha_only(mut self) -> Self {
+        self.evalsha_only = true;
+        self
+    }
+
     /// How long an event this replica detects stays leased to it before another replica's
     /// dispatcher may claim it (default
     /// [`DEFAULT_EVENT_LEASE`](crate::ledger::DEFAULT_EVENT_LEASE)): what a replica that
@@ -188,8 +202,9 @@ impl RedisLedgerBuilder {
     ///
     /// Fails with [`LedgerError::Unavailable`] when no address was given, the address is
     /// malformed, or the server refuses; with [`LedgerError::Timeout`] when no connection
-    /// is made within the [connect timeout](Self::connect_timeout). Scripts are loaded on
-    /// first use.
+    /// is made within the [connect timeout](Self::connect_timeout). The scripts are loaded
+    /// as one Redis Function library (Redis 7.0 and later; on every master of a cluster),
+    /// or, below 7.0, called by SHA and loaded on first use.
     pub async fn build(self) -> Result<RedisLedger, LedgerError> {
         let unavailable = |e: redis::RedisError| LedgerError::Unavailable(Box::new(e));
         let connect = async {
@@ -224,6 +239,19 @@ impl RedisLedgerBuilder {
         let conn = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| LedgerError::Timeout(self.connect_timeout))??;
+        // The scripts as one Redis Function library where the server has them (7.0+),
+        // else EVALSHA: chosen once, here.
+        #[cfg(feature = "test-util")]
+        let allow_functions = !self.evalsha_only;
+        #[cfg(not(feature = "test-util"))]
+        let allow_functions = true;
+        let scripts = tokio::time::timeout(
+            self.connect_timeout,
+            super::functions::choose(&conn, allow_functions),
+        )
+        .await
+        .map_err(|_| LedgerError::Timeout(self.connect_timeout))?
+        .map_err(unavailable)?;
         #[cfg(feature = "test-util")]
         let extra_grace_ms = self.extra_closed_grace.as_millis() as u64;
         #[cfg(not(feature = "test-util"))]
@@ -234,6 +262,7 @@ impl RedisLedgerBuilder {
             inner: Arc::new(Inner {
                 unanswered: Default::default(),
                 conn,
+                scripts,
                 prefix: self.key_prefix,
                 call_timeout: self.call_timeout,
                 // Capped so that every forget-at time stays exact in a `done` score.

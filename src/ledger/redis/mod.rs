@@ -58,9 +58,12 @@
 //! loader, the invocations and the typed decoders of `reply.rs`; a test checks each file's
 //! header against it. Every script is a prelude generated from the Rust constants
 //! ([`MAX_AMOUNT`](crate::MAX_AMOUNT), [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT), the
-//! burn-rate time constant), then the helpers of `lib.lua`, then the file. They are hashed once per process and called by SHA (`EVALSHA`),
-//! loaded again on `NOSCRIPT`. They read the clock with `TIME` (one clock for every
-//! replica), validate every argument before the first write, keep amounts out of strings
+//! burn-rate time constant), then the helpers of `lib.lua`, then the file. On Redis 7.0
+//! and later they are one Redis Function library, loaded once at connect (on every master)
+//! and called with `FCALL`, loaded again on `Function not found` (see `functions.rs`);
+//! below 7.0 they are hashed once per process and called by SHA (`EVALSHA`), loaded again
+//! on `NOSCRIPT`. They read the clock with `TIME` (one clock for every replica), validate
+//! every argument before the first write, keep amounts out of strings
 //! (parsed with `tonumber`, written back as Lua numbers), and first reclaim up to [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) expired holds of the
 //! account, found through the expiry index. Amounts and ids are also checked here before
 //! anything is sent.
@@ -169,6 +172,7 @@ use crate::clock::ManualClock;
 mod builder;
 mod conn;
 mod due;
+mod functions;
 mod keys;
 mod outbox;
 mod reply;
@@ -218,6 +222,8 @@ pub struct RedisLedger {
 
 struct Inner {
     conn: Conn,
+    /// How the account scripts are called: `FCALL` of the library, or `EVALSHA`.
+    scripts: functions::Mode,
     unanswered: unanswered::Unanswered,
     prefix: String,
     call_timeout: Duration,
@@ -278,6 +284,25 @@ impl RedisLedger {
             .map(|spec| spec.text())
     }
 
+    /// The Redis Function library of the scripts (`#!lua name=tower_credits_<hash>` …),
+    /// as `FUNCTION LOAD` gets it, and the name of `script`'s function in it. For benches
+    /// and tests that call a function by hand.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn function_library(script: &str) -> Option<(&'static str, String)> {
+        scripts::SPECS
+            .iter()
+            .find(|spec| spec.name == script)
+            .map(|spec| (functions::library_code(), functions::function_name(spec)))
+    }
+
+    /// Whether this ledger calls its scripts as Redis Functions (`FCALL`), else `EVALSHA`.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn uses_functions(&self) -> bool {
+        self.inner.scripts == functions::Mode::Functions
+    }
+
     /// The ms added to Redis `TIME`: how far the test clock moved, else 0.
     fn clock_offset_ms(&self) -> u64 {
         #[cfg(feature = "test-util")]
@@ -296,7 +321,7 @@ impl RedisLedger {
         args: impl FnOnce(&mut Args),
     ) -> impl Future<Output = Result<Value, LedgerError>> + Send + 'static {
         let prefix = &self.inner.prefix;
-        let invocation = spec.invoke(
+        let call = spec.call(
             |suffix| keys::account_key(prefix, account, suffix),
             |a| {
                 a.arg(self.clock_offset_ms())
@@ -304,7 +329,11 @@ impl RedisLedger {
                 args(a);
             },
         );
-        self.deadline(self.inner.conn.clone().eval(invocation))
+        self.deadline(functions::run(
+            self.inner.conn.clone(),
+            self.inner.scripts,
+            call,
+        ))
     }
 
     /// A plain command under the call deadline.

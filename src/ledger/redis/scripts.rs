@@ -196,7 +196,7 @@ pub(super) static RELEASE_TOP_UP_KEY: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// `lib.lua`: the helpers shared by every script.
-const LIB: &str = include_str!("lib.lua");
+pub(super) const LIB: &str = include_str!("lib.lua");
 
 /// A float as a Lua number literal that reads back exactly (`{:?}` prints the shortest
 /// text that round-trips, always with a `.` or an exponent).
@@ -239,18 +239,20 @@ impl ScriptSpec {
         self.script.get_or_init(|| Script::new(&self.text()))
     }
 
-    /// An invocation of this script with `keys` (the keys the spec names, in order, as
-    /// `key_of` spells each suffix) and the arguments `args` pushes, checked against the
-    /// spec in debug builds.
-    pub(super) fn invoke(
+    /// The script's own file (without the prelude and `lib.lua`).
+    pub(super) fn source(&self) -> &'static str {
+        self.source
+    }
+
+    /// A call of this script with `keys` (the keys the spec names, in order, as `key_of`
+    /// spells each suffix) and the arguments `args` pushes, checked against the spec in
+    /// debug builds.
+    pub(super) fn call(
         &'static self,
         key_of: impl Fn(&str) -> String,
         args: impl FnOnce(&mut Args),
-    ) -> ScriptInvocation<'static> {
-        let mut invocation = self.script().prepare_invoke();
-        for suffix in self.keys {
-            invocation.key(key_of(suffix));
-        }
+    ) -> Call {
+        let keys = self.keys.iter().map(|suffix| key_of(suffix)).collect();
         let mut a = Args(Vec::with_capacity(self.args.len()));
         args(&mut a);
         debug_assert_eq!(
@@ -260,8 +262,33 @@ impl ScriptSpec {
             self.name,
             self.args
         );
-        for arg in a.0 {
-            invocation.arg(arg);
+        Call {
+            spec: self,
+            keys,
+            args: a.0,
+        }
+    }
+}
+
+/// One call of an account script, ready to send as `FCALL` or `EVALSHA`.
+pub(super) struct Call {
+    /// The script.
+    pub(super) spec: &'static ScriptSpec,
+    /// Its `KEYS`.
+    pub(super) keys: Vec<String>,
+    /// Its `ARGV`.
+    pub(super) args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    /// The call as an `EVALSHA` invocation (redis-rs loads the script on `NOSCRIPT`).
+    pub(super) fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut invocation = self.spec.script().prepare_invoke();
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        for arg in &self.args {
+            invocation.arg(arg.as_slice());
         }
         invocation
     }
