@@ -85,17 +85,21 @@ if mode == 'commit' then
   a.rate = decayed_rate(a.rate, a.rate_at, now) + charged / BURN_RATE_TAU_SECS
   a.rate_at = now
   a.rate_changed = true
-  -- One write for the four figures (exact: every total is at most 2^53 - 1).
-  redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
-    'rate_at', now)
   -- The spend history that earns a runway: commits of at least a credit, and the first.
+  -- One write for the figures (exact: every total is at most 2^53 - 1).
   if charged > 0 then
     a.commits = a.commits + 1
-    redis.call('HSET', KEYS[1], 'commits', a.commits)
     if not a.first_commit_at then
       a.first_commit_at = now
-      redis.call('HSET', KEYS[1], 'first_commit_at', now)
+      redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
+        'rate_at', now, 'commits', a.commits, 'first_commit_at', now)
+    else
+      redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
+        'rate_at', now, 'commits', a.commits)
     end
+  else
+    redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
+      'rate_at', now)
   end
   redis.call('HINCRBY', KEYS[5], 'credits:' .. route, charged)
   redis.call('HINCRBY', KEYS[5], 'calls:' .. route, 1)
