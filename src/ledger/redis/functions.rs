@@ -102,9 +102,10 @@ pub(super) async fn choose(conn: &Conn, allow_functions: bool) -> Result<Mode, R
     }
     match load(conn).await {
         Ok(()) => Ok(Mode::Functions),
-        Err(err) if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() => {
-            Err(err)
-        }
+        // Only a server that does not have the command, or will not let us run it, gets
+        // the fallback; any other failure (a lost connection, LOADING, CLUSTERDOWN) fails
+        // the connect like any other call would.
+        Err(err) if !lacks_functions(&err) => Err(err),
         Err(err) => {
             tracing::info!(
                 error = %err,
@@ -114,6 +115,15 @@ pub(super) async fn choose(conn: &Conn, allow_functions: bool) -> Result<Mode, R
             Ok(Mode::Evalsha)
         }
     }
+}
+
+/// Whether `err` says the server has no `FUNCTION` command (below 7.0) or refuses it (an
+/// ACL without it).
+fn lacks_functions(err: &RedisError) -> bool {
+    let text = err.to_string();
+    text.contains("unknown command")
+        || text.contains("unknown subcommand")
+        || err.code() == Some("NOPERM")
 }
 
 /// Whether `err` says the function is not loaded on the server that answered.
@@ -157,6 +167,27 @@ pub(super) async fn run(conn: Conn, mode: Mode, call: Call) -> Result<Value, Red
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_missing_or_refused_command_falls_back() {
+        let reply = |line: &str| {
+            redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+                .unwrap()
+                .extract_error()
+                .unwrap_err()
+        };
+        assert!(lacks_functions(&reply(
+            "ERR unknown command 'FUNCTION', with args beginning with: 'LOAD'"
+        )));
+        assert!(lacks_functions(&reply(
+            "NOPERM this user has no permissions to run the 'function|load' command"
+        )));
+        assert!(!lacks_functions(&reply(
+            "LOADING Redis is loading the dataset"
+        )));
+        assert!(!lacks_functions(&reply("CLUSTERDOWN The cluster is down")));
+        assert!(is_function_not_found(&reply("ERR Function not found")));
+    }
 
     #[test]
     fn the_library_is_named_by_its_version_and_registers_every_script() {
