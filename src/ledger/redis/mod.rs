@@ -79,7 +79,9 @@
 //! * An account script that opens the first hold of an active period, or detects an event,
 //!   records the time in the account's hash and returns it; the ledger writes the entry
 //!   (`ZADD`) right after the script, before the call returns: once per active period of
-//!   the account, not once per request (a warm request stays two script calls).
+//!   the account, not once per request (a warm request stays two script calls). That
+//!   call waits for the write, under its own call deadline, and never fails for it: a
+//!   failed write only logs, and the repair pass below enters the account again.
 //! * A pass reads the accounts due (`ZRANGEBYSCORE`, at most 1,000), runs the account's
 //!   script on each, and re-scores or removes each entry by compare-and-set against the
 //!   score it read, so an entry a call wrote meanwhile survives. One replica at a time does
