@@ -3,7 +3,7 @@
 //! * 3, efficiency: reserve + commit pairs/s through one `RedisLedger` (its one multiplexed
 //!   connection, a current-thread runtime) with 1, 16 and 64 tasks, each task on its own
 //!   account. Against it, the ceiling for as many commands in flight: `redis-benchmark`
-//!   running `EVALSHA` of the very reserve and settle scripts the ledger loaded, on the
+//!   running `FCALL` of the very reserve and settle functions the ledger loaded, on the
 //!   same server. The ceiling's pairs/s combine its two rates, `1 / (1/reserves +
 //!   1/commits)`. Ledger and ceiling alternate for three rounds per level (1 s counted per
 //!   ledger round); the rows are medians, the ratio the median of the paired rounds. Each
@@ -14,6 +14,11 @@
 //! * TLS: reserve + commit pairs over `rediss://` beside `redis://` on one server (a plain
 //!   and a TLS port), 1 and 16 tasks: µs per billed request, the pairs/s ratio, and this
 //!   process's CPU per pair (the client side of TLS, rustls on ring).
+//! * 8, Redis CPU per script call, each script on its own: `INFO commandstats` after
+//!   `CONFIG RESETSTAT`, µs inside each `FCALL` (or `EVALSHA`, the fallback below Redis
+//!   7.0) over a few thousand calls of one script only, on funded accounts, with and
+//!   without thresholds armed, and the cost of each optional write (usage by route, an
+//!   outbox entry) as the difference it makes.
 //! * 7, atomicity: 64 tasks spending one account until it runs dry, a naive `GET` then
 //!   `DECRBY` on a string key vs the ledger's reserve + commit: credits spent beyond the
 //!   balance, and spends/s.
@@ -33,16 +38,11 @@ use redis::aio::MultiplexedConnection;
 use support::redis_server::BenchRedis;
 use support::report::{Report, Target};
 use tower_credits::ledger::redis::{DEFAULT_CALL_TIMEOUT, DEFAULT_KEY_PREFIX};
-use tower_credits::ledger::{HoldId, Reserve, ReserveOutcome, MAX_AMOUNT};
 use tower_credits::ledger::{DEFAULT_EVENT_LEASE, DEFAULT_HOLD_TTL};
 use tower_credits::{AccountId, Ledger, RedisLedger};
-use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
-
-/// The scripts' full text as the ledger sends it (generated prelude, `lib.lua`, the
-/// operation), so `redis-benchmark` calls the same SHA the ledger calls.
-fn script_text(name: &str) -> String {
-    RedisLedger::script_source(name).expect("the ledger has this script")
-}
+use tower_credits::ledger::{HoldId, Reserve, ReserveOutcome, MAX_AMOUNT};
+use tower_credits::{AccountSettings, LedgerAdmin, LedgerReports, TopUp};
+use tower_credits::ledger::Configure;
 
 /// In `KEYS` order (`src/ledger/redis/keys.rs`).
 const KEY_SUFFIXES: [&str; 9] = [
@@ -59,6 +59,7 @@ const WINDOW: Duration = Duration::from_secs(1);
 const EFFICIENCY: &str = "3. Redis efficiency";
 const MEMORY: &str = "6. memory per idle account";
 const NAIVE: &str = "7. naive GET+DECRBY vs Lua";
+const PER_CALL: &str = "8. Redis CPU per script call";
 
 fn account_keys(account: &str) -> Vec<String> {
     KEY_SUFFIXES
@@ -98,7 +99,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Where the time goes: CPU seconds used so far by this process and by redis-server, and
-/// the `EVALSHA` calls redis-server ran with the µs spent inside them.
+/// the script calls (`FCALL`, `EVALSHA`) redis-server ran with the µs spent inside them.
 struct Cpu {
     own: f64,
     server: f64,
@@ -134,8 +135,8 @@ impl Cpu {
         Self {
             own,
             server: field("used_cpu_sys:", "") + field("used_cpu_user:", ""),
-            scripts: field("cmdstat_evalsha:", "calls="),
-            script_us: field("cmdstat_evalsha:", "usec="),
+            scripts: field("cmdstat_evalsha:", "calls=") + field("cmdstat_fcall:", "calls="),
+            script_us: field("cmdstat_evalsha:", "usec=") + field("cmdstat_fcall:", "usec="),
         }
     }
 
@@ -319,7 +320,7 @@ async fn ceiling(
     let tag = format!("c{clients}p{pipeline}");
     let common = |sha: &str, account: &str| -> Vec<String> {
         let mut cmd = vec![
-            "EVALSHA".to_owned(),
+            "FCALL".to_owned(),
             sha.to_owned(),
             KEY_SUFFIXES.len().to_string(),
         ];
@@ -387,7 +388,8 @@ async fn ceiling(
     Some(Ceiling { reserves, commits })
 }
 
-/// SHA1s of the reserve and settle scripts, loaded; `None` without `redis-benchmark`.
+/// The names of the reserve and settle functions the ledger loaded (its Redis Function
+/// library); `None` without `redis-benchmark`.
 async fn load_scripts(con: &mut MultiplexedConnection) -> Option<(String, String)> {
     let has_benchmark = std::process::Command::new("redis-benchmark")
         .arg("--version")
@@ -397,35 +399,20 @@ async fn load_scripts(con: &mut MultiplexedConnection) -> Option<(String, String
         println!("redis-benchmark is not on PATH: the ceiling rows are skipped");
         return None;
     }
-    let (reserve_lua, settle_lua) = (script_text("reserve"), script_text("settle"));
-    let shas = (
-        redis::Script::new(&reserve_lua).get_hash().to_owned(),
-        redis::Script::new(&settle_lua).get_hash().to_owned(),
-    );
-    // The ledger ran both already: had it loaded other text, these would be unknown.
-    let known: Vec<bool> = redis::cmd("SCRIPT")
-        .arg("EXISTS")
-        .arg(&shas.0)
-        .arg(&shas.1)
+    let function = |script: &str| RedisLedger::function_library(script).expect("a script").1;
+    let names = (function("reserve"), function("settle"));
+    // The ledger loaded its library at connect: the functions must be there.
+    let list: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
         .query_async(con)
         .await
         .unwrap();
-    if known != [true, true] {
-        println!(
-            "warning: the ledger's scripts are not the text this bench assembled \
-             (src/ledger/redis/scripts.rs changed?): the ceiling runs this bench's copy"
-        );
-    }
-    for (src, sha) in [(&reserve_lua, &shas.0), (&settle_lua, &shas.1)] {
-        let loaded: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(src)
-            .query_async(con)
-            .await
-            .unwrap();
-        assert_eq!(&loaded, sha);
-    }
-    Some(shas)
+    let listed = format!("{list:?}");
+    assert!(
+        listed.contains(&names.0) && listed.contains(&names.1),
+        "the ledger's functions are not loaded"
+    );
+    Some(names)
 }
 
 async fn efficiency(
@@ -480,7 +467,7 @@ async fn efficiency(
             EFFICIENCY,
             &format!(
                 "ceiling, {tasks} in flight: redis-benchmark -c {clients} -P {pipeline} \
-                 EVALSHA reserve + commit (same scripts; ~90% real commits)"
+                 FCALL reserve + commit (same functions; ~90% real commits)"
             ),
             median(ceilings),
             "pairs/s",
@@ -505,7 +492,7 @@ async fn efficiency(
             report.row(
                 EFFICIENCY,
                 "ceiling, 64 in flight unpipelined: redis-benchmark -c 64 -P 1 \
-                 EVALSHA reserve + commit",
+                 FCALL reserve + commit",
                 ceil.pairs(),
                 "pairs/s",
                 Target::None,
@@ -801,6 +788,239 @@ async fn naive_vs_lua(ledger: &RedisLedger, con: &MultiplexedConnection, report:
     );
 }
 
+/// µs redis-server spent inside each script call (`FCALL` and `EVALSHA`) since the last
+/// `CONFIG RESETSTAT`.
+async fn script_us_per_call(con: &mut MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .unwrap();
+    let field = |prefix: &str, name: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix(name)))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let calls = field("cmdstat_fcall:", "calls=") + field("cmdstat_evalsha:", "calls=");
+    let us = field("cmdstat_fcall:", "usec=") + field("cmdstat_evalsha:", "usec=");
+    us / calls.max(1.0)
+}
+
+async fn reset_stats(con: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(con)
+        .await
+        .unwrap();
+}
+
+/// One scenario of part 8: `CALLS` reserves then their commits, spread over `ACCOUNTS`
+/// funded accounts (thresholds armed if `armed`, far below the balance: evaluated on every
+/// commit, never crossed), each commit with `route` if given. Returns the µs inside each
+/// reserve and each commit.
+async fn reserve_then_commit(
+    ledger: &RedisLedger,
+    con: &mut MultiplexedConnection,
+    tag: &str,
+    armed: bool,
+    route: Option<&str>,
+) -> (f64, f64) {
+    const CALLS: usize = 4_000;
+    const ACCOUNTS: usize = 40;
+    let ids = accounts(tag, ACCOUNTS);
+    fund(ledger, &ids, 1_000_000_000).await;
+    if armed {
+        for acct in &ids {
+            let settings = AccountSettings::new()
+                .low_balance_threshold(1_000)
+                .low_balance_threshold(100)
+                .runway_horizon(Duration::from_secs(3_600));
+            ledger
+                .configure(Configure::new(acct, settings))
+                .await
+                .unwrap();
+        }
+    }
+    // Warm: each account's first reserve enters it in the due-index (once per active
+    // period), and its first commit starts its spend history.
+    for acct in &ids {
+        reserve_commit(ledger, acct).await;
+    }
+    let mut holds = Vec::with_capacity(CALLS);
+    reset_stats(con).await;
+    for i in 0..CALLS {
+        let acct = &ids[i % ACCOUNTS];
+        let hold = HoldId::generate();
+        let mut r = Reserve::new(acct.clone(), hold.clone(), 2);
+        if let Some(route) = route {
+            r = r.route(route);
+        }
+        let outcome = ledger.reserve(r).await.expect("reserve");
+        assert!(matches!(outcome, ReserveOutcome::Held(_)), "{outcome:?}");
+        holds.push((acct.clone(), hold));
+    }
+    let reserve_us = script_us_per_call(con).await;
+    reset_stats(con).await;
+    for (acct, hold) in &holds {
+        ledger.commit(acct, hold, 1).await.expect("commit");
+    }
+    let commit_us = script_us_per_call(con).await;
+    (reserve_us, commit_us)
+}
+
+/// One commit per account crossing a threshold (an outbox entry, leased): the µs inside
+/// each, against the same commits crossing nothing.
+async fn crossing_commits(
+    ledger: &RedisLedger,
+    con: &mut MultiplexedConnection,
+    tag: &str,
+    cross: bool,
+) -> f64 {
+    const ACCOUNTS: usize = 1_000;
+    let ids = accounts(tag, ACCOUNTS);
+    fund(ledger, &ids, 1_000).await;
+    let mut holds = Vec::with_capacity(ACCOUNTS);
+    for acct in &ids {
+        let threshold = if cross { 990 } else { 10 };
+        let settings = AccountSettings::new().low_balance_threshold(threshold);
+        ledger
+            .configure(Configure::new(acct, settings))
+            .await
+            .unwrap();
+        let hold = HoldId::generate();
+        ledger
+            .reserve(Reserve::new(acct.clone(), hold.clone(), 20))
+            .await
+            .unwrap();
+        holds.push((acct.clone(), hold));
+    }
+    reset_stats(con).await;
+    for (acct, hold) in &holds {
+        let s = ledger.commit(acct, hold, 20).await.unwrap();
+        assert_eq!(s.events.len(), usize::from(cross));
+    }
+    script_us_per_call(con).await
+}
+
+/// The floor on this server, in the same run: µs inside an `FCALL` of a function that
+/// returns at once, and of one that reads `TIME` and the account's `HMGET` (what every
+/// account script must do).
+async fn floors(con: &mut MultiplexedConnection, account: &AccountId) -> (f64, f64) {
+    const CALLS: usize = 4_000;
+    let library = "#!lua name=tower_credits_bench_floor\n\
+        redis.register_function('bench_noop', function(keys, args) return 1 end)\n\
+        redis.register_function('bench_time_hmget', function(keys, args)\n\
+          local t = redis.call('TIME')\n\
+          return redis.call('HMGET', keys[1], 'topped_up', 'committed', 'held', 'credit_limit',\n\
+            'thresholds', 'fired', 'rate', 'rate_at', 'next_expiry')\n\
+        end)\n";
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(library)
+        .query_async(con)
+        .await
+        .unwrap();
+    let key = &account_keys(account.as_str())[0];
+    let mut out = [0.0; 2];
+    for (i, function) in ["bench_noop", "bench_time_hmget"].iter().enumerate() {
+        reset_stats(con).await;
+        for _ in 0..CALLS {
+            let _: redis::Value = redis::cmd("FCALL")
+                .arg(function)
+                .arg(1)
+                .arg(key)
+                .query_async(con)
+                .await
+                .unwrap();
+        }
+        out[i] = script_us_per_call(con).await;
+    }
+    (out[0], out[1])
+}
+
+async fn per_call(
+    url: &str,
+    ledger: &RedisLedger,
+    con: &mut MultiplexedConnection,
+    report: &mut Report,
+) {
+    let evalsha = RedisLedger::builder()
+        .url(url)
+        .call_timeout(Duration::from_secs(2))
+        .evalsha_only()
+        .build()
+        .await
+        .expect("connect the EVALSHA ledger");
+    let (plain_r, plain_c) = reserve_then_commit(ledger, con, "pc_plain", false, None).await;
+    let (armed_r, armed_c) = reserve_then_commit(ledger, con, "pc_armed", true, None).await;
+    let (_, routed_c) =
+        reserve_then_commit(ledger, con, "pc_route", false, Some("GET /v1/x")).await;
+    let (eval_r, eval_c) = reserve_then_commit(&evalsha, con, "pc_eval", false, None).await;
+    let (noop, time_hmget) = floors(con, &accounts("pc_plain", 1)[0]).await;
+    let quiet = crossing_commits(ledger, con, "pc_quiet", false).await;
+    let crossing = crossing_commits(ledger, con, "pc_cross", true).await;
+    println!(
+        "{PER_CALL}: reserve {plain_r:.1} µs, commit {plain_c:.1} µs (no thresholds); armed \
+         {armed_r:.1} / {armed_c:.1} µs; commit with a route {routed_c:.1} µs; EVALSHA \
+         {eval_r:.1} / {eval_c:.1} µs; a commit crossing a threshold {crossing:.1} µs \
+         against {quiet:.1} µs; floors: an empty FCALL {noop:.1} µs, TIME + HMGET \
+         {time_hmget:.1} µs"
+    );
+    let row =
+        |report: &mut Report, what: &str, v: f64, t: Target| report.row(PER_CALL, what, v, "µs", t);
+    row(
+        report,
+        "FCALL reserve, funded, no thresholds",
+        plain_r,
+        Target::AtMost(8.0),
+    );
+    row(
+        report,
+        "FCALL commit, funded, no thresholds",
+        plain_c,
+        Target::AtMost(8.0),
+    );
+    row(
+        report,
+        "FCALL reserve, thresholds and runway armed",
+        armed_r,
+        Target::AtMost(12.0),
+    );
+    row(
+        report,
+        "FCALL commit, thresholds and runway armed",
+        armed_c,
+        Target::AtMost(12.0),
+    );
+    row(
+        report,
+        "usage by route: added to a commit",
+        routed_c - plain_c,
+        Target::None,
+    );
+    row(
+        report,
+        "outbox entry (a threshold crossed): added to a commit",
+        crossing - quiet,
+        Target::None,
+    );
+    row(
+        report,
+        "EVALSHA reserve (fallback below 7.0)",
+        eval_r,
+        Target::None,
+    );
+    row(
+        report,
+        "EVALSHA commit (fallback below 7.0)",
+        eval_c,
+        Target::None,
+    );
+}
+
 const TLS: &str = "3b. TLS cost (rediss://, rustls on ring)";
 
 /// A `redis-server` with a plain port and a TLS port (`tls-auth-clients no`), its CA and
@@ -1041,10 +1261,24 @@ fn main() {
             .get_multiplexed_async_connection()
             .await
             .expect("connect");
-        efficiency(server.port, &ledger, &mut con, &mut report).await;
-        memory(&ledger, &mut con, &mut report).await;
-        naive_vs_lua(&ledger, &con, &mut report).await;
-        tls_cost(&mut report).await;
+        // `REDIS_BENCH_PARTS=8` runs part 8 alone (a quick look at the per-call cost).
+        let parts = std::env::var("REDIS_BENCH_PARTS").unwrap_or_default();
+        let run = |part: &str| parts.is_empty() || parts.split(',').any(|p| p.trim() == part);
+        if run("3") {
+            efficiency(server.port, &ledger, &mut con, &mut report).await;
+        }
+        if run("6") {
+            memory(&ledger, &mut con, &mut report).await;
+        }
+        if run("7") {
+            naive_vs_lua(&ledger, &con, &mut report).await;
+        }
+        if run("8") {
+            per_call(&server.url(), &ledger, &mut con, &mut report).await;
+        }
+        if run("3b") {
+            tls_cost(&mut report).await;
+        }
     });
     println!("redis bench took {:.1?}", started.elapsed());
     report.write();

@@ -44,6 +44,10 @@ impl Harness for ClusterHarness {
             .build()
             .await
             .expect("connect to the test Redis Cluster");
+        assert!(
+            ledger.uses_functions(),
+            "the function library is loaded on every master"
+        );
         (ledger, clock)
     }
 }

@@ -25,26 +25,58 @@ fn fresh_prefix() -> String {
     format!("conf{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The scripts as Redis Functions (`FCALL`), the path on Redis 7.0 and later.
 struct RedisHarness;
 
 impl Harness for RedisHarness {
     type L = RedisLedger;
 
     async fn ledger(&self) -> (RedisLedger, ManualClock) {
-        let clock = ManualClock::new();
-        let ledger = RedisLedger::builder()
-            .url(server().url())
-            .key_prefix(fresh_prefix())
-            // The suite checks semantics, not latency: a busy machine must not fail it.
-            // 4 s: the closed-id grace (timeout + 1 s) is then the model's 5 s.
-            .call_timeout(Duration::from_secs(4))
-            .test_clock(clock.clone())
-            .build()
-            .await
-            .expect("connect to the test redis-server");
+        let (ledger, clock) = build(RedisLedger::builder()).await;
+        assert!(
+            ledger.uses_functions(),
+            "Redis 7 loads the function library"
+        );
         (ledger, clock)
     }
 }
 
+/// The scripts by SHA (`EVALSHA`), the fallback below Redis 7.0.
+struct EvalshaHarness;
+
+impl Harness for EvalshaHarness {
+    type L = RedisLedger;
+
+    async fn ledger(&self) -> (RedisLedger, ManualClock) {
+        let (ledger, clock) = build(RedisLedger::builder().evalsha_only()).await;
+        assert!(!ledger.uses_functions());
+        (ledger, clock)
+    }
+}
+
+async fn build(
+    builder: tower_credits::ledger::redis::RedisLedgerBuilder,
+) -> (RedisLedger, ManualClock) {
+    let clock = ManualClock::new();
+    let ledger = builder
+        .url(server().url())
+        .key_prefix(fresh_prefix())
+        // The suite checks semantics, not latency: a busy machine must not fail it.
+        // 4 s: the closed-id grace (timeout + 1 s) is then the model's 5 s.
+        .call_timeout(Duration::from_secs(4))
+        .test_clock(clock.clone())
+        .build()
+        .await
+        .expect("connect to the test redis-server");
+    (ledger, clock)
+}
+
 tower_credits::conformance_suite!(RedisHarness);
 tower_credits::conformance_outbox_suite!(RedisHarness);
+
+mod evalsha {
+    use super::EvalshaHarness;
+
+    tower_credits::conformance_suite!(EvalshaHarness);
+    tower_credits::conformance_outbox_suite!(EvalshaHarness);
+}

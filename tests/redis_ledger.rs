@@ -83,12 +83,12 @@ fn acct_field(server: &RedisServer, account: &str, field: &str) -> i64 {
     }
 }
 
-/// Number of script calls the server has seen (`EVAL`, `EVALSHA`).
+/// Number of script calls the server has seen (`EVAL`, `EVALSHA`, `FCALL`).
 fn script_calls(server: &RedisServer) -> u64 {
     server
         .cli(&["INFO", "commandstats"])
         .lines()
-        .filter(|l| l.starts_with("cmdstat_eval"))
+        .filter(|l| l.starts_with("cmdstat_eval") || l.starts_with("cmdstat_fcall"))
         .map(|l| {
             let calls = l.split("calls=").nth(1).expect("calls=");
             calls[..calls.find(',').unwrap()].parse::<u64>().unwrap()
@@ -100,12 +100,63 @@ fn script_calls(server: &RedisServer) -> u64 {
 // Scripts
 // ---------------------------------------------------------------------------------------
 
+/// The names of the Redis Function libraries loaded on the server.
+fn libraries(server: &RedisServer) -> Vec<String> {
+    let list = server.cli(&["FUNCTION", "LIST"]);
+    let lines: Vec<&str> = list.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0] == "library_name")
+        .map(|w| w[1].to_owned())
+        .collect()
+}
+
+/// On Redis 7 the scripts are one Function library, loaded at connect, versioned by name.
+/// After `FUNCTION FLUSH` (as after a restart without persistence, or a failover to a node
+/// that never got it) the next call is answered `Function not found`: the ledger loads the
+/// library again and the caller sees nothing of it.
+#[tokio::test]
+async fn the_function_library_is_loaded_again_when_the_server_lost_it() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    assert!(l.uses_functions());
+    let loaded = libraries(&server);
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    assert!(loaded[0].starts_with("tower_credits_"), "{loaded:?}");
+    let a = acct("acct_fn");
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("h1"), 10))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        cached_scripts(&server),
+        1,
+        "only the top-up key claim is EVALSHA"
+    );
+
+    server.cli(&["FUNCTION", "FLUSH"]);
+    assert!(libraries(&server).is_empty());
+    let s = l.commit(&a, &hold("h1"), 4).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    assert_eq!(libraries(&server), loaded, "the same version, loaded again");
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.available, b.held, b.committed), (96, 0, 4));
+}
+
 /// After `SCRIPT FLUSH` (as after a restart without persistence of the script cache), the
 /// first `EVALSHA` gets `NOSCRIPT`, and the ledger loads the script and carries on.
 #[tokio::test]
 async fn scripts_flushed_from_the_server_are_loaded_again() {
     let server = RedisServer::start();
-    let l = ledger(&server).await;
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .evalsha_only()
+        .build()
+        .await
+        .unwrap();
     let a = acct("acct_noscript");
     l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     expect_held(
@@ -909,8 +960,22 @@ async fn keys_follow_the_documented_layout() {
         .map(|s| format!("{tag}:{s}"))
         .chain([format!("credits:apikey:{}", key.to_hex())])
         .chain([l.top_up_claim_key("pay-1")])
+        // The holds due-index: the account entered once, at its first hold's expiry.
+        .chain(["credits:{!due}:holds".to_owned()])
         .collect();
     assert_eq!(keys, want);
+    // Scored at h1's expiry (the first hold), as the account's hash remembers.
+    assert_eq!(
+        server.cli(&["ZRANGE", "credits:{!due}:holds", "0", "-1", "WITHSCORES"]),
+        format!(
+            "user@example.com\n{}",
+            server.cli(&["HGET", &format!("{tag}:acct"), "due_holds"])
+        )
+    );
+    assert_ne!(
+        server.cli(&["HGET", &format!("{tag}:acct"), "due_holds"]),
+        ""
+    );
     assert_eq!(
         server.cli(&["GET", &l.top_up_claim_key("pay-1")]),
         "user@example.com"
@@ -1013,6 +1078,174 @@ async fn max_open_holds_is_enforced() {
     );
     let b = l.balance(&a).await.unwrap();
     assert_eq!((b.available, b.held, b.open_holds), (98, 2, 2));
+}
+
+// ---------------------------------------------------------------------------------------
+// The due-indexes: background work found by index, a lost entry repaired by a slow pass
+// ---------------------------------------------------------------------------------------
+
+const HOLDS_INDEX: &str = "credits:{!due}:holds";
+const EVENTS_INDEX: &str = "credits:{!due}:events";
+
+/// The score of `account` in a due-index, if it has an entry.
+fn due_score(server: &RedisServer, index: &str, account: &str) -> Option<u64> {
+    let score = server.cli(&["ZSCORE", index, account]);
+    (!score.is_empty()).then(|| score.parse().unwrap())
+}
+
+/// A reserve enters its account in the holds due-index once per active period (not per
+/// request), at its earliest hold's expiry; the sweep finds the account there, reclaims
+/// what expired, re-scores the entry while holds stay open, and removes it once none is.
+#[tokio::test]
+async fn an_expired_hold_is_reclaimed_through_the_holds_index() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger_on(&server, &clock).await;
+    let a = acct("acct_indexed");
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
+    assert_eq!(due_score(&server, HOLDS_INDEX, "acct_indexed"), None);
+    let r = Reserve::new(a.clone(), hold("short"), 5).ttl(Duration::from_secs(10));
+    let short = expect_held(l.reserve(r).await.unwrap());
+    assert_eq!(
+        due_score(&server, HOLDS_INDEX, "acct_indexed"),
+        Some(short.expires_at_ms)
+    );
+    // A later hold of the same active period writes no entry: the index already looks
+    // earlier.
+    server.cli(&["ZADD", HOLDS_INDEX, "XX", "1", "acct_indexed"]);
+    let r = Reserve::new(a.clone(), hold("long"), 7).ttl(Duration::from_secs(30));
+    let long = expect_held(l.reserve(r).await.unwrap());
+    assert_eq!(due_score(&server, HOLDS_INDEX, "acct_indexed"), Some(1));
+    server.cli(&[
+        "ZADD",
+        HOLDS_INDEX,
+        "XX",
+        &short.expires_at_ms.to_string(),
+        "acct_indexed",
+    ]);
+
+    assert_eq!(l.sweep_expired().await.unwrap(), 0, "nothing due yet");
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(l.sweep_expired().await.unwrap(), 1);
+    assert_eq!(acct_field(&server, "acct_indexed", "held"), 7);
+    assert_eq!(
+        due_score(&server, HOLDS_INDEX, "acct_indexed"),
+        Some(long.expires_at_ms),
+        "re-scored at the next open hold's expiry"
+    );
+    assert_eq!(l.sweep_expired().await.unwrap(), 0, "not due again yet");
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(l.sweep_expired().await.unwrap(), 1);
+    assert_eq!(acct_field(&server, "acct_indexed", "held"), 0);
+    assert_eq!(
+        due_score(&server, HOLDS_INDEX, "acct_indexed"),
+        None,
+        "gone"
+    );
+    assert_eq!(acct_field(&server, "acct_indexed", "due_holds"), 0);
+
+    // The next active period enters it again.
+    let r = Reserve::new(a.clone(), hold("again"), 1).ttl(Duration::from_secs(10));
+    let again = expect_held(l.reserve(r).await.unwrap());
+    assert_eq!(
+        due_score(&server, HOLDS_INDEX, "acct_indexed"),
+        Some(again.expires_at_ms)
+    );
+}
+
+/// An entry that never landed (here removed by hand, as a `ZADD` lost to a crash or a
+/// failover would leave it) hides the account from the index: the sweep does not see it.
+/// The spawned sweeper's slow repair pass finds it and gives its holds back; so does
+/// `repair_due_index` at once.
+#[tokio::test]
+async fn a_lost_holds_index_entry_is_repaired_by_the_slow_pass() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger_on(&server, &clock).await;
+    let a = acct("acct_lost");
+    l.top_up(TopUp::new(&a, 50, "pay-1")).await.unwrap();
+    let r = Reserve::new(a.clone(), hold("h1"), 5).ttl(Duration::from_secs(1));
+    expect_held(l.reserve(r).await.unwrap());
+    server.cli(&["ZREM", HOLDS_INDEX, "acct_lost"]);
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(l.sweep_expired().await.unwrap(), 0, "the index lost it");
+    assert_eq!(acct_field(&server, "acct_lost", "held"), 5);
+
+    let sweeper = l.spawn_sweeper(Duration::from_millis(20));
+    wait_for_async("the repair pass to reclaim the hold", DEADLINE, || async {
+        (acct_field(&server, "acct_lost", "held") == 0).then_some(())
+    })
+    .await;
+    sweeper.abort();
+    assert_eq!(due_score(&server, HOLDS_INDEX, "acct_lost"), None);
+
+    // The explicit full pass: an open hold whose entry was lost is entered again.
+    let r = Reserve::new(a.clone(), hold("h2"), 5).ttl(Duration::from_secs(10));
+    let h2 = expect_held(l.reserve(r).await.unwrap());
+    server.cli(&["ZREM", HOLDS_INDEX, "acct_lost"]);
+    assert_eq!(l.repair_due_index().await.unwrap(), 1);
+    assert_eq!(
+        due_score(&server, HOLDS_INDEX, "acct_lost"),
+        Some(h2.expires_at_ms)
+    );
+}
+
+/// An event enters its account in the events due-index at its lease's end; once the
+/// lease lapses a claim finds it there. With the entry lost, the claims' slow repair pass
+/// enters it again and a later claim delivers it, with the same id.
+#[tokio::test]
+async fn an_event_is_claimed_through_the_index_and_a_lost_entry_is_repaired() {
+    use tower_credits::events::EventOutbox;
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger_on(&server, &clock).await;
+    let a = acct("acct_evidx");
+    l.top_up(TopUp::new(&a, 1, "pay-1")).await.unwrap();
+    let ReserveOutcome::Insufficient(refusal) = l
+        .reserve(Reserve::new(a.clone(), hold("r1"), 2))
+        .await
+        .unwrap()
+    else {
+        panic!("not refused")
+    };
+    let event = refusal.events[0].clone();
+    let lease_end =
+        event.created_at_ms + tower_credits::ledger::DEFAULT_EVENT_LEASE.as_millis() as u64;
+    assert_eq!(
+        due_score(&server, EVENTS_INDEX, "acct_evidx"),
+        Some(lease_end)
+    );
+
+    clock.advance(Duration::from_secs(31));
+    let claimed = l.claim(Duration::from_secs(10), 10).await.unwrap();
+    assert_eq!(claimed, vec![event.clone()]);
+    let rescored = due_score(&server, EVENTS_INDEX, "acct_evidx").unwrap();
+    assert!(
+        rescored >= event.created_at_ms + 31_000 + 10_000,
+        "re-scored at the new lease's end: {rescored}"
+    );
+
+    // Lost: no claim sees it through the index, until the repair pass enters it again.
+    server.cli(&["ZREM", EVENTS_INDEX, "acct_evidx"]);
+    clock.advance(Duration::from_secs(11));
+    let again = wait_for_async("a claim after the repair step", DEADLINE, || async {
+        let claimed = l.claim(Duration::from_secs(10), 10).await.unwrap();
+        (!claimed.is_empty()).then_some(claimed)
+    })
+    .await;
+    assert_eq!(again, vec![event.clone()], "the same event, the same id");
+    l.ack(&event).await.unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert!(l
+        .claim(Duration::from_secs(10), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        due_score(&server, EVENTS_INDEX, "acct_evidx"),
+        None,
+        "an empty outbox leaves the index"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

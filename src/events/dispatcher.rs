@@ -137,7 +137,9 @@ impl Dispatcher {
         self
     }
 
-    /// How often the outbox is scanned for events whose lease lapsed (default 5 s).
+    /// How often the outbox is asked for events whose lease lapsed (default 5 s). On Redis
+    /// a claim reads the events due-index, never the keyspace: an idle claim is one command
+    /// (see the `# Background work` docs of `ledger::redis`).
     pub fn scan_every(mut self, interval: Duration) -> Self {
         self.scan_every = interval;
         self

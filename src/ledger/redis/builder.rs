@@ -58,6 +58,9 @@ pub struct RedisLedgerBuilder {
     extra_closed_grace: Duration,
     #[cfg(feature = "redis-tls")]
     tls: Tls,
+    /// Tests only: call the scripts with `EVALSHA` even where Redis Functions exist.
+    #[cfg(feature = "test-util")]
+    evalsha_only: bool,
 }
 
 /// The TLS settings of a `rediss://` target (feature `redis-tls`).
@@ -130,6 +133,8 @@ impl Default for RedisLedgerBuilder {
             extra_closed_grace: Duration::ZERO,
             #[cfg(feature = "redis-tls")]
             tls: Tls::default(),
+            #[cfg(feature = "test-util")]
+            evalsha_only: false,
         }
     }
 }
@@ -267,6 +272,15 @@ impl RedisLedgerBuilder {
         self
     }
 
+    /// Tests only (feature `test-util`): calls the scripts with `EVALSHA`, the fallback
+    /// below Redis 7.0, even where Redis Functions exist, so both paths can be tested.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn evalsha_only(mut self) -> Self {
+        self.evalsha_only = true;
+        self
+    }
+
     /// How long an event this replica detects stays leased to it before another replica's
     /// dispatcher may claim it (default
     /// [`DEFAULT_EVENT_LEASE`](crate::ledger::DEFAULT_EVENT_LEASE)): what a replica that
@@ -280,8 +294,9 @@ impl RedisLedgerBuilder {
     ///
     /// Fails with [`LedgerError::Unavailable`] when no address was given, the address is
     /// malformed, or the server refuses; with [`LedgerError::Timeout`] when no connection
-    /// is made within the [connect timeout](Self::connect_timeout). Scripts are loaded on
-    /// first use.
+    /// is made within the [connect timeout](Self::connect_timeout). The scripts are loaded
+    /// as one Redis Function library (Redis 7.0 and later; on every master of a cluster),
+    /// or, below 7.0, called by SHA and loaded on first use.
     ///
     /// With TLS (feature `redis-tls`), a configuration error fails at once with
     /// [`LedgerError::InvalidSetting`], naming the server and the reason, and is never
@@ -347,6 +362,19 @@ impl RedisLedgerBuilder {
         let conn = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| LedgerError::Timeout(self.connect_timeout))??;
+        // The scripts as one Redis Function library where the server has them (7.0+),
+        // else EVALSHA: chosen once, here.
+        #[cfg(feature = "test-util")]
+        let allow_functions = !self.evalsha_only;
+        #[cfg(not(feature = "test-util"))]
+        let allow_functions = true;
+        let scripts = tokio::time::timeout(
+            self.connect_timeout,
+            super::functions::choose(&conn, allow_functions),
+        )
+        .await
+        .map_err(|_| LedgerError::Timeout(self.connect_timeout))?
+        .map_err(unavailable)?;
         #[cfg(feature = "test-util")]
         let extra_grace_ms = self.extra_closed_grace.as_millis() as u64;
         #[cfg(not(feature = "test-util"))]
@@ -357,6 +385,7 @@ impl RedisLedgerBuilder {
             inner: Arc::new(Inner {
                 unanswered: Default::default(),
                 conn,
+                scripts,
                 prefix: self.key_prefix,
                 call_timeout: self.call_timeout,
                 // Capped so that every forget-at time stays exact in a `done` score.

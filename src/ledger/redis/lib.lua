@@ -80,7 +80,7 @@ end
 local function load_account()
   local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
     'thresholds', 'fired', 'rate', 'rate_at', 'next_expiry', 'commits', 'first_commit_at',
-    'horizon', 'runway_fired', 'depleted', 'last_topup', 'threshold')
+    'horizon', 'runway_fired', 'depleted', 'last_topup', 'threshold', 'due_holds', 'due_events')
   return {
     exists = (f[1] or f[4]) and true or false,
     rate_text = f[7] or '0',
@@ -99,7 +99,24 @@ local function load_account()
     next_expiry = tonumber(f[9]), -- nil: not known yet, so reclaim looks
     commits = tonumber(f[10]) or 0,
     first_commit_at = tonumber(f[11]),
+    -- When the due-indexes (`<prefix>:{!due}:holds`, `:events`) were last told to look at
+    -- this account (ms; nil: not entered). A call that needs an earlier look records it and
+    -- returns it, so the caller writes the index entry: once per active period.
+    due_holds = tonumber(f[17]),
+    due_events = tonumber(f[18]),
   }
+end
+
+-- Records that the due-index `field` ('due_holds' | 'due_events') must look at this
+-- account by `due` (ms), unless it is already told to look earlier. Returns the time the
+-- caller must write into the index, or 0 when it need not write.
+local function note_due(a, field, due)
+  if a[field] and a[field] <= due then
+    return 0
+  end
+  a[field] = due
+  redis.call('HSET', KEYS[1], field, due)
+  return due
 end
 
 local function available(a)
@@ -176,6 +193,12 @@ local function emit(a, now, owner, lease_ms, kind, threshold, runway)
   local entry = redis.call('XADD', KEYS[7], seq, 'type', kind, 'available', available(a),
     'threshold', threshold or -1, 'runway', runway or -1, 'at', now, 'seq', seq)
   redis.call('HSET', KEYS[8], entry, now + lease_ms, entry .. ':owner', owner)
+  -- Should the replica die, another claims the event once the lease lapses: the events
+  -- due-index looks then (the caller writes the index when this returns a time).
+  local due = note_due(a, 'due_events', now + lease_ms)
+  if due > 0 then
+    a.events_due = due
+  end
   return { entry, kind, available(a), threshold or -1, runway or -1, now, seq }
 end
 

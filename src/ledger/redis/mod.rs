@@ -14,7 +14,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `thresholds` (`100,4,10%`: credits or a percentage of the last top-up; absent: none), `fired` (bit *i* set: threshold *i* fired, waits for a top-up), `last_topup`, `horizon` (runway horizon, s; absent: the default), `runway_fired` and `depleted` (0/1: the event fired, waits for a top-up), `rate` (burn rate, credits/s), `rate_at` (ms), `next_expiry` (ms; no open hold expires earlier, so most calls skip the expiry index). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
+//! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `thresholds` (`100,4,10%`: credits or a percentage of the last top-up; absent: none), `fired` (bit *i* set: threshold *i* fired, waits for a top-up), `last_topup`, `horizon` (runway horizon, s; absent: the default), `runway_fired` and `depleted` (0/1: the event fired, waits for a top-up), `rate` (burn rate, credits/s), `rate_at` (ms), `next_expiry` (ms; no open hold expires earlier, so most calls skip the expiry index), `due_holds` and `due_events` (ms: when the due-indexes were last told to look at the account; absent: no entry asked for). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
 //! | `credits:{acct}:holds` | HASH | open hold id → amount; `<id>:route` → route label |
 //! | `credits:{acct}:expiry` | ZSET | open hold ids scored by expiry (ms): the expiry index |
 //! | `credits:{acct}:done` | ZSET | closed hold ids and refund tombstones, scored by when they are forgotten (ms) × 4 + how (1 committed, 2 refunded, 3 expired); an id is forgotten once no call about it can come: its hold's expiry (or the close, if later) + the [call timeout](RedisLedgerBuilder::call_timeout) + 1 s, and a tombstone of a never-seen id after the longest hold TTL this ledger has reserved with (at least [`DEFAULT_HOLD_TTL`](super::DEFAULT_HOLD_TTL)) + call timeout + 1 s. Pruned when due, at most [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) per call, and the key's `PEXPIRE` follows the latest forget-at time, so an account whose traffic stops loses it whole. |
@@ -23,6 +23,10 @@
 //! | `credits:{acct}:outbox` | STREAM | detected events (`type`, `available`, `threshold`, `runway`, `at`) until delivered; the entry id is the event's receipt. Deleted once empty. |
 //! | `credits:{acct}:leases` | HASH | outbox entry id → lease end (ms); `<id>:owner` → the replica holding it |
 //! | `credits:{acct}:dead` | STREAM | events whose delivery gave up, with the `reason`; kept for an operator |
+//! | `credits:{!due}:holds` | ZSET | the holds due-index: account → when its earliest open hold expires (ms); the sweeper's work list (see `# Background work`) |
+//! | `credits:{!due}:events` | ZSET | the events due-index: account → when the earliest lease of its waiting events lapses (ms); where event claims look |
+//! | `credits:{!due}:holds:lease`, `credits:{!due}:events:lease` | STRING | the replica doing a pass over that index (expires by itself) |
+//! | `credits:{!due}:repair` | HASH | the repair pass's `SCAN` cursor and next step time, per index |
 //! | `credits:topup:<sha256 hex>` | STRING | the account a top-up idempotency key belongs to (its claim); never expires (a payment id credits one account) |
 //! | `credits:apikey:<sha256 hex>` | STRING | account id of an API key (keys are stored only as hashes) |
 //!
@@ -54,12 +58,54 @@
 //! loader, the invocations and the typed decoders of `reply.rs`; a test checks each file's
 //! header against it. Every script is a prelude generated from the Rust constants
 //! ([`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT), [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT), the
-//! burn-rate time constant), then the helpers of `lib.lua`, then the file. They are hashed once per process and called by SHA (`EVALSHA`),
-//! loaded again on `NOSCRIPT`. They read the clock with `TIME` (one clock for every
-//! replica), validate every argument before the first write, keep amounts out of strings
+//! burn-rate time constant), then the helpers of `lib.lua`, then the file. On Redis 7.0
+//! and later they are one Redis Function library, loaded once at connect (on every master)
+//! and called with `FCALL`, loaded again on `Function not found` (see `functions.rs`);
+//! below 7.0 they are hashed once per process and called by SHA (`EVALSHA`), loaded again
+//! on `NOSCRIPT`. They read the clock with `TIME` (one clock for every replica), validate
+//! every argument before the first write, keep amounts out of strings
 //! (parsed with `tonumber`, written back as Lua numbers), and first reclaim up to [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) expired holds of the
 //! account, found through the expiry index. Amounts and ids are also checked here before
 //! anything is sent.
+//!
+//! # Background work
+//!
+//! Two kinds of work wait for no request: expired holds of an account that gets no more
+//! calls ([`spawn_sweeper`](RedisLedger::spawn_sweeper)) and events whose detecting
+//! replica died before delivering them ([`EventOutbox::claim`](crate::events::EventOutbox::claim),
+//! called by the event dispatcher). Both find their accounts through a due-index, a sorted
+//! set scoring each account by when to look at it, never by walking the keyspace:
+//!
+//! * An account script that opens the first hold of an active period, or detects an event,
+//!   records the time in the account's hash and returns it; the ledger writes the entry
+//!   (`ZADD`) right after the script, before the call returns: once per active period of
+//!   the account, not once per request (a warm request stays two script calls). That
+//!   call waits for the write, under its own call deadline, and never fails for it: a
+//!   failed write only logs, and the repair pass below enters the account again.
+//! * A pass reads the accounts due (`ZRANGEBYSCORE`, at most 1,000), runs the account's
+//!   script on each, and re-scores or removes each entry by compare-and-set against the
+//!   score it read, so an entry a call wrote meanwhile survives. One replica at a time does
+//!   a pass (a lease key that expires by itself); the others' passes cost one command.
+//! * A lost entry (the `ZADD` failed or timed out, the replica died between the script and
+//!   it, a failover lost it) is repaired by a slow, rate-limited full pass: `SCAN` steps of
+//!   [`REPAIR_COUNT`] keys over `<prefix>:{*}:expiry` (or `:outbox`) keys, one step per
+//!   [`REPAIR_GAP`] over all replicas (a pass that runs less often takes the steps owed, up
+//!   to ten), its cursor kept in Redis. [`RedisLedger::repair_due_index`] runs a full pass
+//!   at once.
+//!
+//! **What an index miss delays, and for how long.** Nothing a caller waits for: an account
+//! that gets another call reclaims its own expired holds on it and is entered again by
+//! its next reserve, and the replica that detects an event delivers it at once. A lost
+//! entry delays the reclaim of an idle account's expired holds, and the delivery of an
+//! event whose replica died before delivering it, by at most one full repair pass: (keys
+//! in the database / [`REPAIR_COUNT`]) steps, one per [`REPAIR_GAP`]. With 1,000,000
+//! keys: 1,000 steps, about 17 minutes (for events, with claims at least every 10 s; the
+//! dispatcher's default `scan_every` is 5 s).
+//!
+//! **Cost.** An idle replica sends one command per pass, plus one `SCAN` per repair step
+//! and one command to end a pass that took any, whatever the number of keys; on a cluster
+//! a repair step also asks `CLUSTER SLOTS`. The measured figure is in
+//! `docs/performance.md`.
 //!
 //! # Failures
 //!
@@ -128,12 +174,16 @@ use crate::clock::ManualClock;
 
 mod builder;
 mod conn;
+mod due;
+mod functions;
 mod keys;
 mod outbox;
 mod reply;
 mod scripts;
 mod sweep;
 mod unanswered;
+
+pub use due::{REPAIR_COUNT, REPAIR_GAP};
 
 pub use builder::{
     RedisLedgerBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
@@ -175,6 +225,8 @@ pub struct RedisLedger {
 
 struct Inner {
     conn: Conn,
+    /// How the account scripts are called: `FCALL` of the library, or `EVALSHA`.
+    scripts: functions::Mode,
     unanswered: unanswered::Unanswered,
     prefix: String,
     call_timeout: Duration,
@@ -235,6 +287,25 @@ impl RedisLedger {
             .map(|spec| spec.text())
     }
 
+    /// The Redis Function library of the scripts (`#!lua name=tower_credits_<hash>` …),
+    /// as `FUNCTION LOAD` gets it, and the name of `script`'s function in it. For benches
+    /// and tests that call a function by hand.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn function_library(script: &str) -> Option<(&'static str, String)> {
+        scripts::SPECS
+            .iter()
+            .find(|spec| spec.name == script)
+            .map(|spec| (functions::library_code(), functions::function_name(spec)))
+    }
+
+    /// Whether this ledger calls its scripts as Redis Functions (`FCALL`), else `EVALSHA`.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn uses_functions(&self) -> bool {
+        self.inner.scripts == functions::Mode::Functions
+    }
+
     /// The ms added to Redis `TIME`: how far the test clock moved, else 0.
     fn clock_offset_ms(&self) -> u64 {
         #[cfg(feature = "test-util")]
@@ -253,7 +324,7 @@ impl RedisLedger {
         args: impl FnOnce(&mut Args),
     ) -> impl Future<Output = Result<Value, LedgerError>> + Send + 'static {
         let prefix = &self.inner.prefix;
-        let invocation = spec.invoke(
+        let call = spec.call(
             |suffix| keys::account_key(prefix, account, suffix),
             |a| {
                 a.arg(self.clock_offset_ms())
@@ -261,7 +332,11 @@ impl RedisLedger {
                 args(a);
             },
         );
-        self.deadline(self.inner.conn.clone().eval(invocation))
+        self.deadline(functions::run(
+            self.inner.conn.clone(),
+            self.inner.scripts,
+            call,
+        ))
     }
 
     /// A plain command under the call deadline.
@@ -283,6 +358,18 @@ impl RedisLedger {
                 Ok(Err(err)) => Err(ledger_error(err, timeout)),
                 Err(_elapsed) => Err(LedgerError::Timeout(timeout)),
             }
+        }
+    }
+
+    /// Writes the due-index entries a script asked for (once per active period of the
+    /// account, not per request: see `due.rs`), before the call returns. A failure only
+    /// logs: the repair pass enters the account again.
+    async fn enter_asked(&self, account: &AccountId, due: reply::Due) {
+        if let Some(at) = due.holds {
+            self.enter_due(due::Kind::Holds, account, at).await;
+        }
+        if let Some(at) = due.events {
+            self.enter_due(due::Kind::Events, account, at).await;
         }
     }
 
@@ -323,10 +410,12 @@ impl RedisLedger {
             // From the first poll on, the script may run: unless an answer comes back, the
             // hold id is refunded (on an error, or when this future is dropped).
             let account = r.account.clone();
-            let mut guard = RefundUnanswered(Some((ledger, r.account, r.hold_id, r.ttl)));
+            let mut guard = RefundUnanswered(Some((ledger.clone(), r.account, r.hold_id, r.ttl)));
             let value = call.await?;
             guard.0 = None;
-            reply::reserve(value, limit, &account)
+            let (outcome, due) = reply::reserve(value, limit, &account)?;
+            ledger.enter_asked(&account, due).await;
+            Ok(outcome)
         }))
     }
 
@@ -347,10 +436,16 @@ impl RedisLedger {
                 .arg(self.inner.replica.as_str())
                 .arg(self.inner.event_lease_ms);
         });
-        let account = account.clone();
-        Ok(Box::pin(
-            async move { reply::settle(call.await?, &account) },
-        ))
+        let (ledger, account) = (self.clone(), account.clone());
+        Ok(Box::pin(async move {
+            let (settlement, events_due) = reply::settle(call.await?, &account)?;
+            let due = reply::Due {
+                holds: None,
+                events: events_due,
+            };
+            ledger.enter_asked(&account, due).await;
+            Ok(settlement)
+        }))
     }
 
     fn do_extend(

@@ -1,7 +1,7 @@
 -- outbox: the account's detected events, until delivered (EventOutbox for RedisLedger).
 -- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
 -- redis/mod.rs.
--- KEYS[1]: <prefix>:{<account>}:acct     (its `events` counter, for 'requeue')
+-- KEYS[1]: <prefix>:{<account>}:acct     (its `events` counter, for 'requeue'; `due_events`)
 -- KEYS[2]: <prefix>:{<account>}:holds    (not used here)
 -- KEYS[3]: <prefix>:{<account>}:expiry   (not used here)
 -- KEYS[4]: <prefix>:{<account>}:done     (not used here)
@@ -13,7 +13,7 @@
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (unused)
 -- ARGV[3]: operation: 'claim' | 'renew' | 'ack' | 'dead' | 'pending' | 'dead_letters'
---          | 'requeue'
+--          | 'requeue' | 'due'
 -- ARGV[4]: replica ('claim', 'renew')
 -- ARGV[5]: lease, ms ('claim', 'renew'; else '0')
 -- ARGV[6]: entry id ('renew', 'ack', 'dead'; the dead letter's for 'requeue'; else '')
@@ -21,10 +21,15 @@
 -- ARGV[8]: reason ('dead'; else '')
 -- An event in a reply is {entry_id, type, available, threshold | -1, runway_secs | -1,
 -- at_ms, seq}, as settle.lua shows it.
+-- events_due is when the events due-index should look at the account next (ms; 0: no
+-- event waits, the entry goes), also kept in the account's `due_events`.
 -- Returns one of:
---   {'events', {event}, ...}                (claim, pending)
+--   {'claimed', events_due, {event}, ...}   (claim)
+--   {'events', {event}, ...}                (pending)
 --   {'dead_letters', {event, reason, dead_entry_id}, ...}
---   {'done', 0|1}                           (renew, requeue: whether it was there)
+--   {'done', 0|1}                           (renew, ack, dead; requeue of an id not there)
+--   {'requeued', events_due}                (requeue)
+--   {'due', events_due}                     (due: the index repair's look, claims nothing)
 
 local offset = common_args()
 local op = ARGV[3]
@@ -39,7 +44,7 @@ if type(ARGV[8]) ~= 'string' or #ARGV[8] > 2048 then
   bad('reason')
 end
 
--- Deletes an outbox left empty, so the claim's SCAN only meets outboxes with events.
+-- Deletes an outbox left empty, so the index repair's SCAN only meets outboxes with events.
 local function drop_if_empty()
   if redis.call('XLEN', KEYS[7]) == 0 then
     redis.call('DEL', KEYS[7])
@@ -53,24 +58,64 @@ local function event_of(entry)
     tonumber(f[12]) }
 end
 
-if op == 'claim' then
-  local owner = replica_arg(4)
-  local now = now_ms(offset)
-  local claimed = { 'events' }
-  -- Oldest first; a bounded look, so a long outbox costs a bounded call.
-  local entries = redis.call('XRANGE', KEYS[7], '-', '+', 'COUNT', math.max(count * 4, 64))
-  for _, entry in ipairs(entries) do
-    if #claimed - 1 >= count then
-      break
+-- Records when the events due-index should look at this account next (`due`, ms, or
+-- nil: no event waits) in the account's `due_events`, and returns it (0 for none).
+local function record_due(due)
+  local known = tonumber(redis.call('HGET', KEYS[1], 'due_events'))
+  if due then
+    if known ~= due then
+      redis.call('HSET', KEYS[1], 'due_events', due)
     end
+    return due
+  end
+  if known then
+    redis.call('HDEL', KEYS[1], 'due_events')
+  end
+  return 0
+end
+
+-- Walks the oldest entries (a bounded look, so a long outbox costs a bounded call),
+-- leasing to `owner` up to `count` whose lease lapsed (none when owner is nil). Returns
+-- the events leased and when the next lease lapses: now, when some entry was left
+-- unleased or the look did not reach the end; nil for an empty outbox.
+local function walk(now, owner, limit)
+  local claimed = {}
+  local entries = redis.call('XRANGE', KEYS[7], '-', '+', 'COUNT', limit)
+  local due = nil
+  if #entries >= limit then
+    due = now
+  end
+  for _, entry in ipairs(entries) do
     local id = entry[1]
     local until_ms = tonumber(redis.call('HGET', KEYS[8], id))
     if not until_ms or until_ms <= now then
-      redis.call('HSET', KEYS[8], id, now + lease_ms, id .. ':owner', owner)
-      claimed[#claimed + 1] = event_of(entry)
+      if owner and #claimed < count then
+        until_ms = now + lease_ms
+        redis.call('HSET', KEYS[8], id, until_ms, id .. ':owner', owner)
+        claimed[#claimed + 1] = event_of(entry)
+      else
+        until_ms = now
+      end
+    end
+    if not due or until_ms < due then
+      due = until_ms
     end
   end
-  return claimed
+  return claimed, due
+end
+
+if op == 'claim' then
+  local owner = replica_arg(4)
+  local now = now_ms(offset)
+  local claimed, due = walk(now, owner, math.max(count * 4, 64))
+  local reply = { 'claimed', record_due(due) }
+  for _, event in ipairs(claimed) do
+    reply[#reply + 1] = event
+  end
+  return reply
+elseif op == 'due' then
+  local _, due = walk(now_ms(offset), nil, 256)
+  return { 'due', record_due(due) }
 elseif op == 'renew' then
   local owner = replica_arg(4)
   local id = entry_id
@@ -127,6 +172,7 @@ elseif op == 'requeue' then
   redis.call('XADD', KEYS[7], next_entry(), 'type', f[4], 'available', f[6],
     'threshold', f[8], 'runway', f[10], 'at', f[12], 'seq', f[14])
   redis.call('XDEL', KEYS[9], entry_id)
-  return { 'done', 1 }
+  -- Unleased: the events due-index looks at once (the caller writes the entry).
+  return { 'requeued', record_due(now_ms(offset)) }
 end
 bad('operation')

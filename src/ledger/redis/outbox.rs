@@ -3,14 +3,18 @@
 //! letters in a second stream (`:dead`).
 //!
 //! The scripts that detect an event append it and lease it to the calling replica in the
-//! same atomic step that moved the credits. A claim looks for lapsed leases: it walks the
-//! outboxes with `SCAN MATCH <prefix>:{*}:outbox` on every master (like the sweeper) and
-//! runs the `outbox` script on each, which leases what lapsed to the claiming replica.
-//! An acknowledged event is deleted; an outbox left empty is deleted too, so the walk only
-//! meets accounts with events waiting.
+//! same atomic step that moved the credits, and enter the account in the events due-index
+//! (see `due.rs`) at the time its lease lapses. A claim looks for lapsed leases through
+//! that index: it reads the accounts due (one replica at a time: a lease), runs the
+//! `outbox` script on each, which leases what lapsed to the claiming replica and answers
+//! when the next lease lapses, and re-scores the entry (or removes it once the outbox is
+//! empty). An acknowledged event is deleted; an outbox left empty is deleted too, so the
+//! slow repair pass (`SCAN MATCH <prefix>:{*}:outbox`, one rate-limited step per claim)
+//! only meets accounts with events waiting.
 
 use std::time::Duration;
 
+use super::due::{Kind, Update, PASS_LIMIT};
 use super::reply;
 use super::scripts::OUTBOX;
 use super::{RedisFuture, RedisLedger};
@@ -42,44 +46,82 @@ impl RedisLedger {
         }))
     }
 
+    /// When the events due-index should look at `account` next (the outbox's `due`
+    /// operation: it claims nothing), or `None` when no event waits.
+    pub(super) async fn events_due(&self, account: &AccountId) -> Result<Option<u64>, LedgerError> {
+        let value = self
+            .outbox_op(account, "due", Duration::ZERO, "", 0, "")
+            .await?;
+        reply::outbox_due(value)
+    }
+
     async fn claim_all(
         &self,
         lease: Duration,
         max: usize,
     ) -> Result<Vec<CreditEvent>, LedgerError> {
         let mut claimed = Vec::new();
-        for node in self.nodes().await? {
-            let mut cursor = 0;
-            loop {
-                let (next, accounts) = self.scan_accounts(node, "outbox", cursor).await?;
-                for account in accounts {
-                    let left = max.saturating_sub(claimed.len());
-                    if left == 0 {
-                        return Ok(claimed);
-                    }
-                    // One account's trouble (an event this version cannot read, a slow
-                    // slot) must not stop the others' recovery: it is retried next scan.
-                    let events = self
-                        .outbox_op(&account, "claim", lease, "", left.min(10_000) as u64, "")
-                        .await
-                        .and_then(|value| reply::outbox_events(value, &account));
-                    match events {
-                        Ok(events) => claimed.extend(events),
-                        Err(error) if error.is_unavailable() && claimed.is_empty() => {
-                            return Err(error)
-                        }
-                        Err(error) => {
-                            tracing::warn!(%account, %error, "claiming this account's events failed")
-                        }
-                    }
+        let Some(taken) = self
+            .take_due(Kind::Events, true, max.clamp(1, PASS_LIMIT), true)
+            .await?
+        else {
+            return Ok(claimed);
+        };
+        let mut updates = Vec::with_capacity(taken.due.len());
+        let mut outage = None;
+        for (account, score) in taken.due {
+            let left = max.saturating_sub(claimed.len());
+            if left == 0 {
+                // Left as they are: due still, taken by the next claim.
+                break;
+            }
+            // One account's trouble (an event this version cannot read, a slow slot) must
+            // not stop the others' recovery: it stays due, retried next claim.
+            let result = self
+                .outbox_op(&account, "claim", lease, "", left.min(10_000) as u64, "")
+                .await
+                .and_then(|value| reply::outbox_claimed(value, &account));
+            match result {
+                Ok((events, next)) => {
+                    claimed.extend(events);
+                    updates.push(Update::taken(account, score, next));
                 }
-                if next == 0 {
+                Err(error) if error.is_unavailable() => {
+                    outage.get_or_insert(error);
                     break;
                 }
-                cursor = next;
+                Err(error) => {
+                    tracing::warn!(%account, %error, "claiming this account's events failed")
+                }
             }
         }
-        Ok(claimed)
+        // A slow repair step, when one is due: accounts whose entry was lost are entered
+        // again (and claimed by a later claim, once due).
+        let mut cursor = None;
+        if let (Some((at, steps)), None) = (taken.repair, &outage) {
+            match self.repair_steps(Kind::Events, at, steps).await {
+                Ok((next, found)) => {
+                    for account in found {
+                        match self.events_due(&account).await {
+                            Ok(due) => updates.push(Update::found(account, due)),
+                            Err(error) => {
+                                tracing::warn!(%account, %error, "the events index repair could not look at this account")
+                            }
+                        }
+                    }
+                    cursor = Some(next);
+                }
+                Err(error) => tracing::warn!(%error, "an events index repair step failed"),
+            }
+        }
+        if let Err(error) = self.done_due(Kind::Events, true, cursor, updates).await {
+            // The lease lapses by itself; the entries stay due and are looked at again.
+            tracing::warn!(%error, "ending an events claim pass failed");
+        }
+        match outage {
+            Some(error) if claimed.is_empty() => Err(error),
+            _ => Ok(claimed),
+        }
     }
 }
 
@@ -132,7 +174,15 @@ impl EventOutbox for RedisLedger {
             0,
             "",
         );
-        Box::pin(async move { reply::outbox_done(call.await?) })
+        let (ledger, account) = (self.clone(), dead.event.account.clone());
+        Box::pin(async move {
+            // Back in the outbox unleased: the events due-index looks at once.
+            let Some(due) = reply::outbox_due(call.await?)? else {
+                return Ok(false);
+            };
+            ledger.enter_due(Kind::Events, &account, due).await;
+            Ok(true)
+        })
     }
 
     fn pending(&self, account: &AccountId) -> OutboxFuture<Vec<CreditEvent>> {

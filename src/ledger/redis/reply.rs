@@ -69,6 +69,11 @@ impl Reply {
         self.items.next().ok_or_else(|| self.err("too short"))
     }
 
+    /// The next item as a due time: 0 is none.
+    fn due(&mut self) -> Result<Option<u64>, LedgerError> {
+        Ok(Some(self.u64()?).filter(|&ms| ms > 0))
+    }
+
     /// The next item, as a string.
     fn string(&mut self) -> Result<String, LedgerError> {
         match self.next()? {
@@ -245,18 +250,29 @@ fn runway(reply: &mut Reply, available: i64) -> Result<Option<u64>, LedgerError>
     ))
 }
 
+/// The due-index entries a script asked its caller to write: when the holds or events
+/// due-index must look at the account (ms), if it must be told.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Due {
+    /// The holds due-index (the sweeper's).
+    pub(super) holds: Option<u64>,
+    /// The events due-index (the event claims').
+    pub(super) events: Option<u64>,
+}
+
 /// The reply of `reserve`; `limit` is the most open holds the call allowed.
 pub(super) fn reserve(
     value: Value,
     limit: Option<u64>,
     account: &AccountId,
-) -> Result<ReserveOutcome, LedgerError> {
+) -> Result<(ReserveOutcome, Due), LedgerError> {
     let mut reply = Reply::new(RESERVE.name, value)?;
+    let mut due = Due::default();
     let result = match reply.string()?.as_str() {
         "held" => {
             let amount = reply.u64()?;
             let available = reply.i64()?;
-            Ok(ReserveOutcome::Held(Held {
+            let held = Held {
                 amount,
                 available,
                 credit_limit: reply.u64()?,
@@ -264,11 +280,14 @@ pub(super) fn reserve(
                 expires_at_ms: reply.time_ms()?,
                 replayed: reply.flag()?,
                 runway_secs: runway(&mut reply, available)?,
-            }))
+            };
+            due.holds = reply.due()?;
+            Ok(ReserveOutcome::Held(held))
         }
         "insufficient" => {
             let mut refusal = Insufficient::new(reply.u64()?, reply.i64()?, reply.u64()?);
             refusal.events = reply.events(account)?;
+            due.events = reply.due()?;
             Ok(ReserveOutcome::Insufficient(refusal))
         }
         "closed" => Ok(ReserveOutcome::Closed(reply.outcome()?)),
@@ -280,11 +299,15 @@ pub(super) fn reserve(
         tag => return Err(reply.unknown_tag(tag)),
     };
     reply.end()?;
-    result
+    result.map(|outcome| (outcome, due))
 }
 
 /// The reply of `settle` (a commit or a refund).
-pub(super) fn settle(value: Value, account: &AccountId) -> Result<Settlement, LedgerError> {
+/// With the events due-index entry the settle asked for.
+pub(super) fn settle(
+    value: Value,
+    account: &AccountId,
+) -> Result<(Settlement, Option<u64>), LedgerError> {
     let mut reply = Reply::new(SETTLE.name, value)?;
     match reply.string()?.as_str() {
         "settled" => {
@@ -296,8 +319,9 @@ pub(super) fn settle(value: Value, account: &AccountId) -> Result<Settlement, Le
             let thresholds = reply.thresholds()?;
             let runway = runway(&mut reply, available)?;
             let events = reply.events(account)?;
+            let events_due = reply.due()?;
             reply.end()?;
-            Ok(Settlement {
+            let settlement = Settlement {
                 outcome,
                 committed,
                 released,
@@ -306,11 +330,12 @@ pub(super) fn settle(value: Value, account: &AccountId) -> Result<Settlement, Le
                 thresholds,
                 events,
                 runway_secs: runway,
-            })
+            };
+            Ok((settlement, events_due))
         }
         "unknown_account" => {
             reply.end()?;
-            Ok(Settlement::new(SettleOutcome::Unknown))
+            Ok((Settlement::new(SettleOutcome::Unknown), None))
         }
         tag => Err(reply.unknown_tag(tag)),
     }
@@ -441,25 +466,63 @@ pub(super) fn configure(value: Value) -> Result<(), LedgerError> {
 }
 
 /// The reply of `sweep`: how many holds went back (none when the account's keys vanished
-/// between the `SCAN` and the script).
-pub(super) fn sweep(value: Value) -> Result<u64, LedgerError> {
+/// since the index or the repair pass named it), and when the holds due-index should
+/// look at the account next (`None`: no open hold, the entry goes).
+pub(super) fn sweep(value: Value) -> Result<(u64, Option<u64>), LedgerError> {
     let mut reply = Reply::new(SWEEP.name, value)?;
     match reply.string()?.as_str() {
         "swept" => {
             let reclaimed = reply.u64()?;
             let _open_holds = reply.u64()?;
+            let due = reply.due()?;
             reply.end()?;
-            Ok(reclaimed)
+            Ok((reclaimed, due))
         }
         "unknown_account" => {
             reply.end()?;
-            Ok(0)
+            Ok((0, None))
         }
         tag => Err(reply.unknown_tag(tag)),
     }
 }
 
-/// The reply of `outbox` `claim` or `pending`: the events of `account`.
+/// The reply of `outbox` `claim`: the events of `account` leased to the caller, and when
+/// the events due-index should look at the account next (`None`: no event waits).
+pub(super) fn outbox_claimed(
+    value: Value,
+    account: &AccountId,
+) -> Result<(Vec<CreditEvent>, Option<u64>), LedgerError> {
+    let mut reply = Reply::new(OUTBOX.name, value)?;
+    match reply.string()?.as_str() {
+        "claimed" => {
+            let due = reply.due()?;
+            let mut events = Vec::new();
+            while reply.items.len() > 0 {
+                events.push(reply.event(account)?);
+            }
+            Ok((events, due))
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+/// The reply of `outbox` `due` or `requeue`: when the events due-index should look at
+/// the account next (`None`: no event waits, or nothing was requeued).
+pub(super) fn outbox_due(value: Value) -> Result<Option<u64>, LedgerError> {
+    let mut reply = Reply::new(OUTBOX.name, value)?;
+    let due = match reply.string()?.as_str() {
+        "due" | "requeued" => reply.due()?,
+        "done" => {
+            reply.flag()?;
+            None
+        }
+        tag => return Err(reply.unknown_tag(tag)),
+    };
+    reply.end()?;
+    Ok(due)
+}
+
+/// The reply of `outbox` `pending`: the events of `account`.
 pub(super) fn outbox_events(
     value: Value,
     account: &AccountId,
@@ -557,7 +620,8 @@ mod tests {
     fn decoders_read_their_shapes() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let a = AccountId::new("acct_1").unwrap();
-        let settled = settle(Value::Array(vec![bulk("unknown_account")]), &a).unwrap();
+        let (settled, due) = settle(Value::Array(vec![bulk("unknown_account")]), &a).unwrap();
+        assert_eq!(due, None);
         assert_eq!(settled.outcome, SettleOutcome::Unknown);
         assert_eq!(settled.available, None);
         let extended = extend(Value::Array(vec![bulk("until"), Value::Int(7)])).unwrap();
@@ -572,15 +636,32 @@ mod tests {
             sweep(Value::Array(vec![
                 bulk("swept"),
                 Value::Int(2),
+                Value::Int(0),
                 Value::Int(0)
             ]))
             .unwrap(),
-            2
+            (2, None)
+        );
+        assert_eq!(
+            sweep(Value::Array(vec![
+                bulk("swept"),
+                Value::Int(0),
+                Value::Int(1),
+                Value::Int(1_700_000_000_000)
+            ]))
+            .unwrap(),
+            (0, Some(1_700_000_000_000))
         );
         assert!(configure(Value::Array(vec![bulk("nope")])).is_err());
         assert!(matches!(
             reserve(Value::Array(vec![bulk("too_many_holds")]), Some(3), &a),
-            Ok(ReserveOutcome::TooManyHolds { limit: 3 })
+            Ok((
+                ReserveOutcome::TooManyHolds { limit: 3 },
+                Due {
+                    holds: None,
+                    events: None
+                }
+            ))
         ));
         assert!(
             reserve(Value::Array(vec![bulk("too_many_holds")]), None, &a)
@@ -588,7 +669,9 @@ mod tests {
                 .is_corrupt()
         );
         assert_eq!(
-            reserve(Value::Array(vec![bulk("unknown_account")]), None, &a).unwrap(),
+            reserve(Value::Array(vec![bulk("unknown_account")]), None, &a)
+                .unwrap()
+                .0,
             ReserveOutcome::UnknownAccount
         );
         // A reply of an unknown shape, or a tag no script sends, is corrupt, not an outage.
@@ -622,13 +705,15 @@ mod tests {
                 Value::Int(4),
                 Value::Int(0),
                 Value::Array(events),
+                Value::Int(1_700_000_030_000),
             ])
         };
-        let ReserveOutcome::Insufficient(refusal) =
+        let (ReserveOutcome::Insufficient(refusal), due) =
             reserve(insufficient(vec![event("balance.low")]), None, &a).unwrap()
         else {
             panic!("not a refusal")
         };
+        assert_eq!(due.events, Some(1_700_000_030_000));
         let e = &refusal.events[0];
         assert_eq!(
             (e.kind, e.available, e.threshold, e.runway_secs),
@@ -639,5 +724,19 @@ mod tests {
             .unwrap_err()
             .is_corrupt());
         assert!(outbox_done(Value::Array(vec![bulk("done"), Value::Int(2)])).is_err());
+        let (claimed, due) = outbox_claimed(
+            Value::Array(vec![bulk("claimed"), Value::Int(0), event("balance.low")]),
+            &a,
+        )
+        .unwrap();
+        assert_eq!((claimed.len(), due), (1, None));
+        assert_eq!(
+            outbox_due(Value::Array(vec![bulk("requeued"), Value::Int(9)])).unwrap(),
+            Some(9)
+        );
+        assert_eq!(
+            outbox_due(Value::Array(vec![bulk("done"), Value::Int(0)])).unwrap(),
+            None
+        );
     }
 }

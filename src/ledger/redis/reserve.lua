@@ -20,10 +20,12 @@
 -- ARGV[8]: least amount to hold ('' for all or nothing)
 -- ARGV[9]: replica: who a depletion event this refusal detects is leased to
 -- ARGV[10]: event lease, ms
+-- holds_due, events_due: 0, or when the holds / events due-index must look at the
+-- account (ms): the caller then writes the index entry.
 -- Returns one of:
 --   {'held', amount, available, credit_limit, {thresholds}, expires_at_ms, replayed 0|1,
---    rate, rate_at_ms, now_ms}  (the burn rate as in settle.lua, for the runway)
---   {'insufficient', required, available, credit_limit, {events}}  (as in settle.lua)
+--    rate, rate_at_ms, now_ms, holds_due}  (the burn rate as in settle.lua, for the runway)
+--   {'insufficient', required, available, credit_limit, {events}, events_due}  (as settle.lua)
 --   {'closed', 'already_committed' | 'already_refunded' | 'expired'}
 --   {'too_many_holds'}
 --   {'total_out_of_range', total, amount}   (the sum that would pass MAX_AMOUNT)
@@ -58,7 +60,7 @@ local open = tonumber(redis.call('HGET', KEYS[2], id))
 if open then
   local expires_at = tonumber(redis.call('ZSCORE', KEYS[3], id))
   return { 'held', open, available(a), a.credit_limit, thresholds_reply(a), expires_at, 1,
-    rate_reply(a, now), a.rate_at, now }
+    rate_reply(a, now), a.rate_at, now, 0 }
 end
 local how = closed_how(id)
 if how then
@@ -74,7 +76,7 @@ if amount - a.credit_limit > available(a) then
       redis.call('HSET', KEYS[1], 'depleted', 1)
       events[1] = emit(a, now, owner, lease_ms, 'balance.depleted', nil, nil)
     end
-    return { 'insufficient', least, available(a), a.credit_limit, events }
+    return { 'insufficient', least, available(a), a.credit_limit, events, a.events_due or 0 }
   end
   amount = available(a) + a.credit_limit
 end
@@ -104,5 +106,8 @@ if expires_at < a.next_expiry then
 else
   redis.call('HSET', KEYS[1], 'held', a.held)
 end
+-- The sweeper finds the account through the holds due-index: entered when the account had
+-- no entry, or needs an earlier look (once per active period, not once per request).
+local holds_due = note_due(a, 'due_holds', a.next_expiry)
 return { 'held', amount, available(a), a.credit_limit, thresholds_reply(a), expires_at, 0,
-  rate_reply(a, now), a.rate_at, now }
+  rate_reply(a, now), a.rate_at, now, holds_due }

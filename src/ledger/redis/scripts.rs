@@ -74,8 +74,8 @@ pub(super) static RESERVE: ScriptSpec = spec!(
     "reserve",
     args: account_args!["hold id", "amount to hold", "hold ttl", "route label", "most open holds", "least amount to hold", "replica", "event lease"],
     reply: "{'held', amount, available, credit_limit, {thresholds}, expires_at_ms, replayed 0|1,
-            rate, rate_at_ms, now_ms}
-            {'insufficient', required, available, credit_limit, {events}}
+            rate, rate_at_ms, now_ms, holds_due}
+            {'insufficient', required, available, credit_limit, {events}, events_due}
             {'closed', 'already_committed' | 'already_refunded' | 'expired'}
             {'too_many_holds'}
             {'total_out_of_range', total, amount}
@@ -87,7 +87,7 @@ pub(super) static SETTLE: ScriptSpec = spec!(
     "settle",
     args: account_args!["hold id", "'commit' or 'refund'", "actual cost", "tombstone ttl", "replica", "event lease"],
     reply: "{'settled', outcome, committed, released, clamped 0|1, available, {thresholds},
-            rate, rate_at_ms, now_ms, {events}}
+            rate, rate_at_ms, now_ms, {events}, events_due}
             {'unknown_account'}",
 );
 
@@ -137,7 +137,7 @@ pub(super) static CONFIGURE: ScriptSpec = spec!(
 pub(super) static SWEEP: ScriptSpec = spec!(
     "sweep",
     args: account_args![],
-    reply: "{'swept', reclaimed, open_holds}
+    reply: "{'swept', reclaimed, open_holds, holds_due}
             {'unknown_account'}",
 );
 
@@ -145,9 +145,12 @@ pub(super) static SWEEP: ScriptSpec = spec!(
 pub(super) static OUTBOX: ScriptSpec = spec!(
     "outbox",
     args: account_args!["operation", "replica", "lease", "entry id", "most entries", "reason"],
-    reply: "{'events', {event}, ...}
+    reply: "{'claimed', events_due, {event}, ...}
+            {'events', {event}, ...}
             {'dead_letters', {event, reason, dead_entry_id}, ...}
-            {'done', 0|1}",
+            {'done', 0|1}
+            {'requeued', events_due}
+            {'due', events_due}",
 );
 
 /// Every script of the ledger.
@@ -193,7 +196,7 @@ pub(super) static RELEASE_TOP_UP_KEY: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// `lib.lua`: the helpers shared by every script.
-const LIB: &str = include_str!("lib.lua");
+pub(super) const LIB: &str = include_str!("lib.lua");
 
 /// A float as a Lua number literal that reads back exactly (`{:?}` prints the shortest
 /// text that round-trips, always with a `.` or an exponent).
@@ -236,18 +239,20 @@ impl ScriptSpec {
         self.script.get_or_init(|| Script::new(&self.text()))
     }
 
-    /// An invocation of this script with `keys` (the keys the spec names, in order, as
-    /// `key_of` spells each suffix) and the arguments `args` pushes, checked against the
-    /// spec in debug builds.
-    pub(super) fn invoke(
+    /// The script's own file (without the prelude and `lib.lua`).
+    pub(super) fn source(&self) -> &'static str {
+        self.source
+    }
+
+    /// A call of this script with `keys` (the keys the spec names, in order, as `key_of`
+    /// spells each suffix) and the arguments `args` pushes, checked against the spec in
+    /// debug builds.
+    pub(super) fn call(
         &'static self,
         key_of: impl Fn(&str) -> String,
         args: impl FnOnce(&mut Args),
-    ) -> ScriptInvocation<'static> {
-        let mut invocation = self.script().prepare_invoke();
-        for suffix in self.keys {
-            invocation.key(key_of(suffix));
-        }
+    ) -> Call {
+        let keys = self.keys.iter().map(|suffix| key_of(suffix)).collect();
         let mut a = Args(Vec::with_capacity(self.args.len()));
         args(&mut a);
         debug_assert_eq!(
@@ -257,8 +262,33 @@ impl ScriptSpec {
             self.name,
             self.args
         );
-        for arg in a.0 {
-            invocation.arg(arg);
+        Call {
+            spec: self,
+            keys,
+            args: a.0,
+        }
+    }
+}
+
+/// One call of an account script, ready to send as `FCALL` or `EVALSHA`.
+pub(super) struct Call {
+    /// The script.
+    pub(super) spec: &'static ScriptSpec,
+    /// Its `KEYS`.
+    pub(super) keys: Vec<String>,
+    /// Its `ARGV`.
+    pub(super) args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    /// The call as an `EVALSHA` invocation (redis-rs loads the script on `NOSCRIPT`).
+    pub(super) fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut invocation = self.spec.script().prepare_invoke();
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        for arg in &self.args {
+            invocation.arg(arg.as_slice());
         }
         invocation
     }

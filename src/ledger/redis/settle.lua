@@ -22,10 +22,11 @@
 -- | 'already_refunded' | 'expired' | 'unknown' (a refund of an unknown id leaves a
 -- tombstone), rate the stored burn rate (credits/s) as a string, to be decayed to now_ms,
 -- and each event {entry_id, type, available, threshold | -1, runway_secs | -1, at_ms,
--- seq} (its id derives from the account and seq).
+-- seq} (its id derives from the account and seq), and events_due 0, or when the events
+-- due-index must look at the account (ms).
 -- Returns one of:
 --   {'settled', outcome, committed, released, clamped 0|1, available, {thresholds},
---    rate, rate_at_ms, now_ms, {events}}
+--    rate, rate_at_ms, now_ms, {events}, events_due}
 --   {'unknown_account'}   (nothing written)
 
 local offset, grace = common_args()
@@ -46,7 +47,7 @@ end
 
 local function reply(outcome, committed, released, clamped, events)
   return { 'settled', outcome, committed, released, clamped, available(a), thresholds_reply(a),
-    rate_reply(a, now), a.rate_at, now, events }
+    rate_reply(a, now), a.rate_at, now, events, a.events_due or 0 }
 end
 
 local hold = redis.call('HMGET', KEYS[2], id, id .. ':route')
@@ -84,17 +85,21 @@ if mode == 'commit' then
   a.rate = decayed_rate(a.rate, a.rate_at, now) + charged / BURN_RATE_TAU_SECS
   a.rate_at = now
   a.rate_changed = true
-  -- One write for the four figures (exact: every total is at most 2^53 - 1).
-  redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
-    'rate_at', now)
   -- The spend history that earns a runway: commits of at least a credit, and the first.
+  -- One write for the figures (exact: every total is at most 2^53 - 1).
   if charged > 0 then
     a.commits = a.commits + 1
-    redis.call('HSET', KEYS[1], 'commits', a.commits)
     if not a.first_commit_at then
       a.first_commit_at = now
-      redis.call('HSET', KEYS[1], 'first_commit_at', now)
+      redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
+        'rate_at', now, 'commits', a.commits, 'first_commit_at', now)
+    else
+      redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
+        'rate_at', now, 'commits', a.commits)
     end
+  else
+    redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
+      'rate_at', now)
   end
   redis.call('HINCRBY', KEYS[5], 'credits:' .. route, charged)
   redis.call('HINCRBY', KEYS[5], 'calls:' .. route, 1)

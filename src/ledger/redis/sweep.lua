@@ -13,8 +13,10 @@
 -- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
+-- holds_due: when the earliest open hold expires (ms; 0 for none), the score the holds
+-- due-index keeps for the account.
 -- Returns one of:
---   {'swept', reclaimed, open_holds}   (at most RECLAIM_LIMIT holds reclaimed per call)
+--   {'swept', reclaimed, open_holds, holds_due}   (at most RECLAIM_LIMIT reclaimed a call)
 --   {'unknown_account'}                (nothing written)
 
 local offset, grace = common_args()
@@ -29,4 +31,15 @@ end
 a.next_expiry = nil
 local reclaimed = reclaim(a, now_ms(offset), grace)
 
-return { 'swept', reclaimed, redis.call('ZCARD', KEYS[3]) }
+-- What the holds due-index keeps for the account from now on: its earliest open hold's
+-- expiry, or no entry (the next reserve enters it again).
+local due = 0
+if a.next_expiry < NO_OPEN_HOLDS then
+  due = a.next_expiry
+  if a.due_holds ~= due then
+    redis.call('HSET', KEYS[1], 'due_holds', due)
+  end
+elseif a.due_holds then
+  redis.call('HDEL', KEYS[1], 'due_holds')
+end
+return { 'swept', reclaimed, redis.call('ZCARD', KEYS[3]), due }

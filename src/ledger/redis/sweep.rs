@@ -6,13 +6,11 @@
 //! keep them until its next call: [`RedisLedger::sweep_expired`] finds such accounts and
 //! gives their credits back.
 //!
-//! Accounts with open holds are exactly those whose expiry index exists (Redis deletes an
-//! empty sorted set), so the sweep walks `SCAN MATCH <prefix>:{*}:expiry COUNT 100` — on
-//! every master of a Redis Cluster, each with its own cursor — and runs the `sweep` script
+//! Accounts with open holds are found through the holds due-index (see `due.rs`): each is
+//! scored by when its earliest open hold expires, so a pass reads only the accounts whose
+//! holds have expired (`ZRANGEBYSCORE`), never the keyspace, and runs the `sweep` script
 //! (the shared reclaim of `lib.lua`, at most [`RECLAIM_LIMIT`] holds per account per call)
-//! on each account it finds. `SCAN` never blocks the server; a key added or removed during
-//! the walk may be missed or seen twice, which only delays its reclaim to the next sweep
-//! (reclaiming is idempotent).
+//! on each; the script answers when to look again, and the pass re-scores the entry.
 //!
 //! [`RECLAIM_LIMIT`]: crate::ledger::RECLAIM_LIMIT
 
@@ -23,24 +21,25 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::Value;
 
 use super::conn::Conn;
+use super::due::{Kind, Update, PASS_LIMIT};
 use super::reply::{self, unexpected};
 use super::scripts::SWEEP;
 use super::{Inner, RedisLedger};
 use crate::ledger::{AccountId, LedgerError};
 
-/// Keys asked for per `SCAN` call (a hint to the server, not a limit).
-const SCAN_COUNT: u64 = 100;
-
 impl RedisLedger {
-    /// Reclaims the expired holds of every account that has open holds, at most
+    /// Reclaims the expired holds of every account whose holds have expired, at most
     /// [`RECLAIM_LIMIT`] per account per call, and returns how many holds went back.
     ///
     /// For accounts that receive no new request: an account in use reclaims its own expired
-    /// holds on every call. Finds the accounts with `SCAN` (on every master of a cluster),
-    /// never `KEYS`, and runs one script per account found, each under the
+    /// holds on every call. Finds the accounts through the holds due-index (one read,
+    /// whatever the number of keys; never `SCAN` nor `KEYS`), at most 1,000 per call, and
+    /// runs one script per account found, each under the
     /// [call deadline](super::RedisLedgerBuilder::call_timeout). Fails with the first
-    /// error of a call (the next sweep starts over); holds already reclaimed stay
-    /// reclaimed.
+    /// error of a call (the account stays in the index for the next sweep); holds already
+    /// reclaimed stay reclaimed. An account missing from the index (its entry was lost) is
+    /// found by the slow repair pass of [`spawn_sweeper`](Self::spawn_sweeper), or at once by
+    /// [`repair_due_index`](Self::repair_due_index).
     ///
     /// [`RECLAIM_LIMIT`]: crate::ledger::RECLAIM_LIMIT
     ///
@@ -54,21 +53,60 @@ impl RedisLedger {
     /// # Ok(()) }
     /// ```
     pub async fn sweep_expired(&self) -> Result<u64, LedgerError> {
+        self.sweep_pass(false, false).await
+    }
+
+    /// One pass of the sweeper: the due accounts of the holds index, and (with `repair`) a
+    /// repair step if one is due. With `lease`, skipped while another replica's pass runs.
+    async fn sweep_pass(&self, lease: bool, repair: bool) -> Result<u64, LedgerError> {
+        let Some(taken) = self
+            .take_due(Kind::Holds, lease, PASS_LIMIT, repair)
+            .await?
+        else {
+            return Ok(0);
+        };
         let mut reclaimed = 0;
-        for node in self.nodes().await? {
-            let mut cursor = 0;
-            loop {
-                let (next, accounts) = self.scan_accounts(node, "expiry", cursor).await?;
-                for account in accounts {
-                    reclaimed += self.sweep_account(&account).await?;
+        let mut first_error = None;
+        let mut updates = Vec::with_capacity(taken.due.len());
+        for (account, score) in taken.due {
+            match self.sweep_account(&account).await {
+                Ok((n, next)) => {
+                    reclaimed += n;
+                    updates.push(Update::taken(account, score, next));
                 }
-                if next == 0 {
-                    break;
+                // Left as it is: the next pass looks again.
+                Err(error) => {
+                    first_error.get_or_insert(error);
                 }
-                cursor = next;
             }
         }
-        Ok(reclaimed)
+        let mut cursor = None;
+        if let (Some((at, steps)), None) = (taken.repair, &first_error) {
+            match self.repair_steps(Kind::Holds, at, steps).await {
+                Ok((next, found)) => {
+                    for account in found {
+                        match self.sweep_account(&account).await {
+                            Ok((n, due)) => {
+                                reclaimed += n;
+                                updates.push(Update::found(account, due));
+                            }
+                            Err(error) => {
+                                first_error.get_or_insert(error);
+                            }
+                        }
+                    }
+                    cursor = Some(next);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        let done = self.done_due(Kind::Holds, lease, cursor, updates).await;
+        match first_error {
+            Some(error) => Err(error),
+            None => done.map(|()| reclaimed),
+        }
     }
 
     /// Every node to `SCAN`: the one server, or each master of a cluster.
@@ -83,6 +121,12 @@ impl RedisLedger {
     /// runtime (the first sweep at once), for accounts that receive no new request. A
     /// failed sweep is logged and the next one starts over. The task ends when every clone
     /// of the ledger is dropped, or when the returned handle is aborted.
+    ///
+    /// One replica at a time sweeps (a lease in Redis); the others' passes cost one
+    /// command each. A pass also takes one step of the slow repair pass of the holds
+    /// due-index, when one is due (at most one step a second over all replicas), so an
+    /// account whose entry was lost is found again: see the module docs of the Redis
+    /// ledger, `# Background work`, for what that costs and what a lost entry delays.
     ///
     /// # Panics
     ///
@@ -109,7 +153,7 @@ impl RedisLedger {
                 // Only a strong reference for the length of one sweep: dropping the last
                 // clone of the ledger ends the task at its next tick.
                 let Some(inner) = weak.upgrade() else { return };
-                match (RedisLedger { inner }).sweep_expired().await {
+                match (RedisLedger { inner }).sweep_pass(true, true).await {
                     Ok(0) => {}
                     Ok(swept) => tracing::debug!(swept, "reclaimed expired holds"),
                     Err(error) => tracing::warn!(%error, "sweep of expired holds failed"),
@@ -118,22 +162,23 @@ impl RedisLedger {
         })
     }
 
-    /// Walks one node's keyspace (`None`: the standalone server; on a cluster, the master
-    /// that owns `Some(route)`), sweeping every account found.
-    /// One `SCAN` step of `node` from `cursor` over the accounts' keys ending in
-    /// `suffix`: the next cursor (0 at the end) and the accounts found.
+    /// One `SCAN` step (`COUNT count`) of `node` (`None`: the standalone server; on a
+    /// cluster, the master that owns `Some(route)`) from `cursor` over the accounts' keys
+    /// ending in `suffix`: the next cursor (0 at the end) and the accounts found. For the
+    /// repair pass of the due-indexes only.
     pub(super) async fn scan_accounts(
         &self,
         node: Option<Route>,
         suffix: &str,
         cursor: u64,
+        count: u64,
     ) -> Result<(u64, Vec<AccountId>), LedgerError> {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(cursor)
             .arg("MATCH")
             .arg(key_pattern(&self.inner.prefix, suffix))
             .arg("COUNT")
-            .arg(SCAN_COUNT);
+            .arg(count);
         let (next, keys): (u64, Vec<String>) = match node {
             None => self.command(cmd).await?,
             Some(route) => {
@@ -149,8 +194,12 @@ impl RedisLedger {
         Ok((next, accounts))
     }
 
-    /// Runs the `sweep` script on one account: how many of its holds went back.
-    async fn sweep_account(&self, account: &AccountId) -> Result<u64, LedgerError> {
+    /// Runs the `sweep` script on one account: how many of its holds went back, and when
+    /// its earliest open hold expires (`None`: no open hold).
+    pub(super) async fn sweep_account(
+        &self,
+        account: &AccountId,
+    ) -> Result<(u64, Option<u64>), LedgerError> {
         let value = self.account_script(&SWEEP, account, |_| {}).await?;
         reply::sweep(value)
     }
@@ -181,8 +230,8 @@ impl RedisLedger {
     }
 }
 
-/// `SCAN MATCH` pattern of every account's expiry index: `<prefix>:{*}:expiry`, with the
-/// glob characters a prefix may hold (`*`, `?`, `[`, `]`, `\`) escaped.
+/// `SCAN MATCH` pattern of every account's key ending in `suffix`: `<prefix>:{*}:<suffix>`,
+/// with the glob characters a prefix may hold (`*`, `?`, `[`, `]`, `\`) escaped.
 fn key_pattern(prefix: &str, suffix: &str) -> String {
     let mut pattern = String::with_capacity(prefix.len() + suffix.len() + 5);
     for c in prefix.chars() {
