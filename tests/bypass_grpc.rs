@@ -20,10 +20,10 @@ use echo::{
     UploadReply,
 };
 use http::StatusCode;
-use http_support::{account, get_req, http1, send, Server};
+use http_support::{account, get_req, http1, send, with_key, Server};
 use prost::Message;
 use support::rig::{assert_conserved, wait_until};
-use tonic::{Code, Request};
+use tonic::Code;
 use tower_credits::pricing::Pricing;
 use tower_credits::{AccountId, CreditLayer, MemoryLedger, Protocol};
 use tower_credits::{LedgerAdmin, LedgerReports, TopUp};
@@ -94,14 +94,6 @@ impl Grpc {
             .await
             .unwrap()
     }
-}
-
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
 }
 
 /// Waits until nothing is held on `acct`, then returns its conserved balance.

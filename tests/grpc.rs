@@ -6,7 +6,7 @@ mod http_support;
 mod support;
 
 use echo::{CountRequest, EchoClient, EchoServer, SayRequest};
-use http_support::{account, DownLedger};
+use http_support::{account, with_key, DownLedger};
 use support::rig::assert_conserved;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
@@ -46,14 +46,6 @@ async fn start<L: Ledger>(ledger: L) -> Grpc {
     });
     let client = EchoClient::connect(format!("http://{addr}")).await.unwrap();
     Grpc { client, server }
-}
-
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
 }
 
 fn say(tokens: Option<u64>, fail_code: i32) -> SayRequest {
@@ -135,22 +127,6 @@ async fn a_down_ledger_is_unavailable() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(!status.message().contains("10.0.0.7"), "internals leaked");
-}
-
-#[tokio::test]
-async fn error_status_in_headers_is_refunded() {
-    let ledger = MemoryLedger::new();
-    let acct = account(&ledger, "acct_g3", "key-g3", 100).await;
-    let mut g = start(ledger.clone()).await;
-    let status = g
-        .client
-        .say(with_key(say(Some(4), Code::Internal as i32), "key-g3"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Internal);
-    assert_eq!(status.metadata().get("credits-cost").unwrap(), "0");
-    let b = ledger.balance(&acct).await.unwrap();
-    assert_eq!((b.available, b.held, b.committed), (100, 0, 0));
 }
 
 /// A metered stream that fails after its items pays for the items it sent: a caller must

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use echo::{EchoClient, EchoServer, SayRequest};
-use http_support::account;
+use http_support::{account, with_key};
 use support::rig::wait_until;
 use tonic::server::NamedService;
 use tonic::transport::Channel;
@@ -96,14 +96,6 @@ async fn start(ledger: MemoryLedger) -> Rig {
         echo_calls,
         server,
     }
-}
-
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
 }
 
 fn quote_say(max_cost: Option<u64>) -> QuoteRequest {

@@ -19,13 +19,13 @@ use bytes::Bytes;
 use echo::{CountRequest, EchoClient, EchoServer, SayReply, SayRequest};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
-use http_support::account;
+use http_support::{account, with_key};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
 use support::rig::{assert_conserved, wait_until};
-use tonic::{Code, Request};
+use tonic::Code;
 use tonic_web::{GrpcWebClientLayer, GrpcWebClientService, GrpcWebLayer};
 use tower_credits::pricing::Pricing;
 use tower_credits::LedgerReports;
@@ -114,14 +114,6 @@ impl Web {
         let transport = tower::Layer::layer(&transport, http);
         EchoClient::with_origin(transport, format!("http://{}", self.addr).parse().unwrap())
     }
-}
-
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
 }
 
 fn say(tokens: Option<u64>, fail_code: i32) -> SayRequest {

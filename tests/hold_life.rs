@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
-use http_support::account;
+use http_support::{account, get_req};
 use support::rig::{assert_conserved, pricing};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,13 +25,6 @@ use tower::{Layer, ServiceExt};
 use tower_credits::{
     Charge, CreditLayer, HoldLifetimeExceeded, LedgerReports, MemoryLedger, ReaderStalled,
 };
-
-fn request(path: &str, key: &str) -> Request<Full<Bytes>> {
-    Request::get(path)
-        .header("authorization", format!("Bearer {key}"))
-        .body(Full::default())
-        .unwrap()
-}
 
 /// Sets a flag when dropped: the handler's future was cancelled.
 struct DropFlag(Arc<AtomicBool>);
@@ -70,7 +63,7 @@ async fn an_idle_server_is_not_a_stalled_reader() {
     }));
 
     let response = svc
-        .oneshot(request("/v1/stream", "key-idle"))
+        .oneshot(get_req("/v1/stream", Some("key-idle")))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -124,7 +117,7 @@ async fn a_frame_left_unread_is_a_stalled_reader() {
         Ok::<_, Infallible>(Response::new(StreamBody::new(chunks)))
     }));
     let response = svc
-        .oneshot(request("/v1/stream", "key-unread"))
+        .oneshot(get_req("/v1/stream", Some("key-unread")))
         .await
         .unwrap();
     let mut body = response.into_body();
@@ -179,7 +172,10 @@ async fn the_lifetime_cap_fires_on_time_and_bills_what_was_metered() {
     }));
 
     let started = tokio::time::Instant::now();
-    let response = svc.oneshot(request("/v1/upload", "key-cap")).await.unwrap();
+    let response = svc
+        .oneshot(get_req("/v1/upload", Some("key-cap")))
+        .await
+        .unwrap();
     let took = started.elapsed();
     assert!(
         took >= CAP && took < CAP + Duration::from_secs(1),
@@ -211,7 +207,7 @@ async fn a_fixed_price_call_cut_at_the_cap_is_refunded() {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
     }));
     let response = svc
-        .oneshot(request("/v1/forever", "key-fixed"))
+        .oneshot(get_req("/v1/forever", Some("key-fixed")))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -250,7 +246,7 @@ async fn a_stream_past_the_cap_ends_and_is_billed_so_far() {
         Ok::<_, Infallible>(Response::new(StreamBody::new(chunks)))
     }));
     let response = svc
-        .oneshot(request("/v1/stream", "key-long"))
+        .oneshot(get_req("/v1/stream", Some("key-long")))
         .await
         .unwrap();
     let mut body = response.into_body();

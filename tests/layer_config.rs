@@ -15,18 +15,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use http_support::account;
+use http_support::{account, get_req};
 use recording::{Recorded, RecordingLedger};
 use support::rig::pricing;
 use tower::{Layer, ServiceExt};
 use tower_credits::{CreditLayer, MemoryLedger, Refusal};
-
-fn request(path: &str, key: &str) -> Request<Full<Bytes>> {
-    Request::get(path)
-        .header("authorization", format!("Bearer {key}"))
-        .body(Full::default())
-        .unwrap()
-}
 
 /// A handler that answers after `wait` (virtual time): long enough to be renewed.
 fn slow(
@@ -68,12 +61,18 @@ async fn a_cloned_reconfigured_layer_keeps_its_own_ttl() {
 
     // The original renews first: its keeper starts with its 60 s TTL.
     let svc = long.layer(slow(Duration::from_secs(21)));
-    let response = svc.oneshot(request("/v1/slow", "key-ttl")).await.unwrap();
+    let response = svc
+        .oneshot(get_req("/v1/slow", Some("key-ttl")))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(renewals(&ledger), [Duration::from_secs(60)]);
 
     let svc = short.layer(slow(Duration::from_millis(1_500)));
-    let response = svc.oneshot(request("/v1/slow", "key-ttl")).await.unwrap();
+    let response = svc
+        .oneshot(get_req("/v1/slow", Some("key-ttl")))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         renewals(&ledger),
@@ -143,7 +142,7 @@ async fn refusals_render_in_the_apis_own_shape() {
 
     let response = svc
         .clone()
-        .oneshot(request("/v1/paid", "key-poor"))
+        .oneshot(get_req("/v1/paid", Some("key-poor")))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
@@ -161,7 +160,7 @@ async fn refusals_render_in_the_apis_own_shape() {
 
     let response = svc
         .clone()
-        .oneshot(request("/v1/paid", "no-such-key"))
+        .oneshot(get_req("/v1/paid", Some("no-such-key")))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);

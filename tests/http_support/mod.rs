@@ -110,6 +110,16 @@ pub fn get_req(url: &str, key: Option<&str>) -> Request<Full<Bytes>> {
     req.body(Full::default()).unwrap()
 }
 
+/// A gRPC request carrying `message`, with API key `key` as `authorization: Bearer <key>`
+/// in its metadata.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
 pub fn post_json(url: &str, key: &str, json: serde_json::Value) -> Request<Full<Bytes>> {
     Request::post(url)
         .header("authorization", format!("Bearer {key}"))
