@@ -38,11 +38,11 @@ use redis::aio::MultiplexedConnection;
 use support::redis_server::BenchRedis;
 use support::report::{Report, Target};
 use tower_credits::ledger::redis::{DEFAULT_CALL_TIMEOUT, DEFAULT_KEY_PREFIX};
+use tower_credits::ledger::Configure;
+use tower_credits::ledger::{HoldId, Reserve, ReserveOutcome, MAX_AMOUNT};
 use tower_credits::ledger::{DEFAULT_EVENT_LEASE, DEFAULT_HOLD_TTL};
 use tower_credits::{AccountId, Ledger, RedisLedger};
-use tower_credits::ledger::{HoldId, Reserve, ReserveOutcome, MAX_AMOUNT};
 use tower_credits::{AccountSettings, LedgerAdmin, LedgerReports, TopUp};
-use tower_credits::ledger::Configure;
 
 /// In `KEYS` order (`src/ledger/redis/keys.rs`).
 const KEY_SUFFIXES: [&str; 9] = [

@@ -154,7 +154,11 @@ async fn ledger() -> Result<AnyLedger, tower_credits::LedgerError> {
                 })?;
                 builder = builder.tls_ca_pem(pem);
             }
-            Ok(builder.build().await?.into())
+            let ledger = builder.build().await?;
+            // Reclaims expired holds of idle accounts, found by the due-index (a few
+            // commands a pass, whatever else the Redis holds).
+            ledger.spawn_sweeper(Duration::from_secs(1));
+            Ok(ledger.into())
         }
         Err(_) => {
             println!("ledger: in memory (set REDIS_URL=redis://127.0.0.1:6379 to share it)");

@@ -29,7 +29,7 @@
 //!   top-up leaves the key free.
 //! * Errors come in four [kinds](ErrorKind): invalid input, conflict, unavailable (retry
 //!   later) and corrupt (an unexpected reply or a script error: never retried).
-//! * Every amount and total stays within [`MAX_AMOUNT`](crate::ledger::MAX_AMOUNT) (2^53 − 1).
+//! * Every amount and total stays within [`MAX_AMOUNT`] (2^53 − 1).
 //! * Conservation holds at every instant: `topped_up = available + held + committed`.
 
 use std::future::Future;

@@ -75,7 +75,6 @@ pub(super) fn grpc_refusal(code: GrpcCode, message: &str) -> WireResponse {
     }
 }
 
-#[cfg(feature = "tonic")]
 /// The trailers of a gRPC stream the layer ended at its hold: `RESOURCE_EXHAUSTED`, with
 /// `ErrorInfo{reason: "HOLD_EXHAUSTED"}` and the figures when built with `tonic`.
 pub(crate) fn hold_exhausted(trailers: &mut http::HeaderMap, reserved: u64, cost: u64) {
@@ -108,6 +107,7 @@ fn grpc_hold_exhausted(_: u64, _: u64, message: String) -> WireResponse {
     grpc_refusal(GrpcCode::ResourceExhausted, &message)
 }
 
+#[cfg(feature = "tonic")]
 pub(super) fn grpc_insufficient(
     ctx: &ProblemCtx<'_>,
     account: &AccountId,
