@@ -114,8 +114,9 @@ async fn say(request: Request<SayRequest>) -> Result<Response<SayReply>, Status>
         ));
     }
     if let (Some(charge), Some(tokens)) = (&charge, body.tokens) {
+        // The work is bounded by the hold: a cost past it would be refused.
         charge
-            .set(tokens)
+            .set(tokens.min(charge.reserved()))
             .map_err(|e| Status::internal(e.to_string()))?;
     }
     Ok(Response::new(SayReply {

@@ -40,6 +40,7 @@ use std::time::Duration;
 use crate::api_key::ApiKeyHash;
 
 mod boxed;
+mod cached_reads;
 mod error;
 pub(crate) mod events;
 mod ids;
@@ -57,6 +58,7 @@ pub use self::redis::{RedisLedger, RedisLedgerBuilder};
 pub use crate::amount::MAX_AMOUNT;
 pub use crate::middleware::DEFAULT_MAX_HOLD_LIFETIME;
 pub use boxed::{BoxLedger, BoxLedgerFuture, DynReports};
+pub use cached_reads::{CachedFuture, CachedReads, DEFAULT_READ_INTERVAL};
 pub use error::{ErrorKind, LedgerError};
 pub(crate) use events::Alerts;
 // Event types are public under `crate::events` only.
