@@ -17,6 +17,7 @@ use super::guard::HoldGuard;
 use super::keeper::Cut;
 use super::settlement::End;
 use super::settlement::{at_body_end, cost_of, Awaiting};
+use super::stream_end::{paid_messages, sse_credits_event, HOLD_EXHAUSTED};
 use crate::classify::{Classify, Verdict};
 use crate::wire::{grpc, headers};
 
@@ -191,42 +192,6 @@ impl BodySettle {
             sse_credits_event(cost, remaining, reserved, hit)
         })
     }
-}
-
-/// Why the layer ended a stream, as `credits-stop` and the SSE event's `stop` say.
-const HOLD_EXHAUSTED: &str = "hold-exhausted";
-
-/// The final SSE event: `event: credits` with the figures known (an unknown one is left
-/// out, never sent as 0), and `"stop"` when the layer ended the stream.
-fn sse_credits_event(cost: Option<u64>, remaining: Option<i64>, reserved: u64, cut: bool) -> Bytes {
-    let mut data = serde_json::Map::new();
-    if let Some(cost) = cost {
-        data.insert("cost".into(), cost.into());
-    }
-    if let Some(remaining) = remaining {
-        data.insert("remaining".into(), remaining.into());
-    }
-    data.insert("reserved".into(), reserved.into());
-    if cut {
-        data.insert("stop".into(), HOLD_EXHAUSTED.into());
-    }
-    let json = serde_json::Value::Object(data);
-    Bytes::from(format!("event: credits\ndata: {json}\n\n"))
-}
-
-/// The leading gRPC messages of `data` (5-byte length-prefixed) without the last `unpaid`
-/// ones; `None` if none is left or the framing cannot be read.
-fn paid_messages(data: Bytes, unpaid: u64) -> Option<Bytes> {
-    let mut ends = Vec::new();
-    let mut at = 0usize;
-    while at < data.len() {
-        let header = data.get(at..at + 5)?;
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        at = at.checked_add(5 + len).filter(|&end| end <= data.len())?;
-        ends.push(at);
-    }
-    let keep = ends.len().checked_sub(usize::try_from(unpaid).ok()?)?;
-    (keep > 0).then(|| data.slice(..ends[keep - 1]))
 }
 
 /// A frame of a settling body, passed on: the hold settles at the trailers, at the end, or

@@ -15,6 +15,7 @@ pub(crate) mod service;
 pub(crate) mod settle;
 pub(crate) mod settlement;
 mod steps;
+mod stream_end;
 mod watch;
 
 pub use body::{HoldLifetimeExceeded, ReaderStalled, ResponseBody};
