@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Inner, RedisLedger};
+use crate::backoff::Backoff;
 use crate::ledger::{AccountId, HoldId, Ledger};
 
 /// A reserve to refund: the account, the hold id, and how long the hold could live.
@@ -67,7 +68,7 @@ async fn work(ledger: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Refund>) {
 
 async fn refund(ledger: RedisLedger, account: AccountId, hold: HoldId, ttl: Duration) {
     let deadline = Instant::now() + ttl;
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         match ledger.refund(&account, &hold).await {
             Ok(settlement) => {
@@ -77,9 +78,8 @@ async fn refund(ledger: RedisLedger, account: AccountId, hold: HoldId, ttl: Dura
                 );
                 return;
             }
-            Err(err) if err.is_unavailable() && Instant::now() + backoff < deadline => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+            Err(err) if err.is_unavailable() && Instant::now() + backoff.peek() < deadline => {
+                tokio::time::sleep(backoff.delay()).await;
             }
             Err(err) => {
                 tracing::warn!(
