@@ -10,8 +10,9 @@
 //! for 4, and its first 402 fires `balance.depleted`). `GET /v1/echo` costs 1, `POST /v1/generate` holds 50 and charges the JSON
 //! field `tokens` (a `credits-max-cost` cap of at least 10 lowers the hold), `GET /v1/credits`
 //! answers the caller's balance and spend by route, `GET /v1/stream?n=K` sends K server-sent
-//! events at 1 credit each (holds 20, ends at the hold with `"stop":"hold-exhausted"`, and
-//! always with an `event: credits` saying what it cost), `GET /health` is free. Any billed route
+//! events at 1 credit each (holds 20 and grows 20 at a time while the account affords it;
+//! when the credits run out it ends with `"stop":"hold-exhausted"`, and always with an
+//! `event: credits` saying what it cost), `GET /health` is free. Any billed route
 //! answers a quote instead when sent `credits-quote: 1`. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
 //!
 //! Events are printed; with `CREDITS_WEBHOOK_URL` and `CREDITS_WEBHOOK_SECRET` set they are
@@ -51,6 +52,7 @@ use tower_credits::pricing::Pricing;
 use tower_credits::readout::CreditsReadout;
 use tower_credits::{
     AccountId, AccountSettings, ApiKeyHash, Charge, CreditLayer, MemoryLedger, RedisLedger,
+    StreamLimit,
 };
 use tower_credits::{LedgerAdmin, TopUp};
 
@@ -79,8 +81,9 @@ struct StreamParams {
 }
 
 /// `n` server-sent events, 1 credit each, metered before each is sent. The route holds 20
-/// (as little as 1 when that is all the account has): past the hold the layer ends the
-/// stream cleanly, and every stream ends with an `event: credits` saying what it cost.
+/// (as little as 1 when that is all the account has) and grows 20 at a time while the
+/// account affords it: past what it can pay, the layer ends the stream cleanly, and every
+/// stream ends with an `event: credits` saying what it cost.
 async fn stream(
     charge: Charge,
     Query(params): Query<StreamParams>,
@@ -238,6 +241,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .min_price(10)
                 .route("GET /v1/stream", 20)
                 .min_price(1)
+                .stream_limit(StreamLimit::grow(20))
                 .authenticated("GET /v1/credits")
                 .free("GET /health"),
         )
@@ -292,7 +296,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Credits-Quote: 1' -X POST {base}/v1/generate   # quote");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' -H 'Credits-Max-Cost: 20' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 40}}' {base}/v1/generate   # capped at 20");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/credits   # balance and spend by route");
-    println!("  curl -N -H 'Authorization: Bearer demo-rich' '{base}/v1/stream?n=5'   # SSE, ends with event: credits");
+    println!("  curl -N -H 'Authorization: Bearer demo-rich' '{base}/v1/stream?n=50'  # SSE, grows its hold, ends with event: credits");
     println!("  curl -N -H 'Authorization: Bearer demo-poor' '{base}/v1/stream?n=50'  # cut when its credits run out");
     println!("  curl -s {base}/metrics | grep credits_   # Prometheus metrics, free\n");
     if admin_token.is_some() {

@@ -4,7 +4,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::ledger::{AccountId, HoldId};
+use crate::ledger::{
+    AccountId, BoxLedgerFuture, Grow, GrowOutcome, HoldId, Ledger, LedgerError, MAX_AMOUNT,
+};
 
 /// The closed bit of [`Inner::state`]: set once, when the charge is settled.
 const CLOSED: u64 = 1 << 63;
@@ -23,6 +25,10 @@ const UNSET: u64 = CLOSED - 1;
 /// by the layer: a streamed frame produced after a refused `add` is not delivered, and the
 /// stream ends cleanly, saying why (see [`CreditLayer`](crate::CreditLayer)). Meter a
 /// piece of work before you send it.
+///
+/// A stream that needs more than its first hold asks for more with [`grow`](Charge::grow)
+/// (one ledger call, refused when the balance does not allow it), or lets the layer do it
+/// with [`StreamLimit::Grow`](crate::StreamLimit::Grow).
 ///
 /// The charge is settled when the response head leaves the service, so a caller's next
 /// request sees it. A handler that only knows the cost at the end of a streamed body calls
@@ -75,14 +81,23 @@ pub struct Charge {
 struct Inner {
     account: AccountId,
     hold_id: HoldId,
-    reserved: u64,
+    /// Credits held; raised by a [`Charge::grow`] the ledger granted, never lowered.
+    reserved: AtomicU64,
+    /// Credits held by the reserve, before any grow: what `available` was measured after.
+    first_hold: u64,
+    /// The ledger that holds the credits, for [`Charge::grow`]; `None` when nothing is held
+    /// (served unbilled).
+    ledger: Option<Arc<dyn GrowHold>>,
+    /// One grow at a time: each names the hold's new total from the one before.
+    growing: tokio::sync::Mutex<()>,
     /// The actual cost (or [`UNSET`]) and the [`CLOSED`] bit in one word, so closing and
     /// reading the cost are one atomic step: what the headers say and what is committed
     /// are the same number, and a write after the close fails.
     state: AtomicU64,
     deferred: AtomicBool,
     billed: bool,
-    /// `set`/`add` calls refused because they went past the hold.
+    /// `set`/`add` calls refused because they went past the hold, since the last
+    /// [`Charge::grow`] the handler made.
     refused: AtomicU64,
     /// The account's available balance right after the reserve, when known.
     available: Option<i64>,
@@ -101,6 +116,49 @@ impl Closed {
     pub(crate) fn to_commit(self) -> u64 {
         self.actual.unwrap_or(self.reserved)
     }
+}
+
+/// The ledger's [`grow`](Ledger::grow), object-safe: what a [`Charge`] keeps to grow its
+/// hold (one per layer, shared by every charge).
+pub(crate) trait GrowHold: Send + Sync + 'static {
+    fn grow(&self, grow: Grow) -> BoxLedgerFuture<GrowOutcome>;
+}
+
+impl<L: Ledger> GrowHold for L {
+    fn grow(&self, grow: Grow) -> BoxLedgerFuture<GrowOutcome> {
+        Box::pin(Ledger::grow(self, grow))
+    }
+}
+
+/// Why [`Charge::grow`] did not raise the hold. The hold is as it was; the stream goes on
+/// within it, or stops.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrowError {
+    /// The charge was already settled: there is no hold left to grow.
+    #[error("the charge was already settled")]
+    AlreadySettled,
+    /// The account cannot afford the raise: nothing changed.
+    #[error("the account cannot afford {requested} more credits ({available} available)")]
+    Insufficient {
+        /// The raise asked for (for a partial grow, the least of it).
+        requested: u64,
+        /// The account's available balance.
+        available: i64,
+        /// The account's overdraft allowance.
+        credit_limit: u64,
+    },
+    /// The ledger no longer has the hold open (it expired, or the layer settled it).
+    #[error("the hold is no longer open in the ledger")]
+    NotOpen,
+    /// The request is served unbilled ([`OutagePolicy::FailOpen`](crate::OutagePolicy)):
+    /// nothing is held, so nothing grows; the work stays bounded by the price.
+    #[error("the request is served unbilled; its hold cannot grow")]
+    Unbilled,
+    /// The ledger failed (unreachable, timed out, or refused the call). A timed-out grow
+    /// may still have raised the hold in the ledger: the extra is released at the settle.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// Why a [`Charge`] could not be changed.
@@ -127,7 +185,7 @@ impl fmt::Debug for Charge {
         f.debug_struct("Charge")
             .field("account", &self.inner.account)
             .field("hold_id", &self.inner.hold_id)
-            .field("reserved", &self.inner.reserved)
+            .field("reserved", &self.reserved())
             .field("actual", &self.actual())
             .field("deferred", &self.is_deferred())
             .field("billed", &self.is_billed())
@@ -136,21 +194,41 @@ impl fmt::Debug for Charge {
 }
 
 impl Charge {
-    /// A billed charge; `available`: the account's balance right after the reserve.
+    /// A billed charge whose hold cannot grow (tests); `available`: the account's balance
+    /// right after the reserve.
+    #[cfg(test)]
     pub(crate) fn new(
         account: AccountId,
         hold_id: HoldId,
         reserved: u64,
         available: Option<i64>,
     ) -> Self {
-        Self::with_billing(account, hold_id, reserved, true, available)
+        Self::with_billing(account, hold_id, reserved, true, available, None)
+    }
+
+    /// A billed charge whose hold [`grow`](Self::grow)s in `ledger`.
+    pub(crate) fn held_in(
+        ledger: Arc<dyn GrowHold>,
+        account: AccountId,
+        hold_id: HoldId,
+        reserved: u64,
+        available: i64,
+    ) -> Self {
+        Self::with_billing(
+            account,
+            hold_id,
+            reserved,
+            true,
+            Some(available),
+            Some(ledger),
+        )
     }
 
     /// The charge of a request served unbilled because the ledger was down
     /// ([`OutagePolicy::FailOpen`](crate::OutagePolicy::FailOpen)): nothing is held, and what
     /// the handler sets is not committed anywhere.
     pub(crate) fn unbilled(account: AccountId, price: u64) -> Self {
-        Self::with_billing(account, HoldId::generate(), price, false, None)
+        Self::with_billing(account, HoldId::generate(), price, false, None, None)
     }
 
     fn with_billing(
@@ -159,12 +237,16 @@ impl Charge {
         reserved: u64,
         billed: bool,
         available: Option<i64>,
+        ledger: Option<Arc<dyn GrowHold>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 account,
                 hold_id,
-                reserved,
+                reserved: AtomicU64::new(reserved),
+                first_hold: reserved,
+                ledger,
+                growing: tokio::sync::Mutex::new(()),
                 state: AtomicU64::new(UNSET),
                 deferred: AtomicBool::new(false),
                 billed,
@@ -198,13 +280,90 @@ impl Charge {
     /// less than the price (a caller's `credits-max-cost`, or what its balance affords):
     /// **bound the work by it** (an AI handler cuts `max_tokens` to it), since a cost
     /// above the hold is refused ([`ChargeError::HoldExceeded`]).
+    /// It grows when [`grow`](Self::grow) (or the layer's
+    /// [`StreamLimit::Grow`](crate::StreamLimit::Grow)) raised the hold.
     pub fn reserved(&self) -> u64 {
-        self.inner.reserved
+        self.inner.reserved.load(Ordering::Acquire)
     }
 
     /// Credits of the hold not yet metered: how much more work this request may do.
     pub fn remaining_hold(&self) -> u64 {
-        self.inner.reserved - self.actual().unwrap_or(0).min(self.inner.reserved)
+        let reserved = self.reserved();
+        reserved - self.actual().unwrap_or(0).min(reserved)
+    }
+
+    /// Asks the ledger to raise the hold by `credits`, all or nothing, when the account's
+    /// balance allows it: one ledger call. Returns the hold's new total
+    /// ([`reserved`](Self::reserved)). A stream that would go past its hold calls it before
+    /// metering more, and stops when it is refused.
+    ///
+    /// ```
+    /// use tower_credits::{Charge, ChargeError};
+    ///
+    /// async fn meter(charge: &Charge, cost: u64) -> bool {
+    ///     match charge.add(cost) {
+    ///         Ok(_) => true,
+    ///         Err(ChargeError::HoldExceeded { .. }) => {
+    ///             // Ask for room for this piece and the next few, then try once more.
+    ///             charge.grow(cost.max(20)).await.is_ok() && charge.add(cost).is_ok()
+    ///         }
+    ///         Err(_) => false,
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// Grows run one at a time per charge. A grow that fails leaves the hold as it was.
+    ///
+    /// A refused `add` or `set` before a successful grow no longer counts against the
+    /// stream: the handler recovered, and the layer does not end it for that refusal.
+    pub async fn grow(&self, credits: u64) -> Result<u64, GrowError> {
+        let total = self.raise(credits, false).await?;
+        self.inner.refused.store(0, Ordering::Release);
+        Ok(total)
+    }
+
+    /// Raises the hold by `credits`, or (`partial`) by as much as the account affords, at
+    /// least 1. Returns the new total.
+    pub(crate) async fn raise(&self, credits: u64, partial: bool) -> Result<u64, GrowError> {
+        let _one_at_a_time = self.inner.growing.lock().await;
+        if self.is_closed() {
+            return Err(GrowError::AlreadySettled);
+        }
+        let Some(ledger) = &self.inner.ledger else {
+            return Err(GrowError::Unbilled);
+        };
+        let current = self.reserved();
+        if credits == 0 {
+            return Ok(current);
+        }
+        let to = current
+            .checked_add(credits)
+            .filter(|&to| to <= MAX_AMOUNT)
+            .ok_or(LedgerError::AmountOutOfRange {
+                amount: current.saturating_add(credits),
+                max: MAX_AMOUNT,
+            })?;
+        let mut grow = Grow::to(&self.inner.account, &self.inner.hold_id, to);
+        if partial {
+            grow = grow.at_least(current + 1);
+        }
+        match ledger.grow(grow).await? {
+            GrowOutcome::Grown(grown) => {
+                // Raised only once the ledger holds it: a `set` or `add` within the new
+                // total is then covered.
+                let now = self
+                    .inner
+                    .reserved
+                    .fetch_max(grown.amount, Ordering::AcqRel);
+                Ok(now.max(grown.amount))
+            }
+            GrowOutcome::Insufficient(refusal) => Err(GrowError::Insufficient {
+                requested: refusal.required,
+                available: refusal.available,
+                credit_limit: refusal.credit_limit,
+            }),
+            _ => Err(GrowError::NotOpen),
+        }
     }
 
     /// The account's balance once this request is settled at `cost`, as the layer will
@@ -212,14 +371,21 @@ impl Charge {
     /// own final chunk (an OpenAI-style usage chunk, say). `None` when the request is not
     /// billed.
     pub fn remaining_after(&self, cost: u64) -> Option<i64> {
-        let cost = cost.min(self.inner.reserved);
+        let cost = cost.min(self.reserved());
         self.inner
             .available
-            .map(|available| available + self.inner.reserved as i64 - cost as i64)
+            .map(|available| available + self.first_hold() as i64 - cost as i64)
     }
 
-    /// How many `set`/`add` calls were refused for going past the hold: the layer ends a
-    /// stream whose handler goes on after one.
+    /// Credits the reserve held, before any grow: the balance it reported was measured
+    /// after holding this much.
+    pub(crate) fn first_hold(&self) -> u64 {
+        self.inner.first_hold
+    }
+
+    /// How many `set`/`add` calls were refused for going past the hold (since the
+    /// handler's last successful [`grow`](Self::grow)): the layer ends a stream whose
+    /// handler goes on after one.
     pub(crate) fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Acquire)
     }
@@ -235,8 +401,8 @@ impl Charge {
     /// What will be committed if the request succeeds now: the actual cost, clamped to the
     /// hold, or the hold when none was set.
     pub fn cost(&self) -> u64 {
-        self.actual()
-            .map_or(self.inner.reserved, |a| a.min(self.inner.reserved))
+        let reserved = self.reserved();
+        self.actual().map_or(reserved, |a| a.min(reserved))
     }
 
     /// Sets the actual cost; refused past the hold ([`ChargeError::HoldExceeded`]).
@@ -259,10 +425,11 @@ impl Charge {
             }
             let current = (seen != UNSET).then_some(seen);
             let value = next(current).min(UNSET - 1);
-            if value > self.inner.reserved {
+            let reserved = self.reserved();
+            if value > reserved {
                 self.inner.refused.fetch_add(1, Ordering::AcqRel);
                 return Err(ChargeError::HoldExceeded {
-                    reserved: self.inner.reserved,
+                    reserved,
                     requested: value,
                 });
             }
@@ -300,7 +467,7 @@ impl Charge {
         let before = self.inner.state.fetch_or(CLOSED, Ordering::AcqRel);
         (before & CLOSED == 0).then(|| Closed {
             actual: (before != UNSET).then_some(before),
-            reserved: self.inner.reserved,
+            reserved: self.reserved(),
         })
     }
 }

@@ -151,6 +151,7 @@ pub mod outage;
 pub mod pricing;
 pub mod readout;
 mod refusal;
+mod stream_limit;
 mod wire;
 
 // What an application uses. Ledger authors' items are under [`ledger`], event types under
@@ -158,7 +159,7 @@ mod wire;
 pub use api_key::ApiKeyHash;
 #[cfg(feature = "axum")]
 pub use charge::MissingCharge;
-pub use charge::{Charge, ChargeError};
+pub use charge::{Charge, ChargeError, GrowError};
 pub use classify::Protocol;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -173,6 +174,7 @@ pub use middleware::{
 };
 pub use outage::{BillingStats, OutagePolicy};
 pub use refusal::Refusal;
+pub use stream_limit::StreamLimit;
 pub use wire::headers::CreditHeaders;
 pub use wire::problem;
 

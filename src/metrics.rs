@@ -82,8 +82,9 @@ use tracing::Span;
 use crate::api_key::ApiKeyHash;
 use crate::ledger::{
     AccountId, Balance, Configure, CreditEvent, DeadLetter, DynReports, EventOutbox, Extend,
-    Extended, HoldId, Ledger, LedgerAdmin, LedgerError, LedgerReports, OutboxFuture, Reserve,
-    ReserveOutcome, Settle, SettleDecision, SettleOutcome, Settlement, TopUp, ToppedUp, Usage,
+    Extended, Grow, GrowOutcome, HoldId, Ledger, LedgerAdmin, LedgerError, LedgerReports,
+    OutboxFuture, Reserve, ReserveOutcome, Settle, SettleDecision, SettleOutcome, Settlement,
+    TopUp, ToppedUp, Usage,
 };
 
 /// `credits_requests_total{outcome,reason}`.
@@ -115,7 +116,10 @@ pub fn describe() {
         REQUESTS_TOTAL,
         "Requests the credit layer saw, by outcome and reason."
     );
-    describe_counter!(RESERVED_TOTAL, "Credits held by new holds.");
+    describe_counter!(
+        RESERVED_TOTAL,
+        "Credits held by new holds, and added to open holds by grows."
+    );
     describe_counter!(COMMITTED_TOTAL, "Credits committed (charged).");
     describe_counter!(
         REFUNDED_TOTAL,
@@ -358,6 +362,22 @@ impl Shared {
         Some(removed.amount)
     }
 
+    /// An open hold now holds `amount` in all: the raise counts as reserved credits.
+    fn grown(&self, account: &AccountId, hold: &HoldId, amount: u64) {
+        let raised = {
+            let mut open = self.open.lock();
+            let Some(open) = open.holds.get_mut(&(account.clone(), hold.clone())) else {
+                return;
+            };
+            let raised = amount.saturating_sub(open.amount);
+            open.amount = open.amount.max(amount);
+            raised
+        };
+        if raised > 0 {
+            self.count(RESERVED_TOTAL, account, raised);
+        }
+    }
+
     fn extended(&self, account: &AccountId, hold: &HoldId, ttl: Duration) {
         if let Some(open) = self
             .open
@@ -588,6 +608,21 @@ fn settled(shared: &Shared, call: &Call, settlement: &Settlement, span: &Span) {
     }
 }
 
+fn grown(shared: &Shared, call: &Call, outcome: &GrowOutcome, span: &Span) {
+    let label = match outcome {
+        GrowOutcome::Grown(grown) => {
+            span.record("held", grown.amount);
+            shared.grown(&call.account, &call.hold, grown.amount);
+            "grown"
+        }
+        GrowOutcome::Insufficient(_) => "insufficient",
+        GrowOutcome::NotOpen(_) => "not_open",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    };
+    span.record("outcome", label);
+}
+
 fn extended(shared: &Shared, call: &Call, extended: &Extended, _span: &Span) {
     match extended {
         Extended::Until(_) => shared.extended(&call.account, &call.hold, call.ttl),
@@ -654,6 +689,24 @@ impl<L: Ledger> Ledger for Metered<L> {
         };
         let inner = self.inner.extend(extend);
         self.future(inner, "extend", Span::none(), Some((extended, call)))
+    }
+
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
+        let span = tracing::debug_span!(
+            "credits.grow",
+            account = %grow.account(),
+            hold_id = %grow.hold_id(),
+            to = grow.amount(),
+            outcome = Empty,
+            held = Empty,
+        );
+        let call = Call {
+            account: grow.account().clone(),
+            hold: grow.hold_id().clone(),
+            ttl: Duration::ZERO,
+        };
+        let inner = span.in_scope(|| self.inner.grow(grow));
+        self.future(inner, "grow", span, Some((grown, call)))
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

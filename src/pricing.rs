@@ -31,6 +31,7 @@ use http::Method;
 use crate::amount::MAX_AMOUNT;
 use crate::classify::Protocol;
 use crate::ledger::check_route;
+use crate::stream_limit::StreamLimit;
 
 /// What one request costs up front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,9 @@ pub struct Priced {
     /// The least the route can run with, when it declared one ([`Pricing::min_price`]): a
     /// `Credits-Max-Cost` at least this much lowers the hold to it.
     pub min: Option<u64>,
+    /// What the route's stream does at its hold, when [`Pricing::stream_limit`] says; else
+    /// the layer's.
+    pub stream_limit: Option<StreamLimit>,
 }
 
 type PriceFn = dyn Fn(&Method, &str) -> Price + Send + Sync;
@@ -84,6 +88,7 @@ struct Rule {
     segments: Vec<Segment>,
     price: Price,
     min: Option<u64>,
+    stream_limit: Option<StreamLimit>,
 }
 
 #[derive(Clone)]
@@ -225,6 +230,32 @@ impl Pricing {
         self
     }
 
+    /// What the stream of the route added last does at its hold, instead of the layer's
+    /// [`stream_limit`](crate::CreditLayer::stream_limit): see [`StreamLimit`].
+    ///
+    /// ```
+    /// use tower_credits::{pricing::Pricing, StreamLimit};
+    ///
+    /// let pricing = Pricing::new()
+    ///     .route("GET /v1/stream", 20)
+    ///     .stream_limit(StreamLimit::grow(20));
+    /// # let _ = pricing;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When no route was added yet, or the last route is not a [`Price::Hold`].
+    pub fn stream_limit(mut self, limit: StreamLimit) -> Self {
+        let rule = self.rules.last_mut().expect("stream_limit follows a route");
+        assert!(
+            matches!(rule.price, Price::Hold(_)),
+            "stream_limit on {:?}: only a priced route streams against a hold",
+            rule.pattern
+        );
+        rule.stream_limit = Some(limit);
+        self
+    }
+
     /// Lets requests matching `route` resolve the caller's account but hold nothing
     /// ([`Price::Authenticated`]).
     pub fn authenticated(self, route: &str) -> Self {
@@ -315,6 +346,7 @@ impl Pricing {
             segments,
             price,
             min: None,
+            stream_limit: None,
         });
         Ok(self)
     }
@@ -350,6 +382,7 @@ impl Pricing {
                 route: Some(rule.pattern.clone()),
                 protocol,
                 min: rule.min,
+                stream_limit: rule.stream_limit,
             };
         }
         let price = match &self.fallback {
@@ -366,6 +399,7 @@ impl Pricing {
             route: None,
             protocol,
             min: None,
+            stream_limit: None,
         }
     }
 
@@ -380,6 +414,7 @@ impl Pricing {
             route: None,
             protocol,
             min: None,
+            stream_limit: None,
         }
     }
 

@@ -460,6 +460,9 @@ impl Ledger for Recording {
             result
         })
     }
+    fn grow(&self, grow: tower_credits::ledger::Grow) -> Boxed<tower_credits::ledger::GrowOutcome> {
+        Box::pin(self.inner.grow(grow))
+    }
     fn lookup_api_key(&self, k: &ApiKeyHash) -> Boxed<Option<AccountId>> {
         Box::pin(self.inner.lookup_api_key(k))
     }

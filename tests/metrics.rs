@@ -244,6 +244,12 @@ impl Ledger for Failing {
     ) -> Self::Future<tower_credits::ledger::Extended> {
         self.fail()
     }
+    fn grow(
+        &self,
+        _: tower_credits::ledger::Grow,
+    ) -> Self::Future<tower_credits::ledger::GrowOutcome> {
+        self.fail()
+    }
     fn lookup_api_key(&self, _: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         self.fail()
     }

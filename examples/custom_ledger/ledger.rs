@@ -47,8 +47,8 @@ use tower_credits::ledger::{
     check_alerts, RouteUsage, DEFAULT_HOLD_TTL, DEFAULT_RUNWAY_HORIZON, RECLAIM_LIMIT,
 };
 use tower_credits::ledger::{
-    Configure, Extend, Extended, Held, HoldId, Insufficient, Reserve, ReserveOutcome, Settle,
-    SettleOutcome, Settlement, ToppedUp, Usage,
+    Configure, Extend, Extended, Grow, GrowOutcome, Grown, Held, HoldId, Insufficient, Reserve,
+    ReserveOutcome, Settle, SettleOutcome, Settlement, ToppedUp, Usage,
 };
 use tower_credits::{
     AccountId, ApiKeyHash, Balance, Ledger, LedgerAdmin, LedgerError, LedgerReports, Threshold,
@@ -472,6 +472,45 @@ impl TinyLedger {
         }
     }
 
+    fn do_grow(&self, g: &Grow) -> Result<GrowOutcome, LedgerError> {
+        check_amount(g.amount())?;
+        let result = self.with_account(g.account(), |a, _now| {
+            let id = g.hold_id();
+            let Some(current) = a.holds.get(id).map(|hold| hold.amount) else {
+                let how = a.closed.get(id).copied().map(already);
+                return Ok(GrowOutcome::NotOpen(how.unwrap_or(SettleOutcome::Unknown)));
+            };
+            if g.amount() <= current {
+                // Already there: a retried grow moves nothing.
+                return Ok(GrowOutcome::Grown(Grown::new(current, a.available())));
+            }
+            // The reserve's rule, on the difference: all of it, or down to the least total.
+            let spendable = a.available() as i128 + a.credit_limit as i128;
+            let least = g.least_amount().max(current);
+            let raise = if ((g.amount() - current) as i128) <= spendable {
+                g.amount() - current
+            } else if ((least - current) as i128) <= spendable {
+                spendable.max(0) as u64
+            } else {
+                let refusal = Insufficient::new(least - current, a.available(), a.credit_limit);
+                return Ok(GrowOutcome::Insufficient(refusal));
+            };
+            let held = checked_total(a.held, raise)?;
+            checked_total(a.committed, held)?;
+            a.held = held;
+            let hold = a.holds.get_mut(id).expect("open above");
+            hold.amount = current + raise;
+            Ok(GrowOutcome::Grown(Grown::new(
+                current + raise,
+                a.available(),
+            )))
+        });
+        match result {
+            Err(LedgerError::UnknownAccount) => Ok(GrowOutcome::NotOpen(SettleOutcome::Unknown)),
+            other => other,
+        }
+    }
+
     fn do_top_up(&self, t: &TopUp) -> Result<ToppedUp, LedgerError> {
         check_amount(t.amount())?;
         check_idempotency_key(t.idempotency_key())?;
@@ -535,6 +574,10 @@ impl Ledger for TinyLedger {
 
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
         ready(self.do_extend(&extend))
+    }
+
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
+        ready(self.do_grow(&grow))
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use tower_credits::ledger::{
-    Configure, Extend, Extended, Reserve, ReserveOutcome, Settle, Settlement, ToppedUp, Usage,
+    Configure, Extend, Extended, Grow, GrowOutcome, Reserve, ReserveOutcome, Settle, Settlement,
+    ToppedUp, Usage,
 };
 use tower_credits::{AccountId, ApiKeyHash, Balance, Ledger, LedgerAdmin, LedgerReports, TopUp};
 
@@ -19,6 +20,8 @@ pub enum Recorded {
     Settle(Settle),
     /// [`Ledger::extend`].
     Extend(Extend),
+    /// [`Ledger::grow`].
+    Grow(Grow),
     /// [`Ledger::lookup_api_key`].
     LookupApiKey(ApiKeyHash),
     /// [`LedgerAdmin::top_up`].
@@ -58,6 +61,13 @@ impl fmt::Display for Recorded {
                 e.hold_id(),
                 e.account(),
                 e.hold_ttl()
+            ),
+            Self::Grow(g) => write!(
+                f,
+                "grow {} of {} to {}",
+                g.hold_id(),
+                g.account(),
+                g.amount()
             ),
             Self::LookupApiKey(key) => write!(f, "look up API key {key:?}"),
             Self::TopUp(t) => write!(
@@ -120,6 +130,11 @@ impl<L: Ledger> Ledger for RecordingLedger<L> {
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
         self.record(Recorded::Extend(extend.clone()));
         self.inner.extend(extend)
+    }
+
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
+        self.record(Recorded::Grow(grow.clone()));
+        self.inner.grow(grow)
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

@@ -64,6 +64,7 @@
 
 mod alerts;
 mod concurrency;
+mod grow;
 mod keys;
 pub mod model;
 mod outbox;
@@ -141,6 +142,12 @@ macro_rules! conformance_suite {
             extend_keeps_hold_alive,
             extend_of_settled_hold_is_not_open,
             extend_to_a_shorter_ttl_expires_sooner,
+            grow_raises_an_open_hold,
+            a_retried_grow_holds_nothing_twice,
+            an_unaffordable_grow_writes_nothing,
+            grow_of_a_closed_hold_is_not_open,
+            grow_past_max_total_is_refused,
+            concurrent_grows_never_overspend,
             invalid_ttl_is_refused,
             invalid_arguments_write_nothing,
             usage_by_route_accumulates,
@@ -170,6 +177,11 @@ pub use alerts::{
     several_thresholds_fire_one_event_each,
 };
 pub use concurrency::{concurrent_reserves_never_overshoot, many_accounts_are_independent};
+pub use grow::{
+    a_retried_grow_holds_nothing_twice, an_unaffordable_grow_writes_nothing,
+    concurrent_grows_never_overspend, grow_of_a_closed_hold_is_not_open,
+    grow_past_max_total_is_refused, grow_raises_an_open_hold,
+};
 pub use keys::api_keys_register_lookup_revoke;
 pub use model::model_state_machine;
 pub use outbox::{

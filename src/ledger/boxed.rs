@@ -6,8 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::{
-    AccountId, Balance, Configure, Extend, Extended, Ledger, LedgerAdmin, LedgerError,
-    LedgerReports, Reserve, ReserveOutcome, Settle, Settlement, TopUp, ToppedUp, Usage,
+    AccountId, Balance, Configure, Extend, Extended, Grow, GrowOutcome, Ledger, LedgerAdmin,
+    LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle, Settlement, TopUp, ToppedUp,
+    Usage,
 };
 use crate::api_key::ApiKeyHash;
 
@@ -72,6 +73,7 @@ trait Erased: Send + Sync + 'static {
     fn reserve(&self, reserve: Reserve) -> BoxLedgerFuture<ReserveOutcome>;
     fn settle(&self, settle: Settle) -> BoxLedgerFuture<Settlement>;
     fn extend(&self, extend: Extend) -> BoxLedgerFuture<Extended>;
+    fn grow(&self, grow: Grow) -> BoxLedgerFuture<GrowOutcome>;
     fn lookup_api_key(&self, key: &ApiKeyHash) -> BoxLedgerFuture<Option<AccountId>>;
     fn top_up(&self, top_up: TopUp) -> BoxLedgerFuture<ToppedUp>;
     fn configure(&self, configure: Configure) -> BoxLedgerFuture<()>;
@@ -90,6 +92,9 @@ impl<L: Ledger + LedgerAdmin + LedgerReports> Erased for L {
     }
     fn extend(&self, extend: Extend) -> BoxLedgerFuture<Extended> {
         Box::pin(Ledger::extend(self, extend))
+    }
+    fn grow(&self, grow: Grow) -> BoxLedgerFuture<GrowOutcome> {
+        Box::pin(Ledger::grow(self, grow))
     }
     fn lookup_api_key(&self, key: &ApiKeyHash) -> BoxLedgerFuture<Option<AccountId>> {
         Box::pin(Ledger::lookup_api_key(self, key))
@@ -125,6 +130,9 @@ impl Ledger for BoxLedger {
     }
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
         self.inner.extend(extend)
+    }
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
+        self.inner.grow(grow)
     }
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         self.inner.lookup_api_key(key)

@@ -9,8 +9,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::{
-    AccountId, Balance, Configure, DynReports, Extend, Extended, Ledger, LedgerAdmin, LedgerError,
-    LedgerReports, Reserve, ReserveOutcome, Settle, Settlement, TopUp, ToppedUp, Usage,
+    AccountId, Balance, Configure, DynReports, Extend, Extended, Grow, GrowOutcome, Ledger,
+    LedgerAdmin, LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle, Settlement, TopUp,
+    ToppedUp, Usage,
 };
 use crate::api_key::ApiKeyHash;
 
@@ -151,6 +152,11 @@ impl<L: LedgerReports> Ledger for CachedReads<L> {
 
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
         Self::pass(self.inner.extend(extend))
+    }
+
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
+        self.forget(grow.account());
+        Self::pass(self.inner.grow(grow))
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

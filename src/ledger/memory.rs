@@ -16,10 +16,10 @@ use super::outbox_memory::MemoryOutbox;
 use super::{
     burn_rate_after, check_alerts, check_idempotency_key, check_route, check_ttl, decayed_rate,
     runway::runway_known, runway_secs, AccountId, AccountSettings, Alerts, Balance, Configure,
-    CreditEvent, DeadLetter, EventKind, EventOutbox, Extend, Extended, Held, HoldId, Insufficient,
-    Ledger, LedgerAdmin, LedgerError, LedgerReports, LongestTtl, OutboxFuture, Reserve,
-    ReserveOutcome, RouteUsage, Settle, SettleOutcome, Settlement, TopUp, ToppedUp, Usage,
-    RECLAIM_LIMIT,
+    CreditEvent, DeadLetter, EventKind, EventOutbox, Extend, Extended, Grow, GrowOutcome, Grown,
+    Held, HoldId, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports, LongestTtl,
+    OutboxFuture, Reserve, ReserveOutcome, RouteUsage, Settle, SettleOutcome, Settlement, TopUp,
+    ToppedUp, Usage, RECLAIM_LIMIT,
 };
 use crate::amount::{check_amount, checked_total};
 use crate::api_key::ApiKeyHash;
@@ -670,6 +670,50 @@ impl MemoryLedger {
         }
     }
 
+    fn do_grow(&self, g: &Grow) -> Result<GrowOutcome, LedgerError> {
+        let (to, least) = (g.amount(), g.least_amount());
+        check_amount(to)?;
+        let result = self.with_account(g.account(), |state, _now| {
+            let closed = state.closed(g.hold_id());
+            let Some(hold) = state.open_hold(g.hold_id()) else {
+                let how = closed.map(already).unwrap_or(SettleOutcome::Unknown);
+                return Ok(GrowOutcome::NotOpen(how));
+            };
+            let current = hold.amount;
+            if to <= current {
+                // Already there (a retried grow): nothing moves.
+                return Ok(GrowOutcome::Grown(Grown::new(current, state.available())));
+            }
+            let spendable = state.available() as i128 + state.credit_limit as i128;
+            let least = least.max(current);
+            let target = if ((to - current) as i128) <= spendable {
+                to
+            } else if ((least - current) as i128) <= spendable {
+                current + spendable.max(0) as u64
+            } else {
+                let refusal =
+                    Insufficient::new(least - current, state.available(), state.credit_limit);
+                return Ok(GrowOutcome::Insufficient(refusal));
+            };
+            let raise = target - current;
+            // committed + held can reach topped_up + credit_limit: keep both in range.
+            let held = checked_total(state.held, raise)?;
+            checked_total(state.committed, held)?;
+            state.held = held;
+            let hold = state
+                .activity
+                .as_deref_mut()
+                .and_then(|a| a.holds.get_mut(g.hold_id()))
+                .expect("open above");
+            hold.amount = target;
+            Ok(GrowOutcome::Grown(Grown::new(target, state.available())))
+        });
+        match result {
+            Err(LedgerError::UnknownAccount) => Ok(GrowOutcome::NotOpen(SettleOutcome::Unknown)),
+            other => other,
+        }
+    }
+
     fn do_top_up(
         &self,
         account: &AccountId,
@@ -747,6 +791,10 @@ impl Ledger for MemoryLedger {
 
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
         ready(self.do_extend(extend.account(), extend.hold_id(), extend.hold_ttl()))
+    }
+
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
+        ready(self.do_grow(&grow))
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

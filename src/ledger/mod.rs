@@ -22,6 +22,9 @@
 //!   runway horizon) returns the event in [`Settlement::events`], exactly once per crossing;
 //!   only a top-up re-arms it (see [`CreditEvent`], [`EventOutbox`]). Settling a hold that already settled
 //!   or expired is a no-op that says so ([`SettleOutcome`]); nothing moves twice.
+//! * [`grow`](Ledger::grow) raises an open hold to a new total when the account affords
+//!   the difference (the reserve's rule), so a stream can go on past its first hold; a
+//!   retried grow holds nothing twice.
 //! * [`top_up`](LedgerAdmin::top_up): a payment id (the idempotency key) credits exactly one
 //!   account, once, forever: a replay on that account with the same amount returns the
 //!   first result, another amount is [`LedgerError::TopUpConflict`], the same key on
@@ -72,9 +75,9 @@ pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPO
 pub use memory::{MemoryLedger, MemoryLedgerBuilder};
 pub use runway::{burn_rate_after, decayed_rate, runway_secs};
 pub use types::{
-    AccountSettings, Balance, Configure, Extend, Extended, Held, Insufficient, Reserve,
-    ReserveOutcome, RouteUsage, Settle, SettleDecision, SettleOutcome, Settlement, TopUp, ToppedUp,
-    Usage, DEFAULT_HOLD_TTL,
+    AccountSettings, Balance, Configure, Extend, Extended, Grow, GrowOutcome, Grown, Held,
+    Insufficient, Reserve, ReserveOutcome, RouteUsage, Settle, SettleDecision, SettleOutcome,
+    Settlement, TopUp, ToppedUp, Usage, DEFAULT_HOLD_TTL,
 };
 
 /// Longest hold time to live a ledger accepts.
@@ -130,6 +133,11 @@ pub trait Ledger: Clone + Send + Sync + 'static {
 
     /// Keeps an open hold alive for its TTL from now.
     fn extend(&self, extend: Extend) -> Self::Future<Extended>;
+
+    /// Raises an open hold to a new total when the account can afford the difference, in
+    /// one atomic step; see [`Grow`]. Never holds past `-credit_limit`, however many grows
+    /// and reserves race; a grow to a total the hold already has changes nothing.
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome>;
 
     /// The account an API key belongs to.
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>>;
@@ -255,6 +263,9 @@ impl Ledger for AnyLedger {
     }
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
         dispatch!(self, l => l.extend(extend))
+    }
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
+        dispatch!(self, l => l.grow(grow))
     }
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         dispatch!(self, l => l.lookup_api_key(key))

@@ -211,6 +211,105 @@ impl Extend {
     }
 }
 
+/// A request to raise an open hold to `amount` credits in all, when the account can
+/// afford the difference: what lets a stream go on past its first hold
+/// ([`Charge::grow`](crate::Charge::grow), [`StreamLimit::Grow`](crate::StreamLimit::Grow)).
+///
+/// It names the hold's new **total**, not an increment, so a retried grow (after a
+/// timeout, say) holds nothing twice: a grow to a total the hold already has is a no-op
+/// that says so. The difference is held as a reserve holds it: from `available` down to
+/// `-credit_limit`, all or nothing, or (with [`at_least`](Grow::at_least)) as much as the
+/// account affords down to that total. A refused grow writes nothing and emits no event.
+/// It does not move the hold's expiry; [`Extend`] does.
+///
+/// ```
+/// use tower_credits::AccountId;
+/// use tower_credits::ledger::{Grow, HoldId};
+///
+/// let acct = AccountId::new("acct_42")?;
+/// let grow = Grow::to(&acct, HoldId::generate(), 40).at_least(21);
+/// assert_eq!((grow.amount(), grow.least_amount()), (40, 21));
+/// # Ok::<_, tower_credits::LedgerError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Grow {
+    account: AccountId,
+    hold_id: HoldId,
+    amount: u64,
+    least: Option<u64>,
+}
+
+impl Grow {
+    /// Raise `hold_id` of `account` to `amount` credits in all.
+    pub fn to(account: impl Into<AccountId>, hold_id: impl Into<HoldId>, amount: u64) -> Self {
+        Self {
+            account: account.into(),
+            hold_id: hold_id.into(),
+            amount,
+            least: None,
+        }
+    }
+
+    /// When the account cannot afford the whole raise, raise the hold as far as it can, as
+    /// long as that is at least `credits` in all (same atomic step). Without it, all or
+    /// nothing.
+    pub fn at_least(mut self, credits: u64) -> Self {
+        self.least = Some(credits);
+        self
+    }
+
+    /// The account of the hold.
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+
+    /// The hold's id.
+    pub fn hold_id(&self) -> &HoldId {
+        &self.hold_id
+    }
+
+    /// The hold's new total.
+    pub fn amount(&self) -> u64 {
+        self.amount
+    }
+
+    /// The least new total a partial raise may leave ([`amount`](Self::amount) when all or
+    /// nothing).
+    pub fn least_amount(&self) -> u64 {
+        self.least.unwrap_or(self.amount).min(self.amount)
+    }
+}
+
+/// The answer to [`Ledger::grow`](super::Ledger::grow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GrowOutcome {
+    /// The hold now holds [`Grown::amount`] in all (or already did: a retried grow).
+    Grown(Grown),
+    /// The account cannot afford the raise: nothing changed.
+    /// [`Insufficient::required`] is the smallest raise asked for (the difference).
+    Insufficient(Insufficient),
+    /// The hold is no longer open: it settled, expired, or was never seen.
+    NotOpen(SettleOutcome),
+}
+
+/// A hold after a [grow](super::Ledger::grow).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Grown {
+    /// What the hold holds now, in all.
+    pub amount: u64,
+    /// The account's available balance right after.
+    pub available: i64,
+}
+
+impl Grown {
+    /// A hold of `amount` in all, leaving `available`.
+    pub fn new(amount: u64, available: i64) -> Self {
+        Self { amount, available }
+    }
+}
+
 /// A request to add credits to an account, once per payment id.
 ///
 /// ```

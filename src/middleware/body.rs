@@ -12,12 +12,14 @@ use pin_project_lite::pin_project;
 
 use std::sync::Arc;
 
+use super::grow::StreamGrowth;
 use super::grpc_web::TrailerScanner;
 use super::guard::HoldGuard;
 use super::keeper::Cut;
 use super::settlement::End;
 use super::settlement::{at_body_end, cost_of, Awaiting};
 use super::stream_end::{paid_messages, sse_credits_event, HOLD_EXHAUSTED};
+use super::watch::{HoldLifetimeExceeded, ReaderStalled};
 use crate::classify::{Classify, Verdict};
 use crate::wire::{grpc, headers};
 
@@ -84,6 +86,9 @@ pub(crate) struct BodySettle {
     kind: StreamKind,
     /// Refused `add`/`set` calls already seen: one more means a frame past the hold.
     refused_seen: u64,
+    /// [`StreamLimit::Grow`](crate::StreamLimit::Grow): when to grow, and the growth
+    /// under way.
+    growth: StreamGrowth,
 }
 
 /// What a settling body is, for how it ends.
@@ -114,6 +119,7 @@ impl BodySettle {
             scanner,
             kind,
             refused_seen,
+            growth: StreamGrowth::default(),
         })
     }
 
@@ -122,11 +128,12 @@ impl BodySettle {
     /// frame keeps the messages that were paid for (tonic may put several in one frame).
     fn admit(&mut self, frame: Frame<Bytes>) -> Result<Frame<Bytes>, Option<Frame<Bytes>>> {
         let refused = self.guard.hold().charge.refused();
-        let unpaid = refused - self.refused_seen;
+        // Fewer than seen: the handler grew its hold and recovered.
+        let unpaid = refused.saturating_sub(self.refused_seen);
+        self.refused_seen = refused;
         if unpaid == 0 {
             return Ok(frame);
         }
-        self.refused_seen = refused;
         match (self.kind, frame.into_data()) {
             (StreamKind::Grpc, Ok(data)) => Err(paid_messages(data, unpaid).map(Frame::data)),
             _ => Err(None),
@@ -215,6 +222,7 @@ fn settle_on_end<E: Into<BoxError>>(
             let Some(pending) = settle.as_mut() else {
                 return Some(Ok(frame));
             };
+            pending.growth.frame(&pending.guard.hold().charge);
             if let Some(data) = frame.data_ref() {
                 pending.observe(data);
             }
@@ -295,25 +303,6 @@ fn next_closing(tail: &mut Tail) -> Option<Result<Frame<Bytes>, BoxError>> {
 
 /// The error type of [`ResponseBody`]: the inner body's error, or [`ReaderStalled`].
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A [`ResponseBody`] that settles at its end left a frame unread for the layer's
-/// [`stall_timeout`](crate::CreditLayer::stall_timeout): its hold was committed at what the
-/// `Charge` said so far, and the body ends with this error. A body waiting on the handler
-/// (nothing to send yet) is never stalled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the reader stopped reading; the response was cut short and billed for what was sent")]
-#[non_exhaustive]
-pub struct ReaderStalled;
-
-/// A [`ResponseBody`] that settles at its end was still streaming at the layer's
-/// [`max_hold_lifetime`](crate::CreditLayer::max_hold_lifetime): its hold was committed at
-/// what the `Charge` said so far, and the body ends with this error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the response ran past the hold lifetime cap; it was cut short and billed for what was sent"
-)]
-#[non_exhaustive]
-pub struct HoldLifetimeExceeded;
 
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
@@ -407,7 +396,13 @@ where
                         return Poll::Ready(Some(Err(error)));
                     }
                 }
-                let Poll::Ready(polled) = body.as_mut().poll_frame(cx) else {
+                // The hold grows (when the stream may) before the handler's next frame; a
+                // reader waiting on that, as on the handler, is not stalled.
+                let ready = match pending.growth.poll(pending.guard.hold(), cx) {
+                    Poll::Ready(()) => body.as_mut().poll_frame(cx),
+                    Poll::Pending => Poll::Pending,
+                };
+                let Poll::Ready(polled) = ready else {
                     if let Some(watch) = pending.guard.watched() {
                         watch.waiting(cx.waker());
                     }

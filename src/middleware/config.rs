@@ -59,6 +59,10 @@ pub(crate) struct Shared<L: Ledger> {
     pub(crate) unbilled: Unbilled,
     /// Renders HTTP refusals in the user's shape.
     pub(crate) render_refusal: Option<RenderRefusal>,
+    /// The ledger again, as what a `Charge` grows its hold with (one per layer, shared).
+    pub(crate) grow_ledger: Arc<dyn crate::charge::GrowHold>,
+    /// What a stream does at its hold, unless its route says.
+    pub(crate) stream_limit: crate::StreamLimit,
 }
 
 /// Billing errors that are logged once per kind (they repeat on every request until fixed).

@@ -25,12 +25,15 @@ pub(crate) struct HoldCtx {
     pub(crate) thresholds: Thresholds,
     /// Seconds the balance lasts at the account's recent spend rate, as of the reserve.
     pub(crate) runway_secs: Option<u64>,
+    /// What its stream does at the hold.
+    pub(crate) stream_limit: crate::StreamLimit,
 }
 
 impl HoldCtx {
     /// `Credits-Remaining` after settling for `cost`.
     pub(crate) fn remaining(&self, cost: u64) -> i64 {
-        self.available + self.charge.reserved() as i64 - cost as i64
+        // `available` was measured after the first hold; a grow since took more of it.
+        self.available + self.charge.first_hold() as i64 - cost as i64
     }
 }
 

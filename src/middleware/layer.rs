@@ -74,6 +74,8 @@ impl<L: Ledger> CreditLayer<L> {
     pub fn new(ledger: L) -> Self {
         Self {
             shared: Arc::new(Shared {
+                grow_ledger: Arc::new(ledger.clone()),
+                stream_limit: crate::StreamLimit::default(),
                 ledger,
                 resolver: AccountResolver::default(),
                 pricing: Pricing::new(),
@@ -183,6 +185,21 @@ impl<L: Ledger> CreditLayer<L> {
     pub fn stall_timeout(self, timeout: Duration) -> Self {
         assert!(!timeout.is_zero(), "stall timeout must not be zero");
         self.with(|s| s.stall_timeout = Some(timeout))
+    }
+
+    /// What a stream does when its metered cost reaches its hold (default
+    /// [`StreamLimit::End`](crate::StreamLimit::End)): end there, or grow the hold while
+    /// the account affords it. A route's own
+    /// [`Pricing::stream_limit`](crate::pricing::Pricing::stream_limit) wins.
+    ///
+    /// ```
+    /// use tower_credits::{CreditLayer, MemoryLedger, StreamLimit};
+    ///
+    /// let layer = CreditLayer::new(MemoryLedger::new()).stream_limit(StreamLimit::grow(20));
+    /// # let _ = layer;
+    /// ```
+    pub fn stream_limit(self, limit: crate::StreamLimit) -> Self {
+        self.with(|s| s.stream_limit = limit)
     }
 
     /// The longest a request may hold credits (default 15 minutes), on its own timer.

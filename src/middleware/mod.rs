@@ -3,6 +3,7 @@
 pub(crate) mod body;
 pub(crate) mod config;
 pub(crate) mod future;
+mod grow;
 mod grpc_web;
 pub(crate) mod guard;
 pub(crate) mod keeper;
@@ -18,8 +19,9 @@ mod steps;
 mod stream_end;
 mod watch;
 
-pub use body::{HoldLifetimeExceeded, ReaderStalled, ResponseBody};
+pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use layer::{CreditLayer, DEFAULT_MAX_HOLD_LIFETIME};
 pub use service::CreditService;
 pub use settle::PendingSettlements;
+pub use watch::{HoldLifetimeExceeded, ReaderStalled};

@@ -46,6 +46,8 @@ pub(crate) struct Billing {
     pub(crate) min_amount: Option<u64>,
     pub(crate) route: Option<Arc<str>>,
     pub(crate) intent: Intent,
+    /// The route's own [`StreamLimit`](crate::StreamLimit), else the layer's applies.
+    pub(crate) stream_limit: Option<crate::StreamLimit>,
 }
 
 /// What the request wants once its account is known.
@@ -125,6 +127,7 @@ pub(crate) fn plan(
         min_amount: priced.min.filter(|&least| least < amount),
         route: priced.route,
         intent,
+        stream_limit: priced.stream_limit,
     };
     Plan::Bill(who, billing)
 }
@@ -141,6 +144,7 @@ mod tests {
             route: Some("GET /r".into()),
             protocol: None,
             min,
+            stream_limit: None,
         }
     }
 

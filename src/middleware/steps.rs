@@ -230,12 +230,19 @@ where
     let refusal = match outcome {
         Ok(ReserveOutcome::Held(held)) => {
             Stats::add(&shared.stats.holds, 1);
-            let charge = Charge::new(account, billing.hold_id, held.amount, Some(held.available));
+            let charge = Charge::held_in(
+                shared.grow_ledger.clone(),
+                account,
+                billing.hold_id,
+                held.amount,
+                held.available,
+            );
             let hold = HoldCtx {
                 charge: charge.clone(),
                 available: held.available,
                 thresholds: Thresholds::new(held.thresholds, shared.low_balance_threshold),
                 runway_secs: held.runway_secs,
+                stream_limit: billing.stream_limit.unwrap_or(shared.stream_limit),
             };
             let guard = HoldGuard::new(shared.clone(), hold);
             req.extensions_mut().insert(charge);

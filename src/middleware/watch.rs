@@ -131,3 +131,22 @@ impl HoldWatch {
         self.waker.wake();
     }
 }
+
+/// A [`ResponseBody`](crate::ResponseBody) that settles at its end left a frame unread for the layer's
+/// [`stall_timeout`](crate::CreditLayer::stall_timeout): its hold was committed at what the
+/// `Charge` said so far, and the body ends with this error. A body waiting on the handler
+/// (nothing to send yet) is never stalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the reader stopped reading; the response was cut short and billed for what was sent")]
+#[non_exhaustive]
+pub struct ReaderStalled;
+
+/// A [`ResponseBody`](crate::ResponseBody) that settles at its end was still streaming at the layer's
+/// [`max_hold_lifetime`](crate::CreditLayer::max_hold_lifetime): its hold was committed at
+/// what the `Charge` said so far, and the body ends with this error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the response ran past the hold lifetime cap; it was cut short and billed for what was sent"
+)]
+#[non_exhaustive]
+pub struct HoldLifetimeExceeded;

@@ -176,6 +176,7 @@ down! {
         reserve(tower_credits::ledger::Reserve) -> tower_credits::ledger::ReserveOutcome;
         settle(tower_credits::ledger::Settle) -> tower_credits::ledger::Settlement;
         extend(tower_credits::ledger::Extend) -> tower_credits::ledger::Extended;
+        grow(tower_credits::ledger::Grow) -> tower_credits::ledger::GrowOutcome;
         lookup_api_key(&tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
     }
     LedgerAdmin {
@@ -264,6 +265,7 @@ switch! {
         reserve(r: tower_credits::ledger::Reserve) -> tower_credits::ledger::ReserveOutcome;
         settle(s: tower_credits::ledger::Settle) -> tower_credits::ledger::Settlement;
         extend(e: tower_credits::ledger::Extend) -> tower_credits::ledger::Extended;
+        grow(g: tower_credits::ledger::Grow) -> tower_credits::ledger::GrowOutcome;
         lookup_api_key(k: &tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
     }
     LedgerAdmin {

@@ -164,8 +164,9 @@ use redis::Value;
 
 use super::{
     check_alerts, check_idempotency_key, check_route, check_ttl, AccountId, AccountSettings,
-    Balance, Configure, Extend, Extended, HoldId, Ledger, LedgerAdmin, LedgerError, LedgerReports,
-    LongestTtl, Reserve, ReserveOutcome, Settle, Settlement, TopUp, ToppedUp, Usage,
+    Balance, Configure, Extend, Extended, Grow, GrowOutcome, HoldId, Ledger, LedgerAdmin,
+    LedgerError, LedgerReports, LongestTtl, Reserve, ReserveOutcome, Settle, Settlement, TopUp,
+    ToppedUp, Usage,
 };
 use crate::amount::check_amount;
 use crate::api_key::ApiKeyHash;
@@ -192,8 +193,8 @@ pub use builder::{
 use conn::{ledger_error, Conn};
 use reply::unexpected;
 use scripts::{
-    Args, ScriptSpec, BALANCE, CLAIM_TOP_UP_KEY, CONFIGURE, EXTEND, RELEASE_TOP_UP_KEY, RESERVE,
-    SETTLE, TOP_UP, USAGE,
+    Args, ScriptSpec, BALANCE, CLAIM_TOP_UP_KEY, CONFIGURE, EXTEND, GROW, RELEASE_TOP_UP_KEY,
+    RESERVE, SETTLE, TOP_UP, USAGE,
 };
 
 /// The future of every [`RedisLedger`] operation: one boxed network call.
@@ -461,6 +462,17 @@ impl RedisLedger {
         Ok(Box::pin(async move { reply::extend(call.await?) }))
     }
 
+    fn do_grow(&self, grow: &Grow) -> Result<RedisFuture<GrowOutcome>, LedgerError> {
+        check_amount(grow.amount())?;
+        let least = (grow.least_amount() < grow.amount()).then_some(grow.least_amount());
+        let call = self.account_script(&GROW, grow.account(), |inv| {
+            inv.arg(grow.hold_id().as_str())
+                .arg(grow.amount())
+                .arg(least.map(|l| l.to_string()).unwrap_or_default());
+        });
+        Ok(Box::pin(async move { reply::grow(call.await?) }))
+    }
+
     fn do_top_up(
         &self,
         account: &AccountId,
@@ -574,6 +586,10 @@ impl Ledger for RedisLedger {
 
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
         boxed(self.do_extend(extend.account(), extend.hold_id(), extend.hold_ttl()))
+    }
+
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
+        boxed(self.do_grow(&grow))
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

@@ -8,10 +8,13 @@ use std::fmt;
 
 use redis::Value;
 
-use super::scripts::{BALANCE, CONFIGURE, EXTEND, OUTBOX, RESERVE, SETTLE, SWEEP, TOP_UP, USAGE};
+use super::scripts::{
+    BALANCE, CONFIGURE, EXTEND, GROW, OUTBOX, RESERVE, SETTLE, SWEEP, TOP_UP, USAGE,
+};
 use crate::ledger::{
     decayed_rate, runway_secs, AccountId, Balance, CreditEvent, DeadLetter, EventKind, Extended,
-    Held, Insufficient, LedgerError, ReserveOutcome, SettleOutcome, Settlement, ToppedUp, Usage,
+    GrowOutcome, Grown, Held, Insufficient, LedgerError, ReserveOutcome, SettleOutcome, Settlement,
+    ToppedUp, Usage,
 };
 
 /// A reply no script of this version sends: a mismatch between the Rust side and the
@@ -351,6 +354,22 @@ pub(super) fn extend(value: Value) -> Result<Extended, LedgerError> {
     };
     reply.end()?;
     Ok(extended)
+}
+
+/// The reply of `grow`.
+pub(super) fn grow(value: Value) -> Result<GrowOutcome, LedgerError> {
+    let mut reply = Reply::new(GROW.name, value)?;
+    let outcome = match reply.string()?.as_str() {
+        "grown" => GrowOutcome::Grown(Grown::new(reply.u64()?, reply.i64()?)),
+        "insufficient" => {
+            GrowOutcome::Insufficient(Insufficient::new(reply.u64()?, reply.i64()?, reply.u64()?))
+        }
+        "not_open" => GrowOutcome::NotOpen(reply.outcome()?),
+        "total_out_of_range" => return Err(total_out_of_range(reply.u64()?, reply.u64()?)),
+        tag => return Err(reply.unknown_tag(tag)),
+    };
+    reply.end()?;
+    Ok(outcome)
 }
 
 /// The reply of `top_up` of `amount`.

@@ -99,6 +99,16 @@ pub(super) static EXTEND: ScriptSpec = spec!(
             {'not_open', 'already_committed' | 'already_refunded' | 'expired' | 'unknown'}",
 );
 
+/// `grow`: raises an open hold to a new total.
+pub(super) static GROW: ScriptSpec = spec!(
+    "grow",
+    args: account_args!["hold id", "the hold's new total", "least new total"],
+    reply: "{'grown', amount, available}
+            {'insufficient', required, available, credit_limit}
+            {'not_open', 'already_committed' | 'already_refunded' | 'expired' | 'unknown'}
+            {'total_out_of_range', total, amount}",
+);
+
 /// `top_up`: adds credits once per idempotency key, after [`CLAIM_TOP_UP_KEY`] claimed the
 /// key for the account.
 pub(super) static TOP_UP: ScriptSpec = spec!(
@@ -154,8 +164,8 @@ pub(super) static OUTBOX: ScriptSpec = spec!(
 );
 
 /// Every script of the ledger.
-pub(super) static SPECS: [&ScriptSpec; 9] = [
-    &RESERVE, &SETTLE, &EXTEND, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP, &OUTBOX,
+pub(super) static SPECS: [&ScriptSpec; 10] = [
+    &RESERVE, &SETTLE, &EXTEND, &GROW, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP, &OUTBOX,
 ];
 
 /// Builds (hashes) every script of [`SPECS`] and the claim scripts, once per process.
