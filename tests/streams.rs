@@ -1,4 +1,5 @@
-//! Streams that never outrun their hold, and say what they cost at the end: SSE read as
+//! Streams that never outrun their hold, and say what they cost at the end, on the
+//! in-memory ledger, a Redis server and a Redis Cluster: SSE read as
 //! EventSource does, HTTP/1.1 trailers with and without `TE: trailers`, and a gRPC server
 //! stream whose handler ignores `HoldExceeded` (the adversarial twin: it tries to deliver
 //! work nobody pays for).
@@ -6,6 +7,7 @@
 #[path = "../examples/grpc/echo.rs"]
 mod echo;
 mod http_support;
+#[macro_use]
 mod support;
 
 use std::convert::Infallible;
@@ -25,7 +27,9 @@ use support::rig::assert_conserved;
 use tonic::Code;
 use tonic_types::StatusExt;
 use tower_credits::pricing::Pricing;
-use tower_credits::{Charge, ChargeError, CreditLayer, MemoryLedger, Protocol};
+use tower_credits::{
+    Charge, ChargeError, CreditLayer, Ledger, LedgerAdmin, LedgerReports, Protocol,
+};
 
 #[derive(serde::Deserialize)]
 struct Params {
@@ -61,7 +65,7 @@ async fn chunks(charge: Charge, Query(p): Query<Params>) -> axum::body::Body {
     axum::body::Body::from_stream(chunks)
 }
 
-async fn app(ledger: MemoryLedger) -> Server {
+async fn app<L: Ledger>(ledger: L) -> Server {
     let layer = CreditLayer::new(ledger).pricing(
         Pricing::new()
             .route("GET /v1/stream", 20)
@@ -103,9 +107,7 @@ fn get_req(url: &str, key: &str, te_trailers: bool) -> Request<Full<Bytes>> {
 
 /// A stream that ends by itself within its hold ends with `event: credits` and the
 /// figures, no `stop`.
-#[tokio::test]
-async fn an_sse_stream_ends_with_its_cost() {
-    let ledger = MemoryLedger::new();
+async fn an_sse_stream_ends_with_its_cost<L: Ledger + LedgerAdmin + LedgerReports>(ledger: L) {
     let acct = account(&ledger, "acct_sse", "key-sse", 100).await;
     let server = app(ledger.clone()).await;
     let answer = send(
@@ -131,14 +133,17 @@ async fn an_sse_stream_ends_with_its_cost() {
 /// Adversarial twin: a handler that ignores `HoldExceeded` and would send 50 events on a
 /// hold of 20 delivers exactly the 20 paid for, then the layer's `credits` event with
 /// `"stop":"hold-exhausted"`; charged 20.
-#[tokio::test]
-async fn an_sse_stream_past_its_hold_is_cut_and_says_why() {
+async fn an_sse_stream_past_its_hold_is_cut_and_says_why<
+    L: Ledger + LedgerAdmin + LedgerReports,
+>(
+    ledger: L,
+) {
+    let server = app(ledger.clone()).await;
     for polite in [false, true] {
-        let ledger = MemoryLedger::new();
-        let acct = account(&ledger, "acct_cut", "key-cut", 100).await;
-        let server = app(ledger.clone()).await;
+        let key = format!("key-cut-{polite}");
+        let acct = account(&ledger, &format!("acct_cut_{polite}"), &key, 100).await;
         let url = server.url(&format!("/v1/stream?n=50&polite={polite}"));
-        let answer = send(&http1(), get_req(&url, "key-cut", false)).await;
+        let answer = send(&http1(), get_req(&url, &key, false)).await;
         let events = events(&answer.body);
         let data: Vec<_> = events.iter().filter(|(n, _)| n == "message").collect();
         assert_eq!(
@@ -162,9 +167,11 @@ async fn an_sse_stream_past_its_hold_is_cut_and_says_why() {
 /// HTTP/1.1: the head names the trailers it will send; a client that sent `TE: trailers`
 /// gets `credits-cost` at the end, one that did not gets the body alone. HTTP/2 always
 /// gets them. A cut chunked stream says `credits-stop: hold-exhausted`.
-#[tokio::test]
-async fn trailers_reach_http1_clients_that_ask_and_http2_clients() {
-    let ledger = MemoryLedger::new();
+async fn trailers_reach_http1_clients_that_ask_and_http2_clients<
+    L: Ledger + LedgerAdmin + LedgerReports,
+>(
+    ledger: L,
+) {
     account(&ledger, "acct_tr", "key-tr", 1_000).await;
     let server = app(ledger.clone()).await;
     let url = server.url("/v1/chunks?n=3");
@@ -198,9 +205,11 @@ async fn trailers_reach_http1_clients_that_ask_and_http2_clients() {
 /// The gRPC example's `Count` ignores `add`'s result: 1,000 items at 5 credits on a hold
 /// of 20 deliver 4 items, every one paid, and end with `RESOURCE_EXHAUSTED`
 /// (`ErrorInfo{reason: HOLD_EXHAUSTED}`), charged 20.
-#[tokio::test]
-async fn a_grpc_stream_reaching_its_hold_ends_resource_exhausted() {
-    let ledger = MemoryLedger::new();
+async fn a_grpc_stream_reaching_its_hold_ends_resource_exhausted<
+    L: Ledger + LedgerAdmin + LedgerReports,
+>(
+    ledger: L,
+) {
     let acct = account(&ledger, "acct_count", "key-count", 100).await;
     let layer = CreditLayer::new(ledger.clone())
         .protocol(Protocol::Grpc)
@@ -241,3 +250,10 @@ async fn a_grpc_stream_reaching_its_hold_ends_resource_exhausted() {
     assert_eq!((b.committed, b.available), (20, 80));
     server.abort();
 }
+
+on_every_ledger!(
+    an_sse_stream_ends_with_its_cost,
+    an_sse_stream_past_its_hold_is_cut_and_says_why,
+    trailers_reach_http1_clients_that_ask_and_http2_clients,
+    a_grpc_stream_reaching_its_hold_ends_resource_exhausted,
+);

@@ -7,11 +7,12 @@
 //! still cut; a client that hangs up mid-stream pays for what was produced, not the hold.
 
 mod http_support;
+#[macro_use]
 mod support;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::extract::Query;
 use axum::response::sse::{Event, Sse};
@@ -22,10 +23,9 @@ use futures_util::stream::{self, Stream, StreamExt};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use http_support::{account, http1, http2, send, Server};
-use support::redis::{RedisCluster, RedisServer};
 use support::rig::{assert_conserved, wait_until};
 use tower_credits::ledger::{
-    Extend, Extended, Grow, GrowOutcome, RedisLedger, Reserve, ReserveOutcome, Settle, Settlement,
+    Extend, Extended, Grow, GrowOutcome, Reserve, ReserveOutcome, Settle, Settlement,
 };
 use tower_credits::pricing::Pricing;
 use tower_credits::{
@@ -329,71 +329,6 @@ async fn a_client_that_hangs_up_pays_what_was_produced<L: Ledger + LedgerAdmin +
         1,
         "grown once, at event 20"
     );
-}
-
-fn redis() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
-
-fn cluster() -> &'static RedisCluster {
-    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
-    CLUSTER.get_or_init(RedisCluster::start)
-}
-
-/// A fresh key prefix per ledger, so the scenarios sharing a server share no state.
-fn prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("grow{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-async fn redis_ledger() -> RedisLedger {
-    RedisLedger::builder()
-        .url(redis().url())
-        .key_prefix(prefix())
-        .call_timeout(std::time::Duration::from_secs(5))
-        .build()
-        .await
-        .expect("connect to the test redis-server")
-}
-
-async fn cluster_ledger() -> RedisLedger {
-    RedisLedger::builder()
-        .cluster_urls(cluster().urls())
-        .key_prefix(prefix())
-        .call_timeout(std::time::Duration::from_secs(5))
-        .build()
-        .await
-        .expect("connect to the test cluster")
-}
-
-macro_rules! on_every_ledger {
-    ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(tower_credits::MemoryLedger::new()).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::redis_ledger().await).await;
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::cluster_ledger().await).await;
-                }
-            )*
-        }
-    };
 }
 
 on_every_ledger!(
