@@ -84,7 +84,7 @@ use crate::ledger::{
     AccountId, Balance, Configure, CreditEvent, DeadLetter, DynReports, EventOutbox, Extend,
     Extended, Grow, GrowOutcome, HoldId, Ledger, LedgerAdmin, LedgerError, LedgerReports,
     OutboxFuture, Reserve, ReserveOutcome, Settle, SettleDecision, SettleOutcome, Settlement,
-    TopUp, ToppedUp, Usage,
+    StoreResponse, TopUp, ToppedUp, Usage,
 };
 
 /// `credits_requests_total{outcome,reason}`.
@@ -573,6 +573,7 @@ fn reserved(shared: &Shared, call: &Call, outcome: &ReserveOutcome, span: &Span)
         ReserveOutcome::Closed(_) => "closed",
         ReserveOutcome::TooManyHolds { .. } => "too_many_holds",
         ReserveOutcome::UnknownAccount => "unknown_account",
+        ReserveOutcome::Replay(_) => "replay",
         #[allow(unreachable_patterns)]
         _ => "other",
     };
@@ -707,6 +708,11 @@ impl<L: Ledger> Ledger for Metered<L> {
         };
         let inner = span.in_scope(|| self.inner.grow(grow));
         self.future(inner, "grow", span, Some((grown, call)))
+    }
+
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool> {
+        let inner = self.inner.store_response(store);
+        self.future(inner, "store_response", Span::none(), None)
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

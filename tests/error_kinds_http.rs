@@ -126,6 +126,7 @@ impl<L: Ledger> Ledger for Probe<L> {
         settle(s: tower_credits::ledger::Settle) -> tower_credits::ledger::Settlement;
         extend(e: tower_credits::ledger::Extend) -> tower_credits::ledger::Extended;
         grow(g: tower_credits::ledger::Grow) -> tower_credits::ledger::GrowOutcome;
+        store_response(s: tower_credits::ledger::StoreResponse) -> bool;
     }
 }
 

@@ -463,6 +463,9 @@ impl Ledger for Recording {
     fn grow(&self, grow: tower_credits::ledger::Grow) -> Boxed<tower_credits::ledger::GrowOutcome> {
         Box::pin(self.inner.grow(grow))
     }
+    fn store_response(&self, store: tower_credits::ledger::StoreResponse) -> Boxed<bool> {
+        Box::pin(self.inner.store_response(store))
+    }
     fn lookup_api_key(&self, k: &ApiKeyHash) -> Boxed<Option<AccountId>> {
         Box::pin(self.inner.lookup_api_key(k))
     }

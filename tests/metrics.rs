@@ -250,6 +250,9 @@ impl Ledger for Failing {
     ) -> Self::Future<tower_credits::ledger::GrowOutcome> {
         self.fail()
     }
+    fn store_response(&self, _: tower_credits::ledger::StoreResponse) -> Self::Future<bool> {
+        self.fail()
+    }
     fn lookup_api_key(&self, _: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         self.fail()
     }

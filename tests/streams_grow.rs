@@ -59,6 +59,9 @@ impl<L: Ledger> Ledger for CountGrows<L> {
         self.grows.fetch_add(1, Ordering::SeqCst);
         self.inner.grow(grow)
     }
+    fn store_response(&self, store: tower_credits::ledger::StoreResponse) -> Self::Future<bool> {
+        self.inner.store_response(store)
+    }
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         self.inner.lookup_api_key(key)
     }

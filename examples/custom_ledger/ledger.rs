@@ -41,14 +41,15 @@ use tower_credits::clock::{Clock, SystemClock};
 use tower_credits::events::{CreditEvent, EventKind};
 use tower_credits::ledger::runway::{burn_rate_after, decayed_rate, runway_known, runway_secs};
 use tower_credits::ledger::validate::{
-    check_amount, check_idempotency_key, check_route, check_ttl, checked_total,
+    check_amount, check_idempotency_key, check_retention, check_route, check_ttl, checked_total,
 };
 use tower_credits::ledger::{
     check_alerts, RouteUsage, DEFAULT_HOLD_TTL, DEFAULT_RUNWAY_HORIZON, RECLAIM_LIMIT,
 };
 use tower_credits::ledger::{
-    Configure, Extend, Extended, Grow, GrowOutcome, Grown, Held, HoldId, Insufficient, Reserve,
-    ReserveOutcome, Settle, SettleOutcome, Settlement, ToppedUp, Usage,
+    Configure, Extend, Extended, Grow, GrowOutcome, Grown, Held, HoldId, IdempotencyClaim,
+    Insufficient, Replay, Reserve, ReserveOutcome, Settle, SettleOutcome, Settlement,
+    StoreResponse, ToppedUp, Usage,
 };
 use tower_credits::{
     AccountId, ApiKeyHash, Balance, Ledger, LedgerAdmin, LedgerError, LedgerReports, Threshold,
@@ -106,6 +107,53 @@ struct Account {
     forget: BTreeSet<(u64, HoldId)>,
     /// The latest forget-at time: once passed, all of `closed` goes at once.
     closed_until: u64,
+    /// Idempotency records by key digest (a record past its retention counts as none).
+    requests: HashMap<[u8; 32], Request>,
+}
+
+/// What a keyed request came to.
+struct Request {
+    fingerprint: [u8; 32],
+    hold: HoldId,
+    committed_at: Option<u64>,
+    response: Option<bytes::Bytes>,
+    unavailable: bool,
+    until: u64,
+}
+
+impl Account {
+    /// What the first request with `claim`'s key came to, if it still counts (a record
+    /// past its retention, or whose hold expired or was refunded unsettled, does not).
+    fn replay(&mut self, claim: &IdempotencyClaim, now: u64) -> Option<Replay> {
+        let r = self.requests.get(claim.key())?;
+        let replay = if r.until <= now {
+            None
+        } else if r.fingerprint != *claim.fingerprint() {
+            Some(Replay::KeyReused)
+        } else if r.unavailable {
+            Some(Replay::Unavailable)
+        } else if let (Some(_), Some(response)) = (r.committed_at, &r.response) {
+            Some(Replay::Stored {
+                response: response.clone(),
+                available: self.available(),
+            })
+        } else if let Some(at) = r.committed_at {
+            Some(Replay::committed_unstored(now.saturating_sub(at)))
+        } else if self.holds.contains_key(&r.hold) {
+            Some(Replay::InProgress)
+        } else {
+            None
+        };
+        if replay.is_none() {
+            self.requests.remove(claim.key());
+        }
+        replay
+    }
+
+    /// The record of `key` made by `hold`.
+    fn request_of(&mut self, key: &[u8; 32], hold: &HoldId) -> Option<&mut Request> {
+        self.requests.get_mut(key).filter(|r| r.hold == *hold)
+    }
 }
 
 /// An account's thresholds and horizon, and which of its events have fired.
@@ -337,6 +385,9 @@ impl TinyLedger {
         if let Some(route) = r.route_label() {
             check_route(route)?;
         }
+        if let Some(claim) = r.idempotency_claim() {
+            check_retention(claim.retention_period())?;
+        }
         let (now, mut guard) = self.lock();
         let state = &mut *guard;
         state.longest_ttl_ms = state.longest_ttl_ms.max(ttl_ms);
@@ -352,6 +403,11 @@ impl TinyLedger {
         }
         if let Some(&how) = a.closed.get(r.hold_id()) {
             return Ok(ReserveOutcome::Closed(already(how)));
+        }
+        if let Some(claim) = r.idempotency_claim() {
+            if let Some(replay) = a.replay(claim, now) {
+                return Ok(ReserveOutcome::Replay(replay));
+            }
         }
         // All of it, or (with a least amount) what the account can afford down to it.
         let spendable = a.available() as i128 + a.credit_limit as i128;
@@ -382,6 +438,17 @@ impl TinyLedger {
                 route: r.route_label().map(str::to_owned),
             },
         );
+        if let Some(claim) = r.idempotency_claim() {
+            let request = Request {
+                fingerprint: *claim.fingerprint(),
+                hold: r.hold_id().clone(),
+                committed_at: None,
+                response: None,
+                unavailable: false,
+                until: now + claim.retention_period().as_millis() as u64,
+            };
+            a.requests.insert(*claim.key(), request);
+        }
         Ok(ReserveOutcome::Held(a.held(amount, expires_at_ms, now)))
     }
 
@@ -445,6 +512,16 @@ impl TinyLedger {
         }
         let forget_at = now.max(hold.expires_at_ms) + CLOSED_GRACE_MS;
         a.remember(id.clone(), outcome, forget_at);
+        if let Some(key) = s.idempotency_key() {
+            if outcome == SettleOutcome::Committed {
+                if let Some(r) = a.request_of(key, id) {
+                    r.committed_at = Some(now);
+                }
+            } else if a.request_of(key, id).is_some() {
+                // Refunded: the retry runs again.
+                a.requests.remove(key);
+            }
+        }
         let mut settlement = a.settlement(outcome, now);
         settlement.committed = charged;
         settlement.released = hold.amount - charged;
@@ -578,6 +655,20 @@ impl Ledger for TinyLedger {
 
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
         ready(self.do_grow(&grow))
+    }
+
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool> {
+        let (_, mut state) = self.lock();
+        let stored = state
+            .accounts
+            .get_mut(store.account())
+            .and_then(|a| a.request_of(store.key(), store.hold_id()))
+            .map(|r| match store.response() {
+                Some(response) => r.response = Some(response.clone()),
+                None => r.unavailable = true,
+            })
+            .is_some();
+        ready(Ok(stored))
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

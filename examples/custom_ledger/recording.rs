@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tower_credits::ledger::{
     Configure, Extend, Extended, Grow, GrowOutcome, Reserve, ReserveOutcome, Settle, Settlement,
-    ToppedUp, Usage,
+    StoreResponse, ToppedUp, Usage,
 };
 use tower_credits::{AccountId, ApiKeyHash, Balance, Ledger, LedgerAdmin, LedgerReports, TopUp};
 
@@ -22,6 +22,8 @@ pub enum Recorded {
     Extend(Extend),
     /// [`Ledger::grow`].
     Grow(Grow),
+    /// [`Ledger::store_response`].
+    StoreResponse(StoreResponse),
     /// [`Ledger::lookup_api_key`].
     LookupApiKey(ApiKeyHash),
     /// [`LedgerAdmin::top_up`].
@@ -68,6 +70,12 @@ impl fmt::Display for Recorded {
                 g.hold_id(),
                 g.account(),
                 g.amount()
+            ),
+            Self::StoreResponse(s) => write!(
+                f,
+                "store the response of {} of {}",
+                s.hold_id(),
+                s.account()
             ),
             Self::LookupApiKey(key) => write!(f, "look up API key {key:?}"),
             Self::TopUp(t) => write!(
@@ -135,6 +143,11 @@ impl<L: Ledger> Ledger for RecordingLedger<L> {
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
         self.record(Recorded::Grow(grow.clone()));
         self.inner.grow(grow)
+    }
+
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool> {
+        self.record(Recorded::StoreResponse(store.clone()));
+        self.inner.store_response(store)
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

@@ -65,6 +65,7 @@
 mod alerts;
 mod concurrency;
 mod grow;
+mod idempotency;
 mod keys;
 pub mod model;
 mod outbox;
@@ -148,6 +149,11 @@ macro_rules! conformance_suite {
             grow_of_a_closed_hold_is_not_open,
             grow_past_max_total_is_refused,
             concurrent_grows_never_overspend,
+            a_keyed_request_is_replayed_once_stored,
+            a_refunded_or_expired_request_runs_again,
+            a_committed_request_never_runs_again,
+            keys_are_per_account_and_expire,
+            concurrent_duplicates_hold_once,
             invalid_ttl_is_refused,
             invalid_arguments_write_nothing,
             usage_by_route_accumulates,
@@ -181,6 +187,11 @@ pub use grow::{
     a_retried_grow_holds_nothing_twice, an_unaffordable_grow_writes_nothing,
     concurrent_grows_never_overspend, grow_of_a_closed_hold_is_not_open,
     grow_past_max_total_is_refused, grow_raises_an_open_hold,
+};
+pub use idempotency::{
+    a_committed_request_never_runs_again, a_keyed_request_is_replayed_once_stored,
+    a_refunded_or_expired_request_runs_again, concurrent_duplicates_hold_once,
+    keys_are_per_account_and_expire,
 };
 pub use keys::api_keys_register_lookup_revoke;
 pub use model::model_state_machine;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::{
     AccountId, Balance, Configure, Extend, Extended, Grow, GrowOutcome, Ledger, LedgerAdmin,
-    LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle, Settlement, TopUp, ToppedUp,
-    Usage,
+    LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle, Settlement, StoreResponse, TopUp,
+    ToppedUp, Usage,
 };
 use crate::api_key::ApiKeyHash;
 
@@ -74,6 +74,7 @@ trait Erased: Send + Sync + 'static {
     fn settle(&self, settle: Settle) -> BoxLedgerFuture<Settlement>;
     fn extend(&self, extend: Extend) -> BoxLedgerFuture<Extended>;
     fn grow(&self, grow: Grow) -> BoxLedgerFuture<GrowOutcome>;
+    fn store_response(&self, store: StoreResponse) -> BoxLedgerFuture<bool>;
     fn lookup_api_key(&self, key: &ApiKeyHash) -> BoxLedgerFuture<Option<AccountId>>;
     fn top_up(&self, top_up: TopUp) -> BoxLedgerFuture<ToppedUp>;
     fn configure(&self, configure: Configure) -> BoxLedgerFuture<()>;
@@ -95,6 +96,9 @@ impl<L: Ledger + LedgerAdmin + LedgerReports> Erased for L {
     }
     fn grow(&self, grow: Grow) -> BoxLedgerFuture<GrowOutcome> {
         Box::pin(Ledger::grow(self, grow))
+    }
+    fn store_response(&self, store: StoreResponse) -> BoxLedgerFuture<bool> {
+        Box::pin(Ledger::store_response(self, store))
     }
     fn lookup_api_key(&self, key: &ApiKeyHash) -> BoxLedgerFuture<Option<AccountId>> {
         Box::pin(Ledger::lookup_api_key(self, key))
@@ -133,6 +137,9 @@ impl Ledger for BoxLedger {
     }
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
         self.inner.grow(grow)
+    }
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool> {
+        self.inner.store_response(store)
     }
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         self.inner.lookup_api_key(key)

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     AccountId, Balance, Configure, DynReports, Extend, Extended, Grow, GrowOutcome, Ledger,
-    LedgerAdmin, LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle, Settlement, TopUp,
-    ToppedUp, Usage,
+    LedgerAdmin, LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle, Settlement,
+    StoreResponse, TopUp, ToppedUp, Usage,
 };
 use crate::api_key::ApiKeyHash;
 
@@ -157,6 +157,10 @@ impl<L: LedgerReports> Ledger for CachedReads<L> {
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
         self.forget(grow.account());
         Self::pass(self.inner.grow(grow))
+    }
+
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool> {
+        Self::pass(self.inner.store_response(store))
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

@@ -12,14 +12,15 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
+use super::idempotency::check_retention;
 use super::outbox_memory::MemoryOutbox;
 use super::{
     burn_rate_after, check_alerts, check_idempotency_key, check_route, check_ttl, decayed_rate,
     runway::runway_known, runway_secs, AccountId, AccountSettings, Alerts, Balance, Configure,
     CreditEvent, DeadLetter, EventKind, EventOutbox, Extend, Extended, Grow, GrowOutcome, Grown,
-    Held, HoldId, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports, LongestTtl,
-    OutboxFuture, Reserve, ReserveOutcome, RouteUsage, Settle, SettleOutcome, Settlement, TopUp,
-    ToppedUp, Usage, RECLAIM_LIMIT,
+    Held, HoldId, IdempotencyClaim, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports,
+    LongestTtl, OutboxFuture, Replay, Reserve, ReserveOutcome, RouteUsage, Settle, SettleOutcome,
+    Settlement, StoreResponse, TopUp, ToppedUp, Usage, RECLAIM_LIMIT,
 };
 use crate::amount::{check_amount, checked_total};
 use crate::api_key::ApiKeyHash;
@@ -216,6 +217,36 @@ struct AccountState {
     first_commit_ms: Option<u64>,
     usage: BTreeMap<String, RouteUsage>,
     activity: Option<Box<Activity>>,
+    /// Idempotency records, kept apart and dropped once empty.
+    requests: Option<Box<Requests>>,
+}
+
+/// The idempotency records of one account, by key digest, with their expiry index.
+#[derive(Default)]
+struct Requests {
+    records: FastMap<[u8; 32], Record>,
+    expiry: BTreeSet<(u64, [u8; 32])>,
+}
+
+/// What a keyed request came to (see [`idempotency`](super::idempotency)).
+struct Record {
+    fingerprint: [u8; 32],
+    hold: HoldId,
+    /// When its hold was committed (ms), once it was.
+    committed_at: Option<u64>,
+    response: Option<bytes::Bytes>,
+    /// The response cannot be replayed (too large to store).
+    unavailable: bool,
+    /// When it is forgotten (ms): its entry in the expiry index.
+    expires_at: u64,
+}
+
+impl Requests {
+    fn remove(&mut self, key: &[u8; 32]) {
+        if let Some(record) = self.records.remove(key) {
+            self.expiry.remove(&(record.expires_at, *key));
+        }
+    }
 }
 
 /// Open holds and recently closed ids of one account.
@@ -333,9 +364,81 @@ impl AccountState {
         if activity.is_empty() {
             self.activity = None;
         }
+        self.forget_requests(now_ms);
         // Expired holds give credits back, but only a top-up re-arms a threshold: a caller
         // who lets holds lapse must not get a second warning for the same fall.
         self.held -= released;
+    }
+
+    /// Forgets up to [`RECLAIM_LIMIT`] idempotency records past their retention.
+    fn forget_requests(&mut self, now_ms: u64) {
+        let Some(requests) = self.requests.as_deref_mut() else {
+            return;
+        };
+        for _ in 0..RECLAIM_LIMIT {
+            match requests.expiry.first() {
+                Some(&(at, key)) if at <= now_ms => {
+                    requests.expiry.pop_first();
+                    requests.records.remove(&key);
+                }
+                _ => break,
+            }
+        }
+        if requests.records.is_empty() {
+            self.requests = None;
+        }
+    }
+
+    /// What the first request with `claim`'s key came to, if it still counts; a record
+    /// whose hold expired or was refunded unsettled is dropped (the retry runs again).
+    fn replay(&mut self, claim: &IdempotencyClaim, now_ms: u64) -> Option<Replay> {
+        let record = self.requests.as_deref()?.records.get(claim.key())?;
+        if record.expires_at <= now_ms {
+            self.requests.as_deref_mut()?.remove(claim.key());
+            return None;
+        }
+        if record.fingerprint != *claim.fingerprint() {
+            return Some(Replay::KeyReused);
+        }
+        let replay = match (record.committed_at, &record.response) {
+            _ if record.unavailable => Some(Replay::Unavailable),
+            (Some(_), Some(response)) => Some(Replay::Stored {
+                response: response.clone(),
+                available: self.available(),
+            }),
+            (Some(at), None) => Some(Replay::committed_unstored(now_ms.saturating_sub(at))),
+            (None, _) if self.open_hold(&record.hold).is_some() => Some(Replay::InProgress),
+            (None, _) => None,
+        };
+        if replay.is_none() {
+            let requests = self.requests.as_deref_mut().expect("read above");
+            requests.remove(claim.key());
+        }
+        replay
+    }
+
+    /// Records `claim` for the hold `hold` just placed.
+    fn claim(&mut self, claim: &IdempotencyClaim, hold: &HoldId, now_ms: u64) {
+        let requests = self.requests.get_or_insert_default();
+        let expires_at = now_ms + claim.retention_period().as_millis() as u64;
+        requests.expiry.insert((expires_at, *claim.key()));
+        requests.records.insert(
+            *claim.key(),
+            Record {
+                fingerprint: *claim.fingerprint(),
+                hold: hold.clone(),
+                committed_at: None,
+                response: None,
+                unavailable: false,
+                expires_at,
+            },
+        );
+    }
+
+    /// The record of `key` made by `hold`, if it is still kept.
+    fn record_of(&mut self, key: &[u8; 32], hold: &HoldId) -> Option<&mut Record> {
+        let record = self.requests.as_deref_mut()?.records.get_mut(key)?;
+        (record.hold == *hold).then_some(record)
     }
 
     /// Remembers how `id` closed, until `forget_at` (ms).
@@ -486,6 +589,9 @@ impl MemoryLedger {
         if let Some(route) = &r.route {
             check_route(route)?;
         }
+        if let Some(claim) = &r.idempotency {
+            check_retention(claim.retention_period())?;
+        }
         self.inner.longest_ttl.note(ttl_ms);
         let max_open = self.inner.max_open_holds;
         let outbox = &self.inner.outbox;
@@ -503,6 +609,11 @@ impl MemoryLedger {
             }
             if let Some(how) = state.closed(&r.hold_id) {
                 return Ok(ReserveOutcome::Closed(already(how)));
+            }
+            if let Some(claim) = &r.idempotency {
+                if let Some(replay) = state.replay(claim, now) {
+                    return Ok(ReserveOutcome::Replay(replay));
+                }
             }
             let spendable = state.available() as i128 + state.credit_limit as i128;
             // All of it, or (with a minimum) what the account can afford down to it.
@@ -530,6 +641,9 @@ impl MemoryLedger {
             checked_total(state.committed, held)?;
             let expires_at_ms = now + ttl_ms;
             state.held = held;
+            if let Some(claim) = &r.idempotency {
+                state.claim(claim, &r.hold_id, now);
+            }
             let activity = state.activity();
             activity.expiry.insert((expires_at_ms, r.hold_id.clone()));
             activity.holds.insert(
@@ -561,6 +675,7 @@ impl MemoryLedger {
         account: &AccountId,
         hold_id: &HoldId,
         actual: Option<u64>,
+        key: Option<&[u8; 32]>,
     ) -> Result<Settlement, LedgerError> {
         if let Some(actual) = actual {
             check_amount(actual)?;
@@ -627,6 +742,22 @@ impl MemoryLedger {
                 }
             }
             state.close(hold_id, outcome, forget_at(now, hold.expires_at_ms));
+            if let Some(key) = key {
+                match outcome {
+                    SettleOutcome::Committed => {
+                        if let Some(record) = state.record_of(key, hold_id) {
+                            record.committed_at = Some(now);
+                        }
+                    }
+                    _ => {
+                        // Refunded: the retry runs again.
+                        if state.record_of(key, hold_id).is_some() {
+                            let requests = state.requests.as_deref_mut().expect("found");
+                            requests.remove(key);
+                        }
+                    }
+                }
+            }
             let mut settlement = state.settlement(outcome, now);
             settlement.committed = charged;
             settlement.released = hold.amount - charged;
@@ -786,7 +917,12 @@ impl Ledger for MemoryLedger {
     }
 
     fn settle(&self, settle: Settle) -> Self::Future<Settlement> {
-        ready(self.do_settle(settle.account(), settle.hold_id(), settle.actual()))
+        ready(self.do_settle(
+            settle.account(),
+            settle.hold_id(),
+            settle.actual(),
+            settle.idempotency_key(),
+        ))
     }
 
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
@@ -795,6 +931,23 @@ impl Ledger for MemoryLedger {
 
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
         ready(self.do_grow(&grow))
+    }
+
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool> {
+        let result = self.with_account(store.account(), |state, _now| {
+            let Some(record) = state.record_of(store.key(), store.hold_id()) else {
+                return Ok(false);
+            };
+            match store.response() {
+                Some(response) => record.response = Some(response.clone()),
+                None => record.unavailable = true,
+            }
+            Ok(true)
+        });
+        ready(match result {
+            Err(LedgerError::UnknownAccount) => Ok(false),
+            other => other,
+        })
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
@@ -909,12 +1062,15 @@ mod tests {
         ledger
             .do_reserve(Reserve::new(acct.clone(), hold.clone(), 4).ttl(ttl))
             .unwrap();
-        ledger.do_settle(&acct, &hold, Some(4)).unwrap();
+        ledger.do_settle(&acct, &hold, Some(4), None).unwrap();
         assert!(has_tables(&ledger), "the closed id is remembered");
         // Up to the hold's expiry + 1 s a late call about it still gets its answer.
         clock.advance(Duration::from_millis(5_999));
         assert_eq!(
-            ledger.do_settle(&acct, &hold, Some(4)).unwrap().outcome,
+            ledger
+                .do_settle(&acct, &hold, Some(4), None)
+                .unwrap()
+                .outcome,
             SettleOutcome::AlreadyCommitted
         );
         assert!(has_tables(&ledger));
@@ -932,8 +1088,8 @@ mod tests {
         };
         reserve(&long, 60);
         reserve(&short, 2);
-        ledger.do_settle(&acct, &long, Some(1)).unwrap();
-        ledger.do_settle(&acct, &short, Some(1)).unwrap();
+        ledger.do_settle(&acct, &long, Some(1), None).unwrap();
+        ledger.do_settle(&acct, &short, Some(1), None).unwrap();
         clock.advance(Duration::from_secs(3));
         let closed = |id: &HoldId| ledger.shard(&acct).lock().accounts[&acct].closed(id);
         ledger.do_top_up(&acct, 1, "pay-3").unwrap();
@@ -955,9 +1111,9 @@ mod tests {
         ledger
             .do_reserve(Reserve::new(acct.clone(), first.clone(), 1).ttl(ttl))
             .unwrap();
-        ledger.do_settle(&acct, &first, None).unwrap();
+        ledger.do_settle(&acct, &first, None, None).unwrap();
         let late = HoldId::generate();
-        ledger.do_settle(&acct, &late, None).unwrap();
+        ledger.do_settle(&acct, &late, None, None).unwrap();
         // Past the default TTL, the tombstone still stands for a 600 s reserve.
         clock.advance(Duration::from_secs(600));
         let r = ledger

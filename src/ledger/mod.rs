@@ -46,6 +46,7 @@ mod boxed;
 mod cached_reads;
 mod error;
 pub(crate) mod events;
+pub mod idempotency;
 mod ids;
 mod memory;
 mod outbox_memory;
@@ -70,6 +71,7 @@ pub use events::{
     MAX_RUNWAY_HORIZON, MAX_THRESHOLDS,
 };
 pub(crate) use events::{CreditEvent, DeadLetter, EventKind, EventOutbox};
+pub use idempotency::{IdempotencyClaim, Replay, StoreResponse};
 pub(crate) use ids::{check_idempotency_key, check_route};
 pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
 pub use memory::{MemoryLedger, MemoryLedgerBuilder};
@@ -138,6 +140,11 @@ pub trait Ledger: Clone + Send + Sync + 'static {
     /// one atomic step; see [`Grow`]. Never holds past `-credit_limit`, however many grows
     /// and reserves race; a grow to a total the hold already has changes nothing.
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome>;
+
+    /// Keeps the response of a keyed request for its replays (or marks it not replayable),
+    /// when the record of its key was made by that hold; `true` if it was. See
+    /// [`idempotency`].
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool>;
 
     /// The account an API key belongs to.
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>>;
@@ -266,6 +273,9 @@ impl Ledger for AnyLedger {
     }
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
         dispatch!(self, l => l.grow(grow))
+    }
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool> {
+        dispatch!(self, l => l.store_response(store))
     }
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         dispatch!(self, l => l.lookup_api_key(key))

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{AccountId, CreditEvent, HoldId, Threshold};
+use super::{AccountId, CreditEvent, HoldId, IdempotencyClaim, Replay, Threshold};
 
 /// Default time a hold lives before the ledger reclaims it: 60 seconds.
 pub const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(60);
@@ -30,6 +30,7 @@ pub struct Reserve {
     pub(crate) ttl: Duration,
     pub(crate) route: Option<Arc<str>>,
     pub(crate) min_amount: Option<u64>,
+    pub(crate) idempotency: Option<IdempotencyClaim>,
 }
 
 impl Reserve {
@@ -42,7 +43,21 @@ impl Reserve {
             ttl: DEFAULT_HOLD_TTL,
             route: None,
             min_amount: None,
+            idempotency: None,
         }
+    }
+
+    /// Claims an idempotency key in the same atomic step (see
+    /// [`idempotency`](super::idempotency)): a first request holds and records the claim;
+    /// a retry holds nothing and gets [`ReserveOutcome::Replay`].
+    pub fn idempotency(mut self, claim: IdempotencyClaim) -> Self {
+        self.idempotency = Some(claim);
+        self
+    }
+
+    /// The idempotency claim, if any.
+    pub fn idempotency_claim(&self) -> Option<&IdempotencyClaim> {
+        self.idempotency.as_ref()
     }
 
     /// Holds what the account can afford, down to `credits`, when it cannot afford the
@@ -127,6 +142,7 @@ pub struct Settle {
     account: AccountId,
     hold_id: HoldId,
     decision: SettleDecision,
+    idempotency: Option<[u8; 32]>,
 }
 
 impl Settle {
@@ -150,7 +166,20 @@ impl Settle {
             account: account.into(),
             hold_id: hold_id.into(),
             decision,
+            idempotency: None,
         }
+    }
+
+    /// The idempotency key (its digest) the hold's reserve claimed: a commit marks the
+    /// record committed, a refund deletes it.
+    pub fn idempotency(mut self, key: [u8; 32]) -> Self {
+        self.idempotency = Some(key);
+        self
+    }
+
+    /// The idempotency key's digest, if any.
+    pub fn idempotency_key(&self) -> Option<&[u8; 32]> {
+        self.idempotency.as_ref()
     }
 
     /// The account of the hold.
@@ -403,6 +432,9 @@ pub enum ReserveOutcome {
     /// The account has never been topped up or configured: nothing was written (no
     /// account, no tombstone).
     UnknownAccount,
+    /// The reserve's idempotency key was used before: what that request came to. Nothing
+    /// was held.
+    Replay(Replay),
 }
 
 /// A hold that was placed (or found already placed, for a retried reserve).

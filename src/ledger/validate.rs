@@ -17,5 +17,6 @@
 //! ```
 
 pub use super::check_ttl;
+pub use super::idempotency::check_retention;
 pub use super::ids::{check_idempotency_key, check_route};
 pub use crate::amount::{check_amount, checked_total};

@@ -177,6 +177,7 @@ down! {
         settle(tower_credits::ledger::Settle) -> tower_credits::ledger::Settlement;
         extend(tower_credits::ledger::Extend) -> tower_credits::ledger::Extended;
         grow(tower_credits::ledger::Grow) -> tower_credits::ledger::GrowOutcome;
+        store_response(tower_credits::ledger::StoreResponse) -> bool;
         lookup_api_key(&tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
     }
     LedgerAdmin {
@@ -266,6 +267,7 @@ switch! {
         settle(s: tower_credits::ledger::Settle) -> tower_credits::ledger::Settlement;
         extend(e: tower_credits::ledger::Extend) -> tower_credits::ledger::Extended;
         grow(g: tower_credits::ledger::Grow) -> tower_credits::ledger::GrowOutcome;
+        store_response(s: tower_credits::ledger::StoreResponse) -> bool;
         lookup_api_key(k: &tower_credits::ApiKeyHash) -> Option<tower_credits::AccountId>;
     }
     LedgerAdmin {

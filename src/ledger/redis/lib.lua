@@ -372,3 +372,18 @@ local function open_account(offset, grace)
   local now = now_ms(offset)
   return a, now, reclaim(a, now, grace)
 end
+
+-- The idempotency record of a key digest (hex): <prefix>:{<account>}:req:<digest>, in the
+-- account's slot (named from KEYS[1], <prefix>:{<account>}:acct).
+local function request_key(digest)
+  if type(digest) ~= 'string' or not string.find(digest, '^%x+$') or #digest ~= 64 then
+    bad('idempotency key')
+  end
+  return string.sub(KEYS[1], 1, -5) .. 'req:' .. digest
+end
+
+-- Whether the record `rk` was made by hold `id` (a record another request made is left
+-- alone).
+local function request_of(rk, id)
+  return redis.call('HGET', rk, 'hold') == id
+end

@@ -165,13 +165,14 @@ use redis::Value;
 use super::{
     check_alerts, check_idempotency_key, check_route, check_ttl, AccountId, AccountSettings,
     Balance, Configure, Extend, Extended, Grow, GrowOutcome, HoldId, Ledger, LedgerAdmin,
-    LedgerError, LedgerReports, LongestTtl, Reserve, ReserveOutcome, Settle, Settlement, TopUp,
-    ToppedUp, Usage,
+    LedgerError, LedgerReports, LongestTtl, Reserve, ReserveOutcome, Settle, Settlement,
+    StoreResponse, TopUp, ToppedUp, Usage,
 };
 use crate::amount::check_amount;
 use crate::api_key::ApiKeyHash;
 #[cfg(feature = "test-util")]
 use crate::clock::ManualClock;
+use crate::ledger::idempotency::{check_retention, STORE_GRACE};
 
 mod builder;
 mod conn;
@@ -194,7 +195,7 @@ use conn::{ledger_error, Conn};
 use reply::unexpected;
 use scripts::{
     Args, ScriptSpec, BALANCE, CLAIM_TOP_UP_KEY, CONFIGURE, EXTEND, GROW, RELEASE_TOP_UP_KEY,
-    RESERVE, SETTLE, TOP_UP, USAGE,
+    RESERVE, SETTLE, STORE, TOP_UP, USAGE,
 };
 
 /// The future of every [`RedisLedger`] operation: one boxed network call.
@@ -389,6 +390,9 @@ impl RedisLedger {
         if let Some(route) = &r.route {
             check_route(route)?;
         }
+        if let Some(claim) = &r.idempotency {
+            check_retention(claim.retention_period())?;
+        }
         self.inner.longest_ttl.note(ttl_ms);
         let limit = self.inner.max_open_holds;
         // A limit past MAX_AMOUNT cannot be reached: send none.
@@ -405,6 +409,14 @@ impl RedisLedger {
                 .arg(r.min_amount.map_or(String::new(), |m| m.to_string()))
                 .arg(self.inner.replica.as_str())
                 .arg(self.inner.event_lease_ms);
+            match &r.idempotency {
+                Some(claim) => inv
+                    .arg(hex::encode(claim.key()))
+                    .arg(hex::encode(claim.fingerprint()))
+                    .arg(claim.retention_period().as_millis() as u64),
+                None => inv.arg("").arg("").arg(0),
+            }
+            .arg(STORE_GRACE.as_millis() as u64);
         });
         let ledger = self.clone();
         Ok(Box::pin(async move {
@@ -425,6 +437,7 @@ impl RedisLedger {
         account: &AccountId,
         hold: &HoldId,
         actual: Option<u64>,
+        key: Option<&[u8; 32]>,
     ) -> Result<RedisFuture<Settlement>, LedgerError> {
         if let Some(actual) = actual {
             check_amount(actual)?;
@@ -435,7 +448,8 @@ impl RedisLedger {
                 .arg(actual.unwrap_or(0))
                 .arg(self.inner.longest_ttl.get())
                 .arg(self.inner.replica.as_str())
-                .arg(self.inner.event_lease_ms);
+                .arg(self.inner.event_lease_ms)
+                .arg(key.map(hex::encode).unwrap_or_default());
         });
         let (ledger, account) = (self.clone(), account.clone());
         Ok(Box::pin(async move {
@@ -581,7 +595,12 @@ impl Ledger for RedisLedger {
     }
 
     fn settle(&self, settle: Settle) -> Self::Future<Settlement> {
-        boxed(self.do_settle(settle.account(), settle.hold_id(), settle.actual()))
+        boxed(self.do_settle(
+            settle.account(),
+            settle.hold_id(),
+            settle.actual(),
+            settle.idempotency_key(),
+        ))
     }
 
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
@@ -590,6 +609,18 @@ impl Ledger for RedisLedger {
 
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
         boxed(self.do_grow(&grow))
+    }
+
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool> {
+        let call = self.account_script(&STORE, store.account(), |inv| {
+            inv.arg(store.hold_id().as_str())
+                .arg(hex::encode(store.key()));
+            match store.response() {
+                Some(response) => inv.arg("response").arg(response.as_ref()),
+                None => inv.arg("unavailable").arg(""),
+            };
+        });
+        Box::pin(async move { reply::store(call.await?) })
     }
 
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {

@@ -9,12 +9,12 @@ use std::fmt;
 use redis::Value;
 
 use super::scripts::{
-    BALANCE, CONFIGURE, EXTEND, GROW, OUTBOX, RESERVE, SETTLE, SWEEP, TOP_UP, USAGE,
+    BALANCE, CONFIGURE, EXTEND, GROW, OUTBOX, RESERVE, SETTLE, STORE, SWEEP, TOP_UP, USAGE,
 };
 use crate::ledger::{
     decayed_rate, runway_secs, AccountId, Balance, CreditEvent, DeadLetter, EventKind, Extended,
-    GrowOutcome, Grown, Held, Insufficient, LedgerError, ReserveOutcome, SettleOutcome, Settlement,
-    ToppedUp, Usage,
+    GrowOutcome, Grown, Held, Insufficient, LedgerError, Replay, ReserveOutcome, SettleOutcome,
+    Settlement, ToppedUp, Usage,
 };
 
 /// A reply no script of this version sends: a mismatch between the Rust side and the
@@ -85,6 +85,14 @@ impl Reply {
             }
             Value::SimpleString(s) => Ok(s),
             other => Err(self.err(format!("expected a string, got {other:?}"))),
+        }
+    }
+
+    /// The next item, as bytes.
+    fn bytes(&mut self) -> Result<bytes::Bytes, LedgerError> {
+        match self.next()? {
+            Value::BulkString(bytes) => Ok(bytes.into()),
+            other => Err(self.err(format!("expected bytes, got {other:?}"))),
         }
     }
 
@@ -294,6 +302,16 @@ pub(super) fn reserve(
             Ok(ReserveOutcome::Insufficient(refusal))
         }
         "closed" => Ok(ReserveOutcome::Closed(reply.outcome()?)),
+        "replay" => Ok(ReserveOutcome::Replay(match reply.string()?.as_str() {
+            "in_progress" => Replay::InProgress,
+            "key_reused" => Replay::KeyReused,
+            "unavailable" => Replay::Unavailable,
+            "stored" => Replay::Stored {
+                response: reply.bytes()?,
+                available: reply.i64()?,
+            },
+            other => return Err(reply.err(format!("unknown replay {other:?}"))),
+        })),
         "too_many_holds" => Ok(ReserveOutcome::TooManyHolds {
             limit: limit.ok_or_else(|| reply.err("too_many_holds without a limit"))?,
         }),
@@ -370,6 +388,17 @@ pub(super) fn grow(value: Value) -> Result<GrowOutcome, LedgerError> {
     };
     reply.end()?;
     Ok(outcome)
+}
+
+/// The reply of `store`.
+pub(super) fn store(value: Value) -> Result<bool, LedgerError> {
+    let mut reply = Reply::new(STORE.name, value)?;
+    let stored = match reply.string()?.as_str() {
+        "stored" => reply.flag()?,
+        tag => return Err(reply.unknown_tag(tag)),
+    };
+    reply.end()?;
+    Ok(stored)
 }
 
 /// The reply of `top_up` of `amount`.

@@ -20,6 +20,10 @@
 -- ARGV[8]: least amount to hold ('' for all or nothing)
 -- ARGV[9]: replica: who a depletion event this refusal detects is leased to
 -- ARGV[10]: event lease, ms
+-- ARGV[11]: idempotency key digest, hex ('' for none)
+-- ARGV[12]: request fingerprint, hex ('' for none)
+-- ARGV[13]: idempotency retention, ms
+-- ARGV[14]: store grace, ms: a committed record without a response is in progress so long
 -- holds_due, events_due: 0, or when the holds / events due-index must look at the
 -- account (ms): the caller then writes the index entry.
 -- Returns one of:
@@ -30,6 +34,8 @@
 --   {'too_many_holds'}
 --   {'total_out_of_range', total, amount}   (the sum that would pass MAX_AMOUNT)
 --   {'unknown_account'}                     (nothing written)
+--   {'replay', 'in_progress' | 'key_reused' | 'unavailable'}  (the key was used: nothing held)
+--   {'replay', 'stored', response, available}
 
 local offset, grace = common_args()
 local id = hold_id_arg(3)
@@ -50,6 +56,15 @@ if not least or least > amount then
 end
 local owner = replica_arg(9)
 local lease_ms = uint_arg(10, 'event lease', 86400000)
+local rk, fingerprint, retention = nil, ARGV[12], nil
+if ARGV[11] ~= '' then
+  rk = request_key(ARGV[11])
+  if type(fingerprint) ~= 'string' or #fingerprint ~= 64 then
+    bad('fingerprint')
+  end
+  retention = uint_arg(13, 'retention', 2592000000)
+end
+local store_grace = uint_arg(14, 'store grace', 86400000)
 
 local a, now = open_account(offset, grace)
 if not a then
@@ -65,6 +80,32 @@ end
 local how = closed_how(id)
 if how then
   return { 'closed', already(how) }
+end
+if rk then
+  -- The first request with this key: what it came to, if it still counts.
+  local r = redis.call('HMGET', rk, 'fp', 'hold', 'committed_at', 'response', 'unavailable',
+    'until')
+  if r[1] and now >= tonumber(r[6]) then
+    -- Past its retention (on this clock; the key's TTL only cleans up).
+    redis.call('DEL', rk)
+  elseif r[1] then
+    if r[1] ~= fingerprint then
+      return { 'replay', 'key_reused' }
+    elseif r[5] then
+      return { 'replay', 'unavailable' }
+    elseif r[3] and r[4] then
+      return { 'replay', 'stored', r[4], available(a) }
+    elseif r[3] then
+      if now - tonumber(r[3]) < store_grace then
+        return { 'replay', 'in_progress' }
+      end
+      return { 'replay', 'unavailable' }
+    elseif redis.call('HEXISTS', KEYS[2], r[2]) == 1 then
+      return { 'replay', 'in_progress' }
+    end
+    -- Its hold expired or was refunded unsettled: nothing was charged; run it again.
+    redis.call('DEL', rk)
+  end
 end
 -- amount > available + credit_limit, written so that no sum leaves the exact range. With a
 -- least amount, hold what the account can afford down to it, in this same atomic step.
@@ -99,6 +140,10 @@ else
 end
 redis.call('ZADD', KEYS[3], expires_at, id)
 a.held = a.held + amount
+if rk then
+  redis.call('HSET', rk, 'fp', fingerprint, 'hold', id, 'until', now + retention)
+  redis.call('PEXPIRE', rk, retention + grace)
+end
 if expires_at < a.next_expiry then
   -- The earliest open hold now: the next reclaim looks once it has passed.
   a.next_expiry = expires_at

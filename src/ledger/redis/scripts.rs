@@ -72,20 +72,22 @@ macro_rules! spec {
 /// `reserve`: holds credits of one account.
 pub(super) static RESERVE: ScriptSpec = spec!(
     "reserve",
-    args: account_args!["hold id", "amount to hold", "hold ttl", "route label", "most open holds", "least amount to hold", "replica", "event lease"],
+    args: account_args!["hold id", "amount to hold", "hold ttl", "route label", "most open holds", "least amount to hold", "replica", "event lease", "idempotency key digest", "request fingerprint", "idempotency retention", "store grace"],
     reply: "{'held', amount, available, credit_limit, {thresholds}, expires_at_ms, replayed 0|1,
             rate, rate_at_ms, now_ms, holds_due}
             {'insufficient', required, available, credit_limit, {events}, events_due}
             {'closed', 'already_committed' | 'already_refunded' | 'expired'}
             {'too_many_holds'}
             {'total_out_of_range', total, amount}
-            {'unknown_account'}",
+            {'unknown_account'}
+            {'replay', 'in_progress' | 'key_reused' | 'unavailable'}
+            {'replay', 'stored', response, available}",
 );
 
 /// `settle`: commits or refunds one hold.
 pub(super) static SETTLE: ScriptSpec = spec!(
     "settle",
-    args: account_args!["hold id", "'commit' or 'refund'", "actual cost", "tombstone ttl", "replica", "event lease"],
+    args: account_args!["hold id", "'commit' or 'refund'", "actual cost", "tombstone ttl", "replica", "event lease", "idempotency key digest"],
     reply: "{'settled', outcome, committed, released, clamped 0|1, available, {thresholds},
             rate, rate_at_ms, now_ms, {events}, events_due}
             {'unknown_account'}",
@@ -107,6 +109,13 @@ pub(super) static GROW: ScriptSpec = spec!(
             {'insufficient', required, available, credit_limit}
             {'not_open', 'already_committed' | 'already_refunded' | 'expired' | 'unknown'}
             {'total_out_of_range', total, amount}",
+);
+
+/// `store`: keeps a keyed request's response for its replays.
+pub(super) static STORE: ScriptSpec = spec!(
+    "store",
+    args: account_args!["hold id", "idempotency key digest", "'response' or 'unavailable'", "the response"],
+    reply: "{'stored', 0|1}",
 );
 
 /// `top_up`: adds credits once per idempotency key, after [`CLAIM_TOP_UP_KEY`] claimed the
@@ -164,8 +173,9 @@ pub(super) static OUTBOX: ScriptSpec = spec!(
 );
 
 /// Every script of the ledger.
-pub(super) static SPECS: [&ScriptSpec; 10] = [
-    &RESERVE, &SETTLE, &EXTEND, &GROW, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP, &OUTBOX,
+pub(super) static SPECS: [&ScriptSpec; 11] = [
+    &RESERVE, &SETTLE, &EXTEND, &GROW, &STORE, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP,
+    &OUTBOX,
 ];
 
 /// Builds (hashes) every script of [`SPECS`] and the claim scripts, once per process.

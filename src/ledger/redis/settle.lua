@@ -18,6 +18,7 @@
 -- ARGV[6]: tombstone ttl, ms: the longest TTL a reserve of an unseen id may have had
 -- ARGV[7]: replica: who the events this commit detects are leased to
 -- ARGV[8]: event lease, ms
+-- ARGV[9]: idempotency key digest, hex, the reserve claimed ('' for none)
 -- In the reply, outcome is 'committed' | 'refunded' | 'already_committed'
 -- | 'already_refunded' | 'expired' | 'unknown' (a refund of an unknown id leaves a
 -- tombstone), rate the stored burn rate (credits/s) as a string, to be decayed to now_ms,
@@ -39,6 +40,10 @@ local actual = uint_arg(5, 'actual cost')
 local tombstone_ttl = uint_arg(6, 'tombstone ttl', 86400000)
 local owner = replica_arg(7)
 local lease_ms = uint_arg(8, 'event lease', 86400000)
+local rk = nil
+if ARGV[9] ~= '' then
+  rk = request_key(ARGV[9])
+end
 
 local a, now = open_account(offset, grace)
 if not a then
@@ -110,4 +115,12 @@ end
 local forget = forget_at(now, expires_at, grace)
 close(id, outcome, forget)
 expire_done(forget, now)
+if rk and request_of(rk, id) then
+  if outcome == 'committed' then
+    redis.call('HSET', rk, 'committed_at', now)
+  else
+    -- Refunded: the retry runs again.
+    redis.call('DEL', rk)
+  end
+end
 return reply(outcome, charged, amount - charged, clamped, events)
