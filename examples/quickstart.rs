@@ -13,7 +13,8 @@
 //! events at 1 credit each (holds 20 and grows 20 at a time while the account affords it;
 //! when the credits run out it ends with `"stop":"hold-exhausted"`, and always with an
 //! `event: credits` saying what it cost), `GET /health` is free. Any billed route
-//! answers a quote instead when sent `credits-quote: 1`. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
+//! answers a quote instead when sent `credits-quote: 1`, and a call sent again with the same
+//! `Idempotency-Key` is answered from its first response and charged once. Ctrl-C stops it gracefully: `CreditLayer::shutdown` waits for pending settles.
 //!
 //! Events are printed; with `CREDITS_WEBHOOK_URL` and `CREDITS_WEBHOOK_SECRET` set they are
 //! also posted there as Standard Webhooks (`webhook-id`, `webhook-timestamp`,
@@ -45,6 +46,7 @@ use serde::Deserialize;
 use tower_credits::admin::{AdminRouter, AdminToken};
 use tower_credits::events::webhook::WebhookError;
 use tower_credits::events::{Dispatcher, Webhook};
+use tower_credits::idempotency::IdempotencyLayer;
 use tower_credits::ledger::AnyLedger;
 use tower_credits::ledger::Configure;
 use tower_credits::metrics::Metered;
@@ -266,6 +268,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route_service("/v1/credits", CreditsReadout::new(ledger.clone()))
         .route("/health", get(|| async { "ok\n" }))
         .layer(layer)
+        // Outside the credit layer: a retried call with the same `Idempotency-Key` is
+        // answered from its first response and charged once.
+        .layer(IdempotencyLayer::new())
         // After `.layer`: free, no key.
         .route(
             "/metrics",
@@ -292,6 +297,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  curl -i -H 'Authorization: Bearer demo-rich' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 12}}' {base}/v1/generate"
     );
     println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 12}}' {base}/v1/generate   # 402");
+    println!("  curl -i -H 'Authorization: Bearer demo-rich' -H 'Idempotency-Key: order-1' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 12}}' {base}/v1/generate   # twice: the second is a free replay");
     println!("  curl -i -H 'Authorization: Bearer wrong-key' {base}/v1/echo   # 401");
     println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Credits-Quote: 1' -X POST {base}/v1/generate   # quote");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' -H 'Credits-Max-Cost: 20' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 40}}' {base}/v1/generate   # capped at 20");

@@ -142,6 +142,7 @@ pub mod events;
 #[cfg(any(fuzzing, feature = "test-util"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod idempotency;
 pub mod ledger;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]

@@ -216,6 +216,8 @@ pub struct BillingStats {
     pub billing_errors: u64,
     /// Requests refused `503` because too many unknown API keys were being looked up.
     pub key_lookups_shed: u64,
+    /// Retries of keyed requests answered from a stored response (nothing charged).
+    pub replays: u64,
     /// Jobs waiting in the hold keeper's channel (settles to finish, renewals, bodies to
     /// watch) at the time of the snapshot.
     pub keeper_queued: u64,
@@ -238,6 +240,7 @@ pub(crate) struct Stats {
     pub(crate) served_unbilled: AtomicU64,
     pub(crate) billing_errors: AtomicU64,
     pub(crate) key_lookups_shed: AtomicU64,
+    pub(crate) replays: AtomicU64,
 }
 
 impl Stats {
@@ -260,6 +263,7 @@ impl Stats {
             served_unbilled: get(&self.served_unbilled),
             billing_errors: get(&self.billing_errors),
             key_lookups_shed: get(&self.key_lookups_shed),
+            replays: get(&self.replays),
             keeper_queued: 0,
             keeper_running: 0,
         }

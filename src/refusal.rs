@@ -85,6 +85,21 @@ pub enum Refusal {
     },
     /// The caller asked for a quote, and the ledger cannot report balances: `501`.
     QuotesUnsupported,
+    /// The request's `Idempotency-Key` belongs to a request still running (or whose
+    /// response is still being stored): `409` with `Retry-After`.
+    RequestInProgress,
+    /// The request's `Idempotency-Key` was used for another request (another method,
+    /// path, query or body): `422`.
+    IdempotencyKeyReused,
+    /// The request's `Idempotency-Key` belongs to a request that was committed but whose
+    /// response cannot be replayed (too large to store, or lost in a crash): `409`. It is
+    /// never run again: that would charge twice.
+    ReplayUnavailable,
+    /// A keyed request's body is larger than the layer buffers to fingerprint it: `413`.
+    PayloadTooLarge {
+        /// The most the layer buffers, in bytes.
+        limit: usize,
+    },
 }
 
 impl Refusal {
@@ -100,6 +115,9 @@ impl Refusal {
             Refusal::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             Refusal::MaxCostExceeded { .. } => StatusCode::PRECONDITION_FAILED,
             Refusal::QuotesUnsupported => StatusCode::NOT_IMPLEMENTED,
+            Refusal::RequestInProgress | Refusal::ReplayUnavailable => StatusCode::CONFLICT,
+            Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -117,6 +135,10 @@ impl Refusal {
             Refusal::InvalidHeader { .. } => "invalid-header",
             Refusal::MaxCostExceeded { .. } => "max-cost-exceeded",
             Refusal::QuotesUnsupported => "quotes-unsupported",
+            Refusal::RequestInProgress => "request-in-progress",
+            Refusal::IdempotencyKeyReused => "idempotency-key-reused",
+            Refusal::ReplayUnavailable => "replay-unavailable",
+            Refusal::PayloadTooLarge { .. } => "payload-too-large",
         }
     }
 
@@ -161,6 +183,10 @@ impl Refusal {
                 max_cost,
             } => problem::max_cost_exceeded(ctx, *price, *min_price, *max_cost),
             Refusal::QuotesUnsupported => problem::quotes_unsupported(ctx),
+            Refusal::RequestInProgress
+            | Refusal::IdempotencyKeyReused
+            | Refusal::ReplayUnavailable
+            | Refusal::PayloadTooLarge { .. } => problem::idempotency(ctx, self),
         }
     }
 }
@@ -195,6 +221,19 @@ impl fmt::Display for Refusal {
                 "This request costs {price} credits, above the {max_cost} allowed by the request"
             ),
             Refusal::QuotesUnsupported => f.write_str("This server cannot quote prices"),
+            Refusal::RequestInProgress => f.write_str(
+                "A request with this Idempotency-Key is still in progress; retry shortly",
+            ),
+            Refusal::IdempotencyKeyReused => f.write_str(
+                "This Idempotency-Key was used for another request; use a new key for a new request",
+            ),
+            Refusal::ReplayUnavailable => f.write_str(
+                "The request with this Idempotency-Key was completed and charged, but its response cannot be replayed; it will not run again",
+            ),
+            Refusal::PayloadTooLarge { limit } => write!(
+                f,
+                "A request with an Idempotency-Key may carry at most {limit} bytes of body"
+            ),
         }
     }
 }

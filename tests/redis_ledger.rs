@@ -235,6 +235,10 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
         "",
         "replica-1",
         "30000",
+        "",
+        "",
+        "0",
+        "30000",
     ];
     let bad_reserves: Vec<(usize, &str)> = vec![
         (0, "-1"),
@@ -265,6 +269,10 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
         (8, "r".repeat(65).leak()),
         (9, "-1"),
         (9, "86400001"),
+        (10, "not-a-digest"),
+        (10, "ab".repeat(31).leak()),
+        (13, "-1"),
+        (13, "1e3"),
     ];
     for (i, bad) in bad_reserves {
         let mut args = good_reserve.to_vec();

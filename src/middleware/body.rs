@@ -16,9 +16,10 @@ use super::grow::StreamGrowth;
 use super::grpc_web::TrailerScanner;
 use super::guard::HoldGuard;
 use super::keeper::Cut;
+use super::record::{self, Recorder};
 use super::settlement::End;
 use super::settlement::{at_body_end, cost_of, Awaiting};
-use super::stream_end::{paid_messages, sse_credits_event, HOLD_EXHAUSTED};
+use super::stream_end::{next_closing, paid_messages, sse_credits_event, Tail, HOLD_EXHAUSTED};
 use super::watch::{HoldLifetimeExceeded, ReaderStalled};
 use crate::classify::{Classify, Verdict};
 use crate::wire::{grpc, headers};
@@ -41,6 +42,8 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
+        // A keyed request's response, copied for its replays.
+        record: Option<Box<Recorder>>,
     }
 }
 
@@ -57,20 +60,6 @@ pin_project! {
             bytes: Option<Bytes>,
         },
     }
-}
-
-/// What is left to send after the inner body of a settling response.
-#[derive(Debug)]
-enum Tail {
-    /// The inner body is still streaming.
-    Streaming,
-    /// Settled as the inner body ended (or was cut at its hold): the SSE `credits` event,
-    /// if any, then our trailers, one per poll.
-    Closing {
-        event: Option<Bytes>,
-        trailers: HeaderMap,
-    },
-    Done,
 }
 
 /// A hold waiting for the end of the body.
@@ -277,30 +266,6 @@ fn settle_on_end<E: Into<BoxError>>(
     }
 }
 
-/// The next frame after the inner body: the SSE event, then the trailers, then nothing.
-fn next_closing(tail: &mut Tail) -> Option<Result<Frame<Bytes>, BoxError>> {
-    match std::mem::replace(tail, Tail::Done) {
-        Tail::Closing {
-            event: Some(event),
-            trailers,
-        } => {
-            *tail = Tail::Closing {
-                event: None,
-                trailers,
-            };
-            Some(Ok(Frame::data(event)))
-        }
-        Tail::Closing {
-            event: None,
-            trailers,
-        } => Some(Ok(Frame::trailers(trailers))),
-        other => {
-            *tail = other;
-            None
-        }
-    }
-}
-
 /// The error type of [`ResponseBody`]: the inner body's error, or [`ReaderStalled`].
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -312,6 +277,7 @@ impl<B> ResponseBody<B> {
                 settle: None,
                 tail: Tail::Streaming,
             },
+            record: None,
         }
     }
 
@@ -322,13 +288,29 @@ impl<B> ResponseBody<B> {
                 settle: Some(settle),
                 tail: Tail::Streaming,
             },
+            record: None,
         }
+    }
+
+    /// Copies what this body sends for the replays of its keyed request; stored at its
+    /// end (at once for a body that is already over).
+    pub(crate) fn recording(mut self, recorder: Box<Recorder>) -> Self
+    where
+        B: Body,
+    {
+        let mut record = Some(recorder);
+        if kind_ended(&self.kind) {
+            record::observe(&mut record, &Poll::Ready(None::<Result<_, BoxError>>), true);
+        }
+        self.record = record;
+        self
     }
 
     /// A refusal's body: problem JSON, or nothing (a gRPC trailers-only response).
     pub(crate) fn refusal(bytes: Option<Bytes>) -> Self {
         Self {
             kind: Kind::Full { bytes },
+            record: None,
         }
     }
 }
@@ -338,6 +320,7 @@ impl<B> Default for ResponseBody<B> {
     fn default() -> Self {
         Self {
             kind: Kind::Full { bytes: None },
+            record: None,
         }
     }
 }
@@ -369,69 +352,16 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project().kind.project() {
-            KindProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            KindProj::Inner {
-                mut body,
-                settle,
-                tail,
-            } => {
-                match tail {
-                    Tail::Done => return Poll::Ready(None),
-                    Tail::Closing { .. } => return Poll::Ready(next_closing(tail)),
-                    Tail::Streaming => {}
-                }
-                let Some(pending) = settle.as_mut() else {
-                    return body.poll_frame(cx).map_err(Into::into);
-                };
-                if let Some(watch) = pending.guard.watched() {
-                    if let Some(cut) = watch.cut() {
-                        // The keeper settled it: end the stream visibly truncated.
-                        *settle = None;
-                        *tail = Tail::Done;
-                        let error: BoxError = match cut {
-                            Cut::Stalled => Box::new(ReaderStalled),
-                            Cut::Lifetime => Box::new(HoldLifetimeExceeded),
-                        };
-                        return Poll::Ready(Some(Err(error)));
-                    }
-                }
-                // The hold grows (when the stream may) before the handler's next frame; a
-                // reader waiting on that, as on the handler, is not stalled.
-                let ready = match pending.growth.poll(pending.guard.hold(), cx) {
-                    Poll::Ready(()) => body.as_mut().poll_frame(cx),
-                    Poll::Pending => Poll::Pending,
-                };
-                let Poll::Ready(polled) = ready else {
-                    if let Some(watch) = pending.guard.watched() {
-                        watch.waiting(cx.waker());
-                    }
-                    return Poll::Pending;
-                };
-                if let Some(watch) = pending.guard.watched() {
-                    watch.delivered();
-                }
-                Poll::Ready(settle_on_end(polled, body.is_end_stream(), settle, tail))
-            }
+        let mut this = self.project();
+        let polled = poll_kind(this.kind.as_mut(), cx);
+        if this.record.is_some() {
+            record::observe(this.record, &polled, kind_ended(&this.kind));
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full { bytes } => bytes.is_none(),
-            Kind::Inner {
-                tail: Tail::Done, ..
-            } => true,
-            Kind::Inner {
-                tail: Tail::Closing { .. },
-                ..
-            } => false,
-            Kind::Inner {
-                body, settle: None, ..
-            } => body.is_end_stream(),
-            // Our trailers are still to come.
-            Kind::Inner { .. } => false,
-        }
+        kind_ended(&self.kind)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -441,5 +371,78 @@ where
             }
             Kind::Inner { body, .. } => body.size_hint(),
         }
+    }
+}
+
+fn poll_kind<B>(
+    kind: Pin<&mut Kind<B>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match kind.project() {
+        KindProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        KindProj::Inner {
+            mut body,
+            settle,
+            tail,
+        } => {
+            match tail {
+                Tail::Done => return Poll::Ready(None),
+                Tail::Closing { .. } => return Poll::Ready(next_closing(tail)),
+                Tail::Streaming => {}
+            }
+            let Some(pending) = settle.as_mut() else {
+                return body.poll_frame(cx).map_err(Into::into);
+            };
+            if let Some(watch) = pending.guard.watched() {
+                if let Some(cut) = watch.cut() {
+                    // The keeper settled it: end the stream visibly truncated.
+                    *settle = None;
+                    *tail = Tail::Done;
+                    let error: BoxError = match cut {
+                        Cut::Stalled => Box::new(ReaderStalled),
+                        Cut::Lifetime => Box::new(HoldLifetimeExceeded),
+                    };
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+            // The hold grows (when the stream may) before the handler's next frame; a
+            // reader waiting on that, as on the handler, is not stalled.
+            let ready = match pending.growth.poll(pending.guard.hold(), cx) {
+                Poll::Ready(()) => body.as_mut().poll_frame(cx),
+                Poll::Pending => Poll::Pending,
+            };
+            let Poll::Ready(polled) = ready else {
+                if let Some(watch) = pending.guard.watched() {
+                    watch.waiting(cx.waker());
+                }
+                return Poll::Pending;
+            };
+            if let Some(watch) = pending.guard.watched() {
+                watch.delivered();
+            }
+            Poll::Ready(settle_on_end(polled, body.is_end_stream(), settle, tail))
+        }
+    }
+}
+
+fn kind_ended<B: Body>(kind: &Kind<B>) -> bool {
+    match kind {
+        Kind::Full { bytes } => bytes.is_none(),
+        Kind::Inner {
+            tail: Tail::Done, ..
+        } => true,
+        Kind::Inner {
+            tail: Tail::Closing { .. },
+            ..
+        } => false,
+        Kind::Inner {
+            body, settle: None, ..
+        } => body.is_end_stream(),
+        // Our trailers are still to come.
+        Kind::Inner { .. } => false,
     }
 }

@@ -27,6 +27,8 @@ pub(crate) struct HoldCtx {
     pub(crate) runway_secs: Option<u64>,
     /// What its stream does at the hold.
     pub(crate) stream_limit: crate::StreamLimit,
+    /// The idempotency key its reserve claimed, if any.
+    pub(crate) keyed: Option<super::record::KeyedHold>,
 }
 
 impl HoldCtx {

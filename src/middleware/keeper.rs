@@ -53,6 +53,9 @@ pub(crate) enum Job<L: Ledger> {
         first: FirstTry<L>,
         ticket: Ticket,
     },
+    /// Wait for a keyed request's response to be stored (sent once; a failure leaves its
+    /// record unavailable for replays).
+    Store(L::Future<bool>),
     /// Watch a hold until it is settled: renewals, the lifetime cap, the stall clock.
     Watch {
         hold: HoldCtx,
@@ -221,6 +224,11 @@ impl<L: Ledger> Worker<L> {
                 };
                 finish_settle(&ctx, &hold, decision, first).await;
                 drop(ticket);
+            }),
+            Job::Store(call) => Box::pin(async move {
+                if let Err(error) = call.await {
+                    tracing::warn!(%error, "a response kept for idempotent replays was not stored; its retries get replay-unavailable");
+                }
             }),
             Job::Watch {
                 hold,

@@ -11,6 +11,7 @@ pub(crate) mod layer;
 mod lookup;
 mod lookups;
 pub(crate) mod plan;
+mod record;
 mod respond;
 pub(crate) mod service;
 pub(crate) mod settle;

@@ -48,6 +48,8 @@ pub(crate) struct Billing {
     pub(crate) intent: Intent,
     /// The route's own [`StreamLimit`](crate::StreamLimit), else the layer's applies.
     pub(crate) stream_limit: Option<crate::StreamLimit>,
+    /// The request's idempotency claim (from an [`IdempotencyLayer`](crate::idempotency)).
+    pub(crate) claim: Option<(crate::ledger::IdempotencyClaim, usize)>,
 }
 
 /// What the request wants once its account is known.
@@ -128,6 +130,7 @@ pub(crate) fn plan(
         route: priced.route,
         intent,
         stream_limit: priced.stream_limit,
+        claim: None,
     };
     Plan::Bill(who, billing)
 }

@@ -9,6 +9,7 @@ use super::body::{BodySettle, ResponseBody, StreamKind};
 use super::config::Shared;
 use super::grpc_web::TrailerScanner;
 use super::guard::HoldGuard;
+use super::record::Recorder;
 use super::settlement::{at_head, cost_of, AtHead};
 use crate::classify::{Protocol, ResponseHead};
 use crate::ledger::{Balance, Ledger};
@@ -109,6 +110,7 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
         classifier.classify_end(None)
     }) {
         AtHead::Now(end) => {
+            let settler = guard.settler().clone();
             let cost = guard.settle(end).map_or(0, cost_of);
             headers::write_settled(
                 &mut parts.headers,
@@ -119,7 +121,13 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
                 &hold.thresholds,
                 hold.runway_secs,
             );
-            return Response::from_parts(parts, ResponseBody::inner(body));
+            let recorder = record(settler, &hold, &parts);
+            let body = ResponseBody::inner(body);
+            let body = match recorder {
+                Some(recorder) => body.recording(recorder),
+                None => body,
+            };
+            return Response::from_parts(parts, body);
         }
         AtHead::AtEnd(awaiting) => awaiting,
     };
@@ -142,8 +150,30 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
     if matches!(kind, StreamKind::Http | StreamKind::Sse) {
         headers::announce_trailers(&mut parts.headers, names);
     }
+    let recorder = record(guard.settler().clone(), &hold, &parts);
     let settle = BodySettle::new(guard, awaiting, classifier, scanner, kind);
-    Response::from_parts(parts, ResponseBody::settling(body, settle))
+    let body = ResponseBody::settling(body, settle);
+    let body = match recorder {
+        Some(recorder) => body.recording(recorder),
+        None => body,
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A keyed request's response is copied for its replays, from its head on.
+fn record(
+    settler: std::sync::Arc<dyn super::settle::Settler>,
+    hold: &super::guard::HoldCtx,
+    parts: &http::response::Parts,
+) -> Option<Box<Recorder>> {
+    let keyed = hold.keyed?;
+    Some(Recorder::new(
+        settler,
+        hold.clone(),
+        keyed,
+        parts.status,
+        &parts.headers,
+    ))
 }
 
 /// How a body settled at its end tells its end: by protocol, and for HTTP by content type

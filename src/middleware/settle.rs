@@ -17,7 +17,9 @@ use super::config::Shared;
 use super::guard::HoldCtx;
 use super::keeper::{FirstTry, HoldWatch, Job};
 use crate::events::Events;
-use crate::ledger::{Ledger, LedgerError, Settle, SettleDecision, SettleOutcome, Settlement};
+use crate::ledger::{
+    Ledger, LedgerError, Settle, SettleDecision, SettleOutcome, Settlement, StoreResponse,
+};
 use crate::outage::Stats;
 use crate::wire::headers::CreditHeaders;
 
@@ -31,6 +33,9 @@ pub(crate) trait Settler: Send + Sync + 'static {
     /// expire at `expires`. `false` when there is no keeper to run it.
     fn watch(self: Arc<Self>, hold: &HoldCtx, watch: Arc<HoldWatch>, expires: Instant) -> bool;
     fn headers(&self) -> &CreditHeaders;
+    /// Stores a keyed request's response for its replays: the first try now, the rest by
+    /// the keeper (once; a lost store leaves the record unavailable for replays).
+    fn store(&self, store: StoreResponse);
 }
 
 pub(crate) fn settle_call<L: Ledger>(
@@ -39,7 +44,11 @@ pub(crate) fn settle_call<L: Ledger>(
     decision: SettleDecision,
 ) -> L::Future<Settlement> {
     let charge = &hold.charge;
-    ledger.settle(Settle::new(charge.account(), charge.hold_id(), decision))
+    let mut settle = Settle::new(charge.account(), charge.hold_id(), decision);
+    if let Some(keyed) = &hold.keyed {
+        settle = settle.idempotency(keyed.key);
+    }
+    ledger.settle(settle)
 }
 
 /// Counts a settle's final answer.
@@ -157,6 +166,26 @@ impl<L: Ledger> Settler for Shared<L> {
 
     fn headers(&self) -> &CreditHeaders {
         &self.headers
+    }
+
+    fn store(&self, store: StoreResponse) {
+        // Sent from the request's task, so it goes out with the body's end; the keeper
+        // waits for the answer. Outside a runtime there is no one to send it.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let mut call = self.ledger.store_response(store);
+        let mut cx = Context::from_waker(Waker::noop());
+        if Pin::new(&mut call).poll(&mut cx).is_ready() {
+            return;
+        }
+        if self
+            .keeper
+            .send(Job::Store(call), || self.worker_ctx())
+            .is_err()
+        {
+            tracing::warn!("no hold keeper (shut down); a response stored for replays may be lost");
+        }
     }
 }
 

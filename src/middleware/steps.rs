@@ -13,10 +13,12 @@ use super::future::State;
 use super::guard::{HoldCtx, HoldGuard};
 use super::lookup::{ledger_failed, KeyLookup, Looked};
 use super::plan::{Billing, Intent, Who};
+use super::record::{self, KeyedHold};
 use super::respond::{quoted, refuse};
 use crate::charge::Charge;
 use crate::classify::Protocol;
-use crate::ledger::{AccountId, Balance, Ledger, LedgerError, Reserve, ReserveOutcome};
+use crate::idempotency::{Keyed, IDEMPOTENCY_KEY};
+use crate::ledger::{AccountId, Balance, Ledger, LedgerError, Replay, Reserve, ReserveOutcome};
 use crate::outage::{OutageDecision, Stats};
 use crate::refusal::Refusal;
 use crate::wire::headers::Thresholds;
@@ -95,7 +97,7 @@ fn after_account<S, B, L>(
     inner: &mut S,
     protocol: Protocol,
     mut req: Request<B>,
-    billing: Billing,
+    mut billing: Billing,
     account: AccountId,
 ) -> State<S::Future, B, L>
 where
@@ -103,12 +105,33 @@ where
     L: Ledger,
 {
     match billing.intent {
-        Intent::Hold => State::Reserve {
-            fut: reserve_call(shared, &account, &billing),
-            req,
-            billing,
-            account,
-        },
+        Intent::Hold => {
+            // A keyed request (an `IdempotencyLayer` outside this one read its key).
+            match req.extensions_mut().remove::<Keyed>() {
+                Some(Keyed::Claim {
+                    claim,
+                    max_response,
+                }) => billing.claim = Some((claim, max_response)),
+                Some(Keyed::Invalid) => {
+                    let refusal = Refusal::InvalidHeader {
+                        name: IDEMPOTENCY_KEY.clone(),
+                        expected:
+                            "1 to 255 printable ASCII characters, as a string (\"…\") or a token",
+                    };
+                    return answer(shared, protocol, refusal);
+                }
+                Some(Keyed::TooLarge { limit }) => {
+                    return answer(shared, protocol, Refusal::PayloadTooLarge { limit })
+                }
+                None => {}
+            }
+            State::Reserve {
+                fut: reserve_call(shared, &account, &billing),
+                req,
+                billing,
+                account,
+            }
+        }
         Intent::Quote { min_price } => match shared.ledger.reports() {
             Some(reports) => State::Quote {
                 fut: reports.balance_boxed(&account),
@@ -140,6 +163,9 @@ fn reserve_call<L: Ledger>(
     }
     if let Some(route) = &billing.route {
         reserve = reserve.route(route.clone());
+    }
+    if let Some((claim, _)) = &billing.claim {
+        reserve = reserve.idempotency(claim.clone());
     }
     shared.ledger.reserve(reserve)
 }
@@ -243,6 +269,13 @@ where
                 thresholds: Thresholds::new(held.thresholds, shared.low_balance_threshold),
                 runway_secs: held.runway_secs,
                 stream_limit: billing.stream_limit.unwrap_or(shared.stream_limit),
+                keyed: billing
+                    .claim
+                    .as_ref()
+                    .map(|(claim, max_response)| KeyedHold {
+                        key: *claim.key(),
+                        max_response: *max_response,
+                    }),
             };
             let guard = HoldGuard::new(shared.clone(), hold);
             req.extensions_mut().insert(charge);
@@ -276,6 +309,29 @@ where
             price: billing.amount,
         },
         Ok(ReserveOutcome::TooManyHolds { limit }) => Refusal::TooManyHolds { limit },
+        Ok(ReserveOutcome::Replay(replay)) => match replay {
+            Replay::Stored {
+                response,
+                available,
+            } => match record::replay(&shared.headers, &response, available) {
+                Some(response) => {
+                    Stats::add(&shared.stats.replays, 1);
+                    return State::Answer {
+                        response: Some(response),
+                    };
+                }
+                None => {
+                    shared.billing_error(
+                        BillingErrorKind::Ledger,
+                        &"a stored response does not decode",
+                    );
+                    Refusal::ReplayUnavailable
+                }
+            },
+            Replay::InProgress => Refusal::RequestInProgress,
+            Replay::KeyReused => Refusal::IdempotencyKeyReused,
+            _ => Refusal::ReplayUnavailable,
+        },
         Ok(other) => {
             // A fresh hold id cannot be closed already: a store bug, fail closed.
             let detail = format!("reserve of a fresh hold id answered {other:?}");

@@ -1,7 +1,12 @@
-//! How a stream that settles at its end says so: the SSE `credits` event, and the paid
-//! part of a gRPC frame when the handler went past its hold.
+//! How a stream that settles at its end says so: the SSE `credits` event, the paid part of
+//! a gRPC frame when the handler went past its hold, and what goes out after the inner
+//! body.
 
 use bytes::Bytes;
+use http::HeaderMap;
+use http_body::Frame;
+
+use super::body::BoxError;
 
 /// Why the layer ended a stream, as `credits-stop` and the SSE event's `stop` say.
 pub(super) const HOLD_EXHAUSTED: &str = "hold-exhausted";
@@ -42,6 +47,44 @@ pub(super) fn paid_messages(data: Bytes, unpaid: u64) -> Option<Bytes> {
     }
     let keep = ends.len().checked_sub(usize::try_from(unpaid).ok()?)?;
     (keep > 0).then(|| data.slice(..ends[keep - 1]))
+}
+
+/// What is left to send after the inner body of a settling response.
+#[derive(Debug)]
+pub(super) enum Tail {
+    /// The inner body is still streaming.
+    Streaming,
+    /// Settled as the inner body ended (or was cut at its hold): the SSE `credits` event,
+    /// if any, then our trailers, one per poll.
+    Closing {
+        event: Option<Bytes>,
+        trailers: HeaderMap,
+    },
+    Done,
+}
+
+/// The next frame after the inner body: the SSE event, then the trailers, then nothing.
+pub(super) fn next_closing(tail: &mut Tail) -> Option<Result<Frame<Bytes>, BoxError>> {
+    match std::mem::replace(tail, Tail::Done) {
+        Tail::Closing {
+            event: Some(event),
+            trailers,
+        } => {
+            *tail = Tail::Closing {
+                event: None,
+                trailers,
+            };
+            Some(Ok(Frame::data(event)))
+        }
+        Tail::Closing {
+            event: None,
+            trailers,
+        } => Some(Ok(Frame::trailers(trailers))),
+        other => {
+            *tail = other;
+            None
+        }
+    }
 }
 
 #[cfg(test)]

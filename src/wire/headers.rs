@@ -52,6 +52,23 @@ pub struct CreditHeaders {
     pub(crate) stop: HeaderName,
 }
 
+impl CreditHeaders {
+    /// Whether `name` is one of the layer's figures of a call (cost, hold, balance, …).
+    pub(crate) fn is_credit_header(&self, name: &HeaderName) -> bool {
+        [
+            &self.cost,
+            &self.reserved,
+            &self.remaining,
+            &self.warning,
+            &self.runway,
+            &self.hold_id,
+            &self.price_version,
+            &self.stop,
+        ]
+        .contains(&name)
+    }
+}
+
 impl Default for CreditHeaders {
     fn default() -> Self {
         Self {

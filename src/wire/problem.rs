@@ -346,6 +346,30 @@ pub(crate) fn unavailable(ctx: &ProblemCtx<'_>) -> WireResponse {
     response
 }
 
+/// The idempotency refusals: a request in progress (`409`, `Retry-After`), a reused key
+/// (`422`), a replay that cannot be made (`409`), a keyed body too large (`413`). Nothing
+/// was charged for any of them.
+pub(crate) fn idempotency(ctx: &ProblemCtx<'_>, refusal: &crate::Refusal) -> WireResponse {
+    use crate::Refusal as R;
+    let title = match refusal {
+        R::RequestInProgress => "Request in progress",
+        R::IdempotencyKeyReused => "Idempotency key reused",
+        R::ReplayUnavailable => "Replay unavailable",
+        _ => "Payload too large",
+    };
+    let detail = format!("{refusal}. Nothing was charged for this request.");
+    let mut extra = Map::new();
+    if let R::PayloadTooLarge { limit } = refusal {
+        extra.insert("limit".into(), (*limit).into());
+    }
+    let mut response = problem(ctx, refusal.status(), refusal.code(), title, detail, extra);
+    if matches!(refusal, R::RequestInProgress) {
+        let after = HeaderValue::from(ctx.retry_after_secs);
+        response.headers_mut().insert(header::RETRY_AFTER, after);
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
