@@ -9,7 +9,8 @@
 //! thresholds 100 and 4: its first `GET /v1/echo` fires `balance.low` for 100, its second
 //! for 4, and its first 402 fires `balance.depleted`). `GET /v1/echo` costs 1, `POST /v1/generate` holds 50 and charges the JSON
 //! field `tokens` (a `credits-max-cost` cap of at least 10 lowers the hold), `GET /v1/credits`
-//! answers the caller's balance and spend by route, `GET /v1/stream?n=K` sends K server-sent
+//! answers the caller's balance and spend by route (`GET /v1/credits/history` every move, newest
+//! first), `GET /v1/stream?n=K` sends K server-sent
 //! events at 1 credit each (holds 20 and grows 20 at a time while the account affords it;
 //! when the credits run out it ends with `"stop":"hold-exhausted"`, and always with an
 //! `event: credits` saying what it cost), `GET /health` is free. Any billed route
@@ -51,7 +52,7 @@ use tower_credits::ledger::AnyLedger;
 use tower_credits::ledger::Configure;
 use tower_credits::metrics::Metered;
 use tower_credits::pricing::Pricing;
-use tower_credits::readout::CreditsReadout;
+use tower_credits::readout::{CreditsHistory, CreditsReadout};
 use tower_credits::{
     AccountId, AccountSettings, ApiKeyHash, Charge, CreditLayer, MemoryLedger, RedisLedger,
     StreamLimit,
@@ -245,6 +246,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .min_price(1)
                 .stream_limit(StreamLimit::grow(20))
                 .authenticated("GET /v1/credits")
+                .authenticated("GET /v1/credits/history")
                 .free("GET /health"),
         )
         .low_balance_threshold(100)
@@ -266,6 +268,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/v1/generate", post(generate))
         .route("/v1/stream", get(stream))
         .route_service("/v1/credits", CreditsReadout::new(ledger.clone()))
+        .route_service("/v1/credits/history", CreditsHistory::new(ledger.clone()))
         .route("/health", get(|| async { "ok\n" }))
         .layer(layer)
         // Outside the credit layer: a retried call with the same `Idempotency-Key` is
@@ -302,6 +305,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i -H 'Authorization: Bearer demo-poor' -H 'Credits-Quote: 1' -X POST {base}/v1/generate   # quote");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' -H 'Credits-Max-Cost: 20' -H 'Content-Type: application/json' \\\n       -d '{{\"tokens\": 40}}' {base}/v1/generate   # capped at 20");
     println!("  curl -i -H 'Authorization: Bearer demo-rich' {base}/v1/credits   # balance and spend by route");
+    println!("  curl -s -H 'Authorization: Bearer demo-rich' '{base}/v1/credits/history?limit=5'   # every move, newest first");
     println!("  curl -N -H 'Authorization: Bearer demo-rich' '{base}/v1/stream?n=50'  # SSE, grows its hold, ends with event: credits");
     println!("  curl -N -H 'Authorization: Bearer demo-poor' '{base}/v1/stream?n=50'  # cut when its credits run out");
     println!("  curl -s {base}/metrics | grep credits_   # Prometheus metrics, free\n");

@@ -770,6 +770,15 @@ impl<L: LedgerReports> LedgerReports for Metered<L> {
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
         self.future(self.inner.usage(account), "usage", Span::none(), None)
     }
+
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> crate::ledger::BoxLedgerFuture<crate::ledger::HistoryPage> {
+        self.inner.history(account, cursor, limit)
+    }
 }
 
 impl<L: EventOutbox> EventOutbox for Metered<L> {

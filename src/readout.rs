@@ -51,6 +51,7 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 use tower_service::Service;
 
+use crate::ledger::audit::PageQuery;
 use crate::ledger::{AccountId, LedgerError, LedgerReports, RouteUsage};
 
 /// Answers the calling account's balance and spend by route; see the [module docs](self).
@@ -84,16 +85,7 @@ impl<L: LedgerReports, B> Service<Request<B>> for CreditsReadout<L> {
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // Put there by the layer for a route priced `Price::Authenticated`.
         let Some(account) = req.extensions().get::<AccountId>().cloned() else {
-            return Box::pin(async {
-                Ok(answer(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &json!({
-                        "title": "Readout not behind the credit layer",
-                        "status": 500,
-                        "detail": "Price this route `Price::Authenticated` in the CreditLayer in front of it.",
-                    }),
-                ))
-            });
+            return Box::pin(async { Ok(not_behind_the_layer()) });
         };
         let balance = self.ledger.balance(&account);
         let usage = self.ledger.usage(&account);
@@ -103,21 +95,7 @@ impl<L: LedgerReports, B> Service<Request<B>> for CreditsReadout<L> {
                 (Err(LedgerError::UnknownAccount), _) | (_, Err(LedgerError::UnknownAccount)) => {
                     (Default::default(), Default::default())
                 }
-                (Err(error), _) | (_, Err(error)) => {
-                    tracing::error!(%error, "readout: the ledger did not answer");
-                    let mut response = answer(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &json!({
-                            "title": "Billing unavailable",
-                            "status": 503,
-                            "detail": "Balances cannot be read right now. Retry shortly.",
-                        }),
-                    );
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
-                    return Ok(response);
-                }
+                (Err(error), _) | (_, Err(error)) => return Ok(unavailable(&error)),
             };
             let routes: Vec<Value> = usage
                 .by_route
@@ -146,6 +124,112 @@ impl<L: LedgerReports, B> Service<Request<B>> for CreditsReadout<L> {
             ))
         })
     }
+}
+
+/// The caller's own audit trail, newest first: every reserve, grow, commit, refund,
+/// expiry and top-up of the calling account with the totals after it. Mounted like
+/// [`CreditsReadout`] (priced [`Price::Authenticated`](crate::pricing::Price::Authenticated)
+/// behind the credit layer), at `GET /v1/credits/history?cursor=&limit=&since=`; answers
+/// `{"account", "entries", "next"}` (`next`: the cursor of the older page), `400` for a bad
+/// parameter.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tower_credits::pricing::Pricing;
+/// use tower_credits::readout::CreditsHistory;
+/// use tower_credits::{CreditLayer, MemoryLedger};
+///
+/// let ledger = MemoryLedger::new();
+/// let layer = CreditLayer::new(ledger.clone())
+///     .pricing(Pricing::new().authenticated("GET /v1/credits/history"));
+/// let app = Router::new()
+///     .route_service("/v1/credits/history", CreditsHistory::new(ledger))
+///     .layer(layer);
+/// # let _: Router = app;
+/// ```
+#[derive(Clone)]
+pub struct CreditsHistory<L> {
+    ledger: L,
+}
+
+impl<L> fmt::Debug for CreditsHistory<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreditsHistory").finish_non_exhaustive()
+    }
+}
+
+impl<L: LedgerReports> CreditsHistory<L> {
+    /// The caller's history in `ledger`.
+    pub fn new(ledger: L) -> Self {
+        Self { ledger }
+    }
+}
+
+impl<L: LedgerReports, B> Service<Request<B>> for CreditsHistory<L> {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(account) = req.extensions().get::<AccountId>().cloned() else {
+            return Box::pin(async { Ok(not_behind_the_layer()) });
+        };
+        let page = match PageQuery::parse(req.uri().query()) {
+            Ok(page) => page,
+            Err(detail) => {
+                let body = json!({"title": "Bad history query", "status": 400, "detail": detail});
+                return Box::pin(async move { Ok(answer(StatusCode::BAD_REQUEST, &body)) });
+            }
+        };
+        let read = self
+            .ledger
+            .history(&account, page.cursor.as_deref(), page.limit);
+        Box::pin(async move {
+            let entries = match read.await {
+                Ok(entries) => page.trim(entries),
+                Err(error) => return Ok(unavailable(&error)),
+            };
+            Ok(answer(
+                StatusCode::OK,
+                &json!({
+                    "account": account.as_str(),
+                    "entries": entries.entries,
+                    "next": entries.next,
+                }),
+            ))
+        })
+    }
+}
+
+fn not_behind_the_layer() -> Response<Full<Bytes>> {
+    answer(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &json!({
+            "title": "Readout not behind the credit layer",
+            "status": 500,
+            "detail": "Price this route `Price::Authenticated` in the CreditLayer in front of it.",
+        }),
+    )
+}
+
+fn unavailable(error: &LedgerError) -> Response<Full<Bytes>> {
+    tracing::error!(%error, "readout: the ledger did not answer");
+    let mut response = answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({
+            "title": "Billing unavailable",
+            "status": 503,
+            "detail": "Balances cannot be read right now. Retry shortly.",
+        }),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+    response
 }
 
 /// Credits per call on a route (0 before its first commit): the readout's `average_cost`.

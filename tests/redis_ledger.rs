@@ -963,7 +963,7 @@ async fn keys_follow_the_documented_layout() {
         .map(str::to_owned)
         .collect();
     let tag = "credits:{user@example.com}";
-    let want: BTreeSet<String> = ["acct", "holds", "expiry", "done", "usage", "topups"]
+    let want: BTreeSet<String> = ["acct", "holds", "expiry", "done", "usage", "topups", "log"]
         .iter()
         .map(|s| format!("{tag}:{s}"))
         .chain([format!("credits:apikey:{}", key.to_hex())])

@@ -31,7 +31,7 @@
 //! the caller to deliver (a ledger that wants the crate's `Dispatcher` to deliver them,
 //! with retries and leases across replicas, implements `EventOutbox` as well).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::{ready, Ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,12 +44,13 @@ use tower_credits::ledger::validate::{
     check_amount, check_idempotency_key, check_retention, check_route, check_ttl, checked_total,
 };
 use tower_credits::ledger::{
-    check_alerts, RouteUsage, DEFAULT_HOLD_TTL, DEFAULT_RUNWAY_HORIZON, RECLAIM_LIMIT,
+    audit::check_history, check_alerts, RouteUsage, DEFAULT_HOLD_TTL, DEFAULT_RUNWAY_HORIZON,
+    RECLAIM_LIMIT,
 };
 use tower_credits::ledger::{
-    Configure, Extend, Extended, Grow, GrowOutcome, Grown, Held, HoldId, IdempotencyClaim,
-    Insufficient, Replay, Reserve, ReserveOutcome, Settle, SettleOutcome, Settlement,
-    StoreResponse, ToppedUp, Usage,
+    AuditEntry, AuditKind, BoxLedgerFuture, Configure, Extend, Extended, Grow, GrowOutcome, Grown,
+    Held, HistoryPage, HoldId, IdempotencyClaim, Insufficient, Replay, Reserve, ReserveOutcome,
+    Settle, SettleOutcome, Settlement, StoreResponse, ToppedUp, Usage,
 };
 use tower_credits::{
     AccountId, ApiKeyHash, Balance, Ledger, LedgerAdmin, LedgerError, LedgerReports, Threshold,
@@ -109,7 +110,14 @@ struct Account {
     closed_until: u64,
     /// Idempotency records by key digest (a record past its retention counts as none).
     requests: HashMap<[u8; 32], Request>,
+    /// The audit trail, oldest first, at most `AUDIT_CAP` entries, and the next entry's
+    /// number.
+    log: VecDeque<AuditEntry>,
+    log_next: u64,
 }
+
+/// Audit entries kept per account.
+const AUDIT_CAP: usize = 100;
 
 /// What a keyed request came to.
 struct Request {
@@ -122,6 +130,30 @@ struct Request {
 }
 
 impl Account {
+    /// Appends a move to the audit trail, with the totals after it.
+    fn audit(
+        &mut self,
+        now: u64,
+        kind: AuditKind,
+        amount: u64,
+        hold: Option<(&HoldId, Option<&str>)>,
+    ) {
+        if self.log.len() == AUDIT_CAP {
+            self.log.pop_front();
+        }
+        let mut entry = AuditEntry::new(self.log_next.to_string(), now, kind, amount);
+        if let Some((id, route)) = hold {
+            entry.hold_id = Some(id.as_str().to_owned());
+            entry.route = route.map(str::to_owned);
+        }
+        entry.available = self.available();
+        entry.held = self.held;
+        entry.committed = self.committed;
+        entry.topped_up = self.topped_up;
+        self.log.push_back(entry);
+        self.log_next += 1;
+    }
+
     /// What the first request with `claim`'s key came to, if it still counts (a record
     /// past its retention, or whose hold expired or was refunded unsettled, does not).
     fn replay(&mut self, claim: &IdempotencyClaim, now: u64) -> Option<Replay> {
@@ -282,6 +314,8 @@ impl Account {
             let (_, id) = self.expiry.pop_first().expect("checked above");
             if let Some(hold) = self.holds.remove(&id) {
                 self.held -= hold.amount;
+                let route = hold.route.as_deref();
+                self.audit(now, AuditKind::Expire, hold.amount, Some((&id, route)));
                 // The credits come back, but only a top-up re-arms a threshold.
                 self.remember(id, SettleOutcome::Expired, now + CLOSED_GRACE_MS);
             }
@@ -438,6 +472,8 @@ impl TinyLedger {
                 route: r.route_label().map(str::to_owned),
             },
         );
+        let hold = Some((r.hold_id(), r.route_label()));
+        a.audit(now, AuditKind::Reserve, amount, hold);
         if let Some(claim) = r.idempotency_claim() {
             let request = Request {
                 fingerprint: *claim.fingerprint(),
@@ -478,6 +514,7 @@ impl TinyLedger {
         };
         a.expiry.remove(&(hold.expires_at_ms, id.clone()));
         a.held -= hold.amount;
+        let route = hold.route.clone();
         let (outcome, charged, clamped) = match actual {
             Some(actual) => (
                 SettleOutcome::Committed,
@@ -510,6 +547,11 @@ impl TinyLedger {
                 events.push(event.with_runway_secs(runway));
             }
         }
+        let moved = match outcome {
+            SettleOutcome::Committed => (AuditKind::Commit, charged),
+            _ => (AuditKind::Refund, hold.amount),
+        };
+        a.audit(now, moved.0, moved.1, Some((id, route.as_deref())));
         let forget_at = now.max(hold.expires_at_ms) + CLOSED_GRACE_MS;
         a.remember(id.clone(), outcome, forget_at);
         if let Some(key) = s.idempotency_key() {
@@ -551,7 +593,7 @@ impl TinyLedger {
 
     fn do_grow(&self, g: &Grow) -> Result<GrowOutcome, LedgerError> {
         check_amount(g.amount())?;
-        let result = self.with_account(g.account(), |a, _now| {
+        let result = self.with_account(g.account(), |a, now| {
             let id = g.hold_id();
             let Some(current) = a.holds.get(id).map(|hold| hold.amount) else {
                 let how = a.closed.get(id).copied().map(already);
@@ -577,6 +619,7 @@ impl TinyLedger {
             a.held = held;
             let hold = a.holds.get_mut(id).expect("open above");
             hold.amount = current + raise;
+            a.audit(now, AuditKind::Grow, raise, Some((id, None)));
             Ok(GrowOutcome::Grown(Grown::new(
                 current + raise,
                 a.available(),
@@ -616,6 +659,7 @@ impl TinyLedger {
         }
         // Refused past MAX_AMOUNT before the key is claimed: the key stays free.
         a.topped_up = checked_total(a.topped_up, t.amount())?;
+        a.audit(now, AuditKind::TopUp, t.amount(), None);
         let available = a.available();
         a.alerts.after_top_up(t.amount(), available);
         let topped_up = ToppedUp::new(t.amount(), a.available(), false);
@@ -699,6 +743,33 @@ impl LedgerAdmin for TinyLedger {
 }
 
 impl LedgerReports for TinyLedger {
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> BoxLedgerFuture<HistoryPage> {
+        let page = check_history(cursor, limit).map(|(cursor, limit)| {
+            let before = cursor.map(|c| c.parse::<u64>().unwrap_or(0));
+            let (_, state) = self.lock();
+            let Some(a) = state.accounts.get(account) else {
+                return HistoryPage::default();
+            };
+            let older = a
+                .log
+                .iter()
+                .rev()
+                .filter(|e| before.is_none_or(|b| e.id.parse::<u64>().is_ok_and(|id| id < b)));
+            let mut entries: Vec<AuditEntry> = older.take(limit + 1).cloned().collect();
+            let next = (entries.len() > limit).then(|| {
+                entries.truncate(limit);
+                entries[limit - 1].id.clone()
+            });
+            HistoryPage::new(entries, next)
+        });
+        Box::pin(ready(page))
+    }
+
     fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
         ready(self.with_account(account, |a, now| {
             let mut balance = Balance::default();

@@ -6,8 +6,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use tower_credits::ledger::{
-    Configure, Extend, Extended, Grow, GrowOutcome, Reserve, ReserveOutcome, Settle, Settlement,
-    StoreResponse, ToppedUp, Usage,
+    BoxLedgerFuture, Configure, Extend, Extended, Grow, GrowOutcome, HistoryPage, Reserve,
+    ReserveOutcome, Settle, Settlement, StoreResponse, ToppedUp, Usage,
 };
 use tower_credits::{AccountId, ApiKeyHash, Balance, Ledger, LedgerAdmin, LedgerReports, TopUp};
 
@@ -187,5 +187,14 @@ impl<L: LedgerReports> LedgerReports for RecordingLedger<L> {
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
         self.record(Recorded::Usage(account.clone()));
         self.inner.usage(account)
+    }
+
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> BoxLedgerFuture<HistoryPage> {
+        self.inner.history(account, cursor, limit)
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{header, HeaderValue, StatusCode};
@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::errors::AdminError;
 use crate::api_key::ApiKeyHash;
+use crate::ledger::audit::PageQuery;
 use crate::ledger::MAX_AMOUNT;
 use crate::ledger::{
     AccountId, AccountSettings, Configure, LedgerAdmin, LedgerError, LedgerReports, Threshold,
@@ -99,6 +100,29 @@ pub(crate) async fn get_account<L: LedgerReports>(
         "committed": balance.committed,
         "credit_limit": balance.credit_limit,
         "thresholds": balance.thresholds,
+    })))
+}
+
+/// `GET /accounts/{account}/history?cursor=&limit=&since=`: the account's audit trail,
+/// newest first (see [`AuditEntry`](crate::ledger::AuditEntry)).
+pub(crate) async fn history<L: LedgerReports>(
+    State(ledger): State<L>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, AdminError> {
+    let account = account(path)?;
+    let page = PageQuery::parse(query.as_deref()).map_err(|detail| AdminError::InvalidField {
+        field: "query",
+        detail,
+    })?;
+    let entries = ledger
+        .history(&account, page.cursor.as_deref(), page.limit)
+        .await?;
+    let entries = page.trim(entries);
+    Ok(Json(json!({
+        "account": account.as_str(),
+        "entries": entries.entries,
+        "next": entries.next,
     })))
 }
 

@@ -35,6 +35,7 @@
 //! | route | body | answer |
 //! |---|---|---|
 //! | `GET /accounts/{account}` | | `200 {"account", "available", "held", "committed", "credit_limit", "thresholds"}`; `404` for an account never topped up or configured |
+//! | `GET /accounts/{account}/history?cursor=&limit=&since=` | | `200 {"account", "entries", "next"}`: the audit trail, newest first ([`AuditEntry`](crate::ledger::AuditEntry): every reserve, grow, commit, refund, expiry and top-up with the totals after it); `next` is the cursor of the older page; `400` for a bad parameter |
 //! | `POST /accounts/{account}/top-ups` | `{"amount", "idempotency_key"}` | `200 {"account", "amount", "replayed", "available"}`; a replay (same key, account and amount) answers `replayed: true` and credits nothing |
 //! | `PUT /accounts/{account}/settings` | `{"credit_limit", "thresholds", "runway_horizon_secs"}` | `200` with the settings now in force; replaces all three (a field left out takes its default: no overdraft, no threshold, the default horizon); creates the account |
 //! | `POST /accounts/{account}/keys` | | `201 {"account", "key", "hash"}`: a new API key, shown **once** (`Cache-Control: no-store`); the ledger keeps only its SHA-256 `hash`; `404` for an unknown account |

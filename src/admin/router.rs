@@ -62,6 +62,7 @@ where
         let routes = Router::new()
             .route("/accounts/{account}", get(handlers::get_account::<L>))
             .route("/accounts/{account}/top-ups", post(handlers::top_up::<L>))
+            .route("/accounts/{account}/history", get(handlers::history::<L>))
             .route(
                 "/accounts/{account}/settings",
                 put(handlers::put_settings::<L>),

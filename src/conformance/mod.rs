@@ -63,6 +63,7 @@
 //! against the public API, and the test that runs this suite on it.
 
 mod alerts;
+mod audit;
 mod concurrency;
 mod grow;
 mod idempotency;
@@ -154,6 +155,7 @@ macro_rules! conformance_suite {
             a_committed_request_never_runs_again,
             keys_are_per_account_and_expire,
             concurrent_duplicates_hold_once,
+            the_audit_trail_records_every_move,
             invalid_ttl_is_refused,
             invalid_arguments_write_nothing,
             usage_by_route_accumulates,
@@ -182,6 +184,7 @@ pub use alerts::{
     only_a_top_up_rearms_a_threshold, runway_low_fires_once_until_a_top_up,
     several_thresholds_fire_one_event_each,
 };
+pub use audit::the_audit_trail_records_every_move;
 pub use concurrency::{concurrent_reserves_never_overshoot, many_accounts_are_independent};
 pub use grow::{
     a_retried_grow_holds_nothing_twice, an_unaffordable_grow_writes_nothing,

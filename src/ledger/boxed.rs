@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::{
-    AccountId, Balance, Configure, Extend, Extended, Grow, GrowOutcome, Ledger, LedgerAdmin,
-    LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle, Settlement, StoreResponse, TopUp,
-    ToppedUp, Usage,
+    AccountId, Balance, Configure, Extend, Extended, Grow, GrowOutcome, HistoryPage, Ledger,
+    LedgerAdmin, LedgerError, LedgerReports, Reserve, ReserveOutcome, Settle, Settlement,
+    StoreResponse, TopUp, ToppedUp, Usage,
 };
 use crate::api_key::ApiKeyHash;
 
@@ -82,6 +82,12 @@ trait Erased: Send + Sync + 'static {
     fn revoke_api_key(&self, key: &ApiKeyHash) -> BoxLedgerFuture<bool>;
     fn balance(&self, account: &AccountId) -> BoxLedgerFuture<Balance>;
     fn usage(&self, account: &AccountId) -> BoxLedgerFuture<Usage>;
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> BoxLedgerFuture<HistoryPage>;
 }
 
 impl<L: Ledger + LedgerAdmin + LedgerReports> Erased for L {
@@ -120,6 +126,14 @@ impl<L: Ledger + LedgerAdmin + LedgerReports> Erased for L {
     }
     fn usage(&self, account: &AccountId) -> BoxLedgerFuture<Usage> {
         Box::pin(LedgerReports::usage(self, account))
+    }
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> BoxLedgerFuture<HistoryPage> {
+        LedgerReports::history(self, account, cursor, limit)
     }
 }
 
@@ -170,5 +184,13 @@ impl LedgerReports for BoxLedger {
     }
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
         self.inner.usage(account)
+    }
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> BoxLedgerFuture<HistoryPage> {
+        self.inner.history(account, cursor, limit)
     }
 }

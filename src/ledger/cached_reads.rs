@@ -221,6 +221,15 @@ impl<L: LedgerReports> LedgerReports for CachedReads<L> {
             ),
         }
     }
+
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> crate::ledger::BoxLedgerFuture<crate::ledger::HistoryPage> {
+        self.inner.history(account, cursor, limit)
+    }
 }
 
 impl<L: LedgerAdmin + LedgerReports> LedgerAdmin for CachedReads<L> {

@@ -1,7 +1,7 @@
 //! The embedded ledger: balances in process memory, no server needed.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::future::{ready, Ready};
 use std::hash::BuildHasher;
@@ -12,6 +12,7 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
+use super::audit::{check_history, AuditEntry, AuditKind, HistoryPage};
 use super::idempotency::check_retention;
 use super::outbox_memory::MemoryOutbox;
 use super::{
@@ -25,6 +26,10 @@ use super::{
 use crate::amount::{check_amount, checked_total};
 use crate::api_key::ApiKeyHash;
 use crate::clock::{Clock, SystemClock};
+
+/// Audit entries a [`MemoryLedger`] keeps per account by default: 100 (memory is the
+/// limit here; [`MemoryLedgerBuilder::audit_cap`] sets it).
+pub const DEFAULT_MEMORY_AUDIT_CAP: usize = 100;
 
 /// Hash maps keyed by ids the server makes or checks (account ids, hold ids, digests):
 /// foldhash, seeded per process, instead of SipHash, which was a tenth of a billed
@@ -102,6 +107,8 @@ struct Inner {
     max_open_holds: Option<u64>,
     /// Detected events until delivered (an in-process queue with leases).
     outbox: MemoryOutbox,
+    /// Audit entries kept per account (0: none).
+    audit_cap: usize,
 }
 
 /// Builds a [`MemoryLedger`].
@@ -109,6 +116,7 @@ pub struct MemoryLedgerBuilder {
     clock: Arc<dyn Clock>,
     max_open_holds: Option<u64>,
     event_lease: Duration,
+    audit_cap: usize,
 }
 
 impl fmt::Debug for MemoryLedgerBuilder {
@@ -120,6 +128,13 @@ impl fmt::Debug for MemoryLedgerBuilder {
 }
 
 impl MemoryLedgerBuilder {
+    /// How many audit entries each account keeps, the oldest dropped first (default
+    /// [`DEFAULT_MEMORY_AUDIT_CAP`]); 0 keeps no trail.
+    pub fn audit_cap(mut self, entries: usize) -> Self {
+        self.audit_cap = entries;
+        self
+    }
+
     /// The clock holds expire by (default: the system clock).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -152,6 +167,7 @@ impl MemoryLedgerBuilder {
                 longest_ttl: LongestTtl::default(),
                 max_open_holds: self.max_open_holds,
                 outbox: MemoryOutbox::new(self.clock.clone(), self.event_lease),
+                audit_cap: self.audit_cap,
             }),
         }
     }
@@ -219,6 +235,9 @@ struct AccountState {
     activity: Option<Box<Activity>>,
     /// Idempotency records, kept apart and dropped once empty.
     requests: Option<Box<Requests>>,
+    /// The audit trail, oldest first, and the sequence number of the next entry.
+    log: VecDeque<AuditEntry>,
+    log_next: u64,
 }
 
 /// The idempotency records of one account, by key digest, with their expiry index.
@@ -341,11 +360,12 @@ impl AccountState {
 
     /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids whose time
     /// has come.
-    fn reclaim(&mut self, now_ms: u64) {
+    fn reclaim(&mut self, now_ms: u64, audit_cap: usize) {
         let Some(activity) = self.activity.as_deref_mut() else {
             return;
         };
         let mut released = 0;
+        let mut expired = Vec::new();
         for _ in 0..RECLAIM_LIMIT {
             let Some(first) = activity.expiry.first() else {
                 break;
@@ -356,6 +376,9 @@ impl AccountState {
             let (_, id) = activity.expiry.pop_first().expect("checked above");
             if let Some(hold) = activity.holds.remove(&id) {
                 released += hold.amount;
+                if audit_cap > 0 {
+                    expired.push((id.clone(), hold.amount, hold.route.clone()));
+                }
                 let forget = forget_at(now_ms, hold.expires_at_ms);
                 activity.remember(closed_key(&id), SettleOutcome::Expired, forget);
             }
@@ -367,7 +390,59 @@ impl AccountState {
         self.forget_requests(now_ms);
         // Expired holds give credits back, but only a top-up re-arms a threshold: a caller
         // who lets holds lapse must not get a second warning for the same fall.
-        self.held -= released;
+        let mut audited = 0;
+        for (id, amount, route) in expired {
+            // Each entry with the totals right after its own expiry.
+            self.held -= amount;
+            audited += amount;
+            let entry = (AuditKind::Expire, amount, Some(&id), route.as_deref());
+            self.audit(audit_cap, entry, now_ms);
+        }
+        self.held -= released - audited;
+    }
+
+    /// Appends `(kind, amount, hold, route)` to the audit trail with the totals now,
+    /// dropping the oldest entry past `cap`.
+    fn audit(
+        &mut self,
+        cap: usize,
+        (kind, amount, hold, route): (AuditKind, u64, Option<&HoldId>, Option<&str>),
+        now_ms: u64,
+    ) {
+        if cap == 0 {
+            return;
+        }
+        if self.log.len() >= cap {
+            self.log.pop_front();
+        }
+        self.log.push_back(AuditEntry {
+            id: self.log_next.to_string(),
+            at_ms: now_ms,
+            kind,
+            amount,
+            hold_id: hold.map(|h| h.as_str().to_owned()),
+            route: route.filter(|r| !r.is_empty()).map(str::to_owned),
+            available: self.available(),
+            held: self.held,
+            committed: self.committed,
+            topped_up: self.topped_up,
+        });
+        self.log_next += 1;
+    }
+
+    /// A page of the trail, newest first, older than `cursor`.
+    fn history(&self, cursor: Option<u64>, limit: usize) -> HistoryPage {
+        let older = self
+            .log
+            .iter()
+            .rev()
+            .filter(|e| cursor.is_none_or(|c| e.id.parse::<u64>().is_ok_and(|id| id < c)));
+        let mut entries: Vec<AuditEntry> = older.take(limit + 1).cloned().collect();
+        let next = (entries.len() > limit).then(|| {
+            entries.truncate(limit);
+            entries[limit - 1].id.clone()
+        });
+        HistoryPage { entries, next }
     }
 
     /// Forgets up to [`RECLAIM_LIMIT`] idempotency records past their retention.
@@ -508,6 +583,7 @@ impl MemoryLedger {
             clock: Arc::new(SystemClock),
             max_open_holds: None,
             event_lease: super::DEFAULT_EVENT_LEASE,
+            audit_cap: DEFAULT_MEMORY_AUDIT_CAP,
         }
     }
 
@@ -532,7 +608,7 @@ impl MemoryLedger {
             let mut shard = shard.lock();
             for state in shard.accounts.values_mut() {
                 let before = state.open_holds();
-                state.reclaim(now);
+                state.reclaim(now, self.inner.audit_cap);
                 reclaimed += (before - state.open_holds()) as u64;
             }
         }
@@ -576,7 +652,7 @@ impl MemoryLedger {
             .accounts
             .get_mut(account)
             .ok_or(LedgerError::UnknownAccount)?;
-        state.reclaim(now);
+        state.reclaim(now, self.inner.audit_cap);
         op(state, now)
     }
 
@@ -594,6 +670,7 @@ impl MemoryLedger {
         }
         self.inner.longest_ttl.note(ttl_ms);
         let max_open = self.inner.max_open_holds;
+        let audit_cap = self.inner.audit_cap;
         let outbox = &self.inner.outbox;
         let result = self.with_account(&r.account, |state, now| {
             if let Some(hold) = state.open_hold(&r.hold_id) {
@@ -644,6 +721,13 @@ impl MemoryLedger {
             if let Some(claim) = &r.idempotency {
                 state.claim(claim, &r.hold_id, now);
             }
+            let entry = (
+                AuditKind::Reserve,
+                amount,
+                Some(&r.hold_id),
+                r.route.as_deref(),
+            );
+            state.audit(audit_cap, entry, now);
             let activity = state.activity();
             activity.expiry.insert((expires_at_ms, r.hold_id.clone()));
             activity.holds.insert(
@@ -741,6 +825,12 @@ impl MemoryLedger {
                     events.push(outbox.push(event, now));
                 }
             }
+            let kind = match outcome {
+                SettleOutcome::Committed => (AuditKind::Commit, charged),
+                _ => (AuditKind::Refund, hold.amount),
+            };
+            let entry = (kind.0, kind.1, Some(hold_id), hold.route.as_deref());
+            state.audit(self.inner.audit_cap, entry, now);
             state.close(hold_id, outcome, forget_at(now, hold.expires_at_ms));
             if let Some(key) = key {
                 match outcome {
@@ -804,7 +894,7 @@ impl MemoryLedger {
     fn do_grow(&self, g: &Grow) -> Result<GrowOutcome, LedgerError> {
         let (to, least) = (g.amount(), g.least_amount());
         check_amount(to)?;
-        let result = self.with_account(g.account(), |state, _now| {
+        let result = self.with_account(g.account(), |state, now| {
             let closed = state.closed(g.hold_id());
             let Some(hold) = state.open_hold(g.hold_id()) else {
                 let how = closed.map(already).unwrap_or(SettleOutcome::Unknown);
@@ -837,6 +927,8 @@ impl MemoryLedger {
                 .and_then(|a| a.holds.get_mut(g.hold_id()))
                 .expect("open above");
             hold.amount = target;
+            let entry = (AuditKind::Grow, raise, Some(g.hold_id()), None);
+            state.audit(self.inner.audit_cap, entry, now);
             Ok(GrowOutcome::Grown(Grown::new(target, state.available())))
         });
         match result {
@@ -867,7 +959,7 @@ impl MemoryLedger {
         let first = owner.map(|&(_, first)| first);
         let mut shard = self.shard(account).lock();
         let state = shard.accounts.entry(account.clone()).or_default();
-        state.reclaim(now);
+        state.reclaim(now, self.inner.audit_cap);
         if let Some(first) = first {
             if first != amount {
                 return Err(LedgerError::TopUpConflict {
@@ -883,6 +975,11 @@ impl MemoryLedger {
         }
         state.topped_up = checked_total(state.topped_up, amount)?;
         topups.insert(digest, (account.clone(), amount));
+        state.audit(
+            self.inner.audit_cap,
+            (AuditKind::TopUp, amount, None, None),
+            now,
+        );
         let available = state.available();
         state.alerts.after_top_up(amount, available);
         Ok(ToppedUp {
@@ -1037,6 +1134,24 @@ impl LedgerReports for MemoryLedger {
                 by_route: state.usage.clone(),
             })
         }))
+    }
+
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> super::BoxLedgerFuture<HistoryPage> {
+        let page = check_history(cursor, limit).map(|(cursor, limit)| {
+            let cursor = cursor.map(|c| c.parse::<u64>().unwrap_or(0));
+            let shard = self.shard(account).lock();
+            shard
+                .accounts
+                .get(account)
+                .map(|state| state.history(cursor, limit))
+                .unwrap_or_default()
+        });
+        Box::pin(ready(page))
     }
 }
 

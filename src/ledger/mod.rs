@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use crate::api_key::ApiKeyHash;
 
+pub mod audit;
 mod boxed;
 mod cached_reads;
 mod error;
@@ -66,6 +67,7 @@ pub use cached_reads::{CachedFuture, CachedReads, DEFAULT_READ_INTERVAL};
 pub use error::{ErrorKind, LedgerError};
 pub(crate) use events::Alerts;
 // Event types are public under `crate::events` only.
+pub use audit::{AuditEntry, AuditKind, HistoryPage};
 pub use events::{
     check_alerts, OutboxFuture, Threshold, DEFAULT_EVENT_LEASE, DEFAULT_RUNWAY_HORIZON,
     MAX_RUNWAY_HORIZON, MAX_THRESHOLDS,
@@ -74,7 +76,7 @@ pub(crate) use events::{CreditEvent, DeadLetter, EventKind, EventOutbox};
 pub use idempotency::{IdempotencyClaim, Replay, StoreResponse};
 pub(crate) use ids::{check_idempotency_key, check_route};
 pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
-pub use memory::{MemoryLedger, MemoryLedgerBuilder};
+pub use memory::{MemoryLedger, MemoryLedgerBuilder, DEFAULT_MEMORY_AUDIT_CAP};
 pub use runway::{burn_rate_after, decayed_rate, runway_secs};
 pub use types::{
     AccountSettings, Balance, Configure, Extend, Extended, Grow, GrowOutcome, Grown, Held,
@@ -190,6 +192,20 @@ pub trait LedgerReports: Ledger {
 
     /// The account's committed credits by route.
     fn usage(&self, account: &AccountId) -> Self::Future<Usage>;
+
+    /// A page of the account's [audit trail](audit), newest first: up to `limit` entries
+    /// (1 to [`MAX_HISTORY_PAGE`](audit::MAX_HISTORY_PAGE)) older than `cursor` (a page's
+    /// [`next`](HistoryPage::next)), or the newest without one. An account with no trail
+    /// (never seen, or a ledger that keeps none) has an empty one. The default keeps none.
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> BoxLedgerFuture<HistoryPage> {
+        let _ = (account, cursor, limit);
+        Box::pin(std::future::ready(Ok(HistoryPage::default())))
+    }
 }
 
 /// A ledger chosen at run time: in memory, or Redis when the `redis` feature is on.
@@ -306,6 +322,18 @@ impl LedgerReports for AnyLedger {
     }
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
         dispatch!(self, l => l.usage(account))
+    }
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> BoxLedgerFuture<HistoryPage> {
+        match self {
+            AnyLedger::Memory(l) => l.history(account, cursor, limit),
+            #[cfg(feature = "redis")]
+            AnyLedger::Redis(l) => l.history(account, cursor, limit),
+        }
     }
 }
 

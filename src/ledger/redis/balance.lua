@@ -12,6 +12,7 @@
 -- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
+-- ARGV[3]: audit trail cap, entries (0: no trail; read by common_args)
 -- Returns one of:
 --   {'balance', available, held, committed, topped_up, credit_limit, {thresholds},
 --    runway_horizon_secs, open_holds, rate, rate_at_ms, now_ms}

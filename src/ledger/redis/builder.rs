@@ -50,6 +50,7 @@ pub struct RedisLedgerBuilder {
     call_timeout: Duration,
     connect_timeout: Duration,
     max_open_holds: Option<u64>,
+    audit_cap: usize,
     event_lease: Duration,
     #[cfg(feature = "test-util")]
     test_clock: Option<ManualClock>,
@@ -126,6 +127,7 @@ impl Default for RedisLedgerBuilder {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_open_holds: None,
+            audit_cap: crate::ledger::audit::DEFAULT_AUDIT_CAP,
             event_lease: crate::ledger::DEFAULT_EVENT_LEASE,
             #[cfg(feature = "test-util")]
             test_clock: None,
@@ -250,6 +252,22 @@ impl RedisLedgerBuilder {
     /// limit).
     pub fn max_open_holds(mut self, limit: u64) -> Self {
         self.max_open_holds = Some(limit);
+        self
+    }
+
+    /// About how many audit entries each account keeps (default 1,000; the stream is
+    /// trimmed with `MAXLEN ~`, so a few more may stay); 0 keeps no trail. Each entry is
+    /// one `XADD` in the script that moves the credits.
+    ///
+    /// # Panics
+    ///
+    /// Over 10,000,000.
+    pub fn audit_cap(mut self, entries: usize) -> Self {
+        assert!(
+            entries <= 10_000_000,
+            "audit_cap({entries}): at most 10,000,000"
+        );
+        self.audit_cap = entries;
         self
     }
 
@@ -395,6 +413,7 @@ impl RedisLedgerBuilder {
                     .min(crate::ledger::MAX_HOLD_TTL.as_millis() as u64),
                 longest_ttl: Default::default(),
                 max_open_holds: self.max_open_holds,
+                audit_cap: self.audit_cap as u64,
                 replica: format!("replica-{}", uuid::Uuid::now_v7().simple()),
                 event_lease_ms: (self.event_lease.as_millis() as u64)
                     .clamp(1, crate::ledger::MAX_HOLD_TTL.as_millis() as u64),

@@ -18,6 +18,7 @@
 -- ARGV[4]: low-balance thresholds ('100,4,10%': credits, or percent of the last top-up;
 --          '' for none), at most 8
 -- ARGV[5]: runway horizon, s ('' for the default)
+-- ARGV[6]: audit trail cap, entries (0: no trail; read by common_args)
 -- Returns:
 --   {'configured'}
 

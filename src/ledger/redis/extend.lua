@@ -14,6 +14,7 @@
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- ARGV[3]: hold id
 -- ARGV[4]: new ttl from now, ms (1 .. 86400000)
+-- ARGV[5]: audit trail cap, entries (0: no trail; read by common_args)
 -- Returns one of:
 --   {'until', expires_at_ms}
 --   {'not_open', 'already_committed' | 'already_refunded' | 'expired' | 'unknown'}

@@ -15,8 +15,9 @@
 -- ARGV[3]: hold id
 -- ARGV[4]: the hold's new total
 -- ARGV[5]: least new total ('' for all or nothing)
--- A grow writes two fields (the hold, the account's held) and nothing else: no event, no
--- index entry (the hold is already in the due-index from its reserve; its expiry does
+-- ARGV[6]: audit trail cap, entries (0: no trail; read by common_args)
+-- A grow writes two fields (the hold, the account's held) and its audit entry, nothing
+-- else: no event, no index entry (the hold is already in the due-index from its reserve; its expiry does
 -- not move).
 -- Returns one of:
 --   {'grown', amount, available}            (amount: the hold's total now)
@@ -70,4 +71,5 @@ end
 a.held = a.held + raise
 redis.call('HSET', KEYS[2], id, current + raise)
 redis.call('HSET', KEYS[1], 'held', a.held)
+audit(a, now, 'grow', raise, id, nil)
 return { 'grown', current + raise, available(a) }

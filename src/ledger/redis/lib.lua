@@ -62,7 +62,12 @@ end
 -- The common arguments of every account script: ARGV[1] clock offset (ms, 0 outside
 -- tests) and ARGV[2] the closed-id grace (ms): how long a closed hold id is remembered past
 -- its hold's expiry (the call timeout + 1 s).
+-- The audit trail's cap (0: no trail): the last ARGV of every account script, read by
+-- common_args before any write.
+local AUDIT_CAP = 0
+
 local function common_args()
+  AUDIT_CAP = uint_arg(#ARGV, 'audit trail cap', 10000000)
   return uint_arg(1, 'clock offset'), uint_arg(2, 'closed-id grace')
 end
 
@@ -121,6 +126,19 @@ end
 
 local function available(a)
   return a.topped_up - a.committed - a.held
+end
+
+-- Appends an entry to the account's audit trail (<prefix>:{<account>}:log, a stream in
+-- the account's slot, trimmed to about AUDIT_CAP entries), with the totals after it: the
+-- same step that moved the credits writes it.
+local function audit(a, now, kind, amount, id, route)
+  if AUDIT_CAP == 0 then
+    return
+  end
+  local log = string.sub(KEYS[1], 1, -5) .. 'log'
+  redis.call('XADD', log, 'MAXLEN', '~', AUDIT_CAP, '*', 'k', kind, 'n', amount,
+    'h', id or '', 'r', route or '', 't', now, 'av', available(a), 'hd', a.held,
+    'cm', a.committed, 'tu', a.topped_up)
 end
 
 -- Adds `by` to a counter field, in Redis and in the loaded account. (Adding nothing is
@@ -319,6 +337,7 @@ local function reclaim_expired(a, now, grace)
     if amount then
       redis.call('HDEL', KEYS[2], id, id .. ':route')
       incr(a, 'held', -amount)
+      audit(a, now, 'expire', amount, id, nil)
       -- Expired by now: its expiry is at most now.
       close(id, 'expired', forget_at(now, now, grace))
       reclaimed = reclaimed + 1

@@ -23,6 +23,8 @@
 //! | `credits:{acct}:outbox` | STREAM | detected events (`type`, `available`, `threshold`, `runway`, `at`) until delivered; the entry id is the event's receipt. Deleted once empty. |
 //! | `credits:{acct}:leases` | HASH | outbox entry id → lease end (ms); `<id>:owner` → the replica holding it |
 //! | `credits:{acct}:dead` | STREAM | events whose delivery gave up, with the `reason`; kept for an operator |
+//! | `credits:{acct}:log` | STREAM | the [audit trail](super::audit): one entry per reserve, grow, commit, refund, expiry and top-up (`k` kind, `n` amount, `h` hold, `r` route, `t` ms, and the totals after it: `av`, `hd`, `cm`, `tu`), written by the script that moved the credits, trimmed to about [`audit_cap`](RedisLedgerBuilder::audit_cap) entries (`XADD … MAXLEN ~`) |
+//! | `credits:{acct}:req:<sha256 hex>` | HASH | an [idempotency](super::idempotency) record: `fp` (the request's fingerprint), `hold`, `until` (ms), `committed_at`, `response` or `unavailable`; its TTL is the retention + the closed-id grace |
 //! | `credits:{!due}:holds` | ZSET | the holds due-index: account → when its earliest open hold expires (ms); the sweeper's work list (see `# Background work`) |
 //! | `credits:{!due}:events` | ZSET | the events due-index: account → when the earliest lease of its waiting events lapses (ms); where event claims look |
 //! | `credits:{!due}:holds:lease`, `credits:{!due}:events:lease` | STRING | the replica doing a pass over that index (expires by itself) |
@@ -238,6 +240,8 @@ struct Inner {
     /// How long a refund tombstone of a never-seen id stands (see [`LongestTtl`]).
     longest_ttl: LongestTtl,
     max_open_holds: Option<u64>,
+    /// About how many audit entries an account keeps (0: none).
+    audit_cap: u64,
     /// This instance's name in event leases.
     replica: String,
     /// How long an event this instance detects stays leased to it.
@@ -332,6 +336,7 @@ impl RedisLedger {
                 a.arg(self.clock_offset_ms())
                     .arg(self.inner.closed_grace_ms);
                 args(a);
+                a.arg(self.inner.audit_cap);
             },
         );
         self.deadline(functions::run(
@@ -676,5 +681,26 @@ impl LedgerReports for RedisLedger {
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
         let call = self.account_script(&USAGE, account, |_| {});
         Box::pin(async move { reply::usage(call.await?) })
+    }
+
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> crate::ledger::BoxLedgerFuture<crate::ledger::HistoryPage> {
+        let (cursor, limit) = match crate::ledger::audit::check_history(cursor, limit) {
+            Ok(checked) => checked,
+            Err(error) => return ready_err(error),
+        };
+        // The newest first, one more than the page to know whether another follows.
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(keys::account_key(&self.inner.prefix, account, "log"))
+            .arg(cursor.map_or_else(|| "+".to_owned(), |c| format!("({c}")))
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit + 1);
+        let call = self.command::<redis::Value>(cmd);
+        Box::pin(async move { reply::history(call.await?, limit) })
     }
 }

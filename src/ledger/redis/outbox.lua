@@ -19,6 +19,7 @@
 -- ARGV[6]: entry id ('renew', 'ack', 'dead'; the dead letter's for 'requeue'; else '')
 -- ARGV[7]: most entries ('claim', 'pending', 'dead_letters'; else '0')
 -- ARGV[8]: reason ('dead'; else '')
+-- ARGV[9]: audit trail cap, entries (0: no trail; read by common_args)
 -- An event in a reply is {entry_id, type, available, threshold | -1, runway_secs | -1,
 -- at_ms, seq}, as settle.lua shows it.
 -- events_due is when the events due-index should look at the account next (ms; 0: no

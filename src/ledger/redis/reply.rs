@@ -12,9 +12,9 @@ use super::scripts::{
     BALANCE, CONFIGURE, EXTEND, GROW, OUTBOX, RESERVE, SETTLE, STORE, SWEEP, TOP_UP, USAGE,
 };
 use crate::ledger::{
-    decayed_rate, runway_secs, AccountId, Balance, CreditEvent, DeadLetter, EventKind, Extended,
-    GrowOutcome, Grown, Held, Insufficient, LedgerError, Replay, ReserveOutcome, SettleOutcome,
-    Settlement, ToppedUp, Usage,
+    decayed_rate, runway_secs, AccountId, AuditEntry, AuditKind, Balance, CreditEvent, DeadLetter,
+    EventKind, Extended, GrowOutcome, Grown, Held, HistoryPage, Insufficient, LedgerError, Replay,
+    ReserveOutcome, SettleOutcome, Settlement, ToppedUp, Usage,
 };
 
 /// A reply no script of this version sends: a mismatch between the Rust side and the
@@ -388,6 +388,61 @@ pub(super) fn grow(value: Value) -> Result<GrowOutcome, LedgerError> {
     };
     reply.end()?;
     Ok(outcome)
+}
+
+/// The reply of `XREVRANGE` on an account's audit trail: up to `limit` entries, and the
+/// cursor of the next page when one more came.
+pub(super) fn history(value: Value, limit: usize) -> Result<HistoryPage, LedgerError> {
+    let bad = |detail: String| unexpected("audit trail", detail);
+    let Value::Array(items) = value else {
+        return Err(bad("XREVRANGE did not answer an array".into()));
+    };
+    let mut entries = Vec::with_capacity(items.len().min(limit + 1));
+    for item in items {
+        let Value::Array(parts) = item else {
+            return Err(bad("an entry is not an array".into()));
+        };
+        let [Value::BulkString(id), Value::Array(fields)] = &parts[..] else {
+            return Err(bad("an entry is not [id, fields]".into()));
+        };
+        let mut get = std::collections::HashMap::new();
+        for pair in fields.chunks(2) {
+            if let [Value::BulkString(k), Value::BulkString(v)] = pair {
+                get.insert(
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                );
+            }
+        }
+        let text = |k: &str| get.get(k).cloned().unwrap_or_default();
+        let num = |k: &str| -> Result<i64, LedgerError> {
+            text(k)
+                .parse::<i64>()
+                .map_err(|_| bad(format!("field {k} is not an integer")))
+        };
+        let amount = |k: &str| -> Result<u64, LedgerError> {
+            u64::try_from(num(k)?).map_err(|_| bad(format!("field {k} is negative")))
+        };
+        let kind = AuditKind::parse(&text("k")).ok_or_else(|| bad("unknown entry kind".into()))?;
+        let optional = |k: &str| Some(text(k)).filter(|v| !v.is_empty());
+        entries.push(AuditEntry {
+            id: String::from_utf8_lossy(id).into_owned(),
+            at_ms: amount("t")?,
+            kind,
+            amount: amount("n")?,
+            hold_id: optional("h"),
+            route: optional("r"),
+            available: num("av")?,
+            held: amount("hd")?,
+            committed: amount("cm")?,
+            topped_up: amount("tu")?,
+        });
+    }
+    let next = (entries.len() > limit).then(|| {
+        entries.truncate(limit);
+        entries[limit - 1].id.clone()
+    });
+    Ok(HistoryPage { entries, next })
 }
 
 /// The reply of `store`.

@@ -24,6 +24,7 @@
 -- ARGV[12]: request fingerprint, hex ('' for none)
 -- ARGV[13]: idempotency retention, ms
 -- ARGV[14]: store grace, ms: a committed record without a response is in progress so long
+-- ARGV[15]: audit trail cap, entries (0: no trail; read by common_args)
 -- holds_due, events_due: 0, or when the holds / events due-index must look at the
 -- account (ms): the caller then writes the index entry.
 -- Returns one of:
@@ -151,6 +152,7 @@ if expires_at < a.next_expiry then
 else
   redis.call('HSET', KEYS[1], 'held', a.held)
 end
+audit(a, now, 'reserve', amount, id, route)
 -- The sweeper finds the account through the holds due-index: entered when the account had
 -- no entry, or needs an earlier look (once per active period, not once per request).
 local holds_due = note_due(a, 'due_holds', a.next_expiry)

@@ -49,10 +49,11 @@ pub(super) struct ScriptSpec {
 /// `KEYS[1]` … `KEYS[4]`, `KEYS[7]` and `KEYS[8]` by position.
 const ACCOUNT_KEYS: &[&str] = &ACCOUNT_KEY_SUFFIXES;
 
-/// The arguments every account script takes first (read by `common_args` in `lib.lua`).
+/// The arguments every account script takes: two first, the audit trail cap last (all read
+/// by `common_args` in `lib.lua`).
 macro_rules! account_args {
     ($($arg:literal),* $(,)?) => {
-        &["clock offset", "closed-id grace", $($arg),*]
+        &["clock offset", "closed-id grace", $($arg,)* "audit trail cap"]
     };
 }
 

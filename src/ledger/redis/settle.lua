@@ -19,6 +19,7 @@
 -- ARGV[7]: replica: who the events this commit detects are leased to
 -- ARGV[8]: event lease, ms
 -- ARGV[9]: idempotency key digest, hex, the reserve claimed ('' for none)
+-- ARGV[10]: audit trail cap, entries (0: no trail; read by common_args)
 -- In the reply, outcome is 'committed' | 'refunded' | 'already_committed'
 -- | 'already_refunded' | 'expired' | 'unknown' (a refund of an unknown id leaves a
 -- tombstone), rate the stored burn rate (credits/s) as a string, to be decayed to now_ms,
@@ -111,6 +112,11 @@ if mode == 'commit' then
   events = alerts_after_commit(a, now, owner, lease_ms)
 else
   redis.call('HSET', KEYS[1], 'held', a.held)
+end
+if outcome == 'committed' then
+  audit(a, now, 'commit', charged, id, route)
+else
+  audit(a, now, 'refund', amount, id, route)
 end
 local forget = forget_at(now, expires_at, grace)
 close(id, outcome, forget)

@@ -16,6 +16,7 @@
 -- ARGV[4]: idempotency key digest, hex
 -- ARGV[5]: 'response' or 'unavailable'
 -- ARGV[6]: the response ('' when unavailable)
+-- ARGV[7]: audit trail cap, entries (0: no trail; read by common_args)
 -- The record keeps its TTL; one made by another hold is left alone.
 -- Returns:
 --   {'stored', 0|1}

@@ -13,6 +13,7 @@
 -- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
 -- ARGV[1]: clock offset, ms (0 outside tests)
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
+-- ARGV[3]: audit trail cap, entries (0: no trail; read by common_args)
 -- holds_due: when the earliest open hold expires (ms; 0 for none), the score the holds
 -- due-index keeps for the account.
 -- Returns one of:

@@ -17,6 +17,7 @@
 -- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
 -- ARGV[3]: amount
 -- ARGV[4]: idempotency key (1 to 255 printable ASCII characters, no space)
+-- ARGV[5]: audit trail cap, entries (0: no trail; read by common_args)
 -- Returns one of:
 --   {'topped_up', replayed 0|1, available}
 --   {'conflict', first_amount}
@@ -50,6 +51,7 @@ end
 redis.call('HINCRBY', KEYS[1], 'topped_up', amount)
 a.topped_up = a.topped_up + amount
 redis.call('HSET', KEYS[6], key, amount)
+audit(a, now, 'top_up', amount, nil, nil)
 -- A top-up re-arms each threshold it lifted `available` back to (a percentage now of this
 -- top-up), the runway reminder and the depletion event.
 -- Flags are written only when set: an account that never crossed anything keeps none.
