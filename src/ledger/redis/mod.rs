@@ -182,6 +182,7 @@ mod due;
 mod functions;
 mod keys;
 mod outbox;
+pub mod reconcile;
 mod reply;
 mod scripts;
 mod sweep;

@@ -119,6 +119,14 @@ pub(super) static STORE: ScriptSpec = spec!(
     reply: "{'stored', 0|1}",
 );
 
+/// `reconcile`: checks one account's books, writing nothing.
+pub(super) static RECONCILE: ScriptSpec = spec!(
+    "reconcile",
+    args: account_args!["stale after"],
+    reply: "{'checked', {drift}, ...}
+            {'unknown_account'}",
+);
+
 /// `top_up`: adds credits once per idempotency key, after [`CLAIM_TOP_UP_KEY`] claimed the
 /// key for the account.
 pub(super) static TOP_UP: ScriptSpec = spec!(
@@ -174,9 +182,9 @@ pub(super) static OUTBOX: ScriptSpec = spec!(
 );
 
 /// Every script of the ledger.
-pub(super) static SPECS: [&ScriptSpec; 11] = [
+pub(super) static SPECS: [&ScriptSpec; 12] = [
     &RESERVE, &SETTLE, &EXTEND, &GROW, &STORE, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP,
-    &OUTBOX,
+    &OUTBOX, &RECONCILE,
 ];
 
 /// Builds (hashes) every script of [`SPECS`] and the claim scripts, once per process.

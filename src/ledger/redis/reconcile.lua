@@ -1,0 +1,91 @@
+-- reconcile: checks one account's books, in one atomic step, writing nothing
+-- (RedisLedger::reconcile).
+-- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
+-- redis/mod.rs.
+-- KEYS[1]: <prefix>:{<account>}:acct
+-- KEYS[2]: <prefix>:{<account>}:holds
+-- KEYS[3]: <prefix>:{<account>}:expiry
+-- KEYS[4]: <prefix>:{<account>}:done     (not used here)
+-- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
+-- KEYS[6]: <prefix>:{<account>}:topups
+-- KEYS[7]: <prefix>:{<account>}:outbox   (not used here)
+-- KEYS[8]: <prefix>:{<account>}:leases   (not used here)
+-- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
+-- ARGV[1]: clock offset, ms (0 outside tests)
+-- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
+-- ARGV[3]: stale after, ms: an open hold expired longer ago should have been reclaimed
+-- ARGV[4]: audit trail cap, entries (0: no trail; read by common_args)
+-- Each drift is {check, expected, found}, a figure or a name each.
+-- Returns one of:
+--   {'checked', {drift}, ...}
+--   {'unknown_account'}
+
+local offset = common_args()
+local stale_after = uint_arg(3, 'stale after', 86400000)
+local a = load_account()
+if not a.exists then
+  return { 'unknown_account' }
+end
+local now = now_ms(offset)
+local drifts = {}
+local function drift(check, expected, found)
+  drifts[#drifts + 1] = { check, expected, found }
+end
+
+-- `held` is the sum of the open holds, and every open hold is in the expiry index.
+local fields = redis.call('HGETALL', KEYS[2])
+local sum, count = 0, 0
+for i = 1, #fields, 2 do
+  local id = fields[i]
+  if not string.find(id, ':', 1, true) then
+    sum = sum + (tonumber(fields[i + 1]) or 0)
+    count = count + 1
+    if not redis.call('ZSCORE', KEYS[3], id) then
+      drift('hold_not_in_expiry_index', 'indexed', id)
+    end
+  end
+end
+if sum ~= a.held then
+  drift('held', sum, a.held)
+end
+local indexed = redis.call('ZCARD', KEYS[3])
+if indexed ~= count then
+  drift('expiry_index_size', count, indexed)
+end
+-- No open hold expired so long ago that a reclaim should have taken it.
+local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - stale_after, 'LIMIT', 0, 1)
+if #stale > 0 then
+  drift('stale_hold', 'reclaimed', stale[1])
+end
+-- `topped_up` is the sum of the top-ups by payment id.
+local total = 0
+for _, amount in ipairs(redis.call('HVALS', KEYS[6])) do
+  total = total + (tonumber(amount) or 0)
+end
+if total ~= a.topped_up then
+  drift('topped_up', total, a.topped_up)
+end
+-- The newest audit entry's totals are the account's.
+if AUDIT_CAP > 0 then
+  local last = redis.call('XREVRANGE', string.sub(KEYS[1], 1, -5) .. 'log', '+', '-', 'COUNT', 1)
+  if last[1] then
+    local f = {}
+    local kv = last[1][2]
+    for i = 1, #kv, 2 do
+      f[kv[i]] = tonumber(kv[i + 1])
+    end
+    if f.av ~= available(a) then
+      drift('audit_available', available(a), f.av or -1)
+    end
+    if f.hd ~= a.held then
+      drift('audit_held', a.held, f.hd or -1)
+    end
+    if f.cm ~= a.committed then
+      drift('audit_committed', a.committed, f.cm or -1)
+    end
+    if f.tu ~= a.topped_up then
+      drift('audit_topped_up', a.topped_up, f.tu or -1)
+    end
+  end
+end
+return { 'checked', drifts }
