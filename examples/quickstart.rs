@@ -24,7 +24,8 @@
 //! `CREDITS_WEBHOOK_SECRET="whsec_$(openssl rand -base64 32)"`; several, space-separated,
 //! sign each event with each (a rotation). Any other form stops the quickstart at start.
 //!
-//! `GET /metrics` answers Prometheus metrics (`credits_*`, see `tower_credits::metrics`), free
+//! `GET /dashboard` is the callers' usage page (paste an API key: balance, cost per route, balance
+//! over time). `GET /metrics` answers Prometheus metrics (`credits_*`, see `tower_credits::metrics`), free
 //! and without a key. `RUST_LOG` sets what is logged (default `info`).
 //!
 //! `ADMIN_TOKEN=<16+ characters>` mounts the admin API at `/admin` (top-ups, settings, API
@@ -45,6 +46,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tower_credits::admin::{AdminRouter, AdminToken};
+use tower_credits::dashboard::Dashboard;
 use tower_credits::events::webhook::WebhookError;
 use tower_credits::events::{Dispatcher, Webhook};
 use tower_credits::idempotency::IdempotencyLayer;
@@ -274,7 +276,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Outside the credit layer: a retried call with the same `Idempotency-Key` is
         // answered from its first response and charged once.
         .layer(IdempotencyLayer::new())
-        // After `.layer`: free, no key.
+        // After `.layer`: free, no key. The callers' usage page reads the two readouts above
+        // with the key a caller pastes into it.
+        .nest_service(
+            "/dashboard",
+            Dashboard::new().top_up_url("https://example.com/billing"),
+        )
         .route(
             "/metrics",
             get(move || std::future::ready(prometheus.render())),
@@ -308,7 +315,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -s -H 'Authorization: Bearer demo-rich' '{base}/v1/credits/history?limit=5'   # every move, newest first");
     println!("  curl -N -H 'Authorization: Bearer demo-rich' '{base}/v1/stream?n=50'  # SSE, grows its hold, ends with event: credits");
     println!("  curl -N -H 'Authorization: Bearer demo-poor' '{base}/v1/stream?n=50'  # cut when its credits run out");
-    println!("  curl -s {base}/metrics | grep credits_   # Prometheus metrics, free\n");
+    println!("  curl -s {base}/metrics | grep credits_   # Prometheus metrics, free");
+    println!("  open {base}/dashboard and paste demo-rich   # the callers' usage page\n");
     if admin_token.is_some() {
         println!("admin API at {base}/admin (Authorization: Bearer $ADMIN_TOKEN):");
         println!(

@@ -138,6 +138,9 @@ pub mod conformance;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod credits_grpc;
+#[cfg(feature = "dashboard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
+pub mod dashboard;
 pub mod events;
 #[cfg(any(fuzzing, feature = "test-util"))]
 #[doc(hidden)]

@@ -6,3 +6,4 @@ pub mod ledgers;
 pub mod receiver;
 pub mod redis;
 pub mod rig;
+pub mod webdriver;

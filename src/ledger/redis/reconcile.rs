@@ -139,9 +139,7 @@ impl RedisLedger {
         for node in nodes {
             let mut cursor = 0;
             loop {
-                let (next, accounts) = self
-                    .scan_accounts(node, "acct", cursor, SCAN_COUNT)
-                    .await?;
+                let (next, accounts) = self.scan_accounts(node, "acct", cursor, SCAN_COUNT).await?;
                 for account in accounts {
                     let found = self.reconcile(&account, stale_after).await?;
                     done.checked += 1;
