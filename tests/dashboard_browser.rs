@@ -78,7 +78,10 @@ async fn the_dashboard_shows_the_ledgers_figures_in_a_real_browser() {
     })
     .await;
     assert!(
-        browser.text("#status").await.contains("This API key is not known"),
+        browser
+            .text("#status")
+            .await
+            .contains("This API key is not known"),
         "{}",
         browser.text("#status").await
     );
