@@ -870,6 +870,50 @@ async fn reserve_then_commit(
     (reserve_us, commit_us)
 }
 
+/// Keyed requests (an `Idempotency-Key`): `CALLS` reserves with a claim, their commits
+/// with the key, and the response stores. Returns the µs inside each reserve, commit and
+/// store.
+async fn keyed_reserve_commit_store(
+    ledger: &RedisLedger,
+    con: &mut MultiplexedConnection,
+) -> (f64, f64, f64) {
+    use tower_credits::ledger::{IdempotencyClaim, Settle, StoreResponse};
+    const CALLS: usize = 4_000;
+    const ACCOUNTS: usize = 40;
+    let ids = accounts("pc_keyed", ACCOUNTS);
+    fund(ledger, &ids, 1_000_000_000).await;
+    for acct in &ids {
+        reserve_commit(ledger, acct).await;
+    }
+    let mut holds = Vec::with_capacity(CALLS);
+    reset_stats(con).await;
+    for i in 0..CALLS {
+        let acct = &ids[i % ACCOUNTS];
+        let hold = HoldId::generate();
+        let claim = IdempotencyClaim::new(&format!("key-{i}"), [7; 32]).unwrap();
+        let key = *claim.key();
+        let r = Reserve::new(acct.clone(), hold.clone(), 2).idempotency(claim);
+        let outcome = ledger.reserve(r).await.expect("reserve");
+        assert!(matches!(outcome, ReserveOutcome::Held(_)), "{outcome:?}");
+        holds.push((acct.clone(), hold, key));
+    }
+    let reserve_us = script_us_per_call(con).await;
+    reset_stats(con).await;
+    for (acct, hold, key) in &holds {
+        let settle = Settle::commit(acct, hold, 1).idempotency(*key);
+        ledger.settle(settle).await.expect("commit");
+    }
+    let commit_us = script_us_per_call(con).await;
+    reset_stats(con).await;
+    let response = bytes::Bytes::from(vec![b'x'; 256]);
+    for (acct, hold, key) in &holds {
+        let store = StoreResponse::new(acct.clone(), hold.clone(), *key, response.clone());
+        assert!(ledger.store_response(store).await.expect("store"));
+    }
+    let store_us = script_us_per_call(con).await;
+    (reserve_us, commit_us, store_us)
+}
+
 /// One commit per account crossing a threshold (an outbox entry, leased): the µs inside
 /// each, against the same commits crossing nothing.
 async fn crossing_commits(
@@ -959,6 +1003,15 @@ async fn per_call(
     let (_, routed_c) =
         reserve_then_commit(ledger, con, "pc_route", false, Some("GET /v1/x")).await;
     let (eval_r, eval_c) = reserve_then_commit(&evalsha, con, "pc_eval", false, None).await;
+    let no_audit = RedisLedger::builder()
+        .url(url)
+        .call_timeout(Duration::from_secs(2))
+        .audit_cap(0)
+        .build()
+        .await
+        .expect("connect the ledger without an audit trail");
+    let (quiet_r, quiet_c) = reserve_then_commit(&no_audit, con, "pc_noaudit", false, None).await;
+    let (keyed_r, keyed_c, keyed_s) = keyed_reserve_commit_store(ledger, con).await;
     let (noop, time_hmget) = floors(con, &accounts("pc_plain", 1)[0]).await;
     let quiet = crossing_commits(ledger, con, "pc_quiet", false).await;
     let crossing = crossing_commits(ledger, con, "pc_cross", true).await;
@@ -967,7 +1020,8 @@ async fn per_call(
          {armed_r:.1} / {armed_c:.1} µs; commit with a route {routed_c:.1} µs; EVALSHA \
          {eval_r:.1} / {eval_c:.1} µs; a commit crossing a threshold {crossing:.1} µs \
          against {quiet:.1} µs; floors: an empty FCALL {noop:.1} µs, TIME + HMGET \
-         {time_hmget:.1} µs"
+         {time_hmget:.1} µs; without the audit trail {quiet_r:.1} / {quiet_c:.1} µs; keyed \
+         (Idempotency-Key) reserve {keyed_r:.1}, commit {keyed_c:.1}, store {keyed_s:.1} µs"
     );
     let row =
         |report: &mut Report, what: &str, v: f64, t: Target| report.row(PER_CALL, what, v, "µs", t);
@@ -1005,6 +1059,36 @@ async fn per_call(
         report,
         "outbox entry (a threshold crossed): added to a commit",
         crossing - quiet,
+        Target::None,
+    );
+    row(
+        report,
+        "audit trail entry: added to a reserve",
+        plain_r - quiet_r,
+        Target::AtMost(3.0),
+    );
+    row(
+        report,
+        "audit trail entry: added to a commit",
+        plain_c - quiet_c,
+        Target::AtMost(3.0),
+    );
+    row(
+        report,
+        "Idempotency-Key claim: added to a reserve",
+        keyed_r - plain_r,
+        Target::None,
+    );
+    row(
+        report,
+        "Idempotency-Key mark: added to a commit",
+        keyed_c - plain_c,
+        Target::None,
+    );
+    row(
+        report,
+        "Idempotency-Key response store (one more call, off the request path)",
+        keyed_s,
         Target::None,
     );
     row(

@@ -83,9 +83,9 @@ impl<L: LedgerReports, B> Service<Request<B>> for CreditsReadout<L> {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // Put there by the layer for a route priced `Price::Authenticated`.
-        let Some(account) = req.extensions().get::<AccountId>().cloned() else {
-            return Box::pin(async { Ok(not_behind_the_layer()) });
+        let account = match caller(&req) {
+            Ok(account) => account,
+            Err(answer) => return Box::pin(async { Ok(answer) }),
         };
         let balance = self.ledger.balance(&account);
         let usage = self.ledger.usage(&account);
@@ -175,8 +175,9 @@ impl<L: LedgerReports, B> Service<Request<B>> for CreditsHistory<L> {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some(account) = req.extensions().get::<AccountId>().cloned() else {
-            return Box::pin(async { Ok(not_behind_the_layer()) });
+        let account = match caller(&req) {
+            Ok(account) => account,
+            Err(answer) => return Box::pin(async { Ok(answer) }),
         };
         let page = match PageQuery::parse(req.uri().query()) {
             Ok(page) => page,
@@ -230,6 +231,16 @@ fn unavailable(error: &LedgerError) -> Response<Full<Bytes>> {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
     response
+}
+
+/// The account the layer resolved, or the answer for a readout mounted without it.
+#[allow(clippy::result_large_err)]
+fn caller<B>(req: &Request<B>) -> Result<AccountId, Response<Full<Bytes>>> {
+    // Put there by the layer for a route priced `Price::Authenticated`.
+    req.extensions()
+        .get::<AccountId>()
+        .cloned()
+        .ok_or_else(not_behind_the_layer)
 }
 
 /// Credits per call on a route (0 before its first commit): the readout's `average_cost`.

@@ -760,12 +760,7 @@ impl LedgerReports for TinyLedger {
                 .iter()
                 .rev()
                 .filter(|e| before.is_none_or(|b| e.id.parse::<u64>().is_ok_and(|id| id < b)));
-            let mut entries: Vec<AuditEntry> = older.take(limit + 1).cloned().collect();
-            let next = (entries.len() > limit).then(|| {
-                entries.truncate(limit);
-                entries[limit - 1].id.clone()
-            });
-            HistoryPage::new(entries, next)
+            HistoryPage::from_newest(older.take(limit + 1).cloned().collect(), limit)
         });
         Box::pin(ready(page))
     }

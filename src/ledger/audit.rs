@@ -134,6 +134,16 @@ impl HistoryPage {
     pub fn new(entries: Vec<AuditEntry>, next: Option<String>) -> Self {
         Self { entries, next }
     }
+
+    /// A page of `limit` entries from up to `limit + 1` read newest first: the one past the
+    /// page only says that another page follows, after the page's last entry.
+    pub fn from_newest(mut entries: Vec<AuditEntry>, limit: usize) -> Self {
+        let next = (limit > 0 && entries.len() > limit).then(|| {
+            entries.truncate(limit);
+            entries[limit - 1].id.clone()
+        });
+        Self { entries, next }
+    }
 }
 
 /// Checks a history read: `limit` 1 to [`MAX_HISTORY_PAGE`]; a cursor of digits and at

@@ -415,8 +415,13 @@ impl AccountState {
         if self.log.len() >= cap {
             self.log.pop_front();
         }
+        if self.log.capacity() == 0 {
+            // Most accounts keep a few entries: grow from one, not from the default four.
+            self.log.reserve_exact(1);
+        }
         self.log.push_back(AuditEntry {
-            id: self.log_next.to_string(),
+            // Not stored: an entry's number follows from its place (see `history`).
+            id: String::new(),
             at_ms: now_ms,
             kind,
             amount,
@@ -432,17 +437,20 @@ impl AccountState {
 
     /// A page of the trail, newest first, older than `cursor`.
     fn history(&self, cursor: Option<u64>, limit: usize) -> HistoryPage {
+        let newest = self.log_next.saturating_sub(1);
         let older = self
             .log
             .iter()
             .rev()
-            .filter(|e| cursor.is_none_or(|c| e.id.parse::<u64>().is_ok_and(|id| id < c)));
-        let mut entries: Vec<AuditEntry> = older.take(limit + 1).cloned().collect();
-        let next = (entries.len() > limit).then(|| {
-            entries.truncate(limit);
-            entries[limit - 1].id.clone()
-        });
-        HistoryPage { entries, next }
+            .enumerate()
+            .map(|(back, entry)| (newest - back as u64, entry))
+            .filter(|(seq, _)| cursor.is_none_or(|c| *seq < c))
+            .take(limit + 1)
+            .map(|(seq, entry)| AuditEntry {
+                id: seq.to_string(),
+                ..entry.clone()
+            });
+        HistoryPage::from_newest(older.collect(), limit)
     }
 
     /// Forgets up to [`RECLAIM_LIMIT`] idempotency records past their retention.

@@ -438,11 +438,7 @@ pub(super) fn history(value: Value, limit: usize) -> Result<HistoryPage, LedgerE
             topped_up: amount("tu")?,
         });
     }
-    let next = (entries.len() > limit).then(|| {
-        entries.truncate(limit);
-        entries[limit - 1].id.clone()
-    });
-    Ok(HistoryPage { entries, next })
+    Ok(HistoryPage::from_newest(entries, limit))
 }
 
 /// The reply of `store`.
