@@ -620,6 +620,7 @@ async fn memory(ledger: &RedisLedger, con: &mut MultiplexedConnection, report: &
                 "zset" => "ZCARD",
                 "set" => "SCARD",
                 "list" => "LLEN",
+                "stream" => "XLEN",
                 _ => "STRLEN",
             };
             let len: u64 = redis::cmd(len_cmd)

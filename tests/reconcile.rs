@@ -177,27 +177,11 @@ async fn each_corruption_is_found_and_named() {
     server.cli(&["DEL", &claim]);
     // An audit entry that does not match the account.
     server.cli(&[
-        "XADD",
+        "EVAL",
+        "return redis.call('LPUSH', KEYS[1], \
+         cmsgpack.pack({99, 'top_up', 1, '', '', 1, 1, 10, 7, 121}))",
+        "1",
         "credits:{c_audit}:log",
-        "*",
-        "k",
-        "top_up",
-        "n",
-        "1",
-        "h",
-        "",
-        "r",
-        "",
-        "t",
-        "1",
-        "av",
-        "1",
-        "hd",
-        "10",
-        "cm",
-        "7",
-        "tu",
-        "121",
     ]);
 
     let expected: [(&str, &[&str]); 7] = [

@@ -14,46 +14,20 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::Query;
-use axum::response::sse::{Event, Sse};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use echo::{CountRequest, EchoClient, EchoServer};
-use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::stream::{self, StreamExt};
 use http::Request;
 use http_body_util::Full;
+use http_support::sse::{events, metered_sse, Params};
 use http_support::{account, http1, http2, send, Server};
 use support::rig::assert_conserved;
 use tonic::Code;
 use tonic_types::StatusExt;
 use tower_credits::pricing::Pricing;
-use tower_credits::{
-    Charge, ChargeError, CreditLayer, Ledger, LedgerAdmin, LedgerReports, Protocol,
-};
-
-#[derive(serde::Deserialize)]
-struct Params {
-    n: u64,
-    /// The handler stops by itself when `add` is refused (else it goes on regardless).
-    #[serde(default)]
-    polite: bool,
-}
-
-/// `n` SSE events, each metered 1 credit before it is sent.
-async fn sse(
-    charge: Charge,
-    Query(p): Query<Params>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    charge.defer();
-    let events = stream::iter(0..p.n)
-        .take_while(move |_| {
-            let metered = charge.add(1);
-            let go_on = !p.polite || !matches!(metered, Err(ChargeError::HoldExceeded { .. }));
-            async move { go_on }
-        })
-        .map(|i| Ok(Event::default().data(format!("{{\"i\":{i}}}"))));
-    Sse::new(events)
-}
+use tower_credits::{Charge, CreditLayer, Ledger, LedgerAdmin, LedgerReports, Protocol};
 
 /// `n` chunks of a plain chunked body, each metered 1 credit.
 async fn chunks(charge: Charge, Query(p): Query<Params>) -> axum::body::Body {
@@ -72,29 +46,10 @@ async fn app<L: Ledger>(ledger: L) -> Server {
             .route("GET /v1/chunks", 20),
     );
     let router = Router::new()
-        .route("/v1/stream", get(sse))
+        .route("/v1/stream", get(metered_sse))
         .route("/v1/chunks", get(chunks))
         .layer(layer);
     Server::start(router).await
-}
-
-/// SSE events as EventSource reads them: `(event name, data)` per blank-line-ended block.
-fn events(body: &[u8]) -> Vec<(String, String)> {
-    let text = std::str::from_utf8(body).unwrap().replace("\r\n", "\n");
-    text.split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .map(|block| {
-            let (mut event, mut data) = ("message".to_owned(), Vec::new());
-            for line in block.lines() {
-                if let Some(name) = line.strip_prefix("event:") {
-                    event = name.trim().to_owned();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push(d.trim_start().to_owned());
-                }
-            }
-            (event, data.join("\n"))
-        })
-        .collect()
 }
 
 fn get_req(url: &str, key: &str, te_trailers: bool) -> Request<Full<Bytes>> {

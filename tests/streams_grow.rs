@@ -14,14 +14,14 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::Query;
 use axum::response::sse::{Event, Sse};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::stream::{self, Stream};
 use http::Request;
 use http_body_util::{BodyExt, Full};
+use http_support::sse::{data_and_credits, metered_sse};
 use http_support::{account, http1, http2, send, Server};
 use support::rig::{assert_conserved, wait_until};
 use tower_credits::ledger::{
@@ -29,8 +29,8 @@ use tower_credits::ledger::{
 };
 use tower_credits::pricing::Pricing;
 use tower_credits::{
-    AccountId, ApiKeyHash, Charge, ChargeError, CreditLayer, Ledger, LedgerAdmin, LedgerReports,
-    MemoryLedger, StreamLimit,
+    AccountId, ApiKeyHash, Charge, CreditLayer, Ledger, LedgerAdmin, LedgerReports, MemoryLedger,
+    StreamLimit,
 };
 
 /// What each growth adds, and the route's first hold.
@@ -65,30 +65,6 @@ impl<L: Ledger> Ledger for CountGrows<L> {
     fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
         self.inner.lookup_api_key(key)
     }
-}
-
-#[derive(serde::Deserialize)]
-struct Params {
-    n: u64,
-    /// The handler stops by itself when `add` is refused (else it goes on regardless).
-    #[serde(default)]
-    polite: bool,
-}
-
-/// `n` SSE events, each metered 1 credit as it is produced.
-async fn sse(
-    charge: Charge,
-    Query(p): Query<Params>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    charge.defer();
-    let events = stream::iter(0..p.n)
-        .take_while(move |_| {
-            let metered = charge.add(1);
-            let go_on = !p.polite || !matches!(metered, Err(ChargeError::HoldExceeded { .. }));
-            async move { go_on }
-        })
-        .map(|i| Ok(Event::default().data(format!("{{\"i\":{i}}}"))));
-    Sse::new(events)
 }
 
 /// Events produced one per permit the test hands out, each metered 1 credit.
@@ -128,8 +104,8 @@ async fn app<L: Ledger>(ledger: L) -> App {
     );
     let permits = Arc::new(tokio::sync::Semaphore::new(0));
     let router = Router::new()
-        .route("/v1/stream", get(sse))
-        .route("/v1/fixed", get(sse))
+        .route("/v1/stream", get(metered_sse))
+        .route("/v1/fixed", get(metered_sse))
         .route("/v1/paced", get(paced))
         .layer(layer)
         .layer(axum::Extension(permits.clone()));
@@ -147,29 +123,6 @@ fn get_req(url: &str, key: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// The data events and the final `credits` event's JSON of an SSE body, read as
-/// EventSource reads it.
-fn sse_events(body: &[u8]) -> (Vec<String>, serde_json::Value) {
-    let text = std::str::from_utf8(body).unwrap().replace("\r\n", "\n");
-    let (mut data, mut credits) = (Vec::new(), serde_json::Value::Null);
-    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
-        let mut name = "message";
-        let mut lines = Vec::new();
-        for line in block.lines() {
-            if let Some(n) = line.strip_prefix("event:") {
-                name = n.trim();
-            } else if let Some(d) = line.strip_prefix("data:") {
-                lines.push(d.trim_start());
-            }
-        }
-        match name {
-            "credits" => credits = serde_json::from_str(&lines.join("\n")).unwrap(),
-            _ => data.push(lines.join("\n")),
-        }
-    }
-    (data, credits)
-}
-
 /// A stream longer than its first hold grows it step by step and delivers all of it,
 /// paid; it ends with its cost and no stop. A stream within its first hold makes no grow
 /// call, and a route that does not grow is cut at its hold, as before.
@@ -184,7 +137,7 @@ async fn a_growing_stream_delivers_what_it_pays_for<L: Ledger + LedgerAdmin + Le
         get_req(&app.server.url("/v1/stream?n=5"), "key-grow"),
     )
     .await;
-    let (data, credits) = sse_events(&short.body);
+    let (data, credits) = data_and_credits(&short.body);
     assert_eq!(data.len(), 5);
     assert_eq!(credits["cost"], 5, "{credits}");
     assert_eq!(
@@ -198,7 +151,7 @@ async fn a_growing_stream_delivers_what_it_pays_for<L: Ledger + LedgerAdmin + Le
         get_req(&app.server.url("/v1/stream?n=50"), "key-grow"),
     )
     .await;
-    let (data, credits) = sse_events(&long.body);
+    let (data, credits) = data_and_credits(&long.body);
     assert_eq!(data.len(), 50, "every event delivered");
     assert_eq!(credits["cost"], 50, "{credits}");
     assert_eq!(credits["remaining"], 1_000 - 5 - 50, "{credits}");
@@ -213,7 +166,7 @@ async fn a_growing_stream_delivers_what_it_pays_for<L: Ledger + LedgerAdmin + Le
         get_req(&app.server.url("/v1/fixed?n=50"), "key-grow"),
     )
     .await;
-    let (data, credits) = sse_events(&fixed.body);
+    let (data, credits) = data_and_credits(&fixed.body);
     assert_eq!(
         data.len(),
         STEP as usize,
@@ -240,7 +193,7 @@ async fn a_stream_stops_when_its_account_runs_out<L: Ledger + LedgerAdmin + Ledg
         let url = app.server.url(&format!("/v1/stream?n=50&polite={polite}"));
         let answer = send(&http1(), get_req(&url, &key)).await;
         assert_eq!(answer.status, 200);
-        let (data, credits) = sse_events(&answer.body);
+        let (data, credits) = data_and_credits(&answer.body);
         assert_eq!(
             data.len(),
             30,
@@ -283,7 +236,7 @@ async fn sixteen_growing_streams_never_overspend<L: Ledger + LedgerAdmin + Ledge
             continue; // refused up front: the account had less than a first hold left
         }
         assert_eq!(answer.status, 200);
-        let (data, credits) = sse_events(&answer.body);
+        let (data, credits) = data_and_credits(&answer.body);
         assert_eq!(credits["cost"], data.len() as u64, "{credits}");
         delivered += data.len() as u64;
     }
@@ -314,7 +267,7 @@ async fn a_client_that_hangs_up_pays_what_was_produced<L: Ledger + LedgerAdmin +
     app.permits.add_permits(25);
     let mut body = response.into_body();
     let mut read = Vec::new();
-    while sse_events(&read).0.len() < 25 {
+    while data_and_credits(&read).0.len() < 25 {
         let frame = body.frame().await.expect("more events").unwrap();
         if let Ok(data) = frame.into_data() {
             read.extend_from_slice(&data);
@@ -362,7 +315,7 @@ async fn a_handler_grows_its_own_hold() {
     let layer = CreditLayer::new(ledger.clone()).pricing(Pricing::new().route("GET /own", 10));
     let server = Server::start(Router::new().route("/own", get(handler)).layer(layer)).await;
     let answer = send(&http1(), get_req(&server.url("/own"), "key-self")).await;
-    let (data, credits) = sse_events(&answer.body);
+    let (data, credits) = data_and_credits(&answer.body);
     // 10 held, grown by 5 four times (30), the fifth grow refused with 2 left.
     assert_eq!(data.len(), 6);
     assert_eq!(

@@ -3,6 +3,8 @@
 //! in `tests/support/rig.rs` (a test binary that uses this module declares `mod support;`).
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::net::SocketAddr;
 
 use axum::Router;

@@ -85,7 +85,8 @@ end
 local function load_account()
   local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
     'thresholds', 'fired', 'rate', 'rate_at', 'next_expiry', 'commits', 'first_commit_at',
-    'horizon', 'runway_fired', 'depleted', 'last_topup', 'threshold', 'due_holds', 'due_events')
+    'horizon', 'runway_fired', 'depleted', 'last_topup', 'threshold', 'due_holds', 'due_events',
+    'audit_seq')
   return {
     exists = (f[1] or f[4]) and true or false,
     rate_text = f[7] or '0',
@@ -109,6 +110,8 @@ local function load_account()
     -- returns it, so the caller writes the index entry: once per active period.
     due_holds = tonumber(f[17]),
     due_events = tonumber(f[18]),
+    -- The number of the account's last audit entry (0: none yet).
+    audit_seq = tonumber(f[19]) or 0,
   }
 end
 
@@ -128,17 +131,29 @@ local function available(a)
   return a.topped_up - a.committed - a.held
 end
 
--- Appends an entry to the account's audit trail (<prefix>:{<account>}:log, a stream in
--- the account's slot, trimmed to about AUDIT_CAP entries), with the totals after it: the
--- same step that moved the credits writes it.
+-- The account's audit trail: <prefix>:{<account>}:log, a list in the account's slot,
+-- newest first, at most AUDIT_CAP entries.
+local function audit_log()
+  return string.sub(KEYS[1], 1, -5) .. 'log'
+end
+
+-- Appends an entry to the audit trail with the totals after it: the same step that moved
+-- the credits writes it. An entry is a MessagePack array {seq, kind, amount, hold, route,
+-- at, available, held, committed, topped_up} (MessagePack keeps every integer exact); a
+-- list of such small strings costs a few bytes an entry where a stream would reserve
+-- kilobytes per account.
 local function audit(a, now, kind, amount, id, route)
   if AUDIT_CAP == 0 then
     return
   end
-  local log = string.sub(KEYS[1], 1, -5) .. 'log'
-  redis.call('XADD', log, 'MAXLEN', '~', AUDIT_CAP, '*', 'k', kind, 'n', amount,
-    'h', id or '', 'r', route or '', 't', now, 'av', available(a), 'hd', a.held,
-    'cm', a.committed, 'tu', a.topped_up)
+  a.audit_seq = a.audit_seq + 1
+  redis.call('HSET', KEYS[1], 'audit_seq', a.audit_seq)
+  local log = audit_log()
+  redis.call('LPUSH', log, cmsgpack.pack({ a.audit_seq, kind, amount, id or '', route or '', now,
+    available(a), a.held, a.committed, a.topped_up }))
+  if a.audit_seq > AUDIT_CAP then
+    redis.call('LTRIM', log, 0, AUDIT_CAP - 1)
+  end
 end
 
 -- Adds `by` to a counter field, in Redis and in the loaded account. (Adding nothing is

@@ -197,8 +197,8 @@ pub use builder::{
 use conn::{ledger_error, Conn};
 use reply::unexpected;
 use scripts::{
-    Args, ScriptSpec, BALANCE, CLAIM_TOP_UP_KEY, CONFIGURE, EXTEND, GROW, RELEASE_TOP_UP_KEY,
-    RESERVE, SETTLE, STORE, TOP_UP, USAGE,
+    Args, ScriptSpec, BALANCE, CLAIM_TOP_UP_KEY, CONFIGURE, EXTEND, GROW, HISTORY,
+    RELEASE_TOP_UP_KEY, RESERVE, SETTLE, STORE, TOP_UP, USAGE,
 };
 
 /// The future of every [`RedisLedger`] operation: one boxed network call.
@@ -695,13 +695,9 @@ impl LedgerReports for RedisLedger {
             Err(error) => return ready_err(error),
         };
         // The newest first, one more than the page to know whether another follows.
-        let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(keys::account_key(&self.inner.prefix, account, "log"))
-            .arg(cursor.map_or_else(|| "+".to_owned(), |c| format!("({c}")))
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit + 1);
-        let call = self.command::<redis::Value>(cmd);
+        let call = self.account_script(&HISTORY, account, |inv| {
+            inv.arg(cursor.unwrap_or("")).arg(limit + 1);
+        });
         Box::pin(async move { reply::history(call.await?, limit) })
     }
 }

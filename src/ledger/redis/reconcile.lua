@@ -67,24 +67,24 @@ if total ~= a.topped_up then
 end
 -- The newest audit entry's totals are the account's.
 if AUDIT_CAP > 0 then
-  local last = redis.call('XREVRANGE', string.sub(KEYS[1], 1, -5) .. 'log', '+', '-', 'COUNT', 1)
-  if last[1] then
-    local f = {}
-    local kv = last[1][2]
-    for i = 1, #kv, 2 do
-      f[kv[i]] = tonumber(kv[i + 1])
-    end
-    if f.av ~= available(a) then
-      drift('audit_available', available(a), f.av or -1)
-    end
-    if f.hd ~= a.held then
-      drift('audit_held', a.held, f.hd or -1)
-    end
-    if f.cm ~= a.committed then
-      drift('audit_committed', a.committed, f.cm or -1)
-    end
-    if f.tu ~= a.topped_up then
-      drift('audit_topped_up', a.topped_up, f.tu or -1)
+  local last = redis.call('LINDEX', audit_log(), 0)
+  if last then
+    local ok, e = pcall(cmsgpack.unpack, last)
+    if not ok or type(e) ~= 'table' or #e ~= 10 then
+      drift('audit_entry', 'an entry', 'unreadable')
+    else
+      if e[7] ~= available(a) then
+        drift('audit_available', available(a), e[7])
+      end
+      if e[8] ~= a.held then
+        drift('audit_held', a.held, e[8])
+      end
+      if e[9] ~= a.committed then
+        drift('audit_committed', a.committed, e[9])
+      end
+      if e[10] ~= a.topped_up then
+        drift('audit_topped_up', a.topped_up, e[10])
+      end
     end
   end
 end

@@ -9,7 +9,7 @@ use std::fmt;
 use redis::Value;
 
 use super::scripts::{
-    BALANCE, CONFIGURE, EXTEND, GROW, OUTBOX, RESERVE, SETTLE, STORE, SWEEP, TOP_UP, USAGE,
+    BALANCE, CONFIGURE, EXTEND, GROW, HISTORY, OUTBOX, RESERVE, SETTLE, STORE, SWEEP, TOP_UP, USAGE,
 };
 use crate::ledger::{
     decayed_rate, runway_secs, AccountId, AuditEntry, AuditKind, Balance, CreditEvent, DeadLetter,
@@ -390,55 +390,65 @@ pub(super) fn grow(value: Value) -> Result<GrowOutcome, LedgerError> {
     Ok(outcome)
 }
 
-/// The reply of `XREVRANGE` on an account's audit trail: up to `limit` entries, and the
-/// cursor of the next page when one more came.
+/// The reply of `history`: up to `limit` entries, and the cursor of the next page when
+/// one more came. Each entry is the MessagePack array `audit` in `lib.lua` writes.
 pub(super) fn history(value: Value, limit: usize) -> Result<HistoryPage, LedgerError> {
-    let bad = |detail: String| unexpected("audit trail", detail);
-    let Value::Array(items) = value else {
-        return Err(bad("XREVRANGE did not answer an array".into()));
-    };
-    let mut entries = Vec::with_capacity(items.len().min(limit + 1));
-    for item in items {
-        let Value::Array(parts) = item else {
-            return Err(bad("an entry is not an array".into()));
+    let mut reply = Reply::new(HISTORY.name, value)?;
+    match reply.string()?.as_str() {
+        "entries" => {}
+        tag => return Err(reply.unknown_tag(tag)),
+    }
+    let mut entries = Vec::new();
+    while let Some(item) = reply.items.next() {
+        let Value::BulkString(bytes) = item else {
+            return Err(reply.err("an audit entry is not a string"));
         };
-        let [Value::BulkString(id), Value::Array(fields)] = &parts[..] else {
-            return Err(bad("an entry is not [id, fields]".into()));
-        };
-        let mut get = std::collections::HashMap::new();
-        for pair in fields.chunks(2) {
-            if let [Value::BulkString(k), Value::BulkString(v)] = pair {
-                get.insert(
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                );
-            }
-        }
-        let text = |k: &str| get.get(k).cloned().unwrap_or_default();
-        let num = |k: &str| -> Result<i64, LedgerError> {
-            text(k)
-                .parse::<i64>()
-                .map_err(|_| bad(format!("field {k} is not an integer")))
-        };
-        let amount = |k: &str| -> Result<u64, LedgerError> {
-            u64::try_from(num(k)?).map_err(|_| bad(format!("field {k} is negative")))
-        };
-        let kind = AuditKind::parse(&text("k")).ok_or_else(|| bad("unknown entry kind".into()))?;
-        let optional = |k: &str| Some(text(k)).filter(|v| !v.is_empty());
-        entries.push(AuditEntry {
-            id: String::from_utf8_lossy(id).into_owned(),
-            at_ms: amount("t")?,
-            kind,
-            amount: amount("n")?,
-            hold_id: optional("h"),
-            route: optional("r"),
-            available: num("av")?,
-            held: amount("hd")?,
-            committed: amount("cm")?,
-            topped_up: amount("tu")?,
-        });
+        entries.push(audit_entry(&bytes).map_err(|detail| reply.err(detail))?);
     }
     Ok(HistoryPage::from_newest(entries, limit))
+}
+
+/// One audit entry: `{seq, kind, amount, hold, route, at, available, held, committed,
+/// topped_up}` in MessagePack.
+fn audit_entry(bytes: &[u8]) -> Result<AuditEntry, String> {
+    use rmpv::Value as M;
+    let value = rmpv::decode::read_value(&mut &bytes[..])
+        .map_err(|e| format!("an audit entry is not MessagePack: {e}"))?;
+    let M::Array(fields) = value else {
+        return Err("an audit entry is not an array".into());
+    };
+    let [seq, kind, amount, hold, route, at, available, held, committed, topped_up] = &fields[..]
+    else {
+        return Err(format!(
+            "an audit entry has {} fields, not 10",
+            fields.len()
+        ));
+    };
+    let uint = |v: &M, what: &str| {
+        v.as_u64()
+            .filter(|&n| n <= crate::ledger::MAX_AMOUNT)
+            .ok_or_else(|| format!("the audit entry's {what} is not an amount"))
+    };
+    let text = |v: &M| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+    let kind = kind
+        .as_str()
+        .and_then(AuditKind::parse)
+        .ok_or("an audit entry of an unknown kind")?;
+    let mut entry = AuditEntry::new(
+        uint(seq, "number")?.to_string(),
+        uint(at, "time")?,
+        kind,
+        uint(amount, "amount")?,
+    );
+    entry.hold_id = text(hold);
+    entry.route = text(route);
+    entry.available = available
+        .as_i64()
+        .ok_or("the audit entry's available is not an integer")?;
+    entry.held = uint(held, "held")?;
+    entry.committed = uint(committed, "committed")?;
+    entry.topped_up = uint(topped_up, "topped_up")?;
+    Ok(entry)
 }
 
 /// The reply of `store`.

@@ -119,6 +119,13 @@ pub(super) static STORE: ScriptSpec = spec!(
     reply: "{'stored', 0|1}",
 );
 
+/// `history`: a page of the account's audit trail.
+pub(super) static HISTORY: ScriptSpec = spec!(
+    "history",
+    args: account_args!["cursor", "entries wanted"],
+    reply: "{'entries', entry, ...}",
+);
+
 /// `reconcile`: checks one account's books, writing nothing.
 pub(super) static RECONCILE: ScriptSpec = spec!(
     "reconcile",
@@ -182,9 +189,9 @@ pub(super) static OUTBOX: ScriptSpec = spec!(
 );
 
 /// Every script of the ledger.
-pub(super) static SPECS: [&ScriptSpec; 12] = [
+pub(super) static SPECS: [&ScriptSpec; 13] = [
     &RESERVE, &SETTLE, &EXTEND, &GROW, &STORE, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP,
-    &OUTBOX, &RECONCILE,
+    &OUTBOX, &RECONCILE, &HISTORY,
 ];
 
 /// Builds (hashes) every script of [`SPECS`] and the claim scripts, once per process.

@@ -1,0 +1,40 @@
+-- history: a page of the account's audit trail, newest first (LedgerReports::history).
+-- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
+-- redis/mod.rs.
+-- KEYS[1]: <prefix>:{<account>}:acct
+-- KEYS[2]: <prefix>:{<account>}:holds    (not used here)
+-- KEYS[3]: <prefix>:{<account>}:expiry   (not used here)
+-- KEYS[4]: <prefix>:{<account>}:done     (not used here)
+-- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
+-- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
+-- KEYS[7]: <prefix>:{<account>}:outbox   (not used here)
+-- KEYS[8]: <prefix>:{<account>}:leases   (not used here)
+-- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
+-- ARGV[1]: clock offset, ms (0 outside tests)
+-- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
+-- ARGV[3]: cursor: the entries older than this number ('' for the newest)
+-- ARGV[4]: entries wanted (the page and one more, to know whether another follows)
+-- ARGV[5]: audit trail cap, entries (0: no trail; read by common_args)
+-- Each entry is a MessagePack array, as lib.lua's audit writes it. Reads only.
+-- Returns:
+--   {'entries', entry, ...}
+
+common_args()
+local cursor = opt_uint_arg(3, 'cursor')
+local wanted = uint_arg(4, 'entries wanted', 1000)
+local newest = tonumber(redis.call('HGET', KEYS[1], 'audit_seq')) or 0
+-- The list is newest first and its entries numbered without gaps: entry n is at
+-- newest - n.
+local start = 0
+if cursor then
+  start = newest - cursor + 1
+  if start < 0 then
+    start = 0
+  end
+end
+if wanted == 0 then
+  return { 'entries' }
+end
+local entries = redis.call('LRANGE', audit_log(), start, start + wanted - 1)
+table.insert(entries, 1, 'entries')
+return entries
