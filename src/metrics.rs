@@ -24,15 +24,15 @@
 //! | `credits_reserved_total` | counter | (`account`) | credits held by new holds (a retried reserve of the same hold counts once) |
 //! | `credits_committed_total` | counter | (`account`) | credits committed (charged) |
 //! | `credits_refunded_total` | counter | (`account`) | credits given back when a hold settled: a refund's whole hold, and the unused part of a commit |
-//! | `credits_expired_total` | counter | (`account`) | credits of this replica's holds that expired before they settled (the ledger reclaimed them) |
+//! | `credits_expired_total` | counter | | credits of holds that expired before they settled, counted by the replica whose ledger call reclaimed them (the ledger's own reply says how many) |
 //! | `credits_unbilled_total` | counter | | credits of requests served without billing (the outage policy let them through) |
 //! | `credits_ledger_duration_seconds` | histogram | `op` | how long each ledger call took, errors included |
 //! | `credits_store_errors_total` | counter | `kind` | ledger calls that failed on the store's side |
 //! | `credits_open_holds` | gauge | | holds this replica placed that are still open |
 //! | `credits_webhook_deliveries_total` | counter | `result` | attempts to deliver a credit event |
 //!
-//! Over time `reserved = committed + refunded + expired + open`: every credit held ends in
-//! exactly one of the three, as this replica saw it.
+//! Over time, summed over every replica, `reserved = committed + refunded + expired + open`:
+//! every credit held ends in exactly one of the three.
 //!
 //! Every label has a fixed, small set of values:
 //!
@@ -47,12 +47,20 @@
 //!
 //! No label ever carries an API key (nor its hash). None carries an account id unless you
 //! opt in with [`Metered::per_account`]: every account is then one more series of each of
-//! the four credit counters, so opt in only with a bounded number of accounts.
+//! the three hold counters (reserved, committed, refunded), so opt in only with a bounded number of accounts.
 //!
-//! `credits_open_holds` and `credits_expired_total` are what this replica knows: a hold
-//! another replica placed is not in them, and a hold whose settle reply was lost is no
-//! longer counted open once its settle is retried (or its time to live passed, plus a
-//! minute).
+//! `credits_open_holds` is what this replica knows: a hold another replica placed is not in
+//! it, and a hold whose settle reply was lost is no longer counted open once its settle is
+//! retried (or its time to live passed, plus a minute).
+//!
+//! `credits_expired_total` is counted where the credits go back, not guessed: the ledger
+//! reclaims expired holds inside its own operations (any call on the account, or its
+//! sweeper) and each reclaim reports the credits it took back — the Redis scripts reply with
+//! the amount, the in-memory ledger counts its own. A hold placed by a replica that died is
+//! counted once, by whichever replica's call reclaimed it. It is counted whether or not the
+//! ledger is wrapped in [`Metered`] (the ledger records it through the facade itself), and
+//! never by account: an account's expiries are in its audit trail
+//! ([`LedgerReports::history`](crate::LedgerReports::history)).
 //!
 //! # Spans
 //!
@@ -127,7 +135,7 @@ pub fn describe() {
     );
     describe_counter!(
         EXPIRED_TOTAL,
-        "Credits of this replica's holds that expired before they settled."
+        "Credits of holds that expired before they settled, counted where they were reclaimed."
     );
     describe_counter!(
         UNBILLED_TOTAL,
@@ -276,6 +284,14 @@ pub(crate) fn webhook_delivery(result: Delivery) {
     ::metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "result" => result).increment(1);
 }
 
+/// Counts `credits` of expired holds that a ledger call just reclaimed. Called by
+/// the ledgers where the credits go back, so each is counted once, by one replica.
+pub(crate) fn expired(credits: u64) {
+    if credits > 0 {
+        ::metrics::counter!("credits_expired_total").increment(credits);
+    }
+}
+
 /// How long past its time to live a hold this replica never saw settle is still counted
 /// open (a settle may be retried a while after the hold expired).
 const EXPIRY_GRACE: Duration = Duration::from_secs(60);
@@ -318,7 +334,6 @@ impl Shared {
             RESERVED_TOTAL => ::metrics::counter!("credits_reserved_total").increment(credits),
             COMMITTED_TOTAL => ::metrics::counter!("credits_committed_total").increment(credits),
             REFUNDED_TOTAL => ::metrics::counter!("credits_refunded_total").increment(credits),
-            EXPIRED_TOTAL => ::metrics::counter!("credits_expired_total").increment(credits),
             name => ::metrics::counter!(name).increment(credits),
         }
     }
@@ -326,9 +341,9 @@ impl Shared {
     /// A hold was placed (or found placed): counted once per hold.
     fn opened(&self, account: &AccountId, hold: &HoldId, amount: u64, ttl: Duration) {
         let now = Instant::now();
-        let (new, expired, open) = {
+        let (new, open) = {
             let mut open = self.open.lock();
-            let expired = open.prune(now);
+            open.prune(now);
             let new = open
                 .holds
                 .insert(
@@ -339,13 +354,10 @@ impl Shared {
                     },
                 )
                 .is_none();
-            (new, expired, open.holds.len())
+            (new, open.holds.len())
         };
         if new {
             self.count(RESERVED_TOTAL, account, amount);
-        }
-        for (account, amount) in expired {
-            self.count(EXPIRED_TOTAL, &account, amount);
         }
         ::metrics::gauge!("credits_open_holds").set(open as f64);
     }
@@ -391,22 +403,14 @@ impl Shared {
 }
 
 impl OpenHolds {
-    /// Forgets the holds that expired unseen (at most once per [`PRUNE_EVERY`]); their
-    /// accounts and amounts.
-    fn prune(&mut self, now: Instant) -> Vec<(AccountId, u64)> {
+    /// Forgets the holds that expired unseen (at most once per [`PRUNE_EVERY`]): the
+    /// ledger that reclaims them counts their credits expired.
+    fn prune(&mut self, now: Instant) {
         if now < self.next_prune {
-            return Vec::new();
+            return;
         }
         self.next_prune = now + PRUNE_EVERY;
-        let mut expired = Vec::new();
-        self.holds.retain(|(account, _), hold| {
-            let keep = hold.forget_at > now;
-            if !keep {
-                expired.push((account.clone(), hold.amount));
-            }
-            keep
-        });
-        expired
+        self.holds.retain(|_, hold| hold.forget_at > now);
     }
 }
 
@@ -435,8 +439,8 @@ impl<L> Metered<L> {
         }
     }
 
-    /// Adds an `account` label to `credits_reserved_total`, `credits_committed_total`,
-    /// `credits_refunded_total` and `credits_expired_total` (off by default).
+    /// Adds an `account` label to `credits_reserved_total`, `credits_committed_total`
+    /// and `credits_refunded_total` (off by default).
     ///
     /// **Every account becomes a series of each**: turn it on only when the number of
     /// accounts is small and bounded. It applies to every clone of this wrapper.
@@ -594,18 +598,11 @@ fn settled(shared: &Shared, call: &Call, settlement: &Settlement, span: &Span) {
     span.record("outcome", label);
     span.record("committed", settlement.committed);
     span.record("released", settlement.released);
-    let was_open = shared.closed(&call.account, &call.hold);
-    match settlement.outcome {
-        SettleOutcome::Committed | SettleOutcome::Refunded => {
-            shared.count(COMMITTED_TOTAL, &call.account, settlement.committed);
-            shared.count(REFUNDED_TOTAL, &call.account, settlement.released);
-        }
-        SettleOutcome::Expired => {
-            if let Some(amount) = was_open {
-                shared.count(EXPIRED_TOTAL, &call.account, amount);
-            }
-        }
-        _ => {}
+    // An expired hold's credits were counted by the ledger call that reclaimed them.
+    shared.closed(&call.account, &call.hold);
+    if let SettleOutcome::Committed | SettleOutcome::Refunded = settlement.outcome {
+        shared.count(COMMITTED_TOTAL, &call.account, settlement.committed);
+        shared.count(REFUNDED_TOTAL, &call.account, settlement.released);
     }
 }
 
@@ -627,11 +624,8 @@ fn grown(shared: &Shared, call: &Call, outcome: &GrowOutcome, span: &Span) {
 fn extended(shared: &Shared, call: &Call, extended: &Extended, _span: &Span) {
     match extended {
         Extended::Until(_) => shared.extended(&call.account, &call.hold, call.ttl),
-        Extended::NotOpen(outcome) => {
-            let was_open = shared.closed(&call.account, &call.hold);
-            if let (SettleOutcome::Expired, Some(amount)) = (outcome, was_open) {
-                shared.count(EXPIRED_TOTAL, &call.account, amount);
-            }
+        Extended::NotOpen(_) => {
+            shared.closed(&call.account, &call.hold);
         }
     }
 }

@@ -314,6 +314,112 @@ fn store_errors_by_kind() {
     assert_eq!(counter(&snapshot, "credits_reserved_total"), 0);
 }
 
+/// A replica places holds and dies (no `Metered` wrapper ever saw them); they expire. The
+/// credits are counted expired by whichever call reclaims them, from the ledger's own
+/// answer: a reserve on the account (its script reclaims first), and the sweeper for an
+/// account nobody calls again. Each credit once: later calls count nothing more.
+async fn expired_counted_where_reclaimed<L, F>(dead: L, clock: ManualClock, sweep: impl Fn() -> F)
+where
+    L: Ledger + LedgerAdmin + LedgerReports + Clone,
+    F: Future<Output = ()>,
+{
+    let alive = Metered::new(dead.clone());
+    let (busy, idle) = (acct("acct_busy"), acct("acct_idle"));
+    for account in [&busy, &idle] {
+        dead.top_up(TopUp::new(account, 1000, account.as_str()))
+            .await
+            .unwrap();
+    }
+    let ttl = Duration::from_secs(1);
+    for (account, id, amount) in [(&busy, "d1", 20), (&busy, "d2", 30), (&idle, "d3", 7)] {
+        let placed = dead
+            .reserve(Reserve::new(account.clone(), hold(id), amount).ttl(ttl))
+            .await
+            .unwrap();
+        assert!(matches!(placed, ReserveOutcome::Held(_)), "{placed:?}");
+    }
+    // Not yet expired: nothing reclaimed, nothing counted.
+    sweep().await;
+    let placed = alive
+        .reserve(Reserve::new(busy.clone(), hold("a1"), 5).ttl(ttl))
+        .await
+        .unwrap();
+    assert!(matches!(placed, ReserveOutcome::Held(_)), "{placed:?}");
+    clock.advance(Duration::from_secs(2));
+    // The busy account's next reserve reclaims d1 and d2 (and a1) and still answers as
+    // usual.
+    let placed = alive
+        .reserve(Reserve::new(busy.clone(), hold("a2"), 5))
+        .await
+        .unwrap();
+    assert!(matches!(placed, ReserveOutcome::Held(_)), "{placed:?}");
+    // Nobody calls the idle account again: the sweeper reclaims d3.
+    sweep().await;
+    // Counted once: a second sweep and more calls find nothing left to reclaim.
+    sweep().await;
+    let settled = alive.commit(&busy, &hold("a2"), 5).await.unwrap();
+    assert_eq!(settled.outcome, SettleOutcome::Committed);
+    assert_eq!(alive.balance(&idle).await.unwrap().held, 0, "d3 went back");
+    assert_eq!(alive.balance(&busy).await.unwrap().held, 0);
+}
+
+#[test]
+fn expired_credits_counted_where_reclaimed_in_memory() {
+    let snapshot = recorded(|| async {
+        let clock = ManualClock::new();
+        let dead = MemoryLedger::builder().clock(clock.clone()).build();
+        let sweeper = dead.clone();
+        expired_counted_where_reclaimed(dead, clock, move || {
+            sweeper.sweep_expired();
+            ready(())
+        })
+        .await;
+    });
+    // d1 + d2 + d3, and a1 (this replica's own hold, left to expire).
+    assert_eq!(counter(&snapshot, "credits_expired_total"), 20 + 30 + 7 + 5);
+    assert_eq!(
+        counter(&snapshot, "credits_reserved_total"),
+        10,
+        "the dead replica's holds were never this wrapper's"
+    );
+}
+
+/// The same on Redis, through both ways of calling the scripts (Redis Functions and
+/// `EVALSHA`): the reply's envelope is read off for the reserve that reclaims and for the
+/// sweeper.
+#[test]
+fn expired_credits_counted_where_reclaimed_on_redis() {
+    let server = support::redis::RedisServer::start();
+    for evalsha_only in [false, true] {
+        server.cli(&["FLUSHALL"]);
+        let url = server.url();
+        let snapshot = recorded(|| async move {
+            let clock = ManualClock::new();
+            let mut builder = tower_credits::ledger::RedisLedger::builder()
+                .url(url)
+                .call_timeout(Duration::from_secs(5))
+                .test_clock(clock.clone());
+            if evalsha_only {
+                builder = builder.evalsha_only();
+            }
+            let dead = builder.build().await.unwrap();
+            let sweeper = dead.clone();
+            expired_counted_where_reclaimed(dead, clock, move || {
+                let sweeper = sweeper.clone();
+                async move {
+                    sweeper.sweep_expired().await.unwrap();
+                }
+            })
+            .await;
+        });
+        assert_eq!(
+            counter(&snapshot, "credits_expired_total"),
+            20 + 30 + 7 + 5,
+            "evalsha_only: {evalsha_only}"
+        );
+    }
+}
+
 /// Through the layer: billed requests over a metered ledger, and an API key that is never
 /// a label.
 #[test]

@@ -13,6 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
 use super::audit::{check_history, AuditEntry, AuditKind, HistoryPage};
+use super::expired;
 use super::idempotency::check_retention;
 use super::outbox_memory::MemoryOutbox;
 use super::{
@@ -359,10 +360,10 @@ impl AccountState {
     }
 
     /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids whose time
-    /// has come.
-    fn reclaim(&mut self, now_ms: u64, audit_cap: usize) {
+    /// has come; the credits that went back.
+    fn reclaim(&mut self, now_ms: u64, audit_cap: usize) -> u64 {
         let Some(activity) = self.activity.as_deref_mut() else {
-            return;
+            return 0;
         };
         let mut released = 0;
         let mut expired = Vec::new();
@@ -399,6 +400,7 @@ impl AccountState {
             self.audit(audit_cap, entry, now_ms);
         }
         self.held -= released - audited;
+        released
     }
 
     /// Appends `(kind, amount, hold, route)` to the audit trail with the totals now,
@@ -616,7 +618,7 @@ impl MemoryLedger {
             let mut shard = shard.lock();
             for state in shard.accounts.values_mut() {
                 let before = state.open_holds();
-                state.reclaim(now, self.inner.audit_cap);
+                expired(state.reclaim(now, self.inner.audit_cap));
                 reclaimed += (before - state.open_holds()) as u64;
             }
         }
@@ -660,7 +662,7 @@ impl MemoryLedger {
             .accounts
             .get_mut(account)
             .ok_or(LedgerError::UnknownAccount)?;
-        state.reclaim(now, self.inner.audit_cap);
+        expired(state.reclaim(now, self.inner.audit_cap));
         op(state, now)
     }
 
@@ -967,7 +969,7 @@ impl MemoryLedger {
         let first = owner.map(|&(_, first)| first);
         let mut shard = self.shard(account).lock();
         let state = shard.accounts.entry(account.clone()).or_default();
-        state.reclaim(now, self.inner.audit_cap);
+        expired(state.reclaim(now, self.inner.audit_cap));
         if let Some(first) = first {
             if first != amount {
                 return Err(LedgerError::TopUpConflict {

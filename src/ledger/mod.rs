@@ -42,6 +42,17 @@ use std::time::Duration;
 
 use crate::api_key::ApiKeyHash;
 
+/// Counts `credits` of expired holds that a ledger call just reclaimed, as
+/// `credits_expired_total` (feature `metrics`; nothing otherwise). The ledgers call it where
+/// the credits go back, so each expired credit is counted once, by one replica.
+#[inline]
+pub(crate) fn expired(credits: u64) {
+    #[cfg(feature = "metrics")]
+    crate::metrics::expired(credits);
+    #[cfg(not(feature = "metrics"))]
+    let _ = credits;
+}
+
 pub mod audit;
 mod boxed;
 mod cached_reads;

@@ -255,9 +255,10 @@ impl RedisLedgerBuilder {
         self
     }
 
-    /// About how many audit entries each account keeps (default 1,000; the stream is
-    /// trimmed with `MAXLEN ~`, so a few more may stay); 0 keeps no trail. Each entry is
-    /// one `XADD` in the script that moves the credits.
+    /// How many audit entries each account keeps (default 1,000); 0 keeps no trail. Each
+    /// entry is one `LPUSH` of a small MessagePack array in the script that moves the
+    /// credits, and an `LTRIM` once the trail is full. A list, not a stream: a stream
+    /// reserves a 4 KB node per account, which an idle account would pay for ever.
     ///
     /// # Panics
     ///

@@ -67,7 +67,8 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
     for spec in SPECS {
         code.push_str(&format!(
             "redis.register_function('tc_{hash}_{name}', function(keys, args)\n  \
-             KEYS, ARGV = keys, args\n  return run_{name}()\nend)\n",
+             KEYS, ARGV = keys, args\n  expired_credits = 0\n  \
+             return with_expired(run_{name}())\nend)\n",
             name = spec.name,
         ));
     }

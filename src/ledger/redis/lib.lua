@@ -343,6 +343,21 @@ end
 
 -- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index), then
 -- notes when the earliest open hold left expires. Returns how many holds went back.
+-- Credits this call's reclaims took back: the reply carries them to the replica's
+-- credits_expired_total (with_expired). Reset on every call.
+local expired_credits = 0
+
+-- The script's reply `r`, in the envelope {'expired_credits', credits, r} when this call
+-- reclaimed expired credits (reply.rs reads the envelope off every account script's reply).
+local function with_expired(r)
+  if expired_credits > 0 then
+    local credits = expired_credits
+    expired_credits = 0
+    return { 'expired_credits', credits, r }
+  end
+  return r
+end
+
 local function reclaim_expired(a, now, grace)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, RECLAIM_LIMIT)
   local reclaimed = 0
@@ -356,6 +371,7 @@ local function reclaim_expired(a, now, grace)
       -- Expired by now: its expiry is at most now.
       close(id, 'expired', forget_at(now, now, grace))
       reclaimed = reclaimed + 1
+      expired_credits = expired_credits + amount
     end
   end
   if reclaimed > 0 then

@@ -23,7 +23,7 @@
 //! | `credits:{acct}:outbox` | STREAM | detected events (`type`, `available`, `threshold`, `runway`, `at`) until delivered; the entry id is the event's receipt. Deleted once empty. |
 //! | `credits:{acct}:leases` | HASH | outbox entry id → lease end (ms); `<id>:owner` → the replica holding it |
 //! | `credits:{acct}:dead` | STREAM | events whose delivery gave up, with the `reason`; kept for an operator |
-//! | `credits:{acct}:log` | STREAM | the [audit trail](super::audit): one entry per reserve, grow, commit, refund, expiry and top-up (`k` kind, `n` amount, `h` hold, `r` route, `t` ms, and the totals after it: `av`, `hd`, `cm`, `tu`), written by the script that moved the credits, trimmed to about [`audit_cap`](RedisLedgerBuilder::audit_cap) entries (`XADD … MAXLEN ~`) |
+//! | `credits:{acct}:log` | LIST | the [audit trail](super::audit), newest first: one MessagePack array per reserve, grow, commit, refund, expiry and top-up (`seq`, kind, amount, hold, route, ms, and the totals after it: available, held, committed, topped up), pushed by the script that moved the credits (`LPUSH`, then `LTRIM` to [`audit_cap`](RedisLedgerBuilder::audit_cap) entries); `seq` counts entries in the account hash's `audit_seq` |
 //! | `credits:{acct}:req:<sha256 hex>` | HASH | an [idempotency](super::idempotency) record: `fp` (the request's fingerprint), `hold`, `until` (ms), `committed_at`, `response` or `unavailable`; its TTL is the retention + the closed-id grace |
 //! | `credits:{!due}:holds` | ZSET | the holds due-index: account → when its earliest open hold expires (ms); the sweeper's work list (see `# Background work`) |
 //! | `credits:{!due}:events` | ZSET | the events due-index: account → when the earliest lease of its waiting events lapses (ms); where event claims look |
@@ -340,11 +340,16 @@ impl RedisLedger {
                 a.arg(self.inner.audit_cap);
             },
         );
-        self.deadline(functions::run(
+        let run = self.deadline(functions::run(
             self.inner.conn.clone(),
             self.inner.scripts,
             call,
-        ))
+        ));
+        async move {
+            let (value, expired) = reply::expired_envelope(run.await?);
+            crate::ledger::expired(expired);
+            Ok(value)
+        }
     }
 
     /// A plain command under the call deadline.

@@ -574,6 +574,23 @@ pub(super) fn configure(value: Value) -> Result<(), LedgerError> {
     }
 }
 
+/// Takes the `{'expired_credits', credits, reply}` envelope (`with_expired` in `lib.lua`)
+/// off an account script's reply: the reply, and the credits its reclaims took back.
+pub(super) fn expired_envelope(value: Value) -> (Value, u64) {
+    if let Value::Array(items) = &value {
+        if let [Value::BulkString(tag), Value::Int(credits), _] = items.as_slice() {
+            if tag.as_slice() == b"expired_credits" {
+                let credits = u64::try_from(*credits).unwrap_or(0);
+                let Value::Array(mut items) = value else {
+                    unreachable!("matched above")
+                };
+                return (items.pop().expect("three items"), credits);
+            }
+        }
+    }
+    (value, 0)
+}
+
 /// The reply of `sweep`: how many holds went back (none when the account's keys vanished
 /// since the index or the repair pass named it), and when the holds due-index should
 /// look at the account next (`None`: no open hold, the entry goes).

@@ -265,9 +265,14 @@ pub(super) fn prelude() -> &'static str {
 }
 
 impl ScriptSpec {
-    /// The full text sent to Redis: prelude, `lib.lua`, then the script.
+    /// The full text sent to Redis: prelude, `lib.lua`, then the script, run as a function
+    /// so that its reply goes through `with_expired`.
     pub(super) fn text(&self) -> String {
-        format!("{}{LIB}\n{}", prelude(), self.source)
+        format!(
+            "{}{LIB}\nreturn with_expired((function()\n{}\nend)())\n",
+            prelude(),
+            self.source
+        )
     }
 
     /// The built script (hashed once).
