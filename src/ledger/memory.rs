@@ -110,6 +110,8 @@ struct Inner {
     outbox: MemoryOutbox,
     /// Audit entries kept per account (0: none).
     audit_cap: usize,
+    /// The lease marks of every [`Leased`](super::Leased) wrapper of this ledger.
+    lease_board: std::sync::OnceLock<Arc<super::lease::MemoryLeaseBoard>>,
 }
 
 /// Builds a [`MemoryLedger`].
@@ -169,6 +171,7 @@ impl MemoryLedgerBuilder {
                 max_open_holds: self.max_open_holds,
                 outbox: MemoryOutbox::new(self.clock.clone(), self.event_lease),
                 audit_cap: self.audit_cap,
+                lease_board: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -582,6 +585,19 @@ impl fmt::Debug for MemoryLedger {
 }
 
 impl MemoryLedger {
+    /// The [`LeaseBoard`](super::LeaseBoard) of [`Leased`](super::Leased) wrappers of this
+    /// ledger, on the ledger's clock: one per ledger, shared by every clone.
+    pub fn lease_board(&self) -> Arc<dyn super::LeaseBoard> {
+        self.inner
+            .lease_board
+            .get_or_init(|| {
+                Arc::new(super::lease::MemoryLeaseBoard::with_clock(
+                    self.inner.clock.clone(),
+                ))
+            })
+            .clone()
+    }
+
     /// A ledger on the system clock, with default settings.
     pub fn new() -> Self {
         Self::builder().build()

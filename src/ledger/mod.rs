@@ -60,6 +60,7 @@ mod error;
 pub(crate) mod events;
 pub mod idempotency;
 mod ids;
+pub mod lease;
 mod memory;
 mod outbox_memory;
 #[cfg(feature = "redis")]
@@ -87,6 +88,7 @@ pub(crate) use events::{CreditEvent, DeadLetter, EventKind, EventOutbox};
 pub use idempotency::{IdempotencyClaim, Replay, StoreResponse};
 pub(crate) use ids::{check_idempotency_key, check_route};
 pub use ids::{AccountId, HoldId, MAX_ACCOUNT_ID_LEN, MAX_HOLD_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN};
+pub use lease::{LeaseBoard, Leased};
 pub use memory::{MemoryLedger, MemoryLedgerBuilder, DEFAULT_MEMORY_AUDIT_CAP};
 pub use runway::{burn_rate_after, decayed_rate, runway_secs};
 pub use types::{

@@ -181,6 +181,7 @@ mod conn;
 mod due;
 mod functions;
 mod keys;
+mod lease_board;
 mod outbox;
 pub mod reconcile;
 mod reply;

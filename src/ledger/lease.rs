@@ -1,0 +1,1149 @@
+//! [`Leased`]: busy accounts billed in process against a leased block of their credits, with
+//! one flush a second instead of two store calls a request.
+//!
+//! # How it works
+//!
+//! A replica that sees an account (and route) billed at least
+//! [`busy_at`](Leased::busy_at) times a second leases a block of the account's credits:
+//! an **ordinary hold** of the wrapped ledger, `lease-<replica>-<n>`, sized to last
+//! [`block_for`](Leased::block_for) (10 s by default) at the rate seen, expiring after
+//! [`lease_ttl`](Leased::lease_ttl). Small requests (a price of at most a twentieth of the
+//! block) are then held, committed and refunded in process against the block: no store call.
+//!
+//! Every [`flush_every`](Leased::flush_every) (1 s) the flusher rotates each lease with two
+//! ordinary ledger calls: it reserves the next block (`lease-<replica>-<n+1>`, covering the
+//! requests still open plus a fresh block) and then commits the previous hold with what was
+//! spent on it (the rest goes back). A retried flush is deduplicated by those hold ids —
+//! each is a per-lease sequence number, and the ledger's reserve and commit are idempotent
+//! by hold id. While a rotation is in flight no new request is billed on the lease (they
+//! go to the ledger as usual), so the next block always covers every open local hold.
+//!
+//! Usage by route and the audit trail see one commit per lease per flush (the lease holds
+//! its route), not one per request.
+//!
+//! # What callers see
+//!
+//! On a leased account the available balance in a hold's or settlement's answer (and so
+//! `Credits-Remaining`, quotes and `GET /v1/credits` read through this wrapper) is the
+//! ledger's available at the last flush plus the lease's unspent credits, after this
+//! request: it lags what other replicas did by at most one flush interval. Low-balance
+//! events fire when a block is leased (the ledger sees the block held), so they come
+//! earlier, never later.
+//!
+//! # Sharing and handoff
+//!
+//! Several replicas may lease the same account, each a block sized to its own rate. With a
+//! [`LeaseBoard`] (both ledgers provide one), a reserve refused while other replicas hold
+//! leases on the account marks it `lease_wanted`, waits two flush intervals (the owners'
+//! next flush lands within one, plus its own time) and retries once before it answers; at
+//! their next flush the owners give back their unspent credits and
+//! stop leasing the account for a while. Near-empty accounts never lease: a block is taken
+//! only while the account has at least twice the block available.
+//!
+//! # What a crash costs
+//!
+//! A replica killed mid-lease loses at most one flush interval of usage (requests billed in
+//! process since its last flush are never committed); the block itself expires after
+//! `lease_ttl` and the ledger gives it back. Nothing is ever charged twice, and no request is
+//! served beyond a block that was held. Call [`shutdown`](Leased::shutdown) on a graceful
+//! stop (after the layer's pending settlements drained) to commit and return every lease.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::{
+    AccountId, Balance, Configure, DynReports, Extend, Extended, Grow, GrowOutcome, Grown, Held,
+    HoldId, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports, Reserve, ReserveOutcome,
+    Settle, SettleDecision, SettleOutcome, Settlement, StoreResponse, TopUp, ToppedUp, Usage,
+};
+use crate::api_key::ApiKeyHash;
+use crate::clock::{Clock, SystemClock};
+
+/// How often leases are flushed, unless [`Leased::flush_every`] says.
+pub const DEFAULT_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Billed requests a second (per account and route, on this replica) that make an account
+/// busy enough to lease, unless [`Leased::busy_at`] says.
+pub const DEFAULT_BUSY_AT: u32 = 50;
+/// How long a block should last at the rate seen, unless [`Leased::block_for`] says.
+pub const DEFAULT_BLOCK_FOR: Duration = Duration::from_secs(10);
+/// How long a lease's hold lives without a flush, unless [`Leased::lease_ttl`] says.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// A request is billed on a lease only if its price is at most the block divided by this.
+pub const SMALL_REQUEST_DIVISOR: u64 = 20;
+/// Most account-route pairs whose rates are tracked (the least busy are dropped first).
+const MAX_TRACKED: usize = 10_000;
+/// How long a replica stops leasing an account after giving its lease back to a replica
+/// that wanted it, in flush intervals.
+const COOLDOWN_FLUSHES: u64 = 5;
+
+/// Where replicas tell each other that an account's leases should come back (see the
+/// [module docs](self)). [`MemoryLedger::lease_board`](super::MemoryLedger::lease_board) and
+/// [`RedisLedger::lease_board`](super::RedisLedger::lease_board) provide one.
+pub trait LeaseBoard: Send + Sync + 'static {
+    /// Records that `account` is leased by some replica, for `ttl`.
+    fn mark_leased(&self, account: &AccountId, ttl: Duration) -> BoardFuture<()>;
+    /// Whether some replica leased `account` within its last `ttl`.
+    fn is_leased(&self, account: &AccountId) -> BoardFuture<bool>;
+    /// Asks the owners of `account`'s leases to give them back, for `ttl`.
+    fn want(&self, account: &AccountId, ttl: Duration) -> BoardFuture<()>;
+    /// Whether some replica asked for `account`'s leases back within its `ttl`.
+    fn is_wanted(&self, account: &AccountId) -> BoardFuture<bool>;
+}
+
+/// The future of a [`LeaseBoard`] call.
+pub type BoardFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send>>;
+
+/// A [`LeaseBoard`] in this process: for a [`MemoryLedger`](super::MemoryLedger) (whose
+/// replicas share one process).
+#[derive(Default)]
+pub struct MemoryLeaseBoard {
+    marks: Mutex<HashMap<(AccountId, bool), u64>>,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl fmt::Debug for MemoryLeaseBoard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLeaseBoard").finish_non_exhaustive()
+    }
+}
+
+impl MemoryLeaseBoard {
+    /// A board on the system clock.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A board on `clock` (the ledger's).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            marks: Mutex::default(),
+            clock: Some(clock),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        match &self.clock {
+            Some(clock) => clock.now_ms(),
+            None => SystemClock.now_ms(),
+        }
+    }
+
+    fn mark(&self, account: &AccountId, wanted: bool, ttl: Duration) -> BoardFuture<()> {
+        let until = self.now_ms().saturating_add(ttl.as_millis() as u64);
+        let mut marks = self.marks.lock();
+        let now = self.now_ms();
+        marks.retain(|_, until| *until > now);
+        marks.insert((account.clone(), wanted), until);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn is_marked(&self, account: &AccountId, wanted: bool) -> BoardFuture<bool> {
+        let now = self.now_ms();
+        let marked = self
+            .marks
+            .lock()
+            .get(&(account.clone(), wanted))
+            .is_some_and(|until| *until > now);
+        Box::pin(std::future::ready(Ok(marked)))
+    }
+}
+
+impl LeaseBoard for MemoryLeaseBoard {
+    fn mark_leased(&self, account: &AccountId, ttl: Duration) -> BoardFuture<()> {
+        self.mark(account, false, ttl)
+    }
+    fn is_leased(&self, account: &AccountId) -> BoardFuture<bool> {
+        self.is_marked(account, false)
+    }
+    fn want(&self, account: &AccountId, ttl: Duration) -> BoardFuture<()> {
+        self.mark(account, true, ttl)
+    }
+    fn is_wanted(&self, account: &AccountId) -> BoardFuture<bool> {
+        self.is_marked(account, true)
+    }
+}
+
+/// A ledger that bills busy accounts in process against leased blocks of their credits
+/// (see the [module docs](self)). Everything else goes to the wrapped ledger unchanged.
+///
+/// Clones share their leases: wrap the ledger once, give clones to the layer and the
+/// readouts, and run one [flusher](Self::spawn_flusher).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_credits::ledger::Leased;
+/// use tower_credits::{CreditLayer, MemoryLedger};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let ledger = MemoryLedger::new();
+/// let leased = Leased::new(ledger.clone())
+///     .board(ledger.lease_board())
+///     .flush_every(Duration::from_secs(1));
+/// let flusher = leased.spawn_flusher();
+/// let layer = CreditLayer::new(leased.clone());
+/// # let _ = layer;
+/// // On a graceful stop, after the layer's pending settlements drained:
+/// leased.shutdown().await.unwrap();
+/// flusher.abort();
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Leased<L> {
+    inner: L,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: Settings,
+    board: Option<Arc<dyn LeaseBoard>>,
+    clock: Arc<dyn Clock>,
+    replica: String,
+    next_seq: AtomicU64,
+    accounts: Mutex<HashMap<AccountId, Vec<RouteLease>>>,
+    /// One flush pass at a time.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone, Copy)]
+struct Settings {
+    flush_every: Duration,
+    busy_at: u32,
+    block_for: Duration,
+    lease_ttl: Duration,
+}
+
+/// What this replica knows of one account and route: its rate, and its lease if any.
+struct RouteLease {
+    route: Option<Arc<str>>,
+    /// Requests counted in the current one-second window, and when it started (ms).
+    window: (u32, u64),
+    /// Requests in the last full window: the rate, per second.
+    rate: u32,
+    /// The largest price seen, and the sum and count for the mean.
+    max_price: u64,
+    price_sum: u64,
+    price_count: u64,
+    /// The account's available balance in the last answer this replica saw.
+    last_available: Option<i64>,
+    /// No lease before this time (ms): the lease was given back to a replica that wanted it.
+    cooldown_until: u64,
+    lease: Option<Lease>,
+}
+
+struct Lease {
+    /// The hold in the ledger that holds the block.
+    hold: HoldId,
+    block: u64,
+    /// Committed in process since the last flush.
+    spent: u64,
+    /// Held by open local holds.
+    pending: u64,
+    local: HashMap<HoldId, LocalHold>,
+    /// Local holds that settled, and when (ms): answers a retried settle.
+    closed: HashMap<HoldId, (SettleOutcome, u64)>,
+    /// The ledger's available balance at the last flush (the block excluded).
+    available: i64,
+    credit_limit: u64,
+    thresholds: Vec<u64>,
+    /// When the lease's hold expires (ms, ledger clock).
+    expires_at_ms: u64,
+    /// A rotation is in flight: no new local hold until it ends.
+    rotating: bool,
+    /// Previous holds whose commit failed, with the exact cost to commit: retried with the
+    /// same amount each flush, so a commit that did land answers "already committed".
+    uncommitted: Vec<(HoldId, u64)>,
+}
+
+struct LocalHold {
+    amount: u64,
+    expires_at_ms: u64,
+}
+
+impl Lease {
+    fn unspent(&self) -> u64 {
+        self.block.saturating_sub(self.spent + self.pending)
+    }
+
+    /// The available balance callers are shown: the ledger's at the last flush plus what
+    /// the block has left.
+    fn shown_available(&self) -> i64 {
+        self.available.saturating_add(self.unspent() as i64)
+    }
+}
+
+impl RouteLease {
+    fn new(route: Option<Arc<str>>, now: u64) -> Self {
+        Self {
+            route,
+            window: (0, now),
+            rate: 0,
+            max_price: 0,
+            price_sum: 0,
+            price_count: 0,
+            last_available: None,
+            cooldown_until: 0,
+            lease: None,
+        }
+    }
+
+    fn count(&mut self, price: u64, now: u64) {
+        let (count, start) = self.window;
+        if now >= start + 2000 {
+            self.rate = 0;
+            self.window = (1, now);
+        } else if now >= start + 1000 {
+            self.rate = count;
+            self.window = (1, start + 1000);
+        } else {
+            self.window.0 = count.saturating_add(1);
+        }
+        self.max_price = self.max_price.max(price);
+        self.price_sum = self.price_sum.saturating_add(price);
+        self.price_count += 1;
+    }
+
+    /// The rate as of `now`: the last full window, or none when it is older.
+    fn rate_at(&self, now: u64) -> u32 {
+        let (count, start) = self.window;
+        if now >= start + 2000 {
+            0
+        } else if now >= start + 1000 {
+            count
+        } else {
+            self.rate
+        }
+    }
+
+    /// The block to lease: what lasts `block_for` at the rate and mean price seen, and at
+    /// least twenty times the largest price (so the largest request is small on it).
+    fn target_block(&self, settings: &Settings, now: u64) -> u64 {
+        let mean = self.price_sum.checked_div(self.price_count).unwrap_or(0);
+        let per_sec = u64::from(self.rate_at(now)).saturating_mul(mean.max(1));
+        let lasting = per_sec.saturating_mul(settings.block_for.as_millis() as u64) / 1000;
+        lasting.max(self.max_price.saturating_mul(SMALL_REQUEST_DIVISOR))
+    }
+}
+
+impl<L> fmt::Debug for Leased<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Leased")
+            .field("replica", &self.shared.replica)
+            .field("flush_every", &self.shared.settings.flush_every)
+            .field("busy_at", &self.shared.settings.busy_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L> Leased<L> {
+    /// Wraps `inner`: accounts billed at least [`DEFAULT_BUSY_AT`] times a second lease
+    /// blocks lasting [`DEFAULT_BLOCK_FOR`], flushed every [`DEFAULT_FLUSH_EVERY`].
+    pub fn new(inner: L) -> Self {
+        Self {
+            inner,
+            shared: Arc::new(Shared {
+                settings: Settings {
+                    flush_every: DEFAULT_FLUSH_EVERY,
+                    busy_at: DEFAULT_BUSY_AT,
+                    block_for: DEFAULT_BLOCK_FOR,
+                    lease_ttl: DEFAULT_LEASE_TTL,
+                },
+                board: None,
+                clock: Arc::new(SystemClock),
+                replica: uuid::Uuid::now_v7().simple().to_string()[20..].to_owned(),
+                next_seq: AtomicU64::new(1),
+                accounts: Mutex::default(),
+                flushing: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn configure_shared(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        let shared = Arc::get_mut(&mut self.shared)
+            .expect("configure a Leased before cloning it or spawning its flusher");
+        f(shared);
+        self
+    }
+
+    /// How often leases are flushed (default 1 s): the most usage a killed replica loses,
+    /// and how far a leased account's shown balance may lag.
+    ///
+    /// # Panics
+    ///
+    /// Zero, or after the wrapper was cloned.
+    pub fn flush_every(self, interval: Duration) -> Self {
+        assert!(!interval.is_zero(), "a flush interval must not be zero");
+        self.configure_shared(|s| s.settings.flush_every = interval)
+    }
+
+    /// Billed requests a second, per account and route on this replica, from which the
+    /// account leases (default 50).
+    ///
+    /// # Panics
+    ///
+    /// After the wrapper was cloned.
+    pub fn busy_at(self, requests_per_sec: u32) -> Self {
+        self.configure_shared(|s| s.settings.busy_at = requests_per_sec.max(1))
+    }
+
+    /// How long a block should last at the rate seen (default 10 s).
+    ///
+    /// # Panics
+    ///
+    /// After the wrapper was cloned.
+    pub fn block_for(self, duration: Duration) -> Self {
+        self.configure_shared(|s| s.settings.block_for = duration)
+    }
+
+    /// How long a lease's hold lives without a flush (default 10 s): how long a killed
+    /// replica's block stays held before the ledger gives it back.
+    ///
+    /// # Panics
+    ///
+    /// Less than two flush intervals, or after the wrapper was cloned.
+    pub fn lease_ttl(self, ttl: Duration) -> Self {
+        self.configure_shared(|s| {
+            assert!(
+                ttl >= s.settings.flush_every * 2,
+                "a lease must outlive two flushes"
+            );
+            s.settings.lease_ttl = ttl;
+        })
+    }
+
+    /// Where replicas ask each other for an account's leases back (without one, a replica
+    /// refused while others lease the account answers at once).
+    ///
+    /// # Panics
+    ///
+    /// After the wrapper was cloned.
+    pub fn board(self, board: Arc<dyn LeaseBoard>) -> Self {
+        self.configure_shared(|s| s.board = Some(board))
+    }
+
+    /// The clock of local holds and rates (tests: the ledger's manual clock).
+    ///
+    /// # Panics
+    ///
+    /// After the wrapper was cloned.
+    pub fn clock(self, clock: impl Clock + 'static) -> Self {
+        self.configure_shared(|s| s.clock = Arc::new(clock))
+    }
+
+    /// The wrapped ledger.
+    pub fn get_ref(&self) -> &L {
+        &self.inner
+    }
+
+    /// Accounts with a lease on this replica right now.
+    pub fn leased_accounts(&self) -> Vec<AccountId> {
+        let accounts = self.shared.accounts.lock();
+        accounts
+            .iter()
+            .filter(|(_, routes)| routes.iter().any(|r| r.lease.is_some()))
+            .map(|(account, _)| account.clone())
+            .collect()
+    }
+}
+
+/// The future of a [`Leased`] call: answered in process, or by the wrapped ledger.
+pub struct LeaseFuture<F, T> {
+    state: State<F, T>,
+}
+
+enum State<F, T> {
+    Ready(Option<Result<T, LedgerError>>),
+    Inner(F),
+    Boxed(Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send>>),
+}
+
+impl<F: Unpin, T> Unpin for LeaseFuture<F, T> {}
+
+impl<F, T> Future for LeaseFuture<F, T>
+where
+    F: Future<Output = Result<T, LedgerError>> + Unpin,
+{
+    type Output = Result<T, LedgerError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            State::Ready(answer) => Poll::Ready(answer.take().expect("polled after completion")),
+            State::Inner(fut) => Pin::new(fut).poll(cx),
+            State::Boxed(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+fn ready<F, T>(answer: Result<T, LedgerError>) -> LeaseFuture<F, T> {
+    LeaseFuture {
+        state: State::Ready(Some(answer)),
+    }
+}
+
+fn pass<F, T>(fut: F) -> LeaseFuture<F, T> {
+    LeaseFuture {
+        state: State::Inner(fut),
+    }
+}
+
+fn boxed<F, T>(
+    fut: impl Future<Output = Result<T, LedgerError>> + Send + 'static,
+) -> LeaseFuture<F, T> {
+    LeaseFuture {
+        state: State::Boxed(Box::pin(fut)),
+    }
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The route entry of `account` and `route`, made if new (bounded).
+    fn entry<'a>(
+        accounts: &'a mut HashMap<AccountId, Vec<RouteLease>>,
+        account: &AccountId,
+        route: Option<&str>,
+        now: u64,
+    ) -> &'a mut RouteLease {
+        if !accounts.contains_key(account) && accounts.len() >= MAX_TRACKED {
+            // Forget the accounts without a lease that are the least busy.
+            accounts.retain(|_, routes| {
+                routes
+                    .iter()
+                    .any(|r| r.lease.is_some() || r.rate_at(now) > 0)
+            });
+        }
+        let routes = accounts.entry(account.clone()).or_default();
+        let at = match routes.iter().position(|r| r.route.as_deref() == route) {
+            Some(at) => at,
+            None => {
+                routes.push(RouteLease::new(route.map(Arc::from), now));
+                routes.len() - 1
+            }
+        };
+        &mut routes[at]
+    }
+
+    /// Bills `reserve` on a lease, if it can be: the answer, or `None` to go to the ledger.
+    fn reserve_locally(&self, reserve: &Reserve) -> Option<ReserveOutcome> {
+        let now = self.now();
+        let mut accounts = self.accounts.lock();
+        let entry = Self::entry(&mut accounts, reserve.account(), reserve.route_label(), now);
+        entry.count(reserve.amount(), now);
+        // A request with its own idempotency claim or a floor goes to the ledger: the
+        // ledger records the claim in the same step.
+        if reserve.idempotency_claim().is_some() || reserve.least_amount().is_some() {
+            return None;
+        }
+        let lease = entry.lease.as_mut()?;
+        if let Some(outcome) = lease.closed.get(reserve.hold_id()) {
+            return Some(ReserveOutcome::Closed(outcome.0));
+        }
+        if let Some(local) = lease.local.get(reserve.hold_id()) {
+            let mut held = Held::new(local.amount, lease.shown_available(), local.expires_at_ms);
+            held.replayed = true;
+            held.credit_limit = lease.credit_limit;
+            held.thresholds = lease.thresholds.clone();
+            return Some(ReserveOutcome::Held(held));
+        }
+        let amount = reserve.amount();
+        let flush_ms = self.settings.flush_every.as_millis() as u64;
+        let small = amount <= lease.block / SMALL_REQUEST_DIVISOR;
+        let lasts = lease.expires_at_ms > now + 2 * flush_ms;
+        if lease.rotating || !small || !lasts || amount > lease.unspent() || amount == 0 {
+            return None;
+        }
+        let expires_at_ms = now + reserve.hold_ttl().as_millis() as u64;
+        lease.pending += amount;
+        lease.local.insert(
+            reserve.hold_id().clone(),
+            LocalHold {
+                amount,
+                expires_at_ms,
+            },
+        );
+        let mut held = Held::new(amount, lease.shown_available(), expires_at_ms);
+        held.credit_limit = lease.credit_limit;
+        held.thresholds = lease.thresholds.clone();
+        Some(ReserveOutcome::Held(held))
+    }
+
+    /// Settles a local hold: the answer, or `None` when `settle`'s hold is not local.
+    fn settle_locally(&self, settle: &Settle) -> Option<Settlement> {
+        let now = self.now();
+        let mut accounts = self.accounts.lock();
+        let routes = accounts.get_mut(settle.account())?;
+        let lease = routes.iter_mut().find_map(|r| {
+            r.lease.as_mut().filter(|l| {
+                l.local.contains_key(settle.hold_id()) || l.closed.contains_key(settle.hold_id())
+            })
+        })?;
+        let answer = |lease: &Lease, outcome| {
+            let mut s = Settlement::new(outcome);
+            s.available = Some(lease.shown_available());
+            s.thresholds = lease.thresholds.clone();
+            s
+        };
+        if let Some(&(outcome, _)) = lease.closed.get(settle.hold_id()) {
+            let again = match outcome {
+                SettleOutcome::Committed => SettleOutcome::AlreadyCommitted,
+                SettleOutcome::Refunded => SettleOutcome::AlreadyRefunded,
+                other => other,
+            };
+            return Some(answer(lease, again));
+        }
+        let local = lease.local.remove(settle.hold_id())?;
+        lease.pending -= local.amount;
+        let (outcome, committed, clamped) = match settle.decision() {
+            SettleDecision::Commit(actual) => (
+                SettleOutcome::Committed,
+                actual.min(local.amount),
+                actual > local.amount,
+            ),
+            SettleDecision::Refund => (SettleOutcome::Refunded, 0, false),
+        };
+        lease.spent += committed;
+        lease
+            .closed
+            .insert(settle.hold_id().clone(), (outcome, now));
+        let mut s = answer(lease, outcome);
+        s.committed = committed;
+        s.released = local.amount - committed;
+        s.clamped = clamped;
+        Some(s)
+    }
+
+    /// Remembers the available balance a ledger answer showed (sizing and near-empty).
+    fn saw_available(&self, account: &AccountId, route: Option<&str>, available: i64) {
+        let now = self.now();
+        let mut accounts = self.accounts.lock();
+        Self::entry(&mut accounts, account, route, now).last_available = Some(available);
+    }
+
+    fn next_hold(&self) -> HoldId {
+        let seq = self.next_seq.fetch_add(1, Relaxed);
+        HoldId::new(format!("lease-{}-{seq}", self.replica)).expect("a valid hold id")
+    }
+}
+
+/// One lease's rotation, planned under the lock and carried out without it.
+struct Rotation {
+    account: AccountId,
+    route: Option<Arc<str>>,
+    old: Option<(HoldId, u64)>,
+    spent: u64,
+    pending: u64,
+    fresh: u64,
+    given_back: bool,
+    /// Commits of earlier holds to retry, each with its exact cost.
+    retries: Vec<(HoldId, u64)>,
+}
+
+/// How a rotation ended.
+struct Rotated {
+    next: Option<(HoldId, Held)>,
+    /// The previous hold's cost left the lease's `spent` (committed, or queued to retry).
+    moved: u64,
+    /// The previous hold is settled or queued: the lease moves to `next`.
+    old_done: bool,
+    available: Option<i64>,
+    retries: Vec<(HoldId, u64)>,
+}
+
+impl<L: LedgerReports> Leased<L> {
+    /// Runs [`flush`](Self::flush) every [flush interval](Self::flush_every) on the current
+    /// tokio runtime. The task ends when every clone of the wrapper is dropped, or when the
+    /// returned handle is aborted (a killed replica: its leases expire in the ledger).
+    pub fn spawn_flusher(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let inner = self.inner.clone();
+        let every = self.shared.settings.flush_every;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                let leased = Leased {
+                    inner: inner.clone(),
+                    shared,
+                };
+                if let Err(error) = leased.flush().await {
+                    tracing::warn!(%error, "a lease flush failed; the next one retries");
+                }
+            }
+        })
+    }
+
+    /// One flush: commits what each lease spent, refills or gives back its block, opens
+    /// leases for accounts that became busy, and forgets local holds past their time to
+    /// live (their credits go back to the block). Fails with the first error; a lease whose
+    /// rotation failed is retried by the next flush (hold ids make the retry idempotent).
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        self.pass(false).await
+    }
+
+    /// Commits and returns every lease (a graceful stop). Call it after the layer's pending
+    /// settlements drained: a local hold still open is refunded.
+    pub async fn shutdown(&self) -> Result<(), LedgerError> {
+        self.pass(true).await
+    }
+
+    async fn pass(&self, closing: bool) -> Result<(), LedgerError> {
+        let _one = self.shared.flushing.lock().await;
+        let plans = self.plan(closing).await;
+        let mut first_error = None;
+        for plan in plans {
+            let (rotated, error) = self.rotate(&plan).await;
+            self.end_rotation(&plan, rotated);
+            if let Some(error) = error {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// What each lease does this flush.
+    async fn plan(&self, closing: bool) -> Vec<Rotation> {
+        let shared = &self.shared;
+        let settings = shared.settings;
+        let now = shared.now();
+        let flush_ms = settings.flush_every.as_millis() as u64;
+        // Which leased accounts another replica wants back.
+        let mut wanted = Vec::new();
+        if let Some(board) = &shared.board {
+            for account in self.leased_accounts() {
+                if board.is_wanted(&account).await.unwrap_or(false) {
+                    wanted.push(account);
+                }
+            }
+        }
+        let mut plans = Vec::new();
+        let mut accounts = shared.accounts.lock();
+        for (account, routes) in accounts.iter_mut() {
+            let given_back = wanted.contains(account);
+            for entry in routes.iter_mut() {
+                let busy = entry.rate_at(now) >= settings.busy_at;
+                let target = entry.target_block(&settings, now);
+                let rich = entry
+                    .last_available
+                    .is_some_and(|a| a >= 0 && a as u64 >= target.saturating_mul(2));
+                match &mut entry.lease {
+                    Some(lease) => {
+                        // Local holds past their time to live: their credits go back.
+                        let mut expired = 0;
+                        lease.local.retain(|id, local| {
+                            let keep = local.expires_at_ms > now;
+                            if !keep {
+                                expired += local.amount;
+                                lease
+                                    .closed
+                                    .insert(id.clone(), (SettleOutcome::Expired, now));
+                            }
+                            keep
+                        });
+                        lease.pending -= expired;
+                        crate::ledger::expired(expired);
+                        if closing {
+                            // A graceful stop after the layer drained: nothing should be
+                            // open; whatever is goes back.
+                            for (id, _) in lease.local.drain() {
+                                lease.closed.insert(id, (SettleOutcome::Refunded, now));
+                            }
+                            lease.pending = 0;
+                        }
+                        let keep_for = settings.lease_ttl.as_millis() as u64;
+                        lease.closed.retain(|_, (_, at)| *at + keep_for > now);
+                        let keep_leasing = busy && rich && !given_back && !closing;
+                        if given_back {
+                            entry.cooldown_until = now + COOLDOWN_FLUSHES * flush_ms;
+                        }
+                        lease.rotating = true;
+                        plans.push(Rotation {
+                            account: account.clone(),
+                            route: entry.route.clone(),
+                            old: Some((lease.hold.clone(), lease.block)),
+                            spent: lease.spent,
+                            pending: lease.pending,
+                            fresh: if keep_leasing { target } else { 0 },
+                            given_back,
+                            retries: std::mem::take(&mut lease.uncommitted),
+                        });
+                    }
+                    None => {
+                        if busy && rich && !closing && now >= entry.cooldown_until {
+                            plans.push(Rotation {
+                                account: account.clone(),
+                                route: entry.route.clone(),
+                                old: None,
+                                spent: 0,
+                                pending: 0,
+                                fresh: target,
+                                given_back: false,
+                                retries: Vec::new(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        plans
+    }
+
+    /// Carries out one rotation: retried commits, the next block (so every open local
+    /// hold stays covered), then the commit of the previous hold. Never fails half-way
+    /// silently: what did not land is in the answer, retried by the next flush.
+    async fn rotate(&self, plan: &Rotation) -> (Rotated, Option<LedgerError>) {
+        let shared = &self.shared;
+        let settings = shared.settings;
+        let mut error = None;
+        let mut retries = Vec::new();
+        for (id, cost) in &plan.retries {
+            match self
+                .inner
+                .settle(Settle::commit(&plan.account, id, *cost))
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    error.get_or_insert(e);
+                    retries.push((id.clone(), *cost));
+                }
+            }
+        }
+        let reserve_next = |amount: u64, least: u64| {
+            let mut reserve = Reserve::new(plan.account.clone(), shared.next_hold(), amount)
+                .ttl(settings.lease_ttl)
+                .min_amount(least);
+            if let Some(route) = &plan.route {
+                reserve = reserve.route(route.clone());
+            }
+            reserve
+        };
+        let mut next: Option<(HoldId, Held)> = None;
+        let want = plan.pending + plan.fresh;
+        if want > 0 {
+            // A new lease takes its whole block or nothing (a near-empty account never
+            // leases); a running one keeps at least its open requests covered.
+            let least = if plan.old.is_none() {
+                want
+            } else {
+                plan.pending.max(1)
+            };
+            let reserve = reserve_next(want, least);
+            let id = reserve.hold_id().clone();
+            match self.inner.reserve(reserve).await {
+                Ok(ReserveOutcome::Held(held)) => next = Some((id, held)),
+                Ok(_) => {}
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        let mut cost = 0;
+        let mut available = None;
+        if let Some((old, block)) = &plan.old {
+            cost = plan.spent.min(*block);
+            match self
+                .inner
+                .settle(Settle::commit(&plan.account, old, cost))
+                .await
+            {
+                Ok(settled) => available = settled.available,
+                Err(e) => {
+                    error.get_or_insert(e);
+                    if next.is_none() {
+                        // Nothing moved: the lease stays on its hold, retried next flush.
+                        let rotated = Rotated {
+                            next: None,
+                            moved: 0,
+                            old_done: false,
+                            available: None,
+                            retries,
+                        };
+                        return (rotated, error);
+                    }
+                    // The lease moves on; the previous hold's commit is retried with
+                    // this exact cost (idempotent by hold id).
+                    retries.push((old.clone(), cost));
+                }
+            }
+        }
+        if plan.old.is_some() && next.is_none() && plan.pending > 0 {
+            // The next block could not be held beside the previous one, whose rest just
+            // came back: hold what the open requests need.
+            let reserve = reserve_next(plan.pending, plan.pending);
+            let id = reserve.hold_id().clone();
+            match self.inner.reserve(reserve).await {
+                Ok(ReserveOutcome::Held(held)) => next = Some((id, held)),
+                other => tracing::warn!(
+                    account = %plan.account,
+                    uncovered = plan.pending,
+                    answer = ?other,
+                    "requests open on a lease could not be covered by a new hold; \
+                     their cost will not be committed"
+                ),
+            }
+        }
+        if let (Some(board), Some(_)) = (&shared.board, &next) {
+            if let Err(e) = board.mark_leased(&plan.account, settings.lease_ttl).await {
+                error.get_or_insert(e);
+            }
+        }
+        let rotated = Rotated {
+            next,
+            moved: cost,
+            old_done: true,
+            available,
+            retries,
+        };
+        (rotated, error)
+    }
+
+    fn end_rotation(&self, plan: &Rotation, rotated: Rotated) {
+        let mut accounts = self.shared.accounts.lock();
+        let now = self.shared.now();
+        let entry = Shared::entry(&mut accounts, &plan.account, plan.route.as_deref(), now);
+        let Rotated {
+            next,
+            moved,
+            old_done,
+            available,
+            retries,
+        } = rotated;
+        if let Some(available) = available {
+            entry.last_available = Some(available);
+        }
+        let lease = match (entry.lease.take(), next) {
+            (Some(mut lease), _) if !old_done => {
+                lease.rotating = false;
+                lease.uncommitted = retries;
+                Some(lease)
+            }
+            (Some(mut lease), Some((id, held))) => {
+                lease.hold = id;
+                lease.block = held.amount;
+                lease.spent -= moved;
+                lease.available = available.unwrap_or(held.available);
+                lease.credit_limit = held.credit_limit;
+                lease.thresholds = held.thresholds;
+                lease.expires_at_ms = held.expires_at_ms;
+                lease.rotating = false;
+                lease.uncommitted = retries;
+                Some(lease)
+            }
+            (None, Some((id, held))) => Some(Lease {
+                hold: id,
+                block: held.amount,
+                spent: 0,
+                pending: 0,
+                local: HashMap::new(),
+                closed: HashMap::new(),
+                available: held.available,
+                credit_limit: held.credit_limit,
+                thresholds: held.thresholds,
+                expires_at_ms: held.expires_at_ms,
+                rotating: false,
+                uncommitted: retries,
+            }),
+            (Some(lease), None) => {
+                // Given back, idle, stopping, or the account ran low: no lease any more.
+                if !retries.is_empty() {
+                    // Commits still to retry keep a block-less lease until they land.
+                    Some(Lease {
+                        block: 0,
+                        spent: lease.spent - moved,
+                        rotating: false,
+                        uncommitted: retries,
+                        ..lease
+                    })
+                } else {
+                    None
+                }
+            }
+            (None, None) => None,
+        };
+        if plan.given_back {
+            tracing::debug!(account = %plan.account, "lease given back to a replica that wanted it");
+        }
+        entry.lease = lease;
+    }
+}
+
+impl<L: LedgerReports> Ledger for Leased<L> {
+    type Future<T: Send + 'static> = LeaseFuture<L::Future<T>, T>;
+
+    fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
+        if let Some(outcome) = self.shared.reserve_locally(&reserve) {
+            return ready(Ok(outcome));
+        }
+        let (inner, shared) = (self.inner.clone(), self.shared.clone());
+        boxed(async move {
+            let account = reserve.account().clone();
+            let route: Option<Arc<str>> = reserve.route_label().map(Arc::from);
+            let retry = reserve.clone();
+            let outcome = inner.reserve(reserve).await?;
+            match &outcome {
+                ReserveOutcome::Held(held) => {
+                    shared.saw_available(&account, route.as_deref(), held.available);
+                }
+                ReserveOutcome::Insufficient(refused) => {
+                    shared.saw_available(&account, route.as_deref(), refused.available);
+                    // Other replicas may hold the credits in leases: ask for them back,
+                    // and try once more after their next flush.
+                    if let Some(board) = &shared.board {
+                        if board.is_leased(&account).await.unwrap_or(false) {
+                            let every = shared.settings.flush_every;
+                            board.want(&account, every * 3).await?;
+                            tokio::time::sleep(every * 2).await;
+                            return inner.reserve(retry).await;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn settle(&self, settle: Settle) -> Self::Future<Settlement> {
+        match self.shared.settle_locally(&settle) {
+            Some(settlement) => ready(Ok(settlement)),
+            None => pass(self.inner.settle(settle)),
+        }
+    }
+
+    fn extend(&self, extend: Extend) -> Self::Future<Extended> {
+        {
+            let now = self.shared.now();
+            let mut accounts = self.shared.accounts.lock();
+            if let Some(routes) = accounts.get_mut(extend.account()) {
+                for lease in routes.iter_mut().filter_map(|r| r.lease.as_mut()) {
+                    if let Some(local) = lease.local.get_mut(extend.hold_id()) {
+                        local.expires_at_ms = now + extend.hold_ttl().as_millis() as u64;
+                        return ready(Ok(Extended::Until(local.expires_at_ms)));
+                    }
+                    if let Some(&(outcome, _)) = lease.closed.get(extend.hold_id()) {
+                        let outcome = match outcome {
+                            SettleOutcome::Committed => SettleOutcome::AlreadyCommitted,
+                            SettleOutcome::Refunded => SettleOutcome::AlreadyRefunded,
+                            other => other,
+                        };
+                        return ready(Ok(Extended::NotOpen(outcome)));
+                    }
+                }
+            }
+        }
+        pass(self.inner.extend(extend))
+    }
+
+    fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
+        {
+            let mut accounts = self.shared.accounts.lock();
+            if let Some(routes) = accounts.get_mut(grow.account()) {
+                for lease in routes.iter_mut().filter_map(|r| r.lease.as_mut()) {
+                    let unspent = lease.unspent();
+                    let Some(local) = lease.local.get_mut(grow.hold_id()) else {
+                        continue;
+                    };
+                    if grow.amount() <= local.amount {
+                        let (amount, available) = (local.amount, lease.shown_available());
+                        return ready(Ok(GrowOutcome::Grown(Grown::new(amount, available))));
+                    }
+                    let want = grow.amount() - local.amount;
+                    let least = grow.least_amount().saturating_sub(local.amount).max(1);
+                    let raise = want.min(unspent);
+                    if raise < least || lease.rotating {
+                        let refused =
+                            Insufficient::new(least, lease.shown_available(), lease.credit_limit);
+                        return ready(Ok(GrowOutcome::Insufficient(refused)));
+                    }
+                    local.amount += raise;
+                    let amount = local.amount;
+                    lease.pending += raise;
+                    let available = lease.shown_available();
+                    return ready(Ok(GrowOutcome::Grown(Grown::new(amount, available))));
+                }
+            }
+        }
+        pass(self.inner.grow(grow))
+    }
+
+    fn store_response(&self, store: StoreResponse) -> Self::Future<bool> {
+        pass(self.inner.store_response(store))
+    }
+
+    fn lookup_api_key(&self, key: &ApiKeyHash) -> Self::Future<Option<AccountId>> {
+        pass(self.inner.lookup_api_key(key))
+    }
+
+    fn reports(&self) -> Option<&dyn DynReports> {
+        // Quotes and readouts see the leases' unspent credits.
+        Some(self)
+    }
+}
+
+impl Shared {
+    /// The ledger's balance as callers see it with this replica's leases: their unspent
+    /// credits available, their spent credits committed, only their open local holds held.
+    fn shown_balance(&self, account: &AccountId, mut balance: Balance) -> Balance {
+        let accounts = self.accounts.lock();
+        for lease in accounts
+            .get(account)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.lease.as_ref())
+        {
+            balance.available = balance.available.saturating_add(lease.unspent() as i64);
+            balance.held = balance
+                .held
+                .saturating_sub(lease.block)
+                .saturating_add(lease.pending);
+            balance.committed = balance.committed.saturating_add(lease.spent);
+            balance.open_holds = balance
+                .open_holds
+                .saturating_sub(1)
+                .saturating_add(lease.local.len() as u64);
+        }
+        balance
+    }
+}
+
+impl<L: LedgerReports> LedgerReports for Leased<L> {
+    fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
+        let shared = self.shared.clone();
+        let account = account.clone();
+        let fut = self.inner.balance(&account);
+        boxed(async move { Ok(shared.shown_balance(&account, fut.await?)) })
+    }
+
+    fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
+        pass(self.inner.usage(account))
+    }
+}
+
+impl<L: LedgerReports + LedgerAdmin> LedgerAdmin for Leased<L> {
+    fn top_up(&self, top_up: TopUp) -> Self::Future<ToppedUp> {
+        pass(self.inner.top_up(top_up))
+    }
+
+    fn configure(&self, configure: Configure) -> Self::Future<()> {
+        pass(self.inner.configure(configure))
+    }
+
+    fn register_api_key(&self, key: &ApiKeyHash, account: &AccountId) -> Self::Future<()> {
+        pass(self.inner.register_api_key(key, account))
+    }
+
+    fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
+        pass(self.inner.revoke_api_key(key))
+    }
+}
