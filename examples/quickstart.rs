@@ -28,6 +28,10 @@
 //! over time). `GET /metrics` answers Prometheus metrics (`credits_*`, see `tower_credits::metrics`), free
 //! and without a key. `RUST_LOG` sets what is logged (default `info`).
 //!
+//! `CREDITS_LEASES=1` bills busy accounts (50 billed requests a second or more on one route)
+//! in process against leased blocks of their credits, flushed every second: balances shown
+//! lag other replicas by at most that second (see `tower_credits::ledger::lease`).
+//!
 //! `ADMIN_TOKEN=<16+ characters>` mounts the admin API at `/admin` (top-ups, settings, API
 //! keys; `Authorization: Bearer <ADMIN_TOKEN>`), outside the credit layer.
 //!
@@ -50,8 +54,8 @@ use tower_credits::dashboard::Dashboard;
 use tower_credits::events::webhook::WebhookError;
 use tower_credits::events::{Dispatcher, Webhook};
 use tower_credits::idempotency::IdempotencyLayer;
-use tower_credits::ledger::AnyLedger;
 use tower_credits::ledger::Configure;
+use tower_credits::ledger::{AnyLedger, Leased};
 use tower_credits::metrics::Metered;
 use tower_credits::pricing::Pricing;
 use tower_credits::readout::{CreditsHistory, CreditsReadout};
@@ -214,7 +218,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             upkeep.run_upkeep();
         }
     });
-    let ledger = Metered::new(ledger().await?);
+    // `CREDITS_LEASES=1`: busy accounts are billed in process against leased blocks of
+    // their credits, flushed every second (see `tower_credits::ledger::lease`).
+    let leases = std::env::var("CREDITS_LEASES").is_ok_and(|v| v == "1");
+    let any = ledger().await?;
+    let board = any.lease_board();
+    let leased = Leased::new(any).enabled(leases).board(board);
+    let flusher = leased.spawn_flusher();
+    if leases {
+        println!("leases: on (busy accounts billed in process, flushed every second)");
+    }
+    let ledger = Metered::new(leased.clone());
     seed(&ledger).await?;
 
     // Low-balance, runway and depletion events: printed, and posted to a webhook if set.
@@ -334,6 +348,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     let settled = credits.shutdown(Duration::from_secs(5)).await;
+    // After the pending settles: commit what the leases spent and give their blocks back.
+    if let Err(err) = leased.shutdown().await {
+        eprintln!("leases: could not return every block ({err}); they expire in the ledger");
+    }
+    flusher.abort();
     println!("shut down; every pending settle finished: {settled}");
     Ok(())
 }

@@ -214,6 +214,8 @@ struct Shared {
 
 #[derive(Clone, Copy)]
 struct Settings {
+    /// Off: every call goes straight to the wrapped ledger.
+    enabled: bool,
     flush_every: Duration,
     busy_at: u32,
     block_for: Duration,
@@ -255,8 +257,11 @@ struct Lease {
     thresholds: Vec<u64>,
     /// When the lease's hold expires (ms, ledger clock).
     expires_at_ms: u64,
-    /// A rotation is in flight: no new local hold until it ends.
+    /// A rotation is in flight: new local holds only within `rotation_budget`.
     rotating: bool,
+    /// Credits new local holds may take while a rotation is in flight: the next block is
+    /// asked to cover at least the holds open at its planning plus this budget.
+    rotation_budget: u64,
     /// Previous holds whose commit failed, with the exact cost to commit: retried with the
     /// same amount each flush, so a commit that did land answers "already committed".
     uncommitted: Vec<(HoldId, u64)>,
@@ -350,6 +355,7 @@ impl<L> Leased<L> {
             inner,
             shared: Arc::new(Shared {
                 settings: Settings {
+                    enabled: true,
                     flush_every: DEFAULT_FLUSH_EVERY,
                     busy_at: DEFAULT_BUSY_AT,
                     block_for: DEFAULT_BLOCK_FOR,
@@ -370,6 +376,17 @@ impl<L> Leased<L> {
             .expect("configure a Leased before cloning it or spawning its flusher");
         f(shared);
         self
+    }
+
+    /// Turns leasing on (the default) or off. Off, every call goes straight to the
+    /// wrapped ledger, with no lock nor lookup, so an application can always wrap its ledger
+    /// and decide at start (the quickstart's `CREDITS_LEASES`).
+    ///
+    /// # Panics
+    ///
+    /// After the wrapper was cloned.
+    pub fn enabled(self, on: bool) -> Self {
+        self.configure_shared(|s| s.settings.enabled = on)
     }
 
     /// How often leases are flushed (default 1 s): the most usage a killed replica loses,
@@ -558,8 +575,12 @@ impl Shared {
         let flush_ms = self.settings.flush_every.as_millis() as u64;
         let small = amount <= lease.block / SMALL_REQUEST_DIVISOR;
         let lasts = lease.expires_at_ms > now + 2 * flush_ms;
-        if lease.rotating || !small || !lasts || amount > lease.unspent() || amount == 0 {
+        let within = !lease.rotating || amount <= lease.rotation_budget;
+        if !within || !small || !lasts || amount > lease.unspent() || amount == 0 {
             return None;
+        }
+        if lease.rotating {
+            lease.rotation_budget -= amount;
         }
         let expires_at_ms = now + reserve.hold_ttl().as_millis() as u64;
         lease.pending += amount;
@@ -628,6 +649,30 @@ impl Shared {
         Self::entry(&mut accounts, account, route, now).last_available = Some(available);
     }
 
+    /// Credits held by the open local holds of `plan`'s lease now.
+    fn open_on_lease(&self, plan: &Rotation) -> u64 {
+        let accounts = self.accounts.lock();
+        accounts
+            .get(&plan.account)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.route == plan.route)
+            .find_map(|r| r.lease.as_ref())
+            .map_or(0, |l| l.pending)
+    }
+
+    /// The unspent credits of this replica's leases of `account` (0: none).
+    fn unspent(&self, account: &AccountId) -> u64 {
+        let accounts = self.accounts.lock();
+        accounts
+            .get(account)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.lease.as_ref())
+            .map(Lease::unspent)
+            .sum()
+    }
+
     fn next_hold(&self) -> HoldId {
         let seq = self.next_seq.fetch_add(1, Relaxed);
         HoldId::new(format!("lease-{}-{seq}", self.replica)).expect("a valid hold id")
@@ -643,6 +688,8 @@ struct Rotation {
     pending: u64,
     fresh: u64,
     given_back: bool,
+    /// Credits local holds may take while this rotation is in flight.
+    budget: u64,
     /// Commits of earlier holds to retry, each with its exact cost.
     retries: Vec<(HoldId, u64)>,
 }
@@ -662,7 +709,12 @@ impl<L: LedgerReports> Leased<L> {
     /// Runs [`flush`](Self::flush) every [flush interval](Self::flush_every) on the current
     /// tokio runtime. The task ends when every clone of the wrapper is dropped, or when the
     /// returned handle is aborted (a killed replica: its leases expire in the ledger).
+    ///
+    /// With leasing [off](Self::enabled) the task ends at once.
     pub fn spawn_flusher(&self) -> tokio::task::JoinHandle<()> {
+        if !self.shared.settings.enabled {
+            return tokio::spawn(async {});
+        }
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
         let inner = self.inner.clone();
         let every = self.shared.settings.flush_every;
@@ -766,15 +818,18 @@ impl<L: LedgerReports> Leased<L> {
                         if given_back {
                             entry.cooldown_until = now + COOLDOWN_FLUSHES * flush_ms;
                         }
+                        let fresh = if keep_leasing { target } else { 0 };
                         lease.rotating = true;
+                        lease.rotation_budget = fresh.min(lease.unspent());
                         plans.push(Rotation {
                             account: account.clone(),
                             route: entry.route.clone(),
                             old: Some((lease.hold.clone(), lease.block)),
                             spent: lease.spent,
                             pending: lease.pending,
-                            fresh: if keep_leasing { target } else { 0 },
+                            fresh,
                             given_back,
+                            budget: lease.rotation_budget,
                             retries: std::mem::take(&mut lease.uncommitted),
                         });
                     }
@@ -788,6 +843,7 @@ impl<L: LedgerReports> Leased<L> {
                                 pending: 0,
                                 fresh: target,
                                 given_back: false,
+                                budget: 0,
                                 retries: Vec::new(),
                             });
                         }
@@ -836,7 +892,7 @@ impl<L: LedgerReports> Leased<L> {
             let least = if plan.old.is_none() {
                 want
             } else {
-                plan.pending.max(1)
+                (plan.pending + plan.budget).max(1)
             };
             let reserve = reserve_next(want, least);
             let id = reserve.hold_id().clone();
@@ -877,16 +933,21 @@ impl<L: LedgerReports> Leased<L> {
                 }
             }
         }
-        if plan.old.is_some() && next.is_none() && plan.pending > 0 {
+        let open = self.shared.open_on_lease(plan);
+        if plan.old.is_some() && next.is_none() && open > 0 {
             // The next block could not be held beside the previous one, whose rest just
             // came back: hold what the open requests need.
-            let reserve = reserve_next(plan.pending, plan.pending);
+            let reserve = reserve_next(open, open);
             let id = reserve.hold_id().clone();
             match self.inner.reserve(reserve).await {
-                Ok(ReserveOutcome::Held(held)) => next = Some((id, held)),
+                Ok(ReserveOutcome::Held(held)) => {
+                    // After the commit: this answer's available is the latest.
+                    available = Some(held.available);
+                    next = Some((id, held));
+                }
                 other => tracing::warn!(
                     account = %plan.account,
-                    uncovered = plan.pending,
+                    uncovered = open,
                     answer = ?other,
                     "requests open on a lease could not be covered by a new hold; \
                      their cost will not be committed"
@@ -952,6 +1013,7 @@ impl<L: LedgerReports> Leased<L> {
                 thresholds: held.thresholds,
                 expires_at_ms: held.expires_at_ms,
                 rotating: false,
+                rotation_budget: 0,
                 uncommitted: retries,
             }),
             (Some(lease), None) => {
@@ -982,6 +1044,9 @@ impl<L: LedgerReports> Ledger for Leased<L> {
     type Future<T: Send + 'static> = LeaseFuture<L::Future<T>, T>;
 
     fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
+        if !self.shared.settings.enabled {
+            return pass(self.inner.reserve(reserve));
+        }
         if let Some(outcome) = self.shared.reserve_locally(&reserve) {
             return ready(Ok(outcome));
         }
@@ -994,6 +1059,13 @@ impl<L: LedgerReports> Ledger for Leased<L> {
             match &outcome {
                 ReserveOutcome::Held(held) => {
                     shared.saw_available(&account, route.as_deref(), held.available);
+                    // Shown as a leased request's would be: with this replica's unspent
+                    // lease credits (0 when it holds no lease of the account).
+                    let mut held = held.clone();
+                    held.available = held
+                        .available
+                        .saturating_add(shared.unspent(&account) as i64);
+                    return Ok(ReserveOutcome::Held(held));
                 }
                 ReserveOutcome::Insufficient(refused) => {
                     shared.saw_available(&account, route.as_deref(), refused.available);
@@ -1015,14 +1087,29 @@ impl<L: LedgerReports> Ledger for Leased<L> {
     }
 
     fn settle(&self, settle: Settle) -> Self::Future<Settlement> {
+        if !self.shared.settings.enabled {
+            return pass(self.inner.settle(settle));
+        }
         match self.shared.settle_locally(&settle) {
             Some(settlement) => ready(Ok(settlement)),
-            None => pass(self.inner.settle(settle)),
+            None if self.shared.unspent(settle.account()) == 0 => pass(self.inner.settle(settle)),
+            None => {
+                // Shown with this replica's unspent lease credits, as a leased request's.
+                let (shared, account) = (self.shared.clone(), settle.account().clone());
+                let fut = self.inner.settle(settle);
+                boxed(async move {
+                    let mut settlement = fut.await?;
+                    if let Some(available) = &mut settlement.available {
+                        *available = available.saturating_add(shared.unspent(&account) as i64);
+                    }
+                    Ok(settlement)
+                })
+            }
         }
     }
 
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
-        {
+        if self.shared.settings.enabled {
             let now = self.shared.now();
             let mut accounts = self.shared.accounts.lock();
             if let Some(routes) = accounts.get_mut(extend.account()) {
@@ -1046,7 +1133,7 @@ impl<L: LedgerReports> Ledger for Leased<L> {
     }
 
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
-        {
+        if self.shared.settings.enabled {
             let mut accounts = self.shared.accounts.lock();
             if let Some(routes) = accounts.get_mut(grow.account()) {
                 for lease in routes.iter_mut().filter_map(|r| r.lease.as_mut()) {
@@ -1062,6 +1149,7 @@ impl<L: LedgerReports> Ledger for Leased<L> {
                     let least = grow.least_amount().saturating_sub(local.amount).max(1);
                     let raise = want.min(unspent);
                     if raise < least || lease.rotating {
+                        // (Mid-rotation the next block is sized already: no raise.)
                         let refused =
                             Insufficient::new(least, lease.shown_available(), lease.credit_limit);
                         return ready(Ok(GrowOutcome::Insufficient(refused)));
@@ -1119,6 +1207,9 @@ impl Shared {
 
 impl<L: LedgerReports> LedgerReports for Leased<L> {
     fn balance(&self, account: &AccountId) -> Self::Future<Balance> {
+        if !self.shared.settings.enabled {
+            return pass(self.inner.balance(account));
+        }
         let shared = self.shared.clone();
         let account = account.clone();
         let fut = self.inner.balance(&account);
@@ -1127,6 +1218,16 @@ impl<L: LedgerReports> LedgerReports for Leased<L> {
 
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
         pass(self.inner.usage(account))
+    }
+
+    /// The ledger's trail: a lease's requests appear as one commit per flush.
+    fn history(
+        &self,
+        account: &AccountId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> super::BoxLedgerFuture<super::HistoryPage> {
+        self.inner.history(account, cursor, limit)
     }
 }
 
@@ -1145,5 +1246,32 @@ impl<L: LedgerReports + LedgerAdmin> LedgerAdmin for Leased<L> {
 
     fn revoke_api_key(&self, key: &ApiKeyHash) -> Self::Future<bool> {
         pass(self.inner.revoke_api_key(key))
+    }
+}
+
+impl<L: LedgerReports + super::EventOutbox> super::EventOutbox for Leased<L> {
+    fn replica(&self) -> &str {
+        self.inner.replica()
+    }
+    fn claim(&self, lease: Duration, max: usize) -> super::OutboxFuture<Vec<super::CreditEvent>> {
+        self.inner.claim(lease, max)
+    }
+    fn renew(&self, event: &super::CreditEvent, lease: Duration) -> super::OutboxFuture<bool> {
+        self.inner.renew(event, lease)
+    }
+    fn ack(&self, event: &super::CreditEvent) -> super::OutboxFuture<()> {
+        self.inner.ack(event)
+    }
+    fn dead_letter(&self, event: &super::CreditEvent, reason: &str) -> super::OutboxFuture<()> {
+        self.inner.dead_letter(event, reason)
+    }
+    fn dead_letters(&self, account: &AccountId) -> super::OutboxFuture<Vec<super::DeadLetter>> {
+        self.inner.dead_letters(account)
+    }
+    fn requeue(&self, dead: &super::DeadLetter) -> super::OutboxFuture<bool> {
+        self.inner.requeue(dead)
+    }
+    fn pending(&self, account: &AccountId) -> super::OutboxFuture<Vec<super::CreditEvent>> {
+        self.inner.pending(account)
     }
 }

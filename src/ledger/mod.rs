@@ -247,6 +247,17 @@ impl From<MemoryLedger> for AnyLedger {
     }
 }
 
+impl AnyLedger {
+    /// The [`LeaseBoard`] of [`Leased`] wrappers of this ledger.
+    pub fn lease_board(&self) -> std::sync::Arc<dyn LeaseBoard> {
+        match self {
+            AnyLedger::Memory(l) => l.lease_board(),
+            #[cfg(feature = "redis")]
+            AnyLedger::Redis(l) => l.lease_board(),
+        }
+    }
+}
+
 #[cfg(feature = "redis")]
 impl From<RedisLedger> for AnyLedger {
     fn from(ledger: RedisLedger) -> Self {
