@@ -61,7 +61,7 @@ async fn a_busy_caller_is_billed_without_a_store_call_per_request() {
 
     let mut served = 0u64;
     let mut last_remaining: Option<i64> = None;
-    let mut call = || {
+    let call = || {
         let (client, url) = (client.clone(), url.clone());
         async move { send(&client, get_req(&url, Some("key-lease"))).await }
     };
