@@ -383,3 +383,160 @@ async fn a_lease_never_bills_beyond_what_it_holds() {
     );
     conserved(&store, &a).await;
 }
+
+/// What one replica's callers were served, as their answers said.
+#[derive(Default)]
+struct Tally {
+    /// Credits of commits answered `Committed`.
+    served: std::sync::atomic::AtomicU64,
+    /// Credits of commits that failed (the store may or may not have them).
+    ambiguous: std::sync::atomic::AtomicU64,
+}
+
+/// Reserves 3 and commits 2, again and again, until `stop`.
+async fn caller<L: Ledger>(
+    ledger: L,
+    account: AccountId,
+    tally: Arc<Tally>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        let hold = HoldId::generate();
+        let reserve = Reserve::new(account.clone(), hold.clone(), 3).route("GET /v1/echo");
+        match ledger.reserve(reserve).await {
+            Ok(ReserveOutcome::Held(_)) => match ledger.commit(&account, &hold, 2).await {
+                Ok(s) if s.outcome == SettleOutcome::Committed => {
+                    tally.served.fetch_add(s.committed, Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tally.ambiguous.fetch_add(2, Relaxed);
+                }
+            },
+            _ => tokio::task::yield_now().await,
+        }
+    }
+}
+
+/// Two replicas lease one account under load; Redis is paused (flushes and calls time out
+/// and are retried); one replica is killed mid-lease. Every credit topped up is still
+/// available, held or committed; nothing is committed that was not served, and what was
+/// served but not committed is at most what the killed replica had not flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_kills_and_pauses_conserve_every_credit() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use support::rig::{wait_for_async, DEADLINE};
+
+    let server = RedisServer::start();
+    let connect = |timeout: Duration| {
+        RedisLedger::builder()
+            .url(server.url())
+            .call_timeout(timeout)
+            .build()
+    };
+    let admin = connect(Duration::from_secs(5)).await.unwrap();
+    let a = acct("acct_chaos");
+    admin
+        .top_up(TopUp::new(&a, 1_000_000, "pay-1"))
+        .await
+        .unwrap();
+    let replica = |ledger: RedisLedger| {
+        Leased::new(ledger.clone())
+            .board(ledger.lease_board())
+            .busy_at(5)
+            .flush_every(Duration::from_millis(100))
+            .lease_ttl(Duration::from_secs(1))
+    };
+    let first = replica(connect(Duration::from_millis(150)).await.unwrap());
+    let second = replica(connect(Duration::from_millis(150)).await.unwrap());
+    let flushers = [first.spawn_flusher(), second.spawn_flusher()];
+    let (tally_1, tally_2) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+    let (stop_1, stop_2) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let mut callers_1 = Vec::new();
+    let mut callers_2 = Vec::new();
+    for _ in 0..2 {
+        callers_1.push(tokio::spawn(caller(
+            first.clone(),
+            a.clone(),
+            tally_1.clone(),
+            stop_1.clone(),
+        )));
+        callers_2.push(tokio::spawn(caller(
+            second.clone(),
+            a.clone(),
+            tally_2.clone(),
+            stop_2.clone(),
+        )));
+    }
+    wait_for_async("both replicas to lease the account", DEADLINE, || {
+        let leased = !first.leased_accounts().is_empty() && !second.leased_accounts().is_empty();
+        std::future::ready(leased.then_some(()))
+    })
+    .await;
+
+    // A pause longer than the call deadline: flushes fail and are retried.
+    server.pause();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    server.resume();
+    let after_pause = tally_1.served.load(Relaxed);
+    wait_for_async("the first replica to serve again", DEADLINE, || {
+        std::future::ready((tally_1.served.load(Relaxed) > after_pause + 100).then_some(()))
+    })
+    .await;
+
+    // Kill the first replica mid-lease: its callers and flusher stop, nothing is flushed.
+    stop_1.store(true, Relaxed);
+    for c in callers_1 {
+        c.await.unwrap();
+    }
+    flushers[0].abort();
+    let lost = first.unflushed();
+    drop(first);
+
+    let before = tally_2.served.load(Relaxed);
+    wait_for_async("the second replica to go on", DEADLINE, || {
+        std::future::ready((tally_2.served.load(Relaxed) > before + 100).then_some(()))
+    })
+    .await;
+    stop_2.store(true, Relaxed);
+    for c in callers_2 {
+        c.await.unwrap();
+    }
+    flushers[1].abort();
+    second.shutdown().await.unwrap();
+    assert_eq!(second.unflushed(), 0, "a graceful stop commits everything");
+
+    // The killed replica's block expires (1 s) and comes back.
+    wait_for_async("every hold to come back", DEADLINE, || {
+        let admin = admin.clone();
+        let a = a.clone();
+        async move {
+            admin.sweep_expired().await.unwrap();
+            let b = admin.balance(&a).await.unwrap();
+            (b.held == 0).then_some(b)
+        }
+    })
+    .await;
+    let b = admin.balance(&a).await.unwrap();
+    assert_eq!(
+        b.available + b.committed as i64,
+        b.topped_up as i64,
+        "{b:?}"
+    );
+    let served = tally_1.served.load(Relaxed) + tally_2.served.load(Relaxed);
+    let ambiguous = tally_1.ambiguous.load(Relaxed) + tally_2.ambiguous.load(Relaxed);
+    assert!(
+        b.committed <= served + ambiguous,
+        "committed {} > served {served} + ambiguous {ambiguous}: charged twice",
+        b.committed
+    );
+    assert!(
+        b.committed + lost >= served,
+        "committed {} + lost {lost} < served {served}: more lost than one flush",
+        b.committed
+    );
+}

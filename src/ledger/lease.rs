@@ -459,6 +459,19 @@ impl<L> Leased<L> {
         &self.inner
     }
 
+    /// Credits billed in process and not yet committed to the ledger (spent since the last
+    /// flush, and commits waiting for a retry): what this replica's callers would get for
+    /// free if it were killed now.
+    pub fn unflushed(&self) -> u64 {
+        let accounts = self.shared.accounts.lock();
+        accounts
+            .values()
+            .flatten()
+            .filter_map(|r| r.lease.as_ref())
+            .map(|l| l.spent + l.uncommitted.iter().map(|(_, cost)| cost).sum::<u64>())
+            .sum()
+    }
+
     /// Accounts with a lease on this replica right now.
     pub fn leased_accounts(&self) -> Vec<AccountId> {
         let accounts = self.shared.accounts.lock();
