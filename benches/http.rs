@@ -30,6 +30,12 @@
 //!   give the `EVALSHA` calls per billed request (reserve + settle = 2), and the time Redis
 //!   spends inside each (a `PING` runs no script; the reserve's round trip does).
 //!
+//! * Section 5, credit leases: the quickstart on Redis with `CREDITS_LEASES=1` (busy
+//!   accounts billed in process, flushed every second). Billed / free as in section 3, then
+//!   the script calls Redis ran (`FCALL` + `EVALSHA` in `INFO commandstats`, the count
+//!   `MONITOR` would show, without `MONITOR`'s own cost) per billed request over 10 s at
+//!   saturation, background work included.
+//!
 //! `cargo bench --bench http` (about a minute, plus the builds); results also go to
 //! `target/bench-report/http.json`.
 
@@ -84,8 +90,17 @@ struct Quickstart {
 
 impl Quickstart {
     fn start(binary: &PathBuf, redis_url: Option<&str>) -> Self {
+        Self::start_with(binary, redis_url, &[])
+    }
+
+    /// Started with `env` set as well.
+    fn start_with(binary: &PathBuf, redis_url: Option<&str>, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut cmd = Command::new(binary);
+        cmd.env_remove("CREDITS_LEASES");
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
         cmd.env("PORT", port.to_string())
             .env("DEMO_RICH_CREDITS", RICH_CREDITS)
             .env("RUST_LOG", "warn")
@@ -803,6 +818,64 @@ fn commands_per_request(
     script_us
 }
 
+fn lease_section(rt: &tokio::runtime::Runtime, binary: &PathBuf, report: &mut Report) {
+    let Some(redis) = BenchRedis::start() else {
+        println!("redis-server is not installed: section 5 skipped");
+        return;
+    };
+    let section = "5. credit leases (quickstart, Redis, CREDITS_LEASES=1)";
+    println!("{section}");
+    let server = Quickstart::start_with(binary, Some(&redis.url()), &[("CREDITS_LEASES", "1")]);
+    let con = rt
+        .block_on(async {
+            redis::Client::open(redis.url())?
+                .get_multiplexed_async_connection()
+                .await
+        })
+        .expect("connect to the bench redis");
+    let a = alternate(rt, &server, Some(&con));
+    throughput_rows(
+        report,
+        section,
+        &a,
+        "billed / free throughput with leases (quickstart, redis-server and load client share 2 cores)",
+        0.8,
+    );
+    let scripts = |stats: &[(String, u64, u64)]| -> u64 {
+        stats
+            .iter()
+            .filter(|(name, ..)| name == "fcall" || name == "evalsha")
+            .map(|&(_, calls, _)| calls)
+            .sum()
+    };
+    let before = scripts(&command_stats(rt, &con));
+    let r = run(
+        rt,
+        &server,
+        Load::new(Kind::Billed, SATURATING, Duration::from_secs(10)),
+    );
+    let calls = scripts(&command_stats(rt, &con)) - before;
+    let n = r.tally.ok.max(1) as f64;
+    println!(
+        "    {} billed requests in 10 s: {calls} script calls",
+        r.tally.ok
+    );
+    report.row(
+        section,
+        "billed requests a second on one account, 10 s at saturation",
+        r.tally.ok as f64 / 10.0,
+        "req/s",
+        Target::AtLeast(1000.0),
+    );
+    report.row(
+        section,
+        "script calls (FCALL + EVALSHA) per billed request, background work included",
+        calls as f64 / n,
+        "calls",
+        Target::AtMost(0.05),
+    );
+}
+
 /// The nearest-rank percentile of sorted samples.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -825,8 +898,18 @@ fn main() {
             .unwrap_or_default()
             .trim_end()
     );
-    memory_throughput(&rt, &binary, &mut report);
-    redis_sections(&rt, &binary, &mut report);
+    // `HTTP_BENCH_PARTS=5` runs section 5 alone (2 is memory, 3 runs 3 and 4).
+    let parts = std::env::var("HTTP_BENCH_PARTS").unwrap_or_default();
+    let run_part = |part: &str| parts.is_empty() || parts.split(',').any(|p| p.trim() == part);
+    if run_part("2") {
+        memory_throughput(&rt, &binary, &mut report);
+    }
+    if run_part("3") {
+        redis_sections(&rt, &binary, &mut report);
+    }
+    if run_part("5") {
+        lease_section(&rt, &binary, &mut report);
+    }
     report.write();
     println!("http bench took {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -210,6 +210,8 @@ struct Shared {
     accounts: Mutex<HashMap<AccountId, Vec<RouteLease>>>,
     /// One flush pass at a time.
     flushing: tokio::sync::Mutex<()>,
+    /// Wakes the flusher early: an account just became busy and has no lease yet.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Clone, Copy)]
@@ -237,6 +239,8 @@ struct RouteLease {
     last_available: Option<i64>,
     /// No lease before this time (ms): the lease was given back to a replica that wanted it.
     cooldown_until: u64,
+    /// The flusher was woken to open a lease for this entry (until its next pass).
+    woke_flusher: bool,
     lease: Option<Lease>,
 }
 
@@ -295,6 +299,7 @@ impl RouteLease {
             price_count: 0,
             last_available: None,
             cooldown_until: 0,
+            woke_flusher: false,
             lease: None,
         }
     }
@@ -323,7 +328,9 @@ impl RouteLease {
         } else if now >= start + 1000 {
             count
         } else {
-            self.rate
+            // A window still filling already shows a floor of its rate: a burst of
+            // `busy_at` requests makes the account busy at once, not a second later.
+            self.rate.max(count)
         }
     }
 
@@ -367,6 +374,7 @@ impl<L> Leased<L> {
                 next_seq: AtomicU64::new(1),
                 accounts: Mutex::default(),
                 flushing: tokio::sync::Mutex::new(()),
+                wake: Arc::new(tokio::sync::Notify::new()),
             }),
         }
     }
@@ -568,6 +576,15 @@ impl Shared {
         let mut accounts = self.accounts.lock();
         let entry = Self::entry(&mut accounts, reserve.account(), reserve.route_label(), now);
         entry.count(reserve.amount(), now);
+        if entry.lease.is_none() {
+            let busy = entry.rate_at(now) >= self.settings.busy_at;
+            if busy && !entry.woke_flusher && now >= entry.cooldown_until {
+                // Open the lease now rather than at the next tick.
+                entry.woke_flusher = true;
+                self.wake.notify_one();
+            }
+            return None;
+        }
         // A request with its own idempotency claim or a floor goes to the ledger: the
         // ledger records the claim in the same step.
         if reserve.idempotency_claim().is_some() || reserve.least_amount().is_some() {
@@ -729,13 +746,18 @@ impl<L: LedgerReports> Leased<L> {
             return tokio::spawn(async {});
         }
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let wake = self.shared.wake.clone();
         let inner = self.inner.clone();
         let every = self.shared.settings.flush_every;
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticker.tick().await;
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    // An account became busy: lease it now.
+                    _ = wake.notified() => {}
+                }
                 let Some(shared) = weak.upgrade() else { return };
                 let leased = Leased {
                     inner: inner.clone(),
@@ -796,6 +818,7 @@ impl<L: LedgerReports> Leased<L> {
         for (account, routes) in accounts.iter_mut() {
             let given_back = wanted.contains(account);
             for entry in routes.iter_mut() {
+                entry.woke_flusher = false;
                 let busy = entry.rate_at(now) >= settings.busy_at;
                 let target = entry.target_block(&settings, now);
                 let rich = entry
