@@ -446,10 +446,10 @@ async fn two_replicas_with_kills_and_pauses_conserve_every_credit() {
             .board(ledger.lease_board())
             .busy_at(5)
             .flush_every(Duration::from_millis(100))
-            .lease_ttl(Duration::from_secs(1))
+            .lease_ttl(Duration::from_secs(2))
     };
-    let first = replica(connect(Duration::from_millis(150)).await.unwrap());
-    let second = replica(connect(Duration::from_millis(150)).await.unwrap());
+    let first = replica(connect(Duration::from_millis(250)).await.unwrap());
+    let second = replica(connect(Duration::from_millis(250)).await.unwrap());
     let flushers = [first.spawn_flusher(), second.spawn_flusher()];
     let (tally_1, tally_2) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
     let (stop_1, stop_2) = (
@@ -480,7 +480,7 @@ async fn two_replicas_with_kills_and_pauses_conserve_every_credit() {
 
     // A pause longer than the call deadline: flushes fail and are retried.
     server.pause();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     server.resume();
     let after_pause = tally_1.served.load(Relaxed);
     wait_for_async("the first replica to serve again", DEADLINE, || {
@@ -510,7 +510,7 @@ async fn two_replicas_with_kills_and_pauses_conserve_every_credit() {
     second.shutdown().await.unwrap();
     assert_eq!(second.unflushed(), 0, "a graceful stop commits everything");
 
-    // The killed replica's block expires (1 s) and comes back.
+    // The killed replica's block expires (2 s) and comes back.
     wait_for_async("every hold to come back", DEADLINE, || {
         let admin = admin.clone();
         let a = a.clone();
@@ -526,6 +526,13 @@ async fn two_replicas_with_kills_and_pauses_conserve_every_credit() {
         b.available + b.committed as i64,
         b.topped_up as i64,
         "{b:?}"
+    );
+    eprintln!(
+        "first: served {} ambiguous {}; second: served {} ambiguous {}; lost {lost}; {b:?}",
+        tally_1.served.load(Relaxed),
+        tally_1.ambiguous.load(Relaxed),
+        tally_2.served.load(Relaxed),
+        tally_2.ambiguous.load(Relaxed),
     );
     let served = tally_1.served.load(Relaxed) + tally_2.served.load(Relaxed);
     let ambiguous = tally_1.ambiguous.load(Relaxed) + tally_2.ambiguous.load(Relaxed);

@@ -266,6 +266,11 @@ struct Lease {
     /// Credits new local holds may take while a rotation is in flight: the next block is
     /// asked to cover at least the holds open at its planning plus this budget.
     rotation_budget: u64,
+    /// The flusher was woken to refill this lease (until its next pass).
+    woke_flusher: bool,
+    /// The account could not give a next block: no new local hold; the lease ends once
+    /// its open requests are done.
+    draining: bool,
     /// Previous holds whose commit failed, with the exact cost to commit: retried with the
     /// same amount each flush, so a commit that did land answers "already committed".
     uncommitted: Vec<(HoldId, u64)>,
@@ -328,9 +333,11 @@ impl RouteLease {
         } else if now >= start + 1000 {
             count
         } else {
-            // A window still filling already shows a floor of its rate: a burst of
-            // `busy_at` requests makes the account busy at once, not a second later.
-            self.rate.max(count)
+            // A window still filling shows its rate so far (over at least 100 ms): a
+            // burst makes the account busy at once, and sizes its block, not a second later.
+            let elapsed = now.saturating_sub(start).max(100);
+            let so_far = u64::from(count) * 1000 / elapsed;
+            self.rate.max(u32::try_from(so_far).unwrap_or(u32::MAX))
         }
     }
 
@@ -605,8 +612,18 @@ impl Shared {
         let flush_ms = self.settings.flush_every.as_millis() as u64;
         let small = amount <= lease.block / SMALL_REQUEST_DIVISOR;
         let lasts = lease.expires_at_ms > now + 2 * flush_ms;
-        let within = !lease.rotating || amount <= lease.rotation_budget;
-        if !within || !small || !lasts || amount > lease.unspent() || amount == 0 {
+        let within = !lease.draining && (!lease.rotating || amount <= lease.rotation_budget);
+        let fits = amount <= lease.unspent();
+        if !lease.rotating
+            && !lease.woke_flusher
+            && lease.unspent() - amount.min(lease.unspent()) < lease.block / 4
+        {
+            // Running low before the next tick (the rate outgrew the block): refill now,
+            // so requests do not fall back to the ledger until the tick.
+            lease.woke_flusher = true;
+            self.wake.notify_one();
+        }
+        if !within || !small || !lasts || !fits || amount == 0 {
             return None;
         }
         if lease.rotating {
@@ -679,18 +696,6 @@ impl Shared {
         Self::entry(&mut accounts, account, route, now).last_available = Some(available);
     }
 
-    /// Credits held by the open local holds of `plan`'s lease now.
-    fn open_on_lease(&self, plan: &Rotation) -> u64 {
-        let accounts = self.accounts.lock();
-        accounts
-            .get(&plan.account)
-            .into_iter()
-            .flatten()
-            .filter(|r| r.route == plan.route)
-            .find_map(|r| r.lease.as_ref())
-            .map_or(0, |l| l.pending)
-    }
-
     /// The unspent credits of this replica's leases of `account` (0: none).
     fn unspent(&self, account: &AccountId) -> u64 {
         let accounts = self.accounts.lock();
@@ -733,6 +738,9 @@ struct Rotated {
     old_done: bool,
     available: Option<i64>,
     retries: Vec<(HoldId, u64)>,
+    /// The next block was refused: the lease bills no more and ends once its open
+    /// requests are done.
+    drain: bool,
 }
 
 impl<L: LedgerReports> Leased<L> {
@@ -763,8 +771,14 @@ impl<L: LedgerReports> Leased<L> {
                     inner: inner.clone(),
                     shared,
                 };
-                if let Err(error) = leased.flush().await {
-                    tracing::warn!(%error, "a lease flush failed; the next one retries");
+                // A pass runs to its end even if this task is aborted: a rotation cut
+                // between its calls would leave the lease's books behind the ledger's.
+                match tokio::spawn(async move { leased.flush().await }).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "a lease flush failed; the next one retries");
+                    }
+                    Err(panicked) => tracing::error!(%panicked, "a lease flush panicked"),
                 }
             }
         })
@@ -779,7 +793,8 @@ impl<L: LedgerReports> Leased<L> {
     }
 
     /// Commits and returns every lease (a graceful stop). Call it after the layer's pending
-    /// settlements drained: a local hold still open is refunded.
+    /// settlements drained: a local hold still open is refunded. It waits for a flush in
+    /// flight (one whose flusher was aborted still runs to its end).
     pub async fn shutdown(&self) -> Result<(), LedgerError> {
         self.pass(true).await
     }
@@ -820,12 +835,15 @@ impl<L: LedgerReports> Leased<L> {
             for entry in routes.iter_mut() {
                 entry.woke_flusher = false;
                 let busy = entry.rate_at(now) >= settings.busy_at;
-                let target = entry.target_block(&settings, now);
-                let rich = entry
-                    .last_available
-                    .is_some_and(|a| a >= 0 && a as u64 >= target.saturating_mul(2));
+                // At most half of what the account has left (other replicas and big
+                // requests keep the rest); an account that cannot spare a block fit for
+                // its largest request is near-empty and does not lease.
+                let spare = entry.last_available.map_or(0, |a| a.max(0) as u64 / 2);
+                let target = entry.target_block(&settings, now).min(spare);
+                let rich = target >= entry.max_price.saturating_mul(SMALL_REQUEST_DIVISOR);
                 match &mut entry.lease {
                     Some(lease) => {
+                        lease.woke_flusher = false;
                         // Local holds past their time to live: their credits go back.
                         let mut expired = 0;
                         lease.local.retain(|id, local| {
@@ -850,7 +868,12 @@ impl<L: LedgerReports> Leased<L> {
                         }
                         let keep_for = settings.lease_ttl.as_millis() as u64;
                         lease.closed.retain(|_, (_, at)| *at + keep_for > now);
-                        let keep_leasing = busy && rich && !given_back && !closing;
+                        if lease.draining && lease.pending > 0 {
+                            // Committed once its open requests are done.
+                            continue;
+                        }
+                        let keep_leasing =
+                            busy && rich && !given_back && !closing && !lease.draining;
                         if given_back {
                             entry.cooldown_until = now + COOLDOWN_FLUSHES * flush_ms;
                         }
@@ -860,7 +883,8 @@ impl<L: LedgerReports> Leased<L> {
                         plans.push(Rotation {
                             account: account.clone(),
                             route: entry.route.clone(),
-                            old: Some((lease.hold.clone(), lease.block)),
+                            // A lease left with only commits to retry holds no block.
+                            old: (lease.block > 0).then(|| (lease.hold.clone(), lease.block)),
                             spent: lease.spent,
                             pending: lease.pending,
                             fresh,
@@ -899,11 +923,7 @@ impl<L: LedgerReports> Leased<L> {
         let mut error = None;
         let mut retries = Vec::new();
         for (id, cost) in &plan.retries {
-            match self
-                .inner
-                .settle(Settle::commit(&plan.account, id, *cost))
-                .await
-            {
+            match self.commit_spent(plan, id, *cost).await {
                 Ok(_) => {}
                 Err(e) => {
                     error.get_or_insert(e);
@@ -921,10 +941,12 @@ impl<L: LedgerReports> Leased<L> {
             reserve
         };
         let mut next: Option<(HoldId, Held)> = None;
+        let mut refused = false;
         let want = plan.pending + plan.fresh;
         if want > 0 {
             // A new lease takes its whole block or nothing (a near-empty account never
-            // leases); a running one keeps at least its open requests covered.
+            // leases); a running one keeps its open requests, and those the rotation may
+            // admit, covered.
             let least = if plan.old.is_none() {
                 want
             } else {
@@ -933,66 +955,56 @@ impl<L: LedgerReports> Leased<L> {
             let reserve = reserve_next(want, least);
             let id = reserve.hold_id().clone();
             match self.inner.reserve(reserve).await {
-                Ok(ReserveOutcome::Held(held)) => next = Some((id, held)),
-                Ok(_) => {}
-                Err(e) => {
-                    error.get_or_insert(e);
-                }
-            }
-        }
-        let mut cost = 0;
-        let mut available = None;
-        if let Some((old, block)) = &plan.old {
-            cost = plan.spent.min(*block);
-            match self
-                .inner
-                .settle(Settle::commit(&plan.account, old, cost))
-                .await
-            {
-                Ok(settled) => available = settled.available,
-                Err(e) => {
-                    error.get_or_insert(e);
-                    if next.is_none() {
-                        // Nothing moved: the lease stays on its hold, retried next flush.
-                        let rotated = Rotated {
-                            next: None,
-                            moved: 0,
-                            old_done: false,
-                            available: None,
-                            retries,
-                        };
-                        return (rotated, error);
-                    }
-                    // The lease moves on; the previous hold's commit is retried with
-                    // this exact cost (idempotent by hold id).
-                    retries.push((old.clone(), cost));
-                }
-            }
-        }
-        let open = self.shared.open_on_lease(plan);
-        if plan.old.is_some() && next.is_none() && open > 0 {
-            // The next block could not be held beside the previous one, whose rest just
-            // came back: hold what the open requests need.
-            let reserve = reserve_next(open, open);
-            let id = reserve.hold_id().clone();
-            match self.inner.reserve(reserve).await {
                 Ok(ReserveOutcome::Held(held)) => {
-                    // After the commit: this answer's available is the latest.
-                    available = Some(held.available);
                     next = Some((id, held));
+                    // Other replicas refused for want of credits ask for them back.
+                    if let Some(board) = &shared.board {
+                        if let Err(e) = board.mark_leased(&plan.account, settings.lease_ttl).await {
+                            error.get_or_insert(e);
+                        }
+                    }
                 }
-                other => tracing::warn!(
-                    account = %plan.account,
-                    uncovered = open,
-                    answer = ?other,
-                    "requests open on a lease could not be covered by a new hold; \
-                     their cost will not be committed"
-                ),
+                Ok(_) => refused = true,
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
             }
         }
-        if let (Some(board), Some(_)) = (&shared.board, &next) {
-            if let Err(e) = board.mark_leased(&plan.account, settings.lease_ttl).await {
+        let unchanged = |retries, drain| Rotated {
+            next: None,
+            moved: 0,
+            old_done: false,
+            available: None,
+            retries,
+            drain,
+        };
+        let Some((old, block)) = &plan.old else {
+            let rotated = Rotated {
+                next,
+                moved: 0,
+                old_done: true,
+                available: None,
+                retries,
+                drain: false,
+            };
+            return (rotated, error);
+        };
+        if want > 0 && next.is_none() {
+            // The previous hold is committed only once the next one covers the open
+            // requests: a commit cannot be taken back, and a hold committed twice keeps
+            // the first amount. Refused (the account runs low): stop billing on the lease
+            // and commit it once its requests are done. Failed: try again next flush.
+            return (unchanged(retries, refused), error);
+        }
+        let cost = plan.spent.min(*block);
+        let mut available = None;
+        match self.commit_spent(plan, old, cost).await {
+            Ok(settled) => available = settled.available,
+            Err(e) => {
                 error.get_or_insert(e);
+                // The lease moves on (or ends); the previous hold's commit is retried
+                // with this exact cost (idempotent by hold id).
+                retries.push((old.clone(), cost));
             }
         }
         let rotated = Rotated {
@@ -1001,8 +1013,55 @@ impl<L: LedgerReports> Leased<L> {
             old_done: true,
             available,
             retries,
+            drain: false,
         };
         (rotated, error)
+    }
+
+    /// Commits `cost` spent on the lease hold `hold`. A hold that expired before its commit
+    /// landed (a store outage longer than the lease) gave its credits back: they are
+    /// charged again through a hold of their own, `<hold>-late` (idempotent by that id), so
+    /// what callers were served is never lost to an expiry.
+    async fn commit_spent(
+        &self,
+        plan: &Rotation,
+        hold: &HoldId,
+        cost: u64,
+    ) -> Result<Settlement, LedgerError> {
+        let settled = self
+            .inner
+            .settle(Settle::commit(&plan.account, hold, cost))
+            .await?;
+        if cost == 0 || settled.outcome != SettleOutcome::Expired {
+            return Ok(settled);
+        }
+        // `lease-<12>-<seq>-late` stays well under the 64 bytes of a hold id.
+        let late = HoldId::new(format!("{hold}-late")).map_err(|_| LedgerError::InvalidHoldId)?;
+        // What the account still affords, down to one credit: the rest is logged as lost.
+        // Long-lived: committed at once, but a commit that fails must find it again.
+        let mut reserve = Reserve::new(plan.account.clone(), late.clone(), cost)
+            .ttl(super::DEFAULT_HOLD_TTL.max(self.shared.settings.lease_ttl))
+            .min_amount(1);
+        if let Some(route) = &plan.route {
+            reserve = reserve.route(route.clone());
+        }
+        let held = match self.inner.reserve(reserve).await? {
+            ReserveOutcome::Held(held) => held.amount,
+            _ => 0,
+        };
+        if held < cost {
+            tracing::warn!(
+                account = %plan.account,
+                lost = cost - held,
+                "a lease expired before its usage was committed, and the account cannot pay all of it"
+            );
+        }
+        if held == 0 {
+            return Ok(settled);
+        }
+        self.inner
+            .settle(Settle::commit(&plan.account, &late, held))
+            .await
     }
 
     fn end_rotation(&self, plan: &Rotation, rotated: Rotated) {
@@ -1015,6 +1074,7 @@ impl<L: LedgerReports> Leased<L> {
             old_done,
             available,
             retries,
+            drain,
         } = rotated;
         if let Some(available) = available {
             entry.last_available = Some(available);
@@ -1022,6 +1082,7 @@ impl<L: LedgerReports> Leased<L> {
         let lease = match (entry.lease.take(), next) {
             (Some(mut lease), _) if !old_done => {
                 lease.rotating = false;
+                lease.draining |= drain;
                 lease.uncommitted = retries;
                 Some(lease)
             }
@@ -1034,6 +1095,7 @@ impl<L: LedgerReports> Leased<L> {
                 lease.thresholds = held.thresholds;
                 lease.expires_at_ms = held.expires_at_ms;
                 lease.rotating = false;
+                lease.draining = false;
                 lease.uncommitted = retries;
                 Some(lease)
             }
@@ -1050,6 +1112,8 @@ impl<L: LedgerReports> Leased<L> {
                 expires_at_ms: held.expires_at_ms,
                 rotating: false,
                 rotation_budget: 0,
+                woke_flusher: false,
+                draining: false,
                 uncommitted: retries,
             }),
             (Some(lease), None) => {
