@@ -547,3 +547,79 @@ async fn two_replicas_with_kills_and_pauses_conserve_every_credit() {
         b.committed
     );
 }
+
+/// A lease whose hold lapsed before its flush (an outage longer than the lease): the
+/// usage billed on it is charged again through a late hold, not lost.
+#[tokio::test]
+async fn usage_on_a_lapsed_lease_is_charged_late() {
+    let clock = ManualClock::new();
+    let store = MemoryLedger::builder().clock(clock.clone()).build();
+    let a = acct("acct_lapsed");
+    store.top_up(TopUp::new(&a, 10_000, "pay-1")).await.unwrap();
+    let leased = Leased::new(store.clone()).busy_at(5).clock(clock.clone());
+    make_busy(&leased, &clock, &a).await;
+    bill(&leased, &a, 10, 5, 4).await;
+    // No flush for 30 s: the 10 s lease hold expired in the ledger and its id is forgotten.
+    clock.advance(Duration::from_secs(30));
+    store.sweep_expired();
+    assert_eq!(store.balance(&a).await.unwrap().held, 0, "the block went back");
+    leased.shutdown().await.unwrap();
+    let b = store.balance(&a).await.unwrap();
+    assert_eq!(b.committed, 11 * 2 + 10 * 4, "the 40 spent on the lapsed lease");
+    assert_eq!(b.held, 0);
+    conserved(&store, &a).await;
+}
+
+/// An account that cannot give its lease a next block drains: no new request is billed on
+/// the lease, its hold is kept alive while a request on it is still open (so the credits
+/// stay held, not spendable twice), and the request's cost is committed when it ends.
+#[tokio::test]
+async fn a_draining_lease_keeps_its_hold_until_its_requests_end() {
+    let clock = ManualClock::new();
+    let store = MemoryLedger::builder().clock(clock.clone()).build();
+    let a = acct("acct_drain");
+    store.top_up(TopUp::new(&a, 10_000, "pay-1")).await.unwrap();
+    let leased = Leased::new(store.clone())
+        .busy_at(5)
+        .lease_ttl(Duration::from_secs(4))
+        .clock(clock.clone());
+    make_busy(&leased, &clock, &a).await;
+    // A long request stays open on the lease.
+    let open = HoldId::generate();
+    let held = leased
+        .reserve(Reserve::new(a.clone(), open.clone(), 5).route("GET /v1/echo"))
+        .await
+        .unwrap();
+    assert!(matches!(held, ReserveOutcome::Held(_)));
+    let block = store.balance(&a).await.unwrap().held;
+    // Everything else is spent elsewhere: the next block is refused.
+    let rest = store.balance(&a).await.unwrap().available as u64;
+    let other = HoldId::generate();
+    store
+        .reserve(Reserve::new(a.clone(), other.clone(), rest))
+        .await
+        .unwrap();
+    store.commit(&a, &other, rest).await.unwrap();
+    leased.flush().await.unwrap();
+    // Draining: a new request goes to the ledger (and is refused: nothing is left there).
+    let refused = leased
+        .reserve(Reserve::new(a.clone(), HoldId::generate(), 5).route("GET /v1/echo"))
+        .await
+        .unwrap();
+    assert!(matches!(refused, ReserveOutcome::Insufficient(_)), "{refused:?}");
+    // Well past the lease's 4 s, its hold is still held: each flush kept it alive.
+    for _ in 0..5 {
+        clock.advance(Duration::from_secs(2));
+        store.sweep_expired();
+        leased.flush().await.unwrap();
+        assert_eq!(store.balance(&a).await.unwrap().held, block, "kept alive");
+    }
+    let settled = leased.commit(&a, &open, 5).await.unwrap();
+    assert_eq!(settled.outcome, SettleOutcome::Committed);
+    leased.flush().await.unwrap();
+    assert!(leased.leased_accounts().is_empty(), "drained, then committed");
+    let b = store.balance(&a).await.unwrap();
+    assert_eq!(b.held, 0);
+    assert_eq!(b.committed, 11 * 2 + rest + 5);
+    conserved(&store, &a).await;
+}

@@ -13,10 +13,16 @@
 //! Every [`flush_every`](Leased::flush_every) (1 s) the flusher rotates each lease with two
 //! ordinary ledger calls: it reserves the next block (`lease-<replica>-<n+1>`, covering the
 //! requests still open plus a fresh block) and then commits the previous hold with what was
-//! spent on it (the rest goes back). A retried flush is deduplicated by those hold ids —
-//! each is a per-lease sequence number, and the ledger's reserve and commit are idempotent
-//! by hold id. While a rotation is in flight no new request is billed on the lease (they
-//! go to the ledger as usual), so the next block always covers every open local hold.
+//! spent on it (the rest goes back). The previous hold is committed only once the next one
+//! is held. A retried flush is deduplicated by those hold ids — each is a per-lease sequence
+//! number kept until its reserve is answered, a commit that failed is retried with the same
+//! amount, and the ledger's reserve and commit are idempotent by hold id. While a rotation
+//! is in flight, new requests are billed on the lease only within a budget the next block is
+//! asked to cover. A pass runs in a task of its own, so a caller that stops waiting cannot
+//! cut it between two calls. An account that cannot give a next block drains: no new
+//! request on the lease, its hold kept alive while its open requests finish, then committed.
+//! A lease hold that expired before its commit landed (an outage longer than the lease) is
+//! charged again through a hold of its own (`<hold>-late`).
 //!
 //! Usage by route and the audit trail see one commit per lease per flush (the lease holds
 //! its route), not one per request.
@@ -212,6 +218,8 @@ struct Shared {
     flushing: tokio::sync::Mutex<()>,
     /// Wakes the flusher early: an account just became busy and has no lease yet.
     wake: Arc<tokio::sync::Notify>,
+    /// `shutdown` began: no new lease, no new local hold.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -241,6 +249,9 @@ struct RouteLease {
     cooldown_until: u64,
     /// The flusher was woken to open a lease for this entry (until its next pass).
     woke_flusher: bool,
+    /// The id of the next block, kept until a reserve of it is answered: a reserve that
+    /// timed out is retried under the same id, so it holds once.
+    next_id: Option<HoldId>,
     lease: Option<Lease>,
 }
 
@@ -305,6 +316,7 @@ impl RouteLease {
             last_available: None,
             cooldown_until: 0,
             woke_flusher: false,
+            next_id: None,
             lease: None,
         }
     }
@@ -382,6 +394,7 @@ impl<L> Leased<L> {
                 accounts: Mutex::default(),
                 flushing: tokio::sync::Mutex::new(()),
                 wake: Arc::new(tokio::sync::Notify::new()),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -581,8 +594,17 @@ impl Shared {
     fn reserve_locally(&self, reserve: &Reserve) -> Option<ReserveOutcome> {
         let now = self.now();
         let mut accounts = self.accounts.lock();
+        // An id this replica billed in process, on any route of the account, answers as
+        // the ledger would for it.
+        if let Some(answer) = Self::known_local(&accounts, reserve.account(), reserve.hold_id()) {
+            return Some(answer);
+        }
+        let stopping = self.stopping.load(Relaxed);
         let entry = Self::entry(&mut accounts, reserve.account(), reserve.route_label(), now);
         entry.count(reserve.amount(), now);
+        if stopping {
+            return None;
+        }
         if entry.lease.is_none() {
             let busy = entry.rate_at(now) >= self.settings.busy_at;
             if busy && !entry.woke_flusher && now >= entry.cooldown_until {
@@ -597,17 +619,9 @@ impl Shared {
         if reserve.idempotency_claim().is_some() || reserve.least_amount().is_some() {
             return None;
         }
+        // A time to live the ledger would refuse goes to the ledger, which says so.
+        let ttl_ms = super::check_ttl(reserve.hold_ttl()).ok()?;
         let lease = entry.lease.as_mut()?;
-        if let Some(outcome) = lease.closed.get(reserve.hold_id()) {
-            return Some(ReserveOutcome::Closed(outcome.0));
-        }
-        if let Some(local) = lease.local.get(reserve.hold_id()) {
-            let mut held = Held::new(local.amount, lease.shown_available(), local.expires_at_ms);
-            held.replayed = true;
-            held.credit_limit = lease.credit_limit;
-            held.thresholds = lease.thresholds.clone();
-            return Some(ReserveOutcome::Held(held));
-        }
         let amount = reserve.amount();
         let flush_ms = self.settings.flush_every.as_millis() as u64;
         let small = amount <= lease.block / SMALL_REQUEST_DIVISOR;
@@ -629,7 +643,7 @@ impl Shared {
         if lease.rotating {
             lease.rotation_budget -= amount;
         }
-        let expires_at_ms = now + reserve.hold_ttl().as_millis() as u64;
+        let expires_at_ms = now.saturating_add(ttl_ms);
         lease.pending += amount;
         lease.local.insert(
             reserve.hold_id().clone(),
@@ -642,6 +656,33 @@ impl Shared {
         held.credit_limit = lease.credit_limit;
         held.thresholds = lease.thresholds.clone();
         Some(ReserveOutcome::Held(held))
+    }
+
+    /// The answer for `id` if it is (or was) a local hold of `account`'s leases: a replayed
+    /// hold, or the way it closed.
+    fn known_local(
+        accounts: &HashMap<AccountId, Vec<RouteLease>>,
+        account: &AccountId,
+        id: &HoldId,
+    ) -> Option<ReserveOutcome> {
+        for lease in accounts
+            .get(account)?
+            .iter()
+            .filter_map(|r| r.lease.as_ref())
+        {
+            if let Some(&(outcome, _)) = lease.closed.get(id) {
+                return Some(ReserveOutcome::Closed(outcome));
+            }
+            if let Some(local) = lease.local.get(id) {
+                let mut held =
+                    Held::new(local.amount, lease.shown_available(), local.expires_at_ms);
+                held.replayed = true;
+                held.credit_limit = lease.credit_limit;
+                held.thresholds = lease.thresholds.clone();
+                return Some(ReserveOutcome::Held(held));
+            }
+        }
+        None
     }
 
     /// Settles a local hold: the answer, or `None` when `settle`'s hold is not local.
@@ -727,6 +768,10 @@ struct Rotation {
     budget: u64,
     /// Commits of earlier holds to retry, each with its exact cost.
     retries: Vec<(HoldId, u64)>,
+    /// Only keep the lease's hold alive (a draining lease with open requests).
+    keep_alive: bool,
+    /// The id of the next block (kept by the entry until a reserve of it is answered).
+    next_id: Option<HoldId>,
 }
 
 /// How a rotation ended.
@@ -741,6 +786,10 @@ struct Rotated {
     /// The next block was refused: the lease bills no more and ends once its open
     /// requests are done.
     drain: bool,
+    /// The reserve of the next id was answered (held or refused): the id is used up.
+    answered: bool,
+    /// The lease's hold now expires then (a keep-alive).
+    extended_to: Option<u64>,
 }
 
 impl<L: LedgerReports> Leased<L> {
@@ -771,14 +820,9 @@ impl<L: LedgerReports> Leased<L> {
                     inner: inner.clone(),
                     shared,
                 };
-                // A pass runs to its end even if this task is aborted: a rotation cut
-                // between its calls would leave the lease's books behind the ledger's.
-                match tokio::spawn(async move { leased.flush().await }).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, "a lease flush failed; the next one retries");
-                    }
-                    Err(panicked) => tracing::error!(%panicked, "a lease flush panicked"),
+                // The pass runs to its end even if this task is aborted (see `pass`).
+                if let Err(error) = leased.flush().await {
+                    tracing::warn!(%error, "a lease flush failed; the next one retries");
                 }
             }
         })
@@ -792,14 +836,38 @@ impl<L: LedgerReports> Leased<L> {
         self.pass(false).await
     }
 
-    /// Commits and returns every lease (a graceful stop). Call it after the layer's pending
-    /// settlements drained: a local hold still open is refunded. It waits for a flush in
-    /// flight (one whose flusher was aborted still runs to its end).
+    /// Commits and returns every lease (a graceful stop): no new lease nor local hold from
+    /// now on, and the leases shrink to their open requests until those are done. Call it
+    /// after the layer's pending settlements drained; it waits for a flush in flight and
+    /// gives up after five seconds with [`LedgerError::Timeout`] while requests are still
+    /// open (their blocks then expire in the ledger).
     pub async fn shutdown(&self) -> Result<(), LedgerError> {
-        self.pass(true).await
+        const PATIENCE: Duration = Duration::from_secs(5);
+        self.shared.stopping.store(true, Relaxed);
+        let until = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            self.pass(true).await?;
+            if self.leased_accounts().is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(LedgerError::Timeout(PATIENCE));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
+    /// One pass, run to its end in a task of its own: a caller that stops waiting (a
+    /// timeout, an aborted flusher) cannot cut a rotation between its ledger calls.
     async fn pass(&self, closing: bool) -> Result<(), LedgerError> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.run_pass(closing).await }).await {
+            Ok(done) => done,
+            Err(failed) => std::panic::resume_unwind(failed.into_panic()),
+        }
+    }
+
+    async fn run_pass(&self, closing: bool) -> Result<(), LedgerError> {
         let _one = self.shared.flushing.lock().await;
         let plans = self.plan(closing).await;
         let mut first_error = None;
@@ -816,6 +884,7 @@ impl<L: LedgerReports> Leased<L> {
     /// What each lease does this flush.
     async fn plan(&self, closing: bool) -> Vec<Rotation> {
         let shared = &self.shared;
+        let closing = closing || shared.stopping.load(Relaxed);
         let settings = shared.settings;
         let now = shared.now();
         let flush_ms = settings.flush_every.as_millis() as u64;
@@ -858,18 +927,26 @@ impl<L: LedgerReports> Leased<L> {
                         });
                         lease.pending -= expired;
                         crate::ledger::expired(expired);
-                        if closing {
-                            // A graceful stop after the layer drained: nothing should be
-                            // open; whatever is goes back.
-                            for (id, _) in lease.local.drain() {
-                                lease.closed.insert(id, (SettleOutcome::Refunded, now));
-                            }
-                            lease.pending = 0;
-                        }
                         let keep_for = settings.lease_ttl.as_millis() as u64;
                         lease.closed.retain(|_, (_, at)| *at + keep_for > now);
                         if lease.draining && lease.pending > 0 {
-                            // Committed once its open requests are done.
+                            // Committed once its open requests are done; meanwhile its
+                            // hold is kept alive, so their credits stay held.
+                            lease.rotating = true;
+                            lease.rotation_budget = 0;
+                            plans.push(Rotation {
+                                account: account.clone(),
+                                route: entry.route.clone(),
+                                old: Some((lease.hold.clone(), lease.block)),
+                                spent: lease.spent,
+                                pending: lease.pending,
+                                fresh: 0,
+                                given_back,
+                                budget: 0,
+                                retries: std::mem::take(&mut lease.uncommitted),
+                                keep_alive: true,
+                                next_id: None,
+                            });
                             continue;
                         }
                         let keep_leasing =
@@ -891,6 +968,13 @@ impl<L: LedgerReports> Leased<L> {
                             given_back,
                             budget: lease.rotation_budget,
                             retries: std::mem::take(&mut lease.uncommitted),
+                            keep_alive: false,
+                            next_id: Some(
+                                entry
+                                    .next_id
+                                    .get_or_insert_with(|| shared.next_hold())
+                                    .clone(),
+                            ),
                         });
                     }
                     None => {
@@ -905,6 +989,13 @@ impl<L: LedgerReports> Leased<L> {
                                 given_back: false,
                                 budget: 0,
                                 retries: Vec::new(),
+                                keep_alive: false,
+                                next_id: Some(
+                                    entry
+                                        .next_id
+                                        .get_or_insert_with(|| shared.next_hold())
+                                        .clone(),
+                                ),
                             });
                         }
                     }
@@ -931,8 +1022,34 @@ impl<L: LedgerReports> Leased<L> {
                 }
             }
         }
+        if plan.keep_alive {
+            let mut extended_to = None;
+            if let Some((old, _)) = &plan.old {
+                let extend = Extend::new(plan.account.clone(), old.clone(), settings.lease_ttl);
+                match self.inner.extend(extend).await {
+                    Ok(Extended::Until(at)) => extended_to = Some(at),
+                    // Gone: its usage is charged through a late hold when it commits.
+                    Ok(Extended::NotOpen(_)) => {}
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+            let rotated = Rotated {
+                next: None,
+                moved: 0,
+                old_done: false,
+                available: None,
+                retries,
+                drain: true,
+                answered: false,
+                extended_to,
+            };
+            return (rotated, error);
+        }
+        let next_id = plan.next_id.clone().unwrap_or_else(|| shared.next_hold());
         let reserve_next = |amount: u64, least: u64| {
-            let mut reserve = Reserve::new(plan.account.clone(), shared.next_hold(), amount)
+            let mut reserve = Reserve::new(plan.account.clone(), next_id.clone(), amount)
                 .ttl(settings.lease_ttl)
                 .min_amount(least);
             if let Some(route) = &plan.route {
@@ -942,6 +1059,7 @@ impl<L: LedgerReports> Leased<L> {
         };
         let mut next: Option<(HoldId, Held)> = None;
         let mut refused = false;
+        let mut answered = false;
         let want = plan.pending + plan.fresh;
         if want > 0 {
             // A new lease takes its whole block or nothing (a near-empty account never
@@ -954,7 +1072,9 @@ impl<L: LedgerReports> Leased<L> {
             };
             let reserve = reserve_next(want, least);
             let id = reserve.hold_id().clone();
-            match self.inner.reserve(reserve).await {
+            let answer = self.inner.reserve(reserve).await;
+            answered = answer.is_ok();
+            match answer {
                 Ok(ReserveOutcome::Held(held)) => {
                     next = Some((id, held));
                     // Other replicas refused for want of credits ask for them back.
@@ -977,6 +1097,8 @@ impl<L: LedgerReports> Leased<L> {
             available: None,
             retries,
             drain,
+            answered,
+            extended_to: None,
         };
         let Some((old, block)) = &plan.old else {
             let rotated = Rotated {
@@ -986,6 +1108,8 @@ impl<L: LedgerReports> Leased<L> {
                 available: None,
                 retries,
                 drain: false,
+                answered,
+                extended_to: None,
             };
             return (rotated, error);
         };
@@ -997,16 +1121,19 @@ impl<L: LedgerReports> Leased<L> {
             return (unchanged(retries, refused), error);
         }
         let cost = plan.spent.min(*block);
-        let mut available = None;
-        match self.commit_spent(plan, old, cost).await {
-            Ok(settled) => available = settled.available,
+        let available = match self.commit_spent(plan, old, cost).await {
+            Ok(settled) => settled.available,
             Err(e) => {
                 error.get_or_insert(e);
                 // The lease moves on (or ends); the previous hold's commit is retried
                 // with this exact cost (idempotent by hold id).
                 retries.push((old.clone(), cost));
+                // The next block's answer counted the previous block as held; what it
+                // had left is the callers' as soon as the commit lands.
+                next.as_ref()
+                    .map(|(_, held)| held.available.saturating_add((*block - cost) as i64))
             }
-        }
+        };
         let rotated = Rotated {
             next,
             moved: cost,
@@ -1014,6 +1141,8 @@ impl<L: LedgerReports> Leased<L> {
             available,
             retries,
             drain: false,
+            answered,
+            extended_to: None,
         };
         (rotated, error)
     }
@@ -1032,7 +1161,12 @@ impl<L: LedgerReports> Leased<L> {
             .inner
             .settle(Settle::commit(&plan.account, hold, cost))
             .await?;
-        if cost == 0 || settled.outcome != SettleOutcome::Expired {
+        // Expired, or expired so long ago the ledger forgot the id: the block went back.
+        let gone = matches!(
+            settled.outcome,
+            SettleOutcome::Expired | SettleOutcome::Unknown
+        );
+        if cost == 0 || !gone {
             return Ok(settled);
         }
         // `lease-<12>-<seq>-late` stays well under the 64 bytes of a hold id.
@@ -1075,7 +1209,12 @@ impl<L: LedgerReports> Leased<L> {
             available,
             retries,
             drain,
+            answered,
+            extended_to,
         } = rotated;
+        if answered {
+            entry.next_id = None;
+        }
         if let Some(available) = available {
             entry.last_available = Some(available);
         }
@@ -1083,6 +1222,9 @@ impl<L: LedgerReports> Leased<L> {
             (Some(mut lease), _) if !old_done => {
                 lease.rotating = false;
                 lease.draining |= drain;
+                if let Some(at) = extended_to {
+                    lease.expires_at_ms = at;
+                }
                 lease.uncommitted = retries;
                 Some(lease)
             }
@@ -1215,7 +1357,12 @@ impl<L: LedgerReports> Ledger for Leased<L> {
             if let Some(routes) = accounts.get_mut(extend.account()) {
                 for lease in routes.iter_mut().filter_map(|r| r.lease.as_mut()) {
                     if let Some(local) = lease.local.get_mut(extend.hold_id()) {
-                        local.expires_at_ms = now + extend.hold_ttl().as_millis() as u64;
+                        let Ok(ttl_ms) = super::check_ttl(extend.hold_ttl()) else {
+                            return ready(Err(LedgerError::InvalidTtl {
+                                ttl: extend.hold_ttl(),
+                            }));
+                        };
+                        local.expires_at_ms = now.saturating_add(ttl_ms);
                         return ready(Ok(Extended::Until(local.expires_at_ms)));
                     }
                     if let Some(&(outcome, _)) = lease.closed.get(extend.hold_id()) {
@@ -1234,10 +1381,16 @@ impl<L: LedgerReports> Ledger for Leased<L> {
 
     fn grow(&self, grow: Grow) -> Self::Future<GrowOutcome> {
         if self.shared.settings.enabled {
+            let now = self.shared.now();
+            let soon = now + 2 * self.shared.settings.flush_every.as_millis() as u64;
+            let stopping = self.shared.stopping.load(Relaxed);
             let mut accounts = self.shared.accounts.lock();
             if let Some(routes) = accounts.get_mut(grow.account()) {
                 for lease in routes.iter_mut().filter_map(|r| r.lease.as_mut()) {
                     let unspent = lease.unspent();
+                    // No raise on a lease that is ending or whose hold may lapse first.
+                    let frozen =
+                        lease.rotating || lease.draining || stopping || lease.expires_at_ms <= soon;
                     let Some(local) = lease.local.get_mut(grow.hold_id()) else {
                         continue;
                     };
@@ -1248,7 +1401,7 @@ impl<L: LedgerReports> Ledger for Leased<L> {
                     let want = grow.amount() - local.amount;
                     let least = grow.least_amount().saturating_sub(local.amount).max(1);
                     let raise = want.min(unspent);
-                    if raise < least || lease.rotating {
+                    if raise < least || frozen {
                         // (Mid-rotation the next block is sized already: no raise.)
                         let refused =
                             Insufficient::new(least, lease.shown_available(), lease.credit_limit);
