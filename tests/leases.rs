@@ -562,10 +562,18 @@ async fn usage_on_a_lapsed_lease_is_charged_late() {
     // No flush for 30 s: the 10 s lease hold expired in the ledger and its id is forgotten.
     clock.advance(Duration::from_secs(30));
     store.sweep_expired();
-    assert_eq!(store.balance(&a).await.unwrap().held, 0, "the block went back");
+    assert_eq!(
+        store.balance(&a).await.unwrap().held,
+        0,
+        "the block went back"
+    );
     leased.shutdown().await.unwrap();
     let b = store.balance(&a).await.unwrap();
-    assert_eq!(b.committed, 11 * 2 + 10 * 4, "the 40 spent on the lapsed lease");
+    assert_eq!(
+        b.committed,
+        11 * 2 + 10 * 4,
+        "the 40 spent on the lapsed lease"
+    );
     assert_eq!(b.held, 0);
     conserved(&store, &a).await;
 }
@@ -606,7 +614,10 @@ async fn a_draining_lease_keeps_its_hold_until_its_requests_end() {
         .reserve(Reserve::new(a.clone(), HoldId::generate(), 5).route("GET /v1/echo"))
         .await
         .unwrap();
-    assert!(matches!(refused, ReserveOutcome::Insufficient(_)), "{refused:?}");
+    assert!(
+        matches!(refused, ReserveOutcome::Insufficient(_)),
+        "{refused:?}"
+    );
     // Well past the lease's 4 s, its hold is still held: each flush kept it alive.
     for _ in 0..5 {
         clock.advance(Duration::from_secs(2));
@@ -617,7 +628,10 @@ async fn a_draining_lease_keeps_its_hold_until_its_requests_end() {
     let settled = leased.commit(&a, &open, 5).await.unwrap();
     assert_eq!(settled.outcome, SettleOutcome::Committed);
     leased.flush().await.unwrap();
-    assert!(leased.leased_accounts().is_empty(), "drained, then committed");
+    assert!(
+        leased.leased_accounts().is_empty(),
+        "drained, then committed"
+    );
     let b = store.balance(&a).await.unwrap();
     assert_eq!(b.held, 0);
     assert_eq!(b.committed, 11 * 2 + rest + 5);
