@@ -177,6 +177,43 @@ impl MemoryLedgerBuilder {
     }
 }
 
+/// One audit entry as an account keeps it: the id and route as they are held (see
+/// [`AuditEntry`] for the fields); its number follows from its place in the trail.
+#[derive(Debug, Clone)]
+struct LoggedMove {
+    at_ms: u64,
+    kind: AuditKind,
+    amount: u64,
+    hold: Option<HoldId>,
+    route: Option<Arc<str>>,
+    available: i64,
+    held: u64,
+    committed: u64,
+    topped_up: u64,
+}
+
+impl LoggedMove {
+    /// The entry as [`LedgerReports::history`](super::LedgerReports::history) answers it.
+    fn to_entry(&self, seq: u64) -> AuditEntry {
+        AuditEntry {
+            id: seq.to_string(),
+            at_ms: self.at_ms,
+            kind: self.kind,
+            amount: self.amount,
+            hold_id: self.hold.as_ref().map(|h| h.as_str().to_owned()),
+            route: self
+                .route
+                .as_deref()
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned),
+            available: self.available,
+            held: self.held,
+            committed: self.committed,
+            topped_up: self.topped_up,
+        }
+    }
+}
+
 /// The accounts of one shard, under one lock.
 #[derive(Default)]
 struct Shard {
@@ -240,7 +277,7 @@ struct AccountState {
     /// Idempotency records, kept apart and dropped once empty.
     requests: Option<Box<Requests>>,
     /// The audit trail, oldest first, and the sequence number of the next entry.
-    log: VecDeque<AuditEntry>,
+    log: VecDeque<LoggedMove>,
     log_next: u64,
 }
 
@@ -399,7 +436,7 @@ impl AccountState {
             // Each entry with the totals right after its own expiry.
             self.held -= amount;
             audited += amount;
-            let entry = (AuditKind::Expire, amount, Some(&id), route.as_deref());
+            let entry = (AuditKind::Expire, amount, Some(&id), route.as_ref());
             self.audit(audit_cap, entry, now_ms);
         }
         self.held -= released - audited;
@@ -411,7 +448,7 @@ impl AccountState {
     fn audit(
         &mut self,
         cap: usize,
-        (kind, amount, hold, route): (AuditKind, u64, Option<&HoldId>, Option<&str>),
+        (kind, amount, hold, route): (AuditKind, u64, Option<&HoldId>, Option<&Arc<str>>),
         now_ms: u64,
     ) {
         if cap == 0 {
@@ -424,14 +461,14 @@ impl AccountState {
             // Most accounts keep a few entries: grow from one, not from the default four.
             self.log.reserve_exact(1);
         }
-        self.log.push_back(AuditEntry {
-            // Not stored: an entry's number follows from its place (see `history`).
-            id: String::new(),
+        // The hold id (inline when generated) and the route (shared) are kept as they are:
+        // an entry allocates nothing on the request path; `history` spells them out.
+        self.log.push_back(LoggedMove {
             at_ms: now_ms,
             kind,
             amount,
-            hold_id: hold.map(|h| h.as_str().to_owned()),
-            route: route.filter(|r| !r.is_empty()).map(str::to_owned),
+            hold: hold.cloned(),
+            route: route.cloned(),
             available: self.available(),
             held: self.held,
             committed: self.committed,
@@ -451,10 +488,7 @@ impl AccountState {
             .map(|(back, entry)| (newest - back as u64, entry))
             .filter(|(seq, _)| cursor.is_none_or(|c| *seq < c))
             .take(limit + 1)
-            .map(|(seq, entry)| AuditEntry {
-                id: seq.to_string(),
-                ..entry.clone()
-            });
+            .map(|(seq, entry)| entry.to_entry(seq));
         HistoryPage::from_newest(older.collect(), limit)
     }
 
@@ -751,7 +785,7 @@ impl MemoryLedger {
                 AuditKind::Reserve,
                 amount,
                 Some(&r.hold_id),
-                r.route.as_deref(),
+                r.route.as_ref(),
             );
             state.audit(audit_cap, entry, now);
             let activity = state.activity();
@@ -855,7 +889,7 @@ impl MemoryLedger {
                 SettleOutcome::Committed => (AuditKind::Commit, charged),
                 _ => (AuditKind::Refund, hold.amount),
             };
-            let entry = (kind.0, kind.1, Some(hold_id), hold.route.as_deref());
+            let entry = (kind.0, kind.1, Some(hold_id), hold.route.as_ref());
             state.audit(self.inner.audit_cap, entry, now);
             state.close(hold_id, outcome, forget_at(now, hold.expires_at_ms));
             if let Some(key) = key {
