@@ -60,7 +60,7 @@
 //! counted once, by whichever replica's call reclaimed it. It is counted whether or not the
 //! ledger is wrapped in [`Metered`] (the ledger records it through the facade itself), and
 //! never by account: an account's expiries are in its audit trail
-//! ([`LedgerReports::history`](crate::LedgerReports::history)).
+//! ([`LedgerReports::history`]).
 //!
 //! # Spans
 //!
