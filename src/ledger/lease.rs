@@ -54,7 +54,8 @@
 //! served beyond a block that was held. Call [`shutdown`](Leased::shutdown) on a graceful
 //! stop (after the layer's pending settlements drained) to commit and return every lease.
 
-use std::collections::HashMap;
+// A fast hash, seeded per map, as the in-memory ledger's own maps: this is the request path.
+use foldhash::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -927,7 +928,10 @@ impl<L: LedgerReports> Leased<L> {
                         });
                         lease.pending -= expired;
                         crate::ledger::expired(expired);
-                        let keep_for = settings.lease_ttl.as_millis() as u64;
+                        // A retried settle comes within a call's timeout; one that comes
+                        // later reaches the ledger, which answers "unknown" and moves
+                        // nothing. Kept longer, a busy lease would hold rate × TTL ids.
+                        let keep_for = (2 * flush_ms).max(2_000);
                         lease.closed.retain(|_, (_, at)| *at + keep_for > now);
                         if lease.draining && lease.pending > 0 {
                             // Committed once its open requests are done; meanwhile its
@@ -1246,8 +1250,8 @@ impl<L: LedgerReports> Leased<L> {
                 block: held.amount,
                 spent: 0,
                 pending: 0,
-                local: HashMap::new(),
-                closed: HashMap::new(),
+                local: HashMap::default(),
+                closed: HashMap::default(),
                 available: held.available,
                 credit_limit: held.credit_limit,
                 thresholds: held.thresholds,
