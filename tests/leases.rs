@@ -38,23 +38,6 @@ impl Store for RedisLedger {
     }
 }
 
-/// Script calls Redis has run so far (`FCALL` and `EVALSHA`), from `INFO commandstats`.
-fn script_calls(server: &RedisServer) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_evalsha:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 async fn redis_ledger(server: &RedisServer, clock: &ManualClock) -> RedisLedger {
     RedisLedger::builder()
         .url(server.url())
@@ -197,7 +180,7 @@ async fn a_busy_account_is_billed_in_process_on_redis() {
     let server = RedisServer::start();
     let clock = ManualClock::new();
     let store = redis_ledger(&server, &clock).await;
-    billed_in_process(store, clock, || Some(script_calls(&server))).await;
+    billed_in_process(store, clock, || Some(server.script_calls())).await;
 }
 
 /// A replica killed mid-lease (its flusher gone, no shutdown) loses at most what it billed

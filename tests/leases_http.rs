@@ -19,23 +19,6 @@ use tower_credits::ledger::{Leased, RedisLedger};
 use tower_credits::pricing::Pricing;
 use tower_credits::{CreditLayer, LedgerReports};
 
-/// Script calls Redis has run so far (`FCALL` and `EVALSHA`), from `INFO commandstats`.
-fn script_calls(server: &RedisServer) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_evalsha:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_caller_is_billed_without_a_store_call_per_request() {
     let redis = RedisServer::start();
@@ -75,7 +58,7 @@ async fn a_busy_caller_is_billed_without_a_store_call_per_request() {
         }
     })
     .await;
-    let before = script_calls(&redis);
+    let before = redis.script_calls();
     for _ in 0..400 {
         let answer = call().await;
         assert_eq!(answer.status, StatusCode::OK);
@@ -87,7 +70,7 @@ async fn a_busy_caller_is_billed_without_a_store_call_per_request() {
         last_remaining = Some(remaining);
         served += 1;
     }
-    let calls = script_calls(&redis) - before;
+    let calls = redis.script_calls() - before;
     // Two calls per flush (next block, previous commit), one flush per 200 ms: far from
     // the 800 a per-request hold would cost, whatever the machine's speed.
     assert!(

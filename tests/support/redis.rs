@@ -275,6 +275,22 @@ impl RedisServer {
     pub fn dbsize(&self) -> u64 {
         self.cli(&["DBSIZE"]).parse().expect("DBSIZE is a number")
     }
+
+    /// Script calls run so far (`FCALL` and `EVALSHA`), from `INFO commandstats`.
+    pub fn script_calls(&self) -> u64 {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_evalsha:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
 }
 
 impl Drop for RedisServer {
