@@ -1299,25 +1299,25 @@ impl<L: LedgerReports> Ledger for Leased<L> {
         let (inner, shared) = (self.inner.clone(), self.shared.clone());
         boxed(async move {
             let account = reserve.account().clone();
-            let route: Option<Arc<str>> = reserve.route_label().map(Arc::from);
-            let retry = reserve.clone();
-            let outcome = inner.reserve(reserve).await?;
-            match &outcome {
-                ReserveOutcome::Held(held) => {
+            // Shared, not copied: the request path allocates nothing more for it.
+            let route = reserve.route.clone();
+            // Kept only where a refusal may be retried after a handoff.
+            let retry = shared.board.is_some().then(|| reserve.clone());
+            match inner.reserve(reserve).await? {
+                ReserveOutcome::Held(mut held) => {
                     shared.saw_available(&account, route.as_deref(), held.available);
                     // Shown as a leased request's would be: with this replica's unspent
                     // lease credits (0 when it holds no lease of the account).
-                    let mut held = held.clone();
                     held.available = held
                         .available
                         .saturating_add(shared.unspent(&account) as i64);
-                    return Ok(ReserveOutcome::Held(held));
+                    Ok(ReserveOutcome::Held(held))
                 }
                 ReserveOutcome::Insufficient(refused) => {
                     shared.saw_available(&account, route.as_deref(), refused.available);
                     // Other replicas may hold the credits in leases: ask for them back,
                     // and try once more after their next flush.
-                    if let Some(board) = &shared.board {
+                    if let (Some(board), Some(retry)) = (&shared.board, retry) {
                         if board.is_leased(&account).await.unwrap_or(false) {
                             let every = shared.settings.flush_every;
                             board.want(&account, every * 3).await?;
@@ -1325,10 +1325,10 @@ impl<L: LedgerReports> Ledger for Leased<L> {
                             return inner.reserve(retry).await;
                         }
                     }
+                    Ok(ReserveOutcome::Insufficient(refused))
                 }
-                _ => {}
+                other => Ok(other),
             }
-            Ok(outcome)
         })
     }
 
