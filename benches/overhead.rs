@@ -81,6 +81,21 @@ impl KeyExtractor for ByAuthorization {
     }
 }
 
+/// `tower_governor` keyed by `authorization`, with a limit it never reaches (a macro: its
+/// middleware type is not nameable from here).
+macro_rules! governor_layer {
+    () => {
+        GovernorLayer::new(
+            GovernorConfigBuilder::default()
+                .per_nanosecond(1)
+                .burst_size(u32::MAX)
+                .key_extractor(ByAuthorization)
+                .finish()
+                .unwrap(),
+        )
+    };
+}
+
 /// Allocations per call of `svc`, over `n` calls after a warm-up.
 fn allocations_per_request<S, B>(rt: &tokio::runtime::Runtime, svc: &S, n: u64) -> f64
 where
@@ -124,13 +139,7 @@ fn request_overhead(report: &mut Report) {
     let billed = CreditLayer::new(ledger)
         .pricing(Pricing::new().route("GET /v1/echo", 1))
         .layer(bare);
-    let config = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(u32::MAX)
-        .key_extractor(ByAuthorization)
-        .finish()
-        .unwrap();
-    let governed = GovernorLayer::new(config).layer(bare);
+    let governed = governor_layer!().layer(bare);
 
     // The three run in turns, round after round, and each figure is the median of its
     // rounds: on a noisy machine a burst of load then hits all three alike, which
@@ -469,14 +478,122 @@ fn interleaved<const N: usize>(
     })
 }
 
+/// One variant of the request bench, `n` requests after 1,000 of warm-up, and nothing
+/// else: what `instructions` runs under callgrind (and what `valgrind --tool=dhat` can be
+/// pointed at to find where each allocation comes from). Variant: `bare`, `layer` or
+/// `governor`.
+fn only(variant: &str, n: u64) {
+    let rt = runtime();
+    let (ledger, _) = funded_ledger(&rt);
+    let bare = tower::service_fn(ok);
+    let billed = CreditLayer::new(ledger)
+        .pricing(Pricing::new().route("GET /v1/echo", 1))
+        .layer(bare);
+    let governed = governor_layer!().layer(bare);
+    let mut run = |n: u64| {
+        rt.block_on(async {
+            for _ in 0..n {
+                match variant {
+                    "bare" => one(bare).await,
+                    "layer" => one(billed.clone()).await,
+                    "governor" => one(governed.clone()).await,
+                    other => panic!("unknown variant {other}: bare, layer or governor"),
+                }
+            }
+        })
+    };
+    run(1_000);
+    measured(&mut run, n);
+}
+
+/// What callgrind is told to count (`--toggle-collect`): the measured requests, not the
+/// setup and warm-up around them.
+#[inline(never)]
+fn measured(run: &mut dyn FnMut(u64), n: u64) {
+    run(n)
+}
+
+/// Instructions per request, counted by `valgrind --tool=callgrind`: each variant runs
+/// under callgrind twice, with 2,000 and 12,000 measured requests, and the difference
+/// over 10,000 is its count per request, setup and warm-up cancelled out. Unlike times,
+/// these repeat from run to run on a noisy machine. Skipped (with a note) without
+/// valgrind.
+fn instructions(report: &mut Report) {
+    let section = "1. layer overhead (in process, MemoryLedger)";
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let count = |variant: &str, n: u64| -> Option<f64> {
+        let out_file = std::env::temp_dir().join(format!("callgrind-{variant}-{n}.out"));
+        let out = std::process::Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg("--toggle-collect=*overhead::measured*")
+            .arg("--collect-atstart=no")
+            .arg(&exe)
+            .args(["only", variant, &n.to_string()])
+            .output()
+            .ok()?;
+        let _ = std::fs::remove_file(&out_file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // "==123== Collected : 456789"
+        stderr
+            .lines()
+            .find_map(|l| l.split("Collected :").nth(1))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+    };
+    let per_request = |variant: &str| -> Option<f64> {
+        Some((count(variant, 12_000)? - count(variant, 2_000)?) / 10_000.0)
+    };
+    let (Some(bare), Some(layer), Some(governor)) = (
+        per_request("bare"),
+        per_request("layer"),
+        per_request("governor"),
+    ) else {
+        println!("  [{section}] instructions: skipped (valgrind not found or failed)");
+        return;
+    };
+    report.row(
+        section,
+        "instructions: bare request + response",
+        bare,
+        "instr/req",
+        Target::None,
+    );
+    report.row(
+        section,
+        "instructions added by CreditLayer",
+        layer - bare,
+        "instr/req",
+        Target::None,
+    );
+    report.row(
+        section,
+        "instructions added by tower_governor",
+        governor - bare,
+        "instr/req",
+        Target::None,
+    );
+}
+
 fn main() {
     // `cargo bench --bench overhead -- request` runs only that part (for a profiler); the
     // report is written only by a whole run. (`--bench` is what cargo itself passes.)
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
+    let filter = args.next();
+    if filter.as_deref() == Some("only") {
+        let variant = args.next().unwrap_or_else(|| "layer".into());
+        let n = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+        only(&variant, n);
+        return;
+    }
     let wanted = |part: &str| filter.as_deref().is_none_or(|f| f == part);
     let mut report = Report::new("overhead");
     if wanted("request") {
         request_overhead(&mut report);
+    }
+    if wanted("instructions") {
+        instructions(&mut report);
     }
     if wanted("scale") {
         scale(&mut report);

@@ -8,8 +8,10 @@
 //! | [`AccountResolver::trusted_header`] | a header naming the account | **only** behind a gateway that sets it |
 //! | [`AccountResolver::from_fn`] | anything, through your closure | everything else |
 //!
-//! API keys are hashed with SHA-256 as soon as they are read and looked up by hash through a
-//! bounded in-process cache, so a warm request costs no ledger call to resolve. Known keys
+//! API keys are never kept as they are. A warm key is found in a bounded in-process cache
+//! by its keyed 128-bit SipHash (the secret is drawn from the OS RNG per cache and never
+//! leaves the process), so a warm request costs no ledger call and no SHA-256; a key the
+//! cache does not know is hashed with SHA-256, the form the ledger stores, and looked up. Known keys
 //! are cached for [`DEFAULT_KEY_TTL`] and unknown ones for [`DEFAULT_UNKNOWN_KEY_TTL`]:
 //! **a revoked key keeps working for up to the known-key TTL** on each replica that cached it
 //! (set a shorter [`key_ttl`](AccountResolver::key_ttl) if that is too long), and a newly
@@ -140,11 +142,36 @@ impl Default for AccountResolver {
     }
 }
 
-/// The outcome of resolving synchronously: an account, a key hash to look up, or a refusal.
+/// The outcome of resolving synchronously: an account, a key to look up, or a refusal.
 pub(crate) enum Resolution {
     Account(AccountId),
-    LookUp(ApiKeyHash),
+    LookUp(KeyToLookUp),
     Refused(Unauthorized),
+}
+
+/// An API key the cache does not know: its SHA-256, what the ledger is asked for, and
+/// where in the cache the answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyToLookUp {
+    pub(crate) hash: ApiKeyHash,
+    pub(crate) cached_as: CachedAs,
+}
+
+/// An API key as the key cache indexes it: its SipHash-1-3 (128 bits) under the cache's
+/// random secret. Cheap enough for every request, and a caller who does not know the
+/// secret can neither find two keys that share an entry nor learn anything from one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct CachedAs(u128);
+
+#[cfg(test)]
+impl KeyToLookUp {
+    /// `key` to look up, as a fresh cache would have it.
+    pub(crate) fn of(key: &str) -> Self {
+        Self {
+            hash: ApiKeyHash::of(key),
+            cached_as: KeyCache::new(1, DEFAULT_KEY_TTL, DEFAULT_UNKNOWN_KEY_TTL).digest(key),
+        }
+    }
 }
 
 impl AccountResolver {
@@ -256,11 +283,14 @@ impl AccountResolver {
                 match key {
                     Err(why) => Resolution::Refused(why),
                     Ok(key) => {
-                        let hash = ApiKeyHash::of(key);
-                        match cache.get(&hash) {
+                        let cached_as = cache.digest(key);
+                        match cache.get(&cached_as) {
                             Some(Some(account)) => Resolution::Account(account),
                             Some(None) => Resolution::Refused(Unauthorized::UnknownKey),
-                            None => Resolution::LookUp(hash),
+                            None => Resolution::LookUp(KeyToLookUp {
+                                hash: ApiKeyHash::of(key),
+                                cached_as,
+                            }),
                         }
                     }
                 }
@@ -292,18 +322,20 @@ impl AccountResolver {
     }
 
     /// Remembers a ledger lookup's answer.
-    pub(crate) fn remember(&self, hash: ApiKeyHash, account: Option<AccountId>) {
+    pub(crate) fn remember(&self, key: &KeyToLookUp, account: Option<AccountId>) {
         if let Kind::ApiKey { cache, .. } = &self.kind {
-            cache.insert(hash, account);
+            cache.insert(key.cached_as, account);
         }
     }
 }
 
-/// Key hash → account, each entry with its own deadline. Unknown keys live in a cache of
-/// their own, so a flood of made-up keys cannot evict the real ones.
+/// Key digest → account, each entry with its own deadline. Unknown keys live in a cache
+/// of their own, so a flood of made-up keys cannot evict the real ones.
 pub(crate) struct KeyCache {
-    known: quick_cache::sync::Cache<ApiKeyHash, (AccountId, Instant)>,
-    unknown: quick_cache::sync::Cache<ApiKeyHash, Instant>,
+    known: quick_cache::sync::Cache<CachedAs, (AccountId, Instant)>,
+    unknown: quick_cache::sync::Cache<CachedAs, Instant>,
+    /// The SipHash key of [`CachedAs`]: random per cache, never written anywhere.
+    secret: [u8; 16],
     capacity: usize,
     known_ttl: Duration,
     unknown_ttl: Duration,
@@ -311,17 +343,28 @@ pub(crate) struct KeyCache {
 
 impl KeyCache {
     fn new(capacity: usize, known_ttl: Duration, unknown_ttl: Duration) -> Self {
+        let mut secret = [0u8; 16];
+        getrandom::fill(&mut secret).expect("the OS random number generator");
         Self {
             known: quick_cache::sync::Cache::new(capacity.max(1)),
             unknown: quick_cache::sync::Cache::new(capacity.max(1)),
+            secret,
             capacity,
             known_ttl,
             unknown_ttl,
         }
     }
 
+    /// `key` as this cache indexes it.
+    fn digest(&self, key: &str) -> CachedAs {
+        use siphasher::sip128::Hasher128;
+        let mut hasher = siphasher::sip128::SipHasher13::new_with_key(&self.secret);
+        std::hash::Hasher::write(&mut hasher, key.as_bytes());
+        CachedAs(hasher.finish128().as_u128())
+    }
+
     /// `Some(Some(account))` known, `Some(None)` known to be unknown, `None` not cached.
-    fn get(&self, hash: &ApiKeyHash) -> Option<Option<AccountId>> {
+    fn get(&self, hash: &CachedAs) -> Option<Option<AccountId>> {
         let now = Instant::now();
         if let Some((account, deadline)) = self.known.get(hash) {
             if now < deadline {
@@ -338,7 +381,7 @@ impl KeyCache {
         None
     }
 
-    fn insert(&self, hash: ApiKeyHash, account: Option<AccountId>) {
+    fn insert(&self, hash: CachedAs, account: Option<AccountId>) {
         match account {
             Some(account) if !self.known_ttl.is_zero() => {
                 self.unknown.remove(&hash);
@@ -448,19 +491,34 @@ mod tests {
     #[test]
     fn unknown_keys_cannot_evict_known_ones() {
         let cache = KeyCache::new(16, Duration::from_secs(60), Duration::from_secs(60));
-        let real = ApiKeyHash::of("real");
+        let real = cache.digest("real");
         let acct = AccountId::new("a").unwrap();
         cache.insert(real, Some(acct.clone()));
         for i in 0..10_000 {
-            cache.insert(ApiKeyHash::of(&format!("junk-{i}")), None);
+            cache.insert(cache.digest(&format!("junk-{i}")), None);
         }
         assert_eq!(cache.get(&real), Some(Some(acct)));
+    }
+
+    /// The digest is keyed: the same key digests alike in one cache and apart in two (each
+    /// with its own secret), and two keys never share an entry.
+    #[test]
+    fn the_cache_digest_is_keyed_per_cache() {
+        let ttl = Duration::from_secs(60);
+        let (one, other) = (KeyCache::new(4, ttl, ttl), KeyCache::new(4, ttl, ttl));
+        assert_eq!(one.digest("key-a"), one.digest("key-a"));
+        assert_ne!(one.digest("key-a"), one.digest("key-b"));
+        assert_ne!(one.digest("key-a"), other.digest("key-a"));
+        let acct = AccountId::new("a").unwrap();
+        one.insert(one.digest("key-a"), Some(acct.clone()));
+        assert_eq!(one.get(&one.digest("key-a")), Some(Some(acct)));
+        assert_eq!(one.get(&one.digest("key-b")), None, "another key misses");
     }
 
     #[test]
     fn cache_expires_entries() {
         let cache = KeyCache::new(10, Duration::from_secs(60), Duration::ZERO);
-        let hash = ApiKeyHash::of("k");
+        let hash = cache.digest("k");
         cache.insert(hash, None); // zero TTL: not cached at all
         assert_eq!(cache.get(&hash), None);
         let acct = AccountId::new("a").unwrap();

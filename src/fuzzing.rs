@@ -87,7 +87,7 @@ fn assert_key_shape(key: &str) {
 /// The resolver agrees with the parser: a lookup of the key's hash, or the same refusal.
 fn assert_resolution(resolution: Resolution, parsed: &Result<&str, Unauthorized>) {
     match (resolution, parsed) {
-        (Resolution::LookUp(hash), Ok(key)) => assert_eq!(hash, ApiKeyHash::of(key)),
+        (Resolution::LookUp(looked_up), Ok(key)) => assert_eq!(looked_up.hash, ApiKeyHash::of(key)),
         (Resolution::Refused(why), Err(expected)) => assert_eq!(&why, expected),
         (Resolution::Account(_), _) => panic!("an empty key cache resolved an account"),
         (_, parsed) => panic!("resolver and parser disagree on {parsed:?}"),

@@ -64,7 +64,7 @@
 //! | `redis-tls` | `rediss://` for [`RedisLedger`] (managed Redis, standalone and Cluster): Mozilla's roots or a PEM CA, client certificates (mTLS) | `redis` with `tokio-rustls-comp` and `tls-rustls-webpki-roots`, `rustls` on `ring` |
 //! | `test-util` | test helpers: the Redis clock offset, and the parser oracles the fuzz targets use | nothing |
 //! | `webhook` | [`events::Webhook`] and [`events::verify`]: HTTPS delivery of credit events signed in the Standard Webhooks form, and its check on the receiving side | `hyper-util`, `hyper-rustls` and `rustls` on `ring`, `webpki-roots`, `url`, `hmac` |
-//! | `admin` | [`admin`]: an axum router for top-ups, account settings and API keys, guarded by a bearer token compared in constant time | `axum` (with `json`), `subtle`, `getrandom` |
+//! | `admin` | [`admin`]: an axum router for top-ups, account settings and API keys, guarded by a bearer token compared in constant time | `axum` (with `json`), `subtle` |
 //! | `metrics` | [`metrics::Metered`]: a ledger wrapper that records `credits_*` metrics through the `metrics` facade (any exporter) and opens `credits.reserve` / `credits.settle` spans | `metrics` |
 //! | `conformance` | [`conformance`]: the ledger conformance suite and its model check, for a ledger of your own (see [Writing a ledger](#writing-a-ledger)) | `proptest`, tokio's `rt-multi-thread` |
 //!

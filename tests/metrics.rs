@@ -435,19 +435,28 @@ fn billed_requests_through_the_layer() {
             .register_api_key(&ApiKeyHash::of("secret-key-h"), &a)
             .await
             .unwrap();
-        let app =
-            axum::Router::new()
-                .route("/v1/echo", get(|| async { "echo" }))
-                .route(
-                    "/v1/fail",
-                    get(|| async { http::StatusCode::INTERNAL_SERVER_ERROR }),
-                )
-                .layer(tower_credits::CreditLayer::new(ledger.clone()).pricing(
-                    support::rig::pricing(&[("GET /v1/echo", 3), ("GET /v1/fail", 5)]),
-                ));
-        for path in ["/v1/echo", "/v1/echo", "/v1/fail"] {
+        let app = axum::Router::new()
+            .route("/v1/echo", get(|| async { "echo" }))
+            .route(
+                "/v1/fail",
+                get(|| async { http::StatusCode::INTERNAL_SERVER_ERROR }),
+            )
+            .route("/health", get(|| async { "ok" }))
+            .layer(
+                tower_credits::CreditLayer::new(ledger.clone()).pricing(
+                    support::rig::pricing(&[("GET /v1/echo", 3), ("GET /v1/fail", 5)])
+                        .free("GET /health"),
+                ),
+            );
+        for (path, key) in [
+            ("/v1/echo", "secret-key-h"),
+            ("/v1/echo", "secret-key-h"),
+            ("/v1/fail", "secret-key-h"),
+            ("/v1/echo", "unknown-key"),
+            ("/health", "secret-key-h"),
+        ] {
             let request = http::Request::get(path)
-                .header("authorization", "Bearer secret-key-h")
+                .header("authorization", format!("Bearer {key}"))
                 .body(axum::body::Body::empty())
                 .unwrap();
             let response = app.clone().oneshot(request).await.unwrap();
@@ -468,6 +477,25 @@ fn billed_requests_through_the_layer() {
         "the failed call"
     );
     assert_eq!(gauge(&snapshot, "credits_open_holds"), 0.0);
+    // Each request counted once, by how it ended (their keys are statics: see
+    // `metrics::request`).
+    let requests: BTreeMap<&str, u64> = snapshot
+        .iter()
+        .filter(|(k, _)| k.starts_with("credits_requests_total"))
+        .map(|(k, _)| (k.as_str(), counter(&snapshot, k)))
+        .collect();
+    assert_eq!(
+        requests,
+        BTreeMap::from([
+            ("credits_requests_total{outcome=billed,reason=ok}", 2),
+            ("credits_requests_total{outcome=free,reason=ok}", 1),
+            ("credits_requests_total{outcome=refunded,reason=failed}", 1),
+            (
+                "credits_requests_total{outcome=refused,reason=unauthorized}",
+                1
+            ),
+        ])
+    );
     let hash = ApiKeyHash::of("secret-key-h").to_hex();
     assert!(
         !snapshot

@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 
 use super::config::{BillingErrorKind, Shared};
 use super::lookups::{Answer, Follower, Lookup, LookupLead};
-use crate::api_key::ApiKeyHash;
+use crate::account::KeyToLookUp;
 use crate::ledger::{AccountId, Ledger, LedgerError};
 use crate::outage::Stats;
 
@@ -18,11 +18,11 @@ pub(crate) enum KeyLookup<L: Ledger> {
     /// This request asks the ledger; other requests for the key wait for its answer.
     Lead {
         fut: L::Future<Option<AccountId>>,
-        hash: ApiKeyHash,
+        key: KeyToLookUp,
         lead: LookupLead,
     },
     /// Another request asks the ledger for this key: wait for its answer.
-    Follow { wait: Follower, hash: ApiKeyHash },
+    Follow { wait: Follower, key: KeyToLookUp },
 }
 
 /// What a lookup found.
@@ -40,15 +40,15 @@ pub(crate) enum Looked {
 }
 
 impl<L: Ledger> KeyLookup<L> {
-    /// Starts a lookup of `hash`: leads, follows, or is refused as busy.
-    pub(crate) fn begin(shared: &Shared<L>, hash: ApiKeyHash) -> Result<Self, Looked> {
-        match shared.lookups.begin(hash) {
+    /// Starts a lookup of `key`: leads, follows, or is refused as busy.
+    pub(crate) fn begin(shared: &Shared<L>, key: KeyToLookUp) -> Result<Self, Looked> {
+        match shared.lookups.begin(key.hash) {
             Lookup::Lead(lead) => Ok(KeyLookup::Lead {
-                fut: shared.ledger.lookup_api_key(&hash),
-                hash,
+                fut: shared.ledger.lookup_api_key(&key.hash),
+                key,
                 lead,
             }),
-            Lookup::Follow(wait) => Ok(KeyLookup::Follow { wait, hash }),
+            Lookup::Follow(wait) => Ok(KeyLookup::Follow { wait, key }),
             Lookup::Busy => {
                 Stats::add(&shared.stats.key_lookups_shed, 1);
                 Err(Looked::Busy)
@@ -58,12 +58,12 @@ impl<L: Ledger> KeyLookup<L> {
 
     pub(crate) fn poll(&mut self, shared: &Shared<L>, cx: &mut Context<'_>) -> Poll<Looked> {
         loop {
-            let (answer, hash) = match self {
+            let (answer, key) = match self {
                 KeyLookup::Lead { fut, .. } => {
                     let found = ready!(Pin::new(fut).poll(cx));
                     return Poll::Ready(self.lead_answered(shared, found));
                 }
-                KeyLookup::Follow { wait, hash } => (ready!(wait.as_mut().poll(cx)), *hash),
+                KeyLookup::Follow { wait, key } => (ready!(wait.as_mut().poll(cx)), *key),
             };
             return Poll::Ready(match answer {
                 Answer::Found(Some(account)) => Looked::Found(account),
@@ -74,7 +74,7 @@ impl<L: Ledger> KeyLookup<L> {
                 }
                 Answer::Outage => Looked::Failed { unavailable: true },
                 // The request that was looking the key up went away: look again.
-                Answer::Abandoned => match Self::begin(shared, hash) {
+                Answer::Abandoned => match Self::begin(shared, key) {
                     Ok(again) => {
                         *self = again;
                         continue;
@@ -91,14 +91,14 @@ impl<L: Ledger> KeyLookup<L> {
         shared: &Shared<L>,
         found: Result<Option<AccountId>, LedgerError>,
     ) -> Looked {
-        let KeyLookup::Lead { hash, lead, .. } = self else {
+        let KeyLookup::Lead { key, lead, .. } = self else {
             unreachable!("only a lead is answered by the ledger")
         };
         shared.lookups.breaker.record_answer(&found);
         if let Ok(account) = &found {
-            shared.resolver.remember(*hash, account.clone());
+            shared.resolver.remember(key, account.clone());
             if account.is_some() {
-                shared.lookups.seen_valid(*hash);
+                shared.lookups.seen_valid(key.hash);
             }
         }
         let answer = match &found {

@@ -57,8 +57,8 @@ where
     let account = match who {
         Who::Account(account) => account,
         _ if !allowed => return breaker_open(shared, inner, protocol, req, None, billing),
-        Who::LookUp(hash) => {
-            return match KeyLookup::begin(shared, hash) {
+        Who::LookUp(key) => {
+            return match KeyLookup::begin(shared, key) {
                 Ok(lookup) => State::LookUp {
                     lookup,
                     req,
