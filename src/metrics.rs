@@ -227,14 +227,14 @@ pub(crate) fn request(outcome: Outcome, reason: Reason) {
     // (it was the one allocation of the request path that was the layer's own and not
     // forced by `http`): each pair's key is a static instead.
     let key = request_key(outcome, reason);
-    ::metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA)).increment(1);
+    ::metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
 }
 
-/// Writes `request_key`: one static label pair per `outcome` × `reason`, so counting a
-/// request builds its key without allocating.
+/// Writes `request_key`: one static key per `outcome` × `reason`, so counting a request
+/// neither allocates nor builds (and hashes) a key.
 macro_rules! request_keys {
     ([$($outcome:ident => $outcome_label:literal),* $(,)?], $reasons:tt) => {
-        fn request_key(outcome: Outcome, reason: Reason) -> ::metrics::Key {
+        fn request_key(outcome: Outcome, reason: Reason) -> &'static ::metrics::Key {
             match outcome {
                 $(Outcome::$outcome => request_keys!(@reasons $outcome_label, reason, $reasons),)*
             }
@@ -247,7 +247,8 @@ macro_rules! request_keys {
                     ::metrics::Label::from_static_parts("outcome", $outcome_label),
                     ::metrics::Label::from_static_parts("reason", $reason_label),
                 ];
-                ::metrics::Key::from_static_parts(REQUESTS_TOTAL, &LABELS)
+                static KEY: ::metrics::Key = ::metrics::Key::from_static_parts(REQUESTS_TOTAL, &LABELS);
+                &KEY
             })*
         }
     };

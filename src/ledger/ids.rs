@@ -158,7 +158,8 @@ impl HoldId {
         Self(HoldRepr::Generated(digits))
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    /// The id's text as bytes (no UTF-8 check, unlike [`Self::as_str`]).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             HoldRepr::Generated(digits) => digits.as_slice(),
             HoldRepr::Chosen(id) => id.as_bytes(),
