@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
 
 use super::body::ResponseBody;
@@ -63,9 +63,11 @@ pin_project! {
             #[pin]
             fut: F,
             // Until the first renewal is due (or the lifetime cap, if sooner); then the
-            // keeper watches the hold.
+            // keeper watches the hold. Made on the call's first `Pending` only: a call
+            // that answers at once never touches the timer wheel.
             #[pin]
-            timer: Sleep,
+            timer: Option<Sleep>,
+            renew_at: Instant,
             guard: HoldGuard,
             expires: Instant,
             cap_at: Instant,
@@ -175,10 +177,14 @@ where
                 StateProj::Call {
                     fut,
                     timer,
+                    renew_at,
                     guard,
                     expires,
                     cap_at,
-                } => Step::Called(ready!(poll_call(fut, timer, guard, *expires, *cap_at, cx))),
+                } => {
+                    let times = (*renew_at, *expires, *cap_at);
+                    Step::Called(ready!(poll_call(fut, timer, guard, times, cx)))
+                }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             };
             // The one place a state is left: its owned data goes to the next.
@@ -225,10 +231,9 @@ where
 /// renewal is due, and ends the call when the keeper cuts it at the lifetime cap.
 fn poll_call<F, R, E>(
     fut: Pin<&mut F>,
-    mut timer: Pin<&mut Sleep>,
+    mut timer: Pin<&mut Option<Sleep>>,
     guard: &mut HoldGuard,
-    expires: Instant,
-    cap_at: Instant,
+    (renew_at, expires, cap_at): (Instant, Instant, Instant),
     cx: &mut Context<'_>,
 ) -> Poll<Called<R, E>>
 where
@@ -240,6 +245,10 @@ where
         Err(panic) => return Poll::Ready(Called::Panic(panic)),
         Ok(Poll::Pending) => {}
     }
+    if timer.is_none() {
+        timer.set(Some(sleep_until(renew_at)));
+    }
+    let mut timer = timer.as_pin_mut().expect("set above");
     let due = guard.watched().is_none() && timer.as_mut().poll(cx).is_ready();
     if due && guard.watch(expires, cap_at).is_none() {
         // No keeper (shut down): the cap is kept here, without renewals.

@@ -28,7 +28,8 @@ pub(crate) struct HoldCtx {
     /// What its stream does at the hold.
     pub(crate) stream_limit: crate::StreamLimit,
     /// The idempotency key its reserve claimed, if any.
-    pub(crate) keyed: Option<super::record::KeyedHold>,
+    /// Boxed: rare, and a hold context is moved with each state of the request.
+    pub(crate) keyed: Option<Box<super::record::KeyedHold>>,
 }
 
 impl HoldCtx {

@@ -51,7 +51,8 @@ pub(crate) struct Billing {
     /// The route's own [`StreamLimit`](crate::StreamLimit), else the layer's applies.
     pub(crate) stream_limit: Option<crate::StreamLimit>,
     /// The request's idempotency claim (from an [`IdempotencyLayer`](crate::idempotency)).
-    pub(crate) claim: Option<(crate::ledger::IdempotencyClaim, usize)>,
+    /// Boxed: rare, and the billing is moved with each state of the request.
+    pub(crate) claim: Option<Box<(crate::ledger::IdempotencyClaim, usize)>>,
 }
 
 /// What the request wants once its account is known.

@@ -166,7 +166,7 @@ fn record(
     hold: &super::guard::HoldCtx,
     parts: &http::response::Parts,
 ) -> Option<Box<Recorder>> {
-    let keyed = hold.keyed?;
+    let keyed = *hold.keyed.clone()?;
     Some(Recorder::new(
         settler,
         hold.clone(),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::Request;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::config::{BillingErrorKind, Shared};
@@ -111,7 +111,7 @@ where
                 Some(Keyed::Claim {
                     claim,
                     max_response,
-                }) => billing.claim = Some((claim, max_response)),
+                }) => billing.claim = Some(Box::new((claim, max_response))),
                 Some(Keyed::Invalid) => {
                     let refusal = Refusal::InvalidHeader {
                         name: IDEMPOTENCY_KEY.clone(),
@@ -164,8 +164,8 @@ fn reserve_call<L: Ledger>(
     if let Some(route) = &billing.route {
         reserve = reserve.route(route.clone());
     }
-    if let Some((claim, _)) = &billing.claim {
-        reserve = reserve.idempotency(claim.clone());
+    if let Some(keyed) = &billing.claim {
+        reserve = reserve.idempotency(keyed.0.clone());
     }
     shared.ledger.reserve(reserve)
 }
@@ -269,13 +269,12 @@ where
                 thresholds: Thresholds::new(held.thresholds, shared.low_balance_threshold),
                 runway_secs: held.runway_secs,
                 stream_limit: billing.stream_limit.unwrap_or(shared.stream_limit),
-                keyed: billing
-                    .claim
-                    .as_ref()
-                    .map(|(claim, max_response)| KeyedHold {
-                        key: *claim.key(),
-                        max_response: *max_response,
-                    }),
+                keyed: billing.claim.as_ref().map(|keyed| {
+                    Box::new(KeyedHold {
+                        key: *keyed.0.key(),
+                        max_response: keyed.1,
+                    })
+                }),
             };
             let guard = HoldGuard::new(shared.clone(), hold);
             req.extensions_mut().insert(charge);
@@ -283,7 +282,8 @@ where
             let cap_at = started + shared.max_hold_lifetime;
             return State::Call {
                 fut: inner.call(req),
-                timer: sleep_until((started + shared.hold_ttl / 3).min(cap_at)),
+                timer: None,
+                renew_at: (started + shared.hold_ttl / 3).min(cap_at),
                 guard,
                 expires: started + shared.hold_ttl,
                 cap_at,
