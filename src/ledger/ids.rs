@@ -37,8 +37,24 @@ fn is_hold_char(b: u8) -> bool {
 /// assert!(AccountId::new("acct}{x").is_err());
 /// assert!(AccountId::new("").is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct AccountId(Arc<str>);
+
+/// As derived: the text's hash (consistent with `eq`, which is the text's equality).
+impl std::hash::Hash for AccountId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+/// Equal by text, as derived, but a clone of the same id is equal without reading the
+/// text: the ledger's map compares the caller's id with its own key on every call, and
+/// among a million accounts that key's text is a cache miss.
+impl PartialEq for AccountId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 impl AccountId {
     /// Validates and wraps an account id.
