@@ -1532,3 +1532,46 @@ async fn a_lost_claim_is_made_again_by_the_replay_or_the_conflict() {
     }
     assert_eq!(l.balance(&a).await.unwrap().topped_up, 30);
 }
+
+/// The trail keeps its cap: reads return the newest `audit_cap` entries and no more, and
+/// the list is trimmed every 32 entries (so it never holds more than 31 past the cap),
+/// not on every request.
+#[tokio::test]
+async fn the_audit_trail_keeps_its_cap_trimmed_every_32_entries() {
+    let server = RedisServer::start();
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .audit_cap(5)
+        .build()
+        .await
+        .unwrap();
+    let a = acct("acct_trail");
+    l.top_up(TopUp::new(&a, 1_000, "pay-trail")).await.unwrap();
+    let log = "credits:{acct_trail}:log";
+    let mut most = 0u64;
+    for i in 0..40 {
+        let h = hold(&format!("trail-{i}"));
+        expect_held(
+            l.reserve(Reserve::new(a.clone(), h.clone(), 1))
+                .await
+                .unwrap(),
+        );
+        l.commit(&a, &h, 1).await.unwrap();
+        most = most.max(server.cli(&["LLEN", log]).parse().unwrap());
+    }
+    // 81 entries: the top-up, then a reserve and a commit each.
+    assert_eq!(acct_field(&server, "acct_trail", "audit_seq"), 81);
+    assert!(most <= 5 + 31, "the list held {most} entries");
+    assert!(
+        most > 5,
+        "trimmed on every entry ({most}): the amortized trim is gone"
+    );
+    let page = l.history(&a, None, 100).await.unwrap();
+    let ids: Vec<&str> = page.entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["81", "80", "79", "78", "77"]);
+    assert_eq!(page.next, None, "nothing older is kept");
+    let older = l.history(&a, Some("78"), 100).await.unwrap();
+    let ids: Vec<&str> = older.entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["77"], "a cursor inside the cap reads up to the cap");
+}

@@ -32,9 +32,11 @@ if cursor then
     start = 0
   end
 end
-if wanted == 0 then
+-- Entries past the cap wait for the next trim (lib.lua's audit): they are not returned.
+local stop = math.min(start + wanted, AUDIT_CAP) - 1
+if stop < start then
   return { 'entries' }
 end
-local entries = redis.call('LRANGE', audit_log(), start, start + wanted - 1)
+local entries = redis.call('LRANGE', audit_log(), start, stop)
 table.insert(entries, 1, 'entries')
 return entries

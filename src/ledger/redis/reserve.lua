@@ -145,14 +145,15 @@ if rk then
   redis.call('HSET', rk, 'fp', fingerprint, 'hold', id, 'until', now + retention)
   redis.call('PEXPIRE', rk, retention + grace)
 end
+-- The account's one write: its totals, the next expiry and the audit entry's number.
+local fields = { 'held', a.held }
 if expires_at < a.next_expiry then
   -- The earliest open hold now: the next reclaim looks once it has passed.
   a.next_expiry = expires_at
-  redis.call('HSET', KEYS[1], 'held', a.held, 'next_expiry', expires_at)
-else
-  redis.call('HSET', KEYS[1], 'held', a.held)
+  fields[3], fields[4] = 'next_expiry', expires_at
 end
-audit(a, now, 'reserve', amount, id, route)
+audit(a, now, 'reserve', amount, id, route, fields)
+redis.call('HSET', KEYS[1], unpack(fields))
 -- The sweeper finds the account through the holds due-index: entered when the account had
 -- no entry, or needs an earlier look (once per active period, not once per request).
 local holds_due = note_due(a, 'due_holds', a.next_expiry)

@@ -81,6 +81,8 @@ redis.call('ZREM', KEYS[3], id)
 a.held = a.held - amount
 
 local outcome, charged, clamped, events = 'refunded', 0, 0, {}
+-- The account's one write: its totals, its spend history and the audit entry's number.
+local fields = { 'held', a.held }
 if mode == 'commit' then
   outcome = 'committed'
   charged = math.min(actual, amount)
@@ -91,32 +93,26 @@ if mode == 'commit' then
   a.rate = decayed_rate(a.rate, a.rate_at, now) + charged / BURN_RATE_TAU_SECS
   a.rate_at = now
   a.rate_changed = true
-  -- The spend history that earns a runway: commits of at least a credit, and the first.
-  -- One write for the figures (exact: every total is at most 2^53 - 1).
+  -- The spend history that earns a runway: commits of at least a credit, and the first
+  -- (exact: every total is at most 2^53 - 1).
+  fields[3], fields[4], fields[5], fields[6], fields[7], fields[8] =
+    'committed', a.committed, 'rate', a.rate, 'rate_at', now
   if charged > 0 then
     a.commits = a.commits + 1
+    fields[9], fields[10] = 'commits', a.commits
     if not a.first_commit_at then
       a.first_commit_at = now
-      redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
-        'rate_at', now, 'commits', a.commits, 'first_commit_at', now)
-    else
-      redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
-        'rate_at', now, 'commits', a.commits)
+      fields[11], fields[12] = 'first_commit_at', now
     end
-  else
-    redis.call('HSET', KEYS[1], 'held', a.held, 'committed', a.committed, 'rate', a.rate,
-      'rate_at', now)
   end
+  audit(a, now, 'commit', charged, id, route, fields)
+  redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('HINCRBY', KEYS[5], 'credits:' .. route, charged)
   redis.call('HINCRBY', KEYS[5], 'calls:' .. route, 1)
   events = alerts_after_commit(a, now, owner, lease_ms)
 else
-  redis.call('HSET', KEYS[1], 'held', a.held)
-end
-if outcome == 'committed' then
-  audit(a, now, 'commit', charged, id, route)
-else
-  audit(a, now, 'refund', amount, id, route)
+  audit(a, now, 'refund', amount, id, route, fields)
+  redis.call('HSET', KEYS[1], unpack(fields))
 end
 local forget = forget_at(now, expires_at, grace)
 close(id, outcome, forget)
