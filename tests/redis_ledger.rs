@@ -1575,3 +1575,43 @@ async fn the_audit_trail_keeps_its_cap_trimmed_every_32_entries() {
     let ids: Vec<&str> = older.entries.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["77"], "a cursor inside the cap reads up to the cap");
 }
+
+/// A reserve does not prune closed ids (its hold's settle does): one still in `done` past
+/// its forget-at time reads as forgotten, and before that time it keeps its answer.
+#[tokio::test]
+async fn a_reserve_reads_a_closed_id_past_its_forget_time_as_forgotten_without_pruning() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger_on(&server, &clock).await;
+    let a = acct("acct_forget");
+    l.top_up(TopUp::new(&a, 100, "pay-forget")).await.unwrap();
+    let h = hold("reused-id");
+    let ttl = Duration::from_secs(1);
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), h.clone(), 5).ttl(ttl))
+            .await
+            .unwrap(),
+    );
+    l.commit(&a, &h, 5).await.unwrap();
+    let done = "credits:{acct_forget}:done";
+    // The adversarial twin first: a retried reserve while the id is remembered holds nothing.
+    let again = l
+        .reserve(Reserve::new(a.clone(), h.clone(), 5).ttl(ttl))
+        .await
+        .unwrap();
+    assert!(matches!(
+        again,
+        ReserveOutcome::Closed(SettleOutcome::AlreadyCommitted)
+    ));
+    // Past the forget-at time (expiry + call timeout + 1 s): still in the set, since no
+    // call pruned it, and read as forgotten.
+    clock.advance(ttl + PATIENT + Duration::from_secs(2));
+    assert_eq!(closed_how(&server, done, "reused-id"), "committed");
+    let fresh = expect_held(
+        l.reserve(Reserve::new(a.clone(), h.clone(), 5).ttl(ttl))
+            .await
+            .unwrap(),
+    );
+    assert!(!fresh.replayed);
+    assert_eq!(l.balance(&a).await.unwrap().available, 90);
+}

@@ -32,7 +32,7 @@ if not a then
 end
 
 if redis.call('HEXISTS', KEYS[2], id) == 0 then
-  local how = closed_how(id)
+  local how = closed_how(id, now)
   if how then
     return { 'not_open', already(how) }
   end

@@ -40,7 +40,7 @@ end
 
 local current = tonumber(redis.call('HGET', KEYS[2], id))
 if not current then
-  local how = closed_how(id)
+  local how = closed_how(id, now)
   if how then
     return { 'not_open', already(how) }
   end

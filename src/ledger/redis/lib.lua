@@ -344,13 +344,15 @@ local function forget_at(now, expires_at, grace)
   return math.max(now, expires_at) + grace
 end
 
--- How `id` closed ('committed' | 'refunded' | 'expired'), or nil if it is not remembered.
-local function closed_how(id)
-  local score = redis.call('ZSCORE', KEYS[4], id)
-  if not score then
+-- How `id` closed ('committed' | 'refunded' | 'expired'), or nil if it is not remembered
+-- at `now`: an id whose forget-at time has come is forgotten whether or not a prune has
+-- taken it out yet (so a reserve need not prune first).
+local function closed_how(id, now)
+  local score = tonumber(redis.call('ZSCORE', KEYS[4], id))
+  if not score or math.floor(score / 4) <= now then
     return nil
   end
-  return CLOSED_HOW[tonumber(score) % 4]
+  return CLOSED_HOW[score % 4]
 end
 
 -- Reclaims up to RECLAIM_LIMIT expired holds (found through the expiry index), then
@@ -404,10 +406,13 @@ end
 -- calls: a reserve or an extend lowers it to its hold's new expiry when earlier, a settle
 -- only takes a hold away, so it stays a lower bound; once passed, reclaim_expired looks
 -- and refreshes it.
-local function reclaim(a, now, grace)
+local function reclaim(a, now, grace, skip_prune)
   local reclaimed = 0
   if a.next_expiry == nil or a.next_expiry <= now then
     reclaimed = reclaim_expired(a, now, grace)
+  elseif skip_prune then
+    -- Nothing expired was closed here: the prune can wait for a call that does it.
+    return reclaimed
   end
   local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now * 4 + 3,
     'LIMIT', 0, RECLAIM_LIMIT)
@@ -425,14 +430,18 @@ end
 
 -- Opens an existing account for an operation: its fields and the time, after reclaiming
 -- its expired holds (bounded work). Returns nil, writing nothing, for an unknown account;
--- else the account, now (ms) and how many holds were reclaimed.
-local function open_account(offset, grace)
+-- else the account, now (ms) and how many holds were reclaimed. With `skip_prune`, closed
+-- ids past their forget-at time are left for the next call that prunes (closed_how reads
+-- them as forgotten already), unless this call closed expired holds itself: a reserve
+-- skips it, since the holds it opens are settled (a call that prunes) or expire (closed,
+-- and pruned, by the call that reclaims them), which keeps `done` as bounded as before.
+local function open_account(offset, grace, skip_prune)
   local a = load_account()
   if not a.exists then
     return nil
   end
   local now = now_ms(offset)
-  return a, now, reclaim(a, now, grace)
+  return a, now, reclaim(a, now, grace, skip_prune)
 end
 
 -- The idempotency record of a key digest (hex): <prefix>:{<account>}:req:<digest>, in the

@@ -67,7 +67,8 @@ if ARGV[11] ~= '' then
 end
 local store_grace = uint_arg(14, 'store grace', 86400000)
 
-local a, now = open_account(offset, grace)
+-- No prune of closed ids here: the settle of this hold prunes (one or two commands fewer).
+local a, now = open_account(offset, grace, true)
 if not a then
   return { 'unknown_account' }
 end
@@ -78,7 +79,7 @@ if open then
   return { 'held', open, available(a), a.credit_limit, thresholds_reply(a), expires_at, 1,
     rate_reply(a, now), a.rate_at, now, 0 }
 end
-local how = closed_how(id)
+local how = closed_how(id, now)
 if how then
   return { 'closed', already(how) }
 end

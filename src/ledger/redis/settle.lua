@@ -59,7 +59,7 @@ end
 local hold = redis.call('HMGET', KEYS[2], id, id .. ':route')
 local amount = tonumber(hold[1])
 if not amount then
-  local how = closed_how(id)
+  local how = closed_how(id, now)
   if how then
     return reply(already(how), 0, 0, 0, {})
   end
