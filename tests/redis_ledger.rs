@@ -916,8 +916,14 @@ async fn assert_stored_totals_balance(
     let topped_up = acct_field(server, id, "topped_up");
     let held = acct_field(server, id, "held");
     let committed = acct_field(server, id, "committed");
-    let holds = server.cli(&["HVALS", &format!("credits:{{{id}}}:holds")]);
-    let open: i64 = holds.lines().map(|v| v.parse::<i64>().unwrap()).sum();
+    // Field `<hold>` is its amount; `<hold>:exp` and `<hold>:route` ride beside it.
+    let holds = server.cli(&["HGETALL", &format!("credits:{{{id}}}:holds")]);
+    let fields: Vec<&str> = holds.lines().collect();
+    let open: i64 = fields
+        .chunks(2)
+        .filter(|kv| !kv[0].contains(':'))
+        .map(|kv| kv[1].parse::<i64>().unwrap())
+        .sum();
     assert_eq!(held, open, "held is not the sum of the open holds");
     let b = l.balance(a).await.unwrap();
     assert_eq!(
@@ -1614,4 +1620,42 @@ async fn a_reserve_reads_a_closed_id_past_its_forget_time_as_forgotten_without_p
     );
     assert!(!fresh.replayed);
     assert_eq!(l.balance(&a).await.unwrap().available, 90);
+}
+
+/// A hold reserved before holds kept their expiry beside the amount (no `<id>:exp` field)
+/// settles as before: its expiry comes from the index, so its closed id is kept until
+/// that expiry + grace, not just the grace.
+#[tokio::test]
+async fn a_hold_without_its_expiry_field_settles_from_the_index() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger_on(&server, &clock).await;
+    let a = acct("acct_oldhold");
+    l.top_up(TopUp::new(&a, 100, "pay-oldhold")).await.unwrap();
+    let h = hold("old-hold");
+    let ttl = Duration::from_secs(60);
+    let held = expect_held(
+        l.reserve(Reserve::new(a.clone(), h.clone(), 5).ttl(ttl))
+            .await
+            .unwrap(),
+    );
+    let holds = "credits:{acct_oldhold}:holds";
+    assert_eq!(
+        server.cli(&["HGET", holds, "old-hold:exp"]),
+        held.expires_at_ms.to_string()
+    );
+    server.cli(&["HDEL", holds, "old-hold:exp"]);
+    let s = l.commit(&a, &h, 5).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    assert_eq!(
+        server.cli(&["HLEN", holds]),
+        "0",
+        "nothing of the hold is left"
+    );
+    let score: u64 = server
+        .cli(&["ZSCORE", "credits:{acct_oldhold}:done", "old-hold"])
+        .parse()
+        .unwrap();
+    let grace = (PATIENT + Duration::from_secs(1)).as_millis() as u64;
+    assert_eq!(score / 4, held.expires_at_ms + grace);
 }

@@ -40,6 +40,7 @@ if redis.call('HEXISTS', KEYS[2], id) == 0 then
 end
 local expires_at = now + ttl
 redis.call('ZADD', KEYS[3], expires_at, id)
+redis.call('HSET', KEYS[2], id .. ':exp', expires_at)
 -- A shorter ttl than the hold had moves its expiry earlier: keep next_expiry a lower bound.
 if expires_at < a.next_expiry then
   a.next_expiry = expires_at

@@ -379,7 +379,7 @@ local function reclaim_expired(a, now, grace)
     local amount = tonumber(redis.call('HGET', KEYS[2], id))
     redis.call('ZREM', KEYS[3], id)
     if amount then
-      redis.call('HDEL', KEYS[2], id, id .. ':route')
+      redis.call('HDEL', KEYS[2], id, id .. ':route', id .. ':exp')
       incr(a, 'held', -amount)
       audit(a, now, 'expire', amount, id, nil)
       -- Expired by now: its expiry is at most now.

@@ -135,10 +135,12 @@ if a.committed + a.held + amount > MAX_AMOUNT then
 end
 
 local expires_at = now + ttl
+-- The expiry beside the amount too, so the settle reads both in one HMGET (the expiry
+-- index stays the one the reclaims walk).
 if route ~= '' then
-  redis.call('HSET', KEYS[2], id, amount, id .. ':route', route)
+  redis.call('HSET', KEYS[2], id, amount, id .. ':exp', expires_at, id .. ':route', route)
 else
-  redis.call('HSET', KEYS[2], id, amount)
+  redis.call('HSET', KEYS[2], id, amount, id .. ':exp', expires_at)
 end
 redis.call('ZADD', KEYS[3], expires_at, id)
 a.held = a.held + amount

@@ -56,7 +56,7 @@ local function reply(outcome, committed, released, clamped, events)
     rate_reply(a, now), a.rate_at, now, events, a.events_due or 0 }
 end
 
-local hold = redis.call('HMGET', KEYS[2], id, id .. ':route')
+local hold = redis.call('HMGET', KEYS[2], id, id .. ':route', id .. ':exp')
 local amount = tonumber(hold[1])
 if not amount then
   local how = closed_how(id, now)
@@ -75,8 +75,9 @@ end
 
 local route = hold[2] or ''
 -- The hold's expiry says how long a call about it may still come (forget_at).
-local expires_at = tonumber(redis.call('ZSCORE', KEYS[3], id)) or now
-redis.call('HDEL', KEYS[2], id, id .. ':route')
+-- (A hold reserved by a version that kept no `:exp` field has it in the index only.)
+local expires_at = tonumber(hold[3]) or tonumber(redis.call('ZSCORE', KEYS[3], id)) or now
+redis.call('HDEL', KEYS[2], id, id .. ':route', id .. ':exp')
 redis.call('ZREM', KEYS[3], id)
 a.held = a.held - amount
 
