@@ -1659,3 +1659,52 @@ async fn a_hold_without_its_expiry_field_settles_from_the_index() {
     let grace = (PATIENT + Duration::from_secs(1)).as_millis() as u64;
     assert_eq!(score / 4, held.expires_at_ms + grace);
 }
+
+/// The commands a billed request's two scripts run, counted by Redis itself: busy traffic
+/// on one account pushes the `done` key's expiry about once a second, not on every settle,
+/// and a reserve neither prunes closed ids nor writes an audit counter of its own.
+#[tokio::test]
+async fn busy_settles_push_the_done_expiry_once_a_second_not_each_time() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger_on(&server, &clock).await;
+    let a = acct("acct_busy");
+    l.top_up(TopUp::new(&a, 1_000_000, "pay-busy"))
+        .await
+        .unwrap();
+    let pair = |i: u32| {
+        let (l, a) = (l.clone(), a.clone());
+        async move {
+            let h = hold(&format!("busy-{i}"));
+            expect_held(
+                l.reserve(Reserve::new(a.clone(), h.clone(), 1))
+                    .await
+                    .unwrap(),
+            );
+            l.commit(&a, &h, 1).await.unwrap();
+        }
+    };
+    pair(0).await;
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    // 200 pairs over 2 s of the test clock (real time only adds to it).
+    for i in 1..=200 {
+        pair(i).await;
+        clock.advance(Duration::from_millis(10));
+    }
+    let pexpires = server.command_calls(&["pexpire"]);
+    assert!(
+        (1..=2 * 3 + 2).contains(&pexpires),
+        "{pexpires} PEXPIRE for 200 settles over about 2 s"
+    );
+    assert_eq!(
+        server.command_calls(&["zrangebyscore"]),
+        200,
+        "one prune per settle only"
+    );
+    // The hold, then one write of the account by each script (the audit counter in it).
+    assert_eq!(
+        server.command_calls(&["hset"]),
+        3 * 200,
+        "one account write a script"
+    );
+}

@@ -278,9 +278,19 @@ impl RedisServer {
 
     /// Script calls run so far (`FCALL` and `EVALSHA`), from `INFO commandstats`.
     pub fn script_calls(&self) -> u64 {
+        self.command_calls(&["fcall", "evalsha"])
+    }
+
+    /// Calls of the commands `names` (lowercase) the server has run, those run inside
+    /// scripts included (`INFO commandstats`).
+    pub fn command_calls(&self, names: &[&str]) -> u64 {
         self.cli(&["INFO", "commandstats"])
             .lines()
-            .filter(|l| l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_evalsha:"))
+            .filter(|l| {
+                names
+                    .iter()
+                    .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
+            })
             .filter_map(|l| {
                 l.split("calls=")
                     .nth(1)?

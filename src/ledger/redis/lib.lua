@@ -87,7 +87,7 @@ local function load_account()
   local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
     'thresholds', 'fired', 'rate', 'rate_at', 'next_expiry', 'commits', 'first_commit_at',
     'horizon', 'runway_fired', 'depleted', 'last_topup', 'threshold', 'due_holds', 'due_events',
-    'audit_seq')
+    'audit_seq', 'done_until')
   return {
     exists = (f[1] or f[4]) and true or false,
     rate_text = f[7] or '0',
@@ -113,6 +113,8 @@ local function load_account()
     due_events = tonumber(f[18]),
     -- The number of the account's last audit entry (0: none yet).
     audit_seq = tonumber(f[19]) or 0,
+    -- When the `done` key expires, as last set (ms; nil: not known).
+    done_until = tonumber(f[20]),
   }
 end
 
@@ -324,14 +326,30 @@ local function close(id, how, forget_at)
   redis.call('ZADD', KEYS[4], forget_at * 4 + CLOSED_CODE[how], id)
 end
 
--- Keeps the `done` key no longer than its latest forget-at time: an account whose traffic
--- stops loses it whole, with no call and no sweep. Only ever pushed later (GT); a key
--- just created has no expiry yet, which GT counts as later than any, so NX sets it.
--- Relative to now, so it follows Redis's own clock (a test offset does not move it).
-local function expire_done(forget_at, now)
-  local ms = forget_at - now
+-- Keeps the `done` key no longer than its latest forget-at time (+ DONE_EXPIRY_SLACK_MS): an
+-- account whose traffic stops loses it whole, with no call and no sweep. Only ever pushed
+-- later (GT); a key just created has no expiry yet, which GT counts as later than any, so NX
+-- sets it. Relative to now, so it follows Redis's own clock (a test offset does not move
+-- it). The expiry set is noted in the account (`done_until`, in `fields`, the caller's own
+-- HSET of the account, else one of its own): settles within the slack of the last push
+-- need none, so busy traffic pushes it about once a second, not on every settle.
+local DONE_EXPIRY_SLACK_MS = 1000
+
+local function expire_done(a, forget_at, now, fields)
+  if a.done_until and forget_at <= a.done_until and a.done_until > now then
+    return
+  end
+  local until_ms = forget_at + DONE_EXPIRY_SLACK_MS
+  local ms = until_ms - now
   if redis.call('PEXPIRE', KEYS[4], ms, 'GT') == 0 then
     redis.call('PEXPIRE', KEYS[4], ms, 'NX')
+  end
+  a.done_until = until_ms
+  if fields then
+    fields[#fields + 1] = 'done_until'
+    fields[#fields + 1] = until_ms
+  else
+    redis.call('HSET', KEYS[1], 'done_until', until_ms)
   end
 end
 
@@ -389,7 +407,7 @@ local function reclaim_expired(a, now, grace)
     end
   end
   if reclaimed > 0 then
-    expire_done(forget_at(now, now, grace), now)
+    expire_done(a, forget_at(now, now, grace), now)
   end
   -- Credits that came back re-arm no threshold: only a top-up does.
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')

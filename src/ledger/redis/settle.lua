@@ -68,7 +68,7 @@ if not amount then
     -- that hold could live had it run now (see LongestTtl in ledger/mod.rs).
     local forget = forget_at(now, now + tombstone_ttl, grace)
     close(id, 'refunded', forget)
-    expire_done(forget, now)
+    expire_done(a, forget, now)
   end
   return reply('unknown', 0, 0, 0, {})
 end
@@ -107,17 +107,16 @@ if mode == 'commit' then
     end
   end
   audit(a, now, 'commit', charged, id, route, fields)
-  redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('HINCRBY', KEYS[5], 'credits:' .. route, charged)
   redis.call('HINCRBY', KEYS[5], 'calls:' .. route, 1)
   events = alerts_after_commit(a, now, owner, lease_ms)
 else
   audit(a, now, 'refund', amount, id, route, fields)
-  redis.call('HSET', KEYS[1], unpack(fields))
 end
 local forget = forget_at(now, expires_at, grace)
 close(id, outcome, forget)
-expire_done(forget, now)
+expire_done(a, forget, now, fields)
+redis.call('HSET', KEYS[1], unpack(fields))
 if rk and request_of(rk, id) then
   if outcome == 'committed' then
     redis.call('HSET', rk, 'committed_at', now)
