@@ -35,8 +35,18 @@
 //!   the script calls Redis ran (`FCALL` + `EVALSHA` in `INFO commandstats`, the count
 //!   `MONITOR` would show, without `MONITOR`'s own cost) per billed request over 10 s at
 //!   saturation, background work included.
+//! * Section 9, scale out (numbered after the redis bench's 6 to 8: the report merges the
+//!   sections of every bench): the quickstart (no leases) on one Redis master, and on a
+//!   Redis Cluster of three masters (`REDIS_CLUSTER_URLS`), each seeded with 1,000 accounts
+//!   (`DEMO_ACCOUNTS`); billed `GET /v1/echo` at 50 connections with the keys round-robin
+//!   request by request, so the accounts (and their hash slots) spread over the masters.
+//!   Runs alternate between the two (with a free run, no Redis, as the ceiling of quickstart
+//!   and client); medians of the billed req/s, the ratio 3 masters / 1 master, and the
+//!   masters' CPU per billed request (`INFO cpu`, summed), whose inverse is the billed
+//!   requests a second one Redis core sustains. Everything shares the same 2 cores, so the
+//!   ratio here is bounded by the cores, not by Redis. `HTTP_BENCH_PARTS=9` runs it alone.
 //!
-//! `cargo bench --bench http` (about a minute, plus the builds); results also go to
+//! `cargo bench --bench http` (about two minutes, plus the builds); results also go to
 //! `target/bench-report/http.json`.
 
 mod support;
@@ -44,14 +54,16 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
+use hyper::header::HeaderValue;
 use hyper::{header, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use support::redis_server::BenchRedis;
+use support::redis_server::{BenchCluster, BenchRedis};
 use support::report::{Report, Target};
 use tokio::net::TcpStream;
 
@@ -97,7 +109,9 @@ impl Quickstart {
     fn start_with(binary: &PathBuf, redis_url: Option<&str>, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut cmd = Command::new(binary);
-        cmd.env_remove("CREDITS_LEASES");
+        cmd.env_remove("CREDITS_LEASES")
+            .env_remove("REDIS_CLUSTER_URLS")
+            .env_remove("DEMO_ACCOUNTS");
         for (name, value) in env {
             cmd.env(name, value);
         }
@@ -235,7 +249,8 @@ impl Tally {
     }
 }
 
-fn request(kind: Kind) -> Request<Empty<Bytes>> {
+/// A request of `kind`; a billed one sends `auth` as its `Authorization`.
+fn request(kind: Kind, auth: &HeaderValue) -> Request<Empty<Bytes>> {
     let builder = Request::get(match kind {
         Kind::Free => "/health",
         Kind::Billed => "/v1/echo",
@@ -243,15 +258,51 @@ fn request(kind: Kind) -> Request<Empty<Bytes>> {
     .header(header::HOST, "bench");
     let builder = match kind {
         Kind::Free => builder,
-        Kind::Billed => builder.header(header::AUTHORIZATION, "Bearer demo-rich"),
+        Kind::Billed => builder.header(header::AUTHORIZATION, auth.clone()),
     };
     builder.body(Empty::new()).unwrap()
+}
+
+/// `Authorization` values of the `DEMO_ACCOUNTS` keys, `Bearer demo-key-<i>` for `i < n`.
+fn demo_keys(n: usize) -> Arc<[HeaderValue]> {
+    (0..n)
+        .map(|i| HeaderValue::try_from(format!("Bearer demo-key-{i}")).unwrap())
+        .collect()
+}
+
+/// Which keys a connection sends: `demo-rich` on every request, or `keys` round-robin over
+/// the connections, request by request (connection `index` of `of` sends keys `index`,
+/// `index + of`, …), so every key is used and no two connections send the same one.
+#[derive(Clone)]
+struct Keys {
+    keys: Option<Arc<[HeaderValue]>>,
+    index: usize,
+    of: usize,
+}
+
+impl Keys {
+    fn nth(&self, sent: u64) -> HeaderValue {
+        match &self.keys {
+            Some(keys) if !keys.is_empty() => {
+                let i = (self.index as u64 + sent * self.of as u64) % keys.len() as u64;
+                keys[i as usize].clone()
+            }
+            _ => HeaderValue::from_static("Bearer demo-rich"),
+        }
+    }
 }
 
 /// One keep-alive connection sending `kind` back to back until `until`, or until it has
 /// had `max` answers. A transport error ends the connection (counted): reconnecting in a
 /// loop would hide a server that died.
-async fn connection(addr: SocketAddr, kind: Kind, record: bool, max: u64, until: Instant) -> Tally {
+async fn connection(
+    addr: SocketAddr,
+    kind: Kind,
+    keys: Keys,
+    record: bool,
+    max: u64,
+    until: Instant,
+) -> Tally {
     let mut tally = Tally::default();
     let stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
@@ -271,7 +322,8 @@ async fn connection(addr: SocketAddr, kind: Kind, record: bool, max: u64, until:
     tokio::spawn(conn);
     while Instant::now() < until && tally.ok + tally.errors < max {
         let start = Instant::now();
-        let response = match sender.send_request(request(kind)).await {
+        let auth = keys.nth(tally.ok + tally.errors);
+        let response = match sender.send_request(request(kind, &auth)).await {
             Ok(r) => r,
             Err(e) => {
                 tally.error(format!("send: {e}"));
@@ -313,6 +365,9 @@ struct Load<'a> {
     redis: Option<&'a RedisCon>,
     /// Sample the Redis round trip with `PING` during the run (needs `redis`).
     ping: bool,
+    /// Billed requests spread round-robin over these keys (`DEMO_ACCOUNTS`), instead of
+    /// all on `demo-rich`.
+    keys: Option<&'a Arc<[HeaderValue]>>,
 }
 
 impl<'a> Load<'a> {
@@ -325,6 +380,7 @@ impl<'a> Load<'a> {
             record: false,
             redis: None,
             ping: false,
+            keys: None,
         }
     }
 
@@ -400,11 +456,17 @@ fn run(rt: &tokio::runtime::Runtime, server: &Quickstart, load: Load<'_>) -> Run
             })
         });
         let tasks: Vec<_> = (0..load.conns)
-            .map(|_| {
+            .map(|index| {
                 let Load { kind, record, .. } = load;
+                let keys = Keys {
+                    keys: load.keys.cloned(),
+                    index,
+                    of: load.conns,
+                };
                 tokio::spawn(connection(
                     server.addr,
                     kind,
+                    keys,
                     record,
                     load.max_per_conn,
                     until,
@@ -876,6 +938,292 @@ fn lease_section(rt: &tokio::runtime::Runtime, binary: &PathBuf, report: &mut Re
     );
 }
 
+/// Accounts (`DEMO_ACCOUNTS`) the billed load of section 9 is spread over.
+const SCALE_ACCOUNTS: usize = 1_000;
+
+/// One Redis deployment of section 9: its quickstart and a connection to each master.
+struct Masters<'a> {
+    name: &'static str,
+    server: &'a Quickstart,
+    cons: Vec<RedisCon>,
+}
+
+/// What one run of section 9 measured on a deployment, besides the run itself.
+struct OnMasters {
+    run: Run,
+    /// CPU seconds every master used during the run, summed.
+    redis_cpu: f64,
+    /// Script calls (`FCALL` + `EVALSHA`) each master ran during the run.
+    scripts: Vec<u64>,
+    /// Cores the whole machine kept busy during the run (`/proc/stat`), this bench's
+    /// processes and anything else alike.
+    machine_busy: f64,
+}
+
+impl OnMasters {
+    /// Cores this bench's processes kept busy: quickstart, load client and masters.
+    fn bench_busy(&self) -> f64 {
+        (self.run.server_cpu + self.run.client_cpu + self.redis_cpu) / self.run.secs
+    }
+}
+
+/// Busy CPU seconds of the whole machine so far: the `cpu` line of `/proc/stat` less its
+/// idle and iowait ticks (USER_HZ, 100 on Linux).
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    if ticks.len() < 5 {
+        return f64::NAN;
+    }
+    (ticks.iter().sum::<f64>() - ticks[3] - ticks[4]) / 100.0
+}
+
+/// `run`, with the CPU and script calls of every master read around it.
+fn run_on_masters(rt: &tokio::runtime::Runtime, on: &Masters<'_>, load: Load<'_>) -> OnMasters {
+    let scripts = |con: &RedisCon| -> u64 {
+        command_stats(rt, con)
+            .iter()
+            .filter(|(name, ..)| name == "fcall" || name == "evalsha")
+            .map(|&(_, calls, _)| calls)
+            .sum()
+    };
+    let cpu_before: f64 = on.cons.iter().map(|con| redis_cpu(rt, con)).sum();
+    let scripts_before: Vec<u64> = on.cons.iter().map(scripts).collect();
+    let machine_before = machine_busy_secs();
+    let measured = run(rt, on.server, load);
+    let machine_busy = (machine_busy_secs() - machine_before) / measured.secs;
+    let redis_cpu = on.cons.iter().map(|con| redis_cpu(rt, con)).sum::<f64>() - cpu_before;
+    let scripts = on
+        .cons
+        .iter()
+        .zip(scripts_before)
+        .map(|(con, before)| scripts(con) - before)
+        .collect();
+    OnMasters {
+        run: measured,
+        redis_cpu,
+        scripts,
+        machine_busy,
+    }
+}
+
+/// Section 9: the same billed load on one Redis master and on a three-master Redis Cluster,
+/// alternated round by round, spread over `SCALE_ACCOUNTS` accounts (no leases, so every
+/// billed request runs its reserve and settle scripts in Redis).
+fn scale_out_section(rt: &tokio::runtime::Runtime, binary: &PathBuf, report: &mut Report) {
+    let section = "9. scale out on Redis Cluster (quickstart, 1,000 accounts, no leases)";
+    println!("{section}");
+    // `--cluster-enabled no` (the default) for the one master; otherwise the same flags.
+    let (Some(single), Some(cluster)) = (BenchRedis::start(), BenchCluster::start()) else {
+        println!("redis-server or redis-cli is not installed: section 9 skipped");
+        return;
+    };
+    let accounts = SCALE_ACCOUNTS.to_string();
+    let cluster_urls = cluster.urls().join(",");
+    let one = Quickstart::start_with(
+        binary,
+        Some(&single.url()),
+        &[("DEMO_ACCOUNTS", accounts.as_str())],
+    );
+    let three = Quickstart::start_with(
+        binary,
+        None,
+        &[
+            ("DEMO_ACCOUNTS", accounts.as_str()),
+            ("REDIS_CLUSTER_URLS", cluster_urls.as_str()),
+        ],
+    );
+    // A plain connection to each master, for `INFO`: not routed, so each answers for itself.
+    let connect = |url: String| {
+        rt.block_on(async {
+            redis::Client::open(url)?
+                .get_multiplexed_async_connection()
+                .await
+        })
+        .expect("connect to a bench redis")
+    };
+    let deployments = [
+        Masters {
+            name: "1 master",
+            server: &one,
+            cons: vec![connect(single.url())],
+        },
+        Masters {
+            name: "3 masters",
+            server: &three,
+            cons: cluster.urls().into_iter().map(connect).collect(),
+        },
+    ];
+    let keys = demo_keys(SCALE_ACCOUNTS);
+    let billed = |time| Load {
+        keys: Some(&keys),
+        ..Load::new(Kind::Billed, SATURATING, time)
+    };
+    // Warm-up: connections, scripts, and each of the 1,000 keys looked up once (then cached).
+    for on in &deployments {
+        run(rt, on.server, billed(Duration::from_secs(1)));
+    }
+    run(
+        rt,
+        &one,
+        Load::new(Kind::Free, SATURATING, Duration::from_millis(500)),
+    );
+    let mut free = Vec::new();
+    let mut runs: [Vec<OnMasters>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=ROUNDS {
+        // The free ceiling (quickstart and client alone, no Redis) in the same rounds.
+        let r = run(rt, &one, Load::new(Kind::Free, SATURATING, THROUGHPUT_RUN));
+        println!("    round {round} (no Redis) {}", r.describe());
+        free.push(r);
+        for (on, runs) in deployments.iter().zip(&mut runs) {
+            let m = run_on_masters(rt, on, billed(THROUGHPUT_RUN));
+            println!(
+                "    round {round} {:>9} {}, redis-server (all masters) {:.1} µs/req, \
+                 {:.2} cores busy; script calls by master {:?}; cores busy: this bench \
+                 {:.2}, machine {:.2}",
+                on.name,
+                m.run.describe(),
+                m.run.per_req_us(m.redis_cpu),
+                m.redis_cpu / m.run.secs,
+                m.scripts,
+                m.bench_busy(),
+                m.machine_busy,
+            );
+            runs.push(m);
+        }
+    }
+    let med =
+        |runs: &[OnMasters], f: &dyn Fn(&OnMasters) -> f64| median(runs.iter().map(f).collect());
+    let rate = |m: &OnMasters| m.run.rate();
+    let redis_us = |m: &OnMasters| m.run.per_req_us(m.redis_cpu);
+    let app_us = |m: &OnMasters| m.run.per_req_us(m.run.server_cpu);
+    let busy = |m: &OnMasters| m.redis_cpu / m.run.secs;
+    // The largest master's share of the script calls: 1/3 when the accounts spread evenly.
+    let top_share = |m: &OnMasters| {
+        let total = m.scripts.iter().sum::<u64>().max(1) as f64;
+        *m.scripts.iter().max().unwrap_or(&0) as f64 / total
+    };
+    let [one_runs, three_runs] = &runs;
+    let runs_text = format!(
+        "{SATURATING} connections, {SCALE_ACCOUNTS} accounts round-robin, median of {ROUNDS} × {} s",
+        THROUGHPUT_RUN.as_secs()
+    );
+    let (one_rate, three_rate) = (med(one_runs, &rate), med(three_runs, &rate));
+    report.row(
+        section,
+        &format!("free GET /health, no Redis (the quickstart + client ceiling), {SATURATING} connections"),
+        median(free.iter().map(Run::rate).collect()),
+        "req/s",
+        Target::None,
+    );
+    report.row(
+        section,
+        &format!("billed GET /v1/echo on 1 master, {runs_text}"),
+        one_rate,
+        "req/s",
+        Target::None,
+    );
+    report.row(
+        section,
+        &format!("billed GET /v1/echo on 3 masters (Redis Cluster), {runs_text}"),
+        three_rate,
+        "req/s",
+        Target::None,
+    );
+    report.row(
+        section,
+        "billed throughput, 3 masters / 1 master (all on the same 2 cores: bounded by the cores, not Redis)",
+        three_rate / one_rate,
+        "x",
+        Target::None,
+    );
+    for (on, runs) in deployments.iter().zip(&runs) {
+        let us = med(runs, &redis_us);
+        report.row(
+            section,
+            &format!(
+                "redis-server CPU per billed request, {} (summed over masters)",
+                on.name
+            ),
+            us,
+            "µs",
+            Target::None,
+        );
+        report.row(
+            section,
+            &format!(
+                "billed requests a second per Redis core, {} (1 / CPU per request)",
+                on.name
+            ),
+            1e6 / us,
+            "req/s",
+            Target::None,
+        );
+        report.row(
+            section,
+            &format!(
+                "Redis cores busy during the billed runs, {} (summed)",
+                on.name
+            ),
+            med(runs, &busy),
+            "cores",
+            Target::None,
+        );
+        report.row(
+            section,
+            &format!("quickstart CPU per billed request, {}", on.name),
+            med(runs, &app_us),
+            "µs",
+            Target::None,
+        );
+        // Below 2 with nothing else running: the load is latency-bound, not core-bound.
+        report.row(
+            section,
+            &format!(
+                "cores busy during the billed runs, {}: quickstart + client + Redis",
+                on.name
+            ),
+            med(runs, &OnMasters::bench_busy),
+            "cores",
+            Target::None,
+        );
+        report.row(
+            section,
+            &format!(
+                "cores busy during the billed runs, {}: whole machine",
+                on.name
+            ),
+            med(runs, &|m| m.machine_busy),
+            "cores",
+            Target::None,
+        );
+    }
+    report.row(
+        section,
+        "largest master's share of the script calls, 3 masters (1/3 = even)",
+        med(three_runs, &top_share),
+        "x",
+        Target::None,
+    );
+    report.row(
+        section,
+        "errors (non-200, transport, billed 200 without credits-cost)",
+        free.iter()
+            .map(|r| r.tally.errors)
+            .chain(runs.iter().flatten().map(|m| m.run.tally.errors))
+            .sum::<u64>() as f64,
+        "responses",
+        Target::AtMost(0.0),
+    );
+}
+
 /// The nearest-rank percentile of sorted samples.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -898,7 +1246,8 @@ fn main() {
             .unwrap_or_default()
             .trim_end()
     );
-    // `HTTP_BENCH_PARTS=5` runs section 5 alone (2 is memory, 3 runs 3 and 4).
+    // `HTTP_BENCH_PARTS=5` runs section 5 alone (2 is memory, 3 runs 3 and 4, 9 is the
+    // Redis Cluster); `HTTP_BENCH_PARTS=2,9` runs two.
     let parts = std::env::var("HTTP_BENCH_PARTS").unwrap_or_default();
     let run_part = |part: &str| parts.is_empty() || parts.split(',').any(|p| p.trim() == part);
     if run_part("2") {
@@ -909,6 +1258,9 @@ fn main() {
     }
     if run_part("5") {
         lease_section(&rt, &binary, &mut report);
+    }
+    if run_part("9") {
+        scale_out_section(&rt, &binary, &mut report);
     }
     report.write();
     println!("http bench took {:.0} s", started.elapsed().as_secs_f64());

@@ -40,6 +40,14 @@
 //! managed Redis takes its TLS URL, `REDIS_URL=rediss://default:<password>@<host>:<port>`
 //! (feature `redis-tls`, on for the examples): certificates chaining to a public root are
 //! trusted as they are; for a provider's or a private CA, set `REDIS_CA_FILE` to its PEM.
+//! `REDIS_CLUSTER_URLS=redis://127.0.0.1:7000,redis://127.0.0.1:7001` (comma-separated, any
+//! of the masters; the client learns the rest, and it wins over `REDIS_URL`) keeps them in a
+//! Redis Cluster instead: each account's keys share one hash slot, so its scripts run on
+//! the master that owns it.
+//!
+//! `DEMO_ACCOUNTS=N` seeds N more accounts, `acct_demo_0` … with API keys `demo-key-0` …
+//! `demo-key-<N-1>`, each funded like `demo-rich` (`DEMO_RICH_CREDITS`): load spread over
+//! many accounts, as the HTTP bench sends to a Redis Cluster.
 
 use std::time::Duration;
 
@@ -133,6 +141,36 @@ async fn seed(ledger: &impl LedgerAdmin) -> Result<(), tower_credits::LedgerErro
             .register_api_key(&ApiKeyHash::of(key), &account)
             .await?;
     }
+    // `DEMO_ACCOUNTS=N`: `acct_demo_<i>` with the key `demo-key-<i>`, a few at a time.
+    let accounts: usize = std::env::var("DEMO_ACCOUNTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    futures_util::stream::iter(0..accounts)
+        .map(|i| async move {
+            let account = AccountId::new(format!("acct_demo_{i}"))?;
+            ledger
+                .top_up(TopUp::new(
+                    &account,
+                    rich_credits,
+                    format!("seed-{account}-{rich_credits}"),
+                ))
+                .await?;
+            ledger
+                .register_api_key(&ApiKeyHash::of(&format!("demo-key-{i}")), &account)
+                .await
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<(), _>>()?;
+    if accounts > 0 {
+        println!(
+            "demo accounts: {accounts} more, API keys demo-key-0 … demo-key-{}",
+            accounts - 1
+        );
+    }
     Ok(())
 }
 
@@ -149,13 +187,30 @@ fn without_credentials(url: &str) -> String {
     }
 }
 
-/// The embedded ledger, or Redis when `REDIS_URL` is set: then several quickstarts on one
-/// Redis are replicas of one service, sharing balances (and seeding credits once).
+/// The embedded ledger, or Redis when `REDIS_URL` is set (a Redis Cluster with
+/// `REDIS_CLUSTER_URLS`): then several quickstarts on one Redis are replicas of one
+/// service, sharing balances (and seeding credits once).
 async fn ledger() -> Result<AnyLedger, tower_credits::LedgerError> {
-    match std::env::var("REDIS_URL") {
-        Ok(url) => {
+    let cluster = std::env::var("REDIS_CLUSTER_URLS").ok().map(|urls| {
+        urls.split(',')
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty())
+            .collect::<Vec<_>>()
+    });
+    let builder = match (cluster, std::env::var("REDIS_URL")) {
+        (Some(urls), _) => {
+            let shown: Vec<String> = urls.iter().map(|url| without_credentials(url)).collect();
+            println!("ledger: Redis Cluster through {}", shown.join(", "));
+            Some(RedisLedger::builder().cluster_urls(urls))
+        }
+        (None, Ok(url)) => {
             println!("ledger: Redis at {}", without_credentials(&url));
-            let mut builder = RedisLedger::builder().url(url);
+            Some(RedisLedger::builder().url(url))
+        }
+        (None, Err(_)) => None,
+    };
+    match builder {
+        Some(mut builder) => {
             // A private CA (or a provider's own) for a `rediss://` URL.
             if let Ok(path) = std::env::var("REDIS_CA_FILE") {
                 let pem = std::fs::read(&path).map_err(|e| {
@@ -172,7 +227,7 @@ async fn ledger() -> Result<AnyLedger, tower_credits::LedgerError> {
             ledger.spawn_sweeper(Duration::from_secs(1));
             Ok(ledger.into())
         }
-        Err(_) => {
+        None => {
             println!("ledger: in memory (set REDIS_URL=redis://127.0.0.1:6379 to share it)");
             Ok(MemoryLedger::new().into())
         }
