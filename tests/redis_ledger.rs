@@ -1708,3 +1708,64 @@ async fn busy_settles_push_the_done_expiry_once_a_second_not_each_time() {
         "one account write a script"
     );
 }
+
+/// A retried reserve of a hold still open is answered as that hold on every way a fresh
+/// one could be refused: at the open-hold limit (which the hold itself fills) and when the
+/// balance no longer covers it. The adversarial twin: a fresh id at the limit is refused,
+/// and no retry holds twice.
+#[tokio::test]
+async fn a_retried_reserve_is_the_open_hold_even_where_a_fresh_one_is_refused() {
+    let server = RedisServer::start();
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .max_open_holds(1)
+        .build()
+        .await
+        .unwrap();
+    let a = acct("acct_retry_limit");
+    l.top_up(TopUp::new(&a, 50, "pay-retry-limit"))
+        .await
+        .unwrap();
+    let first = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("r1"), 40))
+            .await
+            .unwrap(),
+    );
+    assert!(!first.replayed);
+    // At the limit: a fresh id is refused, the retry is the open hold.
+    let fresh = l
+        .reserve(Reserve::new(a.clone(), hold("r2"), 5))
+        .await
+        .unwrap();
+    assert!(
+        matches!(fresh, ReserveOutcome::TooManyHolds { limit: 1 }),
+        "{fresh:?}"
+    );
+    let again = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("r1"), 40))
+            .await
+            .unwrap(),
+    );
+    assert!(again.replayed);
+    assert_eq!(
+        (again.amount, again.expires_at_ms),
+        (40, first.expires_at_ms)
+    );
+    // Beyond the balance (10 left): still the open hold, not a refusal nor a second hold.
+    let again = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("r1"), 45))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (again.amount, again.replayed, again.available),
+        (40, true, 10)
+    );
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.held, b.open_holds, b.available), (40, 1, 10));
+    assert_eq!(
+        server.cli(&["ZCARD", "credits:{acct_retry_limit}:expiry"]),
+        "1"
+    );
+}
