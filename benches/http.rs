@@ -857,17 +857,19 @@ fn commands_per_request(
         "    {} billed requests: {fcall} FCALL, {evalsha} EVALSHA; the other commands: {inside:?}",
         r.tally.ok
     );
-    // On Redis 7 the account scripts are `FCALL`s; the due-index and sweeper passes of the
-    // background run by `EVALSHA` (reported apart: they are not on any request's path).
+    // On Redis 7 the account scripts are `FCALL`s; the due-index passes of the background
+    // run by `EVALSHA` (reported apart: they are not on any request's path). A sweeper pass
+    // that finds an account due is an `FCALL` too, hence the half percent over 2 allowed.
     report.row(
         section,
         &format!(
-            "account script calls (FCALL) per billed request (INFO commandstats over {} requests)",
+            "account script calls (FCALL) per billed request (INFO commandstats over {} \
+             requests; 2 on the request path, a sweeper pass may add one)",
             r.tally.ok
         ),
         fcall as f64 / n,
         "calls",
-        Target::AtMost(2.0),
+        Target::AtMost(2.01),
     );
     report.row(
         section,

@@ -235,3 +235,45 @@ async fn cached_api_keys_expire_and_are_looked_up_again() {
     })
     .await;
 }
+
+/// The key cache is indexed by a digest of the key: a key one character off a cached one,
+/// a prefix of it or the cached key with a suffix finds nothing there, is looked up in the
+/// ledger, and is refused, and the cached key's account pays for none of them.
+#[tokio::test]
+async fn a_key_near_a_cached_one_is_not_served_from_the_cache() {
+    let ledger = SwitchLedger::new(MemoryLedger::new());
+    let victim = account(&ledger.inner, "acct_cached", "key-cached-1234", 10).await;
+    let server = Server::start(app(CreditLayer::new(ledger.clone()))).await;
+    let client = http1();
+    let url = server.url("/v1/echo");
+    let status = |key: &'static str| {
+        let (client, url) = (&client, &url);
+        async move { send(client, get_req(url, Some(key))).await.status }
+    };
+    assert_eq!(status("key-cached-1234").await, StatusCode::OK);
+    assert_eq!(ledger.lookups(), 1);
+    for near in [
+        "key-cached-1235",
+        "key-cached-123",
+        "key-cached-12345",
+        "Key-cached-1234",
+    ] {
+        assert_eq!(status(near).await, StatusCode::UNAUTHORIZED, "{near}");
+    }
+    assert_eq!(
+        ledger.lookups(),
+        1 + 4,
+        "each near key was looked up, none served cached"
+    );
+    assert_eq!(
+        status("key-cached-1234").await,
+        StatusCode::OK,
+        "still cached"
+    );
+    assert_eq!(ledger.lookups(), 5);
+    assert_eq!(
+        available(&ledger.inner, &victim).await,
+        10 - 2,
+        "two requests, 1 each"
+    );
+}
