@@ -153,7 +153,8 @@ async fn each_corruption_is_found_and_named() {
     )
     .await;
     let names = [
-        "c_clean", "c_held", "c_ghost", "c_index", "c_topup", "c_claim", "c_audit",
+        "c_clean", "c_held", "c_ghost", "c_index", "c_topup", "c_claim", "c_audit", "c_orphan",
+        "c_exp",
     ];
     for name in names {
         books(&l, name).await;
@@ -184,7 +185,17 @@ async fn each_corruption_is_found_and_named() {
         "credits:{c_audit}:log",
     ]);
 
-    let expected: [(&str, &[&str]); 7] = [
+    // A hold's expiry field left behind by a settle of an older version (no hold with it).
+    server.cli(&[
+        "HSET",
+        "credits:{c_orphan}:holds",
+        "gone:exp",
+        "99999999999999",
+    ]);
+    // A hold whose expiry field and index disagree (an extend of an older version).
+    server.cli(&["HSET", "credits:{c_exp}:holds", "open:exp", "1"]);
+
+    let expected: [(&str, &[&str]); 9] = [
         ("c_clean", &[]),
         ("c_held", &["held", "audit_held", "audit_available"]),
         (
@@ -203,6 +214,8 @@ async fn each_corruption_is_found_and_named() {
         ),
         ("c_claim", &["payment_claim"]),
         ("c_audit", &["audit_available", "audit_topped_up"]),
+        ("c_orphan", &["orphan_hold_field"]),
+        ("c_exp", &["hold_expiry_field"]),
     ];
     for (name, want) in expected {
         let drifts = l.reconcile(&acct(name), DEFAULT_STALE_AFTER).await.unwrap();

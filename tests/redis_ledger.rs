@@ -1769,3 +1769,38 @@ async fn a_retried_reserve_is_the_open_hold_even_where_a_fresh_one_is_refused() 
         "1"
     );
 }
+
+/// A retried reserve is the open hold even when that hold lost its place in the expiry
+/// index (a drift `reconcile` reports): it never writes a second amount over the first,
+/// which would leave the first's credits held with no hold to give them back.
+#[tokio::test]
+async fn a_retried_reserve_of_a_hold_missing_from_the_index_is_still_the_hold() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    let a = acct("acct_unindexed");
+    l.top_up(TopUp::new(&a, 200, "pay-unindexed"))
+        .await
+        .unwrap();
+    expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("z"), 50))
+            .await
+            .unwrap(),
+    );
+    server.cli(&["ZREM", "credits:{acct_unindexed}:expiry", "z"]);
+    let again = expect_held(
+        l.reserve(Reserve::new(a.clone(), hold("z"), 70))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((again.amount, again.replayed), (50, true));
+    assert_eq!(acct_field(&server, "acct_unindexed", "held"), 50);
+    assert_eq!(
+        server.cli(&["ZSCORE", "credits:{acct_unindexed}:expiry", "z"]),
+        again.expires_at_ms.to_string(),
+        "indexed again at its own expiry"
+    );
+    let s = l.commit(&a, &hold("z"), 50).await.unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.held, b.committed, b.available), (0, 50, 150));
+}

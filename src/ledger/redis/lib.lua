@@ -336,7 +336,9 @@ end
 local DONE_EXPIRY_SLACK_MS = 1000
 
 local function expire_done(a, forget_at, now, fields)
-  if a.done_until and forget_at <= a.done_until and a.done_until > now then
+  -- Strictly earlier: a key a prune has just emptied (and so deleted) and a close has made
+  -- again has no expiry, and is pushed whenever its forget-at meets the last push.
+  if a.done_until and forget_at < a.done_until and a.done_until > now then
     return
   end
   local until_ms = forget_at + DONE_EXPIRY_SLACK_MS

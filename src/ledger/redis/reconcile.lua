@@ -32,16 +32,30 @@ local function drift(check, expected, found)
   drifts[#drifts + 1] = { check, expected, found }
 end
 
--- `held` is the sum of the open holds, and every open hold is in the expiry index.
+-- `held` is the sum of the open holds, and every open hold is in the expiry index, at the
+-- expiry its `<id>:exp` field says. A `<id>:exp` or `<id>:route` field belongs to an open
+-- hold: one left behind (a hold settled by a version that did not know `:exp`, during a
+-- rolling upgrade or after a rollback) holds no credits but keeps the hash from emptying.
 local fields = redis.call('HGETALL', KEYS[2])
-local sum, count = 0, 0
+local sum, count, value = 0, 0, {}
+for i = 1, #fields, 2 do
+  value[fields[i]] = fields[i + 1]
+end
 for i = 1, #fields, 2 do
   local id = fields[i]
-  if not string.find(id, ':', 1, true) then
+  local base = string.match(id, '^(.*):exp$') or string.match(id, '^(.*):route$')
+  if base then
+    if not value[base] then
+      drift('orphan_hold_field', 'a hold ' .. base, id)
+    end
+  elseif not string.find(id, ':', 1, true) then
     sum = sum + (tonumber(fields[i + 1]) or 0)
     count = count + 1
-    if not redis.call('ZSCORE', KEYS[3], id) then
+    local indexed = redis.call('ZSCORE', KEYS[3], id)
+    if not indexed then
       drift('hold_not_in_expiry_index', 'indexed', id)
+    elseif value[id .. ':exp'] and tonumber(value[id .. ':exp']) ~= tonumber(indexed) then
+      drift('hold_expiry_field', tonumber(indexed), tonumber(value[id .. ':exp']))
     end
   end
 end

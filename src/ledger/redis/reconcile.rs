@@ -33,6 +33,9 @@ pub struct Drift {
     /// The account.
     pub account: AccountId,
     /// What was checked: `held`, `expiry_index_size`, `hold_not_in_expiry_index`,
+    /// `hold_expiry_field` (a hold's `<id>:exp` is not its index entry), `orphan_hold_field`
+    /// (a `<id>:exp` or `<id>:route` with no hold: left by a settle of a version before
+    /// `<id>:exp`, during a rolling upgrade or after a rollback; it holds no credits),
     /// `stale_hold`, `topped_up`, `audit_available`, `audit_held`, `audit_committed`,
     /// `audit_topped_up`, `payment_claim`.
     pub check: String,

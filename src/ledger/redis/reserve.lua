@@ -73,23 +73,21 @@ if not a then
   return { 'unknown_account' }
 end
 
--- A retried reserve of a hold still open answers it again. Unkeyed, that is found by the
--- expiry index's ZADD NX below (the write a fresh hold makes anyway: one command fewer),
--- and on each way to a refusal; keyed, first, before the key's record is read.
-local function replayed()
-  local open = tonumber(redis.call('HGET', KEYS[2], id))
-  if not open then
-    return nil
-  end
+local open = tonumber(redis.call('HGET', KEYS[2], id))
+if open then
   local expires_at = tonumber(redis.call('ZSCORE', KEYS[3], id))
+  if not expires_at then
+    -- An open hold missing from the expiry index (a drift reconcile reports): indexed
+    -- again at its own expiry, so it lapses as it should, and answered as usual.
+    expires_at = tonumber(redis.call('HGET', KEYS[2], id .. ':exp')) or (now + ttl)
+    redis.call('ZADD', KEYS[3], expires_at, id)
+    if expires_at < a.next_expiry then
+      a.next_expiry = expires_at
+      redis.call('HSET', KEYS[1], 'next_expiry', expires_at)
+    end
+  end
   return { 'held', open, available(a), a.credit_limit, thresholds_reply(a), expires_at, 1,
     rate_reply(a, now), a.rate_at, now, 0 }
-end
-if rk then
-  local again = replayed()
-  if again then
-    return again
-  end
 end
 local how = closed_how(id, now)
 if how then
@@ -125,10 +123,6 @@ end
 -- least amount, hold what the account can afford down to it, in this same atomic step.
 if amount - a.credit_limit > available(a) then
   if least - a.credit_limit > available(a) then
-    local again = replayed()
-    if again then
-      return again
-    end
     -- The first refusal until the next top-up tells someone: the one write a refusal makes.
     local events = {}
     if not a.depleted then
@@ -140,26 +134,17 @@ if amount - a.credit_limit > available(a) then
   amount = available(a) + a.credit_limit
 end
 if max_open and redis.call('ZCARD', KEYS[3]) >= max_open then
-  return replayed() or { 'too_many_holds' }
+  return { 'too_many_holds' }
 end
 -- committed + held can reach topped_up + credit_limit: keep both in range.
 if a.held + amount > MAX_AMOUNT then
-  return replayed() or { 'total_out_of_range', a.held, amount }
+  return { 'total_out_of_range', a.held, amount }
 end
 if a.committed + a.held + amount > MAX_AMOUNT then
-  return replayed() or { 'total_out_of_range', a.committed, a.held + amount }
+  return { 'total_out_of_range', a.committed, a.held + amount }
 end
 
 local expires_at = now + ttl
--- Entered in the expiry index only if it is not there: a hold already open is a retry.
-if redis.call('ZADD', KEYS[3], 'NX', expires_at, id) == 0 then
-  local again = replayed()
-  if again then
-    return again
-  end
-  -- Indexed without a hold (a drift reconcile reports): index it at this hold's expiry.
-  redis.call('ZADD', KEYS[3], expires_at, id)
-end
 -- The expiry beside the amount too, so the settle reads both in one HMGET (the expiry
 -- index stays the one the reclaims walk).
 if route ~= '' then
@@ -167,6 +152,7 @@ if route ~= '' then
 else
   redis.call('HSET', KEYS[2], id, amount, id .. ':exp', expires_at)
 end
+redis.call('ZADD', KEYS[3], expires_at, id)
 a.held = a.held + amount
 if rk then
   redis.call('HSET', rk, 'fp', fingerprint, 'hold', id, 'until', now + retention)
