@@ -638,7 +638,9 @@ fn memory_throughput(rt: &tokio::runtime::Runtime, binary: &PathBuf, report: &mu
     println!("{section}");
     let server = Quickstart::start(binary, None);
     let a = alternate(rt, &server, None);
-    throughput_rows(report, section, &a, "billed / free throughput", 0.9);
+    // The in-process issue's target: billing a request costs the quickstart at most a
+    // twentieth of its throughput.
+    throughput_rows(report, section, &a, "billed / free throughput", 0.95);
 }
 
 /// `INFO <section>` of the bench redis.
