@@ -144,14 +144,22 @@ fn funded_ledger(rt: &tokio::runtime::Runtime) -> (MemoryLedger, AccountId) {
     (ledger, acct)
 }
 
+/// The request bench's three services on `rt`: bare, behind the layer (a funded key, one
+/// credit a call), behind `tower_governor` (a macro, for the governor's unnameable type).
+macro_rules! request_services {
+    ($rt:expr) => {{
+        let (ledger, _) = funded_ledger($rt);
+        let bare = tower::service_fn(ok);
+        let billed = CreditLayer::new(ledger)
+            .pricing(Pricing::new().route("GET /v1/echo", 1))
+            .layer(bare);
+        (bare, billed, governor_layer!().layer(bare))
+    }};
+}
+
 fn request_overhead(report: &mut Report) {
     let rt = runtime();
-    let (ledger, _) = funded_ledger(&rt);
-    let bare = tower::service_fn(ok);
-    let billed = CreditLayer::new(ledger)
-        .pricing(Pricing::new().route("GET /v1/echo", 1))
-        .layer(bare);
-    let governed = governor_layer!().layer(bare);
+    let (bare, billed, governed) = request_services!(&rt);
 
     // The three run in turns, round after round, and each figure is the median of its
     // rounds: on a noisy machine a burst of load then hits all three alike, which
@@ -515,12 +523,7 @@ fn interleaved<const N: usize>(
 /// `governor`.
 fn only(variant: &str, n: u64) {
     let rt = runtime();
-    let (ledger, _) = funded_ledger(&rt);
-    let bare = tower::service_fn(ok);
-    let billed = CreditLayer::new(ledger)
-        .pricing(Pricing::new().route("GET /v1/echo", 1))
-        .layer(bare);
-    let governed = governor_layer!().layer(bare);
+    let (bare, billed, governed) = request_services!(&rt);
     let mut run = |n: u64| {
         rt.block_on(async {
             for _ in 0..n {
