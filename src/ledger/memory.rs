@@ -186,7 +186,7 @@ struct LoggedMove {
     amount: u64,
     hold: Option<HoldId>,
     route: Option<Arc<str>>,
-    available: i64,
+    // The totals after the move (`available` follows from them, as the account's does).
     held: u64,
     committed: u64,
     topped_up: u64,
@@ -206,7 +206,7 @@ impl LoggedMove {
                 .as_deref()
                 .filter(|r| !r.is_empty())
                 .map(str::to_owned),
-            available: self.available,
+            available: self.topped_up as i64 - self.committed as i64 - self.held as i64,
             held: self.held,
             committed: self.committed,
             topped_up: self.topped_up,
@@ -456,7 +456,6 @@ impl AccountState {
             amount,
             hold: hold.cloned(),
             route: route.cloned(),
-            available: self.available(),
             held: self.held,
             committed: self.committed,
             topped_up: self.topped_up,
