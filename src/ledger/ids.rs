@@ -157,6 +157,18 @@ impl std::hash::Hash for HoldId {
     }
 }
 
+/// The low 62 of the 74 random bits: the version and variant take the top of each part.
+const LOW_BITS: u64 = (1 << 62) - 1;
+
+/// A thread's first random bits, from the operating system (once per thread).
+fn random_start() -> (u16, u64) {
+    let mut seed = [0u8; 10];
+    getrandom::fill(&mut seed).expect("the OS random number generator");
+    let high = u16::from_be_bytes([seed[0], seed[1]]);
+    let low = u64::from_be_bytes(seed[2..].try_into().expect("8 bytes")) & LOW_BITS;
+    (high, low)
+}
+
 impl HoldId {
     /// Validates a caller-chosen id: 1 to 64 bytes of ASCII letters, digits, `_` and `-`.
     pub fn new(id: impl AsRef<str>) -> Result<Self, LedgerError> {
@@ -167,10 +179,33 @@ impl HoldId {
         Ok(Self(HoldRepr::Chosen(Arc::from(id))))
     }
 
-    /// A fresh UUIDv7 hold id.
+    /// A fresh UUIDv7 hold id (RFC 9562): the time in milliseconds, then 74 bits that are
+    /// random for each thread's first id and count up from there ("monotonic random",
+    /// RFC 9562 section 6.2, method 2).
+    ///
+    /// Ids of one thread never repeat (its count does not wrap in 2^62 ids), and ids of two
+    /// threads or replicas meet only if their random starts fall within as many ids of each
+    /// other in the same millisecond. A hold id is a name, not a secret: nothing accepts it
+    /// from a caller as proof of anything.
     pub fn generate() -> Self {
+        thread_local! {
+            /// This thread's 12 fixed random bits and 62-bit count.
+            static NEXT: std::cell::Cell<(u16, u64)> = std::cell::Cell::new(random_start());
+        }
+        let (high, low) = NEXT.with(|next| {
+            let (high, low) = next.get();
+            next.set((high, low.wrapping_add(1) & LOW_BITS));
+            (high, low)
+        });
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let mut bits = [0u8; 10];
+        bits[..2].copy_from_slice(&high.to_be_bytes());
+        bits[2..].copy_from_slice(&low.to_be_bytes());
+        let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &bits).into_uuid();
         let mut digits = [0u8; uuid::fmt::Simple::LENGTH];
-        uuid::Uuid::now_v7().simple().encode_lower(&mut digits);
+        uuid.simple().encode_lower(&mut digits);
         Self(HoldRepr::Generated(digits))
     }
 
@@ -278,6 +313,38 @@ mod tests {
         assert_eq!(hasher.hash_one(&generated), hasher.hash_one(&chosen));
         assert_eq!(generated.as_str().len(), 32);
         assert_ne!(generated, HoldId::generate());
+    }
+
+    /// Generated ids are UUIDv7 (version 7, RFC variant, the time now), distinct across
+    /// threads, and within one thread each follows the last.
+    #[test]
+    fn generated_hold_ids_are_unique_time_ordered_uuidv7s() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let threads: Vec<Vec<HoldId>> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..10_000).map(|_| HoldId::generate()).collect()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for ids in &threads {
+            for pair in ids.windows(2) {
+                assert!(pair[0] < pair[1], "{pair:?} out of order in one thread");
+            }
+            for id in ids {
+                let uuid = uuid::Uuid::parse_str(id.as_str()).unwrap();
+                assert_eq!(uuid.get_version_num(), 7, "{id:?}");
+                assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{id:?}");
+                let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+                let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+                assert!(millis >= before && millis < before + 60_000, "{id:?}");
+                assert!(all.insert(id.clone()), "{id:?} made twice");
+            }
+        }
+        assert_eq!(all.len(), 40_000);
     }
 
     #[test]
