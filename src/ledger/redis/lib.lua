@@ -83,12 +83,35 @@ end
 -- `exists` is false for an account never topped up nor configured: every account has
 -- `topped_up` (written by top_up) or `credit_limit` (written by configure), so this one
 -- HMGET also answers what an EXISTS would. `rate_text` is the rate as Redis stores it.
+-- The fields a call of any kind reads are numbers at once; the rest (alerts, spend
+-- history, the events index, `done`'s expiry) are converted when first read: a reserve
+-- reads none of them, and a `tonumber` is a measurable part of a script's time.
+local LAZY_FIELD = { rate = 7, fired = 6, commits = 10, first_commit_at = 11, horizon = 12,
+  last_topup = 15, due_events = 18, done_until = 20 }
+-- What a lazy field is when the hash has none (nil where absent means something).
+local LAZY_DEFAULT = { rate = 0, fired = 0, commits = 0, last_topup = 0 }
+local account_fields = {
+  __index = function(a, name)
+    local i = LAZY_FIELD[name]
+    if not i then
+      return nil
+    end
+    local value = tonumber(a.stored[i])
+    if value == nil then
+      value = LAZY_DEFAULT[name]
+    end
+    rawset(a, name, value)
+    return value
+  end,
+}
+
 local function load_account()
   local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
     'thresholds', 'fired', 'rate', 'rate_at', 'next_expiry', 'commits', 'first_commit_at',
     'horizon', 'runway_fired', 'depleted', 'last_topup', 'threshold', 'due_holds', 'due_events',
     'audit_seq', 'done_until')
-  return {
+  return setmetatable({
+    stored = f,
     exists = (f[1] or f[4]) and true or false,
     rate_text = f[7] or '0',
     topped_up = tonumber(f[1]) or 0,
@@ -96,26 +119,20 @@ local function load_account()
     held = tonumber(f[3]) or 0,
     credit_limit = tonumber(f[4]) or 0,
     thresholds_text = f[5] or f[16],
-    fired = tonumber(f[6]) or 0,
-    horizon = tonumber(f[12]), -- nil: DEFAULT_RUNWAY_HORIZON_SECS
     runway_fired = f[13] == '1',
     depleted = f[14] == '1',
-    last_topup = tonumber(f[15]) or 0,
-    rate = tonumber(f[7]) or 0,
     rate_at = tonumber(f[8]) or 0,
     next_expiry = tonumber(f[9]), -- nil: not known yet, so reclaim looks
-    commits = tonumber(f[10]) or 0,
-    first_commit_at = tonumber(f[11]),
     -- When the due-indexes (`<prefix>:{!due}:holds`, `:events`) were last told to look at
     -- this account (ms; nil: not entered). A call that needs an earlier look records it and
     -- returns it, so the caller writes the index entry: once per active period.
     due_holds = tonumber(f[17]),
-    due_events = tonumber(f[18]),
     -- The number of the account's last audit entry (0: none yet).
     audit_seq = tonumber(f[19]) or 0,
-    -- When the `done` key expires, as last set (ms; nil: not known).
-    done_until = tonumber(f[20]),
-  }
+    -- Read when first used (account_fields): rate, fired, commits, first_commit_at,
+    -- horizon (nil: DEFAULT_RUNWAY_HORIZON_SECS), last_topup, due_events, done_until
+    -- (when the `done` key expires, as last set; nil: not known).
+  }, account_fields)
 end
 
 -- Records that the due-index `field` ('due_holds' | 'due_events') must look at this
