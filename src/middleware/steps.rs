@@ -165,7 +165,8 @@ fn reserve_call<L: Ledger>(
         reserve = reserve.route(route.clone());
     }
     if let Some(keyed) = &billing.claim {
-        reserve = reserve.idempotency(keyed.0.clone());
+        let (claim, _) = &**keyed;
+        reserve = reserve.idempotency(claim.clone());
     }
     shared.ledger.reserve(reserve)
 }
@@ -270,9 +271,10 @@ where
                 runway_secs: held.runway_secs,
                 stream_limit: billing.stream_limit.unwrap_or(shared.stream_limit),
                 keyed: billing.claim.as_ref().map(|keyed| {
+                    let (claim, max_response) = &**keyed;
                     Box::new(KeyedHold {
-                        key: *keyed.0.key(),
-                        max_response: keyed.1,
+                        key: *claim.key(),
+                        max_response: *max_response,
                     })
                 }),
             };
