@@ -352,6 +352,16 @@ async fn connection(
 
 type RedisCon = redis::aio::MultiplexedConnection;
 
+/// A connection of the bench's own to the Redis at `url` (for `INFO` and `CONFIG`).
+fn connect(rt: &tokio::runtime::Runtime, url: String) -> RedisCon {
+    rt.block_on(async {
+        redis::Client::open(url)?
+            .get_multiplexed_async_connection()
+            .await
+    })
+    .expect("connect to the bench redis")
+}
+
 /// One run of load: what to send, how, and what to watch meanwhile.
 #[derive(Clone, Copy)]
 struct Load<'a> {
@@ -684,13 +694,7 @@ fn redis_sections(rt: &tokio::runtime::Runtime, binary: &PathBuf, report: &mut R
         return;
     };
     let server = Quickstart::start(binary, Some(&redis.url()));
-    let con = rt
-        .block_on(async {
-            redis::Client::open(redis.url())?
-                .get_multiplexed_async_connection()
-                .await
-        })
-        .expect("connect to the bench redis");
+    let con = connect(rt, redis.url());
 
     let section = "3. Redis efficiency";
     println!("{section}");
@@ -906,13 +910,7 @@ fn lease_section(rt: &tokio::runtime::Runtime, binary: &PathBuf, report: &mut Re
     let section = "5. credit leases (quickstart, Redis, CREDITS_LEASES=1)";
     println!("{section}");
     let server = Quickstart::start_with(binary, Some(&redis.url()), &[("CREDITS_LEASES", "1")]);
-    let con = rt
-        .block_on(async {
-            redis::Client::open(redis.url())?
-                .get_multiplexed_async_connection()
-                .await
-        })
-        .expect("connect to the bench redis");
+    let con = connect(rt, redis.url());
     let a = alternate(rt, &server, Some(&con));
     throughput_rows(
         report,
@@ -1059,14 +1057,7 @@ fn scale_out_section(rt: &tokio::runtime::Runtime, binary: &PathBuf, report: &mu
         ],
     );
     // A plain connection to each master, for `INFO`: not routed, so each answers for itself.
-    let connect = |url: String| {
-        rt.block_on(async {
-            redis::Client::open(url)?
-                .get_multiplexed_async_connection()
-                .await
-        })
-        .expect("connect to a bench redis")
-    };
+    let connect = |url: String| connect(rt, url);
     let deployments = [
         Masters {
             name: "1 master",
