@@ -114,6 +114,24 @@ async fn stream(
     Sse::new(events)
 }
 
+/// Tops `account` up with `credits` (once: the payment id names the seed) and gives it
+/// the API key `key`.
+async fn fund(
+    ledger: &impl LedgerAdmin,
+    account: &AccountId,
+    key: &str,
+    credits: u64,
+) -> Result<(), tower_credits::LedgerError> {
+    ledger
+        .top_up(TopUp::new(
+            account,
+            credits,
+            format!("seed-{account}-{credits}"),
+        ))
+        .await?;
+    ledger.register_api_key(&ApiKeyHash::of(key), account).await
+}
+
 /// Creates the demo accounts. Fixed top-up keys make this safe to run on every start and
 /// from every replica: a key credits once, ever.
 async fn seed(ledger: &impl LedgerAdmin) -> Result<(), tower_credits::LedgerError> {
@@ -130,16 +148,7 @@ async fn seed(ledger: &impl LedgerAdmin) -> Result<(), tower_credits::LedgerErro
             .iter()
             .fold(AccountSettings::new(), |s, &t| s.low_balance_threshold(t));
         ledger.configure(Configure::new(&account, settings)).await?;
-        ledger
-            .top_up(TopUp::new(
-                &account,
-                credits,
-                format!("seed-{account}-{credits}"),
-            ))
-            .await?;
-        ledger
-            .register_api_key(&ApiKeyHash::of(key), &account)
-            .await?;
+        fund(ledger, &account, key, credits).await?;
     }
     // `DEMO_ACCOUNTS=N`: `acct_demo_<i>` with the key `demo-key-<i>`, a few at a time.
     let accounts: usize = std::env::var("DEMO_ACCOUNTS")
@@ -149,16 +158,7 @@ async fn seed(ledger: &impl LedgerAdmin) -> Result<(), tower_credits::LedgerErro
     futures_util::stream::iter(0..accounts)
         .map(|i| async move {
             let account = AccountId::new(format!("acct_demo_{i}"))?;
-            ledger
-                .top_up(TopUp::new(
-                    &account,
-                    rich_credits,
-                    format!("seed-{account}-{rich_credits}"),
-                ))
-                .await?;
-            ledger
-                .register_api_key(&ApiKeyHash::of(&format!("demo-key-{i}")), &account)
-                .await
+            fund(ledger, &account, &format!("demo-key-{i}"), rich_credits).await
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
