@@ -277,8 +277,8 @@ impl AccountResolver {
         match &self.kind {
             Kind::ApiKey { header, cache } => {
                 let key = match header {
-                    None => bearer_token(req.headers),
-                    Some(name) => header_key(req.headers, name),
+                    None => bearer_bytes(req.headers),
+                    Some(name) => header_key_bytes(req.headers, name),
                 };
                 match key {
                     Err(why) => Resolution::Refused(why),
@@ -287,10 +287,14 @@ impl AccountResolver {
                         match cache.get(&cached_as) {
                             Some(Some(account)) => Resolution::Account(account),
                             Some(None) => Resolution::Refused(Unauthorized::UnknownKey),
-                            None => Resolution::LookUp(KeyToLookUp {
-                                hash: ApiKeyHash::of(key),
-                                cached_as,
-                            }),
+                            // Not cached: checked in full before anything is looked up.
+                            None => match check_key(key) {
+                                Err(why) => Resolution::Refused(why),
+                                Ok(key) => Resolution::LookUp(KeyToLookUp {
+                                    hash: ApiKeyHash::of(key),
+                                    cached_as,
+                                }),
+                            },
                         }
                     }
                 }
@@ -356,10 +360,10 @@ impl KeyCache {
     }
 
     /// `key` as this cache indexes it.
-    fn digest(&self, key: &str) -> CachedAs {
+    fn digest(&self, key: impl AsRef<[u8]>) -> CachedAs {
         use siphasher::sip128::Hasher128;
         let mut hasher = siphasher::sip128::SipHasher13::new_with_key(&self.secret);
-        std::hash::Hasher::write(&mut hasher, key.as_bytes());
+        std::hash::Hasher::write(&mut hasher, key.as_ref());
         CachedAs(hasher.finish128().as_u128())
     }
 
@@ -402,12 +406,7 @@ fn is_token_char(b: u8) -> bool {
 }
 
 fn check_key(key: &[u8]) -> Result<&str, Unauthorized> {
-    if key.is_empty() {
-        return Err(Unauthorized::Missing);
-    }
-    if key.len() > MAX_API_KEY_LEN {
-        return Err(Unauthorized::Oversized);
-    }
+    let key = sent_key(key)?;
     if !key.iter().all(|&b| is_token_char(b)) {
         return Err(Unauthorized::Malformed(
             "an API key may hold only letters, digits and `-._~+/=`",
@@ -416,8 +415,27 @@ fn check_key(key: &[u8]) -> Result<&str, Unauthorized> {
     Ok(std::str::from_utf8(key).expect("ASCII checked above"))
 }
 
+/// A key as sent, its length checked but not its characters. A warm key is found in the
+/// cache by these bytes, and only a key the cache does not hold is checked in full
+/// ([`check_key`]): every key the cache holds was checked before its lookup, and the cache
+/// is keyed by a 128-bit keyed digest of the exact bytes, so a hit is that same key.
+fn sent_key(key: &[u8]) -> Result<&[u8], Unauthorized> {
+    if key.is_empty() {
+        return Err(Unauthorized::Missing);
+    }
+    if key.len() > MAX_API_KEY_LEN {
+        return Err(Unauthorized::Oversized);
+    }
+    Ok(key)
+}
+
 /// Reads `Authorization: Bearer <key>`.
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthorized> {
+    check_key(bearer_bytes(headers)?)
+}
+
+/// The key of `Authorization: Bearer <key>` as sent (see [`sent_key`]).
+fn bearer_bytes(headers: &HeaderMap) -> Result<&[u8], Unauthorized> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next().ok_or(Unauthorized::Missing)?;
     if values.next().is_some() {
@@ -430,23 +448,32 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthorized> {
         return Err(Unauthorized::Oversized);
     }
     match bytes.split_at_checked(7) {
-        Some((scheme, key)) if scheme.eq_ignore_ascii_case(b"bearer ") => check_key(key),
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case(b"bearer ") => sent_key(key),
         _ => Err(Unauthorized::Malformed(
             "expected `Authorization: Bearer <key>`",
         )),
     }
 }
 
+/// Reads the API key header `name`.
 pub(crate) fn header_key<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
 ) -> Result<&'a str, Unauthorized> {
+    check_key(header_key_bytes(headers, name)?)
+}
+
+/// The key of an API key header as sent (see [`sent_key`]).
+fn header_key_bytes<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<&'a [u8], Unauthorized> {
     let mut values = headers.get_all(name).iter();
     let value = values.next().ok_or(Unauthorized::Missing)?;
     if values.next().is_some() {
         return Err(Unauthorized::Malformed("more than one API key header"));
     }
-    check_key(value.as_bytes())
+    sent_key(value.as_bytes())
 }
 
 #[cfg(test)]
@@ -495,7 +522,7 @@ mod tests {
         let acct = AccountId::new("a").unwrap();
         cache.insert(real, Some(acct.clone()));
         for i in 0..10_000 {
-            cache.insert(cache.digest(&format!("junk-{i}")), None);
+            cache.insert(cache.digest(format!("junk-{i}")), None);
         }
         assert_eq!(cache.get(&real), Some(Some(acct)));
     }

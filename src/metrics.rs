@@ -654,6 +654,8 @@ fn extended(shared: &Shared, call: &Call, extended: &Extended, _span: &Span) {
 
 impl<L: Ledger> Ledger for Metered<L> {
     type Future<T: Send + 'static> = MeteredFuture<L::Future<T>, T>;
+    // Its futures only wrap the inner ledger's.
+    const IN_PROCESS: bool = L::IN_PROCESS;
 
     fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
         let span = tracing::debug_span!(

@@ -236,6 +236,38 @@ async fn cached_api_keys_expire_and_are_looked_up_again() {
     .await;
 }
 
+#[tokio::test]
+async fn a_malformed_key_is_refused_as_malformed_while_its_neighbour_is_cached() {
+    // A warm key skips the character check (the cache holds only checked keys): a key
+    // with a character no key may hold is still checked, refused as malformed, and never
+    // looked up or served, however close it is to a cached one.
+    let ledger = SwitchLedger::new(MemoryLedger::new());
+    let victim = account(&ledger.inner, "acct_warm", "key-warm-1234", 10).await;
+    let server = Server::start(app(CreditLayer::new(ledger.clone()))).await;
+    let client = http1();
+    let url = server.url("/v1/echo");
+    let ok = send(&client, get_req(&url, Some("key-warm-1234"))).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ledger.lookups(), 1);
+    for bad in [
+        "key-warm-1234;",
+        "key-warm,1234",
+        "key-warm-1234\"",
+        "key-warm-12\\34",
+    ] {
+        let refused = send(&client, get_req(&url, Some(bad))).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{bad}");
+        let body = String::from_utf8_lossy(&refused.body);
+        assert!(body.contains("malformed"), "{bad}: {body}");
+    }
+    assert_eq!(ledger.lookups(), 1, "no malformed key was looked up");
+    assert_eq!(
+        available(&ledger.inner, &victim).await,
+        10 - 1,
+        "one request, 1"
+    );
+}
+
 /// The key cache is indexed by a digest of the key: a key one character off a cached one,
 /// a prefix of it or the cached key with a suffix finds nothing there, is looked up in the
 /// ledger, and is refused, and the cached key's account pays for none of them.

@@ -139,6 +139,8 @@ impl<L: LedgerReports> CachedReads<L> {
 
 impl<L: LedgerReports> Ledger for CachedReads<L> {
     type Future<T: Send + 'static> = CachedFuture<L::Future<T>, T>;
+    // Its futures only wrap the inner ledger's.
+    const IN_PROCESS: bool = L::IN_PROCESS;
 
     fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
         self.forget(reserve.account());

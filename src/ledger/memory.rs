@@ -1054,6 +1054,7 @@ impl MemoryLedger {
 
 impl Ledger for MemoryLedger {
     type Future<T: Send + 'static> = Ready<Result<T, LedgerError>>;
+    const IN_PROCESS: bool = true;
 
     fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome> {
         ready(self.do_reserve(reserve))

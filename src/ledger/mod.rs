@@ -140,6 +140,14 @@ pub trait Ledger: Clone + Send + Sync + 'static {
     /// The future every operation returns.
     type Future<T: Send + 'static>: Future<Output = Result<T, LedgerError>> + Send + Unpin + 'static;
 
+    /// Whether this ledger answers in process: its futures may be polled with a waker that
+    /// never wakes, outside any task and runtime, and are ready once made whenever the
+    /// answer is known (as [`MemoryLedger`]'s always are). The layer then polls a reserve
+    /// once as it makes it and, when it has answered, calls the service without waiting
+    /// for another poll. Default `false`: a ledger across a network is polled only by its
+    /// request's task.
+    const IN_PROCESS: bool = false;
+
     /// Holds credits; see the [module docs](self).
     fn reserve(&self, reserve: Reserve) -> Self::Future<ReserveOutcome>;
 

@@ -144,7 +144,7 @@ impl BodySettle {
         from_inner: bool,
         cut: bool,
     ) -> Option<Bytes> {
-        let this = *self;
+        let mut this = *self;
         let kind = this.kind;
         let (classifier, scanner) = (&this.classifier, &this.scanner);
         let end = if cut {
@@ -160,10 +160,9 @@ impl BodySettle {
                 }
             })
         };
-        let hold = this.guard.hold().clone();
-        let settler = this.guard.settler().clone();
         // `None`: the keeper settled it first; the figures are not known here.
         let cost = this.guard.settle(end).map(cost_of);
+        let (hold, settler) = (this.guard.hold(), this.guard.settler());
         let names = settler.headers();
         let reserved = hold.charge.reserved();
         // The handler hit its hold: the layer cut the stream, or the handler stopped when

@@ -271,7 +271,7 @@ where
 fn called_back<L: Ledger, B: http_body::Body, E>(
     shared: &Shared<L>,
     protocol: Protocol,
-    guard: HoldGuard,
+    mut guard: HoldGuard,
     times: (Instant, Instant),
     called: Called<Response<B>, E>,
 ) -> Result<Response<ResponseBody<B>>, E> {

@@ -164,8 +164,9 @@ impl HoldGuard {
     }
 
     /// Settles as `end` decides; returns the decision, or `None` when the keeper already
-    /// settled this hold (it cut it).
-    pub(crate) fn settle(self, end: End) -> Option<SettleDecision> {
+    /// settled this hold (it cut it). The hold stays readable, for the figures the response
+    /// says; the drop then settles nothing (the `Charge` is closed).
+    pub(crate) fn settle(&mut self, end: End) -> Option<SettleDecision> {
         settle_hold(&*self.settler, &self.hold, end)
     }
 }

@@ -105,13 +105,13 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
     let ended = body.is_end_stream();
     let classified =
         classifier.classify_head(ResponseHead::new(parts.status, &parts.headers, ended));
-    let hold = guard.hold().clone();
-    let awaiting = match at_head(classified, hold.charge.is_deferred(), ended, || {
+    let deferred = guard.hold().charge.is_deferred();
+    let awaiting = match at_head(classified, deferred, ended, || {
         classifier.classify_end(None)
     }) {
         AtHead::Now(end) => {
-            let settler = guard.settler().clone();
             let cost = guard.settle(end).map_or(0, cost_of);
+            let hold = guard.hold();
             headers::write_settled(
                 &mut parts.headers,
                 names,
@@ -121,7 +121,7 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
                 &hold.thresholds,
                 hold.runway_secs,
             );
-            let recorder = record(settler, &hold, &parts);
+            let recorder = record(guard.settler(), hold, &parts);
             let body = ResponseBody::inner(body);
             let body = match recorder {
                 Some(recorder) => body.recording(recorder),
@@ -132,6 +132,7 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
         AtHead::AtEnd(awaiting) => awaiting,
     };
     // Settled at body end: the head carries the hold and a lower bound of the balance.
+    let hold = guard.hold().clone();
     guard.watch(expires, cap_at);
     guard.head_sent();
     headers::write_pending(
@@ -150,7 +151,7 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
     if matches!(kind, StreamKind::Http | StreamKind::Sse) {
         headers::announce_trailers(&mut parts.headers, names);
     }
-    let recorder = record(guard.settler().clone(), &hold, &parts);
+    let recorder = record(guard.settler(), &hold, &parts);
     let settle = BodySettle::new(guard, awaiting, classifier, scanner, kind);
     let body = ResponseBody::settling(body, settle);
     let body = match recorder {
@@ -162,13 +163,13 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
 
 /// A keyed request's response is copied for its replays, from its head on.
 fn record(
-    settler: std::sync::Arc<dyn super::settle::Settler>,
+    settler: &std::sync::Arc<dyn super::settle::Settler>,
     hold: &super::guard::HoldCtx,
     parts: &http::response::Parts,
 ) -> Option<Box<Recorder>> {
     let keyed = *hold.keyed.clone()?;
     Some(Recorder::new(
-        settler,
+        settler.clone(),
         hold.clone(),
         keyed,
         parts.status,

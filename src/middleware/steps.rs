@@ -2,7 +2,10 @@
 //! found and returns the next state. The decisions they apply live elsewhere: the plan,
 //! the outage decision, the settlement policy.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use http::Request;
 use tokio::time::Instant;
@@ -35,7 +38,7 @@ pub(super) fn answer<F, B, L: Ledger>(
 
 /// A billed request: through the breaker, then to its account.
 pub(super) fn bill<S, B, L>(
-    shared: &Shared<L>,
+    shared: &Arc<Shared<L>>,
     inner: &mut S,
     protocol: Protocol,
     req: Request<B>,
@@ -93,7 +96,7 @@ where
 
 /// Once the account is known: hold (the usual case), quote, or pass with nothing held.
 fn after_account<S, B, L>(
-    shared: &Shared<L>,
+    shared: &Arc<Shared<L>>,
     inner: &mut S,
     protocol: Protocol,
     mut req: Request<B>,
@@ -125,8 +128,17 @@ where
                 }
                 None => {}
             }
+            let mut fut = reserve_call(shared, &account, &billing);
+            if L::IN_PROCESS {
+                // An in-process ledger has answered already: go on to the call now, without
+                // a `Reserve` state in between (one move of the whole state fewer).
+                let mut cx = Context::from_waker(Waker::noop());
+                if let Poll::Ready(outcome) = Pin::new(&mut fut).poll(&mut cx) {
+                    return reserved(shared, inner, protocol, (req, billing, account), outcome);
+                }
+            }
             State::Reserve {
-                fut: reserve_call(shared, &account, &billing),
+                fut,
                 req,
                 billing,
                 account,
@@ -173,7 +185,7 @@ fn reserve_call<L: Ledger>(
 
 /// What the key lookup found, carried on.
 pub(super) fn looked_up<S, B, L>(
-    shared: &Shared<L>,
+    shared: &Arc<Shared<L>>,
     inner: &mut S,
     protocol: Protocol,
     req: Request<B>,

@@ -146,7 +146,15 @@ pub(crate) fn int(n: impl Into<i128>) -> HeaderValue {
     let n = n.into();
     match usize::try_from(n) {
         Ok(small) if small < SMALL_INTS => SMALL.get_or_init(small_ints)[small].clone(),
-        _ => cut(|buf| buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())),
+        _ => {
+            let mut digits = itoa::Buffer::new();
+            // 64-bit formatting where the figure fits: a third of the 128-bit one's cost.
+            let text = match i64::try_from(n) {
+                Ok(n) => digits.format(n),
+                Err(_) => digits.format(n),
+            };
+            cut(|buf| buf.extend_from_slice(text.as_bytes()))
+        }
     }
 }
 
@@ -505,6 +513,11 @@ mod tests {
         for n in [1u64, 9, 10, 99, 100, 998, 999, 1_000, 1_001] {
             assert_eq!(int(n), n.to_string().as_str(), "{n}");
         }
+        // Past `i64` either way: the 128-bit formatting.
+        for n in [u64::MAX, i64::MAX as u64 + 1] {
+            assert_eq!(int(n), n.to_string().as_str(), "{n}");
+        }
+        assert_eq!(int(i64::MIN), i64::MIN.to_string().as_str());
         assert_eq!(
             warning(-40, 100),
             "low-balance; remaining=-40; threshold=100"
