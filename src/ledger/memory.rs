@@ -227,17 +227,18 @@ fn topup_digest(key: &str) -> [u8; 16] {
     digest[..16].try_into().expect("SHA-256 is 32 bytes")
 }
 
-/// A closed hold id as the ledger remembers it: 16 bytes instead of the id's 40, since
+/// A hold id as the ledger keys it, open or closed: 16 bytes instead of the id's 40, since
 /// every settle leaves one until its hold's TTL + 1 s has passed (a busy account keeps
-/// thousands). It is the id's text hashed to 128 bits by two independently seeded
+/// thousands), and one computation per call serves the open holds, their expiry index and
+/// the closed ids alike. It is the id's text hashed to 128 bits by two independently seeded
 /// foldhash passes (per process, never stored): about 60 instructions, where parsing a
 /// generated id's 32 hex digits back into its UUID took 350 on every reserve and settle.
 /// Two of one account's ids meeting in that hash is a 2^-128 event for ids the caller
 /// does not choose, and its worst outcome is a fresh id of that same account answered as
 /// already closed (the request is refused, nothing is charged).
-type ClosedKey = u128;
+type IdKey = u128;
 
-fn closed_key(id: &HoldId) -> ClosedKey {
+fn id_key(id: &HoldId) -> IdKey {
     static SEEDS: std::sync::OnceLock<[RandomState; 2]> = std::sync::OnceLock::new();
     let text = id.as_bytes();
     let [a, b] = SEEDS.get_or_init(Default::default);
@@ -296,18 +297,18 @@ impl Requests {
     }
 }
 
-/// Open holds and recently closed ids of one account.
+/// Open holds and recently closed ids of one account, by their ids' [`IdKey`].
 #[derive(Default)]
 struct Activity {
-    holds: FastMap<HoldId, OpenHold>,
+    holds: FastMap<IdKey, OpenHold>,
     /// Open holds ordered by expiry: the expiry index.
-    expiry: BTreeSet<(u64, HoldId)>,
+    expiry: BTreeSet<(u64, IdKey)>,
     /// Settled, refunded, expired and tombstoned ids, with how they closed, until their
     /// forget-at time.
-    done: FastMap<ClosedKey, SettleOutcome>,
+    done: FastMap<IdKey, SettleOutcome>,
     /// `done` by forget-at time (ms), earliest first, so pruning looks only at the due
     /// ones (holds of different TTLs are not forgotten in closing order).
-    forget: BinaryHeap<Reverse<(u64, ClosedKey)>>,
+    forget: BinaryHeap<Reverse<(u64, IdKey)>>,
     /// The latest forget-at time in `done`: once passed, all of `done` goes at once (as
     /// the `PEXPIRE` of the Redis ledger's `done` key), however many ids it holds.
     done_until: u64,
@@ -319,7 +320,7 @@ impl Activity {
     }
 
     /// Remembers how a hold id closed, until `forget_at` (ms).
-    fn remember(&mut self, key: ClosedKey, how: SettleOutcome, forget_at: u64) {
+    fn remember(&mut self, key: IdKey, how: SettleOutcome, forget_at: u64) {
         self.done.insert(key, how);
         self.forget.push(Reverse((forget_at, key)));
         self.done_until = self.done_until.max(forget_at);
@@ -349,6 +350,7 @@ impl Activity {
 }
 
 struct OpenHold {
+    id: HoldId,
     amount: u64,
     expires_at_ms: u64,
     route: Option<Arc<str>>,
@@ -373,17 +375,17 @@ impl AccountState {
         self.activity.get_or_insert_default()
     }
 
-    fn open_hold(&self, id: &HoldId) -> Option<&OpenHold> {
-        self.activity.as_ref()?.holds.get(id)
+    fn open_hold(&self, key: IdKey) -> Option<&OpenHold> {
+        self.activity.as_ref()?.holds.get(&key)
     }
 
     fn open_holds(&self) -> usize {
         self.activity.as_ref().map_or(0, |a| a.holds.len())
     }
 
-    /// How `id` was closed, if it is still remembered.
-    fn closed(&self, id: &HoldId) -> Option<SettleOutcome> {
-        self.activity.as_ref()?.done.get(&closed_key(id)).copied()
+    /// How the id of `key` was closed, if it is still remembered.
+    fn closed(&self, key: IdKey) -> Option<SettleOutcome> {
+        self.activity.as_ref()?.done.get(&key).copied()
     }
 
     /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids whose time
@@ -401,14 +403,14 @@ impl AccountState {
             if first.0 > now_ms {
                 break;
             }
-            let (_, id) = activity.expiry.pop_first().expect("checked above");
-            if let Some(hold) = activity.holds.remove(&id) {
+            let (_, key) = activity.expiry.pop_first().expect("checked above");
+            if let Some(hold) = activity.holds.remove(&key) {
                 released += hold.amount;
-                if audit_cap > 0 {
-                    expired.push((id.clone(), hold.amount, hold.route.clone()));
-                }
                 let forget = forget_at(now_ms, hold.expires_at_ms);
-                activity.remember(closed_key(&id), SettleOutcome::Expired, forget);
+                activity.remember(key, SettleOutcome::Expired, forget);
+                if audit_cap > 0 {
+                    expired.push((hold.id, hold.amount, hold.route));
+                }
             }
         }
         activity.forget_due(now_ms);
@@ -515,7 +517,7 @@ impl AccountState {
                 available: self.available(),
             }),
             (Some(at), None) => Some(Replay::committed_unstored(now_ms.saturating_sub(at))),
-            (None, _) if self.open_hold(&record.hold).is_some() => Some(Replay::InProgress),
+            (None, _) if self.open_hold(id_key(&record.hold)).is_some() => Some(Replay::InProgress),
             (None, _) => None,
         };
         if replay.is_none() {
@@ -549,9 +551,9 @@ impl AccountState {
         (record.hold == *hold).then_some(record)
     }
 
-    /// Remembers how `id` closed, until `forget_at` (ms).
-    fn close(&mut self, id: &HoldId, how: SettleOutcome, forget_at: u64) {
-        self.activity().remember(closed_key(id), how, forget_at);
+    /// Remembers how the id of `key` closed, until `forget_at` (ms).
+    fn close(&mut self, key: IdKey, how: SettleOutcome, forget_at: u64) {
+        self.activity().remember(key, how, forget_at);
     }
 
     fn settlement(&self, outcome: SettleOutcome, now_ms: u64) -> Settlement {
@@ -719,7 +721,8 @@ impl MemoryLedger {
         let audit_cap = self.inner.audit_cap;
         let outbox = &self.inner.outbox;
         let result = self.with_account(&r.account, |state, now| {
-            if let Some(hold) = state.open_hold(&r.hold_id) {
+            let key = id_key(&r.hold_id);
+            if let Some(hold) = state.open_hold(key) {
                 return Ok(ReserveOutcome::Held(Held {
                     amount: hold.amount,
                     available: state.available(),
@@ -730,7 +733,7 @@ impl MemoryLedger {
                     runway_secs: state.runway(now),
                 }));
             }
-            if let Some(how) = state.closed(&r.hold_id) {
+            if let Some(how) = state.closed(key) {
                 return Ok(ReserveOutcome::Closed(already(how)));
             }
             if let Some(claim) = &r.idempotency {
@@ -775,10 +778,11 @@ impl MemoryLedger {
             );
             state.audit(audit_cap, entry, now);
             let activity = state.activity();
-            activity.expiry.insert((expires_at_ms, r.hold_id.clone()));
+            activity.expiry.insert((expires_at_ms, key));
             activity.holds.insert(
-                r.hold_id,
+                key,
                 OpenHold {
+                    id: r.hold_id,
                     amount,
                     expires_at_ms,
                     route: r.route,
@@ -812,20 +816,21 @@ impl MemoryLedger {
         }
         let tombstone_ttl_ms = self.inner.longest_ttl.get();
         let result = self.with_account(account, |state, now| {
+            let hold_key = id_key(hold_id);
             let open = state.activity.as_deref_mut().and_then(|a| {
-                let hold = a.holds.remove(hold_id)?;
-                a.expiry.remove(&(hold.expires_at_ms, hold_id.clone()));
+                let hold = a.holds.remove(&hold_key)?;
+                a.expiry.remove(&(hold.expires_at_ms, hold_key));
                 Some(hold)
             });
             let Some(hold) = open else {
-                if let Some(how) = state.closed(hold_id) {
+                if let Some(how) = state.closed(hold_key) {
                     return Ok(state.settlement(already(how), now));
                 }
                 if actual.is_none() {
                     // A refund that overtook its reserve: the tombstone keeps the reserve out
                     // for as long as that hold could live (see `LongestTtl`).
                     let forget = now + tombstone_ttl_ms + CLOSED_GRACE_MS;
-                    state.close(hold_id, SettleOutcome::Refunded, forget);
+                    state.close(hold_key, SettleOutcome::Refunded, forget);
                 }
                 return Ok(state.settlement(SettleOutcome::Unknown, now));
             };
@@ -877,7 +882,7 @@ impl MemoryLedger {
             };
             let entry = (kind.0, kind.1, Some(hold_id), hold.route.as_ref());
             state.audit(self.inner.audit_cap, entry, now);
-            state.close(hold_id, outcome, forget_at(now, hold.expires_at_ms));
+            state.close(hold_key, outcome, forget_at(now, hold.expires_at_ms));
             if let Some(key) = key {
                 match outcome {
                     SettleOutcome::Committed => {
@@ -915,20 +920,19 @@ impl MemoryLedger {
     ) -> Result<Extended, LedgerError> {
         let ttl_ms = check_ttl(ttl)?;
         let result = self.with_account(account, |state, now| {
-            let closed = state.closed(hold_id);
+            let key = id_key(hold_id);
+            let closed = state.closed(key);
             let Some(activity) = state.activity.as_deref_mut() else {
                 return Ok(Extended::NotOpen(SettleOutcome::Unknown));
             };
-            let Some(hold) = activity.holds.get_mut(hold_id) else {
+            let Some(hold) = activity.holds.get_mut(&key) else {
                 let how = closed.map(already);
                 return Ok(Extended::NotOpen(how.unwrap_or(SettleOutcome::Unknown)));
             };
             let expires_at_ms = now + ttl_ms;
-            activity
-                .expiry
-                .remove(&(hold.expires_at_ms, hold_id.clone()));
+            activity.expiry.remove(&(hold.expires_at_ms, key));
             hold.expires_at_ms = expires_at_ms;
-            activity.expiry.insert((expires_at_ms, hold_id.clone()));
+            activity.expiry.insert((expires_at_ms, key));
             Ok(Extended::Until(expires_at_ms))
         });
         match result {
@@ -941,8 +945,9 @@ impl MemoryLedger {
         let (to, least) = (g.amount(), g.least_amount());
         check_amount(to)?;
         let result = self.with_account(g.account(), |state, now| {
-            let closed = state.closed(g.hold_id());
-            let Some(hold) = state.open_hold(g.hold_id()) else {
+            let key = id_key(g.hold_id());
+            let closed = state.closed(key);
+            let Some(hold) = state.open_hold(key) else {
                 let how = closed.map(already).unwrap_or(SettleOutcome::Unknown);
                 return Ok(GrowOutcome::NotOpen(how));
             };
@@ -970,7 +975,7 @@ impl MemoryLedger {
             let hold = state
                 .activity
                 .as_deref_mut()
-                .and_then(|a| a.holds.get_mut(g.hold_id()))
+                .and_then(|a| a.holds.get_mut(&key))
                 .expect("open above");
             hold.amount = target;
             let entry = (AuditKind::Grow, raise, Some(g.hold_id()), None);
@@ -1261,7 +1266,7 @@ mod tests {
         ledger.do_settle(&acct, &long, Some(1), None).unwrap();
         ledger.do_settle(&acct, &short, Some(1), None).unwrap();
         clock.advance(Duration::from_secs(3));
-        let closed = |id: &HoldId| ledger.shard(&acct).lock().accounts[&acct].closed(id);
+        let closed = |id: &HoldId| ledger.shard(&acct).lock().accounts[&acct].closed(id_key(id));
         ledger.do_top_up(&acct, 1, "pay-3").unwrap();
         assert_eq!(closed(&short), None);
         assert_eq!(closed(&long), Some(SettleOutcome::Committed));
@@ -1298,23 +1303,17 @@ mod tests {
     }
 
     #[test]
-    fn closed_keys_follow_the_text_of_an_id() {
+    fn id_keys_follow_the_text_of_an_id() {
         let generated = HoldId::generate();
         let same_text = HoldId::new(generated.as_str()).unwrap();
-        assert_eq!(closed_key(&generated), closed_key(&same_text));
-        assert_ne!(closed_key(&generated), closed_key(&HoldId::generate()));
+        assert_eq!(id_key(&generated), id_key(&same_text));
+        assert_ne!(id_key(&generated), id_key(&HoldId::generate()));
         let upper = HoldId::new(generated.as_str().to_uppercase()).unwrap();
         if upper != generated {
-            assert_ne!(closed_key(&upper), closed_key(&generated));
+            assert_ne!(id_key(&upper), id_key(&generated));
         }
         let chosen = HoldId::new("order-42").unwrap();
-        assert_eq!(
-            closed_key(&chosen),
-            closed_key(&HoldId::new("order-42").unwrap())
-        );
-        assert_ne!(
-            closed_key(&chosen),
-            closed_key(&HoldId::new("order-43").unwrap())
-        );
+        assert_eq!(id_key(&chosen), id_key(&HoldId::new("order-42").unwrap()));
+        assert_ne!(id_key(&chosen), id_key(&HoldId::new("order-43").unwrap()));
     }
 }
