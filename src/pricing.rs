@@ -506,31 +506,88 @@ pub(crate) fn parse_segments(pattern: &str) -> Vec<Segment> {
         .collect()
 }
 
-/// Segment-wise match of a raw request path (no query) against a pattern.
+/// Segment-wise match of a raw request path (no query) against a pattern: as splitting
+/// the path at each `/`, without a searcher per call (a billed request matches its route
+/// once or twice).
 pub(crate) fn matches_path(segments: &[Segment], path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
     };
-    let mut parts = rest.split('/');
+    // What is left of the path after the segments taken so far; `None` past its last one.
+    let mut left = Some(rest.as_bytes());
     for seg in segments {
-        match seg {
+        let Some(now) = left else {
+            return matches!(seg, Segment::Rest);
+        };
+        let end = match seg {
             Segment::Rest => return true,
-            Segment::Param => match parts.next() {
-                Some(p) if !p.is_empty() => {}
-                _ => return false,
+            Segment::Literal(lit) => {
+                let lit = lit.as_bytes();
+                if !now.starts_with(lit) || now.get(lit.len()).is_some_and(|&b| b != b'/') {
+                    return false;
+                }
+                lit.len()
+            }
+            Segment::Param => match now.iter().position(|&b| b == b'/') {
+                Some(0) => return false,
+                Some(end) => end,
+                None if now.is_empty() => return false,
+                None => now.len(),
             },
-            Segment::Literal(lit) => match parts.next() {
-                Some(p) if p == lit => {}
-                _ => return false,
-            },
-        }
+        };
+        left = now.get(end + 1..);
     }
-    parts.next().is_none()
+    left.is_none()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The match as first written: split the path at each `/`.
+    fn matches_by_split(segments: &[Segment], path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        for seg in segments {
+            match seg {
+                Segment::Rest => return true,
+                Segment::Param => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(lit) => match parts.next() {
+                    Some(p) if p == lit => {}
+                    _ => return false,
+                },
+            }
+        }
+        parts.next().is_none()
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #[test]
+        fn paths_match_as_split_at_each_slash(
+            pattern in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(Segment::Param),
+                    proptest::strategy::Just(Segment::Rest),
+                    "[ab]{0,2}".prop_map(Segment::Literal),
+                ],
+                0..4,
+            ),
+            path in "/?[ab/]{0,8}",
+        ) {
+            proptest::prop_assert_eq!(
+                matches_path(&pattern, &path),
+                matches_by_split(&pattern, &path),
+                "{:?} {:?}", pattern, path
+            );
+        }
+    }
 
     fn table() -> Pricing {
         Pricing::new()
