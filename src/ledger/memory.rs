@@ -312,9 +312,26 @@ struct Activity {
     /// The latest forget-at time in `done`: once passed, all of `done` goes at once (as
     /// the `PEXPIRE` of the Redis ledger's `done` key), however many ids it holds.
     done_until: u64,
+    /// No hold expires and no closed id is due to be forgotten before this time (ms): a
+    /// call before it skips the reclaim. Lowered by each entry made, set exactly by each
+    /// reclaim; zero (due at once) for new activity.
+    next_due: u64,
 }
 
 impl Activity {
+    /// Puts an open hold in the expiry index, to expire at `at` (ms).
+    fn index(&mut self, at: u64, key: IdKey) {
+        self.expiry.insert((at, key));
+        self.next_due = self.next_due.min(at);
+    }
+
+    /// When the earliest hold expires or closed id is due to be forgotten.
+    fn earliest_due(&self) -> u64 {
+        let expires = self.expiry.first().map_or(u64::MAX, |&(at, _)| at);
+        let forgets = self.forget.peek().map_or(u64::MAX, |Reverse((at, _))| *at);
+        expires.min(forgets)
+    }
+
     fn is_empty(&self) -> bool {
         self.holds.is_empty() && self.done.is_empty()
     }
@@ -324,6 +341,7 @@ impl Activity {
         self.done.insert(key, how);
         self.forget.push(Reverse((forget_at, key)));
         self.done_until = self.done_until.max(forget_at);
+        self.next_due = self.next_due.min(forget_at);
     }
 
     /// Forgets closed ids whose time has come: all of them once `done_until` has passed,
@@ -394,6 +412,11 @@ impl AccountState {
         let Some(activity) = self.activity.as_deref_mut() else {
             return 0;
         };
+        if now_ms < activity.next_due {
+            // Nothing is due: the usual call, on an account whose holds live seconds.
+            self.forget_requests(now_ms);
+            return 0;
+        }
         let mut released = 0;
         let mut expired = Vec::new();
         for _ in 0..RECLAIM_LIMIT {
@@ -414,6 +437,7 @@ impl AccountState {
             }
         }
         activity.forget_due(now_ms);
+        activity.next_due = activity.earliest_due();
         if activity.is_empty() {
             self.activity = None;
         }
@@ -778,7 +802,7 @@ impl MemoryLedger {
             );
             state.audit(audit_cap, entry, now);
             let activity = state.activity();
-            activity.expiry.insert((expires_at_ms, key));
+            activity.index(expires_at_ms, key);
             activity.holds.insert(
                 key,
                 OpenHold {
@@ -933,6 +957,7 @@ impl MemoryLedger {
             activity.expiry.remove(&(hold.expires_at_ms, key));
             hold.expires_at_ms = expires_at_ms;
             activity.expiry.insert((expires_at_ms, key));
+            activity.next_due = activity.next_due.min(expires_at_ms);
             Ok(Extended::Until(expires_at_ms))
         });
         match result {
@@ -1273,6 +1298,44 @@ mod tests {
         clock.advance(Duration::from_secs(58));
         ledger.do_top_up(&acct, 1, "pay-4").unwrap();
         assert!(!has_tables(&ledger));
+    }
+
+    #[test]
+    fn holds_expire_on_time_though_calls_before_then_skip_the_reclaim() {
+        let clock = crate::clock::ManualClock::new();
+        let ledger = MemoryLedger::builder().clock(clock.clone()).build();
+        let acct = AccountId::new("acct_due").unwrap();
+        ledger.do_top_up(&acct, 100, "pay-1").unwrap();
+        let reserve = |id: &HoldId, amount, secs| {
+            let r = Reserve::new(acct.clone(), id.clone(), amount).ttl(Duration::from_secs(secs));
+            ledger.do_reserve(r).unwrap();
+        };
+        let held = || ledger.balance(&acct).into_inner().unwrap().held;
+        let settle_short = |id: &HoldId| ledger.do_settle(&acct, id, Some(5), None).unwrap();
+        // A later hold first, then a sooner one: the sooner one sets when work is due.
+        let (long, short) = (HoldId::generate(), HoldId::generate());
+        reserve(&long, 10, 60);
+        reserve(&short, 5, 2);
+        clock.advance(Duration::from_millis(1_999));
+        assert_eq!(held(), 15, "nothing expired yet");
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(held(), 10, "the 2 s hold expired at 2 s");
+        assert_eq!(settle_short(&short).outcome, SettleOutcome::Expired);
+        // A hold extended to expire sooner than it would have expires at its new time.
+        let (kept, cut) = (HoldId::generate(), HoldId::generate());
+        reserve(&kept, 1, 600);
+        reserve(&cut, 20, 600);
+        // (Before anything else is due: the expired id is forgotten at 3 s.)
+        ledger
+            .do_extend(&acct, &cut, Duration::from_millis(500))
+            .unwrap();
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(held(), 11, "the extended hold expired at its new time");
+        // Closed ids are still forgotten on time: expired at 2 s, forgotten at 3 s.
+        clock.advance(Duration::from_millis(499));
+        assert_eq!(settle_short(&short).outcome, SettleOutcome::Expired);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(settle_short(&short).outcome, SettleOutcome::Unknown);
     }
 
     #[test]
