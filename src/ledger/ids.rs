@@ -37,23 +37,53 @@ fn is_hold_char(b: u8) -> bool {
 /// assert!(AccountId::new("acct}{x").is_err());
 /// assert!(AccountId::new("").is_err());
 /// ```
-#[derive(Clone, Eq, PartialOrd, Ord)]
-pub struct AccountId(Arc<str>);
+#[derive(Clone)]
+pub struct AccountId {
+    text: Arc<str>,
+    /// The text's hash, made once with a per-process random seed: a billed request hashes
+    /// its account four times (two ledger calls, each a shard and a map), and the text is
+    /// not read for any of them.
+    hash: u64,
+}
 
-/// As derived: the text's hash (consistent with `eq`, which is the text's equality).
+/// The hash made when the id is: the same text always gives the same value in a process,
+/// and a caller cannot predict it (the seed is random), so maps keyed by ids stay as
+/// resistant to chosen collisions as with the text itself.
 impl std::hash::Hash for AccountId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state)
+        state.write_u64(self.hash)
     }
 }
 
-/// Equal by text, as derived, but a clone of the same id is equal without reading the
-/// text: the ledger's map compares the caller's id with its own key on every call, and
-/// among a million accounts that key's text is a cache miss.
+/// Equal by text, but a clone of the same id is equal without reading the text, and ids of
+/// different hashes without it either: the ledger's map compares the caller's id with its
+/// own key on every call, and among a million accounts that key's text is a cache miss.
 impl PartialEq for AccountId {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+        Arc::ptr_eq(&self.text, &other.text) || (self.hash == other.hash && self.text == other.text)
     }
+}
+
+impl Eq for AccountId {}
+
+/// By text.
+impl PartialOrd for AccountId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// By text.
+impl Ord for AccountId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+/// The seeded hash of an account id's text.
+fn text_hash(text: &str) -> u64 {
+    static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    std::hash::BuildHasher::hash_one(SEED.get_or_init(Default::default), text)
 }
 
 impl AccountId {
@@ -71,25 +101,28 @@ impl AccountId {
         };
         match reason {
             Some(reason) => Err(LedgerError::InvalidAccountId { reason }),
-            None => Ok(Self(Arc::from(id))),
+            None => Ok(Self {
+                text: Arc::from(id),
+                hash: text_hash(id),
+            }),
         }
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 
 impl fmt::Debug for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AccountId({:?})", &*self.0)
+        write!(f, "AccountId({:?})", &*self.text)
     }
 }
 
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -276,6 +309,26 @@ impl From<&HoldId> for HoldId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_is_its_text_however_its_id_was_made() {
+        use std::collections::HashMap;
+        let made = AccountId::new("acct_42").unwrap();
+        let parsed: AccountId = "acct_42".parse().unwrap();
+        assert!(!Arc::ptr_eq(&made.text, &parsed.text), "two separate ids");
+        assert_eq!(made, parsed);
+        assert_eq!(made.cmp(&parsed), std::cmp::Ordering::Equal);
+        let mut balances = HashMap::new();
+        balances.insert(made.clone(), 10);
+        assert_eq!(balances.get(&parsed), Some(&10), "found by the other id");
+        // Another text is another account, however close.
+        for other in ["acct_43", "Acct_42", "acct_42x", "acct_4"] {
+            let other = AccountId::new(other).unwrap();
+            assert_ne!(made, other);
+            assert_eq!(balances.get(&other), None);
+        }
+        assert!(AccountId::new("a").unwrap() < AccountId::new("b").unwrap());
+    }
 
     #[test]
     fn account_ids_cannot_break_out_of_a_hash_tag() {
