@@ -99,8 +99,9 @@ impl<L: Ledger> Settler for Shared<L> {
         let mut first = settle_call(&self.ledger, hold, decision);
         let mut cx = Context::from_waker(Waker::noop());
         // Outside a tokio runtime (a guard dropped on a plain thread), a networked ledger's
-        // future may panic on its first poll; that must not abort an unwinding thread.
-        let polled = if tokio::runtime::Handle::try_current().is_ok() {
+        // future may panic on its first poll; that must not abort an unwinding thread. An
+        // in-process ledger's never needs one.
+        let polled = if L::IN_PROCESS || tokio::runtime::Handle::try_current().is_ok() {
             Pin::new(&mut first).poll(&mut cx)
         } else {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -120,6 +120,10 @@ pub(crate) struct Alerts {
 impl Alerts {
     /// The thresholds in credits, highest first (the order a falling balance crosses them).
     pub(crate) fn resolved(&self) -> Vec<u64> {
+        if self.thresholds.is_empty() {
+            // Most accounts: nothing to sort on every reserve.
+            return Vec::new();
+        }
         let mut values: Vec<u64> = self
             .thresholds
             .iter()
@@ -147,6 +151,10 @@ impl Alerts {
         available: i64,
         runway: Option<u64>,
     ) -> (Vec<u64>, Option<u64>) {
+        if self.thresholds.is_empty() && (self.runway_fired || runway.is_none()) {
+            // No threshold, and no runway event that could fire: the usual commit.
+            return (Vec::new(), None);
+        }
         let mut crossed: Vec<(u64, usize)> = Vec::new();
         for (i, t) in self.thresholds.iter().enumerate() {
             let value = t.credits(self.last_top_up);
