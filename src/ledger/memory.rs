@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::audit::{check_history, AuditEntry, AuditKind, HistoryPage};
 use super::expired;
 use super::idempotency::check_retention;
+use super::open_holds::{Expiring, OpenHolds};
 use super::outbox_memory::MemoryOutbox;
 use super::{
     burn_rate_after, check_alerts, check_idempotency_key, check_route, check_ttl, decayed_rate,
@@ -300,9 +301,8 @@ impl Requests {
 /// Open holds and recently closed ids of one account, by their ids' [`IdKey`].
 #[derive(Default)]
 struct Activity {
-    holds: FastMap<IdKey, OpenHold>,
-    /// Open holds ordered by expiry: the expiry index.
-    expiry: BTreeSet<(u64, IdKey)>,
+    /// Open holds, with their expiry order.
+    holds: OpenHolds<OpenHold>,
     /// Settled, refunded, expired and tombstoned ids, with how they closed, until their
     /// forget-at time.
     done: FastMap<IdKey, SettleOutcome>,
@@ -319,15 +319,15 @@ struct Activity {
 }
 
 impl Activity {
-    /// Puts an open hold in the expiry index, to expire at `at` (ms).
-    fn index(&mut self, at: u64, key: IdKey) {
-        self.expiry.insert((at, key));
-        self.next_due = self.next_due.min(at);
+    /// Opens a hold.
+    fn open(&mut self, key: IdKey, hold: OpenHold) {
+        self.next_due = self.next_due.min(hold.expires_at_ms);
+        self.holds.insert(key, hold);
     }
 
     /// When the earliest hold expires or closed id is due to be forgotten.
     fn earliest_due(&self) -> u64 {
-        let expires = self.expiry.first().map_or(u64::MAX, |&(at, _)| at);
+        let expires = self.holds.earliest_expiry().unwrap_or(u64::MAX);
         let forgets = self.forget.peek().map_or(u64::MAX, |Reverse((at, _))| *at);
         expires.min(forgets)
     }
@@ -374,6 +374,16 @@ struct OpenHold {
     route: Option<Arc<str>>,
 }
 
+impl Expiring for OpenHold {
+    fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+
+    fn set_expires_at_ms(&mut self, at: u64) {
+        self.expires_at_ms = at;
+    }
+}
+
 impl AccountState {
     fn available(&self) -> i64 {
         self.topped_up as i64 - self.committed as i64 - self.held as i64
@@ -394,7 +404,7 @@ impl AccountState {
     }
 
     fn open_hold(&self, key: IdKey) -> Option<&OpenHold> {
-        self.activity.as_ref()?.holds.get(&key)
+        self.activity.as_ref()?.holds.get(key)
     }
 
     fn open_holds(&self) -> usize {
@@ -420,20 +430,14 @@ impl AccountState {
         let mut released = 0;
         let mut expired = Vec::new();
         for _ in 0..RECLAIM_LIMIT {
-            let Some(first) = activity.expiry.first() else {
+            let Some((key, hold)) = activity.holds.pop_expired(now_ms) else {
                 break;
             };
-            if first.0 > now_ms {
-                break;
-            }
-            let (_, key) = activity.expiry.pop_first().expect("checked above");
-            if let Some(hold) = activity.holds.remove(&key) {
-                released += hold.amount;
-                let forget = forget_at(now_ms, hold.expires_at_ms);
-                activity.remember(key, SettleOutcome::Expired, forget);
-                if audit_cap > 0 {
-                    expired.push((hold.id, hold.amount, hold.route));
-                }
+            released += hold.amount;
+            let forget = forget_at(now_ms, hold.expires_at_ms);
+            activity.remember(key, SettleOutcome::Expired, forget);
+            if audit_cap > 0 {
+                expired.push((hold.id, hold.amount, hold.route));
             }
         }
         activity.forget_due(now_ms);
@@ -801,9 +805,7 @@ impl MemoryLedger {
                 r.route.as_ref(),
             );
             state.audit(audit_cap, entry, now);
-            let activity = state.activity();
-            activity.index(expires_at_ms, key);
-            activity.holds.insert(
+            state.activity().open(
                 key,
                 OpenHold {
                     id: r.hold_id,
@@ -841,11 +843,10 @@ impl MemoryLedger {
         let tombstone_ttl_ms = self.inner.longest_ttl.get();
         let result = self.with_account(account, |state, now| {
             let hold_key = id_key(hold_id);
-            let open = state.activity.as_deref_mut().and_then(|a| {
-                let hold = a.holds.remove(&hold_key)?;
-                a.expiry.remove(&(hold.expires_at_ms, hold_key));
-                Some(hold)
-            });
+            let open = state
+                .activity
+                .as_deref_mut()
+                .and_then(|a| a.holds.remove(hold_key));
             let Some(hold) = open else {
                 if let Some(how) = state.closed(hold_key) {
                     return Ok(state.settlement(already(how), now));
@@ -949,14 +950,11 @@ impl MemoryLedger {
             let Some(activity) = state.activity.as_deref_mut() else {
                 return Ok(Extended::NotOpen(SettleOutcome::Unknown));
             };
-            let Some(hold) = activity.holds.get_mut(&key) else {
+            let expires_at_ms = now + ttl_ms;
+            if activity.holds.set_expiry(key, expires_at_ms).is_none() {
                 let how = closed.map(already);
                 return Ok(Extended::NotOpen(how.unwrap_or(SettleOutcome::Unknown)));
-            };
-            let expires_at_ms = now + ttl_ms;
-            activity.expiry.remove(&(hold.expires_at_ms, key));
-            hold.expires_at_ms = expires_at_ms;
-            activity.expiry.insert((expires_at_ms, key));
+            }
             activity.next_due = activity.next_due.min(expires_at_ms);
             Ok(Extended::Until(expires_at_ms))
         });
@@ -1000,7 +998,7 @@ impl MemoryLedger {
             let hold = state
                 .activity
                 .as_deref_mut()
-                .and_then(|a| a.holds.get_mut(&key))
+                .and_then(|a| a.holds.get_mut(key))
                 .expect("open above");
             hold.amount = target;
             let entry = (AuditKind::Grow, raise, Some(g.hold_id()), None);

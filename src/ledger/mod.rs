@@ -62,6 +62,7 @@ pub mod idempotency;
 mod ids;
 pub mod lease;
 mod memory;
+mod open_holds;
 mod outbox_memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
