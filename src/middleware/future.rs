@@ -103,6 +103,8 @@ where
     L: Ledger,
 {
     /// Starts carrying out `plan`.
+    // Inlined into `call`: the request is moved on from here.
+    #[inline(always)]
     pub(crate) fn start(
         shared: Arc<Shared<L>>,
         mut inner: S,

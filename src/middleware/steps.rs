@@ -37,6 +37,8 @@ pub(super) fn answer<F, B, L: Ledger>(
 }
 
 /// A billed request: through the breaker, then to its account.
+// Inlined: the request (240 bytes) is moved through these steps, once per call made.
+#[inline(always)]
 pub(super) fn bill<S, B, L>(
     shared: &Arc<Shared<L>>,
     inner: &mut S,
@@ -95,6 +97,8 @@ where
 }
 
 /// Once the account is known: hold (the usual case), quote, or pass with nothing held.
+// Inlined: the request (240 bytes) is moved through these steps, once per call made.
+#[inline(always)]
 fn after_account<S, B, L>(
     shared: &Arc<Shared<L>>,
     inner: &mut S,
@@ -254,6 +258,8 @@ where
 }
 
 /// The reserve's answer: run the call with its hold, or refuse.
+// Inlined into its two callers, for the same reason as `bill`.
+#[inline(always)]
 pub(super) fn reserved<S, B, L>(
     shared: &Arc<Shared<L>>,
     inner: &mut S,
