@@ -67,10 +67,10 @@ pin_project! {
             // that answers at once never touches the timer wheel.
             #[pin]
             timer: Option<Sleep>,
-            renew_at: Instant,
             guard: HoldGuard,
-            expires: Instant,
-            cap_at: Instant,
+            // When the hold was placed: its renewal, expiry and lifetime cap follow from it
+            // (see `HoldTimes`), worked out only when the call outlives a first poll.
+            started: Instant,
         },
         PassThrough { #[pin] fut: F },
         Quote { fut: BoxLedgerFuture<Balance>, min_price: Option<u64>, amount: u64 },
@@ -179,12 +179,10 @@ where
                 StateProj::Call {
                     fut,
                     timer,
-                    renew_at,
                     guard,
-                    expires,
-                    cap_at,
+                    started,
                 } => {
-                    let times = (*renew_at, *expires, *cap_at);
+                    let times = HoldTimes::of(shared, *started);
                     Step::Called(ready!(poll_call(fut, timer, guard, times, cx)))
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
@@ -210,16 +208,8 @@ where
                     },
                     Step::Quoted(balance),
                 ) => balance_read(shared, protocol, (min_price, amount), balance),
-                (
-                    StateOwned::Call {
-                        guard,
-                        expires,
-                        cap_at,
-                        ..
-                    },
-                    Step::Called(called),
-                ) => {
-                    let times = (expires, cap_at);
+                (StateOwned::Call { guard, started, .. }, Step::Called(called)) => {
+                    let times = HoldTimes::of(shared, started);
                     return Poll::Ready(called_back(shared, protocol, guard, times, called));
                 }
                 _ => unreachable!("a step is taken from the state that made it"),
@@ -229,13 +219,48 @@ where
     }
 }
 
+/// When a call's hold is renewed, expires and meets its lifetime cap: from when it was
+/// placed and the layer's settings, worked out when asked (a call that answers at once
+/// asks for none of them).
+#[derive(Clone, Copy)]
+struct HoldTimes {
+    ttl: std::time::Duration,
+    lifetime: std::time::Duration,
+    started: Instant,
+}
+
+impl HoldTimes {
+    fn of<L: Ledger>(shared: &Shared<L>, started: Instant) -> Self {
+        Self {
+            ttl: shared.hold_ttl,
+            lifetime: shared.max_hold_lifetime,
+            started,
+        }
+    }
+
+    /// The lifetime cap.
+    fn cap_at(self) -> Instant {
+        self.started + self.lifetime
+    }
+
+    /// When the hold expires unless renewed.
+    fn expires(self) -> Instant {
+        self.started + self.ttl
+    }
+
+    /// The first renewal: a third of the TTL in, or the cap if sooner.
+    fn renew_at(self) -> Instant {
+        (self.started + self.ttl / 3).min(self.cap_at())
+    }
+}
+
 /// Polls the inner call, keeping its hold: hands it to the keeper's watch when the first
 /// renewal is due, and ends the call when the keeper cuts it at the lifetime cap.
 fn poll_call<F, R, E>(
     fut: Pin<&mut F>,
     mut timer: Pin<&mut Option<Sleep>>,
     guard: &mut HoldGuard,
-    (renew_at, expires, cap_at): (Instant, Instant, Instant),
+    times: HoldTimes,
     cx: &mut Context<'_>,
 ) -> Poll<Called<R, E>>
 where
@@ -248,11 +273,12 @@ where
         Ok(Poll::Pending) => {}
     }
     if timer.is_none() {
-        timer.set(Some(sleep_until(renew_at)));
+        timer.set(Some(sleep_until(times.renew_at())));
     }
     let mut timer = timer.as_pin_mut().expect("set above");
     let due = guard.watched().is_none() && timer.as_mut().poll(cx).is_ready();
-    if due && guard.watch(expires, cap_at).is_none() {
+    let cap_at = times.cap_at();
+    if due && guard.watch(times.expires(), cap_at).is_none() {
         // No keeper (shut down): the cap is kept here, without renewals.
         if Instant::now() >= cap_at {
             return Poll::Ready(Called::Cut);
@@ -274,11 +300,14 @@ fn called_back<L: Ledger, B: http_body::Body, E>(
     shared: &Shared<L>,
     protocol: Protocol,
     mut guard: HoldGuard,
-    times: (Instant, Instant),
+    times: HoldTimes,
     called: Called<Response<B>, E>,
 ) -> Result<Response<ResponseBody<B>>, E> {
     match called {
-        Called::Response(response) => Ok(finish(shared, protocol, guard, response, times)),
+        Called::Response(response) => {
+            let times = (times.expires(), times.cap_at());
+            Ok(finish(shared, protocol, guard, response, times))
+        }
         Called::Error(error) => {
             guard.settle(End::Error);
             Err(error)

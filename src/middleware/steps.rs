@@ -298,15 +298,11 @@ where
             };
             let guard = HoldGuard::new(shared.clone(), hold);
             req.extensions_mut().insert(charge);
-            let started = Instant::now();
-            let cap_at = started + shared.max_hold_lifetime;
             return State::Call {
                 fut: inner.call(req),
                 timer: None,
-                renew_at: (started + shared.hold_ttl / 3).min(cap_at),
                 guard,
-                expires: started + shared.hold_ttl,
-                cap_at,
+                started: Instant::now(),
             };
         }
         Ok(ReserveOutcome::Insufficient(refused)) => {
