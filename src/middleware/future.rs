@@ -305,7 +305,7 @@ fn called_back<L: Ledger, B: http_body::Body, E>(
 ) -> Result<Response<ResponseBody<B>>, E> {
     match called {
         Called::Response(response) => {
-            let times = (times.expires(), times.cap_at());
+            let times = || (times.expires(), times.cap_at());
             Ok(finish(shared, protocol, guard, response, times))
         }
         Called::Error(error) => {

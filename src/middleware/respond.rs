@@ -89,7 +89,8 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
     protocol: Protocol,
     mut guard: HoldGuard,
     response: Response<B>,
-    (expires, cap_at): (Instant, Instant),
+    // When the hold expires and meets its cap, asked only if the body settles it.
+    times: impl FnOnce() -> (Instant, Instant),
 ) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
     let names = &shared.headers;
@@ -133,6 +134,7 @@ pub(crate) fn finish<L: Ledger, B: http_body::Body>(
     };
     // Settled at body end: the head carries the hold and a lower bound of the balance.
     let hold = guard.hold().clone();
+    let (expires, cap_at) = times();
     guard.watch(expires, cap_at);
     guard.head_sent();
     headers::write_pending(
