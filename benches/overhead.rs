@@ -595,12 +595,13 @@ fn instructions(report: &mut Report) {
         "instr/req",
         Target::None,
     );
+    // Issue 29: half of the 16,988 the layer added when it was filed.
     report.row(
         section,
         "instructions added by CreditLayer",
         layer - bare,
         "instr/req",
-        Target::None,
+        Target::AtMost(16_988.0 / 2.0),
     );
     report.row(
         section,

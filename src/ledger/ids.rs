@@ -242,6 +242,15 @@ impl HoldId {
         Self(HoldRepr::Generated(digits))
     }
 
+    /// The 32 lowercase hex digits of a generated id; `None` for a chosen one (whatever
+    /// its text).
+    pub(crate) fn generated_digits(&self) -> Option<&[u8; 32]> {
+        match &self.0 {
+            HoldRepr::Generated(digits) => Some(digits),
+            HoldRepr::Chosen(_) => None,
+        }
+    }
+
     /// The id's text as bytes (no UTF-8 check, unlike [`Self::as_str`]).
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match &self.0 {
