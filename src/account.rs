@@ -434,6 +434,15 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthorized> {
     check_key(bearer_bytes(headers)?)
 }
 
+/// `Bearer ` in any case, as one compare: each byte lower-cased by setting its `0x20` bit.
+/// Only `B`/`b`, `E`/`e`, … become the letters of `bearer`, and only the space (or a NUL,
+/// which no header value holds) becomes the space.
+fn is_bearer(scheme: &[u8; 7]) -> bool {
+    let mut eight = [0u8; 8];
+    eight[..7].copy_from_slice(scheme);
+    u64::from_le_bytes(eight) | 0x0020_2020_2020_2020 == u64::from_le_bytes(*b"bearer \0")
+}
+
 /// The key of `Authorization: Bearer <key>` as sent (see [`sent_key`]).
 fn bearer_bytes(headers: &HeaderMap) -> Result<&[u8], Unauthorized> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
@@ -447,8 +456,8 @@ fn bearer_bytes(headers: &HeaderMap) -> Result<&[u8], Unauthorized> {
     if bytes.len() > MAX_API_KEY_LEN + 7 {
         return Err(Unauthorized::Oversized);
     }
-    match bytes.split_at_checked(7) {
-        Some((scheme, key)) if scheme.eq_ignore_ascii_case(b"bearer ") => sent_key(key),
+    match bytes.split_first_chunk::<7>() {
+        Some((scheme, key)) if is_bearer(scheme) => sent_key(key),
         _ => Err(Unauthorized::Malformed(
             "expected `Authorization: Bearer <key>`",
         )),
@@ -485,6 +494,24 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
         h
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_as_any_case_of_bearer_and_nothing_else() {
+        // Every byte a header value can hold, at each of the seven places.
+        for place in 0..7 {
+            for byte in (1..=255u8).filter(|&b| b >= 32 && b != 127 || b == b'\t') {
+                let mut scheme = *b"bearer ";
+                scheme[place] = byte;
+                assert_eq!(
+                    is_bearer(&scheme),
+                    scheme.eq_ignore_ascii_case(b"bearer "),
+                    "{:?}",
+                    String::from_utf8_lossy(&scheme)
+                );
+            }
+        }
+        assert!(is_bearer(b"BeArEr "));
     }
 
     #[test]
