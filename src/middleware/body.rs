@@ -203,7 +203,7 @@ fn settle_on_end<E: Into<BoxError>>(
         let event = settle
             .take()
             .and_then(|pending| pending.finish(&mut trailers, false, cut));
-        *tail = Tail::Closing { event, trailers };
+        *tail = Tail::closing(event, trailers);
     };
     match polled {
         Some(Ok(frame)) => {
@@ -232,10 +232,7 @@ fn settle_on_end<E: Into<BoxError>>(
                         .and_then(|pending| pending.finish(&mut trailers, true, false));
                     match event {
                         Some(event) => {
-                            *tail = Tail::Closing {
-                                event: None,
-                                trailers,
-                            };
+                            *tail = Tail::closing(None, trailers);
                             Some(Ok(Frame::data(event)))
                         }
                         None => {
@@ -390,7 +387,7 @@ where
         } => {
             match tail {
                 Tail::Done => return Poll::Ready(None),
-                Tail::Closing { .. } => return Poll::Ready(next_closing(tail)),
+                Tail::Closing(_) => return Poll::Ready(next_closing(tail)),
                 Tail::Streaming => {}
             }
             let Some(pending) = settle.as_mut() else {
@@ -435,7 +432,7 @@ fn kind_ended<B: Body>(kind: &Kind<B>) -> bool {
             tail: Tail::Done, ..
         } => true,
         Kind::Inner {
-            tail: Tail::Closing { .. },
+            tail: Tail::Closing(_),
             ..
         } => false,
         Kind::Inner {

@@ -55,31 +55,36 @@ pub(super) enum Tail {
     /// The inner body is still streaming.
     Streaming,
     /// Settled as the inner body ended (or was cut at its hold): the SSE `credits` event,
-    /// if any, then our trailers, one per poll.
-    Closing {
-        event: Option<Bytes>,
-        trailers: HeaderMap,
-    },
+    /// if any, then our trailers, one per poll. Boxed: a response settled at its head never
+    /// gets here, and every response's body is moved a few times on its way out.
+    Closing(Box<Closing>),
     Done,
+}
+
+/// What a settling response sends after its inner body.
+#[derive(Debug)]
+pub(super) struct Closing {
+    event: Option<Bytes>,
+    trailers: HeaderMap,
+}
+
+impl Tail {
+    /// The SSE event (if any), then `trailers`.
+    pub(super) fn closing(event: Option<Bytes>, trailers: HeaderMap) -> Self {
+        Self::Closing(Box::new(Closing { event, trailers }))
+    }
 }
 
 /// The next frame after the inner body: the SSE event, then the trailers, then nothing.
 pub(super) fn next_closing(tail: &mut Tail) -> Option<Result<Frame<Bytes>, BoxError>> {
     match std::mem::replace(tail, Tail::Done) {
-        Tail::Closing {
-            event: Some(event),
-            trailers,
-        } => {
-            *tail = Tail::Closing {
-                event: None,
-                trailers,
-            };
-            Some(Ok(Frame::data(event)))
-        }
-        Tail::Closing {
-            event: None,
-            trailers,
-        } => Some(Ok(Frame::trailers(trailers))),
+        Tail::Closing(mut closing) => match closing.event.take() {
+            Some(event) => {
+                *tail = Tail::Closing(closing);
+                Some(Ok(Frame::data(event)))
+            }
+            None => Some(Ok(Frame::trailers(closing.trailers))),
+        },
         other => {
             *tail = other;
             None
