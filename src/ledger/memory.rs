@@ -370,6 +370,10 @@ impl Activity {
     /// Remembers how a hold id closed, until `forget_at` (ms).
     fn remember(&mut self, key: IdKey, how: SettleOutcome, forget_at: u64) {
         self.done.insert(key, how);
+        if self.forget.capacity() == 0 {
+            // As the short hold list: room for one closed id first, not four.
+            self.forget.reserve_exact(1);
+        }
         self.forget.push(Reverse((forget_at, key)));
         self.done_until = self.done_until.max(forget_at);
         self.next_due = self.next_due.min(forget_at);

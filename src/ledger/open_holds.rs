@@ -71,7 +71,13 @@ impl<H: Expiring> OpenHolds<H> {
     /// Adds a hold whose key is not open yet.
     pub(super) fn insert(&mut self, key: IdKey, hold: H) {
         match self {
-            Self::Few(few) if few.len() < FEW => few.push((key, hold)),
+            Self::Few(few) if few.len() < FEW => {
+                if few.capacity() == 0 {
+                    // Most accounts hold one at a time: room for one, not the default four.
+                    few.reserve_exact(1);
+                }
+                few.push((key, hold));
+            }
             Self::Few(few) => {
                 let mut holds = HashMap::with_capacity_and_hasher(FEW * 2, RandomState::default());
                 let mut expiry = BTreeSet::new();
