@@ -126,6 +126,7 @@ macro_rules! conformance_suite {
             an_affordable_hold_takes_what_is_left_down_to_its_minimum,
             concurrent_affordable_holds_never_overspend,
             reserve_unknown_account_creates_nothing,
+            an_in_process_ledger_answers_on_the_first_poll,
             zero_amount_reserve_and_commit,
             max_amount_bounds,
             top_up_past_max_total_is_refused,
@@ -204,8 +205,9 @@ pub use outbox::{
 };
 pub use reserve::{
     an_affordable_hold_takes_what_is_left_down_to_its_minimum,
-    concurrent_affordable_holds_never_overspend, max_amount_bounds, overdraft_with_credit_limit,
-    reserve_holds_credits, reserve_insufficient_writes_nothing, reserve_past_max_total_is_refused,
+    an_in_process_ledger_answers_on_the_first_poll, concurrent_affordable_holds_never_overspend,
+    max_amount_bounds, overdraft_with_credit_limit, reserve_holds_credits,
+    reserve_insufficient_writes_nothing, reserve_past_max_total_is_refused,
     reserve_unknown_account_creates_nothing, top_up_past_max_total_is_refused,
     zero_amount_reserve_and_commit,
 };

@@ -378,3 +378,47 @@ pub async fn overdraft_with_credit_limit<H: Harness>(h: &H) {
     assert_conserved(&l, &a).await;
     assert_conserved(&l, &fresh).await;
 }
+
+/// A ledger that says it answers in process ([`Ledger::IN_PROCESS`]) does: its reserve,
+/// extend, grow and settle are ready on their first poll, made and polled on a plain
+/// thread (no task, no runtime) with a waker that never wakes, and answer as awaited ones
+/// would. (Nothing to check for any other ledger.)
+pub async fn an_in_process_ledger_answers_on_the_first_poll<H: Harness>(h: &H) {
+    if !H::L::IN_PROCESS {
+        return;
+    }
+    let (l, _clock, a) = funded(h, "acct_in_process", 100).await;
+    let answers = std::thread::spawn(move || {
+        fn now<T>(mut fut: impl std::future::Future<Output = T> + Unpin) -> T {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::pin::Pin::new(&mut fut).poll(&mut cx) {
+                std::task::Poll::Ready(answer) => answer,
+                std::task::Poll::Pending => panic!("an in-process ledger left a call pending"),
+            }
+        }
+        let held = now(l.reserve(Reserve::new(a.clone(), hold("h1"), 30)));
+        let ttl = Duration::from_secs(60);
+        let extended = now(l.extend(crate::ledger::Extend::new(&a, hold("h1"), ttl)));
+        let grown = now(l.grow(crate::ledger::Grow::to(&a, hold("h1"), 40)));
+        let settled = now(l.settle(crate::ledger::Settle::commit(&a, hold("h1"), 25)));
+        (held, extended, grown, settled, l, a)
+    })
+    .join()
+    .expect("polled on a plain thread");
+    let (held, extended, grown, settled, l, a) = answers;
+    assert_eq!(expect_held(held.unwrap()).amount, 30);
+    assert!(matches!(
+        extended.unwrap(),
+        crate::ledger::Extended::Until(_)
+    ));
+    assert!(matches!(
+        grown.unwrap(),
+        crate::ledger::GrowOutcome::Grown(_)
+    ));
+    let settled = settled.unwrap();
+    assert_eq!(
+        (settled.outcome, settled.committed),
+        (SettleOutcome::Committed, 25)
+    );
+    assert_eq!(totals(&assert_conserved(&l, &a).await), (75, 0, 25, 100, 0));
+}

@@ -235,11 +235,12 @@ fn topup_digest(key: &str) -> [u8; 16] {
 ///
 /// An id spelled as 32 lowercase hex digits (every generated one) is keyed by the number
 /// those digits spell, its UUID: distinct such ids never share a key, and decoding them
-/// eight at a time costs about a third of hashing them. Any other id is its text hashed to
-/// 128 bits by two independently seeded foldhash passes (per process, never stored). Such
-/// an id meeting another id of its account in the key is a 2^-128 event for an id the
-/// caller cannot aim (the seeds are secret), and its worst outcome is a fresh id of that
-/// same account answered as already closed (the request is refused, nothing is charged).
+/// eight at a time costs about a third of hashing them. Any other id is its text through
+/// a keyed 128-bit SipHash-1-3 (a random key per process, never stored). Such an id meeting
+/// another id of its account in the key is a 2^-128 event for an id the caller cannot aim
+/// (the key is secret), and its worst outcome is a refusal, never a shared hold: an open
+/// hold found by key is checked to be of the same id (`LedgerError::Corrupt` if not), and a
+/// fresh id answered as already closed is refused with nothing charged.
 type IdKey = u128;
 
 fn id_key(id: &HoldId) -> IdKey {
@@ -256,9 +257,30 @@ fn id_key(id: &HoldId) -> IdKey {
             return hex_value(digits);
         }
     }
-    static SEEDS: std::sync::OnceLock<[RandomState; 2]> = std::sync::OnceLock::new();
-    let [a, b] = SEEDS.get_or_init(Default::default);
-    (u128::from(a.hash_one(text)) << 64) | u128::from(b.hash_one(text))
+    static KEY: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut key = [0u8; 16];
+        getrandom::fill(&mut key).expect("the OS random number generator");
+        key
+    });
+    use siphasher::sip128::Hasher128;
+    let mut hasher = siphasher::sip128::SipHasher13::new_with_key(key);
+    std::hash::Hasher::write(&mut hasher, text);
+    hasher.finish128().as_u128()
+}
+
+/// Whether the hold `found` by `id`'s key is another id's. Two generated ids never meet
+/// in their key (it is the number they spell), so only a pair with a chosen id compares
+/// text.
+fn another_ids(found: &HoldId, id: &HoldId) -> bool {
+    let both_generated = found.generated_digits().is_some() && id.generated_digits().is_some();
+    !both_generated && found != id
+}
+
+/// Two ids met in their key: refused as a store fault, so neither shares the other's hold.
+#[cold]
+fn key_collision(id: &HoldId) -> LedgerError {
+    LedgerError::Corrupt(format!("hold id {id} met another open hold's id key").into())
 }
 
 /// The number 32 lowercase hex digits spell (the first digit the most significant).
@@ -786,6 +808,9 @@ impl MemoryLedger {
         let result = self.with_account(&r.account, |state, now| {
             let key = id_key(&r.hold_id);
             if let Some(hold) = state.open_hold(key) {
+                if another_ids(&hold.id, &r.hold_id) {
+                    return Err(key_collision(&r.hold_id));
+                }
                 return Ok(ReserveOutcome::Held(Held {
                     amount: hold.amount,
                     available: state.available(),
@@ -882,6 +907,15 @@ impl MemoryLedger {
                 .activity
                 .as_deref_mut()
                 .and_then(|a| a.holds.remove(hold_key));
+            if open
+                .as_ref()
+                .is_some_and(|hold| another_ids(&hold.id, hold_id))
+            {
+                // Another id's hold, met in the key: put back, and this call refused.
+                let other = open.expect("checked above");
+                state.activity().holds.insert(hold_key, other);
+                return Err(key_collision(hold_id));
+            }
             let Some(hold) = open else {
                 if let Some(how) = state.closed(hold_key) {
                     return Ok(state.settlement(already(how), now));
@@ -982,6 +1016,12 @@ impl MemoryLedger {
         let result = self.with_account(account, |state, now| {
             let key = id_key(hold_id);
             let closed = state.closed(key);
+            if state
+                .open_hold(key)
+                .is_some_and(|hold| another_ids(&hold.id, hold_id))
+            {
+                return Err(key_collision(hold_id));
+            }
             let Some(activity) = state.activity.as_deref_mut() else {
                 return Ok(Extended::NotOpen(SettleOutcome::Unknown));
             };
@@ -1009,6 +1049,9 @@ impl MemoryLedger {
                 let how = closed.map(already).unwrap_or(SettleOutcome::Unknown);
                 return Ok(GrowOutcome::NotOpen(how));
             };
+            if another_ids(&hold.id, g.hold_id()) {
+                return Err(key_collision(g.hold_id()));
+            }
             let current = hold.amount;
             if to <= current {
                 // Already there (a retried grow): nothing moves.
@@ -1396,6 +1439,42 @@ mod tests {
         assert!(ledger.shard(&acct).lock().accounts[&acct]
             .activity
             .is_none());
+    }
+
+    #[test]
+    fn ids_that_meet_in_their_key_never_share_a_hold() {
+        // A 2^-128 event, made here by hand: the open hold of h1's key is another id's.
+        let ledger = MemoryLedger::new();
+        let acct = AccountId::new("acct_keys").unwrap();
+        ledger.do_top_up(&acct, 100, "pay-1").unwrap();
+        let (mine, theirs) = (HoldId::new("h1").unwrap(), HoldId::new("h2").unwrap());
+        ledger
+            .do_reserve(Reserve::new(acct.clone(), theirs.clone(), 30))
+            .unwrap();
+        {
+            let mut shard = ledger.shard(&acct).lock();
+            let activity = shard.accounts.get_mut(&acct).unwrap().activity.as_mut();
+            let holds = &mut activity.unwrap().holds;
+            let hold = holds.remove(id_key(&theirs)).unwrap();
+            holds.insert(id_key(&mine), hold);
+        }
+        fn corrupt<T>(r: Result<T, LedgerError>) -> bool {
+            matches!(r, Err(LedgerError::Corrupt(_)))
+        }
+        let reserve = Reserve::new(acct.clone(), mine.clone(), 30);
+        assert!(
+            corrupt(ledger.do_reserve(reserve)),
+            "not answered as its hold"
+        );
+        assert!(corrupt(ledger.do_settle(&acct, &mine, Some(30), None)));
+        assert!(corrupt(ledger.do_extend(
+            &acct,
+            &mine,
+            Duration::from_secs(5)
+        )));
+        assert!(corrupt(ledger.do_grow(&Grow::to(&acct, &mine, 40))));
+        let balance = ledger.balance(&acct).into_inner().unwrap();
+        assert_eq!((balance.held, balance.committed), (30, 0), "nothing moved");
     }
 
     #[test]

@@ -145,8 +145,11 @@ pub trait Ledger: Clone + Send + Sync + 'static {
     /// never wakes, outside any task and runtime, and are ready once made whenever the
     /// answer is known (as [`MemoryLedger`]'s always are). The layer then polls a reserve
     /// once as it makes it and, when it has answered, calls the service without waiting
-    /// for another poll. Default `false`: a ledger across a network is polled only by its
-    /// request's task.
+    /// for another poll. So with such a ledger the service is called from the layer's
+    /// `call` (not its future's first poll), as a `tower` service may: a future dropped
+    /// unpolled then refunds a hold whose call already started, as a cancelled request's
+    /// does. Default `false`: a ledger across a network is polled only by its request's
+    /// task.
     const IN_PROCESS: bool = false;
 
     /// Holds credits; see the [module docs](self).

@@ -61,6 +61,8 @@ impl<H: Expiring> OpenHolds<H> {
         }
     }
 
+    /// The hold of `key`, to change anything but its expiry (that is
+    /// [`set_expiry`](Self::set_expiry)'s: the index must move with it).
     pub(super) fn get_mut(&mut self, key: IdKey) -> Option<&mut H> {
         match self {
             Self::Few(few) => few.iter_mut().find(|(k, _)| *k == key).map(|(_, h)| h),
@@ -70,6 +72,7 @@ impl<H: Expiring> OpenHolds<H> {
 
     /// Adds a hold whose key is not open yet.
     pub(super) fn insert(&mut self, key: IdKey, hold: H) {
+        debug_assert!(self.get(key).is_none(), "a key opened twice");
         match self {
             Self::Few(few) if few.len() < FEW => {
                 if few.capacity() == 0 {
