@@ -236,14 +236,21 @@ async fn cached_api_keys_expire_and_are_looked_up_again() {
     .await;
 }
 
+/// The layer on a ledger that counts its key lookups, with one account of 10 credits whose
+/// API key is `key`.
+async fn served_with_one_key(name: &str, key: &str) -> (SwitchLedger, AccountId, Server) {
+    let ledger = SwitchLedger::new(MemoryLedger::new());
+    let victim = account(&ledger.inner, name, key, 10).await;
+    let server = Server::start(app(CreditLayer::new(ledger.clone()))).await;
+    (ledger, victim, server)
+}
+
 #[tokio::test]
 async fn a_malformed_key_is_refused_as_malformed_while_its_neighbour_is_cached() {
     // A warm key skips the character check (the cache holds only checked keys): a key
     // with a character no key may hold is still checked, refused as malformed, and never
     // looked up or served, however close it is to a cached one.
-    let ledger = SwitchLedger::new(MemoryLedger::new());
-    let victim = account(&ledger.inner, "acct_warm", "key-warm-1234", 10).await;
-    let server = Server::start(app(CreditLayer::new(ledger.clone()))).await;
+    let (ledger, victim, server) = served_with_one_key("acct_warm", "key-warm-1234").await;
     let client = http1();
     let url = server.url("/v1/echo");
     let ok = send(&client, get_req(&url, Some("key-warm-1234"))).await;
@@ -273,9 +280,7 @@ async fn a_malformed_key_is_refused_as_malformed_while_its_neighbour_is_cached()
 /// ledger, and is refused, and the cached key's account pays for none of them.
 #[tokio::test]
 async fn a_key_near_a_cached_one_is_not_served_from_the_cache() {
-    let ledger = SwitchLedger::new(MemoryLedger::new());
-    let victim = account(&ledger.inner, "acct_cached", "key-cached-1234", 10).await;
-    let server = Server::start(app(CreditLayer::new(ledger.clone()))).await;
+    let (ledger, victim, server) = served_with_one_key("acct_cached", "key-cached-1234").await;
     let client = http1();
     let url = server.url("/v1/echo");
     let status = |key: &'static str| {
