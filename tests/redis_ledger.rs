@@ -314,6 +314,103 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
     );
 }
 
+/// As a Redis Function a script keeps the argument texts it has checked, by check (a memo
+/// that saves a pattern match and a `tonumber` per argument): a bad text is still refused
+/// on every call, a text good for one check is checked again for another, and a flood of
+/// distinct good texts (past the memo's bound, which drops it whole) changes neither.
+#[tokio::test]
+async fn a_function_remembers_only_good_arguments_and_only_for_their_own_check() {
+    let server = RedisServer::start();
+    let l = ledger(&server).await;
+    assert!(
+        l.uses_functions(),
+        "the library is loaded as Redis Functions"
+    );
+    let a = acct("acct_memo");
+    l.top_up(TopUp::new(&a, 1_000_000_000, "pay-1"))
+        .await
+        .unwrap();
+    let (_, function) = RedisLedger::function_library("reserve").expect("reserve function");
+    let keys: Vec<String> = [
+        "acct", "holds", "expiry", "done", "usage", "topups", "outbox", "leases", "dead",
+    ]
+    .iter()
+    .map(|s| format!("credits:{{acct_memo}}:{s}"))
+    .collect();
+    let fcall = |args: &[&str]| {
+        let mut cli: Vec<&str> = vec!["FCALL", &function, "9"];
+        cli.extend(keys.iter().map(String::as_str));
+        cli.extend(args);
+        server.try_cli(&cli)
+    };
+    let reserve = |id: &'static str, amount: &'static str, ttl: &'static str| {
+        [
+            "0",
+            "3600000",
+            id,
+            amount,
+            ttl,
+            "",
+            "",
+            "",
+            "replica-1",
+            "30000",
+            "",
+            "",
+            "0",
+            "30000",
+            "100",
+        ]
+    };
+    // 86400001 is a good amount, and now remembered as one...
+    let held = fcall(&reserve("m1", "86400001", "60000")).unwrap();
+    assert!(held.starts_with("held"), "{held}");
+    // ...but not as a TTL, whose most is 86400000.
+    let err = fcall(&reserve("m2", "5", "86400001")).expect_err("a TTL past a day");
+    assert!(err.contains("invalid argument: ttl"), "{err}");
+
+    // Past the memo's bound of 1,024 texts, through the ledger's own calls.
+    for amount in 1..=1_100u64 {
+        let id = hold(&format!("flood-{amount}"));
+        let held = l.reserve(Reserve::new(a.clone(), id.clone(), amount)).await;
+        assert!(matches!(held, Ok(ReserveOutcome::Held(_))), "{held:?}");
+        l.refund(&a, &id).await.unwrap();
+    }
+    let before = server.cli(&["DUMP", &keys[0]]);
+    for (i, bad) in [
+        (3, "1e3"),
+        (3, "-5"),
+        (4, "0"),
+        (0, "-1"),
+        (8, "a b"),
+        (14, "x"),
+    ] {
+        let mut args = reserve("m3", "5", "60000");
+        args[i] = bad;
+        let err = fcall(&args).expect_err(&format!("ARGV {i} = {bad:?}"));
+        assert!(
+            err.contains("tower-credits: invalid argument"),
+            "ARGV {i} = {bad:?}: {err}"
+        );
+        // And again: a refused text is never remembered as good.
+        let err = fcall(&args).expect_err(&format!("ARGV {i} = {bad:?}, twice"));
+        assert!(
+            err.contains("tower-credits: invalid argument"),
+            "ARGV {i} = {bad:?}: {err}"
+        );
+    }
+    assert_eq!(
+        server.cli(&["DUMP", &keys[0]]),
+        before,
+        "a refused reserve wrote"
+    );
+    let held = fcall(&reserve("m4", "5", "60000")).unwrap();
+    assert!(
+        held.starts_with("held"),
+        "the good texts still hold: {held}"
+    );
+}
+
 /// `EVAL` through redis-cli.
 fn eval(
     server: &RedisServer,

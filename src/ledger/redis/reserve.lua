@@ -45,11 +45,7 @@ local ttl = uint_arg(5, 'ttl', 86400000)
 if ttl < 1 then
   bad('ttl')
 end
-local route = ARGV[6]
-if type(route) ~= 'string' or #route > 256 or string.find(route, '[%z\1-\31\127]')
-    or string.find(route, '\194[\128-\159]') then
-  bad('route')
-end
+local route = route_arg(6)
 local max_open = opt_uint_arg(7, 'max open holds')
 local least = opt_uint_arg(8, 'least amount')
 if not least or least > amount then
@@ -147,12 +143,13 @@ end
 local expires_at = now + ttl
 -- The expiry beside the amount too, so the settle reads both in one HMGET (the expiry
 -- index stays the one the reclaims walk).
+local expires_text = int(expires_at)
 if route ~= '' then
-  redis.call('HSET', KEYS[2], id, amount, id .. ':exp', expires_at, id .. ':route', route)
+  redis.call('HSET', KEYS[2], id, int(amount), id .. ':exp', expires_text, id .. ':route', route)
 else
-  redis.call('HSET', KEYS[2], id, amount, id .. ':exp', expires_at)
+  redis.call('HSET', KEYS[2], id, int(amount), id .. ':exp', expires_text)
 end
-redis.call('ZADD', KEYS[3], expires_at, id)
+redis.call('ZADD', KEYS[3], expires_text, id)
 a.held = a.held + amount
 if rk then
   redis.call('HSET', rk, 'fp', fingerprint, 'hold', id, 'until', now + retention)

@@ -93,12 +93,16 @@ if mode == 'commit' then
   a.committed = a.committed + charged
   a.rate = decayed_rate(a.rate, a.rate_at, now) + charged / BURN_RATE_TAU_SECS
   a.rate_at = now
-  a.rate_changed = true
+  -- Spelled here, once, for both the write and the reply: "%.17g" reads back as the same
+  -- double, and the reply need not read the field again.
+  a.rate_text = string.format('%.17g', a.rate)
   -- The spend history that earns a runway: commits of at least a credit, and the first
   -- (exact: every total is at most 2^53 - 1).
   fields[3], fields[4], fields[5], fields[6], fields[7], fields[8] =
-    'committed', a.committed, 'rate', a.rate, 'rate_at', now
-  if charged > 0 then
+    'committed', a.committed, 'rate', a.rate_text, 'rate_at', now
+  -- Counted only up to what a runway asks for (runway_known reads no more): past it, the
+  -- count is a write each commit need not make.
+  if charged > 0 and a.commits < RUNWAY_MIN_COMMITS then
     a.commits = a.commits + 1
     fields[9], fields[10] = 'commits', a.commits
     if not a.first_commit_at then
@@ -108,7 +112,7 @@ if mode == 'commit' then
   end
   audit(a, now, 'commit', charged, id, route, fields)
   redis.call('HINCRBY', KEYS[5], 'credits:' .. route, charged)
-  redis.call('HINCRBY', KEYS[5], 'calls:' .. route, 1)
+  redis.call('HINCRBY', KEYS[5], 'calls:' .. route, '1')
   events = alerts_after_commit(a, now, owner, lease_ms)
 else
   audit(a, now, 'refund', amount, id, route, fields)
