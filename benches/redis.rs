@@ -20,6 +20,12 @@
 //!   without thresholds armed, and the cost of each optional write (usage by route, an
 //!   outbox entry) as the difference it makes. Five rounds of every scenario in turn; each
 //!   figure is its least (a descheduled server only adds time).
+//! * 8i, instructions per script call (`REDIS_BENCH_PARTS=8i`, not in a whole run):
+//!   `redis-server` under `valgrind --tool=callgrind`, counting only inside `FCALL`;
+//!   reserves then commits of one open hold per account, plain, with thresholds armed and
+//!   without the audit trail, against the same floors as part 8. Counts repeat to about
+//!   1% from run to run, where part 8's µs move by a third: the figure to compare a change
+//!   to the scripts by.
 //! * 7, atomicity: 64 tasks spending one account until it runs dry, a naive `GET` then
 //!   `DECRBY` on a string key vs the ledger's reserve + commit: credits spent beyond the
 //!   balance, and spends/s.
@@ -1419,6 +1425,229 @@ async fn tls_cost(report: &mut Report) {
     }
 }
 
+/// Instructions `redis-server` runs inside `FCALL`, per call, counted by callgrind on a
+/// server of its own: `callgrind_control -z` before a batch of one script's calls and
+/// `-d` after, the dump's total over the batch. Unlike part 8's µs these repeat from run
+/// to run (to about 1%: the Lua collector steps every 50 calls), so a change to a script
+/// shows its effect in one run on a noisy machine. Returns `None` if a step failed.
+struct CallgrindRedis {
+    server: BenchRedis,
+    dir: std::path::PathBuf,
+}
+
+impl CallgrindRedis {
+    fn start() -> Option<Self> {
+        let dir = std::env::temp_dir().join(format!("tc-redis-callgrind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let server = BenchRedis::start_under_callgrind(&dir)?;
+        Some(Self { server, dir })
+    }
+
+    fn control(&self, what: &str) -> Option<()> {
+        let status = std::process::Command::new("callgrind_control")
+            .arg(what)
+            .arg(self.server.pid().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(())
+    }
+
+    /// The instructions counted while `calls` ran, over `n` calls.
+    async fn per_call<F: std::future::Future<Output = ()>>(
+        &self,
+        n: usize,
+        calls: F,
+    ) -> Option<f64> {
+        self.control("-z")?;
+        calls.await;
+        self.control("-d")?;
+        // The newest dump, then gone: each `-d` writes `out.<pid>.<n>`.
+        let newest = std::fs::read_dir(&self.dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())?
+            .path();
+        let text = std::fs::read_to_string(&newest).ok()?;
+        let _ = std::fs::remove_file(&newest);
+        let total: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(total / n as f64)
+    }
+}
+
+impl Drop for CallgrindRedis {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Part 8i: instructions per reserve and per commit (funded accounts, one open hold each
+/// at a time, as a billed request leaves them), with thresholds armed, without the audit
+/// trail, and the floors: an empty `FCALL`, and `TIME` + the account's `HMGET`.
+async fn instructions_per_call(report: &mut Report) {
+    let section = "8i. Redis instructions per script call (callgrind)";
+    let Some(counted) = CallgrindRedis::start() else {
+        println!("  [{section}] skipped (valgrind or callgrind_control not found, or failed)");
+        return;
+    };
+    let url = counted.server.url();
+    let connect = |audit: Option<usize>| {
+        let url = url.clone();
+        async move {
+            let mut b = RedisLedger::builder()
+                .url(url)
+                .call_timeout(Duration::from_secs(30));
+            if let Some(cap) = audit {
+                b = b.audit_cap(cap);
+            }
+            b.build()
+                .await
+                .expect("connect to the callgrind redis-server")
+        }
+    };
+    let ledger = connect(None).await;
+    let no_audit = connect(Some(0)).await;
+    const ACCOUNTS: usize = 20;
+    const ROUNDS: usize = 10;
+    let mut rows = Vec::new();
+    for (tag, ledger, armed) in [
+        ("plain", &ledger, false),
+        ("armed", &ledger, true),
+        ("no trail", &no_audit, false),
+    ] {
+        let ids = accounts(&format!("cg_{}", tag.replace(' ', "_")), ACCOUNTS);
+        fund(ledger, &ids, 1_000_000_000).await;
+        if armed {
+            for acct in &ids {
+                let settings = AccountSettings::new()
+                    .low_balance_threshold(1_000)
+                    .low_balance_threshold(100)
+                    .runway_horizon(Duration::from_secs(3_600));
+                ledger
+                    .configure(Configure::new(acct, settings))
+                    .await
+                    .unwrap();
+            }
+        }
+        for _ in 0..3 {
+            for acct in &ids {
+                reserve_commit(ledger, acct).await;
+            }
+        }
+        let (mut reserve, mut commit) = (0.0, 0.0);
+        for _ in 0..ROUNDS {
+            let holds: Vec<(AccountId, HoldId)> = ids
+                .iter()
+                .map(|a| (a.clone(), HoldId::generate()))
+                .collect();
+            let reserves = async {
+                for (acct, hold) in &holds {
+                    let r = ledger
+                        .reserve(Reserve::new(acct.clone(), hold.clone(), 2))
+                        .await;
+                    assert!(matches!(r, Ok(ReserveOutcome::Held(_))), "{r:?}");
+                }
+            };
+            let Some(r) = counted.per_call(holds.len(), reserves).await else {
+                println!("  [{section}] skipped (callgrind_control failed)");
+                return;
+            };
+            let commits = async {
+                for (acct, hold) in &holds {
+                    ledger.commit(acct, hold, 1).await.expect("commit");
+                }
+            };
+            let Some(c) = counted.per_call(holds.len(), commits).await else {
+                println!("  [{section}] skipped (callgrind_control failed)");
+                return;
+            };
+            reserve += r / ROUNDS as f64;
+            commit += c / ROUNDS as f64;
+        }
+        rows.push((tag, reserve, commit));
+    }
+    // The floors, by a library of their own on the same server.
+    let mut con = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let (noop, time_hmget) = {
+        let key = &account_keys(accounts("cg_plain", 1)[0].as_str())[0];
+        let mut floor = [0.0; 2];
+        let _ = floors(&mut con, &accounts("cg_plain", 1)[0]).await;
+        for (i, function) in ["bench_noop", "bench_time_hmget"].iter().enumerate() {
+            let calls = async {
+                for _ in 0..200 {
+                    let _: redis::Value = redis::cmd("FCALL")
+                        .arg(function)
+                        .arg(1)
+                        .arg(key)
+                        .query_async(&mut con.clone())
+                        .await
+                        .unwrap();
+                }
+            };
+            floor[i] = counted.per_call(200, calls).await.unwrap_or(f64::NAN);
+        }
+        (floor[0], floor[1])
+    };
+    for (tag, reserve, commit) in &rows {
+        report.row(
+            section,
+            &format!("reserve, {tag}"),
+            *reserve,
+            "instr/call",
+            Target::None,
+        );
+        report.row(
+            section,
+            &format!("commit, {tag}"),
+            *commit,
+            "instr/call",
+            Target::None,
+        );
+    }
+    report.row(
+        section,
+        "floor: an empty FCALL",
+        noop,
+        "instr/call",
+        Target::None,
+    );
+    report.row(
+        section,
+        "floor: TIME + HMGET",
+        time_hmget,
+        "instr/call",
+        Target::None,
+    );
+    let (_, plain_r, plain_c) = rows[0];
+    report.row(
+        section,
+        "reserve / TIME + HMGET floor",
+        plain_r / time_hmget,
+        "x",
+        Target::None,
+    );
+    report.row(
+        section,
+        "commit / TIME + HMGET floor",
+        plain_c / time_hmget,
+        "x",
+        Target::None,
+    );
+}
+
 fn main() {
     let mut report = Report::new("redis");
     let Some(server) = BenchRedis::start() else {
@@ -1465,6 +1694,11 @@ fn main() {
         }
         if run("3b") {
             tls_cost(&mut report).await;
+        }
+        // Not in a whole run's default set: valgrind is slow to start, and the counts are
+        // for a change to the scripts (`REDIS_BENCH_PARTS=8i`).
+        if parts.split(',').any(|p| p.trim() == "8i") {
+            instructions_per_call(&mut report).await;
         }
     });
     println!("redis bench took {:.1?}", started.elapsed());

@@ -36,6 +36,50 @@ impl BenchRedis {
         Some(Self { child, port })
     }
 
+    /// One under `valgrind --tool=callgrind`, counting instructions only inside `FCALL`
+    /// (`--toggle-collect=fcallCommand`), its dumps written to `dir` as `out.<pid>.<n>`;
+    /// `None` without valgrind. Slow to start and about 50 times slower to run: for counts,
+    /// never times.
+    pub fn start_under_callgrind(dir: &std::path::Path) -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg("--collect-atstart=no")
+            .arg("--toggle-collect=fcallCommand")
+            .arg(format!("--callgrind-out-file={}/out.%p", dir.display()))
+            .args([
+                "redis-server",
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut server = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || server.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server.port = port;
+        Some(server)
+    }
+
+    /// The server's process id (for `callgrind_control`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
