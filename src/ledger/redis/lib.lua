@@ -138,9 +138,9 @@ end
 -- history, the events index, `done`'s expiry) are converted when first read: a reserve
 -- reads none of them, and a `tonumber` is a measurable part of a script's time.
 local LAZY_FIELD = { rate = 7, fired = 6, commits = 10, first_commit_at = 11, horizon = 12,
-  last_topup = 15, due_events = 18, done_until = 20 }
+  last_topup = 15, due_events = 18, done_until = 20, rate_at = 8 }
 -- What a lazy field is when the hash has none (nil where absent means something).
-local LAZY_DEFAULT = { rate = 0, fired = 0, commits = 0, last_topup = 0 }
+local LAZY_DEFAULT = { rate = 0, fired = 0, commits = 0, last_topup = 0, rate_at = 0 }
 local account_fields = {
   __index = function(a, name)
     local i = LAZY_FIELD[name]
@@ -172,7 +172,6 @@ local function load_account()
     thresholds_text = f[5] or f[16],
     runway_fired = f[13] == '1',
     depleted = f[14] == '1',
-    rate_at = tonumber(f[8]) or 0,
     next_expiry = tonumber(f[9]), -- nil: not known yet, so reclaim looks
     -- When the due-indexes (`<prefix>:{!due}:holds`, `:events`) were last told to look at
     -- this account (ms; nil: not entered). A call that needs an earlier look records it and
@@ -180,7 +179,7 @@ local function load_account()
     due_holds = tonumber(f[17]),
     -- The number of the account's last audit entry (0: none yet).
     audit_seq = tonumber(f[19]) or 0,
-    -- Read when first used (account_fields): rate, fired, commits, first_commit_at,
+    -- Read when first used (account_fields): rate, rate_at, fired, commits, first_commit_at,
     -- horizon (nil: DEFAULT_RUNWAY_HORIZON_SECS), last_topup, due_events, done_until
     -- (when the `done` key expires, as last set; nil: not known).
   }, account_fields)
@@ -281,6 +280,10 @@ end
 
 -- The thresholds in credits, highest first, each once (the reply's `thresholds`).
 local function thresholds_reply(a)
+  if not a.thresholds_text then
+    -- Most accounts: no list to build, sort or check.
+    return {}
+  end
   local values, seen = {}, {}
   for _, t in ipairs(thresholds_of(a)) do
     local v = threshold_value(t, a.last_topup)
@@ -329,7 +332,8 @@ end
 -- once. Only a top-up re-arms them (top_up.lua). Returns the events.
 local function alerts_after_commit(a, now, owner, lease_ms)
   local events, crossed, seen = {}, {}, {}
-  local fired = a.fired
+  -- Without thresholds, `fired` is not even read.
+  local fired = a.thresholds_text and a.fired or 0
   for i, t in ipairs(thresholds_of(a)) do
     local v = threshold_value(t, a.last_topup)
     if not fired_bit(fired, i) and available(a) < v then
@@ -340,7 +344,7 @@ local function alerts_after_commit(a, now, owner, lease_ms)
       end
     end
   end
-  if fired ~= a.fired then
+  if a.thresholds_text and fired ~= a.fired then
     a.fired = fired
     redis.call('HSET', KEYS[1], 'fired', fired)
   end
