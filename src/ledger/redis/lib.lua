@@ -12,7 +12,8 @@
 -- back); amounts are never turned into strings here (no `tostring`, no `..`): they are
 -- parsed with tonumber after a digits-only check and written as Lua numbers (HSET or
 -- HINCRBY arguments), which Redis writes as plain integers for every integer up to
--- 2^53 - 1 (7.0 with "%.17g", later versions as integers before `fpconv_dtoa`).
+-- 2^53 - 1 (7.0 with "%.17g", later versions as integers before `fpconv_dtoa`). The one
+-- float, the burn rate, is spelled by settle.lua with "%.17g", which reads back exact.
 
 local NO_OPEN_HOLDS = MAX_AMOUNT    -- next_expiry of an account with no open hold
 
@@ -29,6 +30,9 @@ end
 -- texts that passed are kept: a bad one is checked, and refused, every time.
 local CHECKED_MAX = 1024
 local checked, checked_count = {}, 0
+-- The max each integer check's memo was filled under: a name checked against another max
+-- (a slip in a future script) is never served from it.
+local checked_max = {}
 
 local function remember_checked(name, text, value)
   if checked_count >= CHECKED_MAX then
@@ -43,12 +47,12 @@ local function remember_checked(name, text, value)
   checked_count = checked_count + 1
 end
 
--- ARGV[i] as an integer in 0..max (default MAX_AMOUNT): decimal digits only. Each name is
--- always checked against the same max (the memo is by name).
+-- ARGV[i] as an integer in 0..max (default MAX_AMOUNT): decimal digits only.
 local function uint_arg(i, name, max)
   local v = ARGV[i]
+  local limit = max or MAX_AMOUNT
   local known = checked[name]
-  local n = known and known[v]
+  local n = known and checked_max[name] == limit and known[v]
   if n then
     return n
   end
@@ -56,10 +60,15 @@ local function uint_arg(i, name, max)
     bad(name)
   end
   n = tonumber(v)
-  if n > (max or MAX_AMOUNT) then
+  if n > limit then
     bad(name)
   end
-  remember_checked(name, v, n)
+  if checked_max[name] == nil then
+    checked_max[name] = limit
+  end
+  if checked_max[name] == limit then
+    remember_checked(name, v, n)
+  end
   return n
 end
 
@@ -130,59 +139,114 @@ local function now_ms(offset)
 end
 
 -- The account's fields, as numbers (`thresholds_text` is the stored list of thresholds,
--- '100,4,10%', or nil; an account written by an older version keeps one `threshold`).
+-- '100,4,10%', or false; an account written by an older version keeps one `threshold`).
 -- `exists` is false for an account never topped up nor configured: every account has
 -- `topped_up` (written by top_up) or `credit_limit` (written by configure), so this one
 -- HMGET also answers what an EXISTS would. `rate_text` is the rate as Redis stores it.
--- The fields a call of any kind reads are numbers at once; the rest (alerts, spend
--- history, the events index, `done`'s expiry) are converted when first read: a reserve
--- reads none of them, and a `tonumber` is a measurable part of a script's time.
-local LAZY_FIELD = { rate = 7, fired = 6, commits = 10, first_commit_at = 11, horizon = 12,
-  last_topup = 15, due_events = 18, done_until = 20, rate_at = 8 }
--- What a lazy field is when the hash has none (nil where absent means something).
+--
+-- Every field an HMGET names costs about 2,000 instructions, there or not (a listpack is
+-- scanned for each), and each `tonumber` as much again: a reserve and a settle read the
+-- fields they use on every call (RESERVE_FIELDS, SETTLE_FIELDS; other scripts all of
+-- them), and any other by an HGET of its own the first time it is used. The fields every
+-- call uses are numbers at once; the rest are converted when first read.
+local ACCOUNT_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
+  'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
+  'first_commit_at', 'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup',
+  'due_events', 'done_until' }
+-- What every reserve reads (the figures, the expiry and due-index marks, the trail's
+-- number, and what the reply says of thresholds and the burn rate); the refusal's
+-- `depleted` and `due_events`, a percentage threshold's `last_topup`, are read if used.
+local RESERVE_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
+  'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
+  'first_commit_at' }
+-- A settle: no refusal's `depleted`, no events due-index mark, and what only thresholds
+-- need (`fired`, `last_topup`) read if the account has any.
+local SETTLE_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
+  'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
+  'first_commit_at', 'horizon', 'runway_fired', 'done_until' }
+-- Each list's field -> its place in the HMGET reply, made once per library load on the
+-- list's first use (a table filled per call would be rehashed as it grows, which costs
+-- more than the fields saved; under EVALSHA, where the library runs per call, it is).
+local FIELD_INDEX = {}
+
+local function field_index(list)
+  local index = FIELD_INDEX[list]
+  if not index then
+    index = {}
+    for i = 1, #list do
+      index[list[i]] = i
+    end
+    FIELD_INDEX[list] = index
+  end
+  return index
+end
+
+-- Read when first used: numbers, and flags ('1' or absent).
+local LAZY_FIELD = { rate = 'number', rate_at = 'number', fired = 'number',
+  commits = 'number', first_commit_at = 'number', horizon = 'number', last_topup = 'number',
+  due_events = 'number', done_until = 'number', runway_fired = 'flag', depleted = 'flag' }
+-- What a lazy number is when the hash has none (nil where absent means something).
 local LAZY_DEFAULT = { rate = 0, fired = 0, commits = 0, last_topup = 0, rate_at = 0 }
 local account_fields = {
   __index = function(a, name)
-    local i = LAZY_FIELD[name]
-    if not i then
+    local kind = LAZY_FIELD[name]
+    if not kind then
       return nil
     end
-    local value = tonumber(a.stored[i])
-    if value == nil then
-      value = LAZY_DEFAULT[name]
+    local text
+    local i = a.index[name]
+    if i then
+      text = a.stored[i]
+    else
+      -- Not among the fields this script loads: read now.
+      text = redis.call('HGET', KEYS[1], name)
+    end
+    local value
+    if kind == 'flag' then
+      value = text == '1'
+    else
+      value = tonumber(text)
+      if value == nil then
+        value = LAZY_DEFAULT[name]
+      end
     end
     rawset(a, name, value)
     return value
   end,
 }
 
-local function load_account()
-  local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held', 'credit_limit',
-    'thresholds', 'fired', 'rate', 'rate_at', 'next_expiry', 'commits', 'first_commit_at',
-    'horizon', 'runway_fired', 'depleted', 'last_topup', 'threshold', 'due_holds', 'due_events',
-    'audit_seq', 'done_until')
-  return setmetatable({
+-- `fields`: the fields to read at once, one of the lists above (default ACCOUNT_FIELDS).
+local function load_account(fields)
+  fields = fields or ACCOUNT_FIELDS
+  local index = field_index(fields)
+  local f = redis.call('HMGET', KEYS[1], unpack(fields))
+  local topped_up, credit_limit = f[index.topped_up], f[index.credit_limit]
+  local a = setmetatable({
     stored = f,
-    exists = (f[1] or f[4]) and true or false,
-    rate_text = f[7] or '0',
-    topped_up = tonumber(f[1]) or 0,
-    committed = tonumber(f[2]) or 0,
-    held = tonumber(f[3]) or 0,
-    credit_limit = tonumber(f[4]) or 0,
-    thresholds_text = f[5] or f[16],
-    runway_fired = f[13] == '1',
-    depleted = f[14] == '1',
-    next_expiry = tonumber(f[9]), -- nil: not known yet, so reclaim looks
+    index = index,
+    exists = (topped_up or credit_limit) and true or false,
+    rate_text = f[index.rate] or '0',
+    topped_up = tonumber(topped_up) or 0,
+    committed = tonumber(f[index.committed]) or 0,
+    held = tonumber(f[index.held]) or 0,
+    credit_limit = tonumber(credit_limit) or 0,
+    thresholds_text = f[index.thresholds] or f[index.threshold],
+    next_expiry = tonumber(f[index.next_expiry]), -- nil: not known yet, so reclaim looks
     -- When the due-indexes (`<prefix>:{!due}:holds`, `:events`) were last told to look at
     -- this account (ms; nil: not entered). A call that needs an earlier look records it and
     -- returns it, so the caller writes the index entry: once per active period.
-    due_holds = tonumber(f[17]),
+    due_holds = tonumber(f[index.due_holds]),
     -- The number of the account's last audit entry (0: none yet).
-    audit_seq = tonumber(f[19]) or 0,
+    audit_seq = tonumber(f[index.audit_seq]) or 0,
     -- Read when first used (account_fields): rate, rate_at, fired, commits, first_commit_at,
     -- horizon (nil: DEFAULT_RUNWAY_HORIZON_SECS), last_topup, due_events, done_until
-    -- (when the `done` key expires, as last set; nil: not known).
+    -- (when the `done` key expires, as last set; nil: not known), runway_fired, depleted.
   }, account_fields)
+  -- A flag the list names is set at once (no lookup through account_fields on each use).
+  if index.runway_fired then
+    a.runway_fired = f[index.runway_fired] == '1'
+  end
+  return a
 end
 
 -- Records that the due-index `field` ('due_holds' | 'due_events') must look at this
@@ -235,13 +299,6 @@ local function audit(a, now, kind, amount, id, route, fields)
   if a.audit_seq > AUDIT_CAP and a.audit_seq % AUDIT_TRIM_EVERY == 0 then
     redis.call('LTRIM', log, 0, AUDIT_CAP - 1)
   end
-end
-
--- An integer as the text Redis keeps, exact (string.format casts to a 64-bit integer);
--- a Lua number handed to redis.call is spelled with "%.17g" by Redis 7.0 instead, at
--- about twice the cost.
-local function int(n)
-  return string.format('%d', n)
 end
 
 -- Adds `by` to a counter field, in Redis and in the loaded account. (Adding nothing is
@@ -531,8 +588,8 @@ end
 -- them as forgotten already), unless this call closed expired holds itself: a reserve
 -- skips it, since the holds it opens are settled (a call that prunes) or expire (closed,
 -- and pruned, by the call that reclaims them), which keeps `done` as bounded as before.
-local function open_account(offset, grace, skip_prune)
-  local a = load_account()
+local function open_account(offset, grace, skip_prune, fields)
+  local a = load_account(fields)
   if not a.exists then
     return nil
   end

@@ -64,7 +64,7 @@ end
 local store_grace = uint_arg(14, 'store grace', 86400000)
 
 -- No prune of closed ids here: the settle of this hold prunes (one or two commands fewer).
-local a, now = open_account(offset, grace, true)
+local a, now = open_account(offset, grace, true, RESERVE_FIELDS)
 if not a then
   return { 'unknown_account' }
 end
@@ -143,13 +143,12 @@ end
 local expires_at = now + ttl
 -- The expiry beside the amount too, so the settle reads both in one HMGET (the expiry
 -- index stays the one the reclaims walk).
-local expires_text = int(expires_at)
 if route ~= '' then
-  redis.call('HSET', KEYS[2], id, int(amount), id .. ':exp', expires_text, id .. ':route', route)
+  redis.call('HSET', KEYS[2], id, amount, id .. ':exp', expires_at, id .. ':route', route)
 else
-  redis.call('HSET', KEYS[2], id, int(amount), id .. ':exp', expires_text)
+  redis.call('HSET', KEYS[2], id, amount, id .. ':exp', expires_at)
 end
-redis.call('ZADD', KEYS[3], expires_text, id)
+redis.call('ZADD', KEYS[3], expires_at, id)
 a.held = a.held + amount
 if rk then
   redis.call('HSET', rk, 'fp', fingerprint, 'hold', id, 'until', now + retention)

@@ -46,7 +46,7 @@ if ARGV[9] ~= '' then
   rk = request_key(ARGV[9])
 end
 
-local a, now = open_account(offset, grace)
+local a, now = open_account(offset, grace, false, SETTLE_FIELDS)
 if not a then
   return { 'unknown_account' }
 end
