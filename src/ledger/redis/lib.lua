@@ -159,11 +159,11 @@ local ACCOUNT_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thre
 local RESERVE_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
   'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
   'first_commit_at' }
--- A settle: no refusal's `depleted`, no events due-index mark, and what only thresholds
--- need (`fired`, `last_topup`) read if the account has any.
+-- A settle: all but the refusal's `depleted`, the events due-index mark, and a percentage
+-- threshold's `last_topup`.
 local SETTLE_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
   'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
-  'first_commit_at', 'horizon', 'runway_fired', 'done_until' }
+  'first_commit_at', 'fired', 'horizon', 'runway_fired', 'done_until' }
 -- Each list's field -> its place in the HMGET reply, made once per library load on the
 -- list's first use (a table filled per call would be rehashed as it grows, which costs
 -- more than the fields saved; under EVALSHA, where the library runs per call, it is).
@@ -325,10 +325,12 @@ local function thresholds_of(a)
   return list
 end
 
--- A threshold in credits, given the last top-up: a percentage is floor(last * pct / 100),
--- computed exactly (last * pct may pass 2^53): fmod is exact, and last - r divides by 100.
-local function threshold_value(t, last_topup)
+-- A threshold in credits: a percentage is of the account's last top-up (read only then),
+-- floor(last * pct / 100), computed exactly (last * pct may pass 2^53): fmod is exact, and
+-- last - r divides by 100.
+local function threshold_value(t, a)
   if t.pct then
+    local last_topup = a.last_topup
     local r = math.fmod(last_topup, 100)
     return (last_topup - r) / 100 * t.pct + math.floor(r * t.pct / 100)
   end
@@ -343,7 +345,7 @@ local function thresholds_reply(a)
   end
   local values, seen = {}, {}
   for _, t in ipairs(thresholds_of(a)) do
-    local v = threshold_value(t, a.last_topup)
+    local v = threshold_value(t, a)
     if not seen[v] then
       seen[v] = true
       values[#values + 1] = v
@@ -392,7 +394,7 @@ local function alerts_after_commit(a, now, owner, lease_ms)
   -- Without thresholds, `fired` is not even read.
   local fired = a.thresholds_text and a.fired or 0
   for i, t in ipairs(thresholds_of(a)) do
-    local v = threshold_value(t, a.last_topup)
+    local v = threshold_value(t, a)
     if not fired_bit(fired, i) and available(a) < v then
       fired = fired + 2 ^ (i - 1)
       if not seen[v] then

@@ -59,7 +59,7 @@ a.last_topup = amount
 redis.call('HSET', KEYS[1], 'last_topup', amount)
 local fired = a.fired
 for i, t in ipairs(thresholds_of(a)) do
-  if fired_bit(fired, i) and available(a) >= threshold_value(t, a.last_topup) then
+  if fired_bit(fired, i) and available(a) >= threshold_value(t, a) then
     fired = fired - 2 ^ (i - 1)
   end
 end
