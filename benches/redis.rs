@@ -23,9 +23,9 @@
 //! * 8i, instructions per script call (`REDIS_BENCH_PARTS=8i`, not in a whole run):
 //!   `redis-server` under `valgrind --tool=callgrind`, counting only inside `FCALL`;
 //!   reserves then commits of one open hold per account, plain, with thresholds armed and
-//!   without the audit trail, against the same floors as part 8. Counts repeat to about
-//!   1% from run to run, where part 8's µs move by a third: the figure to compare a change
-//!   to the scripts by.
+//!   without the audit trail, against the same floors as part 8. Two runs of the same
+//!   scripts agree within 1%, where part 8's µs move by a third: the figure to compare a
+//!   change to the scripts by.
 //! * 7, atomicity: 64 tasks spending one account until it runs dry, a naive `GET` then
 //!   `DECRBY` on a string key vs the ledger's reserve + commit: credits spent beyond the
 //!   balance, and spends/s.
@@ -1427,9 +1427,9 @@ async fn tls_cost(report: &mut Report) {
 
 /// Instructions `redis-server` runs inside `FCALL`, per call, counted by callgrind on a
 /// server of its own: `callgrind_control -z` before a batch of one script's calls and
-/// `-d` after, the dump's total over the batch. Unlike part 8's µs these repeat from run
-/// to run (to about 1%: the Lua collector steps every 50 calls), so a change to a script
-/// shows its effect in one run on a noisy machine. Returns `None` if a step failed.
+/// `-d` after, the dump's total over the batch. Unlike part 8's µs, two runs of the same
+/// scripts agree within 1% (the Lua collector steps every 50 calls), so a change to a
+/// script shows its effect in one run on a noisy machine.
 struct CallgrindRedis {
     server: BenchRedis,
     dir: std::path::PathBuf,
