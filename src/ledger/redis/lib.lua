@@ -153,6 +153,9 @@ local ACCOUNT_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thre
   'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
   'first_commit_at', 'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup',
   'due_events', 'done_until' }
+-- A field a list leaves out is read when first used, at the value Redis holds then: a
+-- script that writes such a field with redis.call sets it in the account table too (as
+-- note_due and the alerts do), or reads it before.
 -- What every reserve reads (the figures, the expiry and due-index marks, the trail's
 -- number, and what the reply says of thresholds and the burn rate); the refusal's
 -- `depleted` and `due_events`, a percentage threshold's `last_topup`, are read if used.
@@ -198,8 +201,18 @@ local account_fields = {
     if i then
       text = a.stored[i]
     else
-      -- Not among the fields this script loads: read now.
-      text = redis.call('HGET', KEYS[1], name)
+      -- Not among the fields this script loads: read now, once (an absent field's nil
+      -- value is not kept in `a`, its text is kept here).
+      local fetched = rawget(a, 'fetched')
+      if not fetched then
+        fetched = {}
+        rawset(a, 'fetched', fetched)
+      end
+      text = fetched[name]
+      if text == nil then
+        text = redis.call('HGET', KEYS[1], name) or false
+        fetched[name] = text
+      end
     end
     local value
     if kind == 'flag' then
