@@ -20,8 +20,9 @@
 //!   without thresholds armed, and the cost of each optional write (usage by route, an
 //!   outbox entry) as the difference it makes. Five rounds of every scenario in turn; each
 //!   figure is its least (a descheduled server only adds time).
-//! * 8i, instructions per script call (`REDIS_BENCH_PARTS=8i`, not in a whole run):
-//!   `redis-server` under `valgrind --tool=callgrind`, counting only inside `FCALL`;
+//! * 8i, instructions per script call (`REDIS_BENCH_PARTS=8i` alone; skipped without
+//!   valgrind): `redis-server` under `valgrind --tool=callgrind`, counting only inside
+//!   `FCALL`;
 //!   reserves then commits of one open hold per account, plain, with thresholds armed and
 //!   without the audit trail, against the same floors as part 8. Two runs of the same
 //!   scripts agree within 1%, where part 8's µs move by a third: the figure to compare a
@@ -30,9 +31,10 @@
 //!   `DECRBY` on a string key vs the ledger's reserve + commit: credits spent beyond the
 //!   balance, and spends/s.
 //!
-//! Needs `redis-server` on PATH (every part is skipped without it) and `redis-benchmark`
-//! (only the ceiling is skipped without it); starts its own server on a free loopback
-//! port. `cargo bench --bench redis` (about a minute); results also go to
+//! Needs `redis-server` on PATH (every part is skipped without it), `redis-benchmark`
+//! (only the ceiling is skipped without it) and valgrind with `callgrind_control` (only
+//! part 8i is skipped without them); starts its own servers on free loopback ports.
+//! `cargo bench --bench redis` (about two minutes); results also go to
 //! `target/bench-report/redis.json`.
 
 mod support;
@@ -1695,9 +1697,8 @@ fn main() {
         if run("3b") {
             tls_cost(&mut report).await;
         }
-        // Not in a whole run's default set: valgrind is slow to start, and the counts are
-        // for a change to the scripts (`REDIS_BENCH_PARTS=8i`).
-        if parts.split(',').any(|p| p.trim() == "8i") {
+        // About 35 s; skipped (with a note) without valgrind.
+        if run("8i") {
             instructions_per_call(&mut report).await;
         }
     });
