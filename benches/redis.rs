@@ -876,6 +876,21 @@ async fn reset_stats(con: &mut MultiplexedConnection) {
         .unwrap();
 }
 
+/// Arms two thresholds and a runway horizon on each account, far below its balance:
+/// evaluated on every commit, never crossed.
+async fn arm(ledger: &RedisLedger, ids: &[AccountId]) {
+    for acct in ids {
+        let settings = AccountSettings::new()
+            .low_balance_threshold(1_000)
+            .low_balance_threshold(100)
+            .runway_horizon(Duration::from_secs(3_600));
+        ledger
+            .configure(Configure::new(acct, settings))
+            .await
+            .unwrap();
+    }
+}
+
 /// One scenario of part 8: `CALLS` reserves then their commits, spread over `ACCOUNTS`
 /// funded accounts (thresholds armed if `armed`, far below the balance: evaluated on every
 /// commit, never crossed), each commit with `route` if given. Returns the µs inside each
@@ -892,16 +907,7 @@ async fn reserve_then_commit(
     let ids = accounts(tag, ACCOUNTS);
     fund(ledger, &ids, 1_000_000_000).await;
     if armed {
-        for acct in &ids {
-            let settings = AccountSettings::new()
-                .low_balance_threshold(1_000)
-                .low_balance_threshold(100)
-                .runway_horizon(Duration::from_secs(3_600));
-            ledger
-                .configure(Configure::new(acct, settings))
-                .await
-                .unwrap();
-        }
+        arm(ledger, &ids).await;
     }
     // Warm: each account's first reserve enters it in the due-index (once per active
     // period), and its first commit starts its spend history.
@@ -1529,16 +1535,7 @@ async fn instructions_per_call(report: &mut Report) {
         let ids = accounts(&format!("cg_{}", tag.replace(' ', "_")), ACCOUNTS);
         fund(ledger, &ids, 1_000_000_000).await;
         if armed {
-            for acct in &ids {
-                let settings = AccountSettings::new()
-                    .low_balance_threshold(1_000)
-                    .low_balance_threshold(100)
-                    .runway_horizon(Duration::from_secs(3_600));
-                ledger
-                    .configure(Configure::new(acct, settings))
-                    .await
-                    .unwrap();
-            }
+            arm(ledger, &ids).await;
         }
         for _ in 0..3 {
             for acct in &ids {

@@ -193,6 +193,25 @@ fn cached_scripts(server: &RedisServer) -> u64 {
     line.split(':').nth(1).unwrap().trim().parse().unwrap()
 }
 
+/// A reserve's `ARGV` every check passes (hold `h1`, 5 credits, 60 s), as reserve.lua
+/// reads them.
+const GOOD_RESERVE: [&str; 14] = [
+    "0",
+    "3600000",
+    "h1",
+    "5",
+    "60000",
+    "",
+    "",
+    "",
+    "replica-1",
+    "30000",
+    "",
+    "",
+    "0",
+    "30000",
+];
+
 /// The scripts check every argument themselves and refuse a bad one before any write, even
 /// from a client that skipped the Rust checks.
 #[tokio::test]
@@ -224,22 +243,7 @@ async fn scripts_refuse_bad_arguments_before_any_write() {
     // The exact text the ledger loads: the generated prelude, lib.lua, the script.
     let reserve = &RedisLedger::script_source("reserve").expect("reserve script");
     let top_up = &RedisLedger::script_source("top_up").expect("top_up script");
-    let good_reserve = [
-        "0",
-        "3600000",
-        "h1",
-        "5",
-        "60000",
-        "",
-        "",
-        "",
-        "replica-1",
-        "30000",
-        "",
-        "",
-        "0",
-        "30000",
-    ];
+    let good_reserve = GOOD_RESERVE;
     let bad_reserves: Vec<(usize, &str)> = vec![
         (0, "-1"),
         (1, "1e3"),
@@ -343,24 +347,12 @@ async fn a_function_remembers_only_good_arguments_and_only_for_their_own_check()
         cli.extend(args);
         server.try_cli(&cli)
     };
+    // GOOD_RESERVE with this hold id, amount and TTL, and an audit trail cap.
     let reserve = |id: &'static str, amount: &'static str, ttl: &'static str| {
-        [
-            "0",
-            "3600000",
-            id,
-            amount,
-            ttl,
-            "",
-            "",
-            "",
-            "replica-1",
-            "30000",
-            "",
-            "",
-            "0",
-            "30000",
-            "100",
-        ]
+        let mut args = GOOD_RESERVE.to_vec();
+        (args[2], args[3], args[4]) = (id, amount, ttl);
+        args.push("100");
+        args
     };
     // 86400001 is a good amount, and now remembered as one...
     let held = fcall(&reserve("m1", "86400001", "60000")).unwrap();

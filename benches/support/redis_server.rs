@@ -4,6 +4,17 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A free loopback port (bound, read and released).
+fn free_port() -> Option<u16> {
+    Some(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+    )
+}
+
 /// A `redis-server` child process.
 pub struct BenchRedis {
     child: Child,
@@ -15,11 +26,7 @@ impl BenchRedis {
     /// Starts one, or `None` when `redis-server` is not installed (the caller skips its
     /// Redis benches and says so).
     pub fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
+        let port = free_port()?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -41,11 +48,7 @@ impl BenchRedis {
     /// `None` without valgrind. Slow to start and about 50 times slower to run: for counts,
     /// never times.
     pub fn start_under_callgrind(dir: &std::path::Path) -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
+        let port = free_port()?;
         let child = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg("--collect-atstart=no")
@@ -71,7 +74,6 @@ impl BenchRedis {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        server.port = port;
         Some(server)
     }
 

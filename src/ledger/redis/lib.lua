@@ -47,6 +47,12 @@ local function remember_checked(name, text, value)
   checked_count = checked_count + 1
 end
 
+-- Whether `text` passed the check `name` before (a text check: no limit to match).
+local function passed(name, text)
+  local known = checked[name]
+  return known ~= nil and known[text] ~= nil
+end
+
 -- ARGV[i] as an integer in 0..max (default MAX_AMOUNT): decimal digits only.
 local function uint_arg(i, name, max)
   local v = ARGV[i]
@@ -92,8 +98,7 @@ end
 -- ARGV[i] as a replica name: 1 to 64 ASCII letters, digits, '_', '-' or '.'.
 local function replica_arg(i)
   local v = ARGV[i]
-  local known = checked.replica
-  if known and known[v] then
+  if passed('replica', v) then
     return v
   end
   if type(v) ~= 'string' or #v < 1 or #v > 64 or not string.find(v, '^[A-Za-z0-9_%.%-]+$') then
@@ -107,8 +112,7 @@ end
 -- DEL or C1 in UTF-8).
 local function route_arg(i)
   local v = ARGV[i]
-  local known = checked.route
-  if known and known[v] then
+  if passed('route', v) then
     return v
   end
   if type(v) ~= 'string' or #v > 256 or string.find(v, '[%z\1-\31\127]')
