@@ -63,7 +63,7 @@ use hyper::client::conn::http1;
 use hyper::header::HeaderValue;
 use hyper::{header, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use support::redis_server::{BenchCluster, BenchRedis};
+use support::redis_server::{free_port, BenchCluster, BenchRedis};
 use support::report::{Report, Target};
 use tokio::net::TcpStream;
 
@@ -107,7 +107,7 @@ impl Quickstart {
 
     /// Started with `env` set as well.
     fn start_with(binary: &PathBuf, redis_url: Option<&str>, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        let port = free_port().expect("a free loopback port");
         let mut cmd = Command::new(binary);
         cmd.env_remove("CREDITS_LEASES")
             .env_remove("REDIS_CLUSTER_URLS")
@@ -154,13 +154,6 @@ impl Drop for Quickstart {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// One blocking `GET /health`; used only while waiting for the server to come up.

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use support::redis_server::BenchRedis;
+use support::redis_server::{free_port, BenchRedis};
 use support::report::{Report, Target};
 use tower_credits::ledger::redis::{DEFAULT_CALL_TIMEOUT, DEFAULT_KEY_PREFIX};
 use tower_credits::ledger::Configure;
@@ -1257,16 +1257,7 @@ fn start_tls_server() -> Option<TlsBenchServer> {
     std::fs::write(dir.path().join("ca.crt"), &ca_pem).ok()?;
     std::fs::write(dir.path().join("server.crt"), cert.pem()).ok()?;
     std::fs::write(dir.path().join("server.key"), key.serialize_pem()).ok()?;
-    let free = || -> Option<u16> {
-        Some(
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .ok()?
-                .local_addr()
-                .ok()?
-                .port(),
-        )
-    };
-    let (plain, tls) = (free()?, free()?);
+    let (plain, tls) = (free_port()?, free_port()?);
     let child = std::process::Command::new("redis-server")
         .args(["--port", &plain.to_string(), "--tls-port", &tls.to_string()])
         .args([

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A free loopback port (bound, read and released).
-fn free_port() -> Option<u16> {
+pub fn free_port() -> Option<u16> {
     Some(
         std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
