@@ -251,6 +251,20 @@ impl HoldId {
         }
     }
 
+    /// The id's 32 digits if its text is 32 lowercase hex digits: every generated id, and
+    /// a chosen one spelled the same way (which is then the same id).
+    #[inline]
+    pub(crate) fn hex_digits(&self) -> Option<&[u8; 32]> {
+        if let Some(digits) = self.generated_digits() {
+            return Some(digits);
+        }
+        let digits = <&[u8; 32]>::try_from(self.as_bytes()).ok()?;
+        digits
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            .then_some(digits)
+    }
+
     /// The id's text as bytes (no UTF-8 check, unlike [`Self::as_str`]).
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match &self.0 {
@@ -313,6 +327,22 @@ impl From<&HoldId> for HoldId {
     fn from(hold: &HoldId) -> Self {
         hold.clone()
     }
+}
+
+/// The number 32 lowercase hex digits spell (the first digit the most significant).
+pub(crate) fn hex_value(digits: &[u8; 32]) -> u128 {
+    let mut value = 0u128;
+    for eight in digits.chunks_exact(8) {
+        let w = u64::from_be_bytes(eight.try_into().expect("chunks of 8"));
+        // Each digit to its nibble: '0'..='9' are 0x30..=0x39, 'a'..='f' 0x61..=0x66.
+        let n = (w & 0x0f0f_0f0f_0f0f_0f0f) + 9 * ((w >> 6) & 0x0101_0101_0101_0101);
+        // Eight nibbles, one a byte, packed to 32 bits: pairs, then quads, then all.
+        let n = ((n >> 4) | n) & 0x00ff_00ff_00ff_00ff;
+        let n = ((n >> 8) | n) & 0x0000_ffff_0000_ffff;
+        let n = ((n >> 16) | n) & 0x0000_0000_ffff_ffff;
+        value = (value << 32) | u128::from(n);
+    }
+    value
 }
 
 #[cfg(test)]

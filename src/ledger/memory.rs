@@ -1,7 +1,7 @@
 //! The embedded ledger: balances in process memory, no server needed.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
 use std::future::{ready, Ready};
 use std::hash::BuildHasher;
@@ -12,11 +12,14 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
-use super::audit::{check_history, AuditEntry, AuditKind, HistoryPage};
+use super::audit::{check_history, AuditKind, HistoryPage};
+use super::audit_ring::{AuditRing, Move};
 use super::expired;
 use super::idempotency::check_retention;
+use super::ids::hex_value;
 use super::open_holds::{Expiring, OpenHolds};
 use super::outbox_memory::MemoryOutbox;
+use super::DEFAULT_RUNWAY_HORIZON;
 use super::{
     burn_rate_after, check_alerts, check_idempotency_key, check_route, check_ttl, decayed_rate,
     runway::runway_known, runway_secs, AccountId, AccountSettings, Alerts, Balance, Configure,
@@ -178,43 +181,6 @@ impl MemoryLedgerBuilder {
     }
 }
 
-/// One audit entry as an account keeps it: the id and route as they are held (see
-/// [`AuditEntry`] for the fields); its number follows from its place in the trail.
-#[derive(Debug, Clone)]
-struct LoggedMove {
-    at_ms: u64,
-    kind: AuditKind,
-    amount: u64,
-    hold: Option<HoldId>,
-    route: Option<Arc<str>>,
-    // The totals after the move (`available` follows from them, as the account's does).
-    held: u64,
-    committed: u64,
-    topped_up: u64,
-}
-
-impl LoggedMove {
-    /// The entry as [`LedgerReports::history`](super::LedgerReports::history) answers it.
-    fn to_entry(&self, seq: u64) -> AuditEntry {
-        AuditEntry {
-            id: seq.to_string(),
-            at_ms: self.at_ms,
-            kind: self.kind,
-            amount: self.amount,
-            hold_id: self.hold.as_ref().map(|h| h.as_str().to_owned()),
-            route: self
-                .route
-                .as_deref()
-                .filter(|r| !r.is_empty())
-                .map(str::to_owned),
-            available: self.topped_up as i64 - self.committed as i64 - self.held as i64,
-            held: self.held,
-            committed: self.committed,
-            topped_up: self.topped_up,
-        }
-    }
-}
-
 /// The accounts of one shard, under one lock.
 #[derive(Default)]
 struct Shard {
@@ -244,19 +210,11 @@ fn topup_digest(key: &str) -> [u8; 16] {
 type IdKey = u128;
 
 fn id_key(id: &HoldId) -> IdKey {
-    if let Some(digits) = id.generated_digits() {
+    // A generated id, or its text chosen: the same key either way.
+    if let Some(digits) = id.hex_digits() {
         return hex_value(digits);
     }
     let text = id.as_bytes();
-    if let Ok(digits) = <&[u8; 32]>::try_from(text) {
-        if digits
-            .iter()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            // The text of a generated id, chosen: the same key as the generated one.
-            return hex_value(digits);
-        }
-    }
     static KEY: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
     let key = KEY.get_or_init(|| {
         let mut key = [0u8; 16];
@@ -283,29 +241,29 @@ fn key_collision(id: &HoldId) -> LedgerError {
     LedgerError::Corrupt(format!("hold id {id} met another open hold's id key").into())
 }
 
-/// The number 32 lowercase hex digits spell (the first digit the most significant).
-fn hex_value(digits: &[u8; 32]) -> u128 {
-    let mut value = 0u128;
-    for eight in digits.chunks_exact(8) {
-        let w = u64::from_be_bytes(eight.try_into().expect("chunks of 8"));
-        // Each digit to its nibble: '0'..='9' are 0x30..=0x39, 'a'..='f' 0x61..=0x66.
-        let n = (w & 0x0f0f_0f0f_0f0f_0f0f) + 9 * ((w >> 6) & 0x0101_0101_0101_0101);
-        // Eight nibbles, one a byte, packed to 32 bits: pairs, then quads, then all.
-        let n = ((n >> 4) | n) & 0x00ff_00ff_00ff_00ff;
-        let n = ((n >> 8) | n) & 0x0000_ffff_0000_ffff;
-        let n = ((n >> 16) | n) & 0x0000_0000_ffff_ffff;
-        value = (value << 32) | u128::from(n);
-    }
-    value
-}
-
-/// One account. An idle account (no open or recently closed hold) is only these figures
-/// and its usage; the hold tables are boxed apart and dropped once empty.
+/// One account: its balance inline, the rest boxed apart until it has some, so an idle
+/// funded account is 64 bytes here and its top-up's audit entry (the map slot of 88 bytes,
+/// with its id, where a flat account took 232).
 #[derive(Default)]
 struct AccountState {
     topped_up: u64,
     committed: u64,
     held: u64,
+    /// The last top-up's amount: a percentage threshold is of it. Kept here, so a top-up
+    /// of an account with no settings makes no [`AccountDetails`].
+    last_top_up: u64,
+    /// Settings, alerts, spend history, usage and idempotency records: made by the first
+    /// commit, setting, refusal or keyed request.
+    details: Option<Box<AccountDetails>>,
+    /// Open holds and closed ids, boxed apart and dropped once empty.
+    activity: Option<Box<Activity>>,
+    /// The audit trail, packed.
+    log: AuditRing,
+}
+
+/// What an account keeps beyond its balance and its holds.
+#[derive(Default)]
+struct AccountDetails {
     credit_limit: u64,
     /// Thresholds, runway horizon, and which events have fired.
     alerts: Alerts,
@@ -315,12 +273,8 @@ struct AccountState {
     commits: u64,
     first_commit_ms: Option<u64>,
     usage: BTreeMap<String, RouteUsage>,
-    activity: Option<Box<Activity>>,
     /// Idempotency records, kept apart and dropped once empty.
     requests: Option<Box<Requests>>,
-    /// The audit trail, oldest first, and the sequence number of the next entry.
-    log: VecDeque<LoggedMove>,
-    log_next: u64,
 }
 
 /// The idempotency records of one account, by key digest, with their expiry index.
@@ -447,13 +401,34 @@ impl AccountState {
     }
 
     fn runway(&self, now_ms: u64) -> Option<u64> {
-        if !runway_known(self.commits, self.first_commit_ms, now_ms) {
+        let d = self.details.as_deref()?;
+        if !runway_known(d.commits, d.first_commit_ms, now_ms) {
             return None;
         }
-        runway_secs(
-            self.available(),
-            decayed_rate(self.rate, self.rate_at_ms, now_ms),
-        )
+        runway_secs(self.available(), decayed_rate(d.rate, d.rate_at_ms, now_ms))
+    }
+
+    fn details(&mut self) -> &mut AccountDetails {
+        self.details.get_or_insert_default()
+    }
+
+    fn credit_limit(&self) -> u64 {
+        self.details.as_deref().map_or(0, |d| d.credit_limit)
+    }
+
+    /// The thresholds in credits, highest first.
+    fn thresholds(&self) -> Vec<u64> {
+        self.details
+            .as_deref()
+            .map_or_else(Vec::new, |d| d.alerts.resolved(self.last_top_up))
+    }
+
+    fn requests(&self) -> Option<&Requests> {
+        self.details.as_deref()?.requests.as_deref()
+    }
+
+    fn requests_mut(&mut self) -> Option<&mut Requests> {
+        self.details.as_deref_mut()?.requests.as_deref_mut()
     }
 
     fn activity(&mut self) -> &mut Activity {
@@ -525,49 +500,32 @@ impl AccountState {
         (kind, amount, hold, route): (AuditKind, u64, Option<&HoldId>, Option<&Arc<str>>),
         now_ms: u64,
     ) {
-        if cap == 0 {
-            return;
-        }
-        if self.log.len() >= cap {
-            self.log.pop_front();
-        }
-        if self.log.capacity() == 0 {
-            // Most accounts keep a few entries: grow from one, not from the default four.
-            self.log.reserve_exact(1);
-        }
-        // The hold id (inline when generated) and the route (shared) are kept as they are:
-        // an entry allocates nothing on the request path; `history` spells them out.
-        self.log.push_back(LoggedMove {
-            at_ms: now_ms,
-            kind,
-            amount,
-            hold: hold.cloned(),
-            route: route.cloned(),
-            held: self.held,
-            committed: self.committed,
-            topped_up: self.topped_up,
-        });
-        self.log_next += 1;
+        self.log.push(
+            cap,
+            &Move {
+                at_ms: now_ms,
+                kind,
+                amount,
+                hold,
+                route: route.map(|r| &**r),
+                held: self.held,
+                committed: self.committed,
+                topped_up: self.topped_up,
+            },
+        );
     }
 
     /// A page of the trail, newest first, older than `cursor`.
     fn history(&self, cursor: Option<u64>, limit: usize) -> HistoryPage {
-        let newest = self.log_next.saturating_sub(1);
-        let older = self
-            .log
-            .iter()
-            .rev()
-            .enumerate()
-            .map(|(back, entry)| (newest - back as u64, entry))
-            .filter(|(seq, _)| cursor.is_none_or(|c| *seq < c))
-            .take(limit + 1)
-            .map(|(seq, entry)| entry.to_entry(seq));
-        HistoryPage::from_newest(older.collect(), limit)
+        self.log.history(cursor, limit)
     }
 
     /// Forgets up to [`RECLAIM_LIMIT`] idempotency records past their retention.
     fn forget_requests(&mut self, now_ms: u64) {
-        let Some(requests) = self.requests.as_deref_mut() else {
+        let Some(details) = self.details.as_deref_mut() else {
+            return;
+        };
+        let Some(requests) = details.requests.as_deref_mut() else {
             return;
         };
         for _ in 0..RECLAIM_LIMIT {
@@ -580,16 +538,16 @@ impl AccountState {
             }
         }
         if requests.records.is_empty() {
-            self.requests = None;
+            details.requests = None;
         }
     }
 
     /// What the first request with `claim`'s key came to, if it still counts; a record
     /// whose hold expired or was refunded unsettled is dropped (the retry runs again).
     fn replay(&mut self, claim: &IdempotencyClaim, now_ms: u64) -> Option<Replay> {
-        let record = self.requests.as_deref()?.records.get(claim.key())?;
+        let record = self.requests()?.records.get(claim.key())?;
         if record.expires_at <= now_ms {
-            self.requests.as_deref_mut()?.remove(claim.key());
+            self.requests_mut()?.remove(claim.key());
             return None;
         }
         if record.fingerprint != *claim.fingerprint() {
@@ -606,7 +564,7 @@ impl AccountState {
             (None, _) => None,
         };
         if replay.is_none() {
-            let requests = self.requests.as_deref_mut().expect("read above");
+            let requests = self.requests_mut().expect("read above");
             requests.remove(claim.key());
         }
         replay
@@ -614,7 +572,7 @@ impl AccountState {
 
     /// Records `claim` for the hold `hold` just placed.
     fn claim(&mut self, claim: &IdempotencyClaim, hold: &HoldId, now_ms: u64) {
-        let requests = self.requests.get_or_insert_default();
+        let requests = self.details().requests.get_or_insert_default();
         let expires_at = now_ms + claim.retention_period().as_millis() as u64;
         requests.expiry.insert((expires_at, *claim.key()));
         requests.records.insert(
@@ -632,7 +590,7 @@ impl AccountState {
 
     /// The record of `key` made by `hold`, if it is still kept.
     fn record_of(&mut self, key: &[u8; 32], hold: &HoldId) -> Option<&mut Record> {
-        let record = self.requests.as_deref_mut()?.records.get_mut(key)?;
+        let record = self.requests_mut()?.records.get_mut(key)?;
         (record.hold == *hold).then_some(record)
     }
 
@@ -648,7 +606,7 @@ impl AccountState {
             released: 0,
             clamped: false,
             available: Some(self.available()),
-            thresholds: self.alerts.resolved(),
+            thresholds: self.thresholds(),
             events: Vec::new(),
             runway_secs: self.runway(now_ms),
         }
@@ -814,8 +772,8 @@ impl MemoryLedger {
                 return Ok(ReserveOutcome::Held(Held {
                     amount: hold.amount,
                     available: state.available(),
-                    credit_limit: state.credit_limit,
-                    thresholds: state.alerts.resolved(),
+                    credit_limit: state.credit_limit(),
+                    thresholds: state.thresholds(),
                     expires_at_ms: hold.expires_at_ms,
                     replayed: true,
                     runway_secs: state.runway(now),
@@ -829,7 +787,7 @@ impl MemoryLedger {
                     return Ok(ReserveOutcome::Replay(replay));
                 }
             }
-            let spendable = state.available() as i128 + state.credit_limit as i128;
+            let spendable = state.available() as i128 + state.credit_limit() as i128;
             // All of it, or (with a minimum) what the account can afford down to it.
             let least = r.min_amount.unwrap_or(r.amount).min(r.amount);
             let amount = if (r.amount as i128) <= spendable {
@@ -837,8 +795,8 @@ impl MemoryLedger {
             } else if (least as i128) <= spendable {
                 spendable as u64
             } else {
-                let mut refusal = Insufficient::new(least, state.available(), state.credit_limit);
-                if state.alerts.after_refusal() {
+                let mut refusal = Insufficient::new(least, state.available(), state.credit_limit());
+                if state.details().alerts.after_refusal() {
                     let event =
                         outbox.new_event(EventKind::Depleted, &r.account, state.available(), now);
                     refusal.events.push(outbox.push(event, now));
@@ -877,8 +835,8 @@ impl MemoryLedger {
             Ok(ReserveOutcome::Held(Held {
                 amount,
                 available: state.available(),
-                credit_limit: state.credit_limit,
-                thresholds: state.alerts.resolved(),
+                credit_limit: state.credit_limit(),
+                thresholds: state.thresholds(),
                 expires_at_ms,
                 replayed: false,
                 runway_secs: state.runway(now),
@@ -940,22 +898,31 @@ impl MemoryLedger {
             let mut events = Vec::new();
             if outcome == SettleOutcome::Committed {
                 state.committed += charged;
-                state.rate = burn_rate_after(state.rate, state.rate_at_ms, now, charged);
-                state.rate_at_ms = now;
-                if charged > 0 {
-                    state.commits += 1;
-                    state.first_commit_ms.get_or_insert(now);
+                {
+                    let d = state.details();
+                    d.rate = burn_rate_after(d.rate, d.rate_at_ms, now, charged);
+                    d.rate_at_ms = now;
+                    if charged > 0 {
+                        d.commits += 1;
+                        d.first_commit_ms.get_or_insert(now);
+                    }
+                    // Look up before inserting: a known route costs no allocation per commit.
+                    let route = hold.route.as_deref().unwrap_or_default();
+                    let usage = match d.usage.get_mut(route) {
+                        Some(usage) => usage,
+                        None => d.usage.entry(route.to_owned()).or_default(),
+                    };
+                    usage.credits += charged;
+                    usage.calls += 1;
                 }
-                // Look up before inserting: a known route costs no allocation per commit.
-                let route = hold.route.as_deref().unwrap_or_default();
-                let usage = match state.usage.get_mut(route) {
-                    Some(usage) => usage,
-                    None => state.usage.entry(route.to_owned()).or_default(),
-                };
-                usage.credits += charged;
-                usage.calls += 1;
                 let available = state.available();
-                let (crossed, runway_low) = state.alerts.after_commit(available, state.runway(now));
+                let runway = state.runway(now);
+                let last_top_up = state.last_top_up;
+                let (crossed, runway_low) =
+                    state
+                        .details()
+                        .alerts
+                        .after_commit(last_top_up, available, runway);
                 let outbox = &self.inner.outbox;
                 for threshold in crossed {
                     let event = outbox
@@ -987,7 +954,7 @@ impl MemoryLedger {
                     _ => {
                         // Refunded: the retry runs again.
                         if state.record_of(key, hold_id).is_some() {
-                            let requests = state.requests.as_deref_mut().expect("found");
+                            let requests = state.requests_mut().expect("found");
                             requests.remove(key);
                         }
                     }
@@ -1057,7 +1024,7 @@ impl MemoryLedger {
                 // Already there (a retried grow): nothing moves.
                 return Ok(GrowOutcome::Grown(Grown::new(current, state.available())));
             }
-            let spendable = state.available() as i128 + state.credit_limit as i128;
+            let spendable = state.available() as i128 + state.credit_limit() as i128;
             let least = least.max(current);
             let target = if ((to - current) as i128) <= spendable {
                 to
@@ -1065,7 +1032,7 @@ impl MemoryLedger {
                 current + spendable.max(0) as u64
             } else {
                 let refusal =
-                    Insufficient::new(least - current, state.available(), state.credit_limit);
+                    Insufficient::new(least - current, state.available(), state.credit_limit());
                 return Ok(GrowOutcome::Insufficient(refusal));
             };
             let raise = target - current;
@@ -1132,8 +1099,11 @@ impl MemoryLedger {
             (AuditKind::TopUp, amount, None, None),
             now,
         );
+        state.last_top_up = amount;
         let available = state.available();
-        state.alerts.after_top_up(amount, available);
+        if let Some(details) = state.details.as_deref_mut() {
+            details.alerts.after_top_up(amount, available);
+        }
         Ok(ToppedUp {
             amount,
             replayed: false,
@@ -1150,8 +1120,9 @@ impl MemoryLedger {
         check_alerts(&settings.thresholds, settings.runway_horizon)?;
         let mut shard = self.shard(account).lock();
         let state = shard.accounts.entry(account.clone()).or_default();
-        state.credit_limit = settings.credit_limit;
-        state
+        let details = state.details();
+        details.credit_limit = settings.credit_limit;
+        details
             .alerts
             .configure(settings.thresholds, settings.runway_horizon);
         Ok(())
@@ -1280,9 +1251,12 @@ impl LedgerReports for MemoryLedger {
                 held: state.held,
                 committed: state.committed,
                 topped_up: state.topped_up,
-                credit_limit: state.credit_limit,
-                thresholds: state.alerts.resolved(),
-                runway_horizon: state.alerts.horizon(),
+                credit_limit: state.credit_limit(),
+                thresholds: state.thresholds(),
+                runway_horizon: state
+                    .details
+                    .as_deref()
+                    .map_or(DEFAULT_RUNWAY_HORIZON, |d| d.alerts.horizon()),
                 open_holds: state.open_holds() as u64,
                 runway_secs: state.runway(now),
             })
@@ -1292,7 +1266,11 @@ impl LedgerReports for MemoryLedger {
     fn usage(&self, account: &AccountId) -> Self::Future<Usage> {
         ready(self.with_account(account, |state, _| {
             Ok(Usage {
-                by_route: state.usage.clone(),
+                by_route: state
+                    .details
+                    .as_deref()
+                    .map(|d| d.usage.clone())
+                    .unwrap_or_default(),
             })
         }))
     }

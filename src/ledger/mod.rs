@@ -54,6 +54,7 @@ pub(crate) fn expired(credits: u64) {
 }
 
 pub mod audit;
+mod audit_ring;
 mod boxed;
 mod cached_reads;
 mod error;

@@ -114,12 +114,13 @@ pub(crate) struct Alerts {
     pub(crate) runway_horizon_secs: Option<u64>,
     pub(crate) runway_fired: bool,
     pub(crate) depleted_fired: bool,
-    pub(crate) last_top_up: u64,
 }
 
 impl Alerts {
-    /// The thresholds in credits, highest first (the order a falling balance crosses them).
-    pub(crate) fn resolved(&self) -> Vec<u64> {
+    /// The thresholds in credits, highest first (the order a falling balance crosses them),
+    /// a percentage of `last_top_up` (the account keeps it, so an account with no settings
+    /// keeps no alert state).
+    pub(crate) fn resolved(&self, last_top_up: u64) -> Vec<u64> {
         if self.thresholds.is_empty() {
             // Most accounts: nothing to sort on every reserve.
             return Vec::new();
@@ -127,7 +128,7 @@ impl Alerts {
         let mut values: Vec<u64> = self
             .thresholds
             .iter()
-            .map(|t| t.credits(self.last_top_up))
+            .map(|t| t.credits(last_top_up))
             .collect();
         values.sort_unstable_by(|a, b| b.cmp(a));
         values.dedup();
@@ -145,9 +146,11 @@ impl Alerts {
     }
 
     /// After a commit that left `available` (and a runway forecast): the thresholds that
-    /// fire now (highest first), disarmed, and whether the runway event fires.
+    /// fire now (highest first, a percentage of `last_top_up`), disarmed, and whether the
+    /// runway event fires.
     pub(crate) fn after_commit(
         &mut self,
+        last_top_up: u64,
         available: i64,
         runway: Option<u64>,
     ) -> (Vec<u64>, Option<u64>) {
@@ -157,7 +160,7 @@ impl Alerts {
         }
         let mut crossed: Vec<(u64, usize)> = Vec::new();
         for (i, t) in self.thresholds.iter().enumerate() {
-            let value = t.credits(self.last_top_up);
+            let value = t.credits(last_top_up);
             if self.fired & (1 << i) == 0 && available < value as i64 {
                 self.fired |= 1 << i;
                 // Two thresholds of one value fire one event.
@@ -186,9 +189,8 @@ impl Alerts {
     /// After a top-up of `amount` that left `available`: re-arms the thresholds it lifted
     /// `available` back to, the runway and the depletion events.
     pub(crate) fn after_top_up(&mut self, amount: u64, available: i64) {
-        self.last_top_up = amount;
         for (i, t) in self.thresholds.iter().enumerate() {
-            if available >= t.credits(self.last_top_up) as i64 {
+            if available >= t.credits(amount) as i64 {
                 self.fired &= !(1 << i);
             }
         }
@@ -237,29 +239,33 @@ mod tests {
     fn each_threshold_fires_once_until_a_top_up_lifts_the_balance_back() {
         let mut a = Alerts::default();
         a.configure(vec![Threshold::Credits(100), Threshold::Credits(4)], None);
-        assert_eq!(a.after_commit(4, None).0, vec![100]);
-        assert_eq!(a.after_commit(3, None).0, vec![4]);
-        assert!(a.after_commit(1, None).0.is_empty());
+        assert_eq!(a.after_commit(0, 4, None).0, vec![100]);
+        assert_eq!(a.after_commit(0, 3, None).0, vec![4]);
+        assert!(a.after_commit(0, 1, None).0.is_empty());
         // A top-up to 50 re-arms 4, not 100.
         a.after_top_up(49, 50);
-        assert_eq!(a.after_commit(3, None).0, vec![4]);
+        assert_eq!(a.after_commit(0, 3, None).0, vec![4]);
         a.after_top_up(200, 203);
-        assert_eq!(a.after_commit(0, None).0, vec![100, 4]);
+        assert_eq!(a.after_commit(0, 0, None).0, vec![100, 4]);
     }
 
     #[test]
     fn runway_and_depletion_fire_once_until_a_top_up() {
         let mut a = Alerts::default();
-        assert_eq!(a.after_commit(10, Some(3_600)).1, Some(3_600));
-        assert_eq!(a.after_commit(9, Some(3_000)).1, None);
+        assert_eq!(a.after_commit(0, 10, Some(3_600)).1, Some(3_600));
+        assert_eq!(a.after_commit(0, 9, Some(3_000)).1, None);
         assert!(a.after_refusal());
         assert!(!a.after_refusal());
         a.after_top_up(10, 19);
         assert!(a.after_refusal());
-        assert_eq!(a.after_commit(9, Some(3_000)).1, Some(3_000));
+        assert_eq!(a.after_commit(0, 9, Some(3_000)).1, Some(3_000));
         a.configure(vec![], Some(Duration::ZERO));
         a.after_top_up(10, 19);
-        assert_eq!(a.after_commit(9, Some(1)).1, None, "a zero horizon is off");
+        assert_eq!(
+            a.after_commit(0, 9, Some(1)).1,
+            None,
+            "a zero horizon is off"
+        );
     }
 
     #[test]
