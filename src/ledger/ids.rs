@@ -112,6 +112,18 @@ impl AccountId {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The id's text, shared: what a map that rarely needs the id back keeps of it (8
+    /// bytes fewer than the id, which carries its hash).
+    pub(crate) fn shared_text(&self) -> &Arc<str> {
+        &self.text
+    }
+
+    /// The id of a text [`Self::shared_text`] gave (valid already).
+    pub(crate) fn from_shared_text(text: Arc<str>) -> Self {
+        let hash = text_hash(&text);
+        Self { text, hash }
+    }
 }
 
 impl fmt::Debug for AccountId {

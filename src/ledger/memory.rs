@@ -103,9 +103,10 @@ struct Inner {
     shard_hasher: RandomState,
     api_keys: RwLock<FastMap<ApiKeyHash, AccountId>>,
     /// Every top-up idempotency key ever credited, by [`topup_digest`]: the account it
-    /// credited and the amount. One map for the whole ledger, since a key credits one
-    /// account only; locked before the account's shard (top-ups are rare).
-    topups: Mutex<FastMap<[u8; 16], (AccountId, u64)>>,
+    /// credited (its text: a funded account's one entry here is 8 bytes smaller without
+    /// the id's hash) and the amount. One map for the whole ledger, since a key credits
+    /// one account only; locked before the account's shard (top-ups are rare).
+    topups: Mutex<FastMap<[u8; 16], CreditedBy>>,
     clock: Arc<dyn Clock>,
     /// How long a refund tombstone of a never-seen id is kept (see [`LongestTtl`]).
     longest_ttl: LongestTtl,
@@ -180,6 +181,9 @@ impl MemoryLedgerBuilder {
         }
     }
 }
+
+/// What a top-up key credited: the account's text and the amount.
+type CreditedBy = (Arc<str>, u64);
 
 /// The accounts of one shard, under one lock.
 #[derive(Default)]
@@ -1069,10 +1073,10 @@ impl MemoryLedger {
         // The key's owner first (the lock order: top-ups, then a shard).
         let mut topups = self.inner.topups.lock();
         let owner = topups.get(&digest);
-        if let Some((owner, _)) = owner.filter(|(owner, _)| owner != account) {
+        if let Some((owner, _)) = owner.filter(|(owner, _)| **owner != *account.as_str()) {
             // Another account's payment: this one is not even created.
             return Err(LedgerError::TopUpKeyClaimed {
-                account: owner.clone(),
+                account: AccountId::from_shared_text(owner.clone()),
             });
         }
         let first = owner.map(|&(_, first)| first);
@@ -1093,7 +1097,7 @@ impl MemoryLedger {
             });
         }
         state.topped_up = checked_total(state.topped_up, amount)?;
-        topups.insert(digest, (account.clone(), amount));
+        topups.insert(digest, (account.shared_text().clone(), amount));
         state.audit(
             self.inner.audit_cap,
             (AuditKind::TopUp, amount, None, None),
