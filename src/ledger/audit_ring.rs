@@ -173,6 +173,20 @@ impl Head {
     }
 }
 
+/// The buffer of a trail's first entry: exactly its size, as most accounts keep few.
+#[cold]
+fn first_buffer(size: usize) -> Box<[u8]> {
+    let mut buf = vec![0u8; HEAD + size].into_boxed_slice();
+    let head = Head {
+        end: HEAD,
+        start: HEAD,
+        count: 0,
+        next: 0,
+    };
+    head.write(&mut buf);
+    buf
+}
+
 /// Makes `size` free bytes at the end of a full buffer: the kept entries moved down onto
 /// the dropped ones' bytes when these are at least half as many, else into a buffer twice
 /// their size. Each move copies the kept bytes after at least half as many were written,
@@ -214,18 +228,12 @@ impl AuditRing {
             + hold.map_or(0, |h| 1 + h.len())
             + route.map_or(0, |r| 1 + r.len());
 
-        let buf = self.0.get_or_insert_with(|| {
-            // The first entry: exactly its size, as most accounts keep few.
-            let mut buf = vec![0u8; HEAD + size].into_boxed_slice();
-            let head = Head {
-                end: HEAD,
-                start: HEAD,
-                count: 0,
-                next: 0,
-            };
-            head.write(&mut buf);
-            buf
-        });
+        if self.0.is_none() {
+            self.0 = Some(first_buffer(size));
+        }
+        let Some(buf) = self.0.as_mut() else {
+            unreachable!("made above")
+        };
         let mut head = Head::read(buf);
         while head.count >= cap {
             head.start += entry_len(buf, head.start);

@@ -215,7 +215,7 @@ type IdKey = u128;
 
 fn id_key(id: &HoldId) -> IdKey {
     // A generated id, or its text chosen: the same key either way.
-    if let Some(digits) = id.hex_digits() {
+    if let Some(digits) = id.generated_digits().or_else(|| id.hex_digits()) {
         return hex_value(digits);
     }
     let text = id.as_bytes();
@@ -279,6 +279,27 @@ struct AccountDetails {
     usage: BTreeMap<String, RouteUsage>,
     /// Idempotency records, kept apart and dropped once empty.
     requests: Option<Box<Requests>>,
+}
+
+impl AccountDetails {
+    /// Forgets up to [`RECLAIM_LIMIT`] idempotency records past their retention.
+    fn forget_requests(&mut self, now_ms: u64) {
+        let Some(requests) = self.requests.as_deref_mut() else {
+            return;
+        };
+        for _ in 0..RECLAIM_LIMIT {
+            match requests.expiry.first() {
+                Some(&(at, key)) if at <= now_ms => {
+                    requests.expiry.pop_first();
+                    requests.records.remove(&key);
+                }
+                _ => break,
+            }
+        }
+        if requests.records.is_empty() {
+            self.requests = None;
+        }
+    }
 }
 
 /// The idempotency records of one account, by key digest, with their expiry index.
@@ -412,8 +433,13 @@ impl AccountState {
         runway_secs(self.available(), decayed_rate(d.rate, d.rate_at_ms, now_ms))
     }
 
+    #[inline]
     fn details(&mut self) -> &mut AccountDetails {
-        self.details.get_or_insert_default()
+        // As `activity`.
+        if self.details.is_none() {
+            self.details = Some(Box::default());
+        }
+        self.details.as_deref_mut().expect("made above")
     }
 
     fn credit_limit(&self) -> u64 {
@@ -421,6 +447,7 @@ impl AccountState {
     }
 
     /// The thresholds in credits, highest first.
+    #[inline]
     fn thresholds(&self) -> Vec<u64> {
         self.details
             .as_deref()
@@ -435,8 +462,14 @@ impl AccountState {
         self.details.as_deref_mut()?.requests.as_deref_mut()
     }
 
+    #[inline]
     fn activity(&mut self) -> &mut Activity {
-        self.activity.get_or_insert_default()
+        // Not `get_or_insert_default`, whose call is not inlined: the usual account has
+        // its box already.
+        if self.activity.is_none() {
+            self.activity = Some(Box::default());
+        }
+        self.activity.as_deref_mut().expect("made above")
     }
 
     fn open_hold(&self, key: IdKey) -> Option<&OpenHold> {
@@ -525,24 +558,13 @@ impl AccountState {
     }
 
     /// Forgets up to [`RECLAIM_LIMIT`] idempotency records past their retention.
+    #[inline]
     fn forget_requests(&mut self, now_ms: u64) {
-        let Some(details) = self.details.as_deref_mut() else {
-            return;
-        };
-        let Some(requests) = details.requests.as_deref_mut() else {
-            return;
-        };
-        for _ in 0..RECLAIM_LIMIT {
-            match requests.expiry.first() {
-                Some(&(at, key)) if at <= now_ms => {
-                    requests.expiry.pop_first();
-                    requests.records.remove(&key);
-                }
-                _ => break,
+        if let Some(details) = self.details.as_deref_mut() {
+            if details.requests.is_some() {
+                // The rare account with records: the loop out of line.
+                details.forget_requests(now_ms);
             }
-        }
-        if requests.records.is_empty() {
-            details.requests = None;
         }
     }
 

@@ -120,11 +120,16 @@ impl Alerts {
     /// The thresholds in credits, highest first (the order a falling balance crosses them),
     /// a percentage of `last_top_up` (the account keeps it, so an account with no settings
     /// keeps no alert state).
+    #[inline]
     pub(crate) fn resolved(&self, last_top_up: u64) -> Vec<u64> {
         if self.thresholds.is_empty() {
-            // Most accounts: nothing to sort on every reserve.
+            // Most accounts: nothing to sort on every reserve (and no call made).
             return Vec::new();
         }
+        self.resolve(last_top_up)
+    }
+
+    fn resolve(&self, last_top_up: u64) -> Vec<u64> {
         let mut values: Vec<u64> = self
             .thresholds
             .iter()
@@ -148,6 +153,7 @@ impl Alerts {
     /// After a commit that left `available` (and a runway forecast): the thresholds that
     /// fire now (highest first, a percentage of `last_top_up`), disarmed, and whether the
     /// runway event fires.
+    #[inline]
     pub(crate) fn after_commit(
         &mut self,
         last_top_up: u64,
@@ -155,9 +161,19 @@ impl Alerts {
         runway: Option<u64>,
     ) -> (Vec<u64>, Option<u64>) {
         if self.thresholds.is_empty() && (self.runway_fired || runway.is_none()) {
-            // No threshold, and no runway event that could fire: the usual commit.
+            // No threshold, and no runway event that could fire: the usual commit (and no
+            // call made).
             return (Vec::new(), None);
         }
+        self.fire_after_commit(last_top_up, available, runway)
+    }
+
+    fn fire_after_commit(
+        &mut self,
+        last_top_up: u64,
+        available: i64,
+        runway: Option<u64>,
+    ) -> (Vec<u64>, Option<u64>) {
         let mut crossed: Vec<(u64, usize)> = Vec::new();
         for (i, t) in self.thresholds.iter().enumerate() {
             let value = t.credits(last_top_up);
