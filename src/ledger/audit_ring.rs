@@ -207,6 +207,7 @@ fn make_room(buf: &mut Box<[u8]>, head: &mut Head, size: usize) {
 
 impl AuditRing {
     /// Appends `m`, dropping the oldest entry past `cap` (0: no trail).
+    #[inline]
     pub(crate) fn push(&mut self, cap: usize, m: &Move<'_>) {
         if cap == 0 {
             return;

@@ -462,7 +462,7 @@ impl AccountState {
         self.details.as_deref_mut()?.requests.as_deref_mut()
     }
 
-    #[inline]
+    #[inline(always)]
     fn activity(&mut self) -> &mut Activity {
         // Not `get_or_insert_default`, whose call is not inlined: the usual account has
         // its box already.
@@ -487,15 +487,24 @@ impl AccountState {
 
     /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids whose time
     /// has come; the credits that went back.
+    #[inline(always)]
     fn reclaim(&mut self, now_ms: u64, audit_cap: usize) -> u64 {
+        match self.activity.as_deref() {
+            None => 0,
+            Some(activity) if now_ms < activity.next_due => {
+                // Nothing is due: the usual call, on an account whose holds live seconds.
+                self.forget_requests(now_ms);
+                0
+            }
+            Some(_) => self.reclaim_due(now_ms, audit_cap),
+        }
+    }
+
+    /// [`Self::reclaim`] once something is due.
+    fn reclaim_due(&mut self, now_ms: u64, audit_cap: usize) -> u64 {
         let Some(activity) = self.activity.as_deref_mut() else {
             return 0;
         };
-        if now_ms < activity.next_due {
-            // Nothing is due: the usual call, on an account whose holds live seconds.
-            self.forget_requests(now_ms);
-            return 0;
-        }
         let mut released = 0;
         let mut expired = Vec::new();
         for _ in 0..RECLAIM_LIMIT {
@@ -765,10 +774,10 @@ impl MemoryLedger {
     ) -> Result<T, LedgerError> {
         let now = self.inner.clock.now_ms();
         let mut shard = self.shard(account).lock();
-        let state = shard
-            .accounts
-            .get_mut(account)
-            .ok_or(LedgerError::UnknownAccount)?;
+        // Not `ok_or`: its error is made, and dropped, on every call that finds the account.
+        let Some(state) = shard.accounts.get_mut(account) else {
+            return Err(LedgerError::UnknownAccount);
+        };
         expired(state.reclaim(now, self.inner.audit_cap));
         op(state, now)
     }
