@@ -1,7 +1,7 @@
 //! The embedded ledger: balances in process memory, no server needed.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
 use std::future::{ready, Ready};
 use std::hash::BuildHasher;
@@ -19,14 +19,15 @@ use super::idempotency::check_retention;
 use super::ids::hex_value;
 use super::open_holds::{Expiring, OpenHolds};
 use super::outbox_memory::MemoryOutbox;
+use super::route_usage::UsageByRoute;
 use super::DEFAULT_RUNWAY_HORIZON;
 use super::{
     burn_rate_after, check_alerts, check_idempotency_key, check_route, check_ttl, decayed_rate,
     runway::runway_known, runway_secs, AccountId, AccountSettings, Alerts, Balance, Configure,
     CreditEvent, DeadLetter, EventKind, EventOutbox, Extend, Extended, Grow, GrowOutcome, Grown,
     Held, HoldId, IdempotencyClaim, Insufficient, Ledger, LedgerAdmin, LedgerError, LedgerReports,
-    LongestTtl, OutboxFuture, Replay, Reserve, ReserveOutcome, RouteUsage, Settle, SettleOutcome,
-    Settlement, StoreResponse, TopUp, ToppedUp, Usage, RECLAIM_LIMIT,
+    LongestTtl, OutboxFuture, Replay, Reserve, ReserveOutcome, Settle, SettleOutcome, Settlement,
+    StoreResponse, TopUp, ToppedUp, Usage, RECLAIM_LIMIT,
 };
 use crate::amount::{check_amount, checked_total};
 use crate::api_key::ApiKeyHash;
@@ -276,7 +277,7 @@ struct AccountDetails {
     /// Commits of at least a credit, and when the first was: the history a runway needs.
     commits: u64,
     first_commit_ms: Option<u64>,
-    usage: BTreeMap<String, RouteUsage>,
+    usage: UsageByRoute,
     /// Idempotency records, kept apart and dropped once empty.
     requests: Option<Box<Requests>>,
 }
@@ -941,14 +942,7 @@ impl MemoryLedger {
                         d.commits += 1;
                         d.first_commit_ms.get_or_insert(now);
                     }
-                    // Look up before inserting: a known route costs no allocation per commit.
-                    let route = hold.route.as_deref().unwrap_or_default();
-                    let usage = match d.usage.get_mut(route) {
-                        Some(usage) => usage,
-                        None => d.usage.entry(route.to_owned()).or_default(),
-                    };
-                    usage.credits += charged;
-                    usage.calls += 1;
+                    d.usage.add(hold.route.as_ref(), charged);
                 }
                 let available = state.available();
                 let runway = state.runway(now);
@@ -1304,7 +1298,7 @@ impl LedgerReports for MemoryLedger {
                 by_route: state
                     .details
                     .as_deref()
-                    .map(|d| d.usage.clone())
+                    .map(|d| d.usage.to_map())
                     .unwrap_or_default(),
             })
         }))

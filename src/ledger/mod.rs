@@ -68,6 +68,7 @@ mod outbox_memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod route_usage;
 pub mod runway;
 mod types;
 pub mod validate;
