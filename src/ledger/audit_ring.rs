@@ -25,7 +25,8 @@
 //!   * the route, when it has one: one byte of length less one, and its text (1 to 256
 //!     bytes: an empty route is kept as none, as the history shows it).
 //!
-//! The oldest entries go by moving the start; the bytes they leave are reused when the
+//! At most `cap` entries are kept, and at most 1 GiB of them (`MAX_LIVE`), the oldest going
+//! first. The oldest entries go by moving the start; the bytes they leave are reused when the
 //! buffer fills (see `make_room`), so a full trail holds at most about three times its
 //! entries' bytes, and each byte written is moved about twice on average.
 
@@ -42,6 +43,12 @@ const NEXT: usize = 12;
 /// The entry has a hold id (bit 3 of its flags), a route (bit 4).
 const HOLD: u8 = 1 << 3;
 const ROUTE: u8 = 1 << 4;
+
+/// Most bytes of entries one account's trail keeps, whatever its cap: the oldest go first
+/// past it. A buffer then stays under 2 GiB + 2 entries, so its `u32` offsets never
+/// overflow. (About 2.9 million entries of the longest kind, 365 bytes; a cap of the
+/// Redis ledger's limit, 10 million, of request entries of about 60 bytes fits under it.)
+const MAX_LIVE: usize = 1 << 30;
 
 /// Longest route an entry keeps whole (the ledger's route check allows no longer one).
 const MAX_ROUTE: usize = 256;
@@ -205,10 +212,30 @@ fn make_room(buf: &mut Box<[u8]>, head: &mut Head, size: usize) {
     head.end = HEAD + live;
 }
 
+/// A route's bytes as an entry keeps them: whole (the ledger's route check allows no route
+/// longer than [`MAX_ROUTE`]), or, should a longer one ever get here, its first
+/// [`MAX_ROUTE`] bytes cut at a character's start.
+fn route_bytes(route: &str) -> &[u8] {
+    if route.len() <= MAX_ROUTE {
+        return route.as_bytes();
+    }
+    let cut = (0..=MAX_ROUTE)
+        .rev()
+        .find(|&i| route.is_char_boundary(i))
+        .unwrap_or(0);
+    &route.as_bytes()[..cut]
+}
+
 impl AuditRing {
     /// Appends `m`, dropping the oldest entry past `cap` (0: no trail).
     #[inline]
     pub(crate) fn push(&mut self, cap: usize, m: &Move<'_>) {
+        self.push_within(cap, MAX_LIVE, m);
+    }
+
+    /// [`Self::push`], keeping at most `max_live` bytes of entries (tests lower it).
+    #[inline]
+    fn push_within(&mut self, cap: usize, max_live: usize, m: &Move<'_>) {
         if cap == 0 {
             return;
         }
@@ -218,10 +245,7 @@ impl AuditRing {
         let w = width(m.amount | m.held | m.committed | m.topped_up);
         let generated = m.hold.and_then(HoldId::generated_digits);
         let hold = m.hold.filter(|_| generated.is_none()).map(HoldId::as_bytes);
-        let route = m
-            .route
-            .filter(|r| !r.is_empty())
-            .map(|r| &r.as_bytes()[..r.len().min(MAX_ROUTE)]);
+        let route = m.route.filter(|r| !r.is_empty()).map(route_bytes);
         let numbers_len = t + 4 * w;
         let size = 3
             + numbers_len
@@ -236,7 +260,7 @@ impl AuditRing {
             unreachable!("made above")
         };
         let mut head = Head::read(buf);
-        while head.count >= cap {
+        while head.count >= cap || (head.count > 0 && head.end - head.start + size > max_live) {
             head.start += entry_len(buf, head.start);
             head.count -= 1;
         }
@@ -294,20 +318,23 @@ impl AuditRing {
             return HistoryPage::from_newest(Vec::new(), limit);
         };
         let head = Head::read(buf);
-        let mut seq = head.next - head.count as u64;
-        // Entries are read oldest first: keep the newest `limit + 1` before the cursor.
-        let mut older = std::collections::VecDeque::with_capacity(limit + 1);
+        let first = head.next - head.count as u64;
+        // The entries before the cursor; the older of them are stepped over by their
+        // length, unread, so a page costs its own entries, not the whole trail's.
+        let before = cursor.map_or(head.count as u64, |c| c.clamp(first, head.next) - first);
+        let skip = before.saturating_sub(limit as u64 + 1);
         let mut at = head.start;
-        while at < head.end && cursor.is_none_or(|c| seq < c) {
-            let (entry, len) = decode(buf, at, seq);
-            if older.len() == limit + 1 {
-                older.pop_front();
-            }
-            older.push_back(entry);
-            at += len;
-            seq += 1;
+        for _ in 0..skip {
+            at += entry_len(buf, at);
         }
-        HistoryPage::from_newest(older.into_iter().rev().collect(), limit)
+        let mut entries = Vec::with_capacity((before - skip) as usize);
+        for seq in first + skip..first + before {
+            let (entry, len) = decode(buf, at, seq);
+            entries.push(entry);
+            at += len;
+        }
+        entries.reverse();
+        HistoryPage::from_newest(entries, limit)
     }
 }
 
@@ -408,6 +435,31 @@ mod tests {
     }
 
     #[test]
+    fn past_its_byte_budget_the_trail_drops_its_oldest_and_keeps_counting() {
+        let mut ring = AuditRing::default();
+        let hold = HoldId::generate();
+        for i in 0..1_000u64 {
+            ring.push_within(usize::MAX, 4_096, &entry(i, Some(&hold), Some("/v1/echo")));
+        }
+        let head = Head::read(ring.0.as_deref().unwrap());
+        assert!(head.end - head.start <= 4_096);
+        assert!(ring.0.as_deref().unwrap().len() <= HEAD + 2 * 4_096 + 200);
+        let page = ring.history(None, 500);
+        let kept = page.entries.len() as u64;
+        assert!((50..100).contains(&kept), "{kept} entries kept");
+        assert_eq!(page.entries[0].id, "999");
+        assert_eq!(page.entries.last().unwrap().id, (1_000 - kept).to_string());
+    }
+
+    #[test]
+    fn a_route_past_the_longest_allowed_is_cut_at_a_character() {
+        let long = format!("{}é{}", "r".repeat(255), "x".repeat(10));
+        assert_eq!(route_bytes(&long), "r".repeat(255).as_bytes());
+        let exact = "é".repeat(128);
+        assert_eq!(route_bytes(&exact), exact.as_bytes());
+    }
+
+    #[test]
     fn pages_follow_the_cursor() {
         let mut ring = AuditRing::default();
         for i in 0..10 {
@@ -421,6 +473,8 @@ mod tests {
         let last = ring.history(Some(2), 4);
         assert_eq!(ids(&last), ["1", "0"]);
         assert!(last.next.is_none());
+        assert!(ring.history(Some(0), 4).entries.is_empty());
+        assert_eq!(ids(&ring.history(Some(1_000), 2)), ["9", "8"]);
         assert!(AuditRing::default().history(None, 4).entries.is_empty());
     }
 

@@ -138,8 +138,18 @@ impl fmt::Debug for MemoryLedgerBuilder {
 
 impl MemoryLedgerBuilder {
     /// How many audit entries each account keeps, the oldest dropped first (default
-    /// [`DEFAULT_MEMORY_AUDIT_CAP`]); 0 keeps no trail.
+    /// [`DEFAULT_MEMORY_AUDIT_CAP`]); 0 keeps no trail. At most 10,000,000, as
+    /// `RedisLedgerBuilder::audit_cap`; an account
+    /// also keeps at most 1 GiB of entries, its oldest going first past that.
+    ///
+    /// # Panics
+    ///
+    /// If `entries` is more than 10,000,000.
     pub fn audit_cap(mut self, entries: usize) -> Self {
+        assert!(
+            entries <= 10_000_000,
+            "audit_cap({entries}): at most 10,000,000"
+        );
         self.audit_cap = entries;
         self
     }
@@ -1326,6 +1336,12 @@ impl LedgerReports for MemoryLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "at most 10,000,000")]
+    fn an_audit_cap_past_the_redis_ledgers_limit_is_refused_when_built() {
+        let _ = MemoryLedger::builder().audit_cap(10_000_001);
+    }
 
     #[test]
     fn an_account_drops_its_hold_tables_once_nothing_is_open_or_remembered() {
