@@ -25,6 +25,9 @@ use crate::wire::problem::ProblemCtx;
 #[derive(Clone)]
 pub(crate) struct Shared<L: Ledger> {
     pub(crate) ledger: L,
+    /// `credits_requests_total`'s handles, kept.
+    #[cfg(feature = "metrics")]
+    pub(crate) requests: Arc<crate::metrics::RequestCounters>,
     pub(crate) resolver: AccountResolver,
     pub(crate) pricing: Pricing,
     pub(crate) headers: CreditHeaders,

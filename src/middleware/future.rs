@@ -115,7 +115,9 @@ where
         let state = match plan {
             Plan::Pass => {
                 #[cfg(feature = "metrics")]
-                crate::metrics::request(crate::metrics::Outcome::Free, crate::metrics::Reason::Ok);
+                shared
+                    .requests
+                    .count(crate::metrics::Outcome::Free, crate::metrics::Reason::Ok);
                 State::PassThrough {
                     fut: inner.call(req),
                 }

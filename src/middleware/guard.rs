@@ -63,15 +63,15 @@ pub(crate) fn settle_hold(
     }
     let decision = decide(end, &closed);
     #[cfg(feature = "metrics")]
-    count(end, decision);
+    count(settler.requests(), end, decision);
     settler.settle(hold, decision);
     Some(decision)
 }
 
 /// Counts a billed request by how it ended, in `credits_requests_total`.
 #[cfg(feature = "metrics")]
-fn count(end: End, decision: SettleDecision) {
-    use crate::metrics::{request, Outcome, Reason};
+fn count(requests: &crate::metrics::RequestCounters, end: End, decision: SettleDecision) {
+    use crate::metrics::{Outcome, Reason};
     let outcome = match decision {
         SettleDecision::Commit(_) => Outcome::Billed,
         _ => Outcome::Refunded,
@@ -81,7 +81,7 @@ fn count(end: End, decision: SettleDecision) {
         End::Early | End::BeforeHead => Reason::Cancelled,
         End::Failure | End::FailureAfterBody | End::Error => Reason::Failed,
     };
-    request(outcome, reason);
+    requests.count(outcome, reason);
 }
 
 /// Settles a hold exactly once: explicitly with [`settle`](Self::settle), or when dropped

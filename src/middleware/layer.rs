@@ -74,6 +74,8 @@ impl<L: Ledger> CreditLayer<L> {
     pub fn new(ledger: L) -> Self {
         Self {
             shared: Arc::new(Shared {
+                #[cfg(feature = "metrics")]
+                requests: Arc::default(),
                 grow_ledger: Arc::new(ledger.clone()),
                 stream_limit: crate::StreamLimit::default(),
                 ledger,

@@ -26,7 +26,7 @@ pub(crate) fn refuse<L: Ledger>(
     refusal: &Refusal,
 ) -> WireResponse {
     #[cfg(feature = "metrics")]
-    crate::metrics::request(
+    shared.requests.count(
         crate::metrics::Outcome::Refused,
         crate::metrics::Reason::of(refusal),
     );
@@ -63,7 +63,9 @@ pub(crate) fn quoted<L: Ledger>(
     balance: Option<&Balance>,
 ) -> WireResponse {
     #[cfg(feature = "metrics")]
-    crate::metrics::request(crate::metrics::Outcome::Free, crate::metrics::Reason::Quote);
+    shared
+        .requests
+        .count(crate::metrics::Outcome::Free, crate::metrics::Reason::Quote);
     let quote = match balance {
         Some(balance) => Quote {
             price,

@@ -33,6 +33,9 @@ pub(crate) trait Settler: Send + Sync + 'static {
     /// expire at `expires`. `false` when there is no keeper to run it.
     fn watch(self: Arc<Self>, hold: &HoldCtx, watch: Arc<HoldWatch>, expires: Instant) -> bool;
     fn headers(&self) -> &CreditHeaders;
+    /// `credits_requests_total`'s handles.
+    #[cfg(feature = "metrics")]
+    fn requests(&self) -> &crate::metrics::RequestCounters;
     /// Stores a keyed request's response for its replays: the first try now, the rest by
     /// the keeper (once; a lost store leaves the record unavailable for replays).
     fn store(&self, store: StoreResponse);
@@ -167,6 +170,11 @@ impl<L: Ledger> Settler for Shared<L> {
 
     fn headers(&self) -> &CreditHeaders {
         &self.headers
+    }
+
+    #[cfg(feature = "metrics")]
+    fn requests(&self) -> &crate::metrics::RequestCounters {
+        &self.requests
     }
 
     fn store(&self, store: StoreResponse) {

@@ -241,8 +241,10 @@ where
             Stats::add(&shared.stats.served_unbilled, 1);
             #[cfg(feature = "metrics")]
             {
-                use crate::metrics::{request, unbilled, Outcome, Reason};
-                request(Outcome::Unbilled, Reason::LedgerUnavailable);
+                use crate::metrics::{unbilled, Outcome, Reason};
+                shared
+                    .requests
+                    .count(Outcome::Unbilled, Reason::LedgerUnavailable);
                 unbilled(amount);
             }
             if let Some(account) = &account {
