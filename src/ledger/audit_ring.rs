@@ -320,7 +320,9 @@ impl AuditRing {
         let head = Head::read(buf);
         let first = head.next - head.count as u64;
         // The entries before the cursor; the older of them are stepped over by their
-        // length, unread, so a page costs its own entries, not the whole trail's.
+        // length (two bytes read each, nothing decoded or allocated), so a page decodes
+        // only its own entries. The steps are forwards only: the newest page of a trail of
+        // millions still steps over all of them (about 46 ms for 10 million).
         let before = cursor.map_or(head.count as u64, |c| c.clamp(first, head.next) - first);
         let skip = before.saturating_sub(limit as u64 + 1);
         let mut at = head.start;
