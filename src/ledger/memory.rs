@@ -226,6 +226,8 @@ type IdKey = u128;
 
 fn id_key(id: &HoldId) -> IdKey {
     // A generated id, or its text chosen: the same key either way.
+    // The generated check first, inlined: through `hex_digits` alone the usual id costs
+    // about 25 instructions more (measured).
     if let Some(digits) = id.generated_digits().or_else(|| id.hex_digits()) {
         return hex_value(digits);
     }
@@ -256,9 +258,9 @@ fn key_collision(id: &HoldId) -> LedgerError {
     LedgerError::Corrupt(format!("hold id {id} met another open hold's id key").into())
 }
 
-/// One account: its balance inline, the rest boxed apart until it has some, so an idle
-/// funded account is 64 bytes here and its top-up's audit entry (the map slot of 88 bytes,
-/// with its id, where a flat account took 232).
+/// One account: its balance inline, the rest boxed apart until it has some. An idle funded
+/// account is these 64 bytes (88 with its id in the map's slot, where a flat account took
+/// 232) and its trail's one entry.
 #[derive(Default)]
 struct AccountState {
     topped_up: u64,
