@@ -408,11 +408,13 @@ const TIMED_OPS: [&str; 10] = [
 ];
 
 impl Shared {
-    fn count(&self, name: &'static str, account: &AccountId, credits: u64) {
+    /// Adds `credits` to the counter `name`, labelled by `account` when the call was made
+    /// with counts by account.
+    fn count(&self, name: &'static str, account: Option<&AccountId>, credits: u64) {
         if credits == 0 {
             return;
         }
-        if self.per_account.load(Relaxed) {
+        if let Some(account) = account {
             ::metrics::counter!(name, "account" => account.as_str().to_owned()).increment(credits);
             return;
         }
@@ -451,34 +453,33 @@ impl Shared {
     }
 
     /// A hold was placed (or found placed): counted once per hold.
-    fn opened(&self, account: &AccountId, hold: &HoldId, amount: u64, ttl: Duration) {
-        let now = Instant::now();
+    fn opened(&self, call: &Call, amount: u64, now: Instant) {
         let (new, open) = {
             let mut open = self.open.lock();
             open.prune(now);
             let new = open
                 .holds
                 .insert(
-                    hold_key(account, hold),
+                    call.key,
                     OpenHold {
                         amount,
-                        forget_at: now + ttl + EXPIRY_GRACE,
+                        forget_at: now + call.ttl + EXPIRY_GRACE,
                     },
                 )
                 .is_none();
             (new, open.holds.len())
         };
         if new {
-            self.count(RESERVED_TOTAL, account, amount);
+            self.count(RESERVED_TOTAL, call.account.as_ref(), amount);
         }
         self.set_open_holds(open);
     }
 
     /// A hold is no longer open; its amount if this replica counted it open.
-    fn closed(&self, account: &AccountId, hold: &HoldId) -> Option<u64> {
+    fn closed(&self, call: &Call) -> Option<u64> {
         let (removed, open) = {
             let mut open = self.open.lock();
-            let removed = open.holds.remove(&hold_key(account, hold));
+            let removed = open.holds.remove(&call.key);
             (removed, open.holds.len())
         };
         let removed = removed?;
@@ -487,10 +488,10 @@ impl Shared {
     }
 
     /// An open hold now holds `amount` in all: the raise counts as reserved credits.
-    fn grown(&self, account: &AccountId, hold: &HoldId, amount: u64) {
+    fn grown(&self, call: &Call, amount: u64) {
         let raised = {
             let mut open = self.open.lock();
-            let Some(open) = open.holds.get_mut(&hold_key(account, hold)) else {
+            let Some(open) = open.holds.get_mut(&call.key) else {
                 return;
             };
             let raised = amount.saturating_sub(open.amount);
@@ -498,13 +499,13 @@ impl Shared {
             raised
         };
         if raised > 0 {
-            self.count(RESERVED_TOTAL, account, raised);
+            self.count(RESERVED_TOTAL, call.account.as_ref(), raised);
         }
     }
 
-    fn extended(&self, account: &AccountId, hold: &HoldId, ttl: Duration) {
-        if let Some(open) = self.open.lock().holds.get_mut(&hold_key(account, hold)) {
-            open.forget_at = Instant::now() + ttl + EXPIRY_GRACE;
+    fn extended(&self, call: &Call, now: Instant) {
+        if let Some(open) = self.open.lock().holds.get_mut(&call.key) {
+            open.forget_at = now + call.ttl + EXPIRY_GRACE;
         }
     }
 }
@@ -555,7 +556,7 @@ impl<L> Metered<L> {
     /// and `credits_refunded_total` (off by default).
     ///
     /// **Every account becomes a series of each**: turn it on only when the number of
-    /// accounts is small and bounded. It applies to every clone of this wrapper.
+    /// accounts is small and bounded. It applies to every clone of this wrapper, for the calls made after it.
     pub fn per_account(self, on: bool) -> Self {
         self.shared.per_account.store(on, Relaxed);
         self
@@ -590,14 +591,25 @@ impl<L> Metered<L> {
 }
 
 /// What an operation's answer does to the metrics and its span.
-type Done<T> = Option<(fn(&Shared, &Call, &T, &Span), Call)>;
+type Done<T> = Option<(fn(&Shared, &Call, &T, &Span, Instant), Call)>;
 
-/// What an answer is read against: the request's account, hold and TTL.
+/// What an answer is read against: the request's hold (by its key), its account when
+/// counts are labelled by account, and its TTL. Nothing is cloned for an unlabelled count.
 #[derive(Debug)]
 struct Call {
-    account: AccountId,
-    hold: HoldId,
+    key: HoldKey,
+    account: Option<AccountId>,
     ttl: Duration,
+}
+
+impl Call {
+    fn new(shared: &Shared, account: &AccountId, hold: &HoldId, ttl: Duration) -> Self {
+        Self {
+            key: hold_key(account, hold),
+            account: shared.per_account.load(Relaxed).then(|| account.clone()),
+            ttl,
+        }
+    }
 }
 
 /// The future of a [`Metered`] operation: the inner ledger's, timed, inside its span.
@@ -626,12 +638,15 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         };
+        // One clock read for the duration and for what the answer starts (an open hold's
+        // forget-at time).
+        let now = Instant::now();
         this.shared
-            .record_duration(this.op, this.started.elapsed().as_secs_f64());
+            .record_duration(this.op, (now - this.started).as_secs_f64());
         match &result {
             Ok(answer) => {
                 if let Some((done, call)) = &this.done {
-                    done(&this.shared, call, answer, &this.span);
+                    done(&this.shared, call, answer, &this.span, now);
                 }
             }
             Err(error) => {
@@ -651,12 +666,12 @@ where
     }
 }
 
-fn reserved(shared: &Shared, call: &Call, outcome: &ReserveOutcome, span: &Span) {
+fn reserved(shared: &Shared, call: &Call, outcome: &ReserveOutcome, span: &Span, now: Instant) {
     let label = match outcome {
         ReserveOutcome::Held(held) => {
             span.record("held", held.amount);
             span.record("available", held.available);
-            shared.opened(&call.account, &call.hold, held.amount, call.ttl);
+            shared.opened(call, held.amount, now);
             "held"
         }
         ReserveOutcome::Insufficient(refusal) => {
@@ -673,7 +688,7 @@ fn reserved(shared: &Shared, call: &Call, outcome: &ReserveOutcome, span: &Span)
     span.record("outcome", label);
 }
 
-fn settled(shared: &Shared, call: &Call, settlement: &Settlement, span: &Span) {
+fn settled(shared: &Shared, call: &Call, settlement: &Settlement, span: &Span, _now: Instant) {
     let label = match settlement.outcome {
         SettleOutcome::Committed => "committed",
         SettleOutcome::Refunded => "refunded",
@@ -688,18 +703,18 @@ fn settled(shared: &Shared, call: &Call, settlement: &Settlement, span: &Span) {
     span.record("committed", settlement.committed);
     span.record("released", settlement.released);
     // An expired hold's credits were counted by the ledger call that reclaimed them.
-    shared.closed(&call.account, &call.hold);
+    shared.closed(call);
     if let SettleOutcome::Committed | SettleOutcome::Refunded = settlement.outcome {
-        shared.count(COMMITTED_TOTAL, &call.account, settlement.committed);
-        shared.count(REFUNDED_TOTAL, &call.account, settlement.released);
+        shared.count(COMMITTED_TOTAL, call.account.as_ref(), settlement.committed);
+        shared.count(REFUNDED_TOTAL, call.account.as_ref(), settlement.released);
     }
 }
 
-fn grown(shared: &Shared, call: &Call, outcome: &GrowOutcome, span: &Span) {
+fn grown(shared: &Shared, call: &Call, outcome: &GrowOutcome, span: &Span, _now: Instant) {
     let label = match outcome {
         GrowOutcome::Grown(grown) => {
             span.record("held", grown.amount);
-            shared.grown(&call.account, &call.hold, grown.amount);
+            shared.grown(call, grown.amount);
             "grown"
         }
         GrowOutcome::Insufficient(_) => "insufficient",
@@ -710,11 +725,11 @@ fn grown(shared: &Shared, call: &Call, outcome: &GrowOutcome, span: &Span) {
     span.record("outcome", label);
 }
 
-fn extended(shared: &Shared, call: &Call, extended: &Extended, _span: &Span) {
+fn extended(shared: &Shared, call: &Call, extended: &Extended, _span: &Span, now: Instant) {
     match extended {
-        Extended::Until(_) => shared.extended(&call.account, &call.hold, call.ttl),
+        Extended::Until(_) => shared.extended(call, now),
         Extended::NotOpen(_) => {
-            shared.closed(&call.account, &call.hold);
+            shared.closed(call);
         }
     }
 }
@@ -734,11 +749,12 @@ impl<L: Ledger> Ledger for Metered<L> {
             held = Empty,
             available = Empty,
         );
-        let call = Call {
-            account: reserve.account().clone(),
-            hold: reserve.hold_id().clone(),
-            ttl: reserve.hold_ttl(),
-        };
+        let call = Call::new(
+            &self.shared,
+            reserve.account(),
+            reserve.hold_id(),
+            reserve.hold_ttl(),
+        );
         let inner = span.in_scope(|| self.inner.reserve(reserve));
         self.future(inner, "reserve", span, Some((reserved, call)))
     }
@@ -758,21 +774,23 @@ impl<L: Ledger> Ledger for Metered<L> {
             committed = Empty,
             released = Empty,
         );
-        let call = Call {
-            account: settle.account().clone(),
-            hold: settle.hold_id().clone(),
-            ttl: Duration::ZERO,
-        };
+        let call = Call::new(
+            &self.shared,
+            settle.account(),
+            settle.hold_id(),
+            Duration::ZERO,
+        );
         let inner = span.in_scope(|| self.inner.settle(settle));
         self.future(inner, "settle", span, Some((settled, call)))
     }
 
     fn extend(&self, extend: Extend) -> Self::Future<Extended> {
-        let call = Call {
-            account: extend.account().clone(),
-            hold: extend.hold_id().clone(),
-            ttl: extend.hold_ttl(),
-        };
+        let call = Call::new(
+            &self.shared,
+            extend.account(),
+            extend.hold_id(),
+            extend.hold_ttl(),
+        );
         let inner = self.inner.extend(extend);
         self.future(inner, "extend", Span::none(), Some((extended, call)))
     }
@@ -786,11 +804,7 @@ impl<L: Ledger> Ledger for Metered<L> {
             outcome = Empty,
             held = Empty,
         );
-        let call = Call {
-            account: grow.account().clone(),
-            hold: grow.hold_id().clone(),
-            ttl: Duration::ZERO,
-        };
+        let call = Call::new(&self.shared, grow.account(), grow.hold_id(), Duration::ZERO);
         let inner = span.in_scope(|| self.inner.grow(grow));
         self.future(inner, "grow", span, Some((grown, call)))
     }
