@@ -41,6 +41,11 @@ fn recorded<F: Future<Output = ()>>(traffic: impl FnOnce() -> F) -> Snapshot {
         .build()
         .unwrap();
     metrics::with_local_recorder(&recorder, || runtime.block_on(traffic()));
+    read(&snapshotter)
+}
+
+/// What a debugging recorder has recorded so far, by `name{label=value,...}`.
+fn read(snapshotter: &metrics_util::debugging::Snapshotter) -> Snapshot {
     snapshotter
         .snapshot()
         .into_vec()
@@ -94,6 +99,53 @@ fn acct(id: &str) -> AccountId {
 
 fn hold(id: &str) -> HoldId {
     HoldId::new(id).unwrap()
+}
+
+/// `Metered` keeps its handles: once it has recorded into a recorder, it goes on recording
+/// into that one, even under another (install the recorder before serving, as its docs say).
+#[test]
+fn a_metered_ledger_records_into_the_recorder_it_first_recorded_into() {
+    let _serial = serial();
+    let (first, second) = (DebuggingRecorder::new(), DebuggingRecorder::new());
+    let (first_seen, second_seen) = (first.snapshotter(), second.snapshotter());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ledger = Metered::new(MemoryLedger::new());
+    let a = acct("acct_bound");
+    let pair = |id: &'static str| {
+        let (ledger, a) = (ledger.clone(), a.clone());
+        async move {
+            ledger
+                .reserve(Reserve::new(a.clone(), hold(id), 10))
+                .await
+                .unwrap();
+            ledger.commit(&a, &hold(id), 4).await.unwrap();
+        }
+    };
+    metrics::with_local_recorder(&first, || {
+        runtime.block_on(async {
+            ledger
+                .top_up(TopUp::new(&a, 100, "pay-bound"))
+                .await
+                .unwrap();
+            pair("b1").await;
+        })
+    });
+    metrics::with_local_recorder(&second, || runtime.block_on(pair("b2")));
+    let (first_seen, second_seen) = (read(&first_seen), read(&second_seen));
+    assert_eq!(counter(&first_seen, "credits_reserved_total"), 20);
+    assert_eq!(counter(&first_seen, "credits_committed_total"), 8);
+    assert_eq!(
+        observations(&first_seen, "credits_ledger_duration_seconds{op=reserve}"),
+        2
+    );
+    assert_eq!(counter(&second_seen, "credits_reserved_total"), 0);
+    assert_eq!(
+        observations(&second_seen, "credits_ledger_duration_seconds{op=reserve}"),
+        0
+    );
 }
 
 /// Known traffic straight on the ledger: every counter, the gauge and the histogram.
