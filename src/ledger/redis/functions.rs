@@ -82,8 +82,9 @@ pub(super) fn library_code() -> &'static str {
 }
 
 /// The name of `spec`'s function in the library.
-pub(super) fn function_name(spec: &ScriptSpec) -> String {
-    format!("tc_{}_{}", LIBRARY.hash, spec.name)
+pub(super) fn function_name(spec: &ScriptSpec) -> &str {
+    spec.function
+        .get_or_init(|| format!("tc_{}_{}", LIBRARY.hash, spec.name))
 }
 
 /// Loads the library (`FUNCTION LOAD REPLACE`; on a cluster redis-rs sends it to every

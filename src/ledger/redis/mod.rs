@@ -304,7 +304,12 @@ impl RedisLedger {
         scripts::SPECS
             .iter()
             .find(|spec| spec.name == script)
-            .map(|spec| (functions::library_code(), functions::function_name(spec)))
+            .map(|spec| {
+                (
+                    functions::library_code(),
+                    functions::function_name(spec).to_owned(),
+                )
+            })
     }
 
     /// Whether this ledger calls its scripts as Redis Functions (`FCALL`), else `EVALSHA`.

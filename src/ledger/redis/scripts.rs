@@ -43,6 +43,9 @@ pub(super) struct ScriptSpec {
     pub(super) reply: &'static str,
     /// The built script, hashed on first use and kept for the life of the process.
     script: OnceLock<Script>,
+    /// Its function's name in the library, spelled on first use and kept (every `FCALL`
+    /// names it).
+    pub(super) function: OnceLock<String>,
 }
 
 /// Every account script takes the account's nine keys, in this order: `lib.lua` reads
@@ -66,6 +69,7 @@ macro_rules! spec {
             args: $args,
             reply: $reply,
             script: OnceLock::new(),
+            function: OnceLock::new(),
         }
     };
 }
@@ -341,9 +345,10 @@ pub(super) struct Args(Vec<Vec<u8>>);
 impl Args {
     /// Appends one argument.
     pub(super) fn arg(&mut self, value: impl ToRedisArgs) -> &mut Self {
-        let mut parts = value.to_redis_args();
-        debug_assert_eq!(parts.len(), 1, "one ARGV per arg()");
-        self.0.append(&mut parts);
+        // Written straight into the list: no vector of parts made and dropped per argument.
+        let before = self.0.len();
+        value.write_redis_args(&mut self.0);
+        debug_assert_eq!(self.0.len(), before + 1, "one ARGV per arg()");
         self
     }
 }
