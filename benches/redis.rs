@@ -1077,12 +1077,19 @@ async fn per_call(
         .build()
         .await
         .expect("connect the ledger without an audit trail");
+    let packing = RedisLedger::builder()
+        .url(url)
+        .call_timeout(Duration::from_secs(2))
+        .pack_accounts(true)
+        .build()
+        .await
+        .expect("connect the ledger that packs accounts");
     // Every scenario runs once a round, all in turn, for ROUNDS rounds, and each figure is
     // its least over the rounds: Redis times a call by the clock, so a round in which the
     // server was descheduled (2 shared cores, the client beside it) only adds, and the
     // least is the script's own cost. The floors are taken the same way.
     const ROUNDS: usize = 5;
-    let mut least = [f64::INFINITY; 14];
+    let mut least = [f64::INFINITY; 18];
     let mut least_cross = (0.0, f64::INFINITY);
     for round in 0..ROUNDS {
         let tag = |name: &str| format!("{name}_{round}");
@@ -1096,13 +1103,33 @@ async fn per_call(
             reserve_then_commit(&evalsha, con, &tag("pc_eval"), false, None).await;
         let (quiet_r, quiet_c) =
             reserve_then_commit(&no_audit, con, &tag("pc_noaudit"), false, None).await;
+        let (packed_r, packed_c) =
+            reserve_then_commit(&packing, con, &tag("pc_packed"), false, None).await;
+        let (packed_armed_r, packed_armed_c) =
+            reserve_then_commit(&packing, con, &tag("pc_packed_armed"), true, None).await;
         let (keyed_r, keyed_c, keyed_s) = keyed_reserve_commit_store(ledger, con, round).await;
         let (noop, time_hmget) = floors(con, &accounts(&tag("pc_plain"), 1)[0]).await;
         let quiet = crossing_commits(ledger, con, &tag("pc_quiet"), false).await;
         let crossing = crossing_commits(ledger, con, &tag("pc_cross"), true).await;
         let this = [
-            plain_r, plain_c, armed_r, armed_c, routed_c, eval_r, eval_c, quiet_r, quiet_c,
-            keyed_r, keyed_c, keyed_s, noop, time_hmget,
+            plain_r,
+            plain_c,
+            armed_r,
+            armed_c,
+            routed_c,
+            eval_r,
+            eval_c,
+            quiet_r,
+            quiet_c,
+            keyed_r,
+            keyed_c,
+            keyed_s,
+            noop,
+            time_hmget,
+            packed_r,
+            packed_c,
+            packed_armed_r,
+            packed_armed_c,
         ];
         for (l, v) in least.iter_mut().zip(this) {
             *l = l.min(v);
@@ -1113,7 +1140,7 @@ async fn per_call(
             least_cross = (quiet, crossing);
         }
     }
-    let [plain_r, plain_c, armed_r, armed_c, routed_c, eval_r, eval_c, quiet_r, quiet_c, keyed_r, keyed_c, keyed_s, noop, time_hmget] =
+    let [plain_r, plain_c, armed_r, armed_c, routed_c, eval_r, eval_c, quiet_r, quiet_c, keyed_r, keyed_c, keyed_s, noop, time_hmget, packed_r, packed_c, packed_armed_r, packed_armed_c] =
         least;
     let (quiet, crossing) = least_cross;
     println!(
@@ -1122,7 +1149,9 @@ async fn per_call(
          {eval_r:.1} / {eval_c:.1} µs; a commit crossing a threshold {crossing:.1} µs \
          against {quiet:.1} µs; floors: an empty FCALL {noop:.1} µs, TIME + HMGET \
          {time_hmget:.1} µs; without the audit trail {quiet_r:.1} / {quiet_c:.1} µs; keyed \
-         (Idempotency-Key) reserve {keyed_r:.1}, commit {keyed_c:.1}, store {keyed_s:.1} µs"
+         (Idempotency-Key) reserve {keyed_r:.1}, commit {keyed_c:.1}, store {keyed_s:.1} µs; \
+         packed accounts {packed_r:.1} / {packed_c:.1} µs, armed {packed_armed_r:.1} / \
+         {packed_armed_c:.1} µs"
     );
     let row =
         |report: &mut Report, what: &str, v: f64, t: Target| report.row(PER_CALL, what, v, "µs", t);
@@ -1148,6 +1177,30 @@ async fn per_call(
         report,
         "FCALL commit, thresholds and runway armed",
         armed_c,
+        Target::AtMost(12.0),
+    );
+    row(
+        report,
+        "FCALL reserve, packed account (pack_accounts), no thresholds",
+        packed_r,
+        Target::AtMost(8.0),
+    );
+    row(
+        report,
+        "FCALL commit, packed account, no thresholds",
+        packed_c,
+        Target::AtMost(8.0),
+    );
+    row(
+        report,
+        "FCALL reserve, packed account, thresholds and runway armed",
+        packed_armed_r,
+        Target::AtMost(12.0),
+    );
+    row(
+        report,
+        "FCALL commit, packed account, thresholds and runway armed",
+        packed_armed_c,
         Target::AtMost(12.0),
     );
     report.row(
@@ -1499,12 +1552,13 @@ async fn instructions_per_call(report: &mut Report) {
         return;
     };
     let url = counted.server.url();
-    let connect = |audit: Option<usize>| {
+    let connect = |audit: Option<usize>, pack: bool| {
         let url = url.clone();
         async move {
             let mut b = RedisLedger::builder()
                 .url(url)
-                .call_timeout(Duration::from_secs(30));
+                .call_timeout(Duration::from_secs(30))
+                .pack_accounts(pack);
             if let Some(cap) = audit {
                 b = b.audit_cap(cap);
             }
@@ -1513,8 +1567,9 @@ async fn instructions_per_call(report: &mut Report) {
                 .expect("connect to the callgrind redis-server")
         }
     };
-    let ledger = connect(None).await;
-    let no_audit = connect(Some(0)).await;
+    let ledger = connect(None, false).await;
+    let no_audit = connect(Some(0), false).await;
+    let packing = connect(None, true).await;
     const ACCOUNTS: usize = 20;
     const ROUNDS: usize = 10;
     let mut rows = Vec::new();
@@ -1522,6 +1577,8 @@ async fn instructions_per_call(report: &mut Report) {
         ("plain", &ledger, false),
         ("armed", &ledger, true),
         ("no trail", &no_audit, false),
+        ("packed", &packing, false),
+        ("packed, armed", &packing, true),
     ] {
         let ids = accounts(&format!("cg_{}", tag.replace(' ', "_")), ACCOUNTS);
         fund(ledger, &ids, 1_000_000_000).await;

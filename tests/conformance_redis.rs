@@ -54,6 +54,33 @@ impl Harness for EvalshaHarness {
     }
 }
 
+/// Accounts packed in one field (`RedisLedgerBuilder::pack_accounts`), as Redis Functions.
+struct PackedHarness;
+
+impl Harness for PackedHarness {
+    type L = RedisLedger;
+
+    async fn ledger(&self) -> (RedisLedger, ManualClock) {
+        let (ledger, clock) = build(RedisLedger::builder().pack_accounts(true)).await;
+        assert!(ledger.uses_functions());
+        (ledger, clock)
+    }
+}
+
+/// Accounts packed, the scripts by SHA.
+struct PackedEvalshaHarness;
+
+impl Harness for PackedEvalshaHarness {
+    type L = RedisLedger;
+
+    async fn ledger(&self) -> (RedisLedger, ManualClock) {
+        let (ledger, clock) =
+            build(RedisLedger::builder().pack_accounts(true).evalsha_only()).await;
+        assert!(!ledger.uses_functions());
+        (ledger, clock)
+    }
+}
+
 async fn build(
     builder: tower_credits::ledger::redis::RedisLedgerBuilder,
 ) -> (RedisLedger, ManualClock) {
@@ -79,4 +106,18 @@ mod evalsha {
 
     tower_credits::conformance_suite!(EvalshaHarness);
     tower_credits::conformance_outbox_suite!(EvalshaHarness);
+}
+
+mod packed {
+    use super::PackedHarness;
+
+    tower_credits::conformance_suite!(PackedHarness);
+    tower_credits::conformance_outbox_suite!(PackedHarness);
+}
+
+mod packed_evalsha {
+    use super::PackedEvalshaHarness;
+
+    tower_credits::conformance_suite!(PackedEvalshaHarness);
+    tower_credits::conformance_outbox_suite!(PackedEvalshaHarness);
 }

@@ -48,21 +48,28 @@ local horizon = opt_uint_arg(5, 'runway horizon')
 
 -- New thresholds are all armed; the same ones, set again (say with a new credit limit),
 -- keep what fired: the same crossing is not reported twice.
-local old = redis.call('HMGET', KEYS[1], 'thresholds', 'threshold')
-if (old[1] or old[2] or '') ~= thresholds then
-  redis.call('HDEL', KEYS[1], 'fired')
+local a = load_account()
+if (a.thresholds_text or '') ~= thresholds then
+  clear(a, 'fired', 0)
 end
-redis.call('HSET', KEYS[1], 'credit_limit', credit_limit)
+put(a, 'credit_limit', credit_limit)
+-- Configuring creates the account (packed: finish_account writes it).
+a.exists = true
+-- The list is a field of its own in either form.
 if thresholds ~= '' then
+  a.thresholds_text = thresholds
   redis.call('HSET', KEYS[1], 'thresholds', thresholds)
 else
+  a.thresholds_text = false
   redis.call('HDEL', KEYS[1], 'thresholds')
 end
--- An account of an older version kept one `threshold`: the list above replaces it.
-redis.call('HDEL', KEYS[1], 'threshold', 'warned')
+if not a.packed then
+  -- An account of an older version kept one `threshold`: the list above replaces it.
+  redis.call('HDEL', KEYS[1], 'threshold', 'warned')
+end
 if horizon then
-  redis.call('HSET', KEYS[1], 'horizon', horizon)
+  put(a, 'horizon', horizon)
 else
-  redis.call('HDEL', KEYS[1], 'horizon')
+  clear(a, 'horizon', nil)
 end
 return { 'configured' }

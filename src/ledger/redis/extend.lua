@@ -43,7 +43,6 @@ redis.call('ZADD', KEYS[3], expires_at, id)
 redis.call('HSET', KEYS[2], id .. ':exp', expires_at)
 -- A shorter ttl than the hold had moves its expiry earlier: keep next_expiry a lower bound.
 if expires_at < a.next_expiry then
-  a.next_expiry = expires_at
-  redis.call('HSET', KEYS[1], 'next_expiry', expires_at)
+  put(a, 'next_expiry', expires_at)
 end
 return { 'until', expires_at }

@@ -64,13 +64,18 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
     }
     let hash = hex::encode(Sha256::digest(body.as_bytes()))[..12].to_owned();
     let mut code = format!("#!lua name=tower_credits_{hash}\n{body}");
+    // Each script twice: for a ledger that writes accounts in fields, and for one that
+    // packs them (`_packed`), told apart by lib.lua's PACK at no cost of an argument.
     for spec in SPECS {
-        code.push_str(&format!(
-            "redis.register_function('tc_{hash}_{name}', function(keys, args)\n  \
-             KEYS, ARGV = keys, args\n  expired_credits = 0\n  \
-             return with_expired(run_{name}())\nend)\n",
-            name = spec.name,
-        ));
+        for (suffix, packed) in [("", false), ("_packed", true)] {
+            code.push_str(&format!(
+                "redis.register_function('tc_{hash}_{name}{suffix}', function(keys, args)\n  \
+                 KEYS, ARGV = keys, args\n  expired_credits = 0\n  \
+                 PACK, LOADED = {packed}, nil\n  \
+                 return with_expired(run_{name}())\nend)\n",
+                name = spec.name,
+            ));
+        }
     }
     Library { hash, code }
 });
@@ -81,10 +86,13 @@ pub(super) fn library_code() -> &'static str {
     &LIBRARY.code
 }
 
-/// The name of `spec`'s function in the library.
-pub(super) fn function_name(spec: &ScriptSpec) -> &str {
-    spec.function
-        .get_or_init(|| format!("tc_{}_{}", LIBRARY.hash, spec.name))
+/// The name of `spec`'s function in the library (`packed`: for a ledger that packs
+/// accounts).
+pub(super) fn function_name(spec: &ScriptSpec, packed: bool) -> &str {
+    spec.function[usize::from(packed)].get_or_init(|| {
+        let suffix = if packed { "_packed" } else { "" };
+        format!("tc_{}_{}{suffix}", LIBRARY.hash, spec.name)
+    })
 }
 
 /// Loads the library (`FUNCTION LOAD REPLACE`; on a cluster redis-rs sends it to every
@@ -134,9 +142,14 @@ pub(super) fn is_function_not_found(err: &RedisError) -> bool {
 }
 
 /// An `FCALL` of `spec`'s function with `keys` and `args`.
-pub(super) fn fcall(spec: &ScriptSpec, keys: &[String], args: &[Vec<u8>]) -> redis::Cmd {
+pub(super) fn fcall(
+    spec: &ScriptSpec,
+    packed: bool,
+    keys: &[String],
+    args: &[Vec<u8>],
+) -> redis::Cmd {
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg(function_name(spec)).arg(keys.len());
+    cmd.arg(function_name(spec, packed)).arg(keys.len());
     for key in keys {
         cmd.arg(key);
     }
@@ -153,7 +166,7 @@ pub(super) async fn run(conn: Conn, mode: Mode, call: Call) -> Result<Value, Red
     match mode {
         Mode::Evalsha => conn.eval(call.invocation()).await,
         Mode::Functions => {
-            let cmd = fcall(call.spec, &call.keys, &call.args);
+            let cmd = fcall(call.spec, call.packed, &call.keys, &call.args);
             match conn.clone().query::<Value>(cmd.clone()).await {
                 Err(err) if is_function_not_found(&err) => {
                     tracing::info!("the Redis Function library is missing: loading it again");
@@ -206,7 +219,14 @@ mod tests {
                 "{}",
                 spec.name
             );
-            assert_eq!(function_name(spec), format!("tc_{hash}_{}", spec.name));
+            assert_eq!(
+                function_name(spec, false),
+                format!("tc_{hash}_{}", spec.name)
+            );
+            assert_eq!(
+                function_name(spec, true),
+                format!("tc_{hash}_{}_packed", spec.name)
+            );
         }
     }
 }

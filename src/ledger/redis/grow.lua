@@ -70,6 +70,6 @@ if a.committed + a.held + raise > MAX_AMOUNT then
 end
 a.held = a.held + raise
 redis.call('HSET', KEYS[2], id, current + raise)
-redis.call('HSET', KEYS[1], 'held', a.held)
+put(a, 'held', a.held)
 audit(a, now, 'grow', raise, id, nil)
 return { 'grown', current + raise, available(a) }

@@ -22,7 +22,7 @@
 common_args()
 local cursor = opt_uint_arg(3, 'cursor')
 local wanted = uint_arg(4, 'entries wanted', 1000)
-local newest = tonumber(redis.call('HGET', KEYS[1], 'audit_seq')) or 0
+local newest = load_account(HISTORY_FIELDS).audit_seq
 -- The list is newest first and its entries numbered without gaps: entry n is at
 -- newest - n.
 local start = 0

@@ -156,7 +156,7 @@ end
 local ACCOUNT_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
   'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
   'first_commit_at', 'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup',
-  'due_events', 'done_until' }
+  'due_events', 'done_until', 'events', 'v' }
 -- A field a list leaves out is read when first used, at the value Redis holds then: a
 -- script that writes such a field with redis.call sets it in the account table too (as
 -- note_due and the alerts do), or reads it before.
@@ -165,12 +165,15 @@ local ACCOUNT_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thre
 -- `depleted` and `due_events`, a percentage threshold's `last_topup`, are read if used.
 local RESERVE_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
   'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
-  'first_commit_at' }
+  'first_commit_at', 'v' }
 -- A settle: all but the refusal's `depleted`, the events due-index mark, and a percentage
 -- threshold's `last_topup`.
 local SETTLE_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
   'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
-  'first_commit_at', 'fired', 'horizon', 'runway_fired', 'done_until' }
+  'first_commit_at', 'fired', 'horizon', 'runway_fired', 'done_until', 'v' }
+-- What the event outbox and the audit trail's reader use.
+local OUTBOX_FIELDS = { 'due_events', 'v' }
+local HISTORY_FIELDS = { 'audit_seq', 'v' }
 -- Each list's field -> its place in the HMGET reply, made once per library load on the
 -- list's first use (a table filled per call would be rehashed as it grows, which costs
 -- more than the fields saved; under EVALSHA, where the library runs per call, it is).
@@ -191,9 +194,11 @@ end
 -- Read when first used: numbers, and flags ('1' or absent).
 local LAZY_FIELD = { rate = 'number', rate_at = 'number', fired = 'number',
   commits = 'number', first_commit_at = 'number', horizon = 'number', last_topup = 'number',
-  due_events = 'number', done_until = 'number', runway_fired = 'flag', depleted = 'flag' }
+  due_events = 'number', done_until = 'number', events = 'number', runway_fired = 'flag',
+  depleted = 'flag' }
 -- What a lazy number is when the hash has none (nil where absent means something).
-local LAZY_DEFAULT = { rate = 0, fired = 0, commits = 0, last_topup = 0, rate_at = 0 }
+local LAZY_DEFAULT = { rate = 0, fired = 0, commits = 0, last_topup = 0, rate_at = 0,
+  events = 0 }
 local account_fields = {
   __index = function(a, name)
     local kind = LAZY_FIELD[name]
@@ -232,11 +237,87 @@ local account_fields = {
   end,
 }
 
--- `fields`: the fields to read at once, one of the lists above (default ACCOUNT_FIELDS).
-local function load_account(fields)
-  fields = fields or ACCOUNT_FIELDS
+-- The packed form of an account: every figure in one field `v`, a MessagePack sequence of
+-- numbers in the order of PACKED (a figure that may be absent is -1: every one is at
+-- least 0), beside `thresholds`, a text of its own. One field read and written per call
+-- where the field form names 13 to 17 (each about 2,000 instructions to name, as much
+-- again to convert, and 5,000 to write as a number), and no `tonumber` or "%.17g" of each.
+-- An account is read in either form and written back in its own; a ledger that packs
+-- (PACK) creates accounts packed and packs each account it writes that is not yet.
+local PACKED = { 'topped_up', 'committed', 'held', 'credit_limit', 'next_expiry',
+  'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits', 'first_commit_at', 'done_until',
+  'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup', 'due_events', 'events' }
+-- The fields of the field form a packing deletes (`threshold` and `warned` were written by
+-- older versions).
+local FIELD_FORM = { 'topped_up', 'committed', 'held', 'credit_limit', 'threshold',
+  'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits', 'first_commit_at',
+  'done_until', 'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup', 'due_events',
+  'events', 'warned' }
+
+-- Whether this call's ledger packs accounts: set per call by the function's wrapper
+-- (functions.rs; scripts.rs for EVALSHA), from the name it was called by.
+local PACK = false
+-- The account this call loaded: finish_account writes it back when packed and changed.
+local LOADED = nil
+
+local function present(n)
+  if n < 0 then
+    return nil
+  end
+  return n
+end
+
+local function unpack_account(v, thresholds_text)
+  local topped_up, committed, held, credit_limit, next_expiry, due_holds, audit_seq, rate,
+    rate_at, commits, first_commit_at, done_until, fired, horizon, runway_fired, depleted,
+    last_topup, due_events, events = cmsgpack.unpack(v)
+  return {
+    packed = true,
+    exists = true,
+    topped_up = topped_up,
+    committed = committed,
+    held = held,
+    credit_limit = credit_limit,
+    thresholds_text = thresholds_text,
+    next_expiry = present(next_expiry),
+    due_holds = present(due_holds),
+    audit_seq = audit_seq,
+    rate = rate,
+    rate_at = rate_at,
+    commits = commits,
+    first_commit_at = present(first_commit_at),
+    done_until = present(done_until),
+    fired = fired,
+    horizon = present(horizon),
+    runway_fired = runway_fired == 1,
+    depleted = depleted == 1,
+    last_topup = last_topup,
+    due_events = present(due_events),
+    events = events,
+  }
+end
+
+local function absent_as(n)
+  return n or -1
+end
+
+local function pack_account(a)
+  return cmsgpack.pack(a.topped_up, a.committed, a.held, a.credit_limit,
+    absent_as(a.next_expiry), absent_as(a.due_holds), a.audit_seq, a.rate, a.rate_at,
+    a.commits, absent_as(a.first_commit_at), absent_as(a.done_until), a.fired,
+    absent_as(a.horizon), a.runway_fired and 1 or 0, a.depleted and 1 or 0, a.last_topup,
+    absent_as(a.due_events), a.events)
+end
+
+-- The field form: `fields` read at once, the rest when first used (account_fields). An
+-- account found packed (`v`, which each list names last) is read from that instead.
+local function load_fields(fields)
   local index = field_index(fields)
   local f = redis.call('HMGET', KEYS[1], unpack(fields))
+  local v = f[index.v]
+  if v then
+    return unpack_account(v, index.thresholds and f[index.thresholds])
+  end
   local topped_up, credit_limit = f[index.topped_up], f[index.credit_limit]
   local a = setmetatable({
     stored = f,
@@ -247,7 +328,7 @@ local function load_account(fields)
     committed = tonumber(f[index.committed]) or 0,
     held = tonumber(f[index.held]) or 0,
     credit_limit = tonumber(credit_limit) or 0,
-    thresholds_text = f[index.thresholds] or f[index.threshold],
+    thresholds_text = index.thresholds and (f[index.thresholds] or f[index.threshold]),
     next_expiry = tonumber(f[index.next_expiry]), -- nil: not known yet, so reclaim looks
     -- When the due-indexes (`<prefix>:{!due}:holds`, `:events`) were last told to look at
     -- this account (ms; nil: not entered). A call that needs an earlier look records it and
@@ -257,13 +338,97 @@ local function load_account(fields)
     audit_seq = tonumber(f[index.audit_seq]) or 0,
     -- Read when first used (account_fields): rate, rate_at, fired, commits, first_commit_at,
     -- horizon (nil: DEFAULT_RUNWAY_HORIZON_SECS), last_topup, due_events, done_until
-    -- (when the `done` key expires, as last set; nil: not known), runway_fired, depleted.
+    -- (when the `done` key expires, as last set; nil: not known), runway_fired, depleted,
+    -- events.
   }, account_fields)
   -- A flag the list names is set at once (no lookup through account_fields on each use).
   if index.runway_fired then
     a.runway_fired = f[index.runway_fired] == '1'
   end
   return a
+end
+
+-- `fields`: the fields of the field form to read at once, one of the lists above (default
+-- ACCOUNT_FIELDS). A ledger that packs reads `v` alone first, and an account it finds in
+-- the field form whole: this call writes it back packed, should it write.
+local function load_account(fields)
+  local a
+  if PACK then
+    local f = redis.call('HMGET', KEYS[1], 'v', 'thresholds')
+    if f[1] then
+      a = unpack_account(f[1], f[2])
+    else
+      a = load_fields(ACCOUNT_FIELDS)
+      a.packed = true
+      a.convert = true
+    end
+  else
+    a = load_fields(fields or ACCOUNT_FIELDS)
+  end
+  LOADED = a
+  return a
+end
+
+-- Writes one of the account's figures: packed, into `a` only (finish_account writes `v`
+-- once, at the end of the call); else into `fields` (the caller's own HSET of the account,
+-- still to come) when given, or an HSET of its own. A flag is `true` (1 in a field).
+local function put(a, field, value, fields)
+  a[field] = value
+  if a.packed then
+    a.dirty = true
+    return
+  end
+  if value == true then
+    value = 1
+  end
+  if fields then
+    fields[#fields + 1] = field
+    fields[#fields + 1] = value
+  else
+    redis.call('HSET', KEYS[1], field, value)
+  end
+end
+
+-- Clears one of the account's figures to what its absence means (`absent`: 0, false or
+-- nil): packed, in `a`; else an HDEL.
+local function clear(a, field, absent)
+  if a.packed then
+    a[field] = absent
+    a.dirty = true
+    return
+  end
+  redis.call('HDEL', KEYS[1], field)
+  rawset(a, field, absent)
+end
+
+-- The account's one write at the end of a reserve or settle: `fields` in the field form
+-- (packed, `a` has them already, and finish_account writes them).
+local function save_fields(a, fields)
+  if a.packed then
+    a.dirty = true
+  elseif #fields > 0 then
+    redis.call('HSET', KEYS[1], unpack(fields))
+  end
+end
+
+-- At the end of every call (with_expired): a packed account that changed is written, in
+-- one HSET of `v`; one in the field form that this call packs loses its fields. An
+-- account that does not exist is never created here (only top_up and configure create,
+-- and they set `exists`).
+local function finish_account()
+  local a = LOADED
+  LOADED = nil
+  if not (a and a.packed and a.dirty and a.exists) then
+    return
+  end
+  redis.call('HSET', KEYS[1], 'v', pack_account(a))
+  if a.convert then
+    if a.thresholds_text then
+      -- An older version's one `threshold` becomes the list.
+      redis.call('HSET', KEYS[1], 'thresholds', a.thresholds_text)
+    end
+    redis.call('HDEL', KEYS[1], unpack(FIELD_FORM))
+  end
 end
 
 -- Records that the due-index `field` ('due_holds' | 'due_events') must look at this
@@ -273,8 +438,7 @@ local function note_due(a, field, due)
   if a[field] and a[field] <= due then
     return 0
   end
-  a[field] = due
-  redis.call('HSET', KEYS[1], field, due)
+  put(a, field, due)
   return due
 end
 
@@ -300,13 +464,7 @@ local function audit(a, now, kind, amount, id, route, fields)
   if AUDIT_CAP == 0 then
     return
   end
-  a.audit_seq = a.audit_seq + 1
-  if fields then
-    fields[#fields + 1] = 'audit_seq'
-    fields[#fields + 1] = a.audit_seq
-  else
-    redis.call('HSET', KEYS[1], 'audit_seq', a.audit_seq)
-  end
+  put(a, 'audit_seq', a.audit_seq + 1, fields)
   local log = audit_log()
   redis.call('LPUSH', log, cmsgpack.pack({ a.audit_seq, kind, amount, id or '', route or '', now,
     available(a), a.held, a.committed, a.topped_up }))
@@ -321,10 +479,15 @@ end
 -- Adds `by` to a counter field, in Redis and in the loaded account. (Adding nothing is
 -- skipped: `-0` would reach Redis as "-0", which HINCRBY refuses.)
 local function incr(a, field, by)
-  if by ~= 0 then
-    redis.call('HINCRBY', KEYS[1], field, by)
-    a[field] = a[field] + by
+  if by == 0 then
+    return
   end
+  if a.packed then
+    a.dirty = true
+  else
+    redis.call('HINCRBY', KEYS[1], field, by)
+  end
+  a[field] = a[field] + by
 end
 
 -- The account's thresholds as stored: a list of { n = credits } or { pct = percent }.
@@ -381,7 +544,12 @@ end
 -- the entry id (`<n>-0`): never reused, even once an emptied outbox was deleted (which
 -- forgets a stream's last id) or Redis's clock stepped back, so an acknowledgement that
 -- arrives late can only ever remove the event it was meant for.
-local function next_entry()
+local function next_entry(a)
+  if a.packed then
+    a.events = a.events + 1
+    a.dirty = true
+    return a.events
+  end
   return redis.call('HINCRBY', KEYS[1], 'events', 1)
 end
 
@@ -390,7 +558,7 @@ end
 -- replica that dies right after leaves it for another. Its `seq` (the entry's counter)
 -- and `at` are what its id is derived from. Returns it as the reply shows it.
 local function emit(a, now, owner, lease_ms, kind, threshold, runway)
-  local seq = next_entry()
+  local seq = next_entry(a)
   local entry = redis.call('XADD', KEYS[7], seq, 'type', kind, 'available', available(a),
     'threshold', threshold or -1, 'runway', runway or -1, 'at', now, 'seq', seq)
   redis.call('HSET', KEYS[8], entry, now + lease_ms, entry .. ':owner', owner)
@@ -421,8 +589,7 @@ local function alerts_after_commit(a, now, owner, lease_ms)
     end
   end
   if a.thresholds_text and fired ~= a.fired then
-    a.fired = fired
-    redis.call('HSET', KEYS[1], 'fired', fired)
+    put(a, 'fired', fired)
   end
   table.sort(crossed, function(x, y) return x > y end)
   for _, v in ipairs(crossed) do
@@ -437,8 +604,7 @@ local function alerts_after_commit(a, now, owner, lease_ms)
       runway = math.floor(available(a) / a.rate)
     end
     if runway < horizon then
-      a.runway_fired = true
-      redis.call('HSET', KEYS[1], 'runway_fired', 1)
+      put(a, 'runway_fired', true)
       events[#events + 1] = emit(a, now, owner, lease_ms, 'balance.runway_low', nil, runway)
     end
   end
@@ -446,14 +612,15 @@ local function alerts_after_commit(a, now, owner, lease_ms)
 end
 
 -- The burn rate for the Rust side to decay, as Redis stores it (exact): the text loaded,
--- or the text a settle wrote (rate_text, "%.17g" as Redis 7.0 would spell the number).
+-- or the text a settle wrote (rate_text, "%.17g" as Redis 7.0 would spell the number);
+-- a packed account's number spelled so when a runway is known.
 local function rate_reply(a, now)
   -- No runway until the spend history says something (ledger::runway::runway_known).
   if a.commits < RUNWAY_MIN_COMMITS or not a.first_commit_at
       or now - a.first_commit_at < RUNWAY_MIN_SPAN_MS then
     return '0'
   end
-  return a.rate_text
+  return a.rate_text or string.format('%.17g', a.rate)
 end
 
 -- What a closed id answers when settled (or reserved, or extended) again.
@@ -498,13 +665,7 @@ local function expire_done(a, forget_at, now, fields)
   if redis.call('PEXPIRE', KEYS[4], ms, 'GT') == 0 then
     redis.call('PEXPIRE', KEYS[4], ms, 'NX')
   end
-  a.done_until = until_ms
-  if fields then
-    fields[#fields + 1] = 'done_until'
-    fields[#fields + 1] = until_ms
-  else
-    redis.call('HSET', KEYS[1], 'done_until', until_ms)
-  end
+  put(a, 'done_until', until_ms, fields)
 end
 
 -- When a hold that expires at expires_at, closed now, is forgotten: once no call about it
@@ -536,6 +697,7 @@ local expired_credits = 0
 -- The script's reply `r`, in the envelope {'expired_credits', credits, r} when this call
 -- reclaimed expired credits (reply.rs reads the envelope off every account script's reply).
 local function with_expired(r)
+  finish_account()
   if expired_credits > 0 then
     local credits = expired_credits
     expired_credits = 0
@@ -565,8 +727,7 @@ local function reclaim_expired(a, now, grace)
   end
   -- Credits that came back re-arm no threshold: only a top-up does.
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  a.next_expiry = tonumber(first[2]) or NO_OPEN_HOLDS
-  redis.call('HSET', KEYS[1], 'next_expiry', a.next_expiry)
+  put(a, 'next_expiry', tonumber(first[2]) or NO_OPEN_HOLDS)
   return reclaimed
 end
 

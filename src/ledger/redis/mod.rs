@@ -14,7 +14,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `thresholds` (`100,4,10%`: credits or a percentage of the last top-up; absent: none), `fired` (bit *i* set: threshold *i* fired, waits for a top-up), `last_topup`, `horizon` (runway horizon, s; absent: the default), `runway_fired` and `depleted` (0/1: the event fired, waits for a top-up), `rate` (burn rate, credits/s), `rate_at` (ms), `next_expiry` (ms; no open hold expires earlier, so most calls skip the expiry index), `due_holds` and `due_events` (ms: when the due-indexes were last told to look at the account; absent: no entry asked for). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. |
+//! | `credits:{acct}:acct` | HASH | `topped_up`, `committed`, `held`, `credit_limit`, `thresholds` (`100,4,10%`: credits or a percentage of the last top-up; absent: none), `fired` (bit *i* set: threshold *i* fired, waits for a top-up), `last_topup`, `horizon` (runway horizon, s; absent: the default), `runway_fired` and `depleted` (0/1: the event fired, waits for a top-up), `rate` (burn rate, credits/s), `rate_at` (ms), `next_expiry` (ms; no open hold expires earlier, so most calls skip the expiry index), `due_holds` and `due_events` (ms: when the due-indexes were last told to look at the account; absent: no entry asked for). `available` is derived: `topped_up - committed - held`, so conservation holds by construction. **Packed form** ([`pack_accounts`](RedisLedgerBuilder::pack_accounts)): every figure above but `thresholds`, plus `audit_seq`, `commits`, `first_commit_at`, `done_until`, `last_topup` and the outbox counter `events`, in one field `v`, a MessagePack sequence of numbers in `lib.lua`'s `PACKED` order (absent: -1), beside `thresholds`; every script reads either form and writes the account back in its own, and a packing ledger moves an account of the field form to `v` on its first write. |
 //! | `credits:{acct}:holds` | HASH | open hold id → amount; `<id>:exp` → its expiry (ms, as in `expiry`, so a settle reads both in one `HMGET`); `<id>:route` → route label |
 //! | `credits:{acct}:expiry` | ZSET | open hold ids scored by expiry (ms): the expiry index |
 //! | `credits:{acct}:done` | ZSET | closed hold ids and refund tombstones, scored by when they are forgotten (ms) × 4 + how (1 committed, 2 refunded, 3 expired); an id is forgotten once no call about it can come: its hold's expiry (or the close, if later) + the [call timeout](RedisLedgerBuilder::call_timeout) + 1 s, and a tombstone of a never-seen id after the longest hold TTL this ledger has reserved with (at least [`DEFAULT_HOLD_TTL`](super::DEFAULT_HOLD_TTL)) + call timeout + 1 s. Pruned when due, at most [`RECLAIM_LIMIT`](super::RECLAIM_LIMIT) per call, and the key's `PEXPIRE` follows the latest forget-at time, so an account whose traffic stops loses it whole. |
@@ -244,6 +244,8 @@ struct Inner {
     max_open_holds: Option<u64>,
     /// About how many audit entries an account keeps (0: none).
     audit_cap: u64,
+    /// Whether accounts are written packed (see [`RedisLedgerBuilder::pack_accounts`]).
+    pack_accounts: bool,
     /// This instance's name in event leases.
     replica: String,
     /// How long an event this instance detects stays leased to it.
@@ -292,7 +294,7 @@ impl RedisLedger {
         scripts::SPECS
             .iter()
             .find(|spec| spec.name == name)
-            .map(|spec| spec.text())
+            .map(|spec| spec.text(false))
     }
 
     /// The Redis Function library of the scripts (`#!lua name=tower_credits_<hash>` …),
@@ -307,9 +309,21 @@ impl RedisLedger {
             .map(|spec| {
                 (
                     functions::library_code(),
-                    functions::function_name(spec).to_owned(),
+                    functions::function_name(spec, false).to_owned(),
                 )
             })
+    }
+
+    /// The name of `script`'s function for a ledger that packs accounts
+    /// ([`RedisLedgerBuilder::pack_accounts`]), in the library [`function_library`](Self::function_library)
+    /// gives. For benches and tests that call a function by hand.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn packed_function_name(script: &str) -> Option<String> {
+        scripts::SPECS
+            .iter()
+            .find(|spec| spec.name == script)
+            .map(|spec| functions::function_name(spec, true).to_owned())
     }
 
     /// Whether this ledger calls its scripts as Redis Functions (`FCALL`), else `EVALSHA`.
@@ -338,6 +352,7 @@ impl RedisLedger {
     ) -> impl Future<Output = Result<Value, LedgerError>> + Send + 'static {
         let prefix = &self.inner.prefix;
         let call = spec.call(
+            self.inner.pack_accounts,
             |suffix| keys::account_key(prefix, account, suffix),
             |a| {
                 a.arg(self.clock_offset_ms())

@@ -61,16 +61,17 @@ end
 
 -- Records when the events due-index should look at this account next (`due`, ms, or
 -- nil: no event waits) in the account's `due_events`, and returns it (0 for none).
-local function record_due(due)
-  local known = tonumber(redis.call('HGET', KEYS[1], 'due_events'))
+-- (`a`: the account, when this call has loaded it already.)
+local function record_due(due, a)
+  a = a or load_account(OUTBOX_FIELDS)
   if due then
-    if known ~= due then
-      redis.call('HSET', KEYS[1], 'due_events', due)
+    if a.due_events ~= due then
+      put(a, 'due_events', due)
     end
     return due
   end
-  if known then
-    redis.call('HDEL', KEYS[1], 'due_events')
+  if a.due_events then
+    clear(a, 'due_events', nil)
   end
   return 0
 end
@@ -170,10 +171,11 @@ elseif op == 'requeue' then
   end
   local f = entry[2]
   -- A fresh entry id (the old one may be below the outbox's last), the same seq and at.
-  redis.call('XADD', KEYS[7], next_entry(), 'type', f[4], 'available', f[6],
+  local a = load_account(OUTBOX_FIELDS)
+  redis.call('XADD', KEYS[7], next_entry(a), 'type', f[4], 'available', f[6],
     'threshold', f[8], 'runway', f[10], 'at', f[12], 'seq', f[14])
   redis.call('XDEL', KEYS[9], entry_id)
   -- Unleased: the events due-index looks at once (the caller writes the entry).
-  return { 'requeued', record_due(now_ms(offset)) }
+  return { 'requeued', record_due(now_ms(offset), a) }
 end
 bad('operation')

@@ -78,8 +78,7 @@ if open then
     expires_at = tonumber(redis.call('HGET', KEYS[2], id .. ':exp')) or (now + ttl)
     redis.call('ZADD', KEYS[3], expires_at, id)
     if expires_at < a.next_expiry then
-      a.next_expiry = expires_at
-      redis.call('HSET', KEYS[1], 'next_expiry', expires_at)
+      put(a, 'next_expiry', expires_at)
     end
   end
   return { 'held', open, available(a), a.credit_limit, thresholds_reply(a), expires_at, 1,
@@ -122,7 +121,7 @@ if amount - a.credit_limit > available(a) then
     -- The first refusal until the next top-up tells someone: the one write a refusal makes.
     local events = {}
     if not a.depleted then
-      redis.call('HSET', KEYS[1], 'depleted', 1)
+      put(a, 'depleted', true)
       events[1] = emit(a, now, owner, lease_ms, 'balance.depleted', nil, nil)
     end
     return { 'insufficient', least, available(a), a.credit_limit, events, a.events_due or 0 }
@@ -162,7 +161,7 @@ if expires_at < a.next_expiry then
   fields[3], fields[4] = 'next_expiry', expires_at
 end
 audit(a, now, 'reserve', amount, id, route, fields)
-redis.call('HSET', KEYS[1], unpack(fields))
+save_fields(a, fields)
 -- The sweeper finds the account through the holds due-index: entered when the account had
 -- no entry, or needs an earlier look (once per active period, not once per request).
 local holds_due = note_due(a, 'due_holds', a.next_expiry)

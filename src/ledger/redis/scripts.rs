@@ -41,11 +41,12 @@ pub(super) struct ScriptSpec {
     /// (documentation, checked against each header by a test).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(super) reply: &'static str,
-    /// The built script, hashed on first use and kept for the life of the process.
-    script: OnceLock<Script>,
+    /// The built script, hashed on first use and kept for the life of the process: for a
+    /// ledger that writes accounts in fields (`[0]`) and one that packs them (`[1]`).
+    script: [OnceLock<Script>; 2],
     /// Its function's name in the library, spelled on first use and kept (every `FCALL`
-    /// names it).
-    pub(super) function: OnceLock<String>,
+    /// names it), by the same index.
+    pub(super) function: [OnceLock<String>; 2],
 }
 
 /// Every account script takes the account's nine keys, in this order: `lib.lua` reads
@@ -68,8 +69,8 @@ macro_rules! spec {
             keys: ACCOUNT_KEYS,
             args: $args,
             reply: $reply,
-            script: OnceLock::new(),
-            function: OnceLock::new(),
+            script: [OnceLock::new(), OnceLock::new()],
+            function: [OnceLock::new(), OnceLock::new()],
         }
     };
 }
@@ -201,7 +202,8 @@ pub(super) static SPECS: [&ScriptSpec; 13] = [
 /// Builds (hashes) every script of [`SPECS`] and the claim scripts, once per process.
 pub(super) fn load_all() {
     for spec in SPECS {
-        spec.script();
+        spec.script(false);
+        spec.script(true);
     }
     LazyLock::force(&CLAIM_TOP_UP_KEY);
     LazyLock::force(&RELEASE_TOP_UP_KEY);
@@ -270,18 +272,19 @@ pub(super) fn prelude() -> &'static str {
 
 impl ScriptSpec {
     /// The full text sent to Redis: prelude, `lib.lua`, then the script, run as a function
-    /// so that its reply goes through `with_expired`.
-    pub(super) fn text(&self) -> String {
+    /// so that its reply goes through `with_expired`; `packed`: for a ledger that packs
+    /// accounts (`lib.lua`'s `PACK`).
+    pub(super) fn text(&self, packed: bool) -> String {
         format!(
-            "{}{LIB}\nreturn with_expired((function()\n{}\nend)())\n",
+            "{}{LIB}\nPACK = {packed}\nreturn with_expired((function()\n{}\nend)())\n",
             prelude(),
             self.source
         )
     }
 
     /// The built script (hashed once).
-    pub(super) fn script(&'static self) -> &'static Script {
-        self.script.get_or_init(|| Script::new(&self.text()))
+    pub(super) fn script(&'static self, packed: bool) -> &'static Script {
+        self.script[usize::from(packed)].get_or_init(|| Script::new(&self.text(packed)))
     }
 
     /// The script's own file (without the prelude and `lib.lua`).
@@ -294,6 +297,7 @@ impl ScriptSpec {
     /// debug builds.
     pub(super) fn call(
         &'static self,
+        packed: bool,
         key_of: impl Fn(&str) -> String,
         args: impl FnOnce(&mut Args),
     ) -> Call {
@@ -309,6 +313,7 @@ impl ScriptSpec {
         );
         Call {
             spec: self,
+            packed,
             keys,
             args: a.0,
         }
@@ -319,6 +324,8 @@ impl ScriptSpec {
 pub(super) struct Call {
     /// The script.
     pub(super) spec: &'static ScriptSpec,
+    /// Whether it runs for a ledger that packs accounts (its own function, or script text).
+    pub(super) packed: bool,
     /// Its `KEYS`.
     pub(super) keys: Vec<String>,
     /// Its `ARGV`.
@@ -328,7 +335,7 @@ pub(super) struct Call {
 impl Call {
     /// The call as an `EVALSHA` invocation (redis-rs loads the script on `NOSCRIPT`).
     pub(super) fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut invocation = self.spec.script().prepare_invoke();
+        let mut invocation = self.spec.script(self.packed).prepare_invoke();
         for key in &self.keys {
             invocation.key(key);
         }
@@ -359,7 +366,7 @@ mod tests {
 
     #[test]
     fn scripts_are_distinct() {
-        let mut hashes: Vec<_> = SPECS.iter().map(|s| s.script().get_hash()).collect();
+        let mut hashes: Vec<_> = SPECS.iter().map(|s| s.script(false).get_hash()).collect();
         hashes.sort();
         hashes.dedup();
         assert_eq!(hashes.len(), SPECS.len());

@@ -95,11 +95,12 @@ if mode == 'commit' then
   a.rate_at = now
   -- Spelled here, once, for both the write and the reply: "%.17g" reads back as the same
   -- double, and the reply need not read the field again.
-  a.rate_text = string.format('%.17g', a.rate)
+  -- (A packed account keeps the number: rate_reply spells it if the reply needs it.)
+  a.rate_text = not a.packed and string.format('%.17g', a.rate) or nil
   -- The spend history that earns a runway: commits of at least a credit, and the first
   -- (exact: every total is at most 2^53 - 1).
   fields[3], fields[4], fields[5], fields[6], fields[7], fields[8] =
-    'committed', a.committed, 'rate', a.rate_text, 'rate_at', now
+    'committed', a.committed, 'rate', a.rate_text or a.rate, 'rate_at', now
   -- Counted only up to what a runway asks for (runway_known reads no more): past it, the
   -- count is a write each commit need not make.
   if charged > 0 and a.commits < RUNWAY_MIN_COMMITS then
@@ -120,7 +121,7 @@ end
 local forget = forget_at(now, expires_at, grace)
 close(id, outcome, forget)
 expire_done(a, forget, now, fields)
-redis.call('HSET', KEYS[1], unpack(fields))
+save_fields(a, fields)
 if rk and request_of(rk, id) then
   if outcome == 'committed' then
     redis.call('HSET', rk, 'committed_at', now)

@@ -38,9 +38,9 @@ local due = 0
 if a.next_expiry < NO_OPEN_HOLDS then
   due = a.next_expiry
   if a.due_holds ~= due then
-    redis.call('HSET', KEYS[1], 'due_holds', due)
+    put(a, 'due_holds', due)
   end
 elseif a.due_holds then
-  redis.call('HDEL', KEYS[1], 'due_holds')
+  clear(a, 'due_holds', nil)
 end
 return { 'swept', reclaimed, redis.call('ZCARD', KEYS[3]), due }

@@ -47,16 +47,20 @@ if a.topped_up + amount > MAX_AMOUNT then
   -- Still create the account, as the in-memory ledger does (only reachable when it exists).
   return { 'total_out_of_range', a.topped_up, amount }
 end
--- HINCRBY even for 0: a first top-up creates the account.
-redis.call('HINCRBY', KEYS[1], 'topped_up', amount)
-a.topped_up = a.topped_up + amount
+-- HINCRBY even for 0: a first top-up creates the account (packed: finish_account writes it).
+if a.packed then
+  a.topped_up = a.topped_up + amount
+  a.exists, a.dirty = true, true
+else
+  redis.call('HINCRBY', KEYS[1], 'topped_up', amount)
+  a.topped_up = a.topped_up + amount
+end
 redis.call('HSET', KEYS[6], key, amount)
 audit(a, now, 'top_up', amount, nil, nil)
 -- A top-up re-arms each threshold it lifted `available` back to (a percentage now of this
 -- top-up), the runway reminder and the depletion event.
 -- Flags are written only when set: an account that never crossed anything keeps none.
-a.last_topup = amount
-redis.call('HSET', KEYS[1], 'last_topup', amount)
+put(a, 'last_topup', amount)
 local fired = a.fired
 for i, t in ipairs(thresholds_of(a)) do
   if fired_bit(fired, i) and available(a) >= threshold_value(t, a) then
@@ -64,9 +68,12 @@ for i, t in ipairs(thresholds_of(a)) do
   end
 end
 if fired ~= a.fired then
-  redis.call('HSET', KEYS[1], 'fired', fired)
+  put(a, 'fired', fired)
 end
-if a.runway_fired or a.depleted then
-  redis.call('HDEL', KEYS[1], 'runway_fired', 'depleted')
+if a.runway_fired then
+  clear(a, 'runway_fired', false)
+end
+if a.depleted then
+  clear(a, 'depleted', false)
 end
 return { 'topped_up', 0, available(a) }
