@@ -1580,7 +1580,11 @@ async fn instructions_per_call(report: &mut Report) {
         ("packed", &packing, false),
         ("packed, armed", &packing, true),
     ] {
-        let ids = accounts(&format!("cg_{}", tag.replace(' ', "_")), ACCOUNTS);
+        let name: String = tag
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let ids = accounts(&format!("cg_{name}"), ACCOUNTS);
         fund(ledger, &ids, 1_000_000_000).await;
         if armed {
             arm(ledger, &ids).await;
