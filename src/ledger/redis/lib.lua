@@ -246,7 +246,8 @@ local account_fields = {
 -- (PACK) creates accounts packed and packs each account it writes that is not yet.
 local PACKED = { 'topped_up', 'committed', 'held', 'credit_limit', 'next_expiry',
   'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits', 'first_commit_at', 'done_until',
-  'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup', 'due_events', 'events' }
+  'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup', 'due_events', 'events',
+  'prune_at' }
 -- The fields of the field form a packing deletes (`threshold` and `warned` were written by
 -- older versions).
 local FIELD_FORM = { 'topped_up', 'committed', 'held', 'credit_limit', 'threshold',
@@ -261,7 +262,7 @@ local PACK = false
 local LOADED = nil
 
 local function present(n)
-  if n < 0 then
+  if not n or n < 0 then
     return nil
   end
   return n
@@ -270,7 +271,7 @@ end
 local function unpack_account(v, thresholds_text)
   local topped_up, committed, held, credit_limit, next_expiry, due_holds, audit_seq, rate,
     rate_at, commits, first_commit_at, done_until, fired, horizon, runway_fired, depleted,
-    last_topup, due_events, events = cmsgpack.unpack(v)
+    last_topup, due_events, events, prune_at = cmsgpack.unpack(v)
   return {
     packed = true,
     exists = true,
@@ -294,6 +295,8 @@ local function unpack_account(v, thresholds_text)
     last_topup = last_topup,
     due_events = present(due_events),
     events = events,
+    -- Not before then does a call prune closed ids (reclaim; nil: at once).
+    prune_at = present(prune_at),
   }
 end
 
@@ -306,7 +309,7 @@ local function pack_account(a)
     absent_as(a.next_expiry), absent_as(a.due_holds), a.audit_seq, a.rate, a.rate_at,
     a.commits, absent_as(a.first_commit_at), absent_as(a.done_until), a.fired,
     absent_as(a.horizon), a.runway_fired and 1 or 0, a.depleted and 1 or 0, a.last_topup,
-    absent_as(a.due_events), a.events)
+    absent_as(a.due_events), a.events, absent_as(a.prune_at))
 end
 
 -- The field form: `fields` read at once, the rest when first used (account_fields). An
@@ -739,6 +742,14 @@ end
 -- calls: a reserve or an extend lowers it to its hold's new expiry when earlier, a settle
 -- only takes a hold away, so it stays a lower bound; once passed, reclaim_expired looks
 -- and refreshes it.
+--
+-- A packed account prunes at most once every PRUNE_GAP_MS (its `prune_at`, a figure of
+-- `v`, so the hint costs no command of its own), or on the next call again while a prune
+-- finds RECLAIM_LIMIT ids: a settle runs one or two commands fewer, and `done` keeps at
+-- most a gap's closed ids more. Pruning only frees memory: closed_how already reads an id
+-- past its forget-at time as forgotten.
+local PRUNE_GAP_MS = 1000
+
 local function reclaim(a, now, grace, skip_prune)
   local reclaimed = 0
   if a.next_expiry == nil or a.next_expiry <= now then
@@ -747,10 +758,21 @@ local function reclaim(a, now, grace, skip_prune)
     -- Nothing expired was closed here: the prune can wait for a call that does it.
     return reclaimed
   end
+  if a.packed and a.prune_at and now < a.prune_at then
+    return reclaimed
+  end
   local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now * 4 + 3,
     'LIMIT', 0, RECLAIM_LIMIT)
   if #old > 0 then
     redis.call('ZREM', KEYS[4], unpack(old))
+  end
+  -- (Not on an account still in fields: a read would pack it.)
+  if a.packed and not a.convert then
+    if #old < RECLAIM_LIMIT then
+      put(a, 'prune_at', now + PRUNE_GAP_MS)
+    else
+      put(a, 'prune_at', nil)
+    end
   end
   return reclaimed
 end
