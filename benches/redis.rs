@@ -522,7 +522,13 @@ async fn used_memory(con: &mut MultiplexedConnection) -> i64 {
         .expect("used_memory in INFO memory")
 }
 
-async fn memory(ledger: &RedisLedger, con: &mut MultiplexedConnection, report: &mut Report) {
+/// Bytes per idle funded account: `n` accounts with ids of 11 bytes (`<tag>_<i>`, the tag
+/// four bytes) and one top-up each, as the MemoryLedger figure in `overhead`.
+async fn idle_account_bytes(
+    ledger: &RedisLedger,
+    con: &mut MultiplexedConnection,
+    tag: &'static str,
+) -> f64 {
     let n = 100_000;
     let tasks = 64;
     let before = used_memory(con).await;
@@ -532,7 +538,7 @@ async fn memory(ledger: &RedisLedger, con: &mut MultiplexedConnection, report: &
             let ledger = ledger.clone();
             tokio::spawn(async move {
                 for i in (t..n).step_by(tasks) {
-                    let acct = AccountId::new(format!("acct_{i:06}")).unwrap();
+                    let acct = AccountId::new(format!("{tag}_{i:06}")).unwrap();
                     ledger
                         .top_up(TopUp::new(&acct, 1_000, format!("initial-{acct}")))
                         .await
@@ -547,10 +553,28 @@ async fn memory(ledger: &RedisLedger, con: &mut MultiplexedConnection, report: &
     // Let the keyspace's incremental rehash finish: mid-rehash, two tables are counted.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = used_memory(con).await;
+    (after - before) as f64 / n as f64
+}
+
+async fn memory(
+    ledger: &RedisLedger,
+    packing: &RedisLedger,
+    con: &mut MultiplexedConnection,
+    report: &mut Report,
+) {
+    let bytes = idle_account_bytes(ledger, con, "acct").await;
     report.row(
         MEMORY,
-        "RedisLedger, funded account with no open holds (id of 11 bytes; keys acct + topups)",
-        (after - before) as f64 / n as f64,
+        "RedisLedger, funded account with no open holds (id of 11 bytes; keys acct, topups, log, the top-up key's claim)",
+        bytes,
+        "bytes",
+        Target::AtMost(512.0),
+    );
+    let bytes = idle_account_bytes(packing, con, "pack").await;
+    report.row(
+        MEMORY,
+        "the same, packed (pack_accounts)",
+        bytes,
         "bytes",
         Target::AtMost(512.0),
     );
@@ -1735,7 +1759,14 @@ fn main() {
             efficiency(server.port, &ledger, &mut con, &mut report).await;
         }
         if run("6") {
-            memory(&ledger, &mut con, &mut report).await;
+            let packing = RedisLedger::builder()
+                .url(server.url())
+                .call_timeout(Duration::from_secs(2))
+                .pack_accounts(true)
+                .build()
+                .await
+                .expect("connect the packing ledger");
+            memory(&ledger, &packing, &mut con, &mut report).await;
         }
         if run("7") {
             naive_vs_lua(&ledger, &con, &mut report).await;
