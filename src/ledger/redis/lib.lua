@@ -156,7 +156,7 @@ end
 local ACCOUNT_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
   'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
   'first_commit_at', 'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup',
-  'due_events', 'done_until', 'events', 'v' }
+  'due_events', 'done_until', 'events' }
 -- A field a list leaves out is read when first used, at the value Redis holds then: a
 -- script that writes such a field with redis.call sets it in the account table too (as
 -- note_due and the alerts do), or reads it before.
@@ -165,12 +165,12 @@ local ACCOUNT_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thre
 -- `depleted` and `due_events`, a percentage threshold's `last_topup`, are read if used.
 local RESERVE_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
   'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
-  'first_commit_at', 'v' }
+  'first_commit_at' }
 -- A settle: all but the refusal's `depleted`, the events due-index mark, and a percentage
 -- threshold's `last_topup`.
 local SETTLE_FIELDS = { 'topped_up', 'committed', 'held', 'credit_limit', 'thresholds',
   'threshold', 'next_expiry', 'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits',
-  'first_commit_at', 'fired', 'horizon', 'runway_fired', 'done_until', 'v' }
+  'first_commit_at', 'fired', 'horizon', 'runway_fired', 'done_until' }
 -- What the event outbox and the audit trail's reader use.
 local OUTBOX_FIELDS = { 'due_events', 'v' }
 local HISTORY_FIELDS = { 'audit_seq', 'v' }
@@ -313,15 +313,24 @@ local function pack_account(a)
 end
 
 -- The field form: `fields` read at once, the rest when first used (account_fields). An
--- account found packed (`v`, which each list names last) is read from that instead.
+-- account found packed is read from `v` instead: named by the lists that do not tell
+-- whether the account exists (OUTBOX_FIELDS, HISTORY_FIELDS), else read only when the
+-- fields say it does not (a packed account has neither `topped_up` nor `credit_limit`),
+-- so an account in fields pays nothing for it, and a packed one read by a ledger that
+-- does not pack one HGET.
 local function load_fields(fields)
   local index = field_index(fields)
   local f = redis.call('HMGET', KEYS[1], unpack(fields))
-  local v = f[index.v]
+  local topped_up, credit_limit = f[index.topped_up], f[index.credit_limit]
+  local v
+  if index.v then
+    v = f[index.v]
+  elseif not (topped_up or credit_limit) then
+    v = redis.call('HGET', KEYS[1], 'v')
+  end
   if v then
     return unpack_account(v, index.thresholds and f[index.thresholds])
   end
-  local topped_up, credit_limit = f[index.topped_up], f[index.credit_limit]
   local a = setmetatable({
     stored = f,
     index = index,
