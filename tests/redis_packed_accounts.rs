@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use support::redis::RedisServer;
 use tower_credits::clock::ManualClock;
+use tower_credits::events::EventOutbox;
 use tower_credits::ledger::{Configure, HoldId, Reserve, ReserveOutcome, SettleOutcome};
 use tower_credits::{
     AccountId, AccountSettings, Ledger, LedgerAdmin, LedgerReports, RedisLedger, TopUp,
@@ -322,4 +323,195 @@ async fn replicas_of_both_settings_racing_on_one_account_conserve_credits() {
     assert_eq!(b.available, 1_000 - spent as i64);
     assert!(packed(&server, "race"), "{:?}", fields(&server, "race"));
     assert_eq!(trail(&new, &a).await.len() as u64, 1 + 2 * spent / 4);
+}
+
+/// Found by review: a packing ledger's first write to an account in fields, a configure
+/// back to the default runway horizon, kept the old horizon (the cleared figure was read
+/// back from its field when `v` was written).
+#[tokio::test]
+async fn a_horizon_reset_by_the_move_to_packed_is_kept() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let old = ledger(&server, &clock, false).await;
+    let new = ledger(&server, &clock, true).await;
+    let a = acct("horizon");
+    old.top_up(TopUp::new(&a, 1_000, "pay-1")).await.unwrap();
+    old.configure(Configure::new(
+        a.clone(),
+        AccountSettings::new().runway_horizon(Duration::from_secs(3_600)),
+    ))
+    .await
+    .unwrap();
+    new.configure(Configure::new(a.clone(), AccountSettings::new()))
+        .await
+        .unwrap();
+    assert!(packed(&server, "horizon"));
+    assert_eq!(
+        new.balance(&a).await.unwrap().runway_horizon,
+        tower_credits::ledger::DEFAULT_RUNWAY_HORIZON
+    );
+}
+
+/// Found by review: an event claim that emptied the events due-index entry of an account
+/// in fields, made by a packing ledger, kept the old `due_events` in `v`; the next event's
+/// index entry was then never written, and its lease could lapse unseen.
+#[tokio::test]
+async fn the_next_event_after_a_packing_claim_is_entered_in_the_index() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let old = ledger(&server, &clock, false).await;
+    let claimer = ledger(&server, &clock, true).await;
+    let a = acct("events");
+    old.top_up(TopUp::new(&a, 1_000, "pay-1")).await.unwrap();
+    old.configure(Configure::new(
+        a.clone(),
+        AccountSettings::new()
+            .low_balance_threshold(800)
+            .low_balance_threshold(500),
+    ))
+    .await
+    .unwrap();
+    let hold = held(&old, &a, "h1", 300).await;
+    let s = old.commit(&a, &hold, 300).await.unwrap();
+    assert_eq!(s.events.len(), 1);
+    old.ack(&s.events[0]).await.unwrap();
+    clock.advance(Duration::from_secs(31));
+    // The outbox is empty: the pass takes the account out of the index.
+    assert!(claimer
+        .claim(Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(packed(&server, "events"));
+    // A second crossing, whose replica then dies before delivering it.
+    let hold = held(&old, &a, "h2", 300).await;
+    assert_eq!(old.commit(&a, &hold, 300).await.unwrap().events.len(), 1);
+    assert!(
+        !server
+            .cli(&["ZSCORE", "credits:{!due}:events", "events"])
+            .trim()
+            .is_empty(),
+        "the event's lease is in the index"
+    );
+    clock.advance(Duration::from_secs(31));
+    let other = ledger(&server, &clock, true).await;
+    assert_eq!(
+        other
+            .claim(Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "another replica claims the lapsed event"
+    );
+}
+
+/// Found by review: a `prune_at` written under a later clock (Redis's clock stepped back,
+/// say after a failover) stopped every prune of `done` until the clock caught up.
+#[tokio::test]
+async fn a_packed_account_still_prunes_after_its_clock_steps_back() {
+    async fn closed_ids_kept(pack: bool) -> u64 {
+        let server = RedisServer::start();
+        let (ahead, behind) = (ManualClock::new(), ManualClock::new());
+        ahead.advance(Duration::from_secs(3_600));
+        let la = ledger(&server, &ahead, pack).await;
+        let lb = ledger(&server, &behind, pack).await;
+        let a = acct("skew");
+        la.top_up(TopUp::new(&a, 1_000_000, "pay-1")).await.unwrap();
+        let hold = held(&la, &a, "first", 1).await;
+        la.commit(&a, &hold, 1).await.unwrap();
+        for batch in 0..6 {
+            for i in 0..50 {
+                let hold = HoldId::new(format!("b{batch}_{i}")).unwrap();
+                let r = Reserve::new(a.clone(), hold.clone(), 1).ttl(Duration::from_millis(1));
+                assert!(matches!(
+                    lb.reserve(r).await.unwrap(),
+                    ReserveOutcome::Held(_)
+                ));
+                lb.commit(&a, &hold, 1).await.unwrap();
+            }
+            behind.advance(Duration::from_secs(20));
+        }
+        server
+            .cli(&["ZCARD", "credits:{skew}:done"])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+    let fields = closed_ids_kept(false).await;
+    let packed = closed_ids_kept(true).await;
+    // At most the last batch more: those of the prune gap.
+    assert!(
+        packed <= fields + 50,
+        "closed ids kept: {packed} packed, {fields} in fields"
+    );
+}
+
+/// No script creates an account it does not know, under either setting: every ledger
+/// call, and the sweep and every outbox operation called by hand.
+#[tokio::test]
+async fn no_script_creates_an_unknown_account_under_either_setting() {
+    use tower_credits::ledger::{Extend, Grow};
+    for pack in [false, true] {
+        let server = RedisServer::start();
+        let clock = ManualClock::new();
+        let l = ledger(&server, &clock, pack).await;
+        let a = acct("ghost");
+        let h = HoldId::new("h").unwrap();
+        let _ = l.balance(&a).await;
+        let _ = l.usage(&a).await;
+        let _ = l.history(&a, None, 10).await;
+        let _ = l.reconcile(&a, Duration::from_secs(60)).await;
+        let _ = l.commit(&a, &h, 1).await;
+        let _ = l.refund(&a, &h).await;
+        let _ = l
+            .extend(Extend::new(a.clone(), h.clone(), Duration::from_secs(5)))
+            .await;
+        let _ = l.grow(Grow::to(a.clone(), h.clone(), 5)).await;
+        let _ = l.reserve(Reserve::new(a.clone(), h.clone(), 1)).await;
+        let _ = l.pending(&a).await;
+        let _ = l.dead_letters(&a).await;
+        let name = |script: &str| {
+            if pack {
+                RedisLedger::packed_function_name(script).unwrap()
+            } else {
+                RedisLedger::function_library(script).unwrap().1
+            }
+        };
+        let keys: Vec<String> = [
+            "acct", "holds", "expiry", "done", "usage", "topups", "outbox", "leases", "dead",
+        ]
+        .iter()
+        .map(|suffix| format!("credits:{{ghost}}:{suffix}"))
+        .collect();
+        let call = |script: &str, args: &[&str]| {
+            let function = name(script);
+            let mut cmd = vec!["FCALL", function.as_str(), "9"];
+            cmd.extend(keys.iter().map(String::as_str));
+            cmd.extend(args);
+            server.cli(&cmd)
+        };
+        call("sweep", &["0", "6000", "0"]);
+        for op in [
+            "due",
+            "claim",
+            "pending",
+            "dead_letters",
+            "requeue",
+            "ack",
+            "dead",
+        ] {
+            let entry = if matches!(op, "requeue" | "ack" | "dead") {
+                "1-0"
+            } else {
+                ""
+            };
+            call(
+                "outbox",
+                &["0", "6000", op, "r1", "1000", entry, "10", "", "0"],
+            );
+        }
+        let left = server.cli(&["KEYS", "*ghost*"]);
+        assert!(left.trim().is_empty(), "pack {pack}: {left}");
+    }
 }

@@ -371,6 +371,12 @@ local function load_account(fields)
       a = unpack_account(f[1], f[2])
     else
       a = load_fields(ACCOUNT_FIELDS)
+      -- Every figure read now, and the table made plain: a figure this call clears to
+      -- nil must not be read back from the stored text when `v` is written.
+      for name in pairs(LAZY_FIELD) do
+        rawset(a, name, a[name])
+      end
+      setmetatable(a, nil)
       a.packed = true
       a.convert = true
     end
@@ -410,6 +416,18 @@ local function clear(a, field, absent)
     return
   end
   redis.call('HDEL', KEYS[1], field)
+  -- Cleared for the rest of the call too: a lazy figure is not read back from its text.
+  local i = a.index and a.index[field]
+  if i then
+    a.stored[i] = false
+  else
+    local fetched = rawget(a, 'fetched')
+    if not fetched then
+      fetched = {}
+      rawset(a, 'fetched', fetched)
+    end
+    fetched[field] = false
+  end
   rawset(a, field, absent)
 end
 
@@ -767,7 +785,9 @@ local function reclaim(a, now, grace, skip_prune)
     -- Nothing expired was closed here: the prune can wait for a call that does it.
     return reclaimed
   end
-  if a.packed and a.prune_at and now < a.prune_at then
+  -- (A prune_at further ahead than the gap was written under a later clock, Redis's
+  -- clock having stepped back since: not trusted, or `done` would grow until it catches up.)
+  if a.packed and a.prune_at and now < a.prune_at and a.prune_at - now <= PRUNE_GAP_MS then
     return reclaimed
   end
   local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now * 4 + 3,
