@@ -515,3 +515,32 @@ async fn no_script_creates_an_unknown_account_under_either_setting() {
         assert!(left.trim().is_empty(), "pack {pack}: {left}");
     }
 }
+
+/// A replica of a version without packed accounts writing to a packed one (packing turned
+/// on too early, or a rollback) leaves a field beside `v`: the two settings would then read
+/// different balances. Reconciliation names it, under either setting.
+#[tokio::test]
+async fn reconcile_names_an_account_holding_both_forms() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let packing = ledger(&server, &clock, true).await;
+    let plain = ledger(&server, &clock, false).await;
+    let a = acct("both");
+    packing
+        .top_up(TopUp::new(&a, 1_000, "pay-1"))
+        .await
+        .unwrap();
+    for l in [&packing, &plain] {
+        let drifts = l.reconcile(&a, Duration::from_secs(60)).await.unwrap();
+        assert!(drifts.is_empty(), "{drifts:?}");
+    }
+    // What such a version's top-up does: it sees no `topped_up`, and adds one.
+    server.cli(&["HINCRBY", "credits:{both}:acct", "topped_up", "50"]);
+    for l in [&packing, &plain] {
+        let drifts = l.reconcile(&a, Duration::from_secs(60)).await.unwrap();
+        assert!(
+            drifts.iter().any(|d| d.check == "account_forms"),
+            "{drifts:?}"
+        );
+    }
+}

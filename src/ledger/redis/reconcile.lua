@@ -32,6 +32,16 @@ local function drift(check, expected, found)
   drifts[#drifts + 1] = { check, expected, found }
 end
 
+-- The account is in one form: `v` beside a figure of the field form means a version
+-- without packed accounts wrote to a packed one (packing turned on while such a replica
+-- still ran, or a rollback past it); replicas of the two settings then read different
+-- balances.
+local forms = redis.call('HMGET', KEYS[1], 'v', 'topped_up', 'committed', 'held',
+  'credit_limit')
+if forms[1] and (forms[2] or forms[3] or forms[4] or forms[5]) then
+  drift('account_forms', 'v alone', 'v beside fields')
+end
+
 -- `held` is the sum of the open holds, and every open hold is in the expiry index, at the
 -- expiry its `<id>:exp` field says. A `<id>:exp` or `<id>:route` field belongs to an open
 -- hold: one left behind (a hold settled by a version that did not know `:exp`, during a

@@ -37,7 +37,10 @@ pub struct Drift {
     /// (a `<id>:exp` or `<id>:route` with no hold: left by a settle of a version before
     /// `<id>:exp`, during a rolling upgrade or after a rollback; it holds no credits),
     /// `stale_hold`, `topped_up`, `audit_available`, `audit_held`, `audit_committed`,
-    /// `audit_topped_up`, `payment_claim`.
+    /// `audit_topped_up`, `payment_claim`, `account_forms` (a packed account's `v` beside
+    /// a field of the field form: a replica without
+    /// [`pack_accounts`](super::RedisLedgerBuilder::pack_accounts) wrote to a packed
+    /// account, and replicas of the two settings now read different balances).
     pub check: String,
     /// What it should be.
     pub expected: String,
