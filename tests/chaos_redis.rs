@@ -3,7 +3,7 @@
 //! `redis-server` (`appendonly yes`, `appendfsync always`) while random requests succeed
 //! with random costs, fail, panic, get cancelled, drop deferred streams or fail the gRPC
 //! way, top-ups replay their idempotency keys, and a fault task kills, pauses, resumes and
-//! restarts Redis.
+//! restarts Redis. The second replica packs accounts (`pack_accounts`), the others do not.
 //!
 //! Bounded: the requests are released at a fixed rate by the pacing task for a fixed
 //! schedule of faults (about 10 s), and every request must be answered within [`HANG`].
@@ -1115,10 +1115,32 @@ fn int(map: &BTreeMap<String, String>, field: &str) -> i64 {
     map.get(field).map_or(0, |v| v.parse().unwrap())
 }
 
+/// An account hash's books, `topped_up`, `committed` and `held`, in either form: a packed
+/// account (`pack_accounts`) keeps them as the first three numbers of its MessagePack `v`
+/// (lib.lua's `PACKED`), which one replica here writes and the others keep.
+/// Also whether it is packed.
+fn books(server: &RedisServer, account: &AccountId) -> (bool, i64, i64, i64) {
+    const SCRIPT: &str = "local v = redis.call('HGET', KEYS[1], 'v') \
+        if v then \
+          local t, c, h = cmsgpack.unpack(v) \
+          return {'packed', t, c, h} \
+        end \
+        local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held') \
+        return {'fields', tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]) or 0}";
+    let key = format!("credits:{{{account}}}:acct");
+    let out = server.cli(&["EVAL", SCRIPT, "1", &key]);
+    let v: Vec<&str> = out.lines().collect();
+    assert_eq!(v.len(), 4, "{out}");
+    let n = |s: &str| s.parse::<i64>().unwrap_or_else(|_| panic!("{out}"));
+    (v[0] == "packed", n(v[1]), n(v[2]), n(v[3]))
+}
+
 /// `held` and the sum of the open holds in `:holds`, read in one script (atomically: a
 /// background refund may still be running).
 fn held_and_open_holds(server: &RedisServer, account: &AccountId) -> (i64, i64) {
     const SCRIPT: &str = "local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0') \
+        local v = redis.call('HGET', KEYS[1], 'v') \
+        if v then held = select(3, cmsgpack.unpack(v)) end \
         local sum, kv = 0, redis.call('HGETALL', KEYS[2]) \
         for i = 1, #kv, 2 do \
           if not string.find(kv[i], ':') then sum = sum + tonumber(kv[i + 1]) end \
@@ -1202,12 +1224,16 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     let mut layers = Vec::new();
     let mut servers = Vec::new();
     let mut ledgers = Vec::new();
-    for _ in 0..REPLICAS {
+    // The second replica packs accounts (`pack_accounts`), the others do not: the accounts,
+    // made in fields, are moved to `v` by its first write to each, in the middle of the
+    // run, and kept packed by every replica after.
+    for replica in 0..REPLICAS {
         let ledger = RedisLedger::builder()
             .url(server.url())
             .call_timeout(CALL_TIMEOUT)
             .extra_closed_grace(AUDIT_GRACE)
             .test_clock(clock.clone())
+            .pack_accounts(replica == 1)
             .build()
             .await
             .unwrap();
@@ -1360,13 +1386,10 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     let stream_methods = [echo::COUNT, echo::CHAT, echo::UPLOAD];
     let mut usage_by_method: BTreeMap<&str, u64> = BTreeMap::new();
     let mut metered_by_method: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut packed_accounts = 0;
     for (account, _) in &keys {
-        let acct = hash(&server, &format!("credits:{{{account}}}:acct"));
-        let (topped_up, committed, held) = (
-            int(&acct, "topped_up"),
-            int(&acct, "committed"),
-            int(&acct, "held"),
-        );
+        let (is_packed, topped_up, committed, held) = books(&server, account);
+        packed_accounts += u64::from(is_packed);
         let available = topped_up - committed - held;
         assert_eq!(held, 0, "{account}: nothing held at the end");
         let holds = format!("credits:{{{account}}}:holds");
@@ -1500,6 +1523,11 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
             }
         }
     }
+    // The packing replica billed accounts made in fields: they were moved to `v` mid-run.
+    assert!(
+        packed_accounts > 0,
+        "no account was packed by the packing replica"
+    );
 
     // The abandoned streams, call by call: each has its hold, was charged what the client
     // can account for and at most its hold; one that ran while Redis was healthy (no fault
