@@ -1111,10 +1111,6 @@ fn zset(server: &RedisServer, key: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-fn int(map: &BTreeMap<String, String>, field: &str) -> i64 {
-    map.get(field).map_or(0, |v| v.parse().unwrap())
-}
-
 /// An account hash's books, `topped_up`, `committed` and `held`, in either form: a packed
 /// account (`pack_accounts`) keeps them as the first three numbers of its MessagePack `v`
 /// (lib.lua's `PACKED`), which one replica here writes and the others keep.
