@@ -221,10 +221,7 @@ async fn ledger() -> Result<AnyLedger, tower_credits::LedgerError> {
                 })?;
                 builder = builder.tls_ca_pem(pem);
             }
-            // Each account's figures in one hash field: about a fifth less Redis CPU a
-            // billed request. Only once every replica sharing the Redis has the option
-            // (older versions read only the one-field-per-figure form).
-            let ledger = builder.pack_accounts(true).build().await?;
+            let ledger = builder.build().await?;
             // Reclaims expired holds of idle accounts, found by the due-index (a few
             // commands a pass, whatever else the Redis holds).
             ledger.spawn_sweeper(Duration::from_secs(1));

@@ -54,28 +54,29 @@ impl Harness for EvalshaHarness {
     }
 }
 
-/// Accounts packed in one field (`RedisLedgerBuilder::pack_accounts`), as Redis Functions.
-struct PackedHarness;
+/// Accounts in the field form, a field per figure (`pack_accounts(false)`; the default
+/// packs them in one), as Redis Functions.
+struct FieldsHarness;
 
-impl Harness for PackedHarness {
+impl Harness for FieldsHarness {
     type L = RedisLedger;
 
     async fn ledger(&self) -> (RedisLedger, ManualClock) {
-        let (ledger, clock) = build(RedisLedger::builder().pack_accounts(true)).await;
+        let (ledger, clock) = build(RedisLedger::builder().pack_accounts(false)).await;
         assert!(ledger.uses_functions());
         (ledger, clock)
     }
 }
 
-/// Accounts packed, the scripts by SHA.
-struct PackedEvalshaHarness;
+/// Accounts in the field form, the scripts by SHA.
+struct FieldsEvalshaHarness;
 
-impl Harness for PackedEvalshaHarness {
+impl Harness for FieldsEvalshaHarness {
     type L = RedisLedger;
 
     async fn ledger(&self) -> (RedisLedger, ManualClock) {
         let (ledger, clock) =
-            build(RedisLedger::builder().pack_accounts(true).evalsha_only()).await;
+            build(RedisLedger::builder().pack_accounts(false).evalsha_only()).await;
         assert!(!ledger.uses_functions());
         (ledger, clock)
     }
@@ -108,16 +109,16 @@ mod evalsha {
     tower_credits::conformance_outbox_suite!(EvalshaHarness);
 }
 
-mod packed {
-    use super::PackedHarness;
+mod fields {
+    use super::FieldsHarness;
 
-    tower_credits::conformance_suite!(PackedHarness);
-    tower_credits::conformance_outbox_suite!(PackedHarness);
+    tower_credits::conformance_suite!(FieldsHarness);
+    tower_credits::conformance_outbox_suite!(FieldsHarness);
 }
 
-mod packed_evalsha {
-    use super::PackedEvalshaHarness;
+mod fields_evalsha {
+    use super::FieldsEvalshaHarness;
 
-    tower_credits::conformance_suite!(PackedEvalshaHarness);
-    tower_credits::conformance_outbox_suite!(PackedEvalshaHarness);
+    tower_credits::conformance_suite!(FieldsEvalshaHarness);
+    tower_credits::conformance_outbox_suite!(FieldsEvalshaHarness);
 }

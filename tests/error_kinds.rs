@@ -4,6 +4,10 @@
 //! `Unavailable` or `Timeout`.
 //!
 //! Every test starts its own `redis-server` (see `tests/support/redis.rs`).
+//!
+//! These tests read and poke an account's fields, so their ledgers keep the field form
+//! (`pack_accounts(false)`); the packed form, the default, is tested by the conformance
+//! suite, `tests/redis_packed_accounts.rs` and `tests/chaos_redis.rs`.
 
 mod support;
 
@@ -27,6 +31,7 @@ fn hold(id: &str) -> HoldId {
 
 async fn ledger(server: &RedisServer, timeout: Duration) -> RedisLedger {
     RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(timeout)
         .build()

@@ -8,6 +8,10 @@
 //! raw hash), no hold left open, and what the ledger committed is what the layer says the
 //! ledger confirmed. Waits poll a condition against a deadline; holds are expired by moving
 //! the ledger's test clock, never by waiting.
+//!
+//! These tests read and poke an account's fields, so their ledgers keep the field form
+//! (`pack_accounts(false)`); the packed form, the default, is tested by the conformance
+//! suite, `tests/redis_packed_accounts.rs` and `tests/chaos_redis.rs`.
 
 mod http_support;
 mod support;
@@ -161,6 +165,7 @@ impl Rig {
         let server = RedisServer::start_with(options);
         let clock = ManualClock::new();
         let ledger = RedisLedger::builder()
+            .pack_accounts(false)
             .url(server.url())
             .call_timeout(CALL_TIMEOUT)
             .test_clock(clock.clone())
@@ -168,6 +173,7 @@ impl Rig {
             .await
             .expect("connect to the test redis-server");
         let patient = RedisLedger::builder()
+            .pack_accounts(false)
             .url(server.url())
             .call_timeout(Duration::from_secs(5))
             .test_clock(clock.clone())
@@ -456,6 +462,7 @@ async fn paused_past_the_deadline_answers_503_then_leaks_no_hold() {
     // A probe with the layer's call deadline, on a connection of its own that the load
     // does not touch.
     let probe = RedisLedger::builder()
+        .pack_accounts(false)
         .url(rig.server.url())
         .call_timeout(CALL_TIMEOUT)
         .build()

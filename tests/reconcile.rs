@@ -1,6 +1,10 @@
 //! Reconciliation on a real Redis and a real Redis Cluster: books kept under concurrent
 //! traffic balance (checked while the traffic runs, too); each kind of corruption, written
 //! by hand into Redis, is found and named; the `reconcile` tool exits 0, 1 or 2.
+//!
+//! These tests read and poke an account's fields, so their ledgers keep the field form
+//! (`pack_accounts(false)`); the packed form, the default, is tested by the conformance
+//! suite, `tests/redis_packed_accounts.rs` and `tests/chaos_redis.rs`.
 
 mod support;
 
@@ -97,13 +101,26 @@ async fn balanced_under_traffic(l: RedisLedger) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balanced_books_reconcile_clean_under_traffic() {
     let server = RedisServer::start();
-    balanced_under_traffic(ledger(RedisLedger::builder().url(server.url())).await).await;
+    balanced_under_traffic(
+        ledger(
+            RedisLedger::builder()
+                .pack_accounts(false)
+                .url(server.url()),
+        )
+        .await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balanced_books_reconcile_clean_on_a_cluster() {
     let cluster = RedisCluster::start();
-    let l = ledger(RedisLedger::builder().cluster_urls(cluster.urls())).await;
+    let l = ledger(
+        RedisLedger::builder()
+            .pack_accounts(false)
+            .cluster_urls(cluster.urls()),
+    )
+    .await;
     balanced_under_traffic(l.clone()).await;
     // A corruption on the cluster is found through the master that owns it.
     cluster.cli(&["HINCRBY", "credits:{acct_r3}:acct", "held", "5"]);
@@ -148,6 +165,7 @@ async fn each_corruption_is_found_and_named() {
     let clock = ManualClock::new();
     let l = ledger(
         RedisLedger::builder()
+            .pack_accounts(false)
             .url(server.url())
             .test_clock(clock.clone()),
     )
@@ -280,7 +298,12 @@ async fn the_reconcile_tool_exits_by_what_it_found() {
         tool.display()
     );
     let server = RedisServer::start();
-    let l = ledger(RedisLedger::builder().url(server.url())).await;
+    let l = ledger(
+        RedisLedger::builder()
+            .pack_accounts(false)
+            .url(server.url()),
+    )
+    .await;
     books(&l, "t_one").await;
     let run = |args: Vec<String>| {
         let out = std::process::Command::new(&tool)

@@ -5,6 +5,10 @@
 //! Every test starts its own `redis-server` (see `tests/support/redis.rs`) and never sleeps
 //! except inside a poll with a deadline. The shared semantics are in the conformance suite
 //! (`tests/conformance_redis.rs`, `tests/conformance_cluster.rs`).
+//!
+//! These tests read and poke an account's fields, so their ledgers keep the field form
+//! (`pack_accounts(false)`); the packed form, the default, is tested by the conformance
+//! suite, `tests/redis_packed_accounts.rs` and `tests/chaos_redis.rs`.
 
 mod support;
 
@@ -35,6 +39,7 @@ fn hold(id: &str) -> HoldId {
 
 async fn ledger(server: &RedisServer) -> RedisLedger {
     RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .build()
@@ -44,6 +49,7 @@ async fn ledger(server: &RedisServer) -> RedisLedger {
 
 async fn ledger_on(server: &RedisServer, clock: &ManualClock) -> RedisLedger {
     RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .test_clock(clock.clone())
@@ -151,6 +157,7 @@ async fn the_function_library_is_loaded_again_when_the_server_lost_it() {
 async fn scripts_flushed_from_the_server_are_loaded_again() {
     let server = RedisServer::start();
     let l = RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .evalsha_only()
@@ -539,6 +546,7 @@ async fn closed_hold_ids_are_forgotten_after_the_retention() {
     let server = RedisServer::start();
     let clock = ManualClock::new();
     let l = RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .test_clock(clock.clone())
@@ -602,6 +610,7 @@ async fn reserve_against_a_paused_server_times_out_and_leaves_no_hold() {
     let patient = ledger(&server).await;
     let timeout = Duration::from_millis(100);
     let l = RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(timeout)
         .build()
@@ -722,13 +731,14 @@ async fn a_dead_server_is_unavailable() {
     // Nothing listens on the port any more: the connection is refused, and `build` says
     // so (`Unavailable`) instead of waiting out its connect deadline (`Timeout`).
     let r = RedisLedger::builder()
+        .pack_accounts(false)
         .url(url)
         .connect_timeout(Duration::from_millis(500))
         .build()
         .await;
     assert!(matches!(&r, Err(LedgerError::Unavailable(_))), "{r:?}");
 
-    let r = RedisLedger::builder().build().await;
+    let r = RedisLedger::builder().pack_accounts(false).build().await;
     assert!(
         matches!(&r, Err(LedgerError::Unavailable(e)) if e.to_string().contains("url")),
         "{r:?}"
@@ -918,6 +928,7 @@ async fn replicas_racing_on_one_account_never_overshoot() {
     for _ in 0..REPLICAS {
         replicas.push(
             RedisLedger::builder()
+                .pack_accounts(false)
                 .url(server.url())
                 .call_timeout(PATIENT)
                 .build()
@@ -1116,6 +1127,7 @@ async fn keys_follow_the_documented_layout() {
 
     // Another prefix keeps another set of keys.
     let other = RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .key_prefix("billing")
@@ -1138,6 +1150,7 @@ async fn keys_follow_the_documented_layout() {
 async fn max_open_holds_is_enforced() {
     let server = RedisServer::start();
     let l = RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .max_open_holds(2)
@@ -1487,6 +1500,7 @@ async fn the_sweeper_visits_every_master_of_a_cluster() {
     let cluster = RedisCluster::start();
     let clock = ManualClock::new();
     let l = RedisLedger::builder()
+        .pack_accounts(false)
         .cluster_urls(cluster.urls())
         .call_timeout(PATIENT)
         .test_clock(clock.clone())
@@ -1635,6 +1649,7 @@ async fn a_lost_claim_is_made_again_by_the_replay_or_the_conflict() {
 async fn the_audit_trail_keeps_its_cap_trimmed_every_32_entries() {
     let server = RedisServer::start();
     let l = RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .audit_cap(5)
@@ -1806,6 +1821,7 @@ async fn busy_settles_push_the_done_expiry_once_a_second_not_each_time() {
 async fn a_retried_reserve_is_the_open_hold_even_where_a_fresh_one_is_refused() {
     let server = RedisServer::start();
     let l = RedisLedger::builder()
+        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .max_open_holds(1)

@@ -1,7 +1,8 @@
 //! Accounts packed in one hash field (`RedisLedgerBuilder::pack_accounts`): what the
 //! packed form keeps, and the move from the field form to it while replicas of both
-//! settings share one Redis. The semantics of a packing ledger are the conformance suite's
-//! (`tests/conformance_redis.rs`, modules `packed` and `packed_evalsha`).
+//! settings share one Redis. The semantics of either form are the conformance suite's
+//! (`tests/conformance_redis.rs`: the default packs; modules `fields` and `fields_evalsha`
+//! do not).
 //!
 //! Every test starts its own `redis-server` (see `tests/support/redis.rs`).
 

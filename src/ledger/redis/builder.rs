@@ -130,7 +130,7 @@ impl Default for RedisLedgerBuilder {
             max_open_holds: None,
             audit_cap: crate::ledger::audit::DEFAULT_AUDIT_CAP,
             event_lease: crate::ledger::DEFAULT_EVENT_LEASE,
-            pack_accounts: false,
+            pack_accounts: true,
             #[cfg(feature = "test-util")]
             test_clock: None,
             #[cfg(feature = "test-util")]
@@ -274,22 +274,25 @@ impl RedisLedgerBuilder {
         self
     }
 
-    /// Writes each account's figures packed in one hash field (`v`, MessagePack) instead of
-    /// a field each (default: `false`, a field each). A reserve or settle then reads and
-    /// writes one field where it named 13 to 17: about a fifth less Redis CPU per call (see
-    /// `docs/performance.md`).
+    /// Whether each account's figures are packed in one hash field (`v`, MessagePack)
+    /// instead of a field each (default: `true`, packed). A reserve or settle then reads
+    /// and writes one field where it named 13 to 17: about a fifth less Redis CPU per call
+    /// (see `docs/performance.md`, "Packed accounts").
     ///
-    /// Every version that has this option reads and writes both forms, whatever it is set
-    /// to: an account is written back in the form it was found in. The option decides the
-    /// form of the accounts this ledger creates, and packs each account of the other form
-    /// the first time it writes to it. Versions without it read only fields: they see a
-    /// packed account as unknown. So turn it on once every replica sharing the Redis has
-    /// it, and do not roll back to a version without it after.
+    /// Either setting reads and writes both forms: an account is written back in the form
+    /// it was found in. The setting decides the form of the accounts this ledger creates,
+    /// and `true` packs each account of the field form the first time it writes to it (a
+    /// read packs nothing). `false` is for a Redis shared with replicas built before packed
+    /// accounts, which read only fields and would see a packed account as unknown: keep it
+    /// until every replica has the option. [`reconcile`](super::RedisLedger::reconcile)
+    /// names an account a replica without it wrote to after it was packed
+    /// (`account_forms`).
     ///
     /// ```
     /// use tower_credits::RedisLedger;
     ///
-    /// let builder = RedisLedger::builder().pack_accounts(true);
+    /// // Replicas built before packed accounts still share this Redis.
+    /// let builder = RedisLedger::builder().pack_accounts(false);
     /// # let _ = builder;
     /// ```
     pub fn pack_accounts(mut self, pack: bool) -> Self {
