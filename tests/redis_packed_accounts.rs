@@ -535,13 +535,80 @@ async fn reconcile_names_an_account_holding_both_forms() {
         let drifts = l.reconcile(&a, Duration::from_secs(60)).await.unwrap();
         assert!(drifts.is_empty(), "{drifts:?}");
     }
-    // What such a version's top-up does: it sees no `topped_up`, and adds one.
+    // What such a version's top-up does: it sees no `topped_up`, and adds one; its outbox
+    // counts events in a field of its own.
     server.cli(&["HINCRBY", "credits:{both}:acct", "topped_up", "50"]);
+    server.cli(&["HINCRBY", "credits:{both}:acct", "events", "1"]);
     for l in [&packing, &plain] {
         let drifts = l.reconcile(&a, Duration::from_secs(60)).await.unwrap();
-        assert!(
-            drifts.iter().any(|d| d.check == "account_forms"),
-            "{drifts:?}"
-        );
+        let forms: Vec<_> = drifts
+            .iter()
+            .filter(|d| d.check == "account_forms")
+            .collect();
+        assert_eq!(forms.len(), 1, "{drifts:?}");
+        assert_eq!(forms[0].found, "v beside topped_up,events", "{drifts:?}");
     }
+}
+
+/// Found by review: a read of a packed account (a dashboard polling `balance`) wrote `v`
+/// each time its prune gap had passed. A read writes nothing, in either form.
+#[tokio::test]
+async fn reads_of_a_packed_account_write_nothing() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger(&server, &clock, true).await;
+    let a = acct("polled");
+    l.top_up(TopUp::new(&a, 1_000, "pay-1")).await.unwrap();
+    let hold = held(&l, &a, "h1", 10).await;
+    l.commit(&a, &hold, 5).await.unwrap();
+    let before = server.cli(&["HGET", "credits:{polled}:acct", "v"]);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..5 {
+        clock.advance(Duration::from_millis(1_100));
+        l.balance(&a).await.unwrap();
+        l.usage(&a).await.unwrap();
+    }
+    let stats = server.cli(&["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_hset:"), "{stats}");
+    assert_eq!(server.cli(&["HGET", "credits:{polled}:acct", "v"]), before);
+}
+
+/// The packed value's order is its format: each figure keeps its place, and a new figure
+/// goes at the end (a value written before it then reads it as absent). Pinned here by
+/// the figures Redis itself decodes from `v`.
+#[tokio::test]
+async fn the_packed_value_keeps_each_figure_in_its_place() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger(&server, &clock, true).await;
+    let a = acct("places");
+    l.top_up(TopUp::new(&a, 1_000, "pay-1")).await.unwrap();
+    l.configure(Configure::new(
+        a.clone(),
+        AccountSettings::new()
+            .credit_limit(7)
+            .runway_horizon(Duration::from_secs(90)),
+    ))
+    .await
+    .unwrap();
+    let hold = held(&l, &a, "h1", 30).await;
+    l.commit(&a, &hold, 20).await.unwrap();
+    let _open = held(&l, &a, "h2", 4).await;
+    let out = server.cli(&[
+        "EVAL",
+        "local r = {cmsgpack.unpack(redis.call('HGET', KEYS[1], 'v'))} \
+         for i = 1, #r do r[i] = string.format('%.17g', r[i]) end return r",
+        "1",
+        "credits:{places}:acct",
+    ]);
+    let v: Vec<&str> = out.lines().collect();
+    assert_eq!(v.len(), 20, "{out}");
+    // topped_up, committed, held, credit_limit; audit_seq (top-up, reserve, commit,
+    // reserve); commits; horizon; runway_fired, depleted; last_topup.
+    assert_eq!((v[0], v[1], v[2], v[3]), ("1000", "20", "4", "7"), "{out}");
+    assert_eq!(v[6], "4", "audit_seq: {out}");
+    assert_eq!(v[9], "1", "commits: {out}");
+    assert_eq!(v[13], "90", "horizon: {out}");
+    assert_eq!((v[14], v[15]), ("0", "0"), "flags: {out}");
+    assert_eq!(v[16], "1000", "last_topup: {out}");
 }

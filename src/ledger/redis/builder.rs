@@ -286,7 +286,9 @@ impl RedisLedgerBuilder {
     /// accounts, which read only fields and would see a packed account as unknown: keep it
     /// until every replica has the option. [`reconcile`](super::RedisLedger::reconcile)
     /// names an account a replica without it wrote to after it was packed
-    /// (`account_forms`).
+    /// (`account_forms`). There is no way back: `false` keeps a packed account packed, so
+    /// rolling back to a build without the option would need every account unpacked
+    /// first, which nothing does yet.
     ///
     /// ```
     /// use tower_credits::RedisLedger;

@@ -795,12 +795,14 @@ local function reclaim(a, now, grace, skip_prune)
   if #old > 0 then
     redis.call('ZREM', KEYS[4], unpack(old))
   end
-  -- (Not on an account still in fields: a read would pack it.)
-  if a.packed and not a.convert then
+  -- Kept in `a` only, not marked as a change: a call that writes the account anyway (a
+  -- settle) keeps it, a read (balance, usage) writes nothing for it and prunes again next
+  -- time, as in the field form.
+  if a.packed then
     if #old < RECLAIM_LIMIT then
-      put(a, 'prune_at', now + PRUNE_GAP_MS)
+      a.prune_at = now + PRUNE_GAP_MS
     else
-      put(a, 'prune_at', nil)
+      a.prune_at = nil
     end
   end
   return reclaimed

@@ -32,14 +32,21 @@ local function drift(check, expected, found)
   drifts[#drifts + 1] = { check, expected, found }
 end
 
--- The account is in one form: `v` beside a figure of the field form means a version
+-- The account is in one form: `v` beside a figure of the field form means a build
 -- without packed accounts wrote to a packed one (packing turned on while such a replica
--- still ran, or a rollback past it); replicas of the two settings then read different
--- balances.
-local forms = redis.call('HMGET', KEYS[1], 'v', 'topped_up', 'committed', 'held',
-  'credit_limit')
-if forms[1] and (forms[2] or forms[3] or forms[4] or forms[5]) then
-  drift('account_forms', 'v alone', 'v beside fields')
+-- still ran, or a rollback past it): what it wrote is not in `v`, and a replica that does
+-- not pack reads the fields instead once `topped_up` or `credit_limit` is among them.
+local forms = redis.call('HMGET', KEYS[1], 'v', unpack(FIELD_FORM))
+if forms[1] then
+  local beside = {}
+  for i = 1, #FIELD_FORM do
+    if forms[i + 1] then
+      beside[#beside + 1] = FIELD_FORM[i]
+    end
+  end
+  if #beside > 0 then
+    drift('account_forms', 'v alone', 'v beside ' .. table.concat(beside, ','))
+  end
 end
 
 -- `held` is the sum of the open holds, and every open hold is in the expiry index, at the

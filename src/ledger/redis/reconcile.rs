@@ -38,9 +38,9 @@ pub struct Drift {
     /// `<id>:exp`, during a rolling upgrade or after a rollback; it holds no credits),
     /// `stale_hold`, `topped_up`, `audit_available`, `audit_held`, `audit_committed`,
     /// `audit_topped_up`, `payment_claim`, `account_forms` (a packed account's `v` beside
-    /// a field of the field form: a replica without
+    /// fields of the field form, named in `found`: a build without
     /// [`pack_accounts`](super::RedisLedgerBuilder::pack_accounts) wrote to a packed
-    /// account, and replicas of the two settings now read different balances).
+    /// account, and what it wrote is not in `v`).
     pub check: String,
     /// What it should be.
     pub expected: String,
