@@ -1111,26 +1111,6 @@ fn zset(server: &RedisServer, key: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-/// An account hash's books, `topped_up`, `committed` and `held`, in either form: a packed
-/// account (`pack_accounts`) keeps them as the first three numbers of its MessagePack `v`
-/// (lib.lua's `PACKED`), which one replica here writes and the others keep.
-/// Also whether it is packed.
-fn books(server: &RedisServer, account: &AccountId) -> (bool, i64, i64, i64) {
-    const SCRIPT: &str = "local v = redis.call('HGET', KEYS[1], 'v') \
-        if v then \
-          local t, c, h = cmsgpack.unpack(v) \
-          return {'packed', t, c, h} \
-        end \
-        local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held') \
-        return {'fields', tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]) or 0}";
-    let key = format!("credits:{{{account}}}:acct");
-    let out = server.cli(&["EVAL", SCRIPT, "1", &key]);
-    let v: Vec<&str> = out.lines().collect();
-    assert_eq!(v.len(), 4, "{out}");
-    let n = |s: &str| s.parse::<i64>().unwrap_or_else(|_| panic!("{out}"));
-    (v[0] == "packed", n(v[1]), n(v[2]), n(v[3]))
-}
-
 /// `held` and the sum of the open holds in `:holds`, read in one script (atomically: a
 /// background refund may still be running).
 fn held_and_open_holds(server: &RedisServer, account: &AccountId) -> (i64, i64) {
@@ -1386,8 +1366,9 @@ async fn chaos_nothing_lost_nothing_charged_twice() {
     let mut metered_by_method: BTreeMap<&str, u64> = BTreeMap::new();
     let mut packed_accounts = 0;
     for (account, _) in &keys {
-        let (is_packed, topped_up, committed, held) = books(&server, account);
-        packed_accounts += u64::from(is_packed);
+        let books = server.books(account.as_str());
+        let (topped_up, committed, held) = (books.topped_up, books.committed, books.held);
+        packed_accounts += u64::from(books.packed);
         let available = topped_up - committed - held;
         assert_eq!(held, 0, "{account}: nothing held at the end");
         let holds = format!("credits:{{{account}}}:holds");

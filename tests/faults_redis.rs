@@ -8,10 +8,8 @@
 //! raw hash), no hold left open, and what the ledger committed is what the layer says the
 //! ledger confirmed. Waits poll a condition against a deadline; holds are expired by moving
 //! the ledger's test clock, never by waiting.
-//!
-//! These tests read and poke an account's fields, so their ledgers keep the field form
-//! (`pack_accounts(false)`); the packed form, the default, is tested by the conformance
-//! suite, `tests/redis_packed_accounts.rs` and `tests/chaos_redis.rs`.
+//! The raw hash is read in either form (`RedisServer::books`): the ledgers here pack
+//! accounts, the default.
 
 mod http_support;
 mod support;
@@ -223,15 +221,9 @@ impl Rig {
         self.accounts.len() as u64
     }
 
-    /// A field of an account's hash, read straight from Redis (0 when absent).
-    fn raw(&self, account: &AccountId, field: &str) -> i64 {
-        let key = format!("credits:{{{account}}}:acct");
-        let value = self.server.cli(&["HGET", &key, field]);
-        if value.is_empty() {
-            0
-        } else {
-            value.parse().unwrap()
-        }
+    /// `held` of an account, read straight from Redis (in either form).
+    fn raw_held(&self, account: &AccountId) -> i64 {
+        self.server.books(account.as_str()).held
     }
 
     /// The account's books once every hold is closed: `balance()` reclaims at most 64
@@ -246,11 +238,8 @@ impl Rig {
         assert_balanced(&b);
         assert_eq!(b.held, 0, "{account}: {b:?}");
         assert_eq!(b.topped_up, START, "{account}: {b:?}");
-        let (topped_up, committed, held) = (
-            self.raw(account, "topped_up"),
-            self.raw(account, "committed"),
-            self.raw(account, "held"),
-        );
+        let books = self.server.books(account.as_str());
+        let (topped_up, committed, held) = (books.topped_up, books.committed, books.held);
         assert_eq!(
             (topped_up, committed, held),
             (b.topped_up as i64, b.committed as i64, 0),
@@ -503,7 +492,7 @@ async fn paused_past_the_deadline_answers_503_then_leaks_no_hold() {
         wait_for_async(
             "the background refunds to close every hold",
             DEADLINE,
-            || async { (rig.raw(account, "held") == 0).then_some(()) },
+            || async { (rig.raw_held(account) == 0).then_some(()) },
         )
         .await;
     }
@@ -541,7 +530,7 @@ async fn a_commit_that_cannot_reach_redis_is_given_up_and_the_hold_expires() {
         .await
         .expect("the handler runs");
     let hold = held_by(&rig.hooks);
-    assert_eq!(rig.raw(&account, "held"), GATED_PRICE as i64);
+    assert_eq!(rig.raw_held(&account), GATED_PRICE as i64);
 
     rig.server.kill();
     rig.hooks.release.notify_one();
@@ -785,7 +774,7 @@ async fn disconnects_and_panics_under_load_leave_no_hold_and_charge_only_success
     // Redis stayed up: every hold is settled without moving the clock.
     for (account, _) in &rig.accounts {
         wait_for_async("every hold to be settled", DEADLINE, || async {
-            (rig.raw(account, "held") == 0).then_some(())
+            (rig.raw_held(account) == 0).then_some(())
         })
         .await;
         let b = rig.closed_books(account).await;

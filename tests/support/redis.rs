@@ -93,6 +93,17 @@ pub struct RedisServer {
     dir: TempDir,
 }
 
+/// An account's books as Redis holds them ([`RedisServer::books`]).
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Books {
+    /// Whether the account is packed (`v`), else in fields.
+    pub packed: bool,
+    pub topped_up: i64,
+    pub committed: i64,
+    pub held: i64,
+}
+
 impl RedisServer {
     /// Starts a server with default options: no persistence at all.
     pub fn start() -> Self {
@@ -269,6 +280,36 @@ impl RedisServer {
     /// Like [`cli`](Self::cli), but returns an error reply instead of panicking.
     pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         try_cli(self.port, args)
+    }
+
+    /// An account's books straight from Redis, in either form: `topped_up`, `committed` and
+    /// `held` are the first three numbers of a packed account's MessagePack `v` (lib.lua's
+    /// `PACKED`), else fields of their own (0 when absent).
+    #[allow(dead_code)]
+    pub fn books(&self, account: &str) -> Books {
+        const SCRIPT: &str = "local v = redis.call('HGET', KEYS[1], 'v') \
+            if v then \
+              local t, c, h = cmsgpack.unpack(v) \
+              return {1, t, c, h} \
+            end \
+            local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held') \
+            return {0, tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]) or 0}";
+        let key = format!("credits:{{{account}}}:acct");
+        let out = self.cli(&["EVAL", SCRIPT, "1", &key]);
+        let n: Vec<i64> = out
+            .lines()
+            .map(|l| {
+                l.parse()
+                    .unwrap_or_else(|_| panic!("books of {account}: {out}"))
+            })
+            .collect();
+        assert_eq!(n.len(), 4, "books of {account}: {out}");
+        Books {
+            packed: n[0] == 1,
+            topped_up: n[1],
+            committed: n[2],
+            held: n[3],
+        }
     }
 
     /// Number of keys (`DBSIZE`).
