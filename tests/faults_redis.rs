@@ -163,7 +163,6 @@ impl Rig {
         let server = RedisServer::start_with(options);
         let clock = ManualClock::new();
         let ledger = RedisLedger::builder()
-            .pack_accounts(false)
             .url(server.url())
             .call_timeout(CALL_TIMEOUT)
             .test_clock(clock.clone())
@@ -171,7 +170,6 @@ impl Rig {
             .await
             .expect("connect to the test redis-server");
         let patient = RedisLedger::builder()
-            .pack_accounts(false)
             .url(server.url())
             .call_timeout(Duration::from_secs(5))
             .test_clock(clock.clone())
@@ -451,7 +449,6 @@ async fn paused_past_the_deadline_answers_503_then_leaks_no_hold() {
     // A probe with the layer's call deadline, on a connection of its own that the load
     // does not touch.
     let probe = RedisLedger::builder()
-        .pack_accounts(false)
         .url(rig.server.url())
         .call_timeout(CALL_TIMEOUT)
         .build()

@@ -6,9 +6,8 @@
 //! except inside a poll with a deadline. The shared semantics are in the conformance suite
 //! (`tests/conformance_redis.rs`, `tests/conformance_cluster.rs`).
 //!
-//! These tests read and poke an account's fields, so their ledgers keep the field form
-//! (`pack_accounts(false)`); the packed form, the default, is tested by the conformance
-//! suite, `tests/redis_packed_accounts.rs` and `tests/chaos_redis.rs`.
+//! The ledgers here pack accounts (the default); an account's figures are read straight
+//! from Redis in either form (`RedisServer::figure`).
 
 mod support;
 
@@ -39,7 +38,6 @@ fn hold(id: &str) -> HoldId {
 
 async fn ledger(server: &RedisServer) -> RedisLedger {
     RedisLedger::builder()
-        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .build()
@@ -48,6 +46,18 @@ async fn ledger(server: &RedisServer) -> RedisLedger {
 }
 
 async fn ledger_on(server: &RedisServer, clock: &ManualClock) -> RedisLedger {
+    RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(PATIENT)
+        .test_clock(clock.clone())
+        .build()
+        .await
+        .expect("connect to the test redis-server")
+}
+
+/// `ledger_on`, keeping accounts in fields (`pack_accounts(false)`): for the tests of the
+/// field form's own behaviour (a field poked by hand, a prune on every settle).
+async fn fields_ledger_on(server: &RedisServer, clock: &ManualClock) -> RedisLedger {
     RedisLedger::builder()
         .pack_accounts(false)
         .url(server.url())
@@ -76,17 +86,9 @@ fn closed_how(server: &RedisServer, done: &str, id: &str) -> String {
     ["", "committed", "refunded", "expired"][(score % 4) as usize].to_owned()
 }
 
-/// A field of the account hash, read straight from Redis (0 when absent).
+/// A figure of the account, read straight from Redis in either form (0 when absent).
 fn acct_field(server: &RedisServer, account: &str, field: &str) -> i64 {
-    let key = format!("credits:{{{account}}}:acct");
-    let value = server.cli(&["HGET", &key, field]);
-    if value.is_empty() {
-        0
-    } else {
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{field} = {value:?}"))
-    }
+    server.figure(account, field)
 }
 
 /// Number of script calls the server has seen (`EVAL`, `EVALSHA`, `FCALL`).
@@ -157,7 +159,6 @@ async fn the_function_library_is_loaded_again_when_the_server_lost_it() {
 async fn scripts_flushed_from_the_server_are_loaded_again() {
     let server = RedisServer::start();
     let l = RedisLedger::builder()
-        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .evalsha_only()
@@ -546,7 +547,6 @@ async fn closed_hold_ids_are_forgotten_after_the_retention() {
     let server = RedisServer::start();
     let clock = ManualClock::new();
     let l = RedisLedger::builder()
-        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .test_clock(clock.clone())
@@ -610,7 +610,6 @@ async fn reserve_against_a_paused_server_times_out_and_leaves_no_hold() {
     let patient = ledger(&server).await;
     let timeout = Duration::from_millis(100);
     let l = RedisLedger::builder()
-        .pack_accounts(false)
         .url(server.url())
         .call_timeout(timeout)
         .build()
@@ -731,14 +730,13 @@ async fn a_dead_server_is_unavailable() {
     // Nothing listens on the port any more: the connection is refused, and `build` says
     // so (`Unavailable`) instead of waiting out its connect deadline (`Timeout`).
     let r = RedisLedger::builder()
-        .pack_accounts(false)
         .url(url)
         .connect_timeout(Duration::from_millis(500))
         .build()
         .await;
     assert!(matches!(&r, Err(LedgerError::Unavailable(_))), "{r:?}");
 
-    let r = RedisLedger::builder().pack_accounts(false).build().await;
+    let r = RedisLedger::builder().build().await;
     assert!(
         matches!(&r, Err(LedgerError::Unavailable(e)) if e.to_string().contains("url")),
         "{r:?}"
@@ -928,7 +926,6 @@ async fn replicas_racing_on_one_account_never_overshoot() {
     for _ in 0..REPLICAS {
         replicas.push(
             RedisLedger::builder()
-                .pack_accounts(false)
                 .url(server.url())
                 .call_timeout(PATIENT)
                 .build()
@@ -1083,13 +1080,10 @@ async fn keys_follow_the_documented_layout() {
         server.cli(&["ZRANGE", "credits:{!due}:holds", "0", "-1", "WITHSCORES"]),
         format!(
             "user@example.com\n{}",
-            server.cli(&["HGET", &format!("{tag}:acct"), "due_holds"])
+            server.figure("user@example.com", "due_holds")
         )
     );
-    assert_ne!(
-        server.cli(&["HGET", &format!("{tag}:acct"), "due_holds"]),
-        ""
-    );
+    assert_ne!(server.figure("user@example.com", "due_holds"), 0);
     assert_eq!(
         server.cli(&["GET", &l.top_up_claim_key("pay-1")]),
         "user@example.com"
@@ -1127,7 +1121,6 @@ async fn keys_follow_the_documented_layout() {
 
     // Another prefix keeps another set of keys.
     let other = RedisLedger::builder()
-        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .key_prefix("billing")
@@ -1140,9 +1133,11 @@ async fn keys_follow_the_documented_layout() {
     ));
     other.top_up(TopUp::new(&a, 1, "pay-1")).await.unwrap();
     assert_eq!(
-        server.cli(&["HGET", "billing:{user@example.com}:acct", "topped_up"]),
+        server.cli(&["EXISTS", "billing:{user@example.com}:acct"]),
         "1"
     );
+    assert_eq!(other.balance(&a).await.unwrap().topped_up, 1);
+    assert_eq!(l.balance(&a).await.unwrap().topped_up, 100);
 }
 
 /// `max_open_holds` caps the open holds of one account; the refused reserve writes nothing.
@@ -1150,7 +1145,6 @@ async fn keys_follow_the_documented_layout() {
 async fn max_open_holds_is_enforced() {
     let server = RedisServer::start();
     let l = RedisLedger::builder()
-        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .max_open_holds(2)
@@ -1431,7 +1425,8 @@ async fn the_sweeper_reclaims_expired_holds_of_idle_accounts() {
 async fn calls_trust_next_expiry_and_the_sweeper_does_not() {
     let server = RedisServer::start();
     let clock = ManualClock::new();
-    let l = ledger_on(&server, &clock).await;
+    // The field form: the bound is poked by hand below.
+    let l = fields_ledger_on(&server, &clock).await;
     let a = acct("acct_hint");
     l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
     let r = Reserve::new(a.clone(), hold("h1"), 3).ttl(Duration::from_secs(10));
@@ -1499,6 +1494,7 @@ async fn spawn_sweeper_reclaims_in_the_background_and_ends_with_the_ledger() {
 async fn the_sweeper_visits_every_master_of_a_cluster() {
     let cluster = RedisCluster::start();
     let clock = ManualClock::new();
+    // The field form: `held` is read by hand on each node below.
     let l = RedisLedger::builder()
         .pack_accounts(false)
         .cluster_urls(cluster.urls())
@@ -1649,7 +1645,6 @@ async fn a_lost_claim_is_made_again_by_the_replay_or_the_conflict() {
 async fn the_audit_trail_keeps_its_cap_trimmed_every_32_entries() {
     let server = RedisServer::start();
     let l = RedisLedger::builder()
-        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .audit_cap(5)
@@ -1771,7 +1766,8 @@ async fn a_hold_without_its_expiry_field_settles_from_the_index() {
 async fn busy_settles_push_the_done_expiry_once_a_second_not_each_time() {
     let server = RedisServer::start();
     let clock = ManualClock::new();
-    let l = ledger_on(&server, &clock).await;
+    // The field form: a packed account prunes once a second (tests/bounded_state.rs).
+    let l = fields_ledger_on(&server, &clock).await;
     let a = acct("acct_busy");
     l.top_up(TopUp::new(&a, 1_000_000, "pay-busy"))
         .await
@@ -1821,7 +1817,6 @@ async fn busy_settles_push_the_done_expiry_once_a_second_not_each_time() {
 async fn a_retried_reserve_is_the_open_hold_even_where_a_fresh_one_is_refused() {
     let server = RedisServer::start();
     let l = RedisLedger::builder()
-        .pack_accounts(false)
         .url(server.url())
         .call_timeout(PATIENT)
         .max_open_holds(1)

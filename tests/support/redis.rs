@@ -93,6 +93,32 @@ pub struct RedisServer {
     dir: TempDir,
 }
 
+/// The figures of a packed account's `v`, in their places: lib.lua's `PACKED` (pinned by
+/// `tests/redis_packed_accounts.rs`, `the_packed_value_keeps_each_figure_in_its_place`).
+#[allow(dead_code)]
+pub const PACKED_FIGURES: [&str; 20] = [
+    "topped_up",
+    "committed",
+    "held",
+    "credit_limit",
+    "next_expiry",
+    "due_holds",
+    "audit_seq",
+    "rate",
+    "rate_at",
+    "commits",
+    "first_commit_at",
+    "done_until",
+    "fired",
+    "horizon",
+    "runway_fired",
+    "depleted",
+    "last_topup",
+    "due_events",
+    "events",
+    "prune_at",
+];
+
 /// An account's books as Redis holds them ([`RedisServer::books`]).
 #[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,6 +335,34 @@ impl RedisServer {
             topped_up: n[1],
             committed: n[2],
             held: n[3],
+        }
+    }
+
+    /// One figure of an account, read straight from Redis in either form (0 when absent):
+    /// from a packed account's `v` by its place in [`PACKED_FIGURES`], else its field.
+    #[allow(dead_code)]
+    pub fn figure(&self, account: &str, name: &str) -> i64 {
+        const SCRIPT: &str = "local v = redis.call('HGET', KEYS[1], 'v') \
+            if v then \
+              local r = {cmsgpack.unpack(v)} \
+              local x = r[tonumber(ARGV[1])] \
+              if not x or x < 0 then return '' end \
+              return string.format('%.17g', x) \
+            end \
+            return redis.call('HGET', KEYS[1], ARGV[2]) or ''";
+        let place = PACKED_FIGURES
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or_else(|| panic!("{name} is not a figure of an account"))
+            + 1;
+        let key = format!("credits:{{{account}}}:acct");
+        let value = self.cli(&["EVAL", SCRIPT, "1", &key, &place.to_string(), name]);
+        if value.is_empty() {
+            0
+        } else {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} of {account} = {value:?}"))
         }
     }
 
