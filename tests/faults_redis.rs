@@ -8,6 +8,7 @@
 //! raw hash), no hold left open, and what the ledger committed is what the layer says the
 //! ledger confirmed. Waits poll a condition against a deadline; holds are expired by moving
 //! the ledger's test clock, never by waiting.
+//!
 //! The raw hash is read in either form (`RedisServer::books`): the ledgers here pack
 //! accounts, the default.
 
