@@ -1657,9 +1657,9 @@ async fn instructions_per_call(report: &mut Report) {
         .await
         .expect("connect");
     let (noop, time_hmget) = {
-        let key = &account_keys(accounts("cg_plain", 1)[0].as_str())[0];
+        let key = &account_keys(accounts("cg_in_fields", 1)[0].as_str())[0];
         let mut floor = [0.0; 2];
-        let _ = floors(&mut con, &accounts("cg_plain", 1)[0]).await;
+        let _ = floors(&mut con, &accounts("cg_in_fields", 1)[0]).await;
         for (i, function) in ["bench_noop", "bench_time_hmget"].iter().enumerate() {
             let calls = async {
                 for _ in 0..200 {
@@ -1706,21 +1706,22 @@ async fn instructions_per_call(report: &mut Report) {
         "instr/call",
         Target::None,
     );
-    let (_, plain_r, plain_c) = rows[0];
-    report.row(
-        section,
-        "reserve / TIME + HMGET floor",
-        plain_r / time_hmget,
-        "x",
-        Target::None,
-    );
-    report.row(
-        section,
-        "commit / TIME + HMGET floor",
-        plain_c / time_hmget,
-        "x",
-        Target::None,
-    );
+    for (tag, reserve, commit) in [rows[3], rows[0]] {
+        report.row(
+            section,
+            &format!("reserve ({tag}) / TIME + HMGET floor"),
+            reserve / time_hmget,
+            "x",
+            Target::None,
+        );
+        report.row(
+            section,
+            &format!("commit ({tag}) / TIME + HMGET floor"),
+            commit / time_hmget,
+            "x",
+            Target::None,
+        );
+    }
 }
 
 fn main() {
