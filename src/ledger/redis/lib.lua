@@ -244,6 +244,8 @@ local account_fields = {
 -- again to convert, and 5,000 to write as a number), and no `tonumber` or "%.17g" of each.
 -- An account is read in either form and written back in its own; a ledger that packs
 -- (PACK) creates accounts packed and packs each account it writes that is not yet.
+-- The order is the format (unpack_account and pack_account spell it): a new figure goes
+-- at the end, where a value written before it has none and reads it as absent.
 local PACKED = { 'topped_up', 'committed', 'held', 'credit_limit', 'next_expiry',
   'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits', 'first_commit_at', 'done_until',
   'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup', 'due_events', 'events',
