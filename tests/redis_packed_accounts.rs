@@ -612,3 +612,96 @@ async fn the_packed_value_keeps_each_figure_in_its_place() {
     assert_eq!((v[14], v[15]), ("0", "0"), "flags: {out}");
     assert_eq!(v[16], "1000", "last_topup: {out}");
 }
+
+/// `rewrite_accounts` moves every account to the ledger's form and back, with nothing else
+/// changed: packed by a packing ledger (accounts nobody writes to included), then back in
+/// fields by one that does not pack, which a build without packed accounts can read.
+#[tokio::test]
+async fn rewrite_accounts_packs_every_account_and_unpacks_it_again() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let fields_ledger = ledger(&server, &clock, false).await;
+    let packing = ledger(&server, &clock, true).await;
+    let names = ["rw_a", "rw_b", "rw_c"];
+    let mut before = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let a = acct(name);
+        fields_ledger
+            .top_up(TopUp::new(&a, 10_000, format!("pay-{name}")))
+            .await
+            .unwrap();
+        fields_ledger
+            .configure(Configure::new(
+                a.clone(),
+                AccountSettings::new()
+                    .credit_limit(10 * i as u64)
+                    .low_balance_threshold(9_000)
+                    .runway_horizon(Duration::from_secs(3_600)),
+            ))
+            .await
+            .unwrap();
+        for n in 0..12 {
+            clock.advance(Duration::from_secs(30));
+            let hold = held(&fields_ledger, &a, &format!("{name}_s{n}"), 200).await;
+            fields_ledger.commit(&a, &hold, 150).await.unwrap();
+        }
+    }
+    // Then, with the clock still: an open hold each, and the books as they stand.
+    for name in names {
+        let a = acct(name);
+        held(&fields_ledger, &a, &format!("{name}_open"), 40).await;
+        assert!(in_fields(&server, name));
+        before.push((
+            fields_ledger.balance(&a).await.unwrap(),
+            trail(&fields_ledger, &a).await,
+        ));
+    }
+
+    assert_eq!(packing.rewrite_accounts().await.unwrap(), 3);
+    assert_eq!(packing.rewrite_accounts().await.unwrap(), 0, "nothing left");
+    for (name, (balance, audit)) in names.iter().zip(&before) {
+        assert!(packed(&server, name), "{:?}", fields(&server, name));
+        let a = acct(name);
+        assert_eq!(&packing.balance(&a).await.unwrap(), balance);
+        assert_eq!(&trail(&packing, &a).await, audit);
+    }
+
+    assert_eq!(fields_ledger.rewrite_accounts().await.unwrap(), 3);
+    assert_eq!(fields_ledger.rewrite_accounts().await.unwrap(), 0);
+    for (name, (balance, audit)) in names.iter().zip(&before) {
+        assert!(in_fields(&server, name), "{:?}", fields(&server, name));
+        let a = acct(name);
+        assert_eq!(&fields_ledger.balance(&a).await.unwrap(), balance);
+        assert_eq!(&trail(&fields_ledger, &a).await, audit);
+        // What a build without packed accounts reads: the figures, each in its field.
+        let key = format!("credits:{{{name}}}:acct");
+        assert_eq!(
+            server.cli(&["HGET", &key, "topped_up"]),
+            balance.topped_up.to_string()
+        );
+        assert_eq!(
+            server.cli(&["HGET", &key, "committed"]),
+            balance.committed.to_string()
+        );
+        assert_eq!(
+            server.cli(&["HGET", &key, "held"]),
+            balance.held.to_string()
+        );
+    }
+    // The accounts go on in fields: the open hold settles, and the next threshold fires
+    // once (9,000 fired before the moves, nothing else is set).
+    let a = acct("rw_a");
+    let s = fields_ledger
+        .commit(&a, &HoldId::new("rw_a_open").unwrap(), 40)
+        .await
+        .unwrap();
+    assert_eq!(s.outcome, SettleOutcome::Committed);
+    assert!(s.events.is_empty(), "9,000 fired once, before the moves");
+    assert!(in_fields(&server, "rw_a"));
+    // An unknown account is left unknown.
+    assert!(!fields_ledger
+        .rewrite_account(&acct("nobody"))
+        .await
+        .unwrap());
+    assert_eq!(server.cli(&["EXISTS", "credits:{nobody}:acct"]), "0");
+}

@@ -286,9 +286,11 @@ impl RedisLedgerBuilder {
     /// accounts, which read only fields and would see a packed account as unknown: keep it
     /// until every replica has the option. [`reconcile`](super::RedisLedger::reconcile)
     /// names an account a replica without it wrote to after it was packed
-    /// (`account_forms`). There is no way back: `false` keeps a packed account packed, so
-    /// rolling back to a build without the option would need every account unpacked
-    /// first, which nothing does yet.
+    /// (`account_forms`). [`rewrite_accounts`](super::RedisLedger::rewrite_accounts)
+    /// writes every account in a ledger's form at once: from a packing ledger, to pack the
+    /// accounts nobody writes to; from ledgers that do not pack, to unpack every account
+    /// before rolling back to a build without the option (`false` alone keeps a packed
+    /// account packed).
     ///
     /// ```
     /// use tower_credits::RedisLedger;

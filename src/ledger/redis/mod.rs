@@ -54,8 +54,9 @@
 //!
 //! # Scripts
 //!
-//! One `.lua` file per operation (`reserve`, `settle`, `extend`, `top_up`, `balance`,
-//! `usage`, `configure`, `sweep`), each declared once in the table of `scripts.rs` (its
+//! One `.lua` file per operation (`reserve`, `settle`, `extend`, `grow`, `store`,
+//! `top_up`, `balance`, `usage`, `configure`, `sweep`, `outbox`, `reconcile`, `history`,
+//! `rewrite`), each declared once in the table of `scripts.rs` (its
 //! `KEYS`, named after the keys above, its `ARGV` and its reply shapes), which drives the
 //! loader, the invocations and the typed decoders of `reply.rs`; a test checks each file's
 //! header against it. Every script is a prelude generated from the Rust constants
@@ -185,6 +186,7 @@ mod lease_board;
 mod outbox;
 pub mod reconcile;
 mod reply;
+mod rewrite;
 mod scripts;
 mod sweep;
 mod unanswered;

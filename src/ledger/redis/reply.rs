@@ -9,7 +9,8 @@ use std::fmt;
 use redis::Value;
 
 use super::scripts::{
-    BALANCE, CONFIGURE, EXTEND, GROW, HISTORY, OUTBOX, RESERVE, SETTLE, STORE, SWEEP, TOP_UP, USAGE,
+    BALANCE, CONFIGURE, EXTEND, GROW, HISTORY, OUTBOX, RESERVE, REWRITE, SETTLE, STORE, SWEEP,
+    TOP_UP, USAGE,
 };
 use crate::ledger::{
     decayed_rate, runway_secs, AccountId, AuditEntry, AuditKind, Balance, CreditEvent, DeadLetter,
@@ -607,6 +608,23 @@ pub(super) fn sweep(value: Value) -> Result<(u64, Option<u64>), LedgerError> {
         "unknown_account" => {
             reply.end()?;
             Ok((0, None))
+        }
+        tag => Err(reply.unknown_tag(tag)),
+    }
+}
+
+/// The reply of `rewrite`: whether the account changed form (`false` for an unknown one).
+pub(super) fn rewrite(value: Value) -> Result<bool, LedgerError> {
+    let mut reply = Reply::new(REWRITE.name, value)?;
+    match reply.string()?.as_str() {
+        "rewritten" => {
+            let changed = reply.u64()? == 1;
+            reply.end()?;
+            Ok(changed)
+        }
+        "unknown_account" => {
+            reply.end()?;
+            Ok(false)
         }
         tag => Err(reply.unknown_tag(tag)),
     }

@@ -181,6 +181,14 @@ pub(super) static SWEEP: ScriptSpec = spec!(
             {'unknown_account'}",
 );
 
+/// `rewrite`: writes an account in the ledger's form (packed or in fields).
+pub(super) static REWRITE: ScriptSpec = spec!(
+    "rewrite",
+    args: account_args![],
+    reply: "{'rewritten', 0|1}
+            {'unknown_account'}",
+);
+
 /// `outbox`: the account's detected events (claim, renew, ack, dead-letter, requeue, list).
 pub(super) static OUTBOX: ScriptSpec = spec!(
     "outbox",
@@ -194,9 +202,9 @@ pub(super) static OUTBOX: ScriptSpec = spec!(
 );
 
 /// Every script of the ledger.
-pub(super) static SPECS: [&ScriptSpec; 13] = [
+pub(super) static SPECS: [&ScriptSpec; 14] = [
     &RESERVE, &SETTLE, &EXTEND, &GROW, &STORE, &TOP_UP, &BALANCE, &USAGE, &CONFIGURE, &SWEEP,
-    &OUTBOX, &RECONCILE, &HISTORY,
+    &OUTBOX, &RECONCILE, &HISTORY, &REWRITE,
 ];
 
 /// Builds (hashes) every script of [`SPECS`] and the claim scripts, once per process.

@@ -1,0 +1,60 @@
+-- rewrite: writes one account in this ledger's form (RedisLedger::rewrite_accounts): a
+-- ledger that packs packs an account in fields; one that does not unpacks a packed
+-- account into fields. Nothing else changes; an account already in the form is left alone.
+-- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
+-- redis/mod.rs.
+-- KEYS[1]: <prefix>:{<account>}:acct
+-- KEYS[2]: <prefix>:{<account>}:holds    (not used here)
+-- KEYS[3]: <prefix>:{<account>}:expiry   (not used here)
+-- KEYS[4]: <prefix>:{<account>}:done     (not used here)
+-- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
+-- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
+-- KEYS[7]: <prefix>:{<account>}:outbox   (not used here)
+-- KEYS[8]: <prefix>:{<account>}:leases   (not used here)
+-- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
+-- ARGV[1]: clock offset, ms (0 outside tests)
+-- ARGV[2]: closed-id grace, ms (call timeout + 1 s)
+-- ARGV[3]: audit trail cap, entries (0: no trail; read by common_args)
+-- Returns one of:
+--   {'rewritten', 0|1}   (1: the account changed form)
+--   {'unknown_account'}  (nothing written)
+
+common_args()
+local a = load_account()
+if not a.exists then
+  return { 'unknown_account' }
+end
+if PACK then
+  if not a.convert then
+    return { 'rewritten', 0 }
+  end
+  -- In fields: finish_account writes `v` and deletes the fields.
+  a.dirty = true
+  return { 'rewritten', 1 }
+end
+if not a.packed then
+  return { 'rewritten', 0 }
+end
+-- Packed, and this ledger does not pack: every figure back in a field of its own, as the
+-- field form keeps it (an absent figure, or a flag not set, has no field; the burn rate
+-- is spelled "%.17g", which reads back as the same double), then `v` goes.
+local fields = {}
+for _, name in ipairs(FIELD_FORM) do
+  local x = a[name]
+  if name == 'rate' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = string.format('%.17g', a.rate)
+  elseif name == 'runway_fired' or name == 'depleted' then
+    if x then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = 1
+    end
+  elseif type(x) == 'number' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = x
+  end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HDEL', KEYS[1], 'v')
+a.dirty = false
+return { 'rewritten', 1 }
