@@ -16,7 +16,7 @@ use tower_credits::clock::ManualClock;
 use tower_credits::events::EventOutbox;
 use tower_credits::ledger::{Configure, HoldId, Reserve, ReserveOutcome, SettleOutcome};
 use tower_credits::{
-    AccountId, AccountSettings, Ledger, LedgerAdmin, LedgerReports, RedisLedger, TopUp,
+    AccountId, AccountSettings, Ledger, LedgerAdmin, LedgerError, LedgerReports, RedisLedger, TopUp,
 };
 
 const PATIENT: Duration = Duration::from_secs(5);
@@ -180,7 +180,7 @@ async fn an_account_in_fields_is_packed_by_its_first_write_and_loses_nothing() {
     let trail_before = trail(&old, &a).await;
 
     // A read by the packing ledger sees the same account and writes nothing.
-    assert_eq!(new.balance(&a).await.unwrap(), before);
+    same_books(&new.balance(&a).await.unwrap(), &before);
     assert!(in_fields(&server, "moving"), "a read packs nothing");
 
     // Its first write packs the account, and every figure carries over.
@@ -613,6 +613,18 @@ async fn the_packed_value_keeps_each_figure_in_its_place() {
     assert_eq!(v[16], "1000", "last_topup: {out}");
 }
 
+/// The same books: every figure, and the runway within a second or two (Redis's clock runs
+/// on under the test clock's offset, so the burn rate decays a little between reads).
+fn same_books(got: &tower_credits::ledger::Balance, want: &tower_credits::ledger::Balance) {
+    let (mut g, mut w) = (got.clone(), want.clone());
+    let (gr, wr) = (g.runway_secs.take(), w.runway_secs.take());
+    assert_eq!(g, w);
+    match (gr, wr) {
+        (Some(gr), Some(wr)) => assert!(gr.abs_diff(wr) <= 2, "runway {gr} s, was {wr} s"),
+        (gr, wr) => assert_eq!(gr, wr, "runway"),
+    }
+}
+
 /// `rewrite_accounts` moves every account to the ledger's form and back, with nothing else
 /// changed: packed by a packing ledger (accounts nobody writes to included), then back in
 /// fields by one that does not pack, which a build without packed accounts can read.
@@ -662,7 +674,7 @@ async fn rewrite_accounts_packs_every_account_and_unpacks_it_again() {
     for (name, (balance, audit)) in names.iter().zip(&before) {
         assert!(packed(&server, name), "{:?}", fields(&server, name));
         let a = acct(name);
-        assert_eq!(&packing.balance(&a).await.unwrap(), balance);
+        same_books(&packing.balance(&a).await.unwrap(), balance);
         assert_eq!(&trail(&packing, &a).await, audit);
     }
 
@@ -671,7 +683,7 @@ async fn rewrite_accounts_packs_every_account_and_unpacks_it_again() {
     for (name, (balance, audit)) in names.iter().zip(&before) {
         assert!(in_fields(&server, name), "{:?}", fields(&server, name));
         let a = acct(name);
-        assert_eq!(&fields_ledger.balance(&a).await.unwrap(), balance);
+        same_books(&fields_ledger.balance(&a).await.unwrap(), balance);
         assert_eq!(&trail(&fields_ledger, &a).await, audit);
         // What a build without packed accounts reads: the figures, each in its field.
         let key = format!("credits:{{{name}}}:acct");
@@ -704,4 +716,75 @@ async fn rewrite_accounts_packs_every_account_and_unpacks_it_again() {
         .await
         .unwrap());
     assert_eq!(server.cli(&["EXISTS", "credits:{nobody}:acct"]), "0");
+}
+
+/// A packed value no ledger wrote (garbled bytes, or a value cut short) is `Corrupt`: the
+/// call fails and writes nothing, never reads a figure as zero.
+#[tokio::test]
+async fn a_garbled_packed_value_is_corrupt_and_nothing_is_written() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger(&server, &clock, true).await;
+    let a = acct("garbled");
+    l.top_up(TopUp::new(&a, 100, "pay-1")).await.unwrap();
+    let key = "credits:{garbled}:acct";
+    for bad in [
+        // Not MessagePack at all.
+        "return redis.call('HSET', KEYS[1], 'v', '\\255\\255\\255')",
+        // Three figures where there are twenty.
+        "return redis.call('HSET', KEYS[1], 'v', cmsgpack.pack(100, 0, 0))",
+    ] {
+        server.cli(&["EVAL", bad, "1", key]);
+        let v = server.cli(&["HGET", key, "v"]);
+        let r = Reserve::new(a.clone(), HoldId::generate(), 1);
+        let got = l.reserve(r).await;
+        assert!(
+            matches!(got, Err(LedgerError::Corrupt(_))),
+            "{bad}: {got:?}"
+        );
+        assert!(matches!(
+            l.top_up(TopUp::new(&a, 5, "pay-2")).await,
+            Err(LedgerError::Corrupt(_))
+        ));
+        // Nor does a refund of a hold never seen (a tombstone and a write of `v`).
+        let s = l.refund(&a, &HoldId::generate()).await;
+        assert!(matches!(s, Err(LedgerError::Corrupt(_))), "{bad}: {s:?}");
+        assert_eq!(server.cli(&["HGET", key, "v"]), v, "nothing written");
+        assert_eq!(server.cli(&["HLEN", "credits:{garbled}:holds"]), "0");
+    }
+}
+
+/// Reconciliation finds a packed account's drift as it finds one in fields: here `held`
+/// in `v` moved by hand, credits held by no hold.
+#[tokio::test]
+async fn reconcile_finds_drift_in_a_packed_account() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger(&server, &clock, true).await;
+    let a = acct("drifty");
+    l.top_up(TopUp::new(&a, 1_000, "pay-1")).await.unwrap();
+    held(&l, &a, "h1", 10).await;
+    assert!(l
+        .reconcile(&a, Duration::from_secs(3_600))
+        .await
+        .unwrap()
+        .is_empty());
+    // `held` is the third figure of `v`: 5 more than the open holds.
+    server.cli(&[
+        "EVAL",
+        "local r = {cmsgpack.unpack(redis.call('HGET', KEYS[1], 'v'))} \
+         r[3] = r[3] + 5 \
+         return redis.call('HSET', KEYS[1], 'v', cmsgpack.pack(unpack(r)))",
+        "1",
+        "credits:{drifty}:acct",
+    ]);
+    let drifts = l.reconcile(&a, Duration::from_secs(3_600)).await.unwrap();
+    let held_drift = drifts
+        .iter()
+        .find(|d| d.check == "held")
+        .unwrap_or_else(|| panic!("{drifts:?}"));
+    assert_eq!(
+        (held_drift.expected.as_str(), held_drift.found.as_str()),
+        ("10", "15")
+    );
 }
