@@ -846,6 +846,12 @@ async fn amounts_past_max_are_refused_before_redis() {
         acct_field(&server, "acct_max", "topped_up"),
         MAX_AMOUNT as i64
     );
+    // No record in either place a top-up record can be (a packed account's own hash, or
+    // `topups`).
+    assert_eq!(
+        server.cli(&["HEXISTS", "credits:{acct_max}:acct", "+one-more"]),
+        "0"
+    );
     assert_eq!(
         server.cli(&["HEXISTS", "credits:{acct_max}:topups", "one-more"]),
         "0"
@@ -1066,7 +1072,9 @@ async fn keys_follow_the_documented_layout() {
         .map(str::to_owned)
         .collect();
     let tag = "credits:{user@example.com}";
-    let want: BTreeSet<String> = ["acct", "holds", "expiry", "done", "usage", "topups", "log"]
+    // A packed account's audit trail is text (`trail`), and its top-up records are in its
+    // own hash (an account in fields keeps the list `log` and the hash `topups`).
+    let want: BTreeSet<String> = ["acct", "holds", "expiry", "done", "usage", "trail"]
         .iter()
         .map(|s| format!("{tag}:{s}"))
         .chain([format!("credits:apikey:{}", key.to_hex())])
@@ -1106,8 +1114,9 @@ async fn keys_follow_the_documented_layout() {
         closed_how(&server, &format!("{tag}:done"), "h1"),
         "committed"
     );
+    // A packed account's top-up record: in its own hash.
     assert_eq!(
-        server.cli(&["HGET", &format!("{tag}:topups"), "pay-1"]),
+        server.cli(&["HGET", &format!("{tag}:acct"), "+pay-1"]),
         "100"
     );
     assert_eq!(
@@ -1639,21 +1648,31 @@ async fn a_lost_claim_is_made_again_by_the_replay_or_the_conflict() {
 }
 
 /// The trail keeps its cap: reads return the newest `audit_cap` entries and no more, and
-/// the list is trimmed every 32 entries (so it never holds more than 31 past the cap),
-/// not on every request.
+/// the trail is trimmed every 32 entries (so it never holds more than 31 past the cap),
+/// not on every request: a packed account's (text up to four entries, then a list).
 #[tokio::test]
 async fn the_audit_trail_keeps_its_cap_trimmed_every_32_entries() {
+    the_trail_keeps_its_cap(true).await;
+}
+
+/// The same for an account in fields, whose trail is a list from the first.
+#[tokio::test]
+async fn the_audit_list_of_an_account_in_fields_keeps_its_cap_trimmed_every_32_entries() {
+    the_trail_keeps_its_cap(false).await;
+}
+
+async fn the_trail_keeps_its_cap(pack: bool) {
     let server = RedisServer::start();
     let l = RedisLedger::builder()
         .url(server.url())
         .call_timeout(PATIENT)
         .audit_cap(5)
+        .pack_accounts(pack)
         .build()
         .await
         .unwrap();
     let a = acct("acct_trail");
     l.top_up(TopUp::new(&a, 1_000, "pay-trail")).await.unwrap();
-    let log = "credits:{acct_trail}:log";
     let mut most = 0u64;
     for i in 0..40 {
         let h = hold(&format!("trail-{i}"));
@@ -1663,11 +1682,11 @@ async fn the_audit_trail_keeps_its_cap_trimmed_every_32_entries() {
                 .unwrap(),
         );
         l.commit(&a, &h, 1).await.unwrap();
-        most = most.max(server.cli(&["LLEN", log]).parse().unwrap());
+        most = most.max(server.trail_len("acct_trail"));
     }
     // 81 entries: the top-up, then a reserve and a commit each.
     assert_eq!(acct_field(&server, "acct_trail", "audit_seq"), 81);
-    assert!(most <= 5 + 31, "the list held {most} entries");
+    assert!(most <= 5 + 31, "the trail held {most} entries");
     assert!(
         most > 5,
         "trimmed on every entry ({most}): the amortized trim is gone"
@@ -1679,6 +1698,16 @@ async fn the_audit_trail_keeps_its_cap_trimmed_every_32_entries() {
     let older = l.history(&a, Some("78"), 100).await.unwrap();
     let ids: Vec<&str> = older.entries.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["77"], "a cursor inside the cap reads up to the cap");
+    let (text, list) = (
+        server.cli(&["EXISTS", "credits:{acct_trail}:trail"]),
+        server.cli(&["EXISTS", "credits:{acct_trail}:log"]),
+    );
+    // Past four entries a packed account's trail is a list too.
+    assert_eq!(
+        (text.as_str(), list.as_str()),
+        ("0", "1"),
+        "a list, no text"
+    );
 }
 
 /// A reserve does not prune closed ids (its hold's settle does): one still in `done` past

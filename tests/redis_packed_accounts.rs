@@ -27,7 +27,7 @@ fn field_form() -> impl Iterator<Item = &'static str> {
     PACKED_FIGURES
         .iter()
         .copied()
-        .filter(|figure| *figure != "prune_at")
+        .filter(|figure| !matches!(*figure, "prune_at" | "trail"))
         .chain(["threshold", "warned"])
 }
 
@@ -46,8 +46,24 @@ async fn ledger(server: &RedisServer, clock: &ManualClock, pack: bool) -> RedisL
         .expect("connect to the test redis-server")
 }
 
-/// The account hash's field names, straight from Redis.
+/// The account hash's field names, straight from Redis, but its top-up records
+/// ([`top_up_fields`]).
 fn fields(server: &RedisServer, account: &str) -> BTreeSet<String> {
+    hash_fields(server, account)
+        .into_iter()
+        .filter(|f| !f.starts_with('+'))
+        .collect()
+}
+
+/// The top-up records a packed account keeps in its own hash: `+<key>`.
+fn top_up_fields(server: &RedisServer, account: &str) -> BTreeSet<String> {
+    hash_fields(server, account)
+        .into_iter()
+        .filter(|f| f.starts_with('+'))
+        .collect()
+}
+
+fn hash_fields(server: &RedisServer, account: &str) -> BTreeSet<String> {
     let out = server.cli(&["HKEYS", &format!("credits:{{{account}}}:acct")]);
     out.lines()
         .map(str::trim)
@@ -89,6 +105,25 @@ async fn trail(ledger: &RedisLedger, account: &AccountId) -> Vec<u64> {
     seqs
 }
 
+/// Every entry of the trail, whole (kind, amount, hold, route, time, totals), newest first.
+async fn trail_entries(ledger: &RedisLedger, account: &AccountId) -> Vec<String> {
+    let page = ledger.history(account, None, 500).await.unwrap();
+    page.entries.iter().map(|e| format!("{e:?}")).collect()
+}
+
+/// Which form an account's audit trail is in: "text" (`trail`), "list" (`log`), "both"
+/// or "none".
+fn trail_form(server: &RedisServer, account: &str) -> &'static str {
+    let text = server.cli(&["EXISTS", &format!("credits:{{{account}}}:trail")]) == "1";
+    let list = server.cli(&["EXISTS", &format!("credits:{{{account}}}:log")]) == "1";
+    match (text, list) {
+        (true, false) => "text",
+        (false, true) => "list",
+        (true, true) => "both",
+        (false, false) => "none",
+    }
+}
+
 #[tokio::test]
 async fn a_packing_ledger_keeps_each_account_in_one_field() {
     let server = RedisServer::start();
@@ -101,6 +136,12 @@ async fn a_packing_ledger_keeps_each_account_in_one_field() {
         "{:?}",
         fields(&server, "packed_new")
     );
+    // Its top-up record in its own hash: no `topups` key.
+    assert_eq!(
+        top_up_fields(&server, "packed_new"),
+        ["+pay-1".to_owned()].into()
+    );
+    assert_eq!(server.cli(&["EXISTS", "credits:{packed_new}:topups"]), "0");
     l.configure(Configure::new(
         a.clone(),
         AccountSettings::new()
@@ -163,6 +204,8 @@ async fn an_account_in_fields_is_packed_by_its_first_write_and_loses_nothing() {
     let before = old.balance(&a).await.unwrap();
     assert!(before.runway_secs.is_some(), "a runway is known");
     let trail_before = trail(&old, &a).await;
+    let entries_before = trail_entries(&old, &a).await;
+    assert_eq!(trail_form(&server, "moving"), "list");
 
     // A read by the packing ledger sees the same account and writes nothing.
     same_books(&new.balance(&a).await.unwrap(), &before);
@@ -197,6 +240,9 @@ async fn an_account_in_fields_is_packed_by_its_first_write_and_loses_nothing() {
         *trail_after.last().unwrap(),
         trail_before.last().unwrap() + 1
     );
+    // ... every entry as it was, in the list still (a text trail is for small ones).
+    assert_eq!(trail_form(&server, "moving"), "list");
+    assert_eq!(trail_entries(&new, &a).await[1..], entries_before[..]);
 
     // The next threshold still fires once, and the ledger that does not pack keeps the
     // account packed.
@@ -587,7 +633,7 @@ async fn the_packed_value_keeps_each_figure_in_its_place() {
         "credits:{places}:acct",
     ]);
     let v: Vec<&str> = out.lines().collect();
-    assert_eq!(v.len(), 20, "{out}");
+    assert_eq!(v.len(), 21, "{out}");
     // topped_up, committed, held, credit_limit; audit_seq (top-up, reserve, commit,
     // reserve); commits; horizon; runway_fired, depleted; last_topup.
     assert_eq!((v[0], v[1], v[2], v[3]), ("1000", "20", "4", "7"), "{out}");
@@ -596,6 +642,7 @@ async fn the_packed_value_keeps_each_figure_in_its_place() {
     assert_eq!(v[13], "90", "horizon: {out}");
     assert_eq!((v[14], v[15]), ("0", "0"), "flags: {out}");
     assert_eq!(v[16], "1000", "last_topup: {out}");
+    assert_eq!(v[20], "1", "trail (text): {out}");
 }
 
 /// The same books: every figure, and the runway within a second or two (Redis's clock runs
@@ -650,8 +697,9 @@ async fn rewrite_accounts_packs_every_account_and_unpacks_it_again() {
         assert!(in_fields(&server, name));
         before.push((
             fields_ledger.balance(&a).await.unwrap(),
-            trail(&fields_ledger, &a).await,
+            trail_entries(&fields_ledger, &a).await,
         ));
+        assert_eq!(trail_form(&server, name), "list");
     }
 
     assert_eq!(packing.rewrite_accounts().await.unwrap(), 3);
@@ -660,7 +708,8 @@ async fn rewrite_accounts_packs_every_account_and_unpacks_it_again() {
         assert!(packed(&server, name), "{:?}", fields(&server, name));
         let a = acct(name);
         same_books(&packing.balance(&a).await.unwrap(), balance);
-        assert_eq!(&trail(&packing, &a).await, audit);
+        assert_eq!(&trail_entries(&packing, &a).await, audit);
+        assert_eq!(trail_form(&server, name), "list", "25 entries stay a list");
     }
 
     assert_eq!(fields_ledger.rewrite_accounts().await.unwrap(), 3);
@@ -669,7 +718,8 @@ async fn rewrite_accounts_packs_every_account_and_unpacks_it_again() {
         assert!(in_fields(&server, name), "{:?}", fields(&server, name));
         let a = acct(name);
         same_books(&fields_ledger.balance(&a).await.unwrap(), balance);
-        assert_eq!(&trail(&fields_ledger, &a).await, audit);
+        assert_eq!(&trail_entries(&fields_ledger, &a).await, audit);
+        assert_eq!(trail_form(&server, name), "list");
         // What a build without packed accounts reads: the figures, each in its field.
         let key = format!("credits:{{{name}}}:acct");
         assert_eq!(
@@ -771,5 +821,236 @@ async fn reconcile_finds_drift_in_a_packed_account() {
     assert_eq!(
         (held_drift.expected.as_str(), held_drift.found.as_str()),
         ("10", "15")
+    );
+}
+
+/// A packed account's trail is text while it has at most four entries (what a funded
+/// account never used keeps), and moves to the list with its fifth, every entry kept; a
+/// read moves nothing. `rewrite_accounts` makes a small list text (an account funded in
+/// fields) and, from a ledger that does not pack, text a list again.
+#[tokio::test]
+async fn a_small_trail_is_text_and_moves_to_the_list_with_its_fifth_entry() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger(&server, &clock, true).await;
+    let fields_ledger = ledger(&server, &clock, false).await;
+    let a = acct("small");
+    l.top_up(TopUp::new(&a, 1_000, "pay-1")).await.unwrap();
+    assert_eq!(trail_form(&server, "small"), "text");
+    assert_eq!(server.figure("small", "trail"), 1);
+    let hold = held(&l, &a, "s1", 10).await;
+    l.commit(&a, &hold, 7).await.unwrap();
+    l.balance(&a).await.unwrap();
+    assert_eq!(trail_form(&server, "small"), "text", "three entries");
+    // What a history, reconcile and a replica that does not pack read from the text.
+    let three = trail_entries(&l, &a).await;
+    assert_eq!(three.len(), 3);
+    assert_eq!(trail_entries(&fields_ledger, &a).await, three);
+    assert_eq!(
+        l.reconcile(&a, Duration::from_secs(60)).await.unwrap(),
+        vec![]
+    );
+    // The fourth entry (from the replica that does not pack: the account's own form).
+    let hold = held(&fields_ledger, &a, "s2", 10).await;
+    assert_eq!(trail_form(&server, "small"), "text", "four entries");
+    // The fifth moves them.
+    l.commit(&a, &hold, 10).await.unwrap();
+    assert_eq!(trail_form(&server, "small"), "list");
+    assert_eq!(server.figure("small", "trail"), 0);
+    let five = trail_entries(&l, &a).await;
+    assert_eq!(five.len(), 5);
+    assert_eq!(five[2..], three[..], "every entry kept, in order");
+    assert_eq!(
+        l.reconcile(&a, Duration::from_secs(60)).await.unwrap(),
+        vec![]
+    );
+
+    // Funded in fields: a one-entry list, made text by the rewrite, and back again.
+    let b = acct("small_in_fields");
+    fields_ledger
+        .top_up(TopUp::new(&b, 500, "pay-2"))
+        .await
+        .unwrap();
+    let one = trail_entries(&fields_ledger, &b).await;
+    assert_eq!(trail_form(&server, "small_in_fields"), "list");
+    assert_eq!(l.rewrite_accounts().await.unwrap(), 1, "only the small one");
+    assert_eq!(trail_form(&server, "small_in_fields"), "text");
+    assert_eq!(trail_form(&server, "small"), "list");
+    assert_eq!(trail_entries(&l, &b).await, one);
+    assert_eq!(l.rewrite_accounts().await.unwrap(), 0, "nothing left");
+    assert_eq!(fields_ledger.rewrite_accounts().await.unwrap(), 2);
+    assert_eq!(trail_form(&server, "small_in_fields"), "list");
+    assert_eq!(trail_entries(&fields_ledger, &b).await, one);
+    assert_eq!(trail_entries(&fields_ledger, &a).await, five);
+}
+
+/// A text trail that no ledger wrote (garbled bytes) never refuses the call that moves
+/// credits: reconcile names it, and the entry that moves the trail to the list drops it.
+#[tokio::test]
+async fn a_garbled_text_trail_never_refuses_a_request() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger(&server, &clock, true).await;
+    let a = acct("garbled");
+    l.top_up(TopUp::new(&a, 1_000, "pay-1")).await.unwrap();
+    server.cli(&["APPEND", "credits:{garbled}:trail", "\u{c1}not msgpack"]);
+    let drifts = l.reconcile(&a, Duration::from_secs(60)).await.unwrap();
+    assert!(
+        drifts.iter().any(|d| d.check == "audit_entry"),
+        "{drifts:?}"
+    );
+    for i in 0..4 {
+        let hold = held(&l, &a, &format!("g{i}"), 1).await;
+        l.commit(&a, &hold, 1).await.unwrap();
+    }
+    let b = l.balance(&a).await.unwrap();
+    assert_eq!((b.committed, b.held), (4, 0));
+    assert_eq!(trail_form(&server, "garbled"), "list");
+    assert_eq!(
+        l.reconcile(&a, Duration::from_secs(60)).await.unwrap(),
+        vec![]
+    );
+    let ids: Vec<String> = l
+        .history(&a, None, 10)
+        .await
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(ids, ["9", "8", "7", "6", "5"], "from the fifth on");
+}
+
+/// A packed account keeps its top-up records in its own hash (`+<key>`); a key too long
+/// for a listpack field stays in `topups`. Either way a key credits once: a replay is
+/// answered as one, another amount is a conflict, and reconcile sums both places.
+#[tokio::test]
+async fn a_packed_account_keeps_its_top_up_records_in_its_hash_and_credits_each_key_once() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = ledger(&server, &clock, true).await;
+    let a = acct("records");
+    let long_key = "k".repeat(64);
+    let fits = "f".repeat(63);
+    for (key, amount) in [("pay-1", 100), (fits.as_str(), 20), (long_key.as_str(), 7)] {
+        let first = l.top_up(TopUp::new(&a, amount, key)).await.unwrap();
+        assert!(!first.replayed);
+        let again = l.top_up(TopUp::new(&a, amount, key)).await.unwrap();
+        assert!(again.replayed, "{key}: a replay");
+        assert!(matches!(
+            l.top_up(TopUp::new(&a, amount + 1, key)).await,
+            Err(LedgerError::TopUpConflict { .. })
+        ));
+    }
+    assert_eq!(l.balance(&a).await.unwrap().topped_up, 127);
+    assert_eq!(
+        top_up_fields(&server, "records"),
+        ["+pay-1".to_owned(), format!("+{fits}")].into()
+    );
+    assert_eq!(
+        server.cli(&["HKEYS", "credits:{records}:topups"]),
+        long_key,
+        "a 65-byte field would turn the account's hash into a hash table"
+    );
+    assert_eq!(
+        server.cli(&["OBJECT", "ENCODING", "credits:{records}:acct"]),
+        "listpack"
+    );
+    assert_eq!(
+        l.reconcile(&a, Duration::from_secs(60)).await.unwrap(),
+        vec![]
+    );
+    // A record lost from either place is drift (the sum, and the claim check's ids).
+    server.cli(&["HDEL", "credits:{records}:acct", "+pay-1"]);
+    let drifts = l.reconcile(&a, Duration::from_secs(60)).await.unwrap();
+    assert!(drifts.iter().any(|d| d.check == "topped_up"), "{drifts:?}");
+}
+
+/// The adversarial twin of the move: a payment id credited while the account was in
+/// fields (its record in `topups`) is still a replay after a packing ledger has written
+/// the account, and after `rewrite_accounts` moved its records either way: no key ever
+/// credits twice, whichever form or place its record is in.
+#[tokio::test]
+async fn a_top_up_key_credits_once_across_every_move_of_its_record() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let fields_ledger = ledger(&server, &clock, false).await;
+    let packing = ledger(&server, &clock, true).await;
+    let a = acct("moved_keys");
+    let long_key = "L".repeat(100);
+    for (key, amount) in [("old-1", 10), ("old-2", 20), (long_key.as_str(), 5)] {
+        fields_ledger
+            .top_up(TopUp::new(&a, amount, key))
+            .await
+            .unwrap();
+    }
+    assert_eq!(top_up_fields(&server, "moved_keys").len(), 0);
+    // Packed by a write; its old records stay in `topups`, and still count.
+    let hold = held(&packing, &a, "h1", 5).await;
+    packing.commit(&a, &hold, 5).await.unwrap();
+    assert!(packed(&server, "moved_keys"));
+    let replays = |l: RedisLedger| {
+        let (a, long_key) = (a.clone(), long_key.clone());
+        async move {
+            for (key, amount) in [("old-1", 10), ("old-2", 20), (long_key.as_str(), 5)] {
+                let r = l.top_up(TopUp::new(&a, amount, key)).await.unwrap();
+                assert!(r.replayed, "{key} credited twice");
+            }
+        }
+    };
+    replays(packing.clone()).await;
+    replays(fields_ledger.clone()).await;
+    packing.top_up(TopUp::new(&a, 40, "new-1")).await.unwrap();
+    assert_eq!(
+        top_up_fields(&server, "moved_keys"),
+        ["+new-1".to_owned()].into()
+    );
+
+    // Moved into the hash (the short ones) by the rewrite, then back into `topups`.
+    assert_eq!(packing.rewrite_accounts().await.unwrap(), 1);
+    assert_eq!(
+        top_up_fields(&server, "moved_keys"),
+        ["+new-1", "+old-1", "+old-2"].map(str::to_owned).into()
+    );
+    assert_eq!(
+        server.cli(&["HKEYS", "credits:{moved_keys}:topups"]),
+        long_key
+    );
+    assert_eq!(packing.rewrite_accounts().await.unwrap(), 0, "nothing left");
+    replays(packing.clone()).await;
+    assert!(
+        packing
+            .top_up(TopUp::new(&a, 40, "new-1"))
+            .await
+            .unwrap()
+            .replayed
+    );
+    assert_eq!(
+        packing
+            .reconcile(&a, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        vec![]
+    );
+
+    assert_eq!(fields_ledger.rewrite_accounts().await.unwrap(), 1);
+    assert!(in_fields(&server, "moved_keys"));
+    assert_eq!(top_up_fields(&server, "moved_keys").len(), 0);
+    replays(fields_ledger.clone()).await;
+    assert!(
+        fields_ledger
+            .top_up(TopUp::new(&a, 40, "new-1"))
+            .await
+            .unwrap()
+            .replayed
+    );
+    let b = fields_ledger.balance(&a).await.unwrap();
+    assert_eq!(b.topped_up, 10 + 20 + 5 + 40);
+    assert_eq!(
+        fields_ledger
+            .reconcile(&a, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        vec![]
     );
 }

@@ -96,7 +96,7 @@ pub struct RedisServer {
 /// The figures of a packed account's `v`, in their places: lib.lua's `PACKED` (pinned by
 /// `tests/redis_packed_accounts.rs`, `the_packed_value_keeps_each_figure_in_its_place`).
 #[allow(dead_code)]
-pub const PACKED_FIGURES: [&str; 20] = [
+pub const PACKED_FIGURES: [&str; 21] = [
     "topped_up",
     "committed",
     "held",
@@ -117,6 +117,7 @@ pub const PACKED_FIGURES: [&str; 20] = [
     "due_events",
     "events",
     "prune_at",
+    "trail",
 ];
 
 /// An account's books as Redis holds them ([`RedisServer::books`]).
@@ -364,6 +365,25 @@ impl RedisServer {
                 .parse()
                 .unwrap_or_else(|_| panic!("{name} of {account} = {value:?}"))
         }
+    }
+
+    /// How many entries an account's audit trail holds, in either form: a packed account's
+    /// text `trail` (MessagePack values one after another) or the list `log`.
+    #[allow(dead_code)]
+    pub fn trail_len(&self, account: &str) -> u64 {
+        const SCRIPT: &str = "local text = redis.call('GET', KEYS[1]) \
+            if not text then return redis.call('LLEN', KEYS[2]) end \
+            local n, at = 0, 0 \
+            while at >= 0 and at < #text do \
+              n = n + 1 \
+              at = cmsgpack.unpack_limit(text, 1, at) \
+            end \
+            return n";
+        let trail = format!("credits:{{{account}}}:trail");
+        let log = format!("credits:{{{account}}}:log");
+        let n = self.cli(&["EVAL", SCRIPT, "2", &trail, &log]);
+        n.parse()
+            .unwrap_or_else(|_| panic!("trail of {account}: {n}"))
     }
 
     /// Number of keys (`DBSIZE`).

@@ -15,16 +15,17 @@
 -- ARGV[3]: cursor: the entries older than this number ('' for the newest)
 -- ARGV[4]: entries wanted (the page and one more, to know whether another follows)
 -- ARGV[5]: audit trail cap, entries (0: no trail; read by common_args)
--- Each entry is a MessagePack array, as lib.lua's audit writes it. Reads only.
+-- Each entry is a MessagePack array, as lib.lua's audit writes it, from the account's
+-- trail in either form (text or list). Reads only.
 -- Returns:
 --   {'entries', entry, ...}
 
 common_args()
 local cursor = opt_uint_arg(3, 'cursor')
 local wanted = uint_arg(4, 'entries wanted', 1000)
-local newest = load_account(HISTORY_FIELDS).audit_seq
--- The list is newest first and its entries numbered without gaps: entry n is at
--- newest - n.
+local a = load_account(HISTORY_FIELDS)
+local newest = a.audit_seq
+-- The entries are numbered without gaps: entry n is the (newest - n)th from the newest.
 local start = 0
 if cursor then
   start = newest - cursor + 1
@@ -37,6 +38,20 @@ local stop = math.min(start + wanted, AUDIT_CAP) - 1
 if stop < start then
   return { 'entries' }
 end
-local entries = redis.call('LRANGE', audit_log(), start, stop)
+local entries
+if a.trail then
+  -- Oldest first: the newest is the last.
+  local all = trail_entries(redis.call('GET', audit_trail()) or '')
+  entries = {}
+  for i = start, stop do
+    local e = all[#all - i]
+    if not e then
+      break
+    end
+    entries[#entries + 1] = e
+  end
+else
+  entries = redis.call('LRANGE', audit_log(), start, stop)
+end
 table.insert(entries, 1, 'entries')
 return entries

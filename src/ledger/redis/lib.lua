@@ -249,7 +249,7 @@ local account_fields = {
 local PACKED = { 'topped_up', 'committed', 'held', 'credit_limit', 'next_expiry',
   'due_holds', 'audit_seq', 'rate', 'rate_at', 'commits', 'first_commit_at', 'done_until',
   'fired', 'horizon', 'runway_fired', 'depleted', 'last_topup', 'due_events', 'events',
-  'prune_at' }
+  'prune_at', 'trail' }
 -- The fields of the field form a packing deletes (`threshold` and `warned` were written by
 -- older versions).
 local FIELD_FORM = { 'topped_up', 'committed', 'held', 'credit_limit', 'threshold',
@@ -273,12 +273,12 @@ end
 local function unpack_account(v, thresholds_text)
   local topped_up, committed, held, credit_limit, next_expiry, due_holds, audit_seq, rate,
     rate_at, commits, first_commit_at, done_until, fired, horizon, runway_fired, depleted,
-    last_topup, due_events, events, prune_at = cmsgpack.unpack(v)
+    last_topup, due_events, events, prune_at, trail = cmsgpack.unpack(v)
   -- A value no ledger wrote (cut short, or a figure not a number) fails the call here, by
   -- an arithmetic error on the missing figure, and the call writes nothing: never a
   -- figure read as absent or zero. A sum costs a few instructions a figure, where a
-  -- `type` check each cost 700. (prune_at, the last, may be absent: a value written
-  -- before it.)
+  -- `type` check each cost 700. (prune_at and trail, the last, may be absent: a value
+  -- written before them.)
   local _ = topped_up + committed + held + credit_limit + audit_seq + rate + rate_at
     + commits + fired + last_topup + events
   return {
@@ -306,6 +306,9 @@ local function unpack_account(v, thresholds_text)
     events = events,
     -- Not before then does a call prune closed ids (reclaim; nil: at once).
     prune_at = present(prune_at),
+    -- The audit trail is text at `<prefix>:{<account>}:trail` (1), else the list `log`
+    -- (absent: a value written before the text form).
+    trail = trail == 1,
   }
 end
 
@@ -318,7 +321,7 @@ local function pack_account(a)
     absent_as(a.next_expiry), absent_as(a.due_holds), a.audit_seq, a.rate, a.rate_at,
     a.commits, absent_as(a.first_commit_at), absent_as(a.done_until), a.fired,
     absent_as(a.horizon), a.runway_fired and 1 or 0, a.depleted and 1 or 0, a.last_topup,
-    absent_as(a.due_events), a.events, absent_as(a.prune_at))
+    absent_as(a.due_events), a.events, absent_as(a.prune_at), a.trail and 1 or -1)
 end
 
 -- The field form: `fields` read at once, the rest when first used (account_fields). An
@@ -485,10 +488,76 @@ local function available(a)
   return a.topped_up - a.committed - a.held
 end
 
--- The account's audit trail: <prefix>:{<account>}:log, a list in the account's slot,
--- newest first, at most AUDIT_CAP entries.
+-- The account's audit trail, in one of two forms:
+-- - <prefix>:{<account>}:log, a list, newest first (`LPUSH`, an `LTRIM` to AUDIT_CAP every
+--   AUDIT_TRIM_EVERY entries);
+-- - while a packed account has at most TEXT_TRAIL_MAX entries (`a.trail`, the `trail`
+--   figure of `v`): <prefix>:{<account>}:trail, a string, its entries oldest first, each
+--   appended (`APPEND`). An account that was funded and never used, the most numerous
+--   kind, keeps a one-entry string (about 120 bytes) where a one-entry list costs a
+--   quicklist, its node and its listpack (about 220). Past TEXT_TRAIL_MAX the entries
+--   move to the list: Redis grows an appended string to twice its length, so a trail at
+--   its cap would take about twice a list's memory.
+-- Both keys are in the account's slot (named from KEYS[1], <prefix>:{<account>}:acct).
+local TEXT_TRAIL_MAX = 4
+
 local function audit_log()
   return string.sub(KEYS[1], 1, -5) .. 'log'
+end
+
+local function audit_trail()
+  return string.sub(KEYS[1], 1, -5) .. 'trail'
+end
+
+-- A text trail's entries as strings, oldest first: each is one MessagePack value, so the
+-- text needs no separator. Raises on a text no ledger wrote.
+local function trail_entries(text)
+  local entries, at = {}, 0
+  while at >= 0 and at < #text do
+    local next_at, entry = cmsgpack.unpack_limit(text, 1, at)
+    if type(entry) ~= 'table' then
+      error('not an audit entry')
+    end
+    entries[#entries + 1] = string.sub(text, at + 1, next_at < 0 and #text or next_at)
+    at = next_at
+  end
+  return entries
+end
+
+-- A packed account's small trail moved from the list to text (rewrite.lua).
+local function trail_to_text(a)
+  local newest_first = redis.call('LRANGE', audit_log(), 0, -1)
+  if #newest_first > 0 then
+    local oldest_first = {}
+    for i = #newest_first, 1, -1 do
+      oldest_first[#oldest_first + 1] = newest_first[i]
+    end
+    redis.call('SET', audit_trail(), table.concat(oldest_first))
+    redis.call('DEL', audit_log())
+  end
+  a.trail = true
+  a.dirty = true
+end
+
+-- The text trail moved to the list, every entry kept: past TEXT_TRAIL_MAX, or for an
+-- account written back in fields (rewrite.lua). A text no ledger wrote is dropped (and
+-- the server log says so) rather than refuse the call that moves credits; reconcile names
+-- such a text until then.
+local function trail_to_list(a)
+  local text = redis.call('GET', audit_trail())
+  if text then
+    local ok, entries = pcall(trail_entries, text)
+    if not ok then
+      redis.log(redis.LOG_WARNING, 'tower-credits: an unreadable audit trail dropped: '
+        .. audit_trail())
+    elseif #entries > 0 then
+      -- LPUSH puts each argument at the head in turn: the last, the newest, ends first.
+      redis.call('LPUSH', audit_log(), unpack(entries))
+    end
+    redis.call('DEL', audit_trail())
+  end
+  a.trail = false
+  a.dirty = a.packed
 end
 
 -- Appends an entry to the audit trail with the totals after it: the same step that moved
@@ -504,15 +573,93 @@ local function audit(a, now, kind, amount, id, route, fields)
     return
   end
   put(a, 'audit_seq', a.audit_seq + 1, fields)
+  local entry = cmsgpack.pack({ a.audit_seq, kind, amount, id or '', route or '', now,
+    available(a), a.held, a.committed, a.topped_up })
+  -- A packed account's first entry starts a text trail (an earlier one is in the list).
+  if a.packed and (a.trail or a.audit_seq == 1) then
+    if a.audit_seq <= TEXT_TRAIL_MAX then
+      a.trail = true
+      redis.call('APPEND', audit_trail(), entry)
+      return
+    end
+    trail_to_list(a)
+  end
   local log = audit_log()
-  redis.call('LPUSH', log, cmsgpack.pack({ a.audit_seq, kind, amount, id or '', route or '', now,
-    available(a), a.held, a.committed, a.topped_up }))
+  redis.call('LPUSH', log, entry)
   -- Trimmed once every AUDIT_TRIM_EVERY entries, not on each: a full trail then costs no
   -- LTRIM per request, and holds at most AUDIT_TRIM_EVERY - 1 entries past the cap, which
   -- no read returns (history.lua stops at the cap).
   if a.audit_seq > AUDIT_CAP and a.audit_seq % AUDIT_TRIM_EVERY == 0 then
     redis.call('LTRIM', log, 0, AUDIT_CAP - 1)
   end
+end
+
+-- A top-up's record (idempotency key -> amount, kept forever: a payment id credits once,
+-- ever). A packed account keeps it in its own hash, field '+' .. key, where a hash of
+-- its own would cost an idle account a key (about 100 bytes); an account in fields keeps
+-- the `topups` hash replicas built before packed accounts read, and so does a key too
+-- long for a field Redis keeps in a listpack (hash-max-listpack-value: 64 bytes), so the
+-- account's hash stays one. Reads look in both: records made in fields stay where they
+-- are when the account is packed (rewrite.lua moves them).
+local TOP_UP_FIELD_MAX = 63
+
+local function top_up_of(a, key)
+  local first
+  if a.packed and #key <= TOP_UP_FIELD_MAX then
+    first = redis.call('HGET', KEYS[1], '+' .. key)
+  end
+  return first or redis.call('HGET', KEYS[6], key)
+end
+
+local function record_top_up(a, key, amount)
+  if a.packed and #key <= TOP_UP_FIELD_MAX then
+    redis.call('HSET', KEYS[1], '+' .. key, amount)
+  else
+    redis.call('HSET', KEYS[6], key, amount)
+  end
+end
+
+-- Every top-up record of the account, in either place: {key, amount, key, amount, ...},
+-- and the account hash's record fields ('+' .. key) apart.
+local function top_up_records()
+  local records, in_account = redis.call('HGETALL', KEYS[6]), {}
+  local fields = redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    if string.byte(fields[i]) == 43 then -- '+'
+      records[#records + 1] = string.sub(fields[i], 2)
+      records[#records + 1] = fields[i + 1]
+      in_account[#in_account + 1] = fields[i]
+    end
+  end
+  return records, in_account
+end
+
+-- Moves an account's top-up records to where its new form keeps them (rewrite.lua):
+-- packed, the keys that fit into the account's hash; in fields, all into `topups`.
+-- Returns how many moved.
+local function move_top_ups(packed)
+  if packed then
+    local records, moving, gone = redis.call('HGETALL', KEYS[6]), {}, {}
+    for i = 1, #records, 2 do
+      local key = records[i]
+      if #key <= TOP_UP_FIELD_MAX then
+        moving[#moving + 1] = '+' .. key
+        moving[#moving + 1] = records[i + 1]
+        gone[#gone + 1] = key
+      end
+    end
+    if #gone > 0 then
+      redis.call('HSET', KEYS[1], unpack(moving))
+      redis.call('HDEL', KEYS[6], unpack(gone))
+    end
+    return #gone
+  end
+  local records, in_account = top_up_records()
+  if #in_account > 0 then
+    redis.call('HSET', KEYS[6], unpack(records))
+    redis.call('HDEL', KEYS[1], unpack(in_account))
+  end
+  return #in_account
 end
 
 -- Adds `by` to a counter field, in Redis and in the loaded account. (Adding nothing is

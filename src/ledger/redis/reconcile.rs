@@ -40,7 +40,9 @@ pub struct Drift {
     /// `audit_topped_up`, `payment_claim`, `account_forms` (a packed account's `v` beside
     /// fields of the field form, named in `found`: a build without
     /// [`pack_accounts`](super::RedisLedgerBuilder::pack_accounts) wrote to a packed
-    /// account, and what it wrote is not in `v`).
+    /// account, and what it wrote is not in `v`), `trail_forms` (a packed account's text
+    /// trail beside an audit list: a build without the text trail wrote entries no read
+    /// returns), `audit_entry` (the newest entry unreadable).
     pub check: String,
     /// What it should be.
     pub expected: String,
@@ -97,9 +99,18 @@ impl RedisLedger {
 
     /// Every payment id of `account` whose claim names another account, or none.
     async fn unclaimed_payments(&self, account: &AccountId) -> Result<Vec<Drift>, LedgerError> {
+        // Kept in `topups`, or in a packed account's own hash as '+' fields (top_up.lua).
         let mut hkeys = redis::cmd("HKEYS");
         hkeys.arg(keys::account_key(&self.inner.prefix, account, "topups"));
-        let payment_ids: Vec<String> = self.command(hkeys).await?;
+        let mut payment_ids: Vec<String> = self.command(hkeys).await?;
+        let mut fields = redis::cmd("HKEYS");
+        fields.arg(keys::account_key(&self.inner.prefix, account, "acct"));
+        let fields: Vec<String> = self.command(fields).await?;
+        payment_ids.extend(
+            fields
+                .into_iter()
+                .filter_map(|f| f.strip_prefix('+').map(str::to_owned)),
+        );
         let mut drifts = Vec::new();
         for payment_id in payment_ids {
             let mut get = redis::cmd("GET");

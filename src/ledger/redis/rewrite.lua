@@ -1,6 +1,8 @@
 -- rewrite: writes one account in this ledger's form (RedisLedger::rewrite_accounts): a
--- ledger that packs packs an account in fields; one that does not unpacks a packed
--- account into fields. Nothing else changes; an account already in the form is left alone.
+-- ledger that packs packs an account in fields, its audit trail from a list into text
+-- while small (lib.lua's TEXT_TRAIL_MAX) and its top-up records into its hash; one that does not unpacks a packed account into
+-- fields, its trail back into a list, its top-up records back into `topups`.
+-- Nothing else changes; an account already in the form is left alone.
 -- KEYS, ARGV and reply as declared in scripts.rs; the keys are the data model of
 -- redis/mod.rs.
 -- KEYS[1]: <prefix>:{<account>}:acct
@@ -8,7 +10,7 @@
 -- KEYS[3]: <prefix>:{<account>}:expiry   (not used here)
 -- KEYS[4]: <prefix>:{<account>}:done     (not used here)
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
--- KEYS[6]: <prefix>:{<account>}:topups   (not used here)
+-- KEYS[6]: <prefix>:{<account>}:topups
 -- KEYS[7]: <prefix>:{<account>}:outbox   (not used here)
 -- KEYS[8]: <prefix>:{<account>}:leases   (not used here)
 -- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
@@ -25,16 +27,27 @@ if not a.exists then
   return { 'unknown_account' }
 end
 if PACK then
-  if not a.convert then
-    return { 'rewritten', 0 }
+  -- In fields (finish_account writes `v` and deletes the fields), or packed with a small
+  -- trail still a list, or top-up records still in `topups`.
+  local changed = a.convert
+  if not a.trail and a.audit_seq <= TEXT_TRAIL_MAX then
+    trail_to_text(a)
+    changed = true
   end
-  -- In fields: finish_account writes `v` and deletes the fields.
-  a.dirty = true
-  return { 'rewritten', 1 }
+  if move_top_ups(true) > 0 then
+    changed = true
+  end
+  a.dirty = changed
+  return { 'rewritten', changed and 1 or 0 }
 end
 if not a.packed then
   return { 'rewritten', 0 }
 end
+-- The trail back to the list the field form keeps.
+if a.trail then
+  trail_to_list(a)
+end
+move_top_ups(false)
 -- Packed, and this ledger does not pack: every figure back in a field of its own, as the
 -- field form keeps it (an absent figure, or a flag not set, has no field; the burn rate
 -- is spelled "%.17g", which reads back as the same double), then `v` goes.

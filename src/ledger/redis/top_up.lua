@@ -9,7 +9,8 @@
 -- KEYS[3]: <prefix>:{<account>}:expiry
 -- KEYS[4]: <prefix>:{<account>}:done
 -- KEYS[5]: <prefix>:{<account>}:usage    (not used here)
--- KEYS[6]: <prefix>:{<account>}:topups
+-- KEYS[6]: <prefix>:{<account>}:topups (top-up records of an account in fields, and of
+--          any account, keys longer than TOP_UP_FIELD_MAX; see lib.lua's record_top_up)
 -- KEYS[7]: <prefix>:{<account>}:outbox   (not used here)
 -- KEYS[8]: <prefix>:{<account>}:leases   (not used here)
 -- KEYS[9]: <prefix>:{<account>}:dead     (not used here)
@@ -34,7 +35,7 @@ local now = now_ms(offset)
 local a = load_account()
 reclaim(a, now, retention)
 
-local first = redis.call('HGET', KEYS[6], key)
+local first = top_up_of(a, key)
 if first then
   first = tonumber(first)
   if first ~= amount then
@@ -55,7 +56,7 @@ else
   redis.call('HINCRBY', KEYS[1], 'topped_up', amount)
   a.topped_up = a.topped_up + amount
 end
-redis.call('HSET', KEYS[6], key, amount)
+record_top_up(a, key, amount)
 audit(a, now, 'top_up', amount, nil, nil)
 -- A top-up re-arms each threshold it lifted `available` back to (a percentage now of this
 -- top-up), the runway reminder and the depletion event.
