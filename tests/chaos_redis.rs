@@ -1111,12 +1111,17 @@ fn zset(server: &RedisServer, key: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-/// `held` and the sum of the open holds in `:holds`, read in one script (atomically: a
-/// background refund may still be running).
+/// `held` (a packed account's third figure, after `v`'s format mark; else its field) and
+/// the sum of the open holds in `:holds`, read in one script (atomically: a background
+/// refund may still be running).
 fn held_and_open_holds(server: &RedisServer, account: &AccountId) -> (i64, i64) {
     const SCRIPT: &str = "local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0') \
         local v = redis.call('HGET', KEYS[1], 'v') \
-        if v then held = select(3, cmsgpack.unpack(v)) end \
+        if v then \
+          local r = {cmsgpack.unpack(v)} \
+          if r[1] == 'f2' then table.remove(r, 1) end \
+          held = r[3] \
+        end \
         local sum, kv = 0, redis.call('HGETALL', KEYS[2]) \
         for i = 1, #kv, 2 do \
           if not string.find(kv[i], ':') then sum = sum + tonumber(kv[i + 1]) end \

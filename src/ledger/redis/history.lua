@@ -41,7 +41,11 @@ end
 local entries
 if a.trail then
   -- Oldest first: the newest is the last.
-  local all = trail_entries(redis.call('GET', audit_trail()) or '')
+  local all, readable = trail_entries(redis.call('GET', audit_trail()) or '')
+  if not readable then
+    -- Bytes no ledger wrote: a page would miss entries it cannot count.
+    error('an unreadable audit trail')
+  end
   entries = {}
   for i = start, stop do
     local e = all[#all - i]

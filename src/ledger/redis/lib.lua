@@ -270,10 +270,27 @@ local function present(n)
   return n
 end
 
+-- The packed value's format, its first value: a text, so that a build that knows only
+-- the first packed format (figures from the first value on, no mark) fails on it (an
+-- arithmetic error on the text) and refuses the account as corrupt, writing nothing,
+-- rather than miss what it cannot know of (top-up records in the account's hash, a text
+-- trail): a key it would credit twice, entries it would hide. A later format takes
+-- another text, which this build refuses the same way.
+local PACKED_FORMAT = 'f2'
+
+-- The figures of a packed value, without its format mark; a value of the first format
+-- (no mark, no `trail`) as it is.
+local function packed_figures(first, ...)
+  if first == PACKED_FORMAT then
+    return ...
+  end
+  return first, ...
+end
+
 local function unpack_account(v, thresholds_text)
   local topped_up, committed, held, credit_limit, next_expiry, due_holds, audit_seq, rate,
     rate_at, commits, first_commit_at, done_until, fired, horizon, runway_fired, depleted,
-    last_topup, due_events, events, prune_at, trail = cmsgpack.unpack(v)
+    last_topup, due_events, events, prune_at, trail = packed_figures(cmsgpack.unpack(v))
   -- A value no ledger wrote (cut short, or a figure not a number) fails the call here, by
   -- an arithmetic error on the missing figure, and the call writes nothing: never a
   -- figure read as absent or zero. A sum costs a few instructions a figure, where a
@@ -317,7 +334,7 @@ local function absent_as(n)
 end
 
 local function pack_account(a)
-  return cmsgpack.pack(a.topped_up, a.committed, a.held, a.credit_limit,
+  return cmsgpack.pack(PACKED_FORMAT, a.topped_up, a.committed, a.held, a.credit_limit,
     absent_as(a.next_expiry), absent_as(a.due_holds), a.audit_seq, a.rate, a.rate_at,
     a.commits, absent_as(a.first_commit_at), absent_as(a.done_until), a.fired,
     absent_as(a.horizon), a.runway_fired and 1 or 0, a.depleted and 1 or 0, a.last_topup,
@@ -510,52 +527,78 @@ local function audit_trail()
 end
 
 -- A text trail's entries as strings, oldest first: each is one MessagePack value, so the
--- text needs no separator. Raises on a text no ledger wrote.
+-- text needs no separator. The second result is false when the text stops being
+-- readable (no ledger writes such bytes): the entries before that point are returned.
 local function trail_entries(text)
   local entries, at = {}, 0
   while at >= 0 and at < #text do
-    local next_at, entry = cmsgpack.unpack_limit(text, 1, at)
-    if type(entry) ~= 'table' then
-      error('not an audit entry')
+    local ok, next_at, entry = pcall(cmsgpack.unpack_limit, text, 1, at)
+    if not ok or type(entry) ~= 'table' or type(entry[1]) ~= 'number' then
+      return entries, false
     end
     entries[#entries + 1] = string.sub(text, at + 1, next_at < 0 and #text or next_at)
     at = next_at
   end
+  return entries, true
+end
+
+-- Every entry of both forms, oldest first, by number: one form is all an account has,
+-- unless a replica of an older build wrote the other one too. Keeps what each holds.
+local function all_trail_entries()
+  local entries, readable = {}, true
+  local text = redis.call('GET', audit_trail())
+  if text then
+    entries, readable = trail_entries(text)
+  end
+  local newest_first = redis.call('LRANGE', audit_log(), 0, -1)
+  if #newest_first > 0 then
+    for i = #newest_first, 1, -1 do
+      entries[#entries + 1] = newest_first[i]
+    end
+    if text then
+      local seq = {}
+      for _, e in ipairs(entries) do
+        local ok, decoded = pcall(cmsgpack.unpack, e)
+        seq[e] = ok and type(decoded) == 'table' and tonumber(decoded[1]) or 0
+      end
+      table.sort(entries, function(x, y) return seq[x] < seq[y] end)
+    end
+  end
+  if not readable then
+    redis.log(redis.LOG_WARNING, 'tower-credits: an audit trail unreadable past '
+      .. #entries .. ' entries, the rest dropped: ' .. audit_trail())
+  end
   return entries
+end
+
+-- Writes `values` with `command` (HSET, HDEL, LPUSH, ...) on `key`, `per` at a time: Lua's
+-- `unpack` stops at a few thousand values.
+local function in_chunks(command, key, values, per)
+  for first = 1, #values, per do
+    redis.call(command, key, unpack(values, first, math.min(first + per - 1, #values)))
+  end
 end
 
 -- A packed account's small trail moved from the list to text (rewrite.lua).
 local function trail_to_text(a)
-  local newest_first = redis.call('LRANGE', audit_log(), 0, -1)
-  if #newest_first > 0 then
-    local oldest_first = {}
-    for i = #newest_first, 1, -1 do
-      oldest_first[#oldest_first + 1] = newest_first[i]
-    end
-    redis.call('SET', audit_trail(), table.concat(oldest_first))
-    redis.call('DEL', audit_log())
+  local entries = all_trail_entries()
+  redis.call('DEL', audit_log(), audit_trail())
+  if #entries > 0 then
+    redis.call('SET', audit_trail(), table.concat(entries))
   end
   a.trail = true
   a.dirty = true
 end
 
--- The text trail moved to the list, every entry kept: past TEXT_TRAIL_MAX, or for an
--- account written back in fields (rewrite.lua). A text no ledger wrote is dropped (and
+-- The text trail moved to the list, every readable entry kept: past TEXT_TRAIL_MAX, or for
+-- an account written back in fields (rewrite.lua). Bytes no ledger wrote are dropped (and
 -- the server log says so) rather than refuse the call that moves credits; reconcile names
 -- such a text until then.
 local function trail_to_list(a)
-  local text = redis.call('GET', audit_trail())
-  if text then
-    local ok, entries = pcall(trail_entries, text)
-    if not ok then
-      redis.log(redis.LOG_WARNING, 'tower-credits: an unreadable audit trail dropped: '
-        .. audit_trail())
-    elseif #entries > 0 then
-      -- LPUSH puts each argument at the head in turn: the last, the newest, ends first.
-      redis.call('LPUSH', audit_log(), unpack(entries))
-    end
-    redis.call('DEL', audit_trail())
-  end
+  local entries = all_trail_entries()
+  redis.call('DEL', audit_log(), audit_trail())
+  -- LPUSH puts each value at the head in turn: the last, the newest, ends first.
+  in_chunks('LPUSH', audit_log(), entries, 500)
   a.trail = false
   a.dirty = a.packed
 end
@@ -620,7 +663,7 @@ local function record_top_up(a, key, amount)
 end
 
 -- Every top-up record of the account, in either place: {key, amount, key, amount, ...},
--- and the account hash's record fields ('+' .. key) apart.
+-- and those of them in the account's hash apart, as {field ('+' .. key), amount, ...}.
 local function top_up_records()
   local records, in_account = redis.call('HGETALL', KEYS[6]), {}
   local fields = redis.call('HGETALL', KEYS[1])
@@ -629,6 +672,7 @@ local function top_up_records()
       records[#records + 1] = string.sub(fields[i], 2)
       records[#records + 1] = fields[i + 1]
       in_account[#in_account + 1] = fields[i]
+      in_account[#in_account + 1] = fields[i + 1]
     end
   end
   return records, in_account
@@ -636,10 +680,11 @@ end
 
 -- Moves an account's top-up records to where its new form keeps them (rewrite.lua):
 -- packed, the keys that fit into the account's hash; in fields, all into `topups`.
--- Returns how many moved.
+-- Written a few hundred at a time (an account may have thousands). Returns how many moved.
 local function move_top_ups(packed)
+  local moving, gone = {}, {}
   if packed then
-    local records, moving, gone = redis.call('HGETALL', KEYS[6]), {}, {}
+    local records = redis.call('HGETALL', KEYS[6])
     for i = 1, #records, 2 do
       local key = records[i]
       if #key <= TOP_UP_FIELD_MAX then
@@ -648,18 +693,19 @@ local function move_top_ups(packed)
         gone[#gone + 1] = key
       end
     end
-    if #gone > 0 then
-      redis.call('HSET', KEYS[1], unpack(moving))
-      redis.call('HDEL', KEYS[6], unpack(gone))
+    in_chunks('HSET', KEYS[1], moving, 500)
+    in_chunks('HDEL', KEYS[6], gone, 250)
+  else
+    local _, in_account = top_up_records()
+    for i = 1, #in_account, 2 do
+      moving[#moving + 1] = string.sub(in_account[i], 2)
+      moving[#moving + 1] = in_account[i + 1]
+      gone[#gone + 1] = in_account[i]
     end
-    return #gone
+    in_chunks('HSET', KEYS[6], moving, 500)
+    in_chunks('HDEL', KEYS[1], gone, 250)
   end
-  local records, in_account = top_up_records()
-  if #in_account > 0 then
-    redis.call('HSET', KEYS[6], unpack(records))
-    redis.call('HDEL', KEYS[1], unpack(in_account))
-  end
-  return #in_account
+  return #gone
 end
 
 -- Adds `by` to a counter field, in Redis and in the loaded account. (Adding nothing is

@@ -101,8 +101,8 @@ end
 if AUDIT_CAP > 0 then
   local last
   if a.trail then
-    local ok, entries = pcall(trail_entries, redis.call('GET', audit_trail()) or '')
-    if not ok then
+    local entries, readable = trail_entries(redis.call('GET', audit_trail()) or '')
+    if not readable then
       drift('audit_entry', 'an entry', 'unreadable')
     else
       last = entries[#entries]

@@ -28,10 +28,16 @@ if not a.exists then
 end
 if PACK then
   -- In fields (finish_account writes `v` and deletes the fields), or packed with a small
-  -- trail still a list, or top-up records still in `topups`.
+  -- trail still a list, a trail in both forms (a replica of an older build wrote the
+  -- other), or top-up records still in `topups`.
   local changed = a.convert
-  if not a.trail and a.audit_seq <= TEXT_TRAIL_MAX then
-    trail_to_text(a)
+  local both = redis.call('EXISTS', audit_log(), audit_trail()) == 2
+  if both or (not a.trail and a.audit_seq <= TEXT_TRAIL_MAX) then
+    if a.audit_seq <= TEXT_TRAIL_MAX then
+      trail_to_text(a)
+    else
+      trail_to_list(a)
+    end
     changed = true
   end
   if move_top_ups(true) > 0 then
@@ -44,7 +50,7 @@ if not a.packed then
   return { 'rewritten', 0 }
 end
 -- The trail back to the list the field form keeps.
-if a.trail then
+if a.trail or redis.call('EXISTS', audit_trail()) == 1 then
   trail_to_list(a)
 end
 move_top_ups(false)
