@@ -1119,7 +1119,7 @@ fn held_and_open_holds(server: &RedisServer, account: &AccountId) -> (i64, i64) 
         local v = redis.call('HGET', KEYS[1], 'v') \
         if v then \
           local r = {cmsgpack.unpack(v)} \
-          if r[1] == 'f2' then table.remove(r, 1) end \
+          if r[1] == false then table.remove(r, 1) end \
           held = r[3] \
         end \
         local sum, kv = 0, redis.call('HGETALL', KEYS[2]) \

@@ -628,12 +628,13 @@ async fn the_packed_value_keeps_each_figure_in_its_place() {
     let out = server.cli(&[
         "EVAL",
         "local r = {cmsgpack.unpack(redis.call('HGET', KEYS[1], 'v'))} \
+         r[1] = tostring(r[1]) \
          for i = 2, #r do r[i] = string.format('%.17g', r[i]) end return r",
         "1",
         "credits:{places}:acct",
     ]);
     let all: Vec<&str> = out.lines().collect();
-    assert_eq!(all[0], "f2", "the format mark first: {out}");
+    assert_eq!(all[0], "false", "the format mark first: {out}");
     let v = &all[1..];
     assert_eq!(v.len(), 21, "{out}");
     // topped_up, committed, held, credit_limit; audit_seq (top-up, reserve, commit,
@@ -1061,11 +1062,12 @@ async fn a_top_up_key_credits_once_across_every_move_of_its_record() {
     );
 }
 
-/// The packed value starts with its format's mark (`f2`): a value of the first format (no
-/// mark: figures from the first value, no `trail`) is read, and written back with the
-/// mark; a value of a format this build does not know is `Corrupt`, and nothing is
-/// written. (The build before the mark fails on `f2` the same way, by arithmetic on a
-/// text: it refuses such an account rather than miss its top-up records or text trail.)
+/// The packed value starts with its format's mark (`false`): a value of the first format
+/// (no mark: figures from the first value, no `trail`) is read, and written back with the
+/// mark; a value of a format this build does not know (another mark) is `Corrupt`, and
+/// nothing is written. (The build before the mark fails on `false` the same way, by
+/// arithmetic on a boolean: it refuses such an account rather than miss its top-up records
+/// or text trail.)
 #[tokio::test]
 async fn a_packed_value_of_another_format_is_refused_and_the_first_format_is_read() {
     let server = RedisServer::start();
@@ -1092,11 +1094,11 @@ async fn a_packed_value_of_another_format_is_refused_and_the_first_format_is_rea
     assert_eq!(
         server.cli(&[
             "EVAL",
-            "return (cmsgpack.unpack(redis.call('HGET', KEYS[1], 'v')))",
+            "return tostring((cmsgpack.unpack(redis.call('HGET', KEYS[1], 'v'))))",
             "1",
             key
         ]),
-        "f2"
+        "false"
     );
     assert_eq!(l.balance(&a).await.unwrap().committed, 10);
 

@@ -93,7 +93,7 @@ pub struct RedisServer {
     dir: TempDir,
 }
 
-/// The figures of a packed account's `v`, in their places after its format mark (`f2`):
+/// The figures of a packed account's `v`, in their places after its format mark (`false`):
 /// lib.lua's `PACKED` (pinned by `tests/redis_packed_accounts.rs`,
 /// `the_packed_value_keeps_each_figure_in_its_place`).
 #[allow(dead_code)]
@@ -318,7 +318,7 @@ impl RedisServer {
         const SCRIPT: &str = "local v = redis.call('HGET', KEYS[1], 'v') \
             if v then \
               local r = {cmsgpack.unpack(v)} \
-              if r[1] == 'f2' then table.remove(r, 1) end \
+              if r[1] == false then table.remove(r, 1) end \
               return {1, r[1], r[2], r[3]} \
             end \
             local f = redis.call('HMGET', KEYS[1], 'topped_up', 'committed', 'held') \
@@ -348,7 +348,7 @@ impl RedisServer {
         const SCRIPT: &str = "local v = redis.call('HGET', KEYS[1], 'v') \
             if v then \
               local r = {cmsgpack.unpack(v)} \
-              if r[1] == 'f2' then table.remove(r, 1) end \
+              if r[1] == false then table.remove(r, 1) end \
               local x = r[tonumber(ARGV[1])] \
               if not x or x < 0 then return '' end \
               return string.format('%.17g', x) \

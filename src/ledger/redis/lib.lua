@@ -270,13 +270,15 @@ local function present(n)
   return n
 end
 
--- The packed value's format, its first value: a text, so that a build that knows only
--- the first packed format (figures from the first value on, no mark) fails on it (an
--- arithmetic error on the text) and refuses the account as corrupt, writing nothing,
--- rather than miss what it cannot know of (top-up records in the account's hash, a text
--- trail): a key it would credit twice, entries it would hide. A later format takes
--- another text, which this build refuses the same way.
-local PACKED_FORMAT = 'f2'
+-- The packed value's format, its first value: `false` (one byte, 0xc2), not a number, so
+-- that a build that knows only the first packed format (figures from the first value on,
+-- no mark) fails on it (an arithmetic error on a boolean) and refuses the account as
+-- corrupt, writing nothing, rather than miss what it cannot know of (top-up records in
+-- the account's hash, a text trail): a key it would credit twice, entries it would hide.
+-- A later format takes another mark that is not a number (`true`, a text), which this
+-- build refuses the same way. (A two-byte text mark cost an idle account 16 bytes: its
+-- hash's listpack passed 64 bytes.)
+local PACKED_FORMAT = false
 
 -- The figures of a packed value, without its format mark; a value of the first format
 -- (no mark, no `trail`) as it is.
