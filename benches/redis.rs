@@ -565,7 +565,7 @@ async fn memory(
     let bytes = idle_account_bytes(ledger, con, "acct").await;
     report.row(
         MEMORY,
-        "RedisLedger, funded account with no open holds (packed; id of 11 bytes; keys acct, topups, log, the top-up key's claim)",
+        "RedisLedger, funded account with no open holds (packed; id of 11 bytes; keys acct with its top-up record, trail, the top-up key's claim)",
         bytes,
         "bytes",
         Target::AtMost(512.0),
