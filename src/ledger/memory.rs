@@ -1,7 +1,6 @@
 //! The embedded ledger: balances in process memory, no server needed.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::{ready, Ready};
 use std::hash::BuildHasher;
@@ -14,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::audit::{check_history, AuditKind, HistoryPage};
 use super::audit_ring::{AuditRing, Move};
+use super::closed_ids::ClosedIds;
 use super::expired;
 use super::idempotency::check_retention;
 use super::ids::hex_value;
@@ -349,11 +349,8 @@ struct Activity {
     /// Open holds, with their expiry order.
     holds: OpenHolds<OpenHold>,
     /// Settled, refunded, expired and tombstoned ids, with how they closed, until their
-    /// forget-at time.
-    done: FastMap<IdKey, SettleOutcome>,
-    /// `done` by forget-at time (ms), earliest first, so pruning looks only at the due
-    /// ones (holds of different TTLs are not forgotten in closing order).
-    forget: BinaryHeap<Reverse<(u64, IdKey)>>,
+    /// forget-at time: the first few inline.
+    done: ClosedIds,
     /// The latest forget-at time in `done`: once passed, all of `done` goes at once (as
     /// the `PEXPIRE` of the Redis ledger's `done` key), however many ids it holds.
     done_until: u64,
@@ -373,7 +370,7 @@ impl Activity {
     /// When the earliest hold expires or closed id is due to be forgotten.
     fn earliest_due(&self) -> u64 {
         let expires = self.holds.earliest_expiry().unwrap_or(u64::MAX);
-        let forgets = self.forget.peek().map_or(u64::MAX, |Reverse((at, _))| *at);
+        let forgets = self.done.earliest().unwrap_or(u64::MAX);
         expires.min(forgets)
     }
 
@@ -383,12 +380,7 @@ impl Activity {
 
     /// Remembers how a hold id closed, until `forget_at` (ms).
     fn remember(&mut self, key: IdKey, how: SettleOutcome, forget_at: u64) {
-        self.done.insert(key, how);
-        if self.forget.capacity() == 0 {
-            // As the short hold list: room for one closed id first, not four.
-            self.forget.reserve_exact(1);
-        }
-        self.forget.push(Reverse((forget_at, key)));
+        self.done.insert(key, how, forget_at);
         self.done_until = self.done_until.max(forget_at);
         self.next_due = self.next_due.min(forget_at);
     }
@@ -400,19 +392,10 @@ impl Activity {
             return;
         }
         if self.done_until <= now_ms {
-            self.done = FastMap::default();
-            self.forget = BinaryHeap::new();
+            self.done.clear();
             return;
         }
-        for _ in 0..RECLAIM_LIMIT {
-            match self.forget.peek() {
-                Some(Reverse((at, _))) if *at <= now_ms => {
-                    let Reverse((_, key)) = self.forget.pop().expect("checked above");
-                    self.done.remove(&key);
-                }
-                _ => break,
-            }
-        }
+        self.done.forget_due(now_ms, RECLAIM_LIMIT);
     }
 }
 
@@ -495,7 +478,7 @@ impl AccountState {
 
     /// How the id of `key` was closed, if it is still remembered.
     fn closed(&self, key: IdKey) -> Option<SettleOutcome> {
-        self.activity.as_ref()?.done.get(&key).copied()
+        self.activity.as_ref()?.done.get(key)
     }
 
     /// Reclaims up to [`RECLAIM_LIMIT`] expired holds and forgets closed ids whose time

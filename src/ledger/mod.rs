@@ -57,6 +57,7 @@ pub mod audit;
 mod audit_ring;
 mod boxed;
 mod cached_reads;
+mod closed_ids;
 mod error;
 pub(crate) mod events;
 pub mod idempotency;
