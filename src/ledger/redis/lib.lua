@@ -280,19 +280,22 @@ end
 -- hash's listpack passed 64 bytes.)
 local PACKED_FORMAT = false
 
--- The figures of a packed value, without its format mark; a value of the first format
--- (no mark, no `trail`) as it is.
-local function packed_figures(first, ...)
-  if first == PACKED_FORMAT then
-    return ...
-  end
-  return first, ...
-end
-
 local function unpack_account(v, thresholds_text)
-  local topped_up, committed, held, credit_limit, next_expiry, due_holds, audit_seq, rate,
-    rate_at, commits, first_commit_at, done_until, fired, horizon, runway_fired, depleted,
-    last_topup, due_events, events, prune_at, trail = packed_figures(cmsgpack.unpack(v))
+  local mark, topped_up, committed, held, credit_limit, next_expiry, due_holds, audit_seq,
+    rate, rate_at, commits, first_commit_at, done_until, fired, horizon, runway_fired,
+    depleted, last_topup, due_events, events, prune_at, trail = cmsgpack.unpack(v)
+  if mark ~= PACKED_FORMAT then
+    -- No mark: a value of the first format, each figure one place earlier, and no
+    -- `trail`. (Another format's mark lands in `topped_up`, which the check below
+    -- refuses.) Shifted here rather than by a function of the unpacked values, which
+    -- would cost every call a copy of them all.
+    topped_up, committed, held, credit_limit, next_expiry, due_holds, audit_seq, rate,
+      rate_at, commits, first_commit_at, done_until, fired, horizon, runway_fired, depleted,
+      last_topup, due_events, events, prune_at, trail =
+      mark, topped_up, committed, held, credit_limit, next_expiry, due_holds, audit_seq,
+      rate, rate_at, commits, first_commit_at, done_until, fired, horizon, runway_fired,
+      depleted, last_topup, due_events, events, nil
+  end
   -- A value no ledger wrote (cut short, or a figure not a number) fails the call here, by
   -- an arithmetic error on the missing figure, and the call writes nothing: never a
   -- figure read as absent or zero. A sum costs a few instructions a figure, where a
