@@ -41,7 +41,7 @@ impl Conn {
     }
 
     /// A plain command.
-    pub(super) async fn query<T: FromRedisValue>(mut self, cmd: Cmd) -> Result<T, RedisError> {
+    pub(super) async fn query<T: FromRedisValue>(mut self, cmd: &Cmd) -> Result<T, RedisError> {
         match &mut self {
             Conn::Standalone(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,

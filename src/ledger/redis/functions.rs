@@ -100,7 +100,7 @@ pub(super) fn function_name(spec: &ScriptSpec, packed: bool) -> &str {
 pub(super) async fn load(conn: &Conn) -> Result<(), RedisError> {
     let mut cmd = redis::cmd("FUNCTION");
     cmd.arg("LOAD").arg("REPLACE").arg(&LIBRARY.code);
-    conn.clone().query::<Value>(cmd).await.map(|_| ())
+    conn.clone().query::<Value>(&cmd).await.map(|_| ())
 }
 
 /// Chooses how to call the scripts: loads the library, or falls back to `EVALSHA` when
@@ -141,41 +141,20 @@ pub(super) fn is_function_not_found(err: &RedisError) -> bool {
     err.to_string().contains("Function not found")
 }
 
-/// An `FCALL` of `spec`'s function with `keys` and `args`.
-pub(super) fn fcall(
-    spec: &ScriptSpec,
-    packed: bool,
-    keys: &[String],
-    args: &[Vec<u8>],
-) -> redis::Cmd {
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg(function_name(spec, packed)).arg(keys.len());
-    for key in keys {
-        cmd.arg(key);
-    }
-    for arg in args {
-        cmd.arg(arg.as_slice());
-    }
-    cmd
-}
-
 /// Sends `call` as `mode` says: `FCALL`, loading the library again and retrying once when
 /// the server answers `Function not found`; or `EVALSHA`, loading the script on
 /// `NOSCRIPT`.
 pub(super) async fn run(conn: Conn, mode: Mode, call: Call) -> Result<Value, RedisError> {
     match mode {
         Mode::Evalsha => conn.eval(call.invocation()).await,
-        Mode::Functions => {
-            let cmd = fcall(call.spec, call.packed, &call.keys, &call.args);
-            match conn.clone().query::<Value>(cmd.clone()).await {
-                Err(err) if is_function_not_found(&err) => {
-                    tracing::info!("the Redis Function library is missing: loading it again");
-                    load(&conn).await?;
-                    conn.query(cmd).await
-                }
-                other => other,
+        Mode::Functions => match conn.clone().query::<Value>(&call.command).await {
+            Err(err) if is_function_not_found(&err) => {
+                tracing::info!("the Redis Function library is missing: loading it again");
+                load(&conn).await?;
+                conn.query(&call.command).await
             }
-        }
+            other => other,
+        },
     }
 }
 

@@ -351,12 +351,12 @@ impl RedisLedger {
         &self,
         spec: &'static ScriptSpec,
         account: &AccountId,
-        args: impl FnOnce(&mut Args),
+        args: impl FnOnce(&mut Args<'_>),
     ) -> impl Future<Output = Result<Value, LedgerError>> + Send + 'static {
-        let prefix = &self.inner.prefix;
         let call = spec.call(
             self.inner.pack_accounts,
-            |suffix| keys::account_key(prefix, account, suffix),
+            &self.inner.prefix,
+            account.as_str(),
             |a| {
                 a.arg(self.clock_offset_ms())
                     .arg(self.inner.closed_grace_ms);
@@ -381,7 +381,8 @@ impl RedisLedger {
         &self,
         cmd: redis::Cmd,
     ) -> impl Future<Output = Result<T, LedgerError>> + Send + 'static {
-        self.deadline(self.inner.conn.clone().query(cmd))
+        let conn = self.inner.conn.clone();
+        self.deadline(async move { conn.query(&cmd).await })
     }
 
     fn deadline<T>(
