@@ -164,6 +164,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use redis::Value;
 
 use super::{
@@ -369,11 +370,14 @@ impl RedisLedger {
             self.inner.scripts,
             call,
         ));
-        async move {
-            let (value, expired) = reply::expired_envelope(run.await?);
+        // `map`, not an `async` block around `run.await`: such a block keeps the future it
+        // captured and the one it awaits apart, doubling the size of every layer (an
+        // account call's future was 3.5 KB, copied whole each time it moved).
+        run.map(|value| {
+            let (value, expired) = reply::expired_envelope(value?);
             crate::ledger::expired(expired);
             Ok(value)
-        }
+        })
     }
 
     /// A plain command under the call deadline.
@@ -390,13 +394,11 @@ impl RedisLedger {
         call: impl Future<Output = Result<T, redis::RedisError>> + Send + 'static,
     ) -> impl Future<Output = Result<T, LedgerError>> + Send + 'static {
         let timeout = self.inner.call_timeout;
-        async move {
-            match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(err)) => Err(ledger_error(err, timeout)),
-                Err(_elapsed) => Err(LedgerError::Timeout(timeout)),
-            }
-        }
+        tokio::time::timeout(timeout, call).map(move |answer| match answer {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(ledger_error(err, timeout)),
+            Err(_elapsed) => Err(LedgerError::Timeout(timeout)),
+        })
     }
 
     /// Writes the due-index entries a script asked for (once per active period of the

@@ -325,15 +325,23 @@ impl ScriptSpec {
         command.arg("FCALL").arg(name).arg(self.keys.len());
         // The keys' common head once, each suffix after it in turn (on the stack for
         // the usual lengths).
-        let mut key = smallvec::SmallVec::<[u8; 192]>::new();
+        let longest = self.keys.iter().map(|s| s.len()).max().unwrap_or(0);
+        let (mut stack, mut heap) = ([0u8; 192], Vec::new());
+        let key: &mut [u8] = if key_len + longest <= stack.len() {
+            &mut stack
+        } else {
+            heap.resize(key_len + longest, 0);
+            &mut heap
+        };
+        let mut head = 0;
         for part in [prefix, ":{", account, "}:"] {
-            key.extend_from_slice(part.as_bytes());
+            key[head..head + part.len()].copy_from_slice(part.as_bytes());
+            head += part.len();
         }
-        let head = key.len();
         for suffix in self.keys {
-            key.truncate(head);
-            key.extend_from_slice(suffix.as_bytes());
-            command.write_arg(&key);
+            let end = head + suffix.len();
+            key[head..end].copy_from_slice(suffix.as_bytes());
+            command.write_arg(&key[..end]);
         }
         let mut a = Args(&mut command);
         args(&mut a);
@@ -404,9 +412,19 @@ mod tests {
 
     #[test]
     fn a_call_writes_its_head_keys_and_arguments_in_order() {
-        let acct = crate::AccountId::new("acct_42").unwrap();
-        for packed in [false, true] {
-            let call = RESERVE.call(packed, "credits", acct.as_str(), |a| {
+        // A short id (the keys built on the stack), and the longest under the longest
+        // prefix (on the heap).
+        let (long, long_prefix) = (
+            "a".repeat(crate::ledger::MAX_ACCOUNT_ID_LEN),
+            "p".repeat(64),
+        );
+        for (prefix, acct, packed) in [
+            ("credits", "acct_42", false),
+            ("credits", "acct_42", true),
+            (long_prefix.as_str(), long.as_str(), true),
+        ] {
+            let acct = crate::AccountId::new(acct).unwrap();
+            let call = RESERVE.call(packed, prefix, acct.as_str(), |a| {
                 for i in 0..RESERVE.args.len() {
                     a.arg(i as u64 * 1_000_003);
                 }
@@ -425,7 +443,7 @@ mod tests {
                 RESERVE.keys.len().to_string().into(),
             ];
             for suffix in RESERVE.keys {
-                let key = super::super::keys::account_key("credits", &acct, suffix);
+                let key = super::super::keys::account_key(prefix, &acct, suffix);
                 expected.push(key.into());
             }
             for i in 0..RESERVE.args.len() {
