@@ -372,8 +372,13 @@ impl RedisLedgerBuilder {
                 )),
                 Some(Target::Url(ref url)) => {
                     let client = self.client(url)?;
+                    // No response timeout of redis-rs's own: every call the ledger makes
+                    // runs under its call deadline already (`RedisLedger::deadline`),
+                    // which answers a stalled call the same way, and a second timer per
+                    // call cost about 1,000 instructions (a redis-rs timeout never makes
+                    // the manager reconnect either: it is not a dropped connection).
                     let config = ConnectionManagerConfig::new()
-                        .set_response_timeout(Some(self.call_timeout))
+                        .set_response_timeout(None)
                         .set_connection_timeout(Some(self.connect_timeout))
                         .set_number_of_retries(2)
                         .set_min_delay(Duration::from_millis(20))
