@@ -867,7 +867,24 @@ async fn amounts_past_max_are_refused_before_redis() {
             .unwrap(),
     );
     assert_eq!((held.amount, held.available), (MAX_AMOUNT, 0));
+    // Written as the exact integer (the scripts spell request-path integers with '%d').
+    assert_eq!(
+        server.cli(&["HGET", "credits:{acct_max}:holds", "all"]),
+        MAX_AMOUNT.to_string()
+    );
+    let expires: u64 = server
+        .cli(&["HGET", "credits:{acct_max}:holds", "all:exp"])
+        .parse()
+        .expect("the expiry an integer");
+    assert_eq!(
+        server.cli(&["ZSCORE", "credits:{acct_max}:expiry", "all"]),
+        expires.to_string()
+    );
     l.commit(&a, &hold("all"), MAX_AMOUNT).await.unwrap();
+    assert_eq!(
+        server.cli(&["HGET", "credits:{acct_max}:usage", "credits:"]),
+        MAX_AMOUNT.to_string()
+    );
     assert_eq!(
         acct_field(&server, "acct_max", "committed"),
         MAX_AMOUNT as i64

@@ -9,13 +9,32 @@
 -- (leases).
 --
 -- Rules: every ARGV is validated before the first write (a Lua error midway does not roll
--- back); amounts are never turned into strings here (no `tostring`, no `..`): they are
--- parsed with tonumber after a digits-only check and written as Lua numbers (HSET or
--- HINCRBY arguments), which Redis writes as plain integers for every integer up to
--- 2^53 - 1 (7.0 with "%.17g", later versions as integers before `fpconv_dtoa`). The one
+-- back); amounts are never turned into strings with `tostring` or `..` (Lua's "%.14g"
+-- would lose digits): they are parsed with tonumber after a digits-only check and written
+-- as Lua numbers (HSET or HINCRBY arguments), which Redis writes as plain integers for
+-- every integer up to 2^53 - 1 (7.0 with "%.17g", later versions as integers before
+-- `fpconv_dtoa`), or, on the request path, spelled by `int` ('%d', the same text). The one
 -- float, the burn rate, is spelled by settle.lua with "%.17g", which reads back exact.
 
 local NO_OPEN_HOLDS = MAX_AMOUNT    -- next_expiry of an account with no open hold
+
+-- An integer (0 .. 2^53 - 1) for a command on the request path, spelled the way Redis
+-- spells it: by string.format('%d') where a C long holds 2^53 (every 64-bit build; checked
+-- at the first call after a load: a library being loaded cannot reach `string`), about
+-- 2,500 instructions fewer than the "%.17g" Redis 7.0 spells a Lua number with; else the
+-- number itself. Only for values that are integers by construction ('%d' would cut a
+-- fraction).
+local int_format = nil -- string.format, false, or not decided yet
+local function int(n)
+  if int_format == nil then
+    int_format = string.format('%d', MAX_AMOUNT) == '9007199254740991' and string.format
+      or false
+  end
+  if int_format then
+    return int_format('%d', n)
+  end
+  return n
+end
 
 local function bad(name)
   error({ err = 'ERR tower-credits: invalid argument: ' .. name })
@@ -879,7 +898,7 @@ local CLOSED_HOW = { 'committed', 'refunded', 'expired' }
 -- Remembers how a hold id closed, until forget_at (ms). The caller then calls
 -- expire_done once for all the ids it closed.
 local function close(id, how, forget_at)
-  redis.call('ZADD', KEYS[4], forget_at * 4 + CLOSED_CODE[how], id)
+  redis.call('ZADD', KEYS[4], int(forget_at * 4 + CLOSED_CODE[how]), id)
 end
 
 -- Keeps the `done` key no longer than its latest forget-at time (+ DONE_EXPIRY_SLACK_MS): an

@@ -142,12 +142,13 @@ end
 local expires_at = now + ttl
 -- The expiry beside the amount too, so the settle reads both in one HMGET (the expiry
 -- index stays the one the reclaims walk).
+local expires_text = int(expires_at)
 if route ~= '' then
-  redis.call('HSET', KEYS[2], id, amount, id .. ':exp', expires_at, id .. ':route', route)
+  redis.call('HSET', KEYS[2], id, int(amount), id .. ':exp', expires_text, id .. ':route', route)
 else
-  redis.call('HSET', KEYS[2], id, amount, id .. ':exp', expires_at)
+  redis.call('HSET', KEYS[2], id, int(amount), id .. ':exp', expires_text)
 end
-redis.call('ZADD', KEYS[3], expires_at, id)
+redis.call('ZADD', KEYS[3], expires_text, id)
 a.held = a.held + amount
 if rk then
   redis.call('HSET', rk, 'fp', fingerprint, 'hold', id, 'until', now + retention)

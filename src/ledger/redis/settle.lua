@@ -112,7 +112,7 @@ if mode == 'commit' then
     end
   end
   audit(a, now, 'commit', charged, id, route, fields)
-  redis.call('HINCRBY', KEYS[5], 'credits:' .. route, charged)
+  redis.call('HINCRBY', KEYS[5], 'credits:' .. route, int(charged))
   redis.call('HINCRBY', KEYS[5], 'calls:' .. route, '1')
   events = alerts_after_commit(a, now, owner, lease_ms)
 else
