@@ -836,3 +836,92 @@ async fn fail_open_serves_unbilled_while_redis_is_dead_and_counts_per_account() 
     );
     assert!(stats.breaker_fast_failures > 0, "{stats:?}");
 }
+
+/// A ledger call made (not yet polled) on a thread without a tokio runtime does not panic:
+/// the layer settles a body dropped on a plain thread by making the call first and
+/// catching a panic of its first poll only (`middleware::settle`). Found by review: a
+/// call deadline made eagerly started its timer, which needs a runtime, when made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_made_outside_a_runtime_does_not_panic() {
+    let server = RedisServer::start();
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    let a = account(&l, "acct_plain", "key-plain", 100).await;
+    let h = HoldId::new("h1").unwrap();
+    l.reserve(tower_credits::ledger::Reserve::new(
+        a.clone(),
+        h.clone(),
+        10,
+    ))
+    .await
+    .unwrap();
+    let made = std::thread::spawn(move || {
+        let _unpolled = l.commit(&a, &h, 5);
+    })
+    .join();
+    assert!(made.is_ok(), "making a commit outside a runtime panicked");
+}
+
+/// The same through the layer: the body of a deferred charge, dropped unread on a plain
+/// thread, does not panic out of its guard's `Drop`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_dropped_on_a_plain_thread_does_not_panic() {
+    use tower::{Layer, ServiceExt};
+    let server = RedisServer::start();
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    account(&l, "acct_body", "key-body", 100).await;
+    let layer = CreditLayer::new(l.clone()).pricing(pricing(&[("GET /v1/work", 5)]));
+    let svc = layer.layer(tower::service_fn(
+        |req: http::Request<http_body_util::Full<bytes::Bytes>>| async move {
+            // Its cost known at the body's end: the body's guard keeps the hold.
+            req.extensions().get::<Charge>().expect("billed").defer();
+            let frames = futures_util::stream::iter(vec![Ok::<_, std::convert::Infallible>(
+                http_body::Frame::data(bytes::Bytes::from_static(b"work")),
+            )]);
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::StreamBody::new(
+                frames,
+            )))
+        },
+    ));
+    let response = svc
+        .oneshot(get_req("http://x/v1/work", Some("key-body")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let dropped = std::thread::spawn(move || drop(response)).join();
+    assert!(
+        dropped.is_ok(),
+        "dropping the body on a plain thread panicked"
+    );
+}
+
+/// The call deadline runs from a call's first poll, not from when it was made: a top-up
+/// made, then awaited after longer than the call timeout, is answered (each of its two
+/// steps, the claim and the account's script, gets the whole timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_deadline_runs_from_the_first_poll() {
+    let server = RedisServer::start();
+    let timeout = Duration::from_millis(500);
+    let l = RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    let a = account(&l, "acct_late", "key-late", 100).await;
+    let top_up =
+        tower_credits::LedgerAdmin::top_up(&l, tower_credits::TopUp::new(&a, 7, "pay-late"));
+    // Left unpolled past its timeout (the scenario itself, not a wait for a condition).
+    tokio::time::sleep(timeout + Duration::from_millis(200)).await;
+    let answer = top_up.await;
+    assert!(answer.is_ok(), "a top-up polled late: {answer:?}");
+}

@@ -181,6 +181,7 @@ use crate::ledger::idempotency::{check_retention, STORE_GRACE};
 
 mod builder;
 mod conn;
+mod deadline;
 mod due;
 mod functions;
 mod keys;
@@ -199,7 +200,7 @@ pub use builder::{
     RedisLedgerBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
 };
 
-use conn::{ledger_error, Conn};
+use conn::Conn;
 use reply::unexpected;
 use scripts::{
     Args, ScriptSpec, BALANCE, CLAIM_TOP_UP_KEY, CONFIGURE, EXTEND, GROW, HISTORY,
@@ -393,12 +394,7 @@ impl RedisLedger {
         &self,
         call: impl Future<Output = Result<T, redis::RedisError>> + Send + 'static,
     ) -> impl Future<Output = Result<T, LedgerError>> + Send + 'static {
-        let timeout = self.inner.call_timeout;
-        tokio::time::timeout(timeout, call).map(move |answer| match answer {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(ledger_error(err, timeout)),
-            Err(_elapsed) => Err(LedgerError::Timeout(timeout)),
-        })
+        deadline::Deadline::new(call, self.inner.call_timeout)
     }
 
     /// Writes the due-index entries a script asked for (once per active period of the
