@@ -27,6 +27,11 @@
 //!   without the audit trail, against the same floors as part 8. Two runs of the same
 //!   scripts agree within 1%, where part 8's µs move by a third: the figure to compare a
 //!   change to the scripts by.
+//! * 8a, the app's side (`REDIS_BENCH_PARTS=8a`; skipped without valgrind): this bench
+//!   re-run as `redis app <url> <pairs>` under `valgrind --tool=callgrind`, whole process,
+//!   with 1,000 and then 3,000 reserve + commit pairs, one at a time, on one funded account:
+//!   the difference over 2,000 is what a pair costs the app (building the `FCALL`,
+//!   redis-rs's connection task, the reply's parsing), setup cancelled out.
 //! * 7, atomicity: 64 tasks spending one account until it runs dry, a naive `GET` then
 //!   `DECRBY` on a string key vs the ledger's reserve + commit: credits spent beyond the
 //!   balance, and spends/s.
@@ -1724,7 +1729,79 @@ async fn instructions_per_call(report: &mut Report) {
     }
 }
 
+/// Part 8a's counted run: `pairs` reserve + commit pairs, one at a time, on an account of
+/// its own on the server at `url`, after a warm-up (see [`app_instructions`]).
+fn app_only(url: &str, pairs: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Under valgrind everything runs tens of times slower: a generous deadline.
+        let ledger = RedisLedger::builder()
+            .url(url)
+            .call_timeout(Duration::from_secs(30))
+            .build()
+            .await
+            .expect("connect the ledger");
+        let account = AccountId::new(format!("app-{}", std::process::id())).unwrap();
+        ledger
+            .top_up(TopUp::new(&account, MAX_AMOUNT / 2, account.as_str()))
+            .await
+            .expect("fund the account");
+        for _ in 0..pairs + 200 {
+            reserve_commit(&ledger, &account).await;
+        }
+    });
+}
+
+/// Part 8a: the instructions a reserve + commit costs the app itself, whole process
+/// (`app_only` under callgrind with 1,000 and 3,000 pairs, the difference over 2,000).
+/// Redis's own are part 8i's.
+fn app_instructions(url: &str, report: &mut Report) {
+    let section = "8a. app-side instructions per reserve + commit (callgrind)";
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let count = |pairs: u64| -> Option<f64> {
+        let out_file = std::env::temp_dir().join(format!("callgrind-app-{pairs}.out"));
+        let out = std::process::Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(&exe)
+            .args(["app", url, &pairs.to_string()])
+            .output()
+            .ok()?;
+        let _ = std::fs::remove_file(&out_file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // "==123== Collected : 456789"
+        stderr
+            .lines()
+            .find_map(|l| l.split("Collected :").nth(1))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+    };
+    let (Some(few), Some(many)) = (count(1_000), count(3_000)) else {
+        println!("  [{section}] skipped (valgrind not found or failed)");
+        return;
+    };
+    report.row(
+        section,
+        "RedisLedger reserve + commit, the app's whole process (the call, redis-rs, the reply)",
+        (many - few) / 2_000.0,
+        "instr/pair",
+        Target::None,
+    );
+}
+
 fn main() {
+    // `redis app <url> <pairs>`: part 8a's counted run (see `app_instructions`).
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
+    if args.next().as_deref() == Some("app") {
+        let url = args.next().expect("a Redis URL");
+        let pairs = args.next().and_then(|n| n.parse().ok()).unwrap_or(1_000);
+        app_only(&url, pairs);
+        return;
+    }
     let mut report = Report::new("redis");
     let Some(server) = BenchRedis::start() else {
         println!("redis-server could not be started (not on PATH?): every Redis bench skipped");
@@ -1781,6 +1858,9 @@ fn main() {
         // About 35 s; skipped (with a note) without valgrind.
         if run("8i") {
             instructions_per_call(&mut report).await;
+        }
+        if run("8a") {
+            app_instructions(&server.url(), &mut report);
         }
     });
     println!("redis bench took {:.1?}", started.elapsed());

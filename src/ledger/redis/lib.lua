@@ -19,19 +19,24 @@
 local NO_OPEN_HOLDS = MAX_AMOUNT    -- next_expiry of an account with no open hold
 
 -- An integer (0 .. 2^53 - 1) for a command on the request path, spelled the way Redis
--- spells it: by string.format('%d') where a C long holds 2^53 (every 64-bit build; checked
+-- spells it: by '%d' (string.format) where a C long holds 2^53 (every 64-bit build; checked
 -- at the first call after a load: a library being loaded cannot reach `string`), about
 -- 2,500 instructions fewer than the "%.17g" Redis 7.0 spells a Lua number with; else the
 -- number itself. Only for values that are integers by construction ('%d' would cut a
 -- fraction).
 local int_format = nil -- string.format, false, or not decided yet
-local function int(n)
+local function int_formatter()
   if int_format == nil then
     int_format = string.format('%d', MAX_AMOUNT) == '9007199254740991' and string.format
       or false
   end
-  if int_format then
-    return int_format('%d', n)
+  return int_format
+end
+
+local function int(n)
+  local f = int_formatter()
+  if f then
+    return f('%d', n)
   end
   return n
 end

@@ -497,15 +497,37 @@ mod tests {
     fn amounts_are_never_stringified_in_lua() {
         let all = std::iter::once(("lib.lua", LIB)).chain(SPECS.iter().map(|s| (s.name, s.source)));
         // The one float, the burn rate, is spelled once with "%.17g", which reads back as
-        // the same double; no amount is ever formatted.
+        // the same double. Integers are spelled only with '%d', by the formatter lib.lua
+        // takes once it has checked that '%d' spells 2^53 - 1 exactly (a C long of 64
+        // bits); never with `tostring` or "%.14g" (`..`), which lose digits.
         let rate = "string.format('%.17g', a.rate)";
+        let checked = "string.format('%d', MAX_AMOUNT) == '9007199254740991' and string.format";
         assert!(SPECS.iter().any(|s| s.source.contains(rate)));
+        assert!(LIB.contains(checked));
         for (name, text) in all {
             assert!(!text.contains("tostring("), "{name} uses tostring");
             assert!(
-                !text.replace(rate, "").contains("string.format("),
+                !text
+                    .replace(rate, "")
+                    .replace(checked, "")
+                    .contains("string.format("),
                 "{name} formats numbers"
             );
+            // What the checked formatter is given: integers ('%d') and words ('%s').
+            for call in ["int_format(", "f("] {
+                for (at, _) in text.match_indices(call) {
+                    let args = &text[at + call.len()..];
+                    let Some(pattern) = args.strip_prefix('\'') else {
+                        continue;
+                    };
+                    let pattern = &pattern[..pattern.find('\'').unwrap()];
+                    let mut conversions = pattern.split('%').skip(1);
+                    assert!(
+                        conversions.all(|c| c.starts_with('d') || c.starts_with('s')),
+                        "{name}: {pattern:?} formats a number other than with %d"
+                    );
+                }
+            }
         }
         assert!(!prelude().contains("tostring("));
     }

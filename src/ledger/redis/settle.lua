@@ -26,6 +26,8 @@
 -- and each event {entry_id, type, available, threshold | -1, runway_secs | -1, at_ms,
 -- seq} (its id derives from the account and seq), and events_due 0, or when the events
 -- due-index must look at the account (ms).
+-- Without thresholds or events, the answer is one line of text, the same words as its
+-- array ('settled committed 5 0 0 95 [] ... [] 0': reply.rs `words`).
 -- Returns one of:
 --   {'settled', outcome, committed, released, clamped 0|1, available, {thresholds},
 --    rate, rate_at_ms, now_ms, {events}, events_due}
@@ -52,6 +54,12 @@ if not a then
 end
 
 local function reply(outcome, committed, released, clamped, events)
+  -- Without thresholds and events (the usual answer), one line of text, as reserve.lua's.
+  local f = #events == 0 and not a.thresholds_text and int_formatter()
+  if f then
+    return f('settled %s %d %d %d %d [] %s %d %d [] %d', outcome, committed, released,
+      clamped, available(a), rate_reply(a, now), a.rate_at, now, a.events_due or 0)
+  end
   return { 'settled', outcome, committed, released, clamped, available(a), thresholds_reply(a),
     rate_reply(a, now), a.rate_at, now, events, a.events_due or 0 }
 end
