@@ -54,23 +54,20 @@ pub(super) fn unexpected(script: &'static str, detail: impl Into<String>) -> Led
 /// string costs Redis less to send than an array of a dozen, and redis-rs's parser about
 /// a tenth to read.
 fn words(script: &'static str, text: &[u8]) -> Result<Vec<Value>, LedgerError> {
-    let text =
-        std::str::from_utf8(text).map_err(|_| unexpected(script, "a text reply is not UTF-8"))?;
-    let integer = |word: &str| -> Option<i64> {
-        let digits = word.strip_prefix('-').unwrap_or(word);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        word.parse().ok()
-    };
     let mut items = Vec::with_capacity(12);
-    for word in text.split(' ') {
-        let item = if let Some(list) = word.strip_prefix('[').and_then(|w| w.strip_suffix(']')) {
+    for word in text.split(|&b| b == b' ') {
+        let item = if let Some(list) = word.strip_prefix(b"[").and_then(|w| w.strip_suffix(b"]")) {
             let mut values = Vec::new();
             if !list.is_empty() {
-                for n in list.split(',') {
+                for n in list.split(|&b| b == b',') {
                     let n = integer(n).ok_or_else(|| {
-                        unexpected(script, format!("{n:?} in {word:?} is not an integer"))
+                        unexpected(
+                            script,
+                            format!(
+                                "{:?} is not a list of integers",
+                                String::from_utf8_lossy(word)
+                            ),
+                        )
                     })?;
                     values.push(Value::Int(n));
                 }
@@ -79,13 +76,35 @@ fn words(script: &'static str, text: &[u8]) -> Result<Vec<Value>, LedgerError> {
         } else if let Some(n) = integer(word) {
             Value::Int(n)
         } else if word.is_empty() {
-            return Err(unexpected(script, format!("an empty word in {text:?}")));
+            return Err(unexpected(
+                script,
+                format!("an empty word in {:?}", String::from_utf8_lossy(text)),
+            ));
         } else {
-            Value::BulkString(word.as_bytes().to_vec())
+            Value::BulkString(word.to_vec())
         };
         items.push(item);
     }
     Ok(items)
+}
+
+/// A word of a text reply as an integer: digits, after an optional `-`, in range.
+fn integer(word: &[u8]) -> Option<i64> {
+    let (negative, digits) = match word.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, word),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+    }
+    Some(if negative { -n } else { n })
 }
 
 /// A cursor over the items of one script reply.
@@ -858,6 +877,19 @@ mod tests {
                 settle(settled(bulk(rate), Value::Array(vec![])), &a).unwrap(),
                 "rate {rate}"
             );
+        }
+        // Words that are integers, and words that only look like them.
+        assert_eq!(integer(b"-20"), Some(-20));
+        assert_eq!(integer(b"9223372036854775807"), Some(i64::MAX));
+        for not in [
+            &b""[..],
+            b"-",
+            b"12a",
+            b"+5",
+            b"1.0",
+            b"9223372036854775808",
+        ] {
+            assert_eq!(integer(not), None, "{:?}", String::from_utf8_lossy(not));
         }
         // Anything else is a typed error, never a guess.
         for bad in [
