@@ -620,27 +620,11 @@ fn measured(run: &mut dyn FnMut(u64), n: u64) {
 /// valgrind.
 fn instructions(report: &mut Report) {
     let section = "1. layer overhead (in process, MemoryLedger)";
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
     let count = |variant: &str, n: u64| -> Option<f64> {
-        let out_file = std::env::temp_dir().join(format!("callgrind-{variant}-{n}.out"));
-        let out = std::process::Command::new("valgrind")
-            .arg("--tool=callgrind")
-            .arg(format!("--callgrind-out-file={}", out_file.display()))
-            .arg("--toggle-collect=*overhead::measured*")
-            .arg("--collect-atstart=no")
-            .arg(&exe)
-            .args(["only", variant, &n.to_string()])
-            .output()
-            .ok()?;
-        let _ = std::fs::remove_file(&out_file);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // "==123== Collected : 456789"
-        stderr
-            .lines()
-            .find_map(|l| l.split("Collected :").nth(1))
-            .and_then(|n| n.trim().parse::<f64>().ok())
+        support::callgrind::count_self(
+            &["only", variant, &n.to_string()],
+            Some("*overhead::measured*"),
+        )
     };
     let per_request = |variant: &str| -> Option<f64> {
         Some((count(variant, 12_000)? - count(variant, 2_000)?) / 10_000.0)

@@ -1760,26 +1760,8 @@ fn app_only(url: &str, pairs: u64) {
 /// Redis's own are part 8i's.
 fn app_instructions(url: &str, report: &mut Report) {
     let section = "8a. app-side instructions per reserve + commit (callgrind)";
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let count = |pairs: u64| -> Option<f64> {
-        let out_file = std::env::temp_dir().join(format!("callgrind-app-{pairs}.out"));
-        let out = std::process::Command::new("valgrind")
-            .arg("--tool=callgrind")
-            .arg(format!("--callgrind-out-file={}", out_file.display()))
-            .arg(&exe)
-            .args(["app", url, &pairs.to_string()])
-            .output()
-            .ok()?;
-        let _ = std::fs::remove_file(&out_file);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // "==123== Collected : 456789"
-        stderr
-            .lines()
-            .find_map(|l| l.split("Collected :").nth(1))
-            .and_then(|n| n.trim().parse::<f64>().ok())
-    };
+    let count =
+        |pairs: u64| support::callgrind::count_self(&["app", url, &pairs.to_string()], None);
     let (Some(few), Some(many)) = (count(1_000), count(3_000)) else {
         println!("  [{section}] skipped (valgrind not found or failed)");
         return;

@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod alloc;
+pub mod callgrind;
 pub mod redis_server;
 pub mod report;
