@@ -837,6 +837,16 @@ async fn fail_open_serves_unbilled_while_redis_is_dead_and_counts_per_account() 
     assert!(stats.breaker_fast_failures > 0, "{stats:?}");
 }
 
+/// A ledger on `server` whose calls each have `call_timeout`.
+async fn ledger_with_deadline(server: &RedisServer, call_timeout: Duration) -> RedisLedger {
+    RedisLedger::builder()
+        .url(server.url())
+        .call_timeout(call_timeout)
+        .build()
+        .await
+        .expect("connect")
+}
+
 /// A ledger call made (not yet polled) on a thread without a tokio runtime does not panic:
 /// the layer settles a body dropped on a plain thread by making the call first and
 /// catching a panic of its first poll only (`middleware::settle`). Found by review: a
@@ -844,12 +854,7 @@ async fn fail_open_serves_unbilled_while_redis_is_dead_and_counts_per_account() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settle_made_outside_a_runtime_does_not_panic() {
     let server = RedisServer::start();
-    let l = RedisLedger::builder()
-        .url(server.url())
-        .call_timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .unwrap();
+    let l = ledger_with_deadline(&server, Duration::from_secs(5)).await;
     let a = account(&l, "acct_plain", "key-plain", 100).await;
     let h = HoldId::new("h1").unwrap();
     l.reserve(tower_credits::ledger::Reserve::new(
@@ -872,12 +877,7 @@ async fn a_settle_made_outside_a_runtime_does_not_panic() {
 async fn a_body_dropped_on_a_plain_thread_does_not_panic() {
     use tower::{Layer, ServiceExt};
     let server = RedisServer::start();
-    let l = RedisLedger::builder()
-        .url(server.url())
-        .call_timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .unwrap();
+    let l = ledger_with_deadline(&server, Duration::from_secs(5)).await;
     account(&l, "acct_body", "key-body", 100).await;
     let layer = CreditLayer::new(l.clone()).pricing(pricing(&[("GET /v1/work", 5)]));
     let svc = layer.layer(tower::service_fn(
@@ -911,12 +911,7 @@ async fn a_body_dropped_on_a_plain_thread_does_not_panic() {
 async fn the_call_deadline_runs_from_the_first_poll() {
     let server = RedisServer::start();
     let timeout = Duration::from_millis(500);
-    let l = RedisLedger::builder()
-        .url(server.url())
-        .call_timeout(timeout)
-        .build()
-        .await
-        .unwrap();
+    let l = ledger_with_deadline(&server, timeout).await;
     let a = account(&l, "acct_late", "key-late", 100).await;
     let top_up =
         tower_credits::LedgerAdmin::top_up(&l, tower_credits::TopUp::new(&a, 7, "pay-late"));
