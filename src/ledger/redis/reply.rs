@@ -264,9 +264,10 @@ impl Reply {
         if let Some(Value::Int(n)) = self.items.as_slice().first() {
             let n = *n;
             self.items.next();
+            // Any whole number a rate's text may be, as the string form reads it.
             return match u64::try_from(n) {
-                Ok(n) if n <= crate::ledger::MAX_AMOUNT => Ok(n as f64),
-                _ => Err(self.err(format!("{n} is not a rate"))),
+                Ok(n) => Ok(n as f64),
+                Err(_) => Err(self.err(format!("{n} is not a rate"))),
             };
         }
         let s = self.string()?;
@@ -851,6 +852,7 @@ mod tests {
         for (rate, rate_word) in [
             ("0", "0"),
             ("2", "2"),
+            ("10000000000000000", "10000000000000000"),
             ("1.0000000000000001e-05", "1.0000000000000001e-05"),
         ] {
             let settled = |rate_item: Value, thresholds: Value| {

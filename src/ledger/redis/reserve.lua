@@ -174,6 +174,9 @@ local holds_due = note_due(a, 'due_holds', a.next_expiry)
 -- cost more than the array saved).
 local f = not a.thresholds_text and int_formatter()
 if f then
+  -- The account written first: should the text ever fail to format, nothing is left
+  -- half-written (with_expired's own call then finds nothing to do).
+  finish_account()
   return f('held %d %d %d [] %d 0 %s %d %d %d', amount, available(a), a.credit_limit,
     expires_at, rate_reply(a, now), a.rate_at, now, holds_due)
 end

@@ -57,6 +57,7 @@ local function reply(outcome, committed, released, clamped, events)
   -- Without thresholds and events (the usual answer), one line of text, as reserve.lua's.
   local f = #events == 0 and not a.thresholds_text and int_formatter()
   if f then
+    finish_account() -- first, as in reserve.lua
     return f('settled %s %d %d %d %d [] %s %d %d [] %d', outcome, committed, released,
       clamped, available(a), rate_reply(a, now), a.rate_at, now, a.events_due or 0)
   end
