@@ -13,8 +13,8 @@ pub(super) const ACCOUNT_KEY_SUFFIXES: [&str; 9] = [
 /// `{<account>}`. [`AccountId`] admits no `{` or `}`, so the account cannot break out of
 /// its hash tag.
 pub(super) fn account_key(prefix: &str, account: &AccountId, suffix: &str) -> String {
-    // Pushed, not `format!`ed: an account script call spells nine of these, two calls a
-    // billed request, and the formatting machinery cost several times the copies.
+    // Pushed, not `format!`ed. (An account script call writes its nine keys straight into
+    // its command, `ScriptSpec::call`, whose test checks them against this spelling.)
     let account = account.as_str();
     let mut key = String::with_capacity(prefix.len() + account.len() + suffix.len() + 4);
     key.push_str(prefix);

@@ -355,17 +355,12 @@ impl RedisLedger {
         account: &AccountId,
         args: impl FnOnce(&mut Args<'_>),
     ) -> impl Future<Output = Result<Value, LedgerError>> + Send + 'static {
-        let call = spec.call(
-            self.inner.pack_accounts,
-            &self.inner.prefix,
-            account.as_str(),
-            |a| {
-                a.arg(self.clock_offset_ms())
-                    .arg(self.inner.closed_grace_ms);
-                args(a);
-                a.arg(self.inner.audit_cap);
-            },
-        );
+        let call = spec.call(self.inner.pack_accounts, &self.inner.prefix, account, |a| {
+            a.arg(self.clock_offset_ms())
+                .arg(self.inner.closed_grace_ms);
+            args(a);
+            a.arg(self.inner.audit_cap);
+        });
         let run = self.deadline(functions::run(
             self.inner.conn.clone(),
             self.inner.scripts,

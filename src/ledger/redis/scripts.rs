@@ -312,9 +312,12 @@ impl ScriptSpec {
         &'static self,
         packed: bool,
         prefix: &str,
-        account: &str,
+        account: &crate::ledger::AccountId,
         args: impl FnOnce(&mut Args<'_>),
     ) -> Call {
+        // An `AccountId`, never a bare string: it admits no `{` or `}`, so no key can leave
+        // the account's hash tag.
+        let account = account.as_str();
         let name = super::functions::function_name(self, packed);
         let key_len = prefix.len() + account.len() + 4;
         let data = name.len()
@@ -424,7 +427,7 @@ mod tests {
             (long_prefix.as_str(), long.as_str(), true),
         ] {
             let acct = crate::AccountId::new(acct).unwrap();
-            let call = RESERVE.call(packed, prefix, acct.as_str(), |a| {
+            let call = RESERVE.call(packed, prefix, &acct, |a| {
                 for i in 0..RESERVE.args.len() {
                     a.arg(i as u64 * 1_000_003);
                 }
